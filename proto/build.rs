@@ -1,0 +1,13 @@
+//! Generates the spool.v1 code with a vendored protoc: a fresh machine needs only cargo.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("spool_descriptor.bin"))
+        .bytes(".spool.v1")
+        .compile_protos(&["proto/spool/v1/spool.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

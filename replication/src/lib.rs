@@ -1,0 +1,1 @@
+//! Replication protocol logic (sans-IO). Filled in by the replication issue.

@@ -1,0 +1,181 @@
+//! Node-wide and per-log configuration, with the bounds each value must respect.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Result, StorageError};
+use crate::format::{FRAME_BYTES_MAX, HEADER_BYTES, RECORD_PREFIX_BYTES};
+use crate::io::BackendChoice;
+
+/// What to do when the tail of the last segment is torn or corrupt on open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RecoveryMode {
+    /// Cut the log back to the last whole, valid batch (what a crash mid-write leaves).
+    #[default]
+    TruncateTail,
+    /// Refuse to open: an operator looks first.
+    Strict,
+}
+
+impl std::str::FromStr for RecoveryMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "truncate-tail" | "truncate_tail" => Ok(RecoveryMode::TruncateTail),
+            "strict" => Ok(RecoveryMode::Strict),
+            o => Err(format!(
+                "unknown recovery mode {o:?}; expected truncate-tail or strict"
+            )),
+        }
+    }
+}
+
+/// When an append is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// After fdatasync: survives a crash or power loss.
+    #[default]
+    Fsync,
+    /// WEAKER: after the write reached the OS page cache. Survives a process crash but not a
+    /// kernel crash or power loss until the next periodic sync (`unsynced_flush_interval`).
+    /// Readers still see the records only once they are synced.
+    Unsynced,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    None,
+    /// zstd at this level for batches whose payload is at least `compress_min_bytes`.
+    Zstd { level: i32 },
+}
+
+/// Per-log settings, persisted in the log's metadata file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// Segment file size; files are pre-zeroed to it so that fdatasync never has to commit
+    /// a size change.
+    pub segment_bytes: u64,
+    /// One sparse index entry per this many bytes of frames.
+    pub index_interval_bytes: u32,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    pub compression: Compression,
+    pub compress_min_bytes: u32,
+}
+
+pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// Upper bound of `group_bytes_max`; with [`FRAME_BYTES_MAX`] it bounds how far past the
+/// durable end an interrupted write can have left bytes ([`ZERO_AHEAD_BYTES`]).
+pub const GROUP_BYTES_CAP: usize = 8 << 20;
+/// Recovery makes sure this many bytes after the last valid frame are zero, so that the
+/// residue of an interrupted write can never be mistaken for data later.
+pub const ZERO_AHEAD_BYTES: u64 = (GROUP_BYTES_CAP + FRAME_BYTES_MAX) as u64;
+/// Index entries hold 32-bit positions.
+pub const SEGMENT_BYTES_MAX: u64 = 2 << 30;
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            segment_bytes: 128 << 20,
+            index_interval_bytes: 32 << 10,
+            retention_bytes: None,
+            retention_ms: None,
+            compression: Compression::None,
+            compress_min_bytes: 4096,
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<()> {
+        if !(SEGMENT_BYTES_MIN..=SEGMENT_BYTES_MAX).contains(&self.segment_bytes) {
+            return Err(StorageError::InvalidInput(format!(
+                "segment_bytes {} must be between {SEGMENT_BYTES_MIN} and {SEGMENT_BYTES_MAX}",
+                self.segment_bytes
+            )));
+        }
+        if self.segment_bytes % 4096 != 0 {
+            return Err(StorageError::InvalidInput(format!(
+                "segment_bytes {} must be a multiple of 4096",
+                self.segment_bytes
+            )));
+        }
+        if self.index_interval_bytes < 1024 {
+            return Err(StorageError::InvalidInput(
+                "index_interval_bytes must be at least 1024".into(),
+            ));
+        }
+        if let Compression::Zstd { level } = self.compression {
+            if !(1..=19).contains(&level) {
+                return Err(StorageError::InvalidInput(format!(
+                    "zstd level {level} must be between 1 and 19"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Largest frame this log's segments can hold, with room for the end marker.
+    pub fn frame_bytes_max(&self) -> usize {
+        (self.segment_bytes as usize - HEADER_BYTES).min(FRAME_BYTES_MAX)
+    }
+}
+
+/// Node-wide storage settings.
+#[derive(Debug, Clone)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub backend: BackendChoice,
+    pub recovery: RecoveryMode,
+    /// Bound of the queue in front of the storage thread; appenders wait when it is full.
+    pub queue_depth: usize,
+    /// Most bytes of frames one group commit gathers before writing.
+    pub group_bytes_max: usize,
+    /// Largest single record accepted.
+    pub record_bytes_max: usize,
+    /// Sync period for [`Durability::Unsynced`] appends.
+    pub unsynced_flush_interval: Duration,
+    /// How often retention runs.
+    pub retention_check_interval: Duration,
+    /// Settings for logs created without explicit ones.
+    pub default_log: LogConfig,
+}
+
+impl StorageConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        StorageConfig {
+            data_dir: data_dir.into(),
+            backend: BackendChoice::default(),
+            recovery: RecoveryMode::default(),
+            queue_depth: 4096,
+            group_bytes_max: 4 << 20,
+            record_bytes_max: 8 << 20,
+            unsynced_flush_interval: Duration::from_millis(100),
+            retention_check_interval: Duration::from_secs(10),
+            default_log: LogConfig::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.default_log.validate()?;
+        if self.queue_depth == 0 {
+            return Err(StorageError::InvalidInput(
+                "queue_depth must be positive".into(),
+            ));
+        }
+        if self.group_bytes_max == 0 || self.group_bytes_max > GROUP_BYTES_CAP {
+            return Err(StorageError::InvalidInput(format!(
+                "group_bytes_max must be between 1 and {GROUP_BYTES_CAP}"
+            )));
+        }
+        if self.record_bytes_max + HEADER_BYTES + RECORD_PREFIX_BYTES > FRAME_BYTES_MAX {
+            return Err(StorageError::InvalidInput(format!(
+                "record_bytes_max {} exceeds the frame limit of {} bytes",
+                self.record_bytes_max,
+                FRAME_BYTES_MAX - HEADER_BYTES - RECORD_PREFIX_BYTES
+            )));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,117 @@
+//! Typed errors. Corruption is a different error from IO; disk full is its own kind so
+//! that servers can map it to RESOURCE_EXHAUSTED; every error keeps its context.
+
+use std::io;
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a frame failed to decode. Carries no context; [`StorageError::Corrupt`] adds it.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum FormatError {
+    #[error("need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("bad magic {0:#010x}")]
+    BadMagic(u32),
+    #[error("unknown format version {0}")]
+    UnknownVersion(u16),
+    #[error("unknown flags {0:#06x}")]
+    UnknownFlags(u16),
+    #[error("length field {0} out of bounds")]
+    BadLength(u32),
+    #[error("record count {0} out of bounds")]
+    BadRecordCount(u32),
+    #[error("last timestamp before first timestamp")]
+    BadTimestamps,
+    #[error("crc mismatch: stored {stored:#010x}, computed {actual:#010x}")]
+    BadCrc { stored: u32, actual: u32 },
+    #[error("record {0} overruns the payload")]
+    BadRecord(u32),
+    #[error("frame starts at offset {found}, expected {expected}")]
+    OffsetMismatch { expected: u64, found: u64 },
+    #[error("zstd: {0}")]
+    Decompress(String),
+}
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("io error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disk full writing {path}; free space, then retry (acknowledged data is intact)")]
+    DiskFull {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("corrupt data in {path} at byte {position}: {reason}")]
+    Corrupt {
+        path: PathBuf,
+        position: u64,
+        #[source]
+        reason: FormatError,
+    },
+    #[error("corrupt metadata {path}: {reason}")]
+    CorruptMeta { path: PathBuf, reason: String },
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("log {0:?} not found")]
+    LogNotFound(String),
+    #[error("log {0:?} already exists")]
+    LogExists(String),
+    #[error("offset {offset} is out of range for log {log:?} (first kept {start}, end {end})")]
+    OffsetOutOfRange {
+        log: String,
+        offset: u64,
+        start: u64,
+        end: u64,
+    },
+    #[error("record of {size} bytes exceeds the maximum of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+    #[error("frame rejected for log {log:?}: {reason}")]
+    FrameRejected { log: String, reason: String },
+    #[error(
+        "log {log:?} refuses writes after an earlier IO failure ({cause}); restart to recover"
+    )]
+    Poisoned { log: String, cause: String },
+    #[error("storage is shut down")]
+    Closed,
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+impl StorageError {
+    /// Classify an IO failure: ENOSPC/EDQUOT become [`StorageError::DiskFull`].
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.raw_os_error() {
+            Some(libc::ENOSPC) | Some(libc::EDQUOT) => StorageError::DiskFull { path, source },
+            _ => StorageError::Io { path, source },
+        }
+    }
+
+    pub fn is_disk_full(&self) -> bool {
+        matches!(self, StorageError::DiskFull { .. })
+    }
+
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            StorageError::Corrupt { .. } | StorageError::CorruptMeta { .. }
+        )
+    }
+}
+
+/// Attach a path to an `io::Result`.
+pub(crate) trait IoContext<T> {
+    fn at(self, path: &std::path::Path) -> Result<T>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, path: &std::path::Path) -> Result<T> {
+        self.map_err(|e| StorageError::io(path, e))
+    }
+}

@@ -1,0 +1,441 @@
+//! The batch frame: the unit of write on disk and on the replication wire.
+//!
+//! The same bytes are stored in a segment and sent to replicas, which verify the CRC and
+//! append them unchanged. Every frame is a fixed header followed by a payload.
+//!
+//! # Header (64 bytes, little endian)
+//!
+//! | off | size | field            | notes                                                  |
+//! |-----|------|------------------|--------------------------------------------------------|
+//! | 0   | 4    | magic            | [`MAGIC`], `"SPLB"`                                    |
+//! | 4   | 2    | version          | [`FormatVersion`]; decode refuses unknown versions     |
+//! | 6   | 2    | flags            | bit 0: payload is zstd-compressed ([`FLAG_ZSTD`])      |
+//! | 8   | 4    | crc32            | crc32fast over bytes 12..frame_len (header tail+payload)|
+//! | 12  | 4    | frame_len        | header + payload, bounded by [`FRAME_BYTES_MAX`]       |
+//! | 16  | 8    | base_offset      | offset of the first record                             |
+//! | 24  | 4    | record_count     | >= 1, bounded by [`RECORDS_PER_BATCH_MAX`]             |
+//! | 28  | 4    | raw_payload_len  | payload length before compression                      |
+//! | 32  | 8    | epoch            | leader epoch that wrote the batch                      |
+//! | 40  | 8    | first_ts_us      | primary's clock, microseconds since the Unix epoch     |
+//! | 48  | 8    | last_ts_us       | >= first_ts_us                                         |
+//! | 56  | 8    | reserved         | zero                                                   |
+//!
+//! # Payload (after decompression)
+//!
+//! `record_count` records, each a `u32` little-endian length followed by that many bytes.
+//! Records may be empty.
+//!
+//! An all-zero header marks the end of data in a pre-zeroed segment, which is why the magic
+//! must never be zero and a valid frame never starts with four zero bytes.
+
+use bytes::Bytes;
+
+use crate::error::FormatError;
+
+/// `"SPLB"` read as a little-endian u32.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"SPLB");
+pub const HEADER_BYTES: usize = 64;
+/// Upper bound on a whole frame; a length field above it is corruption, never trusted.
+pub const FRAME_BYTES_MAX: usize = 16 << 20;
+pub const RECORDS_PER_BATCH_MAX: u32 = 1 << 20;
+/// Per-record length prefix.
+pub const RECORD_PREFIX_BYTES: usize = 4;
+pub const FLAG_ZSTD: u16 = 1;
+const FLAGS_KNOWN: u16 = FLAG_ZSTD;
+
+const OFF_MAGIC: usize = 0;
+const OFF_VERSION: usize = 4;
+const OFF_FLAGS: usize = 6;
+const OFF_CRC: usize = 8;
+const OFF_LEN: usize = 12;
+const OFF_BASE: usize = 16;
+const OFF_COUNT: usize = 24;
+const OFF_RAW_LEN: usize = 28;
+const OFF_EPOCH: usize = 32;
+const OFF_FIRST_TS: usize = 40;
+const OFF_LAST_TS: usize = 48;
+/// The CRC covers everything after its own field.
+pub const CRC_START: usize = OFF_LEN;
+
+const _: () = assert!(OFF_LAST_TS + 8 + 8 == HEADER_BYTES);
+const _: () = assert!(MAGIC != 0);
+const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
+const _: () = assert!((RECORDS_PER_BATCH_MAX as usize) * RECORD_PREFIX_BYTES < FRAME_BYTES_MAX);
+
+/// Durable format versions. Decoding an unknown version is an error, never a guess.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum FormatVersion {
+    V1 = 1,
+}
+
+impl FormatVersion {
+    pub const CURRENT: FormatVersion = FormatVersion::V1;
+
+    pub fn from_u16(v: u16) -> Option<Self> {
+        match v {
+            1 => Some(FormatVersion::V1),
+            _ => None,
+        }
+    }
+}
+
+/// The decoded, validated header of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub flags: u16,
+    pub frame_len: u32,
+    pub base_offset: u64,
+    pub record_count: u32,
+    pub raw_payload_len: u32,
+    pub epoch: u64,
+    pub first_ts_us: u64,
+    pub last_ts_us: u64,
+}
+
+impl BatchHeader {
+    /// Offset one past the last record of the batch.
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+
+    pub fn is_compressed(&self) -> bool {
+        self.flags & FLAG_ZSTD != 0
+    }
+
+    pub fn contains(&self, offset: u64) -> bool {
+        offset >= self.base_offset && offset < self.next_offset()
+    }
+}
+
+fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes([b[off], b[off + 1]])
+}
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// True when `bytes` starts with a zeroed header: the clean end of a pre-zeroed segment.
+pub fn is_zero_header(bytes: &[u8]) -> bool {
+    bytes.len() >= HEADER_BYTES && bytes[..HEADER_BYTES].iter().all(|&b| b == 0)
+}
+
+/// Decode and bound the header without checking the CRC (the payload may not be there yet).
+/// Order: magic, then version, then lengths; nothing here trusts an unbounded field.
+pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+    if bytes.len() < HEADER_BYTES {
+        return Err(FormatError::Truncated {
+            needed: HEADER_BYTES,
+            available: bytes.len(),
+        });
+    }
+    let magic = u32_at(bytes, OFF_MAGIC);
+    if magic != MAGIC {
+        return Err(FormatError::BadMagic(magic));
+    }
+    let version = u16_at(bytes, OFF_VERSION);
+    if FormatVersion::from_u16(version).is_none() {
+        return Err(FormatError::UnknownVersion(version));
+    }
+    let flags = u16_at(bytes, OFF_FLAGS);
+    if flags & !FLAGS_KNOWN != 0 {
+        return Err(FormatError::UnknownFlags(flags));
+    }
+    let frame_len = u32_at(bytes, OFF_LEN);
+    if (frame_len as usize) < HEADER_BYTES || frame_len as usize > FRAME_BYTES_MAX {
+        return Err(FormatError::BadLength(frame_len));
+    }
+    let record_count = u32_at(bytes, OFF_COUNT);
+    if record_count == 0 || record_count > RECORDS_PER_BATCH_MAX {
+        return Err(FormatError::BadRecordCount(record_count));
+    }
+    let raw_payload_len = u32_at(bytes, OFF_RAW_LEN);
+    if raw_payload_len as usize > FRAME_BYTES_MAX
+        || (raw_payload_len as usize) < record_count as usize * RECORD_PREFIX_BYTES
+    {
+        return Err(FormatError::BadLength(raw_payload_len));
+    }
+    let first_ts_us = u64_at(bytes, OFF_FIRST_TS);
+    let last_ts_us = u64_at(bytes, OFF_LAST_TS);
+    if last_ts_us < first_ts_us {
+        return Err(FormatError::BadTimestamps);
+    }
+    let base_offset = u64_at(bytes, OFF_BASE);
+    if base_offset.checked_add(u64::from(record_count)).is_none() {
+        return Err(FormatError::BadRecordCount(record_count));
+    }
+    Ok(BatchHeader {
+        flags,
+        frame_len,
+        base_offset,
+        record_count,
+        raw_payload_len,
+        epoch: u64_at(bytes, OFF_EPOCH),
+        first_ts_us,
+        last_ts_us,
+    })
+}
+
+/// Validate a whole frame at the start of `bytes`: header bounds, then CRC.
+pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
+    let header = peek_header(bytes)?;
+    let len = header.frame_len as usize;
+    if bytes.len() < len {
+        return Err(FormatError::Truncated {
+            needed: len,
+            available: bytes.len(),
+        });
+    }
+    let stored = u32_at(bytes, OFF_CRC);
+    let actual = crc32fast::hash(&bytes[CRC_START..len]);
+    if stored != actual {
+        return Err(FormatError::BadCrc { stored, actual });
+    }
+    Ok(header)
+}
+
+/// Encodes records into a frame. The storage writer stamps the offset, epoch and time and
+/// seals the CRC; compression happens before, on the caller's thread.
+#[derive(Debug)]
+pub struct FrameBuilder {
+    buf: Vec<u8>,
+    count: u32,
+}
+
+impl Default for FrameBuilder {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl FrameBuilder {
+    pub fn with_capacity(payload_bytes: usize) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_BYTES + payload_bytes);
+        buf.resize(HEADER_BYTES, 0);
+        FrameBuilder { buf, count: 0 }
+    }
+
+    pub fn push(&mut self, record: &[u8]) {
+        let len = u32::try_from(record.len()).expect("record length bounded by caller");
+        self.buf.extend_from_slice(&len.to_le_bytes());
+        self.buf.extend_from_slice(record);
+        self.count += 1;
+    }
+
+    pub fn record_count(&self) -> u32 {
+        self.count
+    }
+
+    pub fn payload_len(&self) -> usize {
+        self.buf.len() - HEADER_BYTES
+    }
+
+    /// Finish the frame, compressing the payload with zstd when `zstd_level` is set and the
+    /// payload is at least `compress_min_bytes` and actually shrinks.
+    pub fn finish(mut self, zstd_level: Option<i32>, compress_min_bytes: usize) -> Vec<u8> {
+        let raw_len = self.payload_len();
+        let mut flags = 0u16;
+        if let Some(level) = zstd_level {
+            if raw_len >= compress_min_bytes && raw_len > 0 {
+                if let Ok(compressed) = zstd::bulk::compress(&self.buf[HEADER_BYTES..], level) {
+                    if compressed.len() < raw_len {
+                        self.buf.truncate(HEADER_BYTES);
+                        self.buf.extend_from_slice(&compressed);
+                        flags |= FLAG_ZSTD;
+                    }
+                }
+            }
+        }
+        let frame_len = u32::try_from(self.buf.len()).expect("frame bounded by caller");
+        let b = &mut self.buf;
+        b[OFF_MAGIC..OFF_MAGIC + 4].copy_from_slice(&MAGIC.to_le_bytes());
+        b[OFF_VERSION..OFF_VERSION + 2]
+            .copy_from_slice(&(FormatVersion::CURRENT as u16).to_le_bytes());
+        b[OFF_FLAGS..OFF_FLAGS + 2].copy_from_slice(&flags.to_le_bytes());
+        b[OFF_LEN..OFF_LEN + 4].copy_from_slice(&frame_len.to_le_bytes());
+        b[OFF_COUNT..OFF_COUNT + 4].copy_from_slice(&self.count.to_le_bytes());
+        b[OFF_RAW_LEN..OFF_RAW_LEN + 4].copy_from_slice(&(raw_len as u32).to_le_bytes());
+        self.buf
+    }
+}
+
+/// Stamp position and time into a frame built by [`FrameBuilder`] and seal its CRC.
+/// Runs on the storage thread, which alone knows the next offset and the epoch.
+pub fn stamp_frame(frame: &mut [u8], base_offset: u64, epoch: u64, ts_us: u64) {
+    debug_assert!(frame.len() >= HEADER_BYTES);
+    frame[OFF_BASE..OFF_BASE + 8].copy_from_slice(&base_offset.to_le_bytes());
+    frame[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
+    frame[OFF_FIRST_TS..OFF_FIRST_TS + 8].copy_from_slice(&ts_us.to_le_bytes());
+    frame[OFF_LAST_TS..OFF_LAST_TS + 8].copy_from_slice(&ts_us.to_le_bytes());
+    let crc = crc32fast::hash(&frame[CRC_START..]);
+    frame[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Record count of an unstamped frame from [`FrameBuilder::finish`].
+pub fn frame_record_count(frame: &[u8]) -> u32 {
+    u32_at(frame, OFF_COUNT)
+}
+
+/// One record as read back, with its position and the primary's write time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub timestamp_us: u64,
+    pub value: Bytes,
+}
+
+/// Decode the records of a checked frame (decompressing when flagged).
+pub fn decode_records(frame: &[u8], header: &BatchHeader) -> Result<Vec<Record>, FormatError> {
+    let payload = &frame[HEADER_BYTES..header.frame_len as usize];
+    let raw: Bytes = if header.is_compressed() {
+        let out = zstd::bulk::decompress(payload, header.raw_payload_len as usize)
+            .map_err(|e| FormatError::Decompress(e.to_string()))?;
+        if out.len() != header.raw_payload_len as usize {
+            return Err(FormatError::BadLength(out.len() as u32));
+        }
+        Bytes::from(out)
+    } else {
+        if payload.len() != header.raw_payload_len as usize {
+            return Err(FormatError::BadLength(payload.len() as u32));
+        }
+        Bytes::copy_from_slice(payload)
+    };
+    let mut records = Vec::with_capacity(header.record_count as usize);
+    let mut pos = 0usize;
+    for i in 0..header.record_count {
+        if raw.len() - pos < RECORD_PREFIX_BYTES {
+            return Err(FormatError::BadRecord(i));
+        }
+        let len = u32_at(&raw, pos) as usize;
+        pos += RECORD_PREFIX_BYTES;
+        if raw.len() - pos < len {
+            return Err(FormatError::BadRecord(i));
+        }
+        records.push(Record {
+            offset: header.base_offset + u64::from(i),
+            timestamp_us: header.first_ts_us,
+            value: raw.slice(pos..pos + len),
+        });
+        pos += len;
+    }
+    if pos != raw.len() {
+        return Err(FormatError::BadRecord(header.record_count));
+    }
+    Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn build(records: &[Vec<u8>], zstd: Option<i32>, base: u64) -> Vec<u8> {
+        let mut b = FrameBuilder::default();
+        for r in records {
+            b.push(r);
+        }
+        let mut f = b.finish(zstd, 0);
+        stamp_frame(&mut f, base, 7, 1_000);
+        f
+    }
+
+    #[test]
+    fn empty_records_round_trip() {
+        let f = build(&[vec![], vec![], b"x".to_vec()], None, 5);
+        let h = check_frame(&f).unwrap();
+        assert_eq!(h.base_offset, 5);
+        assert_eq!(h.record_count, 3);
+        let r = decode_records(&f, &h).unwrap();
+        assert_eq!(r[0].value.len(), 0);
+        assert_eq!(r[2].offset, 7);
+        assert_eq!(&r[2].value[..], b"x");
+    }
+
+    #[test]
+    fn zero_header_is_end_not_frame() {
+        let zeros = [0u8; HEADER_BYTES];
+        assert!(is_zero_header(&zeros));
+        assert!(matches!(peek_header(&zeros), Err(FormatError::BadMagic(0))));
+    }
+
+    #[test]
+    fn unknown_version_is_refused_before_crc() {
+        let mut f = build(&[b"a".to_vec()], None, 0);
+        f[OFF_VERSION] = 9;
+        assert!(matches!(
+            check_frame(&f),
+            Err(FormatError::UnknownVersion(9))
+        ));
+    }
+
+    #[test]
+    fn compressible_payload_is_compressed() {
+        let rec = vec![b'a'; 10_000];
+        let f = build(std::slice::from_ref(&rec), Some(1), 0);
+        let h = check_frame(&f).unwrap();
+        assert!(h.is_compressed());
+        assert!(f.len() < 1000);
+        assert_eq!(decode_records(&f, &h).unwrap()[0].value, rec);
+    }
+
+    #[test]
+    fn incompressible_payload_stays_raw() {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let rec: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let f = build(&[rec], Some(1), 0);
+        assert!(!check_frame(&f).unwrap().is_compressed());
+    }
+
+    #[test]
+    fn oversized_length_is_not_trusted() {
+        let mut f = build(&[b"abc".to_vec()], None, 0);
+        f[OFF_LEN..OFF_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(check_frame(&f), Err(FormatError::BadLength(_))));
+    }
+
+    proptest! {
+        #[test]
+        fn round_trip(records in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..2000), 1..40),
+            compress in any::<bool>(), base in 0u64..u64::MAX / 2) {
+            let f = build(&records, compress.then_some(1), base);
+            let h = check_frame(&f).unwrap();
+            prop_assert_eq!(h.base_offset, base);
+            prop_assert_eq!(h.record_count as usize, records.len());
+            prop_assert_eq!(h.frame_len as usize, f.len());
+            let out = decode_records(&f, &h).unwrap();
+            for (i, (got, want)) in out.iter().zip(&records).enumerate() {
+                prop_assert_eq!(got.offset, base + i as u64);
+                prop_assert_eq!(&got.value[..], &want[..]);
+            }
+        }
+
+        #[test]
+        fn any_single_byte_flip_is_detected(records in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..300), 1..10),
+            pos in any::<prop::sample::Index>(), bit in 0u8..8) {
+            let mut f = build(&records, None, 3);
+            let i = pos.index(f.len());
+            // The CRC field itself flipping is still a mismatch; every byte is covered.
+            f[i] ^= 1 << bit;
+            prop_assert!(check_frame(&f).is_err());
+        }
+
+        #[test]
+        fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(h) = check_frame(&bytes) {
+                let _ = decode_records(&bytes, &h);
+            }
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The owned-buffer IO trait the storage thread writes through, and its backends.
+//!
+//! Buffers go in and come back with the result (tokio-uring's `BufResult` shape) so that an
+//! io_uring backend can hold them while the kernel works. Only the write path goes through
+//! here: reads are served from mmap, and rare metadata work (create, rename, fsync dir) uses
+//! std directly because it is off the hot path.
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+
+pub mod fault;
+pub mod std_backend;
+#[cfg(target_os = "linux")]
+pub mod uring;
+
+/// Result of an owned-buffer operation: the outcome and the buffer, handed back either way.
+pub type BufResult<T> = (io::Result<T>, Vec<u8>);
+
+/// A file opened for writing by a backend. Futures are polled on the storage thread only.
+pub trait IoFile: 'static {
+    /// Write all of `buf` at `pos`.
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>>;
+
+    /// fdatasync.
+    fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
+
+    /// Write all of `buf` at `pos`, then fdatasync. Backends that can chain the two in one
+    /// submission (io_uring linked SQEs) override this.
+    fn write_all_at_sync(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {
+        async move {
+            let (res, buf) = self.write_all_at(buf, pos).await;
+            if let Err(e) = res {
+                return (Err(e), buf);
+            }
+            (self.sync_data().await, buf)
+        }
+    }
+}
+
+/// Opens [`IoFile`]s. Cheap to clone; lives on the storage thread.
+pub trait IoBackend: Clone + 'static {
+    type File: IoFile;
+
+    fn name(&self) -> &'static str;
+
+    /// Wrap an already opened, writable std file.
+    fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<Self::File>;
+}
+
+/// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log
+/// line when a ring cannot be created (seccomp, `kernel.io_uring_disabled`, old kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    Auto,
+    Uring,
+    #[default]
+    Std,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BackendChoice::Auto),
+            "uring" | "io_uring" | "io-uring" => Ok(BackendChoice::Uring),
+            "std" | "pwrite" => Ok(BackendChoice::Std),
+            other => Err(format!(
+                "unknown io backend {other:?}; expected auto, uring or std"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BackendChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendChoice::Auto => "auto",
+            BackendChoice::Uring => "uring",
+            BackendChoice::Std => "std",
+        })
+    }
+}

@@ -1,0 +1,38 @@
+//! Plain pwrite + fdatasync. Blocking calls are fine: the storage thread is dedicated.
+
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::{BufResult, IoBackend, IoFile};
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdBackend;
+
+#[derive(Debug)]
+pub struct StdFile {
+    file: std::fs::File,
+}
+
+impl IoBackend for StdBackend {
+    type File = StdFile;
+
+    fn name(&self) -> &'static str {
+        "std"
+    }
+
+    fn wrap(&self, file: std::fs::File, _path: &Path) -> io::Result<StdFile> {
+        Ok(StdFile { file })
+    }
+}
+
+impl IoFile for StdFile {
+    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
+        let res = self.file.write_all_at(&buf, pos);
+        (res, buf)
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}

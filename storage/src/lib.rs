@@ -1,0 +1,39 @@
+//! spool-storage: Spool's segmented, append-only commit log.
+//!
+//! - [`format`]: the batch frame, identical on disk and on the replication wire;
+//! - [`Storage`]: a data directory of named [`Log`]s and the storage thread that owns all
+//!   writes (group commit through the [`io`] backends: io_uring or pwrite+fdatasync);
+//! - [`LogReader`]: reads through mmap, never past the durable end;
+//! - recovery on open validates only the tail ([`RecoveryMode`]).
+//!
+//! This crate knows nothing of gRPC or replication; replication builds on
+//! [`Log::append_frames`], [`LogReader::read_frames`], epochs and the retention floor.
+
+pub mod config;
+mod crashsafe;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod io;
+mod log;
+mod log_writer;
+pub mod meta;
+mod reader;
+mod recovery;
+mod retention;
+pub mod segment;
+mod spare;
+pub mod stats;
+mod storage;
+mod writer;
+
+pub mod check;
+
+pub use config::{Compression, Durability, LogConfig, RecoveryMode, StorageConfig};
+pub use error::{FormatError, Result, StorageError};
+pub use format::Record;
+pub use io::BackendChoice;
+pub use log::{AppendAck, Log, Positions};
+pub use meta::EpochHistory;
+pub use reader::{FrameChunk, FrameCursor, LogReader};
+pub use storage::{validate_log_name, Storage};

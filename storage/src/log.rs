@@ -1,0 +1,305 @@
+//! A named log: the state shared between the storage thread and readers, and the public
+//! handle through which callers append, read and manage it.
+//!
+//! # Positions
+//!
+//! `written >= durable >= start`, all record offsets:
+//! - `written`: one past the last record handed to the OS (page cache), maybe not synced;
+//! - `durable`: one past the last record covered by fdatasync; the only end readers and
+//!   replication ever see (published through a watch channel);
+//! - `start`: the first record still kept (retention removes whole segments below it).
+//!
+//! Replication adds `committed <= durable` (acknowledged per the ack mode) on top.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{oneshot, watch};
+
+use crate::config::{Compression, Durability, LogConfig};
+use crate::error::{Result, StorageError};
+use crate::format::{self, FrameBuilder, HEADER_BYTES, RECORDS_PER_BATCH_MAX, RECORD_PREFIX_BYTES};
+use crate::meta::EpochHistory;
+use crate::reader::LogReader;
+use crate::segment::SegmentView;
+use crate::storage::StorageInner;
+use crate::writer::Cmd;
+
+/// What an append got back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendAck {
+    pub base_offset: u64,
+    pub record_count: u32,
+    pub epoch: u64,
+    /// The durability actually reached.
+    pub durability: Durability,
+}
+
+impl AppendAck {
+    pub fn next_offset(&self) -> u64 {
+        self.base_offset + u64::from(self.record_count)
+    }
+}
+
+/// Snapshot of a log's positions (see the module docs for their relations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Positions {
+    pub start: u64,
+    pub durable: u64,
+    pub written: u64,
+}
+
+#[derive(Debug)]
+pub(crate) struct LogShared {
+    pub id: u64,
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: LogConfig,
+    pub segments: RwLock<Vec<Arc<SegmentView>>>,
+    pub durable: watch::Sender<u64>,
+    pub written: AtomicU64,
+    pub start: AtomicU64,
+    /// Retention never deletes a segment holding records at or above this offset.
+    pub retention_floor: AtomicU64,
+    pub epochs: RwLock<EpochHistory>,
+    pub deleted: AtomicBool,
+    pub poisoned: Mutex<Option<String>>,
+}
+
+impl LogShared {
+    pub fn new(
+        id: u64,
+        name: String,
+        dir: PathBuf,
+        config: LogConfig,
+        segments: Vec<Arc<SegmentView>>,
+        epochs: EpochHistory,
+        durable_end: u64,
+    ) -> Self {
+        let start = segments.first().map_or(0, |s| s.base_offset);
+        LogShared {
+            id,
+            name,
+            dir,
+            config,
+            segments: RwLock::new(segments),
+            durable: watch::Sender::new(durable_end),
+            written: AtomicU64::new(durable_end),
+            start: AtomicU64::new(start),
+            retention_floor: AtomicU64::new(u64::MAX),
+            epochs: RwLock::new(epochs),
+            deleted: AtomicBool::new(false),
+            poisoned: Mutex::new(None),
+        }
+    }
+
+    pub fn positions(&self) -> Positions {
+        let start = self.start.load(Ordering::Acquire);
+        let durable = *self.durable.borrow();
+        let written = self.written.load(Ordering::Acquire).max(durable);
+        debug_assert!(written >= durable && durable >= start);
+        Positions {
+            start,
+            durable,
+            written,
+        }
+    }
+}
+
+/// Handle to a named log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Log {
+    pub(crate) shared: Arc<LogShared>,
+    pub(crate) storage: Arc<StorageInner>,
+}
+
+impl Log {
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.shared.config
+    }
+
+    pub fn positions(&self) -> Positions {
+        self.shared.positions()
+    }
+
+    pub fn reader(&self) -> LogReader {
+        LogReader::new(self.shared.clone())
+    }
+
+    /// Durable end offset, updated after every group commit.
+    pub fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.subscribe()
+    }
+
+    pub fn epochs(&self) -> EpochHistory {
+        self.shared.epochs.read().clone()
+    }
+
+    pub fn current_epoch(&self) -> u64 {
+        self.shared.epochs.read().current()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.shared.deleted.load(Ordering::Acquire)
+    }
+
+    /// Bytes of frames kept, and bytes the segment files take on disk.
+    pub fn size_bytes(&self) -> (u64, u64) {
+        let segs = self.shared.segments.read();
+        let data = segs.iter().map(|s| s.durable_len()).sum();
+        let disk = segs.iter().map(|s| s.capacity()).sum();
+        (data, disk)
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.shared.segments.read().len()
+    }
+
+    /// Retention keeps every record at or after `offset` (None lifts the floor).
+    /// Replication sets this to what its slowest replica still needs.
+    pub fn set_retention_floor(&self, offset: Option<u64>) {
+        self.shared
+            .retention_floor
+            .store(offset.unwrap_or(u64::MAX), Ordering::Release);
+    }
+
+    /// Append records as one batch; resolves once the batch reached `durability`.
+    pub async fn append<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+    ) -> Result<AppendAck> {
+        let frame = self.encode(records)?;
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::Append {
+                log: self.shared.clone(),
+                frame,
+                durability,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Validate and encode records into an unstamped frame (compression happens here, on
+    /// the caller's thread, not on the storage thread).
+    pub fn encode<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Vec<u8>> {
+        if records.is_empty() {
+            return Err(StorageError::InvalidInput(
+                "an append needs at least one record".into(),
+            ));
+        }
+        if records.len() > RECORDS_PER_BATCH_MAX as usize {
+            return Err(StorageError::InvalidInput(format!(
+                "{} records in one batch; the maximum is {RECORDS_PER_BATCH_MAX}",
+                records.len()
+            )));
+        }
+        let max = self.storage.config.record_bytes_max;
+        let mut payload = 0usize;
+        for r in records {
+            let size = r.as_ref().len();
+            if size > max {
+                return Err(StorageError::RecordTooLarge { size, max });
+            }
+            payload += RECORD_PREFIX_BYTES + size;
+        }
+        let frame_max = self.shared.config.frame_bytes_max();
+        if HEADER_BYTES + payload > frame_max {
+            return Err(StorageError::InvalidInput(format!(
+                "batch of {} bytes exceeds the largest frame this log takes ({frame_max} bytes); \
+                 split it into smaller appends",
+                HEADER_BYTES + payload
+            )));
+        }
+        let mut b = FrameBuilder::with_capacity(payload);
+        for r in records {
+            b.push(r.as_ref());
+        }
+        let level = match self.shared.config.compression {
+            Compression::None => None,
+            Compression::Zstd { level } => Some(level),
+        };
+        Ok(b.finish(level, self.shared.config.compress_min_bytes as usize))
+    }
+
+    /// Append already stamped frames as they are (the replica path): each must check out
+    /// and continue the log's offsets exactly; a higher epoch is recorded before it is
+    /// written. Resolves with the new end offset once durable.
+    pub async fn append_frames(&self, frames: Bytes) -> Result<u64> {
+        let mut pos = 0;
+        while pos < frames.len() {
+            let h =
+                format::check_frame(&frames[pos..]).map_err(|e| StorageError::FrameRejected {
+                    log: self.shared.name.clone(),
+                    reason: format!("frame at byte {pos}: {e}"),
+                })?;
+            pos += h.frame_len as usize;
+        }
+        if frames.is_empty() {
+            return Ok(self.positions().written);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::AppendFrames {
+                log: self.shared.clone(),
+                frames,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Cut the log so that it ends at `end` (records `>= end` are removed). For a divergent
+    /// tail after failover; a batch straddling `end` is rewritten with its first records.
+    pub async fn truncate_to(&self, end: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::Truncate {
+                log: self.shared.clone(),
+                end,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Remove every record after `offset` (keeps `offset` itself).
+    pub async fn truncate_after(&self, offset: u64) -> Result<()> {
+        self.truncate_to(offset + 1).await
+    }
+
+    /// Delete whole segments whose records all lie below `offset`. Returns the new start.
+    pub async fn delete_before(&self, offset: u64) -> Result<u64> {
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::DeleteBefore {
+                log: self.shared.clone(),
+                offset,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Start `epoch` at the current end; persisted before any frame of it is written.
+    pub async fn begin_epoch(&self, epoch: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::BeginEpoch {
+                log: self.shared.clone(),
+                epoch,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+}

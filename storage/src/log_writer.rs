@@ -1,0 +1,648 @@
+//! One log's write side, owned by the storage thread: the active segment, the group buffer,
+//! the waiters, rolling, truncation and segment removal.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use crate::config::{Durability, GROUP_BYTES_CAP};
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result, StorageError};
+use crate::format::{self, BatchHeader, FrameBuilder};
+use crate::index::{self, IndexEntry};
+use crate::io::{IoBackend, IoFile};
+use crate::log::{AppendAck, LogShared};
+use crate::recovery::RecoveredLog;
+use crate::segment::{self, SegmentView};
+use crate::spare::{self, SpareSlot};
+use crate::stats::Stats;
+use crate::writer::{now_us, WriterCtx};
+
+enum Waiter {
+    Local {
+        reply: oneshot::Sender<Result<AppendAck>>,
+        ack: AppendAck,
+    },
+    Frames {
+        reply: oneshot::Sender<Result<u64>>,
+        end: u64,
+    },
+}
+
+pub(crate) struct LogWriter<F: IoFile> {
+    pub shared: Arc<LogShared>,
+    seg: Arc<SegmentView>,
+    file: F,
+    idx_file: File,
+    /// Bytes of the active segment handed to the OS.
+    write_pos: u64,
+    written_next: u64,
+    /// Frames of the current group, to be written at `write_pos`.
+    buf: Vec<u8>,
+    buf_next: u64,
+    durable_pos: u64,
+    durable_next: u64,
+    last_ts_us: u64,
+    /// Position of the newest index entry (durable or pending).
+    last_index_pos: Option<u64>,
+    /// Entries for frames not yet durable.
+    pending_entries: Vec<IndexEntry>,
+    /// Entries for durable frames not yet in the `.idx` file (a write failed).
+    unwritten_entries: Vec<IndexEntry>,
+    idx_entries_on_disk: u64,
+    waiters: Vec<Waiter>,
+    sync_requested: bool,
+    unsynced_bytes: u64,
+    pub unsynced_since: Option<Instant>,
+    spare: Arc<SpareSlot>,
+}
+
+fn open_rw(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)
+}
+
+fn open_idx(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .at(path)
+}
+
+/// A fresh error of the same kind for each waiter (io errors cannot be cloned).
+fn copy_err(e: &StorageError) -> StorageError {
+    match e {
+        StorageError::DiskFull { path, source } => StorageError::DiskFull {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StorageError::Io { path, source } => StorageError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        StorageError::Poisoned { log, cause } => StorageError::Poisoned {
+            log: log.clone(),
+            cause: cause.clone(),
+        },
+        other => StorageError::InvalidInput(other.to_string()),
+    }
+}
+
+impl<F: IoFile> LogWriter<F> {
+    pub fn new<B: IoBackend<File = F>>(
+        backend: &B,
+        r: RecoveredLog,
+        _ctx: &WriterCtx,
+    ) -> Result<Self> {
+        let seg = r
+            .shared
+            .segments
+            .read()
+            .last()
+            .cloned()
+            .expect("a log always has a segment");
+        let file = backend.wrap(r.seg_file, &seg.path).at(&seg.path)?;
+        let next = seg.durable_next();
+        assert_eq!(seg.durable_len(), r.write_pos);
+        Ok(LogWriter {
+            last_ts_us: seg.last_ts_us(),
+            shared: r.shared,
+            file,
+            idx_file: r.idx_file,
+            write_pos: r.write_pos,
+            written_next: next,
+            buf: Vec::new(),
+            buf_next: next,
+            durable_pos: r.write_pos,
+            durable_next: next,
+            last_index_pos: r.last_index_pos,
+            pending_entries: Vec::new(),
+            unwritten_entries: Vec::new(),
+            idx_entries_on_disk: r.idx_entries_on_disk,
+            waiters: Vec::new(),
+            sync_requested: false,
+            unsynced_bytes: 0,
+            unsynced_since: None,
+            spare: SpareSlot::new(r.spare),
+            seg,
+        })
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        match &*self.shared.poisoned.lock() {
+            Some(cause) => Err(StorageError::Poisoned {
+                log: self.shared.name.clone(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Ensure the next frame of `len` bytes fits in the active segment, rolling if not.
+    pub async fn make_room<B: IoBackend<File = F>>(
+        &mut self,
+        len: usize,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        self.check_poison()?;
+        let max = self.shared.config.frame_bytes_max();
+        if len > max {
+            return Err(StorageError::InvalidInput(format!(
+                "frame of {len} bytes exceeds the segment's limit of {max}"
+            )));
+        }
+        let cap = self.seg.capacity();
+        let end = self.write_pos + self.buf.len() as u64;
+        if end + len as u64 <= cap {
+            if end * 2 >= cap && self.spare.is_idle() {
+                ctx.preparer.request(
+                    &self.spare,
+                    &self.shared.dir,
+                    self.shared.config.segment_bytes,
+                    None,
+                );
+            }
+            return Ok(());
+        }
+        self.commit(true, &ctx.stats).await?;
+        self.roll(backend, ctx)
+    }
+
+    fn note_index(&mut self, pos: u64, offset: u64) {
+        let interval = u64::from(self.shared.config.index_interval_bytes);
+        if self.last_index_pos.is_none_or(|l| pos - l >= interval) {
+            self.pending_entries.push(IndexEntry {
+                offset,
+                pos: pos as u32,
+            });
+            self.last_index_pos = Some(pos);
+        }
+    }
+
+    pub fn push_local(
+        &mut self,
+        mut frame: Vec<u8>,
+        durability: Durability,
+        reply: oneshot::Sender<Result<AppendAck>>,
+    ) {
+        let offset = self.buf_next;
+        let epoch = self.shared.epochs.read().current();
+        // Timestamps never go back within a log, whatever the wall clock does.
+        let ts = now_us().max(self.last_ts_us);
+        format::stamp_frame(&mut frame, offset, epoch, ts);
+        let count = format::frame_record_count(&frame);
+        self.note_index(self.write_pos + self.buf.len() as u64, offset);
+        self.buf.extend_from_slice(&frame);
+        self.buf_next += u64::from(count);
+        self.last_ts_us = ts;
+        if durability == Durability::Fsync {
+            self.sync_requested = true;
+        }
+        self.waiters.push(Waiter::Local {
+            reply,
+            ack: AppendAck {
+                base_offset: offset,
+                record_count: count,
+                epoch,
+                durability,
+            },
+        });
+    }
+
+    pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader) -> Result<()> {
+        let reject = |reason: String| StorageError::FrameRejected {
+            log: self.shared.name.clone(),
+            reason,
+        };
+        if h.base_offset != self.buf_next {
+            return Err(reject(format!(
+                "frame starts at offset {}, the log ends at {}",
+                h.base_offset, self.buf_next
+            )));
+        }
+        let current = self.shared.epochs.read().current();
+        if h.epoch < current {
+            return Err(reject(format!(
+                "frame from epoch {} is older than the log's epoch {current}",
+                h.epoch
+            )));
+        }
+        if h.epoch > current {
+            // The epoch history is durable before the first frame of the epoch is.
+            let mut epochs = self.shared.epochs.write();
+            epochs.begin(h.epoch, h.base_offset)?;
+            epochs.save(&self.shared.dir)?;
+        }
+        self.note_index(self.write_pos + self.buf.len() as u64, h.base_offset);
+        self.buf.extend_from_slice(frame);
+        self.buf_next = h.next_offset();
+        self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
+        self.sync_requested = true;
+        Ok(())
+    }
+
+    pub fn push_frames_waiter(&mut self, reply: oneshot::Sender<Result<u64>>) {
+        self.waiters.push(Waiter::Frames {
+            reply,
+            end: self.buf_next,
+        });
+    }
+
+    /// Write the group buffer (and fdatasync when anyone needs it), then publish and
+    /// complete the waiters. On failure every waiter gets the error and the buffered frames
+    /// are dropped; the error is returned too.
+    pub async fn commit(&mut self, force_sync: bool, stats: &Stats) -> Result<()> {
+        let len = self.buf.len() as u64;
+        let need_sync =
+            force_sync || self.sync_requested || self.unsynced_bytes + len > GROUP_BYTES_CAP as u64;
+        if len == 0 && !(need_sync && self.unsynced_bytes > 0) {
+            debug_assert!(self.waiters.is_empty());
+            return Ok(());
+        }
+        let pos = self.write_pos;
+        let buf = std::mem::take(&mut self.buf);
+        let started = std::time::Instant::now();
+        let (res, mut buf) = if len == 0 {
+            (self.file.sync_data().await, buf)
+        } else if need_sync {
+            self.file.write_all_at_sync(buf, pos).await
+        } else {
+            self.file.write_all_at(buf, pos).await
+        };
+        if need_sync {
+            stats.record_sync(started.elapsed());
+        }
+        buf.clear();
+        if buf.capacity() > 2 * GROUP_BYTES_CAP {
+            buf = Vec::new();
+        }
+        self.buf = buf;
+        if let Err(e) = res {
+            return Err(self.fail_write(e, pos, len).await);
+        }
+        self.write_pos += len;
+        self.written_next = self.buf_next;
+        self.shared
+            .written
+            .store(self.written_next, Ordering::Release);
+        let synced = need_sync;
+        if synced {
+            self.sync_requested = false;
+            self.unsynced_bytes = 0;
+            self.unsynced_since = None;
+            self.publish_durable();
+        } else {
+            self.unsynced_bytes += len;
+            self.unsynced_since.get_or_insert_with(Instant::now);
+        }
+        stats.record_appended(len);
+        for w in self.waiters.drain(..) {
+            match w {
+                Waiter::Local { reply, mut ack } => {
+                    if synced {
+                        ack.durability = Durability::Fsync;
+                    }
+                    let _ = reply.send(Ok(ack));
+                }
+                Waiter::Frames { reply, end } => {
+                    debug_assert!(synced);
+                    let _ = reply.send(Ok(end));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail_write(&mut self, e: std::io::Error, pos: u64, len: u64) -> StorageError {
+        let err = StorageError::io(&self.seg.path, e);
+        if !err.is_disk_full() {
+            // After a failed write or fsync the page cache can no longer be trusted
+            // (fsyncgate): refuse writes until a restart re-reads the disk.
+            *self.shared.poisoned.lock() = Some(err.to_string());
+            tracing::error!(log = %self.shared.name, error = %err, "write failed; log refuses writes until restart");
+        }
+        // Best effort: leave no residue of the failed group that could pass for data.
+        if len > 0 {
+            let _ = self.file.write_all_at(vec![0u8; len as usize], pos).await;
+        }
+        self.buf_next = self.written_next;
+        let keep = self.write_pos;
+        self.pending_entries.retain(|e| u64::from(e.pos) < keep);
+        self.last_index_pos = self
+            .pending_entries
+            .last()
+            .copied()
+            .or_else(|| self.seg.index_snapshot().last().copied())
+            .map(|e| u64::from(e.pos));
+        for w in self.waiters.drain(..) {
+            match w {
+                Waiter::Local { reply, .. } => {
+                    let _ = reply.send(Err(copy_err(&err)));
+                }
+                Waiter::Frames { reply, .. } => {
+                    let _ = reply.send(Err(copy_err(&err)));
+                }
+            }
+        }
+        self.sync_requested = false;
+        err
+    }
+
+    fn publish_durable(&mut self) {
+        assert!(self.write_pos >= self.durable_pos);
+        assert!(self.written_next >= self.durable_next);
+        self.durable_pos = self.write_pos;
+        self.durable_next = self.written_next;
+        let entries = std::mem::take(&mut self.pending_entries);
+        self.seg.publish(
+            self.durable_pos,
+            self.durable_next,
+            self.last_ts_us,
+            &entries,
+        );
+        self.unwritten_entries.extend(entries);
+        self.write_index_entries();
+        self.shared.durable.send_replace(self.durable_next);
+    }
+
+    /// Append durable entries to the `.idx` file. Not synced here: the index is a hint that
+    /// recovery verifies; it is synced when the segment is sealed.
+    fn write_index_entries(&mut self) {
+        if self.unwritten_entries.is_empty() {
+            return;
+        }
+        let bytes = index::encode(self.seg.base_offset, &self.unwritten_entries);
+        let at = self.idx_entries_on_disk * index::ENTRY_BYTES as u64;
+        match self.idx_file.write_all_at(&bytes, at) {
+            Ok(()) => {
+                self.idx_entries_on_disk += self.unwritten_entries.len() as u64;
+                self.unwritten_entries.clear();
+            }
+            Err(e) => {
+                tracing::warn!(log = %self.shared.name, error = %e, "index write failed; will retry")
+            }
+        }
+    }
+
+    fn idx_path(&self, base: u64) -> PathBuf {
+        self.shared.dir.join(segment::index_file_name(base))
+    }
+
+    /// Seal the active segment and continue in a new one starting at the durable end.
+    fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
+        assert!(self.buf.is_empty() && self.waiters.is_empty());
+        assert_eq!(self.durable_pos, self.write_pos);
+        self.write_index_entries();
+        if !self.unwritten_entries.is_empty() {
+            return Err(StorageError::io(
+                self.idx_path(self.seg.base_offset),
+                std::io::Error::other("index entries could not be written"),
+            ));
+        }
+        let old_idx = self.idx_path(self.seg.base_offset);
+        self.idx_file.sync_all().at(&old_idx)?;
+        let dir = self.shared.dir.clone();
+        let size = self.shared.config.segment_bytes;
+        let spare = match self.spare.take() {
+            Some(p) => p,
+            None => spare::prepare(&dir, size, None)?,
+        };
+        let base = self.durable_next;
+        let path = dir.join(segment::segment_file_name(base));
+        if let Err(e) = fs::rename(&spare, &path) {
+            let _ = fs::remove_file(&spare);
+            return Err(StorageError::io(&path, e));
+        }
+        let idx_path = self.idx_path(base);
+        let idx_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&idx_path)
+            .at(&idx_path)?;
+        fsync_dir(&dir)?;
+        let file = open_rw(&path)?;
+        let view = Arc::new(SegmentView::map(&path, &file, base)?);
+        let file = backend.wrap(file, &path).at(&path)?;
+        self.shared.segments.write().push(view.clone());
+        self.seg = view;
+        self.file = file;
+        self.idx_file = idx_file;
+        self.write_pos = 0;
+        self.durable_pos = 0;
+        self.idx_entries_on_disk = 0;
+        self.last_index_pos = None;
+        ctx.preparer.request(&self.spare, &dir, size, None);
+        tracing::debug!(log = %self.shared.name, base, "rolled to a new segment");
+        Ok(())
+    }
+
+    pub fn begin_epoch(&mut self, epoch: u64) -> Result<()> {
+        self.check_poison()?;
+        let mut epochs = self.shared.epochs.write();
+        if epochs.begin(epoch, self.buf_next)? {
+            epochs.save(&self.shared.dir)?;
+        }
+        Ok(())
+    }
+
+    /// Remove the `n` oldest segments (never the active one). Files are renamed out of the
+    /// way and the directory synced before anything is zeroed or deleted, so a crash leaves
+    /// either the whole segment or none of it. Returns the new start offset.
+    pub fn remove_front(&mut self, n: usize, ctx: &WriterCtx) -> Result<u64> {
+        let dir = self.shared.dir.clone();
+        let removed: Vec<Arc<SegmentView>> = {
+            let mut segs = self.shared.segments.write();
+            let n = n.min(segs.len() - 1);
+            let removed = segs.drain(..n).collect();
+            self.shared
+                .start
+                .store(segs[0].base_offset, Ordering::Release);
+            removed
+        };
+        if removed.is_empty() {
+            return Ok(self.shared.start.load(Ordering::Acquire));
+        }
+        let mut recyclable = Vec::new();
+        for seg in removed {
+            let _ = fs::remove_file(self.idx_path(seg.base_offset));
+            let path = seg.path.clone();
+            let gone = path.with_extension("deleted.tmp");
+            fs::rename(&path, &gone).at(&path)?;
+            // Reuse the file only if no reader still maps it: zeroing it under a reader
+            // would show that reader garbage.
+            match Arc::try_unwrap(seg) {
+                Ok(view) => {
+                    drop(view);
+                    recyclable.push(gone);
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&gone);
+                }
+            }
+        }
+        fsync_dir(&dir)?;
+        for gone in recyclable {
+            ctx.preparer.request(
+                &self.spare,
+                &dir,
+                self.shared.config.segment_bytes,
+                Some(gone),
+            );
+        }
+        Ok(self.shared.start.load(Ordering::Acquire))
+    }
+
+    /// Cut the log to end at `end`. See [`crate::Log::truncate_to`].
+    pub async fn truncate_to<B: IoBackend<File = F>>(
+        &mut self,
+        end: u64,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        self.check_poison()?;
+        self.commit(true, &ctx.stats).await?;
+        let p = self.shared.positions();
+        if end > p.durable {
+            return Err(StorageError::InvalidInput(format!(
+                "cannot truncate log {:?} to {end}: it ends at {}",
+                self.shared.name, p.durable
+            )));
+        }
+        if end == p.durable {
+            return Ok(());
+        }
+        if end < p.start {
+            return Err(StorageError::OffsetOutOfRange {
+                log: self.shared.name.clone(),
+                offset: end,
+                start: p.start,
+                end: p.durable,
+            });
+        }
+        let segs = self.shared.segments.read().clone();
+        let i = segs.partition_point(|s| s.base_offset <= end) - 1;
+        let target = segs[i].clone();
+        let (cut_pos, rewrite) = match target.locate(end)? {
+            None => (target.durable_len(), None),
+            Some(f) if f.header.base_offset == end => (f.pos, None),
+            Some(f) => {
+                let (h, bytes) = target.frame_at(f.pos)?;
+                (f.pos, Some(prefix_frame(bytes, &h, end, &target.path)?))
+            }
+        };
+        let old_end = if i + 1 == segs.len() {
+            self.write_pos
+        } else {
+            target.durable_len()
+        };
+        for s in segs[i + 1..].iter().rev() {
+            fs::remove_file(&s.path).at(&s.path)?;
+            let _ = fs::remove_file(self.idx_path(s.base_offset));
+        }
+        if i + 1 < segs.len() {
+            let file = open_rw(&target.path)?;
+            self.file = backend.wrap(file, &target.path).at(&target.path)?;
+            self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
+            self.seg = target.clone();
+        }
+        let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
+        let new_len = cut_pos + rewritten;
+        let mut data = rewrite.unwrap_or_default();
+        data.resize(old_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
+        if !data.is_empty() {
+            let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
+            if let Err(e) = r {
+                let err = StorageError::io(&target.path, e);
+                *self.shared.poisoned.lock() = Some(err.to_string());
+                return Err(err);
+            }
+        }
+        let entries: Vec<IndexEntry> = target
+            .index_snapshot()
+            .into_iter()
+            .filter(|e| {
+                u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos)
+            })
+            .collect();
+        let idx_path = self.idx_path(target.base_offset);
+        self.idx_file
+            .write_all_at(&index::encode(target.base_offset, &entries), 0)
+            .and_then(|_| {
+                self.idx_file
+                    .set_len((entries.len() * index::ENTRY_BYTES) as u64)
+            })
+            .and_then(|_| self.idx_file.sync_data())
+            .at(&idx_path)?;
+        target.cut(new_len, end);
+        target.set_index(entries.clone());
+        self.shared.segments.write().truncate(i + 1);
+        {
+            let mut epochs = self.shared.epochs.write();
+            let before = epochs.clone();
+            epochs.truncate(end);
+            if *epochs != before {
+                epochs.save(&self.shared.dir)?;
+            }
+        }
+        self.write_pos = new_len;
+        self.durable_pos = new_len;
+        self.written_next = end;
+        self.buf_next = end;
+        self.durable_next = end;
+        self.idx_entries_on_disk = entries.len() as u64;
+        self.unwritten_entries.clear();
+        self.pending_entries.clear();
+        self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
+        self.shared.written.store(end, Ordering::Release);
+        self.shared.durable.send_replace(end);
+        fsync_dir(&self.shared.dir)?;
+        tracing::info!(log = %self.shared.name, end, "log truncated");
+        Ok(())
+    }
+
+    /// Remove the log's directory (renamed aside first, so a crash never leaves half a log).
+    pub fn delete_files(&mut self) -> Result<()> {
+        let dir = &self.shared.dir;
+        let parent = dir.parent().expect("log dir has a parent");
+        let trash = parent.join(format!(".trash-{}-{}", self.shared.name, self.shared.id));
+        fs::rename(dir, &trash).at(dir)?;
+        fsync_dir(parent)?;
+        self.shared.deleted.store(true, Ordering::Release);
+        self.shared.durable.send_modify(|_| {});
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "could not remove a deleted log's files");
+        }
+        Ok(())
+    }
+}
+
+/// The frame `bytes` cut down to its records below `end`, same epoch and time.
+fn prefix_frame(bytes: &[u8], h: &BatchHeader, end: u64, path: &Path) -> Result<Vec<u8>> {
+    let records = format::decode_records(bytes, h).map_err(|reason| StorageError::Corrupt {
+        path: path.to_owned(),
+        position: 0,
+        reason,
+    })?;
+    let keep = (end - h.base_offset) as usize;
+    let mut b = FrameBuilder::with_capacity(bytes.len());
+    for r in &records[..keep] {
+        b.push(&r.value);
+    }
+    let mut frame = b.finish(h.is_compressed().then_some(1), 0);
+    format::stamp_frame(&mut frame, h.base_offset, h.epoch, h.first_ts_us);
+    Ok(frame)
+}

@@ -1,0 +1,274 @@
+//! A segment: one pre-zeroed file of frames, named by the offset of its first record, read
+//! through mmap.
+//!
+//! Segment files keep their full preallocated size for life (sealed ones too): a mapping
+//! never outlives its file's length, so no read can SIGBUS. Bytes past the last frame are
+//! zero, except for the residue of a write a crash interrupted, which recovery clears.
+//! Readers never look past `durable_len`, which only the storage thread advances, after
+//! fdatasync.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::Mmap;
+use parking_lot::RwLock;
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::format::{self, BatchHeader, HEADER_BYTES};
+use crate::index::{self, IndexEntry};
+
+pub fn segment_file_name(base: u64) -> String {
+    format!("{base:020}.seg")
+}
+
+pub fn index_file_name(base: u64) -> String {
+    format!("{base:020}.idx")
+}
+
+/// Base offset of a segment file name, if it is one.
+pub fn parse_segment_name(name: &str) -> Option<u64> {
+    let stem = name.strip_suffix(".seg")?;
+    (stem.len() == 20 && stem.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| stem.parse().ok())
+        .flatten()
+}
+
+/// The read side of a segment, shared by readers and the storage thread.
+#[derive(Debug)]
+pub struct SegmentView {
+    pub base_offset: u64,
+    pub path: PathBuf,
+    map: Mmap,
+    /// Bytes `[0, durable_len)` hold durable frames.
+    durable_len: AtomicU64,
+    /// Offset one past the last durable record in this segment.
+    durable_next: AtomicU64,
+    /// Timestamp of the last durable batch (0 when empty).
+    last_ts_us: AtomicU64,
+    /// Sparse index over the durable frames.
+    index: RwLock<Vec<IndexEntry>>,
+}
+
+/// Where a frame is and what it holds.
+#[derive(Debug, Clone, Copy)]
+pub struct FrameRef {
+    pub pos: u64,
+    pub header: BatchHeader,
+}
+
+impl SegmentView {
+    pub fn map(path: &Path, file: &File, base_offset: u64) -> Result<SegmentView> {
+        // SAFETY: segment files are never truncated while mapped (they keep their
+        // preallocated size for life) and no other process writes them.
+        let map = unsafe { Mmap::map(file) }.at(path)?;
+        Ok(SegmentView {
+            base_offset,
+            path: path.to_owned(),
+            map,
+            durable_len: AtomicU64::new(0),
+            durable_next: AtomicU64::new(base_offset),
+            last_ts_us: AtomicU64::new(0),
+            index: RwLock::new(Vec::new()),
+        })
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// All mapped bytes, including the not-yet-durable region. Storage-thread only.
+    pub(crate) fn raw(&self) -> &[u8] {
+        &self.map
+    }
+
+    pub fn durable_len(&self) -> u64 {
+        self.durable_len.load(Ordering::Acquire)
+    }
+
+    pub fn durable_next(&self) -> u64 {
+        self.durable_next.load(Ordering::Acquire)
+    }
+
+    pub fn last_ts_us(&self) -> u64 {
+        self.last_ts_us.load(Ordering::Acquire)
+    }
+
+    pub fn index_snapshot(&self) -> Vec<IndexEntry> {
+        self.index.read().clone()
+    }
+
+    /// Publish newly durable frames. Index entries first, then the length readers trust.
+    pub(crate) fn publish(&self, len: u64, next: u64, last_ts_us: u64, entries: &[IndexEntry]) {
+        assert!(len <= self.capacity(), "durable_len past the segment");
+        assert!(next >= self.base_offset);
+        if !entries.is_empty() {
+            let mut idx = self.index.write();
+            debug_assert!(entries.iter().all(|e| u64::from(e.pos) < len));
+            idx.extend_from_slice(entries);
+        }
+        if last_ts_us > 0 {
+            self.last_ts_us.store(last_ts_us, Ordering::Release);
+        }
+        self.durable_next.store(next, Ordering::Release);
+        self.durable_len.store(len, Ordering::Release);
+    }
+
+    /// Move the durable end back (truncation), dropping index entries past it.
+    pub(crate) fn cut(&self, len: u64, next: u64) {
+        self.durable_len.store(len, Ordering::Release);
+        self.durable_next.store(next, Ordering::Release);
+        self.index.write().retain(|e| u64::from(e.pos) < len);
+    }
+
+    pub(crate) fn set_index(&self, entries: Vec<IndexEntry>) {
+        *self.index.write() = entries;
+    }
+
+    fn corrupt(&self, pos: u64, reason: crate::error::FormatError) -> StorageError {
+        StorageError::Corrupt {
+            path: self.path.clone(),
+            position: pos,
+            reason,
+        }
+    }
+
+    /// The checked frame at `pos`, within the durable bytes.
+    pub fn frame_at(&self, pos: u64) -> Result<(BatchHeader, &[u8])> {
+        let end = self.durable_len() as usize;
+        let bytes = self.map.get(pos as usize..end).unwrap_or(&[]);
+        let header = format::check_frame(bytes).map_err(|e| self.corrupt(pos, e))?;
+        Ok((header, &bytes[..header.frame_len as usize]))
+    }
+
+    /// Header only (no CRC), for skipping over frames while seeking.
+    fn header_at(&self, pos: u64, end: u64) -> Result<BatchHeader> {
+        let bytes = self.map.get(pos as usize..end as usize).unwrap_or(&[]);
+        let h = format::peek_header(bytes).map_err(|e| self.corrupt(pos, e))?;
+        if pos + u64::from(h.frame_len) > end {
+            return Err(self.corrupt(
+                pos,
+                crate::error::FormatError::Truncated {
+                    needed: h.frame_len as usize,
+                    available: (end - pos) as usize,
+                },
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Find the durable frame holding `offset`, or `None` when `offset` is at or past the
+    /// durable end of this segment.
+    pub fn locate(&self, offset: u64) -> Result<Option<FrameRef>> {
+        let end = self.durable_len();
+        if offset < self.base_offset || offset >= self.durable_next() {
+            return Ok(None);
+        }
+        let start = index::floor(&self.index.read(), offset).unwrap_or(IndexEntry {
+            offset: self.base_offset,
+            pos: 0,
+        });
+        let mut pos = u64::from(start.pos);
+        let mut expected = start.offset;
+        while pos + HEADER_BYTES as u64 <= end {
+            let h = self.header_at(pos, end)?;
+            if h.base_offset != expected {
+                return Err(self.corrupt(
+                    pos,
+                    crate::error::FormatError::OffsetMismatch {
+                        expected,
+                        found: h.base_offset,
+                    },
+                ));
+            }
+            if h.contains(offset) {
+                return Ok(Some(FrameRef { pos, header: h }));
+            }
+            pos += u64::from(h.frame_len);
+            expected = h.next_offset();
+        }
+        Ok(None)
+    }
+}
+
+/// How a scan of frames ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanStop {
+    /// Reached the requested offset.
+    Target,
+    /// A zeroed header: the clean end of data.
+    Zero,
+    /// Not enough room left for a header: the segment is full.
+    Full,
+    /// Something that is not a valid next frame.
+    Invalid {
+        pos: u64,
+        reason: crate::error::FormatError,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub end_pos: u64,
+    pub next_offset: u64,
+    pub last_ts_us: u64,
+    /// Index entries for the frames scanned, at the given interval.
+    pub entries: Vec<IndexEntry>,
+    pub stop: ScanStop,
+}
+
+/// Validate frames forward from `pos` (where a frame for `offset` must start) until
+/// `stop_at` is reached, the data ends, or a frame does not check out.
+pub fn scan(
+    bytes: &[u8],
+    mut pos: u64,
+    mut offset: u64,
+    stop_at: Option<u64>,
+    interval: u32,
+    mut last_index_pos: Option<u64>,
+) -> Scan {
+    let mut entries = Vec::new();
+    let mut last_ts_us = 0;
+    let stop = loop {
+        if stop_at == Some(offset) {
+            break ScanStop::Target;
+        }
+        let rest = &bytes[(pos as usize).min(bytes.len())..];
+        if rest.len() < HEADER_BYTES {
+            break ScanStop::Full;
+        }
+        if format::is_zero_header(rest) {
+            break ScanStop::Zero;
+        }
+        let h = match format::check_frame(rest) {
+            Ok(h) => h,
+            Err(reason) => break ScanStop::Invalid { pos, reason },
+        };
+        if h.base_offset != offset {
+            break ScanStop::Invalid {
+                pos,
+                reason: crate::error::FormatError::OffsetMismatch {
+                    expected: offset,
+                    found: h.base_offset,
+                },
+            };
+        }
+        if last_index_pos.is_none_or(|l| pos - l >= u64::from(interval)) {
+            entries.push(IndexEntry {
+                offset,
+                pos: pos as u32,
+            });
+            last_index_pos = Some(pos);
+        }
+        last_ts_us = h.last_ts_us;
+        pos += u64::from(h.frame_len);
+        offset = h.next_offset();
+    };
+    Scan {
+        end_pos: pos,
+        next_offset: offset,
+        last_ts_us,
+        entries,
+        stop,
+    }
+}

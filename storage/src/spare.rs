@@ -1,0 +1,203 @@
+//! Spare segment files, prepared ahead of need on a background thread.
+//!
+//! fdatasync on a growing or unwritten extent must also commit metadata, so appends go
+//! into files whose every block was already written with zeros. A new segment is either a
+//! fresh file zero-filled to size, or a segment retention deleted, recycled (zeroed again in
+//! place: its blocks stay allocated). A spare is created as `spare-N.tmp`, synced, then
+//! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result, StorageError};
+
+const ZERO_CHUNK: usize = 1 << 20;
+
+#[derive(Debug)]
+enum State {
+    Idle,
+    Pending,
+    Ready(PathBuf),
+    Failed,
+}
+
+/// One log's spare: at most one is prepared or kept at a time.
+#[derive(Debug)]
+pub(crate) struct SpareSlot {
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+impl SpareSlot {
+    pub fn new(existing: Option<PathBuf>) -> Arc<Self> {
+        Arc::new(SpareSlot {
+            state: Mutex::new(existing.map_or(State::Idle, State::Ready)),
+            done: Condvar::new(),
+        })
+    }
+
+    fn finish(&self, result: Result<PathBuf>) {
+        let mut s = self.state.lock();
+        *s = match result {
+            Ok(p) => State::Ready(p),
+            Err(_) => State::Failed,
+        };
+        self.done.notify_all();
+    }
+
+    /// True when nothing is ready or on its way (a new request would be useful).
+    pub fn is_idle(&self) -> bool {
+        matches!(*self.state.lock(), State::Idle | State::Failed)
+    }
+
+    /// The ready spare, waiting for one being prepared. `None` if none is coming (or the
+    /// last attempt failed): the caller prepares one itself.
+    pub fn take(&self) -> Option<PathBuf> {
+        let mut s = self.state.lock();
+        while matches!(*s, State::Pending) {
+            self.done.wait(&mut s);
+        }
+        match std::mem::replace(&mut *s, State::Idle) {
+            State::Ready(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Job {
+    dir: PathBuf,
+    size: u64,
+    recycle: Option<PathBuf>,
+    slot: Arc<SpareSlot>,
+}
+
+/// The background preparer thread (one per node).
+#[derive(Debug)]
+pub(crate) struct Preparer {
+    tx: Mutex<Option<mpsc::Sender<Job>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+static SPARE_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Preparer {
+    pub fn start() -> Result<Arc<Self>> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        let thread = std::thread::Builder::new()
+            .name("spool-prealloc".into())
+            .spawn(move || {
+                for job in rx {
+                    let r = prepare(&job.dir, job.size, job.recycle.as_deref());
+                    if let Err(e) = &r {
+                        tracing::warn!(dir = %job.dir.display(), error = %e, "preparing a spare segment failed");
+                    }
+                    job.slot.finish(r);
+                }
+            })
+            .map_err(|e| StorageError::io("spool-prealloc thread", e))?;
+        Ok(Arc::new(Preparer {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        }))
+    }
+
+    /// Ask for a spare in the background, unless one is ready or coming. With `recycle`,
+    /// that file is zeroed and reused (or deleted when a spare already exists).
+    pub fn request(&self, slot: &Arc<SpareSlot>, dir: &Path, size: u64, recycle: Option<PathBuf>) {
+        {
+            let mut s = slot.state.lock();
+            if !matches!(*s, State::Idle | State::Failed) {
+                if let Some(p) = recycle {
+                    let _ = fs::remove_file(p);
+                }
+                return;
+            }
+            *s = State::Pending;
+        }
+        let job = Job {
+            dir: dir.to_owned(),
+            size,
+            recycle,
+            slot: slot.clone(),
+        };
+        let sent = self.tx.lock().as_ref().map(|tx| tx.send(job));
+        if !matches!(sent, Some(Ok(()))) {
+            slot.finish(Err(StorageError::Closed));
+        }
+    }
+
+    pub fn stop(&self) {
+        self.tx.lock().take();
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Prepare a zeroed spare of `size` bytes in `dir` now, on this thread.
+pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<PathBuf> {
+    let n = SPARE_SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let tmp = dir.join(format!("spare-{pid}-{n}.tmp"));
+    let done = dir.join(format!("spare-{pid}-{n}.seg"));
+    let result = (|| {
+        if let Some(old) = recycle {
+            fs::rename(old, &tmp).at(&tmp)?;
+        }
+        let f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&tmp)
+            .at(&tmp)?;
+        // A recycled file is overwritten in place: its blocks stay allocated, so the zero
+        // writes change no extent metadata.
+        let zeros = vec![0u8; ZERO_CHUNK];
+        let mut pos = 0u64;
+        while pos < size {
+            let n = (size - pos).min(ZERO_CHUNK as u64) as usize;
+            f.write_all_at(&zeros[..n], pos).at(&tmp)?;
+            pos += n as u64;
+        }
+        f.set_len(size).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, &done).at(&done)?;
+        fsync_dir(dir)?;
+        Ok(done.clone())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Spare files present in a log directory: complete ones are returned (largest first is
+/// irrelevant: all have the log's segment size), leftovers are removed.
+pub(crate) fn collect_spares(dir: &Path, size: u64) -> Result<Option<PathBuf>> {
+    let mut keep = None;
+    for entry in fs::read_dir(dir).at(dir)? {
+        let entry = entry.at(dir)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("spare-") {
+            continue;
+        }
+        let path = entry.path();
+        let ok = name.ends_with(".seg")
+            && entry.metadata().map(|m| m.len() == size).unwrap_or(false)
+            && keep.is_none();
+        if ok {
+            keep = Some(path);
+        } else {
+            let _ = fs::remove_file(&path);
+        }
+    }
+    Ok(keep)
+}

@@ -1,0 +1,410 @@
+//! A node's storage: the data directory, its logs, and the storage thread.
+//!
+//! Layout:
+//!
+//! ```text
+//! DATA_DIR/LOCK                      flock'd while a process has the directory open
+//! DATA_DIR/logs/NAME/meta            log config (crash-safe replace)
+//! DATA_DIR/logs/NAME/epochs          epoch history (crash-safe replace)
+//! DATA_DIR/logs/NAME/{base:020}.seg  segments, pre-zeroed to segment_bytes
+//! DATA_DIR/logs/NAME/{base:020}.idx  sparse index of each segment
+//! DATA_DIR/logs/NAME/spare-*.seg     a zeroed segment ready for the next roll
+//! ```
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::{LogConfig, StorageConfig};
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result, StorageError};
+use crate::io::std_backend::StdBackend;
+use crate::io::{BackendChoice, IoBackend};
+use crate::log::{Log, LogShared};
+use crate::meta;
+use crate::recovery::{self, RecoveredLog};
+use crate::segment;
+use crate::spare::{self, Preparer};
+use crate::stats::Stats;
+use crate::writer::{self, Cmd, WriterCtx};
+
+const LOGS_DIR: &str = "logs";
+pub const LOG_NAME_BYTES_MAX: usize = 200;
+
+/// Logs by name, shared by handles and the storage thread (which alone changes it).
+#[derive(Debug, Default)]
+pub(crate) struct Registry {
+    by_name: RwLock<HashMap<String, Arc<LogShared>>>,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub fn insert(&self, log: Arc<LogShared>) {
+        self.by_name.write().insert(log.name.clone(), log);
+    }
+
+    pub fn remove(&self, name: &str, id: u64) {
+        let mut m = self.by_name.write();
+        if m.get(name).is_some_and(|l| l.id == id) {
+            m.remove(name);
+        }
+    }
+
+    fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct StorageInner {
+    pub config: StorageConfig,
+    tx: mpsc::Sender<Cmd>,
+    registry: Arc<Registry>,
+    stats: Arc<Stats>,
+    backend_name: &'static str,
+    logs_dir: PathBuf,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Released at shutdown, so the directory can be reopened while handles linger.
+    lock: Mutex<Option<File>>,
+}
+
+impl StorageInner {
+    pub async fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx.send(cmd).await.map_err(|_| StorageError::Closed)
+    }
+}
+
+/// Handle to a node's storage. Cheap to clone; the storage thread stops after
+/// [`Storage::shutdown`] or when the last handle is dropped.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    inner: Arc<StorageInner>,
+}
+
+/// Check a log name: 1 to 200 bytes of `[A-Za-z0-9._-]`, not starting with `.` or `-`.
+pub fn validate_log_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= LOG_NAME_BYTES_MAX
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(StorageError::InvalidInput(format!(
+            "invalid log name {name:?}: use 1 to {LOG_NAME_BYTES_MAX} characters of A-Z a-z 0-9 . _ -, \
+             not starting with '.' or '-'"
+        )))
+    }
+}
+
+fn lock_data_dir(dir: &Path) -> Result<File> {
+    let path = dir.join("LOCK");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .at(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if r != 0 {
+        return Err(StorageError::InvalidInput(format!(
+            "data directory {} is in use by another spool process",
+            dir.display()
+        )));
+    }
+    Ok(f)
+}
+
+impl Storage {
+    /// Open (or create) the data directory, recover every log, start the storage thread.
+    pub fn open(config: StorageConfig) -> Result<Storage> {
+        match config.backend {
+            BackendChoice::Std => Self::open_with(config, StdBackend),
+            #[cfg(target_os = "linux")]
+            BackendChoice::Auto | BackendChoice::Uring => Self::open_uring(config),
+            #[cfg(not(target_os = "linux"))]
+            BackendChoice::Auto => Self::open_with(config, StdBackend),
+            #[cfg(not(target_os = "linux"))]
+            BackendChoice::Uring => Err(StorageError::InvalidInput(
+                "io_uring is only available on Linux".into(),
+            )),
+        }
+    }
+
+    /// Open with a specific backend on a plain current-thread runtime (std, fault).
+    pub fn open_with<B: IoBackend + Send>(config: StorageConfig, backend: B) -> Result<Storage> {
+        Self::start(config, move |rx, ctx, logs| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .map_err(|e| StorageError::io("tokio runtime", e))?;
+            let name = backend.name();
+            Ok((
+                name,
+                Box::new(move || rt.block_on(writer::run(backend, rx, ctx, logs))),
+            ))
+        })
+    }
+
+    #[cfg(target_os = "linux")]
+    fn open_uring(config: StorageConfig) -> Result<Storage> {
+        use crate::io::uring::{self, UringBackend};
+        let forced = config.backend == BackendChoice::Uring;
+        Self::start(config, move |rx, ctx, logs| match uring::runtime(256) {
+            Ok(rt) => Ok((
+                "uring",
+                Box::new(move || rt.block_on(writer::run(UringBackend, rx, ctx, logs))),
+            )),
+            Err(e) if forced => Err(StorageError::io("io_uring setup", e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring is unavailable; falling back to pwrite+fdatasync");
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_time()
+                    .build()
+                    .map_err(|e| StorageError::io("tokio runtime", e))?;
+                Ok((
+                    "std",
+                    Box::new(move || rt.block_on(writer::run(StdBackend, rx, ctx, logs))),
+                ))
+            }
+        })
+    }
+
+    /// Recover the logs here, then build the storage thread's runtime on that thread (a
+    /// tokio-uring runtime is !Send) through `make`, which returns the backend's name and
+    /// the thread's body.
+    #[allow(clippy::type_complexity)]
+    fn start<M>(config: StorageConfig, make: M) -> Result<Storage>
+    where
+        M: FnOnce(
+                mpsc::Receiver<Cmd>,
+                WriterCtx,
+                Vec<RecoveredLog>,
+            ) -> Result<(&'static str, Box<dyn FnOnce()>)>
+            + Send
+            + 'static,
+    {
+        config.validate()?;
+        let logs_dir = config.data_dir.join(LOGS_DIR);
+        fs::create_dir_all(&logs_dir).at(&logs_dir)?;
+        let lock = lock_data_dir(&config.data_dir)?;
+        let registry = Arc::new(Registry::default());
+        let mut recovered = Vec::new();
+        for entry in fs::read_dir(&logs_dir).at(&logs_dir)? {
+            let entry = entry.at(&logs_dir)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if name.starts_with('.') {
+                // Leftovers of an interrupted create or delete.
+                let _ = fs::remove_dir_all(&path);
+                continue;
+            }
+            if !path.is_dir() || validate_log_name(&name).is_err() {
+                tracing::warn!(path = %path.display(), "ignoring unexpected entry in the logs directory");
+                continue;
+            }
+            let id = registry.next_id();
+            let log = recovery::recover_log(id, &name, &path, config.recovery)?;
+            // Visible to `log()` at once; the storage thread takes the write side over
+            // before it serves its first command.
+            registry.insert(log.shared.clone());
+            recovered.push(log);
+        }
+        let preparer = Preparer::start()?;
+        let stats = Arc::new(Stats::default());
+        let (tx, rx) = mpsc::channel(config.queue_depth);
+        let ctx = WriterCtx {
+            config: config.clone(),
+            registry: registry.clone(),
+            preparer,
+            stats: stats.clone(),
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("spool-storage".into())
+            .spawn(move || match make(rx, ctx, recovered) {
+                Ok((name, body)) => {
+                    let _ = ready_tx.send(Ok(name));
+                    body();
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                }
+            })
+            .map_err(|e| StorageError::io("spool-storage thread", e))?;
+        let backend_name = ready_rx.recv().map_err(|_| StorageError::Closed)??;
+        tracing::info!(backend = backend_name, data_dir = %config.data_dir.display(), "storage open");
+        Ok(Storage {
+            inner: Arc::new(StorageInner {
+                config,
+                tx,
+                registry,
+                stats,
+                backend_name,
+                logs_dir,
+                thread: Mutex::new(Some(thread)),
+                lock: Mutex::new(Some(lock)),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &StorageConfig {
+        &self.inner.config
+    }
+
+    /// "uring" or "std" (or "fault" in tests).
+    pub fn backend_name(&self) -> &'static str {
+        self.inner.backend_name
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.inner.stats
+    }
+
+    pub fn log(&self, name: &str) -> Result<Log> {
+        let shared = self
+            .inner
+            .registry
+            .by_name
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| StorageError::LogNotFound(name.to_owned()))?;
+        Ok(Log {
+            shared,
+            storage: self.inner.clone(),
+        })
+    }
+
+    /// Names of all logs, sorted.
+    pub fn list_logs(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.registry.by_name.read().keys().cloned().collect();
+        v.sort();
+        v
+    }
+
+    /// Create a log with the node's default settings.
+    pub async fn create_log(&self, name: &str) -> Result<Log> {
+        self.create_log_with(name, self.inner.config.default_log.clone())
+            .await
+    }
+
+    pub async fn create_log_with(&self, name: &str, config: LogConfig) -> Result<Log> {
+        validate_log_name(name)?;
+        config.validate()?;
+        if self.inner.registry.by_name.read().contains_key(name) {
+            return Err(StorageError::LogExists(name.to_owned()));
+        }
+        let inner = self.inner.clone();
+        let name_owned = name.to_owned();
+        // Zero-filling the first segment takes a while: keep it off the storage thread and
+        // off the async workers.
+        let recovered = tokio::task::spawn_blocking(move || {
+            create_log_dir(&inner.logs_dir, &name_owned, &config)?;
+            let id = inner.registry.next_id();
+            recovery::recover_log(
+                id,
+                &name_owned,
+                &inner.logs_dir.join(&name_owned),
+                inner.config.recovery,
+            )
+        })
+        .await
+        .map_err(|e| StorageError::InvalidInput(format!("create task failed: {e}")))??;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .send(Cmd::Register {
+                log: Box::new(recovered),
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)??;
+        self.log(name)
+    }
+
+    pub async fn delete_log(&self, name: &str) -> Result<()> {
+        let log = self.log(name)?;
+        let (reply, rx) = oneshot::channel();
+        self.inner
+            .send(Cmd::Delete {
+                log: log.shared.clone(),
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Run retention on every log now (it also runs periodically).
+    pub async fn run_retention(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.send(Cmd::Retention { reply }).await?;
+        rx.await.map_err(|_| StorageError::Closed)
+    }
+
+    /// Finish pending writes, fsync, stop the storage thread.
+    pub async fn shutdown(&self) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.send(Cmd::Shutdown { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+        let thread = self.inner.thread.lock().take();
+        if let Some(t) = thread {
+            tokio::task::spawn_blocking(move || t.join()).await.ok();
+        }
+        self.inner.lock.lock().take();
+        Ok(())
+    }
+
+    /// Blocking variant of [`Storage::shutdown`] for callers outside any async runtime.
+    pub fn shutdown_blocking(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.inner.tx.blocking_send(Cmd::Shutdown { reply }).is_ok() {
+            let _ = rx.blocking_recv();
+        }
+        if let Some(t) = self.inner.thread.lock().take() {
+            let _ = t.join();
+        }
+        self.inner.lock.lock().take();
+    }
+}
+
+/// Create `logs/NAME` atomically: build it under a hidden temporary name, then rename.
+fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig) -> Result<()> {
+    let final_dir = logs_dir.join(name);
+    if final_dir.exists() {
+        return Err(StorageError::LogExists(name.to_owned()));
+    }
+    let tmp = logs_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir(&tmp).at(&tmp)?;
+    let result = (|| {
+        meta::write_log_config(&tmp, config)?;
+        let spare = spare::prepare(&tmp, config.segment_bytes, None)?;
+        let seg = tmp.join(segment::segment_file_name(0));
+        fs::rename(&spare, &seg).at(&seg)?;
+        File::create(tmp.join(segment::index_file_name(0))).at(&tmp)?;
+        fsync_dir(&tmp)?;
+        match fs::rename(&tmp, &final_dir) {
+            Ok(()) => {}
+            Err(e) if final_dir.exists() => {
+                let _ = e;
+                return Err(StorageError::LogExists(name.to_owned()));
+            }
+            Err(e) => return Err(StorageError::io(&final_dir, e)),
+        }
+        fsync_dir(logs_dir)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
