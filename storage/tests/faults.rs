@@ -48,7 +48,7 @@ async fn verify_reopened_maybe(dir: &std::path::Path, expected: &[u32], maybe: &
     for r in &got[expected.len()..] {
         let i = extra
             .iter()
-            .position(|&seq| r.value == Bytes::from(record(9, seq, 700)))
+            .position(|&seq| r.value == record(9, seq, 700))
             .unwrap_or_else(|| panic!("offset {} holds a record nobody appended", r.offset));
         extra.remove(i);
     }
