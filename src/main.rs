@@ -1,11 +1,13 @@
 //! `spool`: the command-line entry point of the Spool log store.
 //!
-//! One clap CLI with subcommands. Only `bench` exists so far; `serve`, `append`, `read`...
-//! are added as further variants of [`Command`], each with its own module.
+//! One clap CLI, one subcommand per job; each lives in its own module.
 
 mod bench;
+mod cli;
 
 use clap::{Parser, Subcommand};
+use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
+use spool::client::Client;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -15,26 +17,86 @@ use tracing_subscriber::EnvFilter;
     about = "Disk-persistent replicated log store"
 )]
 struct Cli {
+    /// Address of the node that client commands talk to.
+    #[arg(long, global = true, env = "SPOOL_ADDR", default_value = spool::config::DEFAULT_LISTEN)]
+    addr: String,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run a node (a single primary on 127.0.0.1:7070 and ./spool-data with no arguments).
+    Serve(cli::serve::ServeArgs),
+    /// Create, list, describe and delete logs.
+    #[command(subcommand)]
+    Logs(LogsCommand),
+    /// Append records (from arguments, or one per line of stdin); prints the offsets.
+    Append(AppendArgs),
+    /// Read records by offset.
+    Read(ReadArgs),
+    /// Follow a log: print records as they become durable.
+    Tail(TailArgs),
+    /// Role, epoch and per-log offsets of the node.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify a data directory offline: every CRC, index entry and offset.
+    Check(cli::check::CheckArgs),
     /// Load generators: measure the storage engine on this machine's disk.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn client_command(addr: &str, cmd: Command) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let client = Client::connect(addr).await?;
+        match cmd {
+            Command::Logs(c) => cli::client_cmds::logs(&client, c).await,
+            Command::Append(a) => cli::client_cmds::append(&client, a).await,
+            Command::Read(a) => cli::client_cmds::read(&client, a).await,
+            Command::Tail(a) => cli::client_cmds::tail(&client, a).await,
+            Command::Status { json } => cli::client_cmds::status(&client, json).await,
+            Command::Serve(_) | Command::Check(_) | Command::Bench(_) => {
+                unreachable!("not a client command")
+            }
+        }
+    })
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The whole cause chain on one line, without a backtrace: people read this.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The server logs its life at info; client commands only speak up on problems.
+    let default_level = match cli.command {
+        Command::Serve(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     match cli.command {
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Check(a) => cli::check::run(a),
         Command::Bench(cmd) => bench::run(cmd),
+        cmd => client_command(&cli.addr, cmd),
     }
 }

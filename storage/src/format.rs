@@ -10,7 +10,7 @@
 //! | 0   | 4    | magic            | [`MAGIC`], `"SPLB"`                                    |
 //! | 4   | 2    | version          | [`FormatVersion`]; decode refuses unknown versions     |
 //! | 6   | 2    | flags            | bit 0: payload is zstd-compressed ([`FLAG_ZSTD`])      |
-//! | 8   | 4    | crc32            | crc32fast over bytes 12..frame_len (header tail+payload)|
+//! | 8   | 4    | crc32            | crc32fast over every byte of the frame but these four  |
 //! | 12  | 4    | frame_len        | header + payload, bounded by [`FRAME_BYTES_MAX`]       |
 //! | 16  | 8    | base_offset      | offset of the first record                             |
 //! | 24  | 4    | record_count     | >= 1, bounded by [`RECORDS_PER_BATCH_MAX`]             |
@@ -54,8 +54,17 @@ const OFF_RAW_LEN: usize = 28;
 const OFF_EPOCH: usize = 32;
 const OFF_FIRST_TS: usize = 40;
 const OFF_LAST_TS: usize = 48;
-/// The CRC covers everything after its own field.
-pub const CRC_START: usize = OFF_LEN;
+/// The CRC covers the whole frame except its own field: bytes `0..OFF_CRC` and
+/// `CRC_TAIL..frame_len`.
+pub const CRC_TAIL: usize = OFF_CRC + 4;
+
+/// CRC32 of a whole frame, skipping the CRC field itself.
+pub fn frame_crc(frame: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&frame[..OFF_CRC]);
+    h.update(&frame[CRC_TAIL..]);
+    h.finalize()
+}
 
 const _: () = assert!(OFF_LAST_TS + 8 + 8 == HEADER_BYTES);
 const _: () = assert!(MAGIC != 0);
@@ -190,7 +199,7 @@ pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
         });
     }
     let stored = u32_at(bytes, OFF_CRC);
-    let actual = crc32fast::hash(&bytes[CRC_START..len]);
+    let actual = frame_crc(&bytes[..len]);
     if stored != actual {
         return Err(FormatError::BadCrc { stored, actual });
     }
@@ -270,7 +279,7 @@ pub fn stamp_frame(frame: &mut [u8], base_offset: u64, epoch: u64, ts_us: u64) {
     frame[OFF_EPOCH..OFF_EPOCH + 8].copy_from_slice(&epoch.to_le_bytes());
     frame[OFF_FIRST_TS..OFF_FIRST_TS + 8].copy_from_slice(&ts_us.to_le_bytes());
     frame[OFF_LAST_TS..OFF_LAST_TS + 8].copy_from_slice(&ts_us.to_le_bytes());
-    let crc = crc32fast::hash(&frame[CRC_START..]);
+    let crc = frame_crc(frame);
     frame[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
 }
 
@@ -369,6 +378,21 @@ mod tests {
             check_frame(&f),
             Err(FormatError::UnknownVersion(9))
         ));
+    }
+
+    #[test]
+    fn every_header_bit_is_covered() {
+        let f = build(&[b"abc".to_vec(), vec![]], None, 11);
+        for i in 0..HEADER_BYTES {
+            for bit in 0..8 {
+                let mut g = f.clone();
+                g[i] ^= 1 << bit;
+                assert!(
+                    check_frame(&g).is_err(),
+                    "flip of bit {bit} in byte {i} passed"
+                );
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
@@ -20,12 +21,16 @@ use crate::error::{IoContext, Result, StorageError};
 
 const ZERO_CHUNK: usize = 1 << 20;
 
+/// After a failed preparation (disk full, usually), wait this long before trying again,
+/// so that a full disk does not turn every append into a doomed zero-fill.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug)]
 enum State {
     Idle,
     Pending,
     Ready(PathBuf),
-    Failed,
+    Failed(Instant),
 }
 
 /// One log's spare: at most one is prepared or kept at a time.
@@ -47,14 +52,18 @@ impl SpareSlot {
         let mut s = self.state.lock();
         *s = match result {
             Ok(p) => State::Ready(p),
-            Err(_) => State::Failed,
+            Err(_) => State::Failed(Instant::now()),
         };
         self.done.notify_all();
     }
 
     /// True when nothing is ready or on its way (a new request would be useful).
     pub fn is_idle(&self) -> bool {
-        matches!(*self.state.lock(), State::Idle | State::Failed)
+        match *self.state.lock() {
+            State::Idle => true,
+            State::Failed(at) => at.elapsed() >= RETRY_AFTER,
+            State::Pending | State::Ready(_) => false,
+        }
     }
 
     /// The ready spare, waiting for one being prepared. `None` if none is coming (or the
@@ -114,7 +123,7 @@ impl Preparer {
     pub fn request(&self, slot: &Arc<SpareSlot>, dir: &Path, size: u64, recycle: Option<PathBuf>) {
         {
             let mut s = slot.state.lock();
-            if !matches!(*s, State::Idle | State::Failed) {
+            if !matches!(*s, State::Idle | State::Failed(_)) {
                 if let Some(p) = recycle {
                     let _ = fs::remove_file(p);
                 }

@@ -1,0 +1,5 @@
+//! The CLI's subcommands, one module per job.
+
+pub mod check;
+pub mod client_cmds;
+pub mod serve;

@@ -1,0 +1,59 @@
+//! `spool serve`: run a node until SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+use spool::config::{FileConfig, Overrides, ServerConfig};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML config file (flags and environment override it).
+    #[arg(long, env = "SPOOL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Data directory [default: ./spool-data].
+    #[arg(long, env = "SPOOL_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070]; port 0 picks a free port.
+    #[arg(long, env = "SPOOL_LISTEN")]
+    pub listen: Option<String>,
+    /// Prometheus endpoint address (off unless set).
+    #[arg(long, env = "SPOOL_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// IO backend: auto (io_uring, else pwrite), uring, std.
+    #[arg(long, env = "SPOOL_IO_BACKEND")]
+    pub io_backend: Option<String>,
+}
+
+pub fn run(args: ServeArgs) -> Result<()> {
+    let file = match &args.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let config = ServerConfig::build(
+        file,
+        Overrides {
+            data_dir: args.data_dir,
+            listen: args.listen,
+            metrics_listen: args.metrics_listen,
+            io_backend: args.io_backend,
+        },
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("spool-grpc")
+        .build()?;
+    rt.block_on(spool::server::serve(config, shutdown_signal(), |addr| {
+        // Tests and scripts read this line to find a port chosen with :0.
+        println!("spool listening on {addr}");
+    }))
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

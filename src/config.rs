@@ -1,0 +1,258 @@
+//! Server configuration: a TOML file, then flags and environment (flags win), validated at
+//! start with errors that say which setting is wrong. Every default works for a single
+//! node on this machine.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::Deserialize;
+use spool_storage::{BackendChoice, Compression, LogConfig, RecoveryMode, StorageConfig};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_DATA_DIR: &str = "spool-data";
+
+/// Ack mode a request gets when it names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum DefaultAck {
+    Written,
+    #[default]
+    Async,
+}
+
+/// The `[storage]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    /// auto | uring | std
+    pub io_backend: Option<String>,
+    /// truncate-tail | strict
+    pub recovery: Option<String>,
+    pub record_bytes_max: Option<usize>,
+    pub group_bytes_max: Option<usize>,
+    pub queue_depth: Option<usize>,
+    pub unsynced_flush_ms: Option<u64>,
+    pub retention_check_ms: Option<u64>,
+}
+
+/// The `[log_defaults]` table: settings for logs created without their own.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LogDefaults {
+    pub segment_bytes: Option<u64>,
+    pub index_interval_bytes: Option<u32>,
+    pub retention_bytes: Option<u64>,
+    pub retention_ms: Option<u64>,
+    /// none | zstd | zstd:LEVEL
+    pub compression: Option<String>,
+    pub compress_min_bytes: Option<u32>,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub default_ack: Option<DefaultAck>,
+    #[serde(default)]
+    pub storage: StorageSection,
+    #[serde(default)]
+    pub log_defaults: LogDefaults,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config file {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("in config file {}", path.display()))
+    }
+}
+
+/// Validated settings the server runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub metrics_listen: Option<SocketAddr>,
+    pub default_ack: DefaultAck,
+    pub storage: StorageConfig,
+}
+
+/// Values given on the command line or through the environment (they override the file).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub metrics_listen: Option<String>,
+    pub io_backend: Option<String>,
+}
+
+fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
+    s.parse()
+        .with_context(|| format!("{what} {s:?} is not HOST:PORT (for example {DEFAULT_LISTEN})"))
+}
+
+impl ServerConfig {
+    pub fn build(file: FileConfig, o: Overrides) -> Result<ServerConfig> {
+        let data_dir = o
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = parse_addr(
+            "listen",
+            o.listen
+                .or(file.listen)
+                .as_deref()
+                .unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let metrics_listen = o
+            .metrics_listen
+            .or(file.metrics_listen)
+            .map(|m| parse_addr("metrics_listen", &m))
+            .transpose()?;
+        let mut storage = StorageConfig::new(data_dir);
+        let s = &file.storage;
+        if let Some(b) = o.io_backend.or(s.io_backend.clone()) {
+            storage.backend = b
+                .parse::<BackendChoice>()
+                .map_err(anyhow::Error::msg)
+                .context("storage.io_backend")?;
+        }
+        if let Some(r) = &s.recovery {
+            storage.recovery = r
+                .parse::<RecoveryMode>()
+                .map_err(anyhow::Error::msg)
+                .context("storage.recovery")?;
+        }
+        if let Some(v) = s.record_bytes_max {
+            storage.record_bytes_max = v;
+        }
+        if let Some(v) = s.group_bytes_max {
+            storage.group_bytes_max = v;
+        }
+        if let Some(v) = s.queue_depth {
+            storage.queue_depth = v;
+        }
+        if let Some(v) = s.unsynced_flush_ms {
+            storage.unsynced_flush_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = s.retention_check_ms {
+            storage.retention_check_interval = Duration::from_millis(v);
+        }
+        storage.default_log =
+            log_config(&file.log_defaults, LogConfig::default()).context("in [log_defaults]")?;
+        storage.validate().context("invalid storage settings")?;
+        if listen.ip().is_unspecified() {
+            tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
+        }
+        Ok(ServerConfig {
+            listen,
+            metrics_listen,
+            default_ack: file.default_ack.unwrap_or_default(),
+            storage,
+        })
+    }
+}
+
+/// Apply the set fields of `d` over `base`, then validate.
+pub fn log_config(d: &LogDefaults, base: LogConfig) -> Result<LogConfig> {
+    let mut c = base;
+    if let Some(v) = d.segment_bytes {
+        c.segment_bytes = v;
+    }
+    if let Some(v) = d.index_interval_bytes {
+        c.index_interval_bytes = v;
+    }
+    if d.retention_bytes.is_some() {
+        c.retention_bytes = d.retention_bytes;
+    }
+    if d.retention_ms.is_some() {
+        c.retention_ms = d.retention_ms;
+    }
+    if let Some(v) = &d.compression {
+        c.compression = spool_storage::meta::parse_compression(v).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = d.compress_min_bytes {
+        c.compress_min_bytes = v;
+    }
+    if let Err(e) = c.validate() {
+        bail!("{e}");
+    }
+    Ok(c)
+}
+
+/// The compression setting as the API spells it.
+pub fn compression_name(c: Compression) -> String {
+    match c {
+        Compression::None => "none".into(),
+        Compression::Zstd { level } => format!("zstd:{level}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_work_with_nothing_given() {
+        let c = ServerConfig::build(FileConfig::default(), Overrides::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.storage.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(c.metrics_listen.is_none());
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let f: FileConfig = toml::from_str(
+            r#"
+            data_dir = "/tmp/x"
+            listen = "127.0.0.1:9000"
+            [storage]
+            io_backend = "std"
+            [log_defaults]
+            segment_bytes = 1048576
+            compression = "zstd:3"
+            "#,
+        )
+        .unwrap();
+        let c = ServerConfig::build(
+            f,
+            Overrides {
+                listen: Some("127.0.0.1:9001".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9001);
+        assert_eq!(c.storage.backend, BackendChoice::Std);
+        assert_eq!(c.storage.default_log.segment_bytes, 1 << 20);
+        assert_eq!(
+            c.storage.default_log.compression,
+            Compression::Zstd { level: 3 }
+        );
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        let e = toml::from_str::<FileConfig>("listen_addr = \"x\"").unwrap_err();
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let f: FileConfig = toml::from_str("[log_defaults]\nsegment_bytes = 5").unwrap();
+        let e = format!(
+            "{:#}",
+            ServerConfig::build(f, Overrides::default()).unwrap_err()
+        );
+        assert!(e.contains("segment_bytes"), "{e}");
+        let e = ServerConfig::build(
+            FileConfig::default(),
+            Overrides {
+                listen: Some("nope".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("HOST:PORT"), "{e}");
+    }
+}

@@ -1,0 +1,273 @@
+//! spool.v1.Log: append (unary and pipelined stream), read, subscribe.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, Stream, StreamExt};
+use spool_proto::v1 as pb;
+use spool_storage::{Durability, Log, Record};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::node::Node;
+use super::status_map::to_status;
+use crate::config::DefaultAck;
+
+/// Appends one stream may have in flight before the server stops reading it.
+const STREAM_INFLIGHT_MAX: usize = 1024;
+const READ_RECORDS_DEFAULT: u32 = 1000;
+const READ_BYTES_DEFAULT: u64 = 1 << 20;
+/// Keeps a read reply under the clients' default 4 MiB message limit.
+const READ_BYTES_MAX: u64 = 3 << 20;
+/// How long a read waits for `min_offset` when the call has no deadline.
+const MIN_OFFSET_WAIT_DEFAULT: Duration = Duration::from_secs(10);
+/// Subscribe replies buffered per subscriber: a slow reader holds the server back, it
+/// never makes it buffer more than this.
+const SUBSCRIBE_BUFFER: usize = 4;
+
+#[derive(Debug, Clone)]
+pub struct LogService {
+    pub node: Arc<Node>,
+}
+
+fn durability_for(ack: i32, default: DefaultAck) -> Result<Durability, Status> {
+    match pb::AckMode::try_from(ack) {
+        Ok(pb::AckMode::Unspecified) => Ok(match default {
+            DefaultAck::Written => Durability::Unsynced,
+            DefaultAck::Async => Durability::Fsync,
+        }),
+        Ok(pb::AckMode::Written) => Ok(Durability::Unsynced),
+        Ok(pb::AckMode::Async) => Ok(Durability::Fsync),
+        Ok(pb::AckMode::SemiSync | pb::AckMode::Sync) => Err(Status::invalid_argument(
+            "ack modes semi-sync and sync need replicas, and this node has none configured; \
+             use async or written",
+        )),
+        Err(_) => Err(Status::invalid_argument(format!("unknown ack mode {ack}"))),
+    }
+}
+
+async fn append_one(
+    node: &Node,
+    log: &Log,
+    req: pb::AppendRequest,
+) -> Result<pb::AppendResponse, Status> {
+    node.check_accepting()?;
+    let durability = durability_for(req.ack, node.default_ack)?;
+    let started = Instant::now();
+    let ack = log
+        .append(&req.records, durability)
+        .await
+        .map_err(to_status)?;
+    metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("spool_appended_records_total").increment(u64::from(ack.record_count));
+    metrics::counter!("spool_appended_bytes_total")
+        .increment(req.records.iter().map(|r| r.len() as u64).sum());
+    Ok(pb::AppendResponse {
+        first_offset: ack.base_offset,
+        count: ack.record_count,
+        epoch: ack.epoch,
+        durability: match ack.durability {
+            Durability::Fsync => pb::Durability::Local,
+            Durability::Unsynced => pb::Durability::Written,
+        } as i32,
+        replicas_confirmed: 0,
+        degraded: false,
+        read_token: ack.next_offset(),
+        request_id: req.request_id,
+    })
+}
+
+fn to_pb(r: Record) -> pb::Record {
+    pb::Record {
+        offset: r.offset,
+        timestamp_us: r.timestamp_us,
+        value: r.value,
+    }
+}
+
+/// The call's deadline from its `grpc-timeout` header, if any.
+fn deadline_of<T>(req: &Request<T>) -> Option<Duration> {
+    let v = req.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (num, unit) = v.split_at(v.len().checked_sub(1)?);
+    let n: u64 = num.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n * 3600),
+        "M" => Duration::from_secs(n * 60),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::log_server::Log for LogService {
+    async fn append(
+        &self,
+        req: Request<pb::AppendRequest>,
+    ) -> Result<Response<pb::AppendResponse>, Status> {
+        let req = req.into_inner();
+        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        Ok(Response::new(append_one(&self.node, &log, req).await?))
+    }
+
+    type AppendStreamStream = BoxStream<pb::AppendResponse>;
+
+    async fn append_stream(
+        &self,
+        req: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let mut incoming = req.into_inner();
+        let node = self.node.clone();
+        let (tx, rx) = mpsc::channel(STREAM_INFLIGHT_MAX);
+        tokio::spawn(async move {
+            // Requests are appended as they arrive (many in flight, so they share group
+            // commits); replies go back in request order.
+            let mut inflight = FuturesOrdered::new();
+            let mut log: Option<Log> = None;
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    next = incoming.next(), if open && inflight.len() < STREAM_INFLIGHT_MAX => {
+                        match next {
+                            Some(Ok(r)) => {
+                                if log.as_ref().is_none_or(|l| l.name() != r.log) {
+                                    log = node.storage.log(&r.log).ok();
+                                }
+                                let (node, log) = (node.clone(), log.clone());
+                                inflight.push_back(async move {
+                                    match log {
+                                        Some(log) => append_one(&node, &log, r).await,
+                                        None => Err(to_status(spool_storage::StorageError::LogNotFound(r.log))),
+                                    }
+                                });
+                            }
+                            Some(Err(_)) | None => open = false,
+                        }
+                    }
+                    Some(res) = inflight.next() => {
+                        let failed = res.is_err();
+                        if tx.send(res).await.is_err() || failed {
+                            // The stream ends at the first failed append: later replies
+                            // would be ambiguous about which records made it.
+                            break;
+                        }
+                    }
+                    else => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn read(
+        &self,
+        req: Request<pb::ReadRequest>,
+    ) -> Result<Response<pb::ReadResponse>, Status> {
+        // Answer a little before the caller's deadline, so it gets our error, not its own.
+        let wait = deadline_of(&req).map_or(MIN_OFFSET_WAIT_DEFAULT, |d| {
+            d.saturating_sub((d / 10).min(Duration::from_millis(50)))
+        });
+        let req = req.into_inner();
+        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        let reader = log.reader();
+        if req.min_offset > 0 && reader.durable_end() < req.min_offset {
+            let reached = tokio::time::timeout(wait, reader.wait_for(req.min_offset - 1)).await;
+            match reached {
+                Ok(r) => r.map_err(to_status)?,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(format!(
+                    "this node has not reached offset {} of log {:?} within {wait:?} (it is at {})",
+                    req.min_offset,
+                    req.log,
+                    reader.durable_end()
+                )))
+                }
+            }
+        }
+        let max_records = if req.max_records == 0 {
+            READ_RECORDS_DEFAULT
+        } else {
+            req.max_records
+        };
+        let max_bytes = if req.max_bytes == 0 {
+            READ_BYTES_DEFAULT
+        } else {
+            req.max_bytes.min(READ_BYTES_MAX)
+        };
+        let records = reader
+            .read(req.from_offset, max_records as usize, max_bytes as usize)
+            .map_err(to_status)?;
+        let next_offset = records.last().map_or(req.from_offset, |r| r.offset + 1);
+        Ok(Response::new(pb::ReadResponse {
+            records: records.into_iter().map(to_pb).collect(),
+            next_offset,
+            end_offset: reader.durable_end(),
+        }))
+    }
+
+    type SubscribeStream = BoxStream<pb::SubscribeResponse>;
+
+    async fn subscribe(
+        &self,
+        req: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let req = req.into_inner();
+        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        let reader = log.reader();
+        let mut next = match req.start {
+            Some(pb::subscribe_request::Start::FromOffset(o)) => o,
+            Some(pb::subscribe_request::Start::FromEnd(_)) | None => reader.durable_end(),
+        };
+        // Validate the start now, so a bad offset fails the call rather than the stream.
+        reader.read(next, 0, 0).map_err(to_status)?;
+        let per_msg = if req.max_records_per_message == 0 {
+            READ_RECORDS_DEFAULT
+        } else {
+            req.max_records_per_message
+        } as usize;
+        let (tx, rx) = mpsc::channel(SUBSCRIBE_BUFFER);
+        let guard = self.node.subscriber();
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            loop {
+                let ready = tokio::select! {
+                    r = reader.wait_for(next) => r,
+                    _ = tx.closed() => return,
+                    _ = node.shutdown_started() => {
+                        let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
+                        return;
+                    }
+                };
+                if let Err(e) = ready {
+                    let _ = tx.send(Err(to_status(e))).await;
+                    return;
+                }
+                match reader.read(next, per_msg, READ_BYTES_DEFAULT as usize) {
+                    Ok(records) if records.is_empty() => continue,
+                    Ok(records) => {
+                        next = records.last().map_or(next, |r| r.offset + 1);
+                        let msg = pb::SubscribeResponse {
+                            records: records.into_iter().map(to_pb).collect(),
+                        };
+                        // Waits while the client is slow: flow control, not buffering.
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(to_status(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

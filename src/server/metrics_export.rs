@@ -1,0 +1,50 @@
+//! Prometheus text endpoint: the `metrics` recorder with an HTTP listener, plus per-log
+//! gauges refreshed every second.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+
+use super::node::Node;
+
+const LATENCY_BUCKETS_S: &[f64] = &[
+    50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 12.8e-3, 25.6e-3, 51.2e-3,
+    102.4e-3, 0.5, 1.0,
+];
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+
+pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
+    PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_S)?
+        .set_buckets_for_metric(
+            Matcher::Full("spool_group_commit_appends".into()),
+            GROUP_BUCKETS,
+        )?
+        .install()
+        .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            let storage = &node.storage;
+            for name in storage.list_logs() {
+                let Ok(log) = storage.log(&name) else {
+                    continue;
+                };
+                let p = log.positions();
+                let (size, disk) = log.size_bytes();
+                let labels = [("log", name.clone())];
+                metrics::gauge!("spool_log_end_offset", &labels).set(p.durable as f64);
+                metrics::gauge!("spool_log_start_offset", &labels).set(p.start as f64);
+                metrics::gauge!("spool_log_size_bytes", &labels).set(size as f64);
+                metrics::gauge!("spool_log_disk_bytes", &labels).set(disk as f64);
+            }
+        }
+    });
+    Ok(())
+}

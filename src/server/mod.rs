@@ -1,0 +1,92 @@
+//! The gRPC server: one node's services on a multi-thread tokio runtime, in front of the
+//! storage thread.
+
+mod log_service;
+mod logs_service;
+mod metrics_export;
+mod node;
+mod status_map;
+mod status_service;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use spool_proto::v1 as pb;
+use spool_storage::Storage;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::config::ServerConfig;
+pub use node::Node;
+pub use status_map::to_status;
+
+/// Largest request a client may send (an append batch); above the storage frame limit so
+/// that oversized records get the storage's clear error, not a transport one.
+pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
+
+/// Open storage, bind, serve until `shutdown` resolves, then stop accepting, let in-flight
+/// appends finish, fsync and close. `on_bound` gets the bound address (port 0 allowed).
+pub async fn serve(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_bound: impl FnOnce(SocketAddr),
+) -> Result<()> {
+    let storage_config = config.storage.clone();
+    let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
+        .await?
+        .with_context(|| {
+            format!(
+                "opening data directory {}",
+                config.storage.data_dir.display()
+            )
+        })?;
+    let node = Arc::new(Node::new(storage.clone(), config.default_ack));
+    if let Some(addr) = config.metrics_listen {
+        metrics_export::install(addr, node.clone())?;
+    }
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let bound = listener.local_addr()?;
+    tracing::info!(listen = %bound, backend = storage.backend_name(), "spool serving");
+    on_bound(bound);
+
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    health_reporter
+        .set_serving::<pb::log_server::LogServer<log_service::LogService>>()
+        .await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    let logs = pb::logs_server::LogsServer::new(logs_service::LogsService { node: node.clone() });
+    let log = pb::log_server::LogServer::new(log_service::LogService { node: node.clone() })
+        .max_decoding_message_size(MESSAGE_BYTES_MAX);
+    let status =
+        pb::status_server::StatusServer::new(status_service::StatusService { node: node.clone() });
+
+    let stop_node = node.clone();
+    let signal = async move {
+        shutdown.await;
+        tracing::info!("shutting down: no new requests, finishing in-flight appends");
+        stop_node.begin_shutdown();
+        health_reporter
+            .set_not_serving::<pb::log_server::LogServer<log_service::LogService>>()
+            .await;
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(health)
+        .add_service(reflection)
+        .add_service(logs)
+        .add_service(log)
+        .add_service(status)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
+        .await
+        .context("grpc server")?;
+    storage.shutdown().await?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

@@ -1,0 +1,90 @@
+"""A Python grpcio client, generated from proto/spool/v1/spool.proto at run time, doing
+create / append / read / subscribe against a running spool server.
+
+usage: client_test.py ADDR PROTO_DIR OUT_DIR
+"""
+import os
+import sys
+import threading
+
+from grpc_tools import protoc
+
+
+def main():
+    addr, proto_dir, out_dir = sys.argv[1:4]
+    os.makedirs(out_dir, exist_ok=True)
+    rc = protoc.main([
+        "protoc", f"-I{proto_dir}", f"--python_out={out_dir}", f"--grpc_python_out={out_dir}",
+        os.path.join(proto_dir, "spool/v1/spool.proto"),
+    ])
+    assert rc == 0, f"protoc failed: {rc}"
+    sys.path.insert(0, out_dir)
+    import grpc
+    from spool.v1 import spool_pb2 as pb
+    from spool.v1 import spool_pb2_grpc as rpc
+
+    channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    logs = rpc.LogsStub(channel)
+    log = rpc.LogStub(channel)
+
+    info = logs.Create(pb.CreateLogRequest(name="py", config=pb.LogConfig(
+        compression=pb.COMPRESSION_ZSTD, zstd_level=3)))
+    assert info.name == "py" and info.end_offset == 0, info
+
+    # Subscribe before appending: the stream must deliver what is appended next.
+    got = []
+    done = threading.Event()
+
+    def follow():
+        for msg in log.Subscribe(pb.SubscribeRequest(log="py", from_offset=0), timeout=30):
+            got.extend(msg.records)
+            if len(got) >= 100:
+                done.set()
+                return
+
+    t = threading.Thread(target=follow)
+    t.start()
+
+    first = log.Append(pb.AppendRequest(log="py", records=[b"hello", b"", b"x" * 10000],
+                                        ack=pb.ACK_MODE_ASYNC))
+    assert first.first_offset == 0 and first.count == 3, first
+    assert first.durability == pb.DURABILITY_LOCAL, first
+    assert first.read_token == 3, first
+
+    def requests():
+        for i in range(97):
+            yield pb.AppendRequest(log="py", records=[f"stream {i}".encode()], request_id=i)
+
+    replies = list(log.AppendStream(requests()))
+    assert [r.request_id for r in replies] == list(range(97)), replies[:3]
+    assert replies[-1].first_offset == 99, replies[-1]
+
+    r = log.Read(pb.ReadRequest(log="py", from_offset=0, max_records=5, min_offset=first.read_token))
+    assert [x.value for x in r.records[:3]] == [b"hello", b"", b"x" * 10000], r.records[:3]
+    assert r.records[3].value == b"stream 0"
+    assert r.end_offset == 100, r.end_offset
+
+    assert done.wait(20), f"subscriber got {len(got)} records"
+    t.join(5)
+    assert [x.offset for x in got[:100]] == list(range(100))
+    assert got[99].value == b"stream 96"
+
+    try:
+        log.Read(pb.ReadRequest(log="nope"))
+        raise AssertionError("read of a missing log succeeded")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.NOT_FOUND, e
+    try:
+        log.Read(pb.ReadRequest(log="py", from_offset=1000))
+        raise AssertionError("read past the end succeeded")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e
+
+    listed = logs.List(pb.ListLogsRequest())
+    assert [l.name for l in listed.logs] == ["py"]
+    print("python client ok")
+
+
+if __name__ == "__main__":
+    main()
