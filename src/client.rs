@@ -61,40 +61,100 @@ pub fn endpoint_uri(addr: &str) -> String {
     }
 }
 
-/// A connection to one Spool node. Cheap to clone (one HTTP/2 connection underneath).
 #[derive(Debug, Clone)]
-pub struct Client {
+struct Conn {
     addr: String,
     logs: pb::logs_client::LogsClient<Channel>,
     log: pb::log_client::LogClient<Channel>,
     status: pb::status_client::StatusClient<Channel>,
+    admin: pb::admin_client::AdminClient<Channel>,
+}
+
+async fn dial(addr: &str) -> Result<Conn> {
+    let uri = endpoint_uri(addr);
+    let endpoint = Endpoint::from_shared(uri.clone())
+        .map_err(|_| ClientError::BadAddress(addr.to_owned()))?
+        .tcp_nodelay(true);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| ClientError::Connect {
+            addr: uri.clone(),
+            source,
+        })?;
+    Ok(Conn {
+        addr: uri,
+        logs: pb::logs_client::LogsClient::new(channel.clone()),
+        log: pb::log_client::LogClient::new(channel.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+        status: pb::status_client::StatusClient::new(channel.clone()),
+        admin: pb::admin_client::AdminClient::new(channel),
+    })
+}
+
+/// Metadata key a replica sets on refused writes: where the primary is.
+const PRIMARY_METADATA: &str = "spool-primary";
+
+/// A connection to one Spool node. Cheap to clone (one HTTP/2 connection underneath).
+/// Writes refused by a replica are retried once on the primary it names, and the client
+/// stays connected there (reads then go to the primary too).
+#[derive(Debug, Clone)]
+pub struct Client {
+    conn: Arc<parking_lot::RwLock<Conn>>,
 }
 
 impl Client {
     pub async fn connect(addr: &str) -> Result<Client> {
-        let uri = endpoint_uri(addr);
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|_| ClientError::BadAddress(addr.to_owned()))?
-            .tcp_nodelay(true);
-        let channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| ClientError::Connect {
-                addr: uri.clone(),
-                source,
-            })?;
         Ok(Client {
-            addr: uri,
-            logs: pb::logs_client::LogsClient::new(channel.clone()),
-            log: pb::log_client::LogClient::new(channel.clone())
-                .max_decoding_message_size(MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(MESSAGE_BYTES_MAX),
-            status: pb::status_client::StatusClient::new(channel),
+            conn: Arc::new(parking_lot::RwLock::new(dial(addr).await?)),
         })
     }
 
-    pub fn addr(&self) -> &str {
-        &self.addr
+    fn conn(&self) -> Conn {
+        self.conn.read().clone()
+    }
+
+    pub fn addr(&self) -> String {
+        self.conn.read().addr.clone()
+    }
+
+    /// If `status` is a replica's refusal naming the primary, switch to the primary.
+    async fn follow_redirect(&self, status: &Status) -> Result<bool> {
+        if status.code() != Code::FailedPrecondition {
+            return Ok(false);
+        }
+        let Some(primary) = status
+            .metadata()
+            .get(PRIMARY_METADATA)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return Ok(false);
+        };
+        if endpoint_uri(primary) == self.addr() {
+            return Ok(false);
+        }
+        let conn = dial(primary).await?;
+        *self.conn.write() = conn;
+        Ok(true)
+    }
+
+    /// Run a write, following a replica's redirect once.
+    async fn write<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        match f(self.conn()).await {
+            Ok(r) => Ok(r.into_inner()),
+            Err(s) => {
+                if self.follow_redirect(&s).await? {
+                    Ok(f(self.conn()).await?.into_inner())
+                } else {
+                    Err(s.into())
+                }
+            }
+        }
     }
 
     pub async fn create_log(&self, name: &str, config: Option<pb::LogConfig>) -> Result<LogInfo> {
@@ -102,13 +162,17 @@ impl Client {
             name: name.to_owned(),
             config,
         };
-        Ok(self.logs.clone().create(req).await?.into_inner())
+        self.write(|mut c| {
+            let req = req.clone();
+            async move { c.logs.create(req).await }
+        })
+        .await
     }
 
     pub async fn list_logs(&self) -> Result<Vec<LogInfo>> {
         Ok(self
+            .conn()
             .logs
-            .clone()
             .list(pb::ListLogsRequest {})
             .await?
             .into_inner()
@@ -119,14 +183,18 @@ impl Client {
         let req = pb::DescribeLogRequest {
             name: name.to_owned(),
         };
-        Ok(self.logs.clone().describe(req).await?.into_inner())
+        Ok(self.conn().logs.describe(req).await?.into_inner())
     }
 
     pub async fn delete_log(&self, name: &str) -> Result<()> {
         let req = pb::DeleteLogRequest {
             name: name.to_owned(),
         };
-        self.logs.clone().delete(req).await?;
+        self.write(|mut c| {
+            let req = req.clone();
+            async move { c.logs.delete(req).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -137,18 +205,42 @@ impl Client {
         records: Vec<Bytes>,
         ack: AckMode,
     ) -> Result<AppendResponse> {
-        let req = pb::AppendRequest {
+        self.append_with(pb::AppendRequest {
             log: log.to_owned(),
             records,
             ack: ack as i32,
             ..Default::default()
-        };
-        Ok(self.log.clone().append(req).await?.into_inner())
+        })
+        .await
+    }
+
+    /// Append with every field of the request (e.g. `semi_sync_replicas`).
+    pub async fn append_with(&self, req: pb::AppendRequest) -> Result<AppendResponse> {
+        self.write(|mut c| {
+            let req = req.clone();
+            async move { c.log.append(req).await }
+        })
+        .await
     }
 
     /// A pipelined appender on one stream: many batches in flight, replies in order.
+    /// Opened on the primary (found through this node's status when it is a replica).
     pub async fn appender(&self, log: &str, ack: AckMode) -> Result<Appender> {
-        Appender::open(self.log.clone(), log, ack).await
+        self.appender_with(log, ack, 0).await
+    }
+
+    /// Like [`Client::appender`], with semi-sync's k (0: the server's default).
+    pub async fn appender_with(
+        &self,
+        log: &str,
+        ack: AckMode,
+        semi_sync_replicas: u32,
+    ) -> Result<Appender> {
+        let s = self.status().await?;
+        if s.role == "replica" && !s.primary_addr.is_empty() {
+            *self.conn.write() = dial(&s.primary_addr).await?;
+        }
+        Appender::open(self.conn().log, log, ack, semi_sync_replicas).await
     }
 
     pub async fn read(&self, log: &str, from: u64, max_records: u32) -> Result<pb::ReadResponse> {
@@ -162,7 +254,7 @@ impl Client {
     }
 
     pub async fn read_with(&self, req: pb::ReadRequest) -> Result<pb::ReadResponse> {
-        Ok(self.log.clone().read(req).await?.into_inner())
+        Ok(self.conn().log.read(req).await?.into_inner())
     }
 
     /// Records from `from` (or from the end when `None`), then new ones as they arrive.
@@ -180,7 +272,7 @@ impl Client {
             start,
             max_records_per_message: 0,
         };
-        let stream = self.log.clone().subscribe(req).await?.into_inner();
+        let stream = self.conn().log.subscribe(req).await?.into_inner();
         Ok(stream.flat_map(|msg| {
             let items: Vec<Result<Record>> = match msg {
                 Ok(m) => m.records.into_iter().map(Ok).collect(),
@@ -192,11 +284,22 @@ impl Client {
 
     pub async fn status(&self) -> Result<StatusResponse> {
         Ok(self
+            .conn()
             .status
-            .clone()
             .get(pb::StatusRequest {})
             .await?
             .into_inner())
+    }
+
+    /// Promote the node this client is connected to (a replica, usually) to primary.
+    pub async fn promote(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .admin
+            .promote(pb::PromoteRequest {})
+            .await?
+            .into_inner()
+            .epoch)
     }
 }
 
@@ -207,6 +310,7 @@ type Pending = Arc<Mutex<VecDeque<oneshot::Sender<Result<AppendResponse>>>>>;
 pub struct Appender {
     log: String,
     ack: AckMode,
+    semi_sync_replicas: u32,
     tx: mpsc::Sender<pb::AppendRequest>,
     pending: Pending,
     next_id: u64,
@@ -217,6 +321,7 @@ impl Appender {
         mut client: pb::log_client::LogClient<Channel>,
         log: &str,
         ack: AckMode,
+        semi_sync_replicas: u32,
     ) -> Result<Self> {
         let (tx, rx) = mpsc::channel(1024);
         let mut replies = client
@@ -248,6 +353,7 @@ impl Appender {
         Ok(Appender {
             log: log.to_owned(),
             ack,
+            semi_sync_replicas,
             tx,
             pending,
             next_id: 0,
@@ -266,8 +372,8 @@ impl Appender {
             log: self.log.clone(),
             records,
             ack: self.ack as i32,
+            semi_sync_replicas: self.semi_sync_replicas,
             request_id: self.next_id,
-            ..Default::default()
         };
         // Registered before sending, so replies always find their waiter in order.
         self.pending.lock().push_back(w);

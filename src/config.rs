@@ -50,6 +50,31 @@ pub struct LogDefaults {
     pub compress_min_bytes: Option<u32>,
 }
 
+/// The `[replication]` table.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationSection {
+    /// Makes this node a replica of HOST:PORT (a primary or another replica).
+    pub replica_of: Option<String>,
+    /// This replica counts as synchronous for `sync` acks.
+    pub sync_replica: Option<bool>,
+    /// Name in the upstream's status [default: this node's listen address].
+    pub replica_id: Option<String>,
+    /// How long semi-sync/sync appends wait for replicas.
+    pub ack_timeout_ms: Option<u64>,
+    /// "fail" (the request fails, the records stay and replicate) or "degrade" (ack as async, marked degraded).
+    pub ack_timeout_policy: Option<String>,
+    /// Default k for semi-sync appends that do not name one.
+    pub semi_sync_replicas: Option<u32>,
+    /// Refuse writes unless this many replicas are attached and heard from recently.
+    pub min_replicas_to_write: Option<usize>,
+    pub min_replicas_max_lag_ms: Option<u64>,
+    /// Retention keeps at most this many bytes for a lagging replica.
+    pub replica_keep_bytes_max: Option<u64>,
+    /// Delayed replicas' acks count toward semi-sync/sync.
+    pub delayed_counts_for_acks: Option<bool>,
+}
+
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -62,6 +87,8 @@ pub struct FileConfig {
     pub storage: StorageSection,
     #[serde(default)]
     pub log_defaults: LogDefaults,
+    #[serde(default)]
+    pub replication: ReplicationSection,
 }
 
 impl FileConfig {
@@ -72,6 +99,85 @@ impl FileConfig {
     }
 }
 
+/// Validated replication settings.
+#[derive(Debug, Clone)]
+pub struct ReplicationConfig {
+    pub replica_of: Option<String>,
+    pub sync_replica: bool,
+    pub replica_id: Option<String>,
+    pub ack_timeout: Duration,
+    pub degrade_on_timeout: bool,
+    pub semi_sync_replicas: u32,
+    pub min_replicas_to_write: usize,
+    pub min_replicas_max_lag: Duration,
+    pub replica_keep_bytes_max: u64,
+    pub delayed_counts_for_acks: bool,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        ReplicationConfig {
+            replica_of: None,
+            sync_replica: false,
+            replica_id: None,
+            ack_timeout: Duration::from_secs(5),
+            degrade_on_timeout: false,
+            semi_sync_replicas: 1,
+            min_replicas_to_write: 0,
+            min_replicas_max_lag: Duration::from_secs(10),
+            replica_keep_bytes_max: 10 << 30,
+            delayed_counts_for_acks: false,
+        }
+    }
+}
+
+impl ReplicationConfig {
+    pub fn ack_config(&self) -> spool_replication::ack::AckConfig {
+        use spool_replication::ack::{AckConfig, TimeoutPolicy};
+        AckConfig {
+            timeout: self.ack_timeout,
+            policy: if self.degrade_on_timeout {
+                TimeoutPolicy::DegradeToAsync
+            } else {
+                TimeoutPolicy::Fail
+            },
+        }
+    }
+
+    fn build(r: &ReplicationSection, o: &Overrides) -> Result<Self> {
+        let d = ReplicationConfig::default();
+        let degrade = match r.ack_timeout_policy.as_deref() {
+            None | Some("fail") => false,
+            Some("degrade") | Some("degrade-to-async") => true,
+            Some(other) => {
+                bail!("replication.ack_timeout_policy {other:?}: expected \"fail\" or \"degrade\"")
+            }
+        };
+        let replica_of = o.replica_of.clone().or(r.replica_of.clone());
+        if let Some(up) = &replica_of {
+            if up.trim().is_empty() {
+                bail!("replica_of is empty: give the upstream as HOST:PORT");
+            }
+        }
+        Ok(ReplicationConfig {
+            replica_of,
+            sync_replica: o.sync_replica || r.sync_replica.unwrap_or(false),
+            replica_id: o.replica_id.clone().or(r.replica_id.clone()),
+            ack_timeout: r
+                .ack_timeout_ms
+                .map_or(d.ack_timeout, Duration::from_millis),
+            degrade_on_timeout: degrade,
+            semi_sync_replicas: r.semi_sync_replicas.unwrap_or(d.semi_sync_replicas),
+            min_replicas_to_write: r.min_replicas_to_write.unwrap_or(0),
+            min_replicas_max_lag: r
+                .min_replicas_max_lag_ms
+                .map_or(d.min_replicas_max_lag, Duration::from_millis),
+            replica_keep_bytes_max: r.replica_keep_bytes_max.unwrap_or(d.replica_keep_bytes_max),
+            delayed_counts_for_acks: r.delayed_counts_for_acks.unwrap_or(false),
+        })
+    }
+}
+
 /// Validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -79,6 +185,7 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     pub default_ack: DefaultAck,
     pub storage: StorageConfig,
+    pub replication: ReplicationConfig,
 }
 
 /// Values given on the command line or through the environment (they override the file).
@@ -88,6 +195,9 @@ pub struct Overrides {
     pub listen: Option<String>,
     pub metrics_listen: Option<String>,
     pub io_backend: Option<String>,
+    pub replica_of: Option<String>,
+    pub sync_replica: bool,
+    pub replica_id: Option<String>,
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -99,23 +209,26 @@ impl ServerConfig {
     pub fn build(file: FileConfig, o: Overrides) -> Result<ServerConfig> {
         let data_dir = o
             .data_dir
+            .clone()
             .or(file.data_dir)
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
         let listen = parse_addr(
             "listen",
             o.listen
+                .clone()
                 .or(file.listen)
                 .as_deref()
                 .unwrap_or(DEFAULT_LISTEN),
         )?;
         let metrics_listen = o
             .metrics_listen
+            .clone()
             .or(file.metrics_listen)
             .map(|m| parse_addr("metrics_listen", &m))
             .transpose()?;
         let mut storage = StorageConfig::new(data_dir);
         let s = &file.storage;
-        if let Some(b) = o.io_backend.or(s.io_backend.clone()) {
+        if let Some(b) = o.io_backend.clone().or(s.io_backend.clone()) {
             storage.backend = b
                 .parse::<BackendChoice>()
                 .map_err(anyhow::Error::msg)
@@ -148,11 +261,13 @@ impl ServerConfig {
         if listen.ip().is_unspecified() {
             tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
         }
+        let replication = ReplicationConfig::build(&file.replication, &o)?;
         Ok(ServerConfig {
             listen,
             metrics_listen,
             default_ack: file.default_ack.unwrap_or_default(),
             storage,
+            replication,
         })
     }
 }

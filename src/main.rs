@@ -42,6 +42,11 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Administration: promote.
+    #[command(subcommand)]
+    Admin(cli::client_cmds::AdminCommand),
+    /// A local primary and replicas on loopback, for trying replication out.
+    DevCluster(cli::dev_cluster::DevClusterArgs),
     /// Verify a data directory offline: every CRC, index entry and offset.
     Check(cli::check::CheckArgs),
     /// Load generators: measure the storage engine on this machine's disk.
@@ -62,7 +67,8 @@ fn client_command(addr: &str, cmd: Command) -> anyhow::Result<()> {
             Command::Read(a) => cli::client_cmds::read(&client, a).await,
             Command::Tail(a) => cli::client_cmds::tail(&client, a).await,
             Command::Status { json } => cli::client_cmds::status(&client, json).await,
-            Command::Serve(_) | Command::Check(_) | Command::Bench(_) => {
+            Command::Admin(c) => cli::client_cmds::admin(&client, c).await,
+            Command::Serve(_) | Command::Check(_) | Command::Bench(_) | Command::DevCluster(_) => {
                 unreachable!("not a client command")
             }
         }
@@ -96,6 +102,7 @@ fn run() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(a) => cli::serve::run(a),
         Command::Check(a) => cli::check::run(a),
+        Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
         cmd => client_command(&cli.addr, cmd),
     }

@@ -45,27 +45,32 @@ pub struct CreateArgs {
     pub compression: Option<String>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Ack {
-    /// fdatasync'd on the primary.
-    Async,
-    /// In the primary's page cache only (weaker).
-    Written,
-    /// Durable on the primary and K replicas (needs replication).
-    SemiSync,
-    /// Durable on the primary and every sync replica (needs replication).
-    Sync,
+/// `--ack`: async | written | semi-sync[:K] | sync.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ack {
+    pub mode: AckMode,
+    pub semi_sync_replicas: u32,
 }
 
-impl From<Ack> for AckMode {
-    fn from(a: Ack) -> AckMode {
-        match a {
-            Ack::Async => AckMode::Async,
-            Ack::Written => AckMode::Written,
-            Ack::SemiSync => AckMode::SemiSync,
-            Ack::Sync => AckMode::Sync,
-        }
-    }
+pub fn parse_ack(s: &str) -> Result<Ack, String> {
+    let (mode, k) = match s {
+        "async" => (AckMode::Async, 0),
+        "written" => (AckMode::Written, 0),
+        "sync" => (AckMode::Sync, 0),
+        "semi-sync" => (AckMode::SemiSync, 0),
+        _ => match s.strip_prefix("semi-sync:").map(str::parse::<u32>) {
+            Some(Ok(k)) => (AckMode::SemiSync, k),
+            _ => {
+                return Err(format!(
+                    "unknown ack mode {s:?}: use async, written, semi-sync, semi-sync:K or sync"
+                ))
+            }
+        },
+    };
+    Ok(Ack {
+        mode,
+        semi_sync_replicas: k,
+    })
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +78,9 @@ pub struct AppendArgs {
     pub log: String,
     /// Records; without any, one record per line of stdin.
     pub records: Vec<String>,
-    #[arg(long, value_enum, default_value = "async")]
+    /// async (fdatasync'd on the primary), written (page cache only: weaker),
+    /// semi-sync[:K] (and on K replicas), sync (and on every sync replica).
+    #[arg(long, value_parser = parse_ack, default_value = "async")]
     pub ack: Ack,
     /// Records per request when reading stdin.
     #[arg(long, default_value_t = 256)]
@@ -204,12 +211,31 @@ pub async fn logs(client: &Client, cmd: LogsCommand) -> Result<()> {
 }
 
 pub async fn append(client: &Client, a: AppendArgs) -> Result<()> {
-    let ack: AckMode = a.ack.into();
     if !a.records.is_empty() {
-        let recs = a.records.into_iter().map(Bytes::from).collect();
-        let r = client.append(&a.log, recs, ack).await?;
+        let r = client
+            .append_with(pb::AppendRequest {
+                log: a.log.clone(),
+                records: a.records.into_iter().map(Bytes::from).collect(),
+                ack: a.ack.mode as i32,
+                semi_sync_replicas: a.ack.semi_sync_replicas,
+                ..Default::default()
+            })
+            .await?;
+        let replicated = if r.durability == pb::Durability::Replicated as i32 || r.degraded {
+            format!(
+                ", {} replica(s) confirmed{}",
+                r.replicas_confirmed,
+                if r.degraded {
+                    ", DEGRADED to async"
+                } else {
+                    ""
+                }
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "appended {} record(s) at offsets {}..{} (epoch {}, token {})",
+            "appended {} record(s) at offsets {}..{} (epoch {}, token {}{replicated})",
             r.count,
             r.first_offset,
             r.first_offset + u64::from(r.count),
@@ -223,7 +249,9 @@ pub async fn append(client: &Client, a: AppendArgs) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template(
         "{spinner} {pos} records appended ({per_sec})",
     )?);
-    let mut appender = client.appender(&a.log, ack).await?;
+    let mut appender = client
+        .appender_with(&a.log, a.ack.mode, a.ack.semi_sync_replicas)
+        .await?;
     let mut waiting = std::collections::VecDeque::new();
     let mut batch = Vec::with_capacity(a.batch);
     let (mut first, mut last) = (None, 0u64);
@@ -298,24 +326,18 @@ pub async fn tail(client: &Client, a: TailArgs) -> Result<()> {
 pub async fn status(client: &Client, json: bool) -> Result<()> {
     let s = client.status().await?;
     if json {
-        let logs: Vec<_> = s
-            .logs
-            .iter()
-            .map(|l| {
-                serde_json::json!({"name": l.name, "start_offset": l.start_offset,
-                    "end_offset": l.end_offset, "written_offset": l.written_offset,
-                    "epoch": l.epoch, "size_bytes": l.size_bytes})
-            })
-            .collect();
-        let v = serde_json::json!({
-            "role": s.role, "epoch": s.epoch, "version": s.version, "uptime_ms": s.uptime_ms,
-            "io_backend": s.io_backend, "data_dir": s.data_dir, "logs": logs,
-        });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
         return Ok(());
     }
+    let mut flags = String::new();
+    if s.fenced {
+        flags.push_str(" FENCED");
+    }
+    if s.degraded {
+        flags.push_str(" DEGRADED");
+    }
     println!(
-        "{} at {} (epoch {}, spool {}, up {:.1}s, io {}, data {})",
+        "{} at {} (epoch {}, spool {}, up {:.1}s, io {}, data {}){flags}",
         s.role,
         client.addr(),
         s.epoch,
@@ -324,11 +346,134 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         s.io_backend,
         s.data_dir
     );
-    for l in s.logs {
+    if s.role == "replica" {
+        println!("  primary: {}", s.primary_addr);
+    }
+    if let Some(u) = &s.upstream {
         println!(
-            "  {:<24} start {:>10}  end {:>10}  written {:>10}  {:>12} bytes",
-            l.name, l.start_offset, l.end_offset, l.written_offset, l.size_bytes
+            "  upstream {} {} (heard {} ms ago)",
+            u.addr,
+            if u.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            u.last_heard_ms_ago
         );
+        for l in &u.logs {
+            println!(
+                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}",
+                l.name,
+                l.local_end,
+                l.upstream_end,
+                l.lag_records,
+                if l.full_sync { "  (full sync)" } else { "" }
+            );
+        }
+    }
+    println!("  logs:");
+    for l in &s.logs {
+        println!(
+            "    {:<22} start {:>10}  end {:>10}  written {:>10}  epoch {:>3}  {:>12} bytes",
+            l.name, l.start_offset, l.end_offset, l.written_offset, l.epoch, l.size_bytes
+        );
+    }
+    if !s.replicas.is_empty() {
+        println!("  replicas:");
+    }
+    for r in &s.replicas {
+        println!(
+            "    {} at {} {}{}{} (connected {:.1}s, last ack {} ms ago)",
+            r.id,
+            r.addr,
+            if r.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            if r.sync { ", sync" } else { "" },
+            if r.counts_for_acks {
+                ""
+            } else {
+                ", not counted for acks"
+            },
+            r.connected_for_ms as f64 / 1000.0,
+            r.last_ack_ms_ago
+        );
+        for l in &r.logs {
+            println!(
+                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s",
+                l.name, l.acked_offset, l.lag_records, l.lag_bytes, l.lag_seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    let logs: Vec<_> = s
+        .logs
+        .iter()
+        .map(|l| {
+            serde_json::json!({"name": l.name, "start_offset": l.start_offset,
+                "end_offset": l.end_offset, "written_offset": l.written_offset,
+                "epoch": l.epoch, "size_bytes": l.size_bytes})
+        })
+        .collect();
+    let replicas: Vec<_> = s
+        .replicas
+        .iter()
+        .map(|r| {
+            let logs: Vec<_> = r
+                .logs
+                .iter()
+                .map(|l| {
+                    serde_json::json!({"name": l.name, "acked_offset": l.acked_offset,
+                        "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
+                        "lag_seconds": l.lag_seconds})
+                })
+                .collect();
+            serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,
+                "connected": r.connected, "connected_for_ms": r.connected_for_ms,
+                "last_ack_ms_ago": r.last_ack_ms_ago, "counts_for_acks": r.counts_for_acks,
+                "logs": logs})
+        })
+        .collect();
+    let upstream = s.upstream.as_ref().map(|u| {
+        let logs: Vec<_> = u
+            .logs
+            .iter()
+            .map(|l| {
+                serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
+                    "local_end": l.local_end, "lag_records": l.lag_records,
+                    "full_sync": l.full_sync})
+            })
+            .collect();
+        serde_json::json!({"addr": u.addr, "connected": u.connected,
+            "connected_for_ms": u.connected_for_ms, "last_heard_ms_ago": u.last_heard_ms_ago,
+            "logs": logs})
+    });
+    serde_json::json!({
+        "role": s.role, "epoch": s.epoch, "version": s.version, "uptime_ms": s.uptime_ms,
+        "io_backend": s.io_backend, "data_dir": s.data_dir, "primary_addr": s.primary_addr,
+        "fenced": s.fenced, "degraded": s.degraded,
+        "logs": logs, "replicas": replicas, "upstream": upstream,
+    })
+}
+
+/// `spool admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make the node at --addr a primary in a new epoch (a replica stops following).
+    Promote,
+}
+
+pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::Promote => {
+            let epoch = client.promote().await?;
+            println!("{} is now primary in epoch {epoch}", client.addr());
+        }
     }
     Ok(())
 }

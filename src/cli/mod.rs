@@ -2,4 +2,5 @@
 
 pub mod check;
 pub mod client_cmds;
+pub mod dev_cluster;
 pub mod serve;

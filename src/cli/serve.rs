@@ -20,9 +20,18 @@ pub struct ServeArgs {
     /// Prometheus endpoint address (off unless set).
     #[arg(long, env = "SPOOL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    /// IO backend: auto (io_uring, else pwrite), uring, std.
+    /// IO backend: std (pwrite+fdatasync), uring, auto (io_uring, else std).
     #[arg(long, env = "SPOOL_IO_BACKEND")]
     pub io_backend: Option<String>,
+    /// Run as a replica of this upstream (a primary or another replica).
+    #[arg(long, env = "SPOOL_REPLICA_OF")]
+    pub replica_of: Option<String>,
+    /// This replica counts as synchronous for `sync` acks.
+    #[arg(long)]
+    pub sync_replica: bool,
+    /// Name shown in the upstream's status [default: the listen address].
+    #[arg(long, env = "SPOOL_REPLICA_ID")]
+    pub replica_id: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -37,6 +46,9 @@ pub fn run(args: ServeArgs) -> Result<()> {
             listen: args.listen,
             metrics_listen: args.metrics_listen,
             io_backend: args.io_backend,
+            replica_of: args.replica_of,
+            sync_replica: args.sync_replica,
+            replica_id: args.replica_id,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

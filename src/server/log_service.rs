@@ -12,8 +12,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::node::Node;
+use super::replication::acks::Outcome;
 use super::status_map::to_status;
 use crate::config::DefaultAck;
+use spool_replication::ack::AckMode;
 
 /// Appends one stream may have in flight before the server stops reading it.
 const STREAM_INFLIGHT_MAX: usize = 1024;
@@ -32,19 +34,29 @@ pub struct LogService {
     pub node: Arc<Node>,
 }
 
-fn durability_for(ack: i32, default: DefaultAck) -> Result<Durability, Status> {
-    match pb::AckMode::try_from(ack) {
-        Ok(pb::AckMode::Unspecified) => Ok(match default {
-            DefaultAck::Written => Durability::Unsynced,
-            DefaultAck::Async => Durability::Fsync,
-        }),
-        Ok(pb::AckMode::Written) => Ok(Durability::Unsynced),
-        Ok(pb::AckMode::Async) => Ok(Durability::Fsync),
-        Ok(pb::AckMode::SemiSync | pb::AckMode::Sync) => Err(Status::invalid_argument(
-            "ack modes semi-sync and sync need replicas, and this node has none configured; \
-             use async or written",
-        )),
-        Err(_) => Err(Status::invalid_argument(format!("unknown ack mode {ack}"))),
+/// What an append waits for: local durability, then maybe replicas.
+fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<AckMode>), Status> {
+    let default = match node.default_ack {
+        DefaultAck::Written => Durability::Unsynced,
+        DefaultAck::Async => Durability::Fsync,
+    };
+    match pb::AckMode::try_from(req.ack) {
+        Ok(pb::AckMode::Unspecified) => Ok((default, None)),
+        Ok(pb::AckMode::Written) => Ok((Durability::Unsynced, None)),
+        Ok(pb::AckMode::Async) => Ok((Durability::Fsync, None)),
+        Ok(pb::AckMode::SemiSync) => {
+            let k = if req.semi_sync_replicas == 0 {
+                node.config.semi_sync_replicas
+            } else {
+                req.semi_sync_replicas
+            };
+            Ok((Durability::Fsync, Some(AckMode::SemiSync(k))))
+        }
+        Ok(pb::AckMode::Sync) => Ok((Durability::Fsync, Some(AckMode::Sync))),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "unknown ack mode {}",
+            req.ack
+        ))),
     }
 }
 
@@ -53,18 +65,19 @@ async fn append_one(
     log: &Log,
     req: pb::AppendRequest,
 ) -> Result<pb::AppendResponse, Status> {
-    node.check_accepting()?;
-    let durability = durability_for(req.ack, node.default_ack)?;
+    node.check_writable()?;
+    let (durability, replicated) = ack_plan(&req, node)?;
+    let epoch = node.role.epoch();
+    if log.current_epoch() < epoch {
+        // The node's epoch reaches each log before its first write in that epoch.
+        log.begin_epoch(epoch).await.map_err(to_status)?;
+    }
     let started = Instant::now();
     let ack = log
         .append(&req.records, durability)
         .await
         .map_err(to_status)?;
-    metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("spool_appended_records_total").increment(u64::from(ack.record_count));
-    metrics::counter!("spool_appended_bytes_total")
-        .increment(req.records.iter().map(|r| r.len() as u64).sum());
-    Ok(pb::AppendResponse {
+    let mut out = pb::AppendResponse {
         first_offset: ack.base_offset,
         count: ack.record_count,
         epoch: ack.epoch,
@@ -76,7 +89,38 @@ async fn append_one(
         degraded: false,
         read_token: ack.next_offset(),
         request_id: req.request_id,
-    })
+    };
+    if let Some(mode) = replicated {
+        match node.acks.wait(log.name(), ack.next_offset(), mode).await {
+            Outcome::Done {
+                confirmed,
+                degraded,
+            } => {
+                out.replicas_confirmed = confirmed;
+                out.degraded = degraded;
+                if !degraded {
+                    out.durability = pb::Durability::Replicated as i32;
+                }
+            }
+            Outcome::Failed {
+                confirmed,
+                required,
+                reason,
+            } => {
+                return Err(Status::deadline_exceeded(format!(
+                    "records {}..{} are durable on the primary and stay in the log, but only \
+                     {confirmed} of {required} required replica(s) confirmed them: {reason}",
+                    ack.base_offset,
+                    ack.next_offset()
+                )))
+            }
+        }
+    }
+    metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
+    metrics::counter!("spool_appended_records_total").increment(u64::from(ack.record_count));
+    metrics::counter!("spool_appended_bytes_total")
+        .increment(req.records.iter().map(|r| r.len() as u64).sum());
+    Ok(out)
 }
 
 fn to_pb(r: Record) -> pb::Record {

@@ -85,7 +85,7 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::CreateLogRequest>,
     ) -> Result<Response<pb::LogInfo>, Status> {
-        self.node.check_accepting()?;
+        self.node.check_writable()?;
         let req = req.into_inner();
         let storage = &self.node.storage;
         let config = config_from_pb(req.config, &storage.config().default_log)?;
@@ -93,6 +93,7 @@ impl pb::logs_server::Logs for LogsService {
             .create_log_with(&req.name, config)
             .await
             .map_err(to_status)?;
+        self.node.catalog_changed();
         tracing::info!(log = %req.name, "log created");
         Ok(Response::new(log_info(&log)))
     }
@@ -127,13 +128,15 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::DeleteLogRequest>,
     ) -> Result<Response<pb::DeleteLogResponse>, Status> {
-        self.node.check_accepting()?;
+        self.node.check_writable()?;
         let name = req.into_inner().name;
         self.node
             .storage
             .delete_log(&name)
             .await
             .map_err(to_status)?;
+        self.node.acks.forget_log(&name);
+        self.node.catalog_changed();
         tracing::info!(log = %name, "log deleted");
         Ok(Response::new(pb::DeleteLogResponse {}))
     }

@@ -1,11 +1,14 @@
 //! The gRPC server: one node's services on a multi-thread tokio runtime, in front of the
 //! storage thread.
 
+mod admin_service;
 mod log_service;
-mod logs_service;
+pub(crate) mod logs_service;
 mod metrics_export;
-mod node;
-mod status_map;
+pub(crate) mod node;
+pub mod replication;
+pub mod role;
+pub(crate) mod status_map;
 mod status_service;
 
 use std::future::Future;
@@ -20,6 +23,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 
 use crate::config::ServerConfig;
 pub use node::Node;
+use role::{Role, RoleState};
 pub use status_map::to_status;
 
 /// Largest request a client may send (an append batch); above the storage frame limit so
@@ -42,7 +46,20 @@ pub async fn serve(
                 config.storage.data_dir.display()
             )
         })?;
-    let node = Arc::new(Node::new(storage.clone(), config.default_ack));
+    let repl = config.replication.clone();
+    let initial_role = match &repl.replica_of {
+        Some(up) => Role::Replica {
+            upstream: up.clone(),
+        },
+        None => Role::Primary,
+    };
+    let role = RoleState::open(&config.storage.data_dir, initial_role)?;
+    let node = Arc::new(Node::new(
+        storage.clone(),
+        role,
+        repl.clone(),
+        config.default_ack,
+    ));
     if let Some(addr) = config.metrics_listen {
         metrics_export::install(addr, node.clone())?;
     }
@@ -50,8 +67,24 @@ pub async fn serve(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    tracing::info!(listen = %bound, backend = storage.backend_name(), "spool serving");
+    *node.role.listen_addr.write() = bound.to_string();
+    tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role.role(), epoch = node.role.epoch(), "spool serving");
     on_bound(bound);
+    node.acks.spawn_ticker();
+    replication::retention::spawn(node.clone());
+    if let Some(upstream) = repl.replica_of.clone() {
+        let cfg = replication::follower::FollowerConfig {
+            upstream,
+            replica_id: repl.replica_id.clone().unwrap_or_else(|| bound.to_string()),
+            sync: repl.sync_replica,
+            delayed: false,
+        };
+        tokio::spawn(replication::follower::follow(
+            node.clone(),
+            cfg,
+            node.upstream.clone(),
+        ));
+    }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
@@ -66,6 +99,13 @@ pub async fn serve(
         .max_decoding_message_size(MESSAGE_BYTES_MAX);
     let status =
         pb::status_server::StatusServer::new(status_service::StatusService { node: node.clone() });
+    let replication_svc =
+        pb::replication_server::ReplicationServer::new(replication::upstream::ReplicationService {
+            node: node.clone(),
+        })
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let admin =
+        pb::admin_server::AdminServer::new(admin_service::AdminService { node: node.clone() });
 
     let stop_node = node.clone();
     let signal = async move {
@@ -83,6 +123,8 @@ pub async fn serve(
         .add_service(logs)
         .add_service(log)
         .add_service(status)
+        .add_service(replication_svc)
+        .add_service(admin)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal)
         .await
         .context("grpc server")?;

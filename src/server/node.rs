@@ -1,33 +1,75 @@
-//! What every service shares: the storage, the start time, the shutdown flag.
+//! What every service shares: storage, role and epoch, replicas, ack tracking, the
+//! catalog version (bumped when logs come and go), the shutdown flag.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
+use parking_lot::Mutex;
 use spool_storage::Storage;
+use tokio::sync::watch;
 use tonic::Status;
 
-use crate::config::DefaultAck;
+use super::replication::acks::AckRuntime;
+use super::replication::follower::UpstreamView;
+use super::replication::progress::Replicas;
+use super::role::RoleState;
+use crate::config::{DefaultAck, ReplicationConfig};
 
 #[derive(Debug)]
 pub struct Node {
     pub storage: Storage,
     pub started: Instant,
+    pub role: RoleState,
+    pub config: ReplicationConfig,
     pub default_ack: DefaultAck,
+    pub replicas: Replicas,
+    pub acks: Arc<AckRuntime>,
+    pub upstream: Arc<Mutex<UpstreamView>>,
+    pub catalog: watch::Sender<u64>,
+    promoted: watch::Sender<bool>,
     shutting_down: AtomicBool,
-    shutdown_tx: tokio::sync::watch::Sender<bool>,
+    shutdown_tx: watch::Sender<bool>,
     subscribers: AtomicI64,
 }
 
 impl Node {
-    pub fn new(storage: Storage, default_ack: DefaultAck) -> Self {
+    pub fn new(
+        storage: Storage,
+        role: RoleState,
+        config: ReplicationConfig,
+        default_ack: DefaultAck,
+    ) -> Self {
+        let acks = AckRuntime::new(config.ack_config());
         Node {
             storage,
             started: Instant::now(),
+            role,
+            config,
             default_ack,
+            replicas: Replicas::default(),
+            acks,
+            upstream: Arc::default(),
+            catalog: watch::Sender::new(0),
+            promoted: watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
-            shutdown_tx: tokio::sync::watch::Sender::new(false),
+            shutdown_tx: watch::Sender::new(false),
             subscribers: AtomicI64::new(0),
         }
+    }
+
+    /// Logs were created or deleted: replication sessions look again.
+    pub fn catalog_changed(&self) {
+        self.catalog.send_modify(|v| *v += 1);
+    }
+
+    pub fn mark_promoted(&self) {
+        self.promoted.send_replace(true);
+    }
+
+    pub async fn promoted(&self) {
+        let mut rx = self.promoted.subscribe();
+        let _ = rx.wait_for(|&p| p).await;
     }
 
     pub fn begin_shutdown(&self) {
@@ -43,7 +85,7 @@ impl Node {
 
     /// UNAVAILABLE once shutdown began: clients retry on another node or after restart.
     pub fn check_accepting(&self) -> Result<(), Status> {
-        if self.shutting_down.load(Ordering::Acquire) {
+        if self.is_shutting_down() {
             Err(Status::unavailable(
                 "server is shutting down; retry after it restarts",
             ))
@@ -52,12 +94,32 @@ impl Node {
         }
     }
 
+    /// Writes need a primary that is not fenced and, if configured, enough replicas.
+    pub fn check_writable(&self) -> Result<(), Status> {
+        self.check_accepting()?;
+        self.role.check_writable()?;
+        let need = self.config.min_replicas_to_write;
+        if need > 0 {
+            let have = self
+                .replicas
+                .attached_within(self.config.min_replicas_max_lag);
+            if have < need {
+                return Err(Status::failed_precondition(format!(
+                    "min-replicas-to-write: {have} replica(s) attached within {:?}, {need} required; \
+                     writes resume when enough replicas are attached",
+                    self.config.min_replicas_max_lag
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
 
     /// Count an open subscriber until the guard drops.
-    pub fn subscriber(self: &std::sync::Arc<Self>) -> SubscriberGuard {
+    pub fn subscriber(self: &Arc<Self>) -> SubscriberGuard {
         let n = self.subscribers.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("spool_subscribers").set(n as f64);
         SubscriberGuard(self.clone())
@@ -65,7 +127,7 @@ impl Node {
 }
 
 #[derive(Debug)]
-pub struct SubscriberGuard(std::sync::Arc<Node>);
+pub struct SubscriberGuard(Arc<Node>);
 
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {

@@ -1,15 +1,45 @@
-//! spool.v1.Status: role, epoch, per-log positions, uptime, version.
+//! spool.v1.Status: role, epoch, per-log positions, replicas and their lag, the upstream.
 
 use std::sync::Arc;
 
 use spool_proto::v1 as pb;
+use spool_storage::Log;
 use tonic::{Request, Response, Status};
 
 use super::node::Node;
+use super::replication::upstream::now_us;
+use super::role::Role;
 
 #[derive(Debug, Clone)]
 pub struct StatusService {
     pub node: Arc<Node>,
+}
+
+/// Lag of a replica at `acked` on `log`: records, bytes, and seconds since the primary
+/// wrote the first record it lacks (0 when caught up).
+fn lag(log: &Log, acked: u64) -> pb::ReplicaLogLag {
+    let end = log.positions().durable;
+    let lag_records = end.saturating_sub(acked);
+    let lag_seconds = if lag_records == 0 {
+        0.0
+    } else {
+        log.reader()
+            .read(acked, 1, 0)
+            .ok()
+            .and_then(|r| r.first().map(|r| r.timestamp_us))
+            .map_or(0.0, |ts| now_us().saturating_sub(ts) as f64 / 1e6)
+    };
+    pb::ReplicaLogLag {
+        name: log.name().to_owned(),
+        acked_offset: acked,
+        lag_records,
+        lag_bytes: if lag_records == 0 {
+            0
+        } else {
+            log.bytes_from(acked)
+        },
+        lag_seconds,
+    }
 }
 
 #[tonic::async_trait]
@@ -18,15 +48,17 @@ impl pb::status_server::Status for StatusService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let storage = &self.node.storage;
-        let mut epoch = 0;
-        let logs = storage
+        let node = &self.node;
+        let storage = &node.storage;
+        let logs: Vec<Log> = storage
             .list_logs()
             .iter()
             .filter_map(|n| storage.log(n).ok())
+            .collect();
+        let positions = logs
+            .iter()
             .map(|l| {
                 let p = l.positions();
-                epoch = epoch.max(l.current_epoch());
                 pb::LogPositions {
                     name: l.name().to_owned(),
                     start_offset: p.start,
@@ -37,14 +69,70 @@ impl pb::status_server::Status for StatusService {
                 }
             })
             .collect();
+        let replicas = node
+            .replicas
+            .snapshot()
+            .into_iter()
+            .map(|r| pb::ReplicaStatus {
+                logs: logs
+                    .iter()
+                    .map(|l| lag(l, r.acked.get(l.name()).copied().unwrap_or(0)))
+                    .collect(),
+                id: r.id,
+                addr: r.addr,
+                sync: r.sync,
+                delayed: r.delayed,
+                connected: r.connected,
+                connected_for_ms: if r.connected {
+                    r.connected_at.elapsed().as_millis() as u64
+                } else {
+                    0
+                },
+                last_ack_ms_ago: r.last_ack.elapsed().as_millis() as u64,
+                counts_for_acks: r.counts_for_acks,
+            })
+            .collect();
+        let (role, upstream) = match node.role.role() {
+            Role::Primary => ("primary", None),
+            Role::Replica { upstream } => {
+                let v = node.upstream.lock();
+                let ulogs = logs
+                    .iter()
+                    .map(|l| {
+                        let f = v.logs.get(l.name()).cloned().unwrap_or_default();
+                        let local = l.positions().durable;
+                        pb::UpstreamLogStatus {
+                            name: l.name().to_owned(),
+                            upstream_end: f.upstream_end,
+                            local_end: local,
+                            lag_records: f.upstream_end.saturating_sub(local),
+                            full_sync: f.full_sync && local < f.upstream_end,
+                        }
+                    })
+                    .collect();
+                let up = pb::UpstreamStatus {
+                    addr: upstream,
+                    connected: v.connected_at.is_some(),
+                    connected_for_ms: v.connected_at.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    last_heard_ms_ago: v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    logs: ulogs,
+                };
+                ("replica", Some(up))
+            }
+        };
         Ok(Response::new(pb::StatusResponse {
-            role: "primary".into(),
-            epoch,
+            role: role.into(),
+            epoch: node.role.epoch(),
             version: env!("CARGO_PKG_VERSION").into(),
-            uptime_ms: self.node.started.elapsed().as_millis() as u64,
+            uptime_ms: node.started.elapsed().as_millis() as u64,
             io_backend: storage.backend_name().into(),
             data_dir: storage.config().data_dir.display().to_string(),
-            logs,
+            logs: positions,
+            replicas,
+            upstream,
+            primary_addr: node.role.primary_addr().unwrap_or_default(),
+            fenced: node.role.is_fenced(),
+            degraded: node.acks.is_degraded(),
         }))
     }
 }

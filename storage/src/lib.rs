@@ -10,7 +10,7 @@
 //! [`Log::append_frames`], [`LogReader::read_frames`], epochs and the retention floor.
 
 pub mod config;
-mod crashsafe;
+pub mod crashsafe;
 pub mod error;
 pub mod format;
 pub mod index;

@@ -235,6 +235,16 @@ impl Log {
     /// and continue the log's offsets exactly; a higher epoch is recorded before it is
     /// written. Resolves with the new end offset once durable.
     pub async fn append_frames(&self, frames: Bytes) -> Result<u64> {
+        self.submit_frames(frames).await?.await
+    }
+
+    /// First half of [`Log::append_frames`]: check the frames and queue them (in call
+    /// order) for the storage thread; the returned future resolves once they are durable.
+    /// Lets a replica keep many messages in flight so they share group commits.
+    pub async fn submit_frames(
+        &self,
+        frames: Bytes,
+    ) -> Result<impl std::future::Future<Output = Result<u64>> + Send + 'static> {
         let mut pos = 0;
         while pos < frames.len() {
             let h =
@@ -244,18 +254,19 @@ impl Log {
                 })?;
             pos += h.frame_len as usize;
         }
-        if frames.is_empty() {
-            return Ok(self.positions().written);
-        }
         let (reply, rx) = oneshot::channel();
-        self.storage
-            .send(Cmd::AppendFrames {
-                log: self.shared.clone(),
-                frames,
-                reply,
-            })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        if frames.is_empty() {
+            let _ = reply.send(Ok(self.positions().written));
+        } else {
+            self.storage
+                .send(Cmd::AppendFrames {
+                    log: self.shared.clone(),
+                    frames,
+                    reply,
+                })
+                .await?;
+        }
+        Ok(async move { rx.await.map_err(|_| StorageError::Closed)? })
     }
 
     /// Cut the log so that it ends at `end` (records `>= end` are removed). For a divergent
@@ -270,6 +281,37 @@ impl Log {
             })
             .await?;
         rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Drop every record and continue empty from `start` (a replica's full sync).
+    pub async fn reset_to(&self, start: u64) -> Result<()> {
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::Reset {
+                log: self.shared.clone(),
+                start,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
+    /// Bytes of frames from the one holding `offset` to the durable end (replication lag
+    /// in bytes; exact to the frame).
+    pub fn bytes_from(&self, offset: u64) -> u64 {
+        let segs = self.shared.segments.read();
+        let mut total = 0;
+        for s in segs.iter() {
+            if s.durable_next() <= offset {
+                continue;
+            }
+            let from = match s.locate(offset) {
+                Ok(Some(f)) => f.pos,
+                _ => 0,
+            };
+            total += s.durable_len().saturating_sub(from);
+        }
+        total
     }
 
     /// Remove every record after `offset` (keeps `offset` itself).

@@ -614,6 +614,68 @@ impl<F: IoFile> LogWriter<F> {
         Ok(())
     }
 
+    /// Drop every record and continue empty from `start` (a replica's full sync: the
+    /// offsets it lacks are gone upstream). Old segments are deleted before the new one
+    /// appears, so a crash in between leaves an empty log, which a replica syncs again.
+    pub async fn reset_to<B: IoBackend<File = F>>(
+        &mut self,
+        start: u64,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        self.check_poison()?;
+        self.commit(true, &ctx.stats).await?;
+        let dir = self.shared.dir.clone();
+        let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
+        for s in &old {
+            fs::remove_file(&s.path).at(&s.path)?;
+            let _ = fs::remove_file(self.idx_path(s.base_offset));
+        }
+        fsync_dir(&dir)?;
+        {
+            let mut epochs = self.shared.epochs.write();
+            *epochs = crate::meta::EpochHistory::default();
+            epochs.save(&dir)?;
+        }
+        let size = self.shared.config.segment_bytes;
+        let spare = match self.spare.take() {
+            Some(p) => p,
+            None => spare::prepare(&dir, size, None)?,
+        };
+        let path = dir.join(segment::segment_file_name(start));
+        fs::rename(&spare, &path).at(&path)?;
+        let idx_path = self.idx_path(start);
+        let idx_file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&idx_path)
+            .at(&idx_path)?;
+        fsync_dir(&dir)?;
+        let file = open_rw(&path)?;
+        let view = Arc::new(SegmentView::map(&path, &file, start)?);
+        self.file = backend.wrap(file, &path).at(&path)?;
+        self.idx_file = idx_file;
+        *self.shared.segments.write() = vec![view.clone()];
+        self.seg = view;
+        self.write_pos = 0;
+        self.durable_pos = 0;
+        self.written_next = start;
+        self.buf_next = start;
+        self.durable_next = start;
+        self.idx_entries_on_disk = 0;
+        self.unwritten_entries.clear();
+        self.pending_entries.clear();
+        self.last_index_pos = None;
+        self.shared.start.store(start, Ordering::Release);
+        self.shared.written.store(start, Ordering::Release);
+        self.shared.durable.send_replace(start);
+        ctx.preparer.request(&self.spare, &dir, size, None);
+        tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
+        Ok(())
+    }
+
     /// Remove the log's directory (renamed aside first, so a crash never leaves half a log).
     pub fn delete_files(&mut self) -> Result<()> {
         let dir = &self.shared.dir;

@@ -51,6 +51,11 @@ pub(crate) enum Cmd {
         end: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    Reset {
+        log: Arc<LogShared>,
+        start: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
     DeleteBefore {
         log: Arc<LogShared>,
         offset: u64,
@@ -302,6 +307,13 @@ impl<B: IoBackend> Writer<B> {
             Cmd::Truncate { log, end, reply } => {
                 let r = match self.logs.get_mut(&log.id) {
                     Some(lw) => lw.truncate_to(end, &self.backend, &self.ctx).await,
+                    None => Err(StorageError::LogNotFound(log.name.clone())),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Reset { log, start, reply } => {
+                let r = match self.logs.get_mut(&log.id) {
+                    Some(lw) => lw.reset_to(start, &self.backend, &self.ctx).await,
                     None => Err(StorageError::LogNotFound(log.name.clone())),
                 };
                 let _ = reply.send(r);

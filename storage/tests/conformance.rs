@@ -495,6 +495,45 @@ fn delete_and_recreate(open: Open) {
     });
 }
 
+fn reset_for_full_sync(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let log = s.create_log("r").await.unwrap();
+        log.begin_epoch(2).await.unwrap();
+        for i in 0..200u32 {
+            log.append(&[record(5, i, 900)], Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        let (data, _) = log.size_bytes();
+        assert_eq!(log.bytes_from(0), data);
+        assert!(log.bytes_from(150) < data / 3);
+        assert_eq!(log.bytes_from(200), 0);
+        log.reset_to(5000).await.unwrap();
+        let p = log.positions();
+        assert_eq!((p.start, p.durable), (5000, 5000));
+        assert_eq!(log.segment_count(), 1);
+        assert!(log.epochs().entries().is_empty());
+        assert!(matches!(
+            log.reader().read(0, 1, 1),
+            Err(StorageError::OffsetOutOfRange { .. })
+        ));
+        let ack = log.append(&[b"after"], Durability::Fsync).await.unwrap();
+        assert_eq!(ack.base_offset, 5000);
+        s.shutdown().await.unwrap();
+        drop(s);
+        let s = open(config(dir.path()));
+        let log = s.log("r").unwrap();
+        assert_eq!(log.positions().start, 5000);
+        assert_eq!(
+            read_all(&s, "r").await[0].value,
+            Bytes::from_static(b"after")
+        );
+        s.shutdown().await.unwrap();
+    });
+}
+
 fn data_dir_is_locked(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(config(dir.path()));
@@ -520,6 +559,7 @@ macro_rules! suite {
             #[test] fn replicate_frames() { super::replicate_frames(OPEN) }
             #[test] fn delete_and_recreate() { super::delete_and_recreate(OPEN) }
             #[test] fn data_dir_is_locked() { super::data_dir_is_locked(OPEN) }
+            #[test] fn reset_for_full_sync() { super::reset_for_full_sync(OPEN) }
         }
     )*};
 }

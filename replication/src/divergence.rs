@@ -1,0 +1,129 @@
+//! Where a connecting replica continues in a log, decided by epoch history as with Kafka's
+//! leader epochs (KIP-101).
+//!
+//! Every promotion starts a new epoch, and an epoch has one primary that began writing it at
+//! one offset, so two logs that hold the same epoch at the same offset hold the same record
+//! there. The upstream's history lists `(epoch, start offset)` pairs; epoch `e` ends where the
+//! first larger epoch starts. A replica whose last epoch is `e` can therefore only keep records
+//! below the end of `e` in the upstream's history: anything past that was written by a primary
+//! the upstream did not follow.
+//!
+//! Records written before the first entry of a history belong to epoch 0 (written before any
+//! promotion was recorded), on the upstream and on the replica alike.
+//!
+//! Known limit of deciding from the replica's *last* epoch alone: when the upstream never had
+//! that epoch but the replica's records in it began below the upstream's next epoch start,
+//! the divergence is found too late (Kafka fixed this in KIP-279 by iterating on the replica's
+//! earlier epochs). It needs two primaries writing concurrently in different epochs, which
+//! fencing prevents; sending the replica's whole epoch history would close it.
+
+#[cfg(test)]
+mod tests;
+
+/// What the upstream tells a connecting replica to do for one log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The replica's log is a prefix of the upstream's: stream records from `from`, its end.
+    Continue { from: u64 },
+    /// The replica's records at and after `to` are not the upstream's (written in an epoch the
+    /// upstream did not follow, or past its end): truncate to `to`, then continue from there.
+    TruncateThenContinue { to: u64 },
+    /// The upstream no longer keeps the offset the replica would continue from: the replica
+    /// discards its log and copies the upstream's from `from` (its first kept offset), then
+    /// continues with the tail.
+    FullSync { from: u64 },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DivergenceError {
+    /// The replica has seen a newer epoch than the upstream: the upstream is a stale primary
+    /// or lags behind it, and a node never follows a lower epoch.
+    #[error(
+        "replica is at epoch {replica_epoch} but the upstream only at epoch {upstream_epoch}: \
+         a node never follows a lower epoch (the upstream is stale; connect to the current primary)"
+    )]
+    UpstreamBehind {
+        replica_epoch: u64,
+        upstream_epoch: u64,
+    },
+}
+
+/// upstream: its epoch history entries (epoch, start offset) ascending, its first kept offset `start`, its durable `end`.
+/// replica: the last epoch in its history (0 = none) and its end offset.
+///
+/// The replica's valid end is the least of its end, the end of its last epoch in the
+/// upstream's history and the upstream's end: records past the upstream's end are dropped
+/// even in the same epoch, because the upstream cannot vouch for them (the server should not
+/// attach a replica to an upstream that lags it).
+pub fn decide(
+    upstream_epochs: &[(u64, u64)],
+    upstream_start: u64,
+    upstream_end: u64,
+    replica_last_epoch: u64,
+    replica_end: u64,
+) -> Result<Decision, DivergenceError> {
+    debug_assert!(upstream_start <= upstream_end, "start <= end");
+    debug_assert!(
+        upstream_epochs
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1),
+        "epochs and their starts increase strictly: {upstream_epochs:?}"
+    );
+    debug_assert!(
+        upstream_epochs
+            .last()
+            .is_none_or(|&(_, s)| s <= upstream_end),
+        "no epoch starts past the end"
+    );
+
+    let upstream_epoch = upstream_epochs.last().map_or(0, |&(e, _)| e);
+    if replica_last_epoch > upstream_epoch {
+        return Err(DivergenceError::UpstreamBehind {
+            replica_epoch: replica_last_epoch,
+            upstream_epoch,
+        });
+    }
+    let valid_end = replica_end.min(end_of(upstream_epochs, replica_last_epoch, upstream_end));
+    let decision = if valid_end < replica_end {
+        if valid_end < upstream_start {
+            Decision::FullSync {
+                from: upstream_start,
+            }
+        } else {
+            Decision::TruncateThenContinue { to: valid_end }
+        }
+    } else if replica_end < upstream_start {
+        Decision::FullSync {
+            from: upstream_start,
+        }
+    } else {
+        Decision::Continue { from: replica_end }
+    };
+
+    // Wherever the replica goes on from, the upstream holds that offset.
+    match decision {
+        Decision::Continue { from } => {
+            debug_assert!(from == replica_end && (upstream_start..=upstream_end).contains(&from));
+        }
+        Decision::TruncateThenContinue { to } => {
+            debug_assert!(to < replica_end && (upstream_start..=upstream_end).contains(&to));
+        }
+        Decision::FullSync { from } => debug_assert_eq!(from, upstream_start),
+    }
+    Ok(decision)
+}
+
+/// End (exclusive) of `epoch` in the upstream's log: the start of the first larger epoch, or
+/// the log's end when there is none.
+///
+/// This one rule also covers the edge cases. An epoch older than every entry ends where the
+/// first entry starts: below it the upstream holds epoch-0 records only. An empty history
+/// means every upstream record is epoch 0 (and the replica's epoch is 0 too, or it would be
+/// ahead), so epoch 0 ends at the log's end; ending it at 0 would discard a matching log.
+fn end_of(epochs: &[(u64, u64)], epoch: u64, log_end: u64) -> u64 {
+    let later = epochs.partition_point(|&(e, _)| e <= epoch);
+    epochs
+        .get(later)
+        .map_or(log_end, |&(_, start)| start)
+        .min(log_end)
+}

@@ -1,0 +1,179 @@
+//! Executes the ack state machine (spool-replication's `AckTracker`): appends that wait
+//! for replicas register here and are woken by the commands the machine emits.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use spool_replication::ack::{AckConfig, AckMode, AckTracker, Command, RequestId};
+use tokio::sync::oneshot;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done {
+        confirmed: u32,
+        degraded: bool,
+    },
+    Failed {
+        confirmed: u32,
+        required: u32,
+        reason: String,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    tracker: AckTracker,
+    waiters: HashMap<RequestId, oneshot::Sender<Outcome>>,
+}
+
+#[derive(Debug)]
+pub struct AckRuntime {
+    inner: Mutex<Inner>,
+    next_id: AtomicU64,
+}
+
+/// Forgets a request whose caller went away.
+struct CancelGuard<'a> {
+    rt: &'a AckRuntime,
+    req: RequestId,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let mut i = self.rt.inner.lock();
+            i.tracker.cancel(self.req);
+            i.waiters.remove(&self.req);
+        }
+    }
+}
+
+impl AckRuntime {
+    pub fn new(config: AckConfig) -> Arc<Self> {
+        Arc::new(AckRuntime {
+            inner: Mutex::new(Inner {
+                tracker: AckTracker::new(config),
+                waiters: HashMap::new(),
+            }),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn execute(inner: &mut Inner, cmds: Vec<Command>) {
+        for c in cmds {
+            match c {
+                Command::Complete {
+                    req,
+                    confirmed,
+                    degraded,
+                } => {
+                    if let Some(w) = inner.waiters.remove(&req) {
+                        let _ = w.send(Outcome::Done {
+                            confirmed,
+                            degraded,
+                        });
+                    }
+                }
+                Command::Fail {
+                    req,
+                    confirmed,
+                    required,
+                    reason,
+                } => {
+                    if let Some(w) = inner.waiters.remove(&req) {
+                        let _ = w.send(Outcome::Failed {
+                            confirmed,
+                            required,
+                            reason,
+                        });
+                    }
+                }
+                Command::Degraded { reason } => {
+                    metrics::counter!("spool_ack_degraded_total").increment(1);
+                    tracing::warn!(%reason, "replicated acks degraded to async");
+                }
+                Command::Recovered => {
+                    metrics::counter!("spool_ack_recovered_total").increment(1);
+                    tracing::info!("replicas caught up: replicated acks are back");
+                }
+            }
+        }
+    }
+
+    /// Wait until `log` up to `end` satisfies `mode` (or the machine gives up).
+    pub async fn wait(&self, log: &str, end: u64, mode: AckMode) -> Outcome {
+        let req = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut i = self.inner.lock();
+            i.waiters.insert(req, tx);
+            let cmds = i.tracker.append(Instant::now(), req, log, end, mode);
+            Self::execute(&mut i, cmds);
+        }
+        let mut guard = CancelGuard {
+            rt: self,
+            req,
+            armed: true,
+        };
+        let out = rx.await.unwrap_or(Outcome::Failed {
+            confirmed: 0,
+            required: 0,
+            reason: "ack tracking stopped".into(),
+        });
+        guard.armed = false;
+        out
+    }
+
+    pub fn connected(&self, id: &str, sync: bool, counts: bool) {
+        let mut i = self.inner.lock();
+        let cmds = i
+            .tracker
+            .replica_connected(Instant::now(), id, sync, counts);
+        Self::execute(&mut i, cmds);
+    }
+
+    pub fn disconnected(&self, id: &str) {
+        let mut i = self.inner.lock();
+        let cmds = i.tracker.replica_disconnected(Instant::now(), id);
+        Self::execute(&mut i, cmds);
+    }
+
+    pub fn acked(&self, id: &str, log: &str, end: u64) {
+        let mut i = self.inner.lock();
+        let cmds = i.tracker.replica_acked(Instant::now(), id, log, end);
+        Self::execute(&mut i, cmds);
+    }
+
+    /// A log was deleted: waiting appends on it are released as the machine decides.
+    pub fn forget_log(&self, log: &str) {
+        let mut i = self.inner.lock();
+        let cmds = i.tracker.forget_log(log);
+        Self::execute(&mut i, cmds);
+    }
+
+    pub fn is_degraded(&self) -> bool {
+        self.inner.lock().tracker.is_degraded()
+    }
+
+    /// Drive timeouts.
+    pub fn spawn_ticker(self: &Arc<Self>) {
+        let rt = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let mut i = rt.inner.lock();
+                if i.tracker.pending_len() == 0 {
+                    continue;
+                }
+                let cmds = i.tracker.tick(Instant::now());
+                Self::execute(&mut i, cmds);
+            }
+        });
+    }
+}

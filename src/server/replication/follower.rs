@@ -1,0 +1,290 @@
+//! The replica side: one stream to the upstream, frames appended unchanged (after their
+//! CRC is checked), durable ends acknowledged, reconnect with backoff resuming from the
+//! local end (a partial resync: nothing already here is sent again).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use futures::stream::FuturesOrdered;
+use parking_lot::Mutex;
+use spool_proto::v1 as pb;
+use spool_storage::Log;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::transport::Endpoint;
+
+use super::upstream::{DEAD_AFTER, HEARTBEAT_EVERY};
+use crate::server::logs_service::config_from_pb;
+use crate::server::node::Node;
+
+/// Frame messages appended but not yet durable, per stream: they share group commits.
+const INFLIGHT_MAX: usize = 64;
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Default)]
+pub struct LogFollow {
+    pub upstream_end: u64,
+    pub full_sync: bool,
+}
+
+/// What the replica knows of its upstream, for status.
+#[derive(Debug, Default)]
+pub struct UpstreamView {
+    pub connected_at: Option<Instant>,
+    pub last_heard: Option<Instant>,
+    pub logs: HashMap<String, LogFollow>,
+}
+
+#[derive(Debug, Clone)]
+pub struct FollowerConfig {
+    pub upstream: String,
+    pub replica_id: String,
+    pub sync: bool,
+    pub delayed: bool,
+}
+
+/// Follow `cfg.upstream` until the node shuts down or is promoted.
+pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<UpstreamView>>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        if node.is_shutting_down() || node.role.is_primary() {
+            return;
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = session(&node, &cfg, &view) => r,
+            _ = node.shutdown_started() => return,
+            _ = node.promoted() => return,
+        };
+        {
+            let mut v = view.lock();
+            v.connected_at = None;
+        }
+        match result {
+            Ok(()) => tracing::info!(upstream = %cfg.upstream, "upstream closed the stream"),
+            Err(e) => {
+                tracing::warn!(upstream = %cfg.upstream, error = %format!("{e:#}"), "replication stream failed")
+            }
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            backoff = BACKOFF_MIN;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+fn hello(node: &Node, cfg: &FollowerConfig) -> pb::ReplicaMessage {
+    let storage = &node.storage;
+    let logs = storage
+        .list_logs()
+        .iter()
+        .filter_map(|n| storage.log(n).ok())
+        .map(|l| pb::ReplicaLogState {
+            name: l.name().to_owned(),
+            last_epoch: l.current_epoch(),
+            end_offset: l.positions().durable,
+        })
+        .collect();
+    pb::ReplicaMessage {
+        msg: Some(pb::replica_message::Msg::Hello(pb::ReplicaHello {
+            replica_id: cfg.replica_id.clone(),
+            sync: cfg.sync,
+            delayed: cfg.delayed,
+            node_epoch: node.role.epoch(),
+            logs,
+            listen_addr: node.role.listen_addr.read().clone(),
+        })),
+    }
+}
+
+fn acks(node: &Node) -> pb::ReplicaMessage {
+    let storage = &node.storage;
+    let acks = storage
+        .list_logs()
+        .iter()
+        .filter_map(|n| storage.log(n).ok())
+        .map(|l| pb::ReplicaAck {
+            log: l.name().to_owned(),
+            durable_end: l.positions().durable,
+        })
+        .collect();
+    pb::ReplicaMessage {
+        msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks { acks })),
+    }
+}
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(String, u64)>> + Send>>;
+
+async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamView>) -> Result<()> {
+    let uri = crate::client::endpoint_uri(&cfg.upstream);
+    let channel = Endpoint::from_shared(uri.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to upstream {uri}"))?;
+    let mut client = pb::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(crate::server::MESSAGE_BYTES_MAX);
+    let (tx, rx) = mpsc::channel(64);
+    tx.send(hello(node, cfg)).await?;
+    let mut inbound = client
+        .replicate(ReceiverStream::new(rx))
+        .await
+        .context("opening the replication stream")?
+        .into_inner();
+
+    let first = tokio::time::timeout(DEAD_AFTER, inbound.next())
+        .await
+        .map_err(|_| anyhow!("no hello from the upstream"))?;
+    let up = match first {
+        Some(Ok(pb::UpstreamMessage {
+            msg: Some(pb::upstream_message::Msg::Hello(h)),
+        })) => h,
+        Some(Err(s)) => bail!("upstream refused: {}", s.message()),
+        _ => bail!("upstream did not start with a hello"),
+    };
+    let ours = node.role.epoch();
+    if up.node_epoch < ours {
+        bail!(
+            "upstream is at epoch {} but this node is at {ours}: refusing to follow a stale node",
+            up.node_epoch
+        );
+    }
+    node.role.set_epoch(up.node_epoch)?;
+    if !up.primary_addr.is_empty() {
+        node.role.set_primary_addr(Some(up.primary_addr.clone()));
+    }
+    {
+        let mut v = view.lock();
+        v.connected_at = Some(Instant::now());
+        v.last_heard = Some(Instant::now());
+    }
+    tracing::info!(upstream = %cfg.upstream, epoch = up.node_epoch, "following upstream");
+
+    let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
+    let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut logs: HashMap<String, Log> = HashMap::new();
+    loop {
+        tokio::select! {
+            m = tokio::time::timeout(DEAD_AFTER, inbound.next()), if inflight.len() < INFLIGHT_MAX => {
+                let m = match m {
+                    Err(_) => bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead"),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(s))) => bail!("upstream error: {}", s.message()),
+                    Ok(Some(Ok(m))) => m,
+                };
+                view.lock().last_heard = Some(Instant::now());
+                match m.msg {
+                    Some(pb::upstream_message::Msg::Frames(f)) => {
+                        let log = match logs.get(&f.log) {
+                            Some(l) => l.clone(),
+                            None => {
+                                let l = node.storage.log(&f.log)?;
+                                logs.insert(f.log.clone(), l.clone());
+                                l
+                            }
+                        };
+                        let name = f.log.clone();
+                        let durable = log.submit_frames(f.frames).await
+                            .with_context(|| format!("appending frames {}..{} of {name}", f.first_offset, f.next_offset))?;
+                        inflight.push_back(Box::pin(async move {
+                            let end = durable.await?;
+                            Ok((name, end))
+                        }));
+                    }
+                    Some(pb::upstream_message::Msg::Start(s)) => {
+                        // Ordering: what is in flight lands before the log changes shape.
+                        while let Some(r) = inflight.next().await { r?; }
+                        logs.remove(&s.name);
+                        apply_start(node, &s, view).await?;
+                    }
+                    Some(pb::upstream_message::Msg::Deleted(d)) => {
+                        while let Some(r) = inflight.next().await { r?; }
+                        logs.remove(&d.name);
+                        view.lock().logs.remove(&d.name);
+                        match node.storage.delete_log(&d.name).await {
+                            Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
+                            Err(e) => return Err(e.into()),
+                        }
+                        node.catalog_changed();
+                        tracing::info!(log = %d.name, "log deleted upstream");
+                    }
+                    Some(pb::upstream_message::Msg::Heartbeat(h)) => {
+                        node.role.set_epoch(h.node_epoch.max(node.role.epoch()))?;
+                        let mut v = view.lock();
+                        for e in h.ends {
+                            let entry = v.logs.entry(e.name).or_default();
+                            entry.upstream_end = e.end_offset;
+                        }
+                    }
+                    Some(pb::upstream_message::Msg::Hello(_)) | None => {}
+                }
+            }
+            Some(done) = inflight.next() => {
+                let (name, end) = done?;
+                let msg = pb::ReplicaMessage {
+                    msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
+                        acks: vec![pb::ReplicaAck { log: name, durable_end: end }],
+                    })),
+                };
+                if tx.send(msg).await.is_err() {
+                    bail!("upstream closed the stream");
+                }
+            }
+            _ = beat.tick() => {
+                if tx.send(acks(node)).await.is_err() {
+                    bail!("upstream closed the stream");
+                }
+            }
+        }
+    }
+}
+
+async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamView>) -> Result<()> {
+    use pb::log_start::Action;
+    let storage = &node.storage;
+    let log = match storage.log(&s.name) {
+        Ok(l) => l,
+        Err(_) => {
+            let config = config_from_pb(s.config, &storage.config().default_log)
+                .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
+            let l = storage.create_log_with(&s.name, config).await?;
+            node.catalog_changed();
+            tracing::info!(log = %s.name, "log created by the upstream");
+            l
+        }
+    };
+    let end = log.positions().durable;
+    let action = Action::try_from(s.action).unwrap_or(Action::Continue);
+    let full_sync = match action {
+        Action::Continue => {
+            if end != s.offset {
+                // Our end moved since the hello (cannot happen while we follow one
+                // upstream); resolve it by the upstream's word.
+                log.truncate_to(s.offset.min(end)).await?;
+            }
+            false
+        }
+        Action::Truncate => {
+            tracing::warn!(log = %s.name, from = end, to = s.offset, "divergent tail: truncating");
+            log.truncate_to(s.offset).await?;
+            false
+        }
+        Action::FullSync => {
+            tracing::warn!(log = %s.name, start = s.offset, "offsets gone upstream: full sync");
+            log.reset_to(s.offset).await?;
+            true
+        }
+    };
+    view.lock()
+        .logs
+        .entry(s.name.clone())
+        .or_default()
+        .full_sync = full_sync;
+    Ok(())
+}

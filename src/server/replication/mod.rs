@@ -1,0 +1,7 @@
+//! Replication in the server: the upstream service, the follower, ack tracking, progress.
+
+pub mod acks;
+pub mod follower;
+pub mod progress;
+pub mod retention;
+pub mod upstream;

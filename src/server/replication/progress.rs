@@ -1,0 +1,112 @@
+//! What the upstream knows of each replica: connection, acknowledged offsets, last word.
+//! Read by status, the retention floor and min-replicas-to-write.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+#[derive(Debug, Clone)]
+pub struct ReplicaInfo {
+    pub id: String,
+    pub addr: String,
+    pub sync: bool,
+    pub delayed: bool,
+    pub counts_for_acks: bool,
+    pub connected: bool,
+    pub connected_at: Instant,
+    pub last_ack: Instant,
+    /// Durable end per log on the replica.
+    pub acked: HashMap<String, u64>,
+    /// Session generation: a reconnect replaces the old session's entry.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct Replicas {
+    map: Mutex<HashMap<String, ReplicaInfo>>,
+    generation: Mutex<u64>,
+}
+
+impl Replicas {
+    /// Register a session; returns its generation for [`Replicas::disconnect`].
+    pub fn connect(
+        &self,
+        id: &str,
+        addr: &str,
+        sync: bool,
+        delayed: bool,
+        counts_for_acks: bool,
+        initial: HashMap<String, u64>,
+    ) -> u64 {
+        let generation = {
+            let mut g = self.generation.lock();
+            *g += 1;
+            *g
+        };
+        let now = Instant::now();
+        self.map.lock().insert(
+            id.to_owned(),
+            ReplicaInfo {
+                id: id.to_owned(),
+                addr: addr.to_owned(),
+                sync,
+                delayed,
+                counts_for_acks,
+                connected: true,
+                connected_at: now,
+                last_ack: now,
+                acked: initial,
+                generation,
+            },
+        );
+        generation
+    }
+
+    pub fn disconnect(&self, id: &str, generation: u64) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            if r.generation == generation {
+                r.connected = false;
+            }
+        }
+    }
+
+    pub fn ack(&self, id: &str, log: &str, end: u64) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            r.last_ack = Instant::now();
+            let e = r.acked.entry(log.to_owned()).or_insert(0);
+            *e = (*e).max(end);
+        }
+    }
+
+    pub fn heard(&self, id: &str) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            r.last_ack = Instant::now();
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<ReplicaInfo> {
+        let mut v: Vec<ReplicaInfo> = self.map.lock().values().cloned().collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    /// Connected replicas heard from within `max_lag` (min-replicas-to-write).
+    pub fn attached_within(&self, max_lag: Duration) -> usize {
+        self.map
+            .lock()
+            .values()
+            .filter(|r| r.connected && r.last_ack.elapsed() <= max_lag)
+            .count()
+    }
+
+    /// Lowest offset of `log` a connected replica still needs, if any replica is connected.
+    pub fn needed(&self, log: &str) -> Vec<(String, u64)> {
+        self.map
+            .lock()
+            .values()
+            .filter(|r| r.connected)
+            .map(|r| (r.id.clone(), r.acked.get(log).copied().unwrap_or(0)))
+            .collect()
+    }
+}

@@ -1,0 +1,358 @@
+//! The upstream side of replication: one session per connected replica, streaming frames
+//! read from the mmap'd segments exactly as stored, and taking the replica's acks.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use spool_proto::v1 as pb;
+use spool_replication::divergence::{self, Decision};
+use spool_storage::{Log, StorageError};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::server::logs_service::config_to_pb;
+use crate::server::node::Node;
+use crate::server::status_map::to_status;
+
+/// Bytes of frames per message: large enough to catch up at disk speed, small enough to
+/// stay well under the message size limit.
+const FRAMES_PER_MESSAGE_BYTES: usize = 1 << 20;
+/// Messages buffered towards one replica: a slow replica holds its sender back.
+const OUTBOUND_BUFFER: usize = 16;
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// No word from the other side for this long: the connection is dead.
+pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+
+type Out = mpsc::Sender<Result<pb::UpstreamMessage, Status>>;
+
+#[derive(Debug, Clone)]
+pub struct ReplicationService {
+    pub node: Arc<Node>,
+}
+
+fn msg(m: pb::upstream_message::Msg) -> Result<pb::UpstreamMessage, Status> {
+    Ok(pb::UpstreamMessage { msg: Some(m) })
+}
+
+/// Where this replica continues on `log`, from what it told us.
+fn decision_for(log: &Log, state: Option<&pb::ReplicaLogState>) -> Result<Decision, Status> {
+    let p = log.positions();
+    let epochs = log.epochs();
+    let (last_epoch, end) = state.map_or((0, 0), |s| (s.last_epoch, s.end_offset));
+    divergence::decide(epochs.entries(), p.start, p.durable, last_epoch, end)
+        .map_err(|e| Status::failed_precondition(e.to_string()))
+}
+
+fn start_message(log: &Log, d: Decision) -> pb::LogStart {
+    use pb::log_start::Action;
+    let (action, offset) = match d {
+        Decision::Continue { from } => (Action::Continue, from),
+        Decision::TruncateThenContinue { to } => (Action::Truncate, to),
+        Decision::FullSync { from } => (Action::FullSync, from),
+    };
+    pb::LogStart {
+        name: log.name().to_owned(),
+        config: Some(config_to_pb(log.config())),
+        action: action as i32,
+        offset,
+    }
+}
+
+fn continue_from(d: Decision) -> u64 {
+    match d {
+        Decision::Continue { from } | Decision::FullSync { from } => from,
+        Decision::TruncateThenContinue { to } => to,
+    }
+}
+
+/// Stream one log's frames from `from` on, following the durable end.
+async fn send_log(node: Arc<Node>, log: Log, mut from: u64, out: Out) {
+    let reader = log.reader();
+    loop {
+        let ready = tokio::select! {
+            r = reader.wait_for(from) => r,
+            _ = out.closed() => return,
+            _ = node.shutdown_started() => return,
+        };
+        if ready.is_err() {
+            return; // log deleted: the session sends LogDeleted
+        }
+        match reader.read_frames(from, FRAMES_PER_MESSAGE_BYTES) {
+            Ok(chunk) if chunk.bytes.is_empty() => continue,
+            Ok(chunk) => {
+                let m = pb::LogFrames {
+                    log: log.name().to_owned(),
+                    first_offset: chunk.first_offset,
+                    next_offset: chunk.next_offset,
+                    frames: chunk.bytes,
+                };
+                from = chunk.next_offset;
+                if out
+                    .send(msg(pb::upstream_message::Msg::Frames(m)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(StorageError::OffsetOutOfRange { start, .. }) if from < start => {
+                // Retention removed what this replica needed: it must sync from the start.
+                tracing::warn!(
+                    log = log.name(),
+                    from,
+                    start,
+                    "replica fell behind retention: full sync"
+                );
+                let start_msg = start_message(&log, Decision::FullSync { from: start });
+                from = start;
+                if out
+                    .send(msg(pb::upstream_message::Msg::Start(start_msg)))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = out.send(Err(to_status(e))).await;
+                return;
+            }
+        }
+    }
+}
+
+struct Session {
+    node: Arc<Node>,
+    id: String,
+    out: Out,
+    tasks: HashMap<String, JoinHandle<()>>,
+    /// What the replica said it had, per log, at hello.
+    hello_logs: HashMap<String, pb::ReplicaLogState>,
+}
+
+impl Session {
+    /// Start senders for logs the replica does not get yet; tell it about deleted ones.
+    async fn sync_catalog(&mut self) -> Result<(), Status> {
+        let storage = &self.node.storage;
+        let names = storage.list_logs();
+        for name in &names {
+            if self.tasks.contains_key(name) {
+                continue;
+            }
+            let Ok(log) = storage.log(name) else { continue };
+            let d = decision_for(&log, self.hello_logs.remove(name).as_ref())?;
+            let from = continue_from(d);
+            self.send(pb::upstream_message::Msg::Start(start_message(&log, d)))
+                .await?;
+            let task = tokio::spawn(send_log(self.node.clone(), log, from, self.out.clone()));
+            self.tasks.insert(name.clone(), task);
+        }
+        let gone: Vec<String> = self
+            .tasks
+            .keys()
+            .filter(|n| !names.contains(n))
+            .cloned()
+            .chain(
+                self.hello_logs
+                    .keys()
+                    .filter(|n| !names.contains(n))
+                    .cloned(),
+            )
+            .collect();
+        for name in gone {
+            if let Some(t) = self.tasks.remove(&name) {
+                t.abort();
+            }
+            self.hello_logs.remove(&name);
+            self.send(pb::upstream_message::Msg::Deleted(pb::LogDeleted { name }))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn send(&self, m: pb::upstream_message::Msg) -> Result<(), Status> {
+        self.out
+            .send(msg(m))
+            .await
+            .map_err(|_| Status::cancelled("replica went away"))
+    }
+
+    fn heartbeat(&self) -> pb::upstream_message::Msg {
+        let storage = &self.node.storage;
+        let ends = storage
+            .list_logs()
+            .iter()
+            .filter_map(|n| storage.log(n).ok())
+            .map(|l| {
+                let p = l.positions();
+                pb::LogEnd {
+                    name: l.name().to_owned(),
+                    start_offset: p.start,
+                    end_offset: p.durable,
+                }
+            })
+            .collect();
+        pb::upstream_message::Msg::Heartbeat(pb::Heartbeat {
+            now_us: now_us(),
+            node_epoch: self.node.role.epoch(),
+            ends,
+        })
+    }
+}
+
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+async fn run_session(
+    node: Arc<Node>,
+    hello: pb::ReplicaHello,
+    mut inbound: Streaming<pb::ReplicaMessage>,
+    out: Out,
+) -> Result<(), Status> {
+    let counts = !hello.delayed || node.config.delayed_counts_for_acks;
+    let initial: HashMap<String, u64> = hello
+        .logs
+        .iter()
+        .map(|l| (l.name.clone(), l.end_offset))
+        .collect();
+    let generation = node.replicas.connect(
+        &hello.replica_id,
+        &hello.listen_addr,
+        hello.sync,
+        hello.delayed,
+        counts && node.role.is_primary(),
+        initial.clone(),
+    );
+    if node.role.is_primary() {
+        node.acks.connected(&hello.replica_id, hello.sync, counts);
+        for (log, end) in &initial {
+            node.acks.acked(&hello.replica_id, log, *end);
+        }
+    }
+    tracing::info!(replica = %hello.replica_id, addr = %hello.listen_addr, sync = hello.sync, "replica attached");
+    let mut session = Session {
+        node: node.clone(),
+        id: hello.replica_id.clone(),
+        out: out.clone(),
+        tasks: HashMap::new(),
+        hello_logs: hello
+            .logs
+            .into_iter()
+            .map(|l| (l.name.clone(), l))
+            .collect(),
+    };
+    let result = async {
+        let upstream_id = node.role.listen_addr.read().clone();
+        session
+            .send(pb::upstream_message::Msg::Hello(pb::UpstreamHello {
+                node_epoch: node.role.epoch(),
+                primary_addr: node.role.primary_addr().unwrap_or_default(),
+                upstream_id,
+            }))
+            .await?;
+        session.sync_catalog().await?;
+        let mut catalog = node.catalog.subscribe();
+        let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        loop {
+            tokio::select! {
+                m = tokio::time::timeout(DEAD_AFTER, inbound.next()) => match m {
+                    Err(_) => return Err(Status::deadline_exceeded("replica silent: connection presumed dead")),
+                    Ok(None) => return Ok(()),
+                    Ok(Some(Err(s))) => return Err(s),
+                    Ok(Some(Ok(m))) => session.on_message(m),
+                },
+                changed = catalog.changed() => {
+                    if changed.is_err() { return Ok(()) }
+                    session.sync_catalog().await?;
+                }
+                _ = beat.tick() => session.send(session.heartbeat()).await?,
+                _ = node.shutdown_started() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    for (_, t) in session.tasks.drain() {
+        t.abort();
+    }
+    node.replicas.disconnect(&session.id, generation);
+    if node.role.is_primary() {
+        node.acks.disconnected(&session.id);
+    }
+    tracing::info!(replica = %session.id, "replica detached");
+    result
+}
+
+impl Session {
+    fn on_message(&mut self, m: pb::ReplicaMessage) {
+        match m.msg {
+            Some(pb::replica_message::Msg::Acks(acks)) => {
+                self.node.replicas.heard(&self.id);
+                for a in acks.acks {
+                    self.node.replicas.ack(&self.id, &a.log, a.durable_end);
+                    if self.node.role.is_primary() {
+                        self.node.acks.acked(&self.id, &a.log, a.durable_end);
+                    }
+                }
+            }
+            Some(pb::replica_message::Msg::Hello(_)) | None => {}
+        }
+    }
+}
+
+type BoxStream = Pin<Box<dyn Stream<Item = Result<pb::UpstreamMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::replication_server::Replication for ReplicationService {
+    type ReplicateStream = BoxStream;
+
+    async fn replicate(
+        &self,
+        req: Request<Streaming<pb::ReplicaMessage>>,
+    ) -> Result<Response<Self::ReplicateStream>, Status> {
+        self.node.check_accepting()?;
+        let mut inbound = req.into_inner();
+        let first = tokio::time::timeout(DEAD_AFTER, inbound.next())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no hello from the replica"))?;
+        let hello = match first {
+            Some(Ok(pb::ReplicaMessage {
+                msg: Some(pb::replica_message::Msg::Hello(h)),
+            })) => h,
+            Some(Err(s)) => return Err(s),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a replication stream starts with a hello",
+                ))
+            }
+        };
+        let ours = self.node.role.epoch();
+        if hello.node_epoch > ours {
+            // Someone was promoted past us: we must not lead anyone, nor take writes.
+            self.node.role.fence(hello.node_epoch);
+            return Err(Status::failed_precondition(format!(
+                "this node's epoch {ours} is behind the replica's epoch {}; it is stale and \
+                 cannot be an upstream",
+                hello.node_epoch
+            )));
+        }
+        let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
+        let node = self.node.clone();
+        tokio::spawn(async move {
+            if let Err(s) = run_session(node, hello, inbound, tx.clone()).await {
+                tracing::warn!(status = %s, "replication session ended");
+                let _ = tx.send(Err(s)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,467 @@
+//! Replication end to end with real processes on loopback: ack modes, a replica stopped
+//! with SIGSTOP, kill -9 and restart, full sync after retention, cascading, divergence
+//! after failover, redirects, read-your-writes, min-replicas-to-write.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{run, Server};
+use spool::client::{AckMode, Client};
+use spool_proto::v1 as pb;
+use tonic::Code;
+
+fn replica_args<'a>(upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--replica-of", upstream];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Wait (bounded) until `log` on the node at `addr` reaches `end`.
+async fn wait_end(addr: &str, log: &str, end: u64) {
+    let c = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(info) = c.describe_log(log).await {
+            if info.end_offset >= end {
+                assert_eq!(info.end_offset, end, "{addr} went past the primary");
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not reach {end} on {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `spool check --json` of a stopped node: (log -> (start, end, digest)).
+fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
+    let out = Command::new(common::spool_bin())
+        .args(["check", "--json"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["start"].as_u64().unwrap(),
+                l["end"].as_u64().unwrap(),
+                l["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
+    let c = Client::connect(addr).await.unwrap();
+    let mut app = c.appender(log, AckMode::Async).await.unwrap();
+    let mut waiters = Vec::new();
+    for i in 0..batches {
+        let recs: Vec<Bytes> = (0..16)
+            .map(|j| Bytes::from(format!("{tag}-{i}-{j}-{}", "p".repeat(300))))
+            .collect();
+        waiters.push(app.send(recs).await.unwrap());
+    }
+    let mut end = 0;
+    for w in waiters {
+        let r = w.await.unwrap().unwrap();
+        end = r.first_offset + u64::from(r.count);
+    }
+    end
+}
+
+#[test]
+fn async_replica_and_cascade_end_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r1 = Server::start(
+        &d.path().join("r1"),
+        &replica_args(&p.addr, &["--replica-id", "r1"]),
+    );
+    let r2 = Server::start(
+        &d.path().join("r2"),
+        &replica_args(&r1.addr, &["--replica-id", "r2"]),
+    );
+    run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("a", None).await.unwrap();
+        let zcfg = pb::LogConfig {
+            compression: pb::Compression::Zstd as i32,
+            compress_min_bytes: 1024,
+            ..Default::default()
+        };
+        c.create_log("z", Some(zcfg)).await.unwrap();
+        let end_a = load(&p.addr, "a", 300, "a").await;
+        let end_z = load(&p.addr, "z", 100, "z").await;
+        for addr in [&r1.addr, &r2.addr] {
+            wait_end(addr, "a", end_a).await;
+            wait_end(addr, "z", end_z).await;
+        }
+        let s = c.status().await.unwrap();
+        assert_eq!(
+            s.replicas.len(),
+            1,
+            "only direct replicas: {:?}",
+            s.replicas
+        );
+        assert_eq!(s.replicas[0].id, "r1");
+        let s2 = Client::connect(&r2.addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(s2.role, "replica");
+        assert_eq!(
+            s2.primary_addr, p.addr,
+            "the primary's address travels down the tree"
+        );
+        // Deleting a log replicates too.
+        c.delete_log("z").await.unwrap();
+        let r2c = Client::connect(&r2.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r2c.describe_log("z").await.is_ok() {
+            assert!(Instant::now() < deadline, "deletion did not reach r2");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    r2.stop();
+    r1.stop();
+    p.stop();
+    let want = digests(&d.path().join("p"));
+    assert_eq!(want.len(), 1);
+    assert_eq!(digests(&d.path().join("r1")), want);
+    assert_eq!(digests(&d.path().join("r2")), want);
+}
+
+#[test]
+fn semi_sync_waits_for_a_durable_replica_then_times_out() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1500\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r = Server::start(
+        &d.path().join("r"),
+        &replica_args(&p.addr, &["--sync-replica"]),
+    );
+    run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("s", None).await.unwrap();
+        wait_end(&r.addr, "s", 0).await;
+        let ok = c
+            .append("s", vec![Bytes::from("one")], AckMode::SemiSync)
+            .await
+            .unwrap();
+        assert_eq!(ok.replicas_confirmed, 1);
+        assert_eq!(ok.durability, pb::Durability::Replicated as i32);
+        let ok = c
+            .append("s", vec![Bytes::from("two")], AckMode::Sync)
+            .await
+            .unwrap();
+        assert_eq!(ok.replicas_confirmed, 1);
+        // Freeze the replica: a semi-sync append must not come back while it cannot fsync.
+        common::signal(&r.child, libc::SIGSTOP);
+        let c2 = c.clone();
+        let pending = tokio::spawn(async move {
+            c2.append("s", vec![Bytes::from("three")], AckMode::SemiSync)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !pending.is_finished(),
+            "semi-sync acked while the replica was stopped"
+        );
+        let e = pending.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        assert!(e.to_string().contains("stay in the log"), "{e}");
+        // The record stayed in the primary's log; async still works meanwhile.
+        let a = c
+            .append("s", vec![Bytes::from("four")], AckMode::Async)
+            .await
+            .unwrap();
+        assert_eq!(a.first_offset, 3);
+        common::signal(&r.child, libc::SIGCONT);
+        wait_end(&r.addr, "s", 4).await;
+        let ok = c
+            .append("s", vec![Bytes::from("five")], AckMode::SemiSync)
+            .await
+            .unwrap();
+        assert_eq!(ok.replicas_confirmed, 1);
+        // Asking for more replicas than exist times out too.
+        let e = c
+            .append_with(pb::AppendRequest {
+                log: "s".into(),
+                records: vec![Bytes::from("six")],
+                ack: pb::AckMode::SemiSync as i32,
+                semi_sync_replicas: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded));
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn timeout_can_degrade_to_async() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[replication]\nack_timeout_ms = 500\nack_timeout_policy = \"degrade\"\n",
+    )
+    .unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("g", None).await.unwrap();
+        wait_end(&r.addr, "g", 0).await;
+        common::signal(&r.child, libc::SIGSTOP);
+        let a = c
+            .append("g", vec![Bytes::from("x")], AckMode::SemiSync)
+            .await
+            .unwrap();
+        assert!(a.degraded, "{a:?}");
+        assert_eq!(a.replicas_confirmed, 0);
+        assert!(c.status().await.unwrap().degraded);
+        common::signal(&r.child, libc::SIGCONT);
+        wait_end(&r.addr, "g", 1).await;
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn killed_replica_resumes_partially_and_ends_identical() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let rdir = d.path().join("r");
+    let r = Server::start(&rdir, &replica_args(&p.addr, &["--replica-id", "r"]));
+    let paddr = p.addr.clone();
+    let r = run(120, async move {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("k", None).await.unwrap();
+        let a2 = paddr.clone();
+        let writer = tokio::spawn(async move {
+            let mut end = 0;
+            for round in 0..6 {
+                end = load(&a2, "k", 100, &format!("r{round}")).await;
+            }
+            end
+        });
+        // Kill the replica while the load runs, then bring it back.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        r.kill9();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = Server::start(&rdir, &replica_args(&paddr, &["--replica-id", "r"]));
+        let end = writer.await.unwrap();
+        wait_end(&r.addr, "k", end).await;
+        let s = Client::connect(&r.addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        let up = s.upstream.unwrap();
+        assert!(up.connected);
+        assert!(
+            !up.logs[0].full_sync,
+            "a restart resumes, it does not resync"
+        );
+        r
+    });
+    r.stop();
+    p.stop();
+    assert_eq!(digests(&d.path().join("r")), digests(&d.path().join("p")));
+}
+
+#[test]
+fn replica_after_retention_gets_a_full_sync() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\nretention_bytes = 524288\n",
+    )
+    .unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r = run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("f", None).await.unwrap();
+        let end = load(&p.addr, "f", 400, "f").await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.describe_log("f").await.unwrap().start_offset == 0 {
+            assert!(Instant::now() < deadline, "retention never ran");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let start = c.describe_log("f").await.unwrap().start_offset;
+        let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+        wait_end(&r.addr, "f", end).await;
+        let info = Client::connect(&r.addr)
+            .await
+            .unwrap()
+            .describe_log("f")
+            .await
+            .unwrap();
+        assert_eq!(
+            info.start_offset, start,
+            "the replica starts where the primary's log starts"
+        );
+        r
+    });
+    r.stop();
+    p.stop();
+    assert_eq!(digests(&d.path().join("r")), digests(&d.path().join("p")));
+}
+
+#[test]
+fn divergent_tail_is_truncated_after_failover() {
+    let d = tempfile::tempdir().unwrap();
+    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
+    let p = Server::start(&pdir, &[]);
+    let r = Server::start(&rdir, &replica_args(&p.addr, &[]));
+    let paddr = p.addr.clone();
+    run(60, async {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("d", None).await.unwrap();
+        let end = load(&paddr, "d", 10, "common").await;
+        wait_end(&r.addr, "d", end).await;
+    });
+    r.stop();
+    // The replica's data dir runs alone as a primary and takes writes nobody else has
+    // (in the old epoch): a divergent tail.
+    let alone = Server::start(&rdir, &[]);
+    let rogue = run(30, async { load(&alone.addr, "d", 3, "rogue").await });
+    alone.stop();
+    // Meanwhile the primary moves to a new epoch and writes on.
+    let end = run(30, async {
+        let c = Client::connect(&paddr).await.unwrap();
+        let epoch = c.promote().await.unwrap();
+        assert!(epoch >= 2);
+        load(&paddr, "d", 5, "after").await
+    });
+    assert!(rogue > 160 && end > 160);
+    let r = Server::start(&rdir, &replica_args(&paddr, &[]));
+    run(60, async { wait_end(&r.addr, "d", end).await });
+    r.stop();
+    p.stop();
+    assert_eq!(digests(&rdir), digests(&pdir));
+}
+
+#[test]
+fn replicas_refuse_writes_and_the_client_follows() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    run(60, async {
+        let pc = Client::connect(&p.addr).await.unwrap();
+        pc.create_log("w", None).await.unwrap();
+        wait_end(&r.addr, "w", 0).await;
+        // A raw call to the replica is refused with the primary's address.
+        let mut raw = pb::log_client::LogClient::connect(format!("http://{}", r.addr))
+            .await
+            .unwrap();
+        let e = raw
+            .append(pb::AppendRequest {
+                log: "w".into(),
+                records: vec![Bytes::from("x")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        assert!(e.message().contains(&p.addr), "{}", e.message());
+        assert_eq!(
+            e.metadata().get("spool-primary").unwrap().to_str().unwrap(),
+            p.addr
+        );
+        // The Rust client follows it.
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let ack = rc
+            .append("w", vec![Bytes::from("via replica")], AckMode::Async)
+            .await
+            .unwrap();
+        assert_eq!(ack.first_offset, 0);
+        assert!(rc.addr().contains(&p.addr));
+        // Read-your-writes on the replica with the token: never older than the write.
+        let replica = Client::connect(&r.addr).await.unwrap();
+        for i in 0..20 {
+            let a = pc
+                .append("w", vec![Bytes::from(format!("ryw {i}"))], AckMode::Async)
+                .await
+                .unwrap();
+            let got = replica
+                .read_with(pb::ReadRequest {
+                    log: "w".into(),
+                    from_offset: a.first_offset,
+                    min_offset: a.read_token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(got.records[0].value, Bytes::from(format!("ryw {i}")));
+        }
+        // The CLI, pointed at the replica, lands its write on the primary too.
+        let out = common::cli(&r.addr, &["append", "w", "from-cli"], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = pc.describe_log("w").await.unwrap().end_offset;
+        let rec = pc.read("w", last - 1, 1).await.unwrap();
+        assert_eq!(rec.records[0].value, Bytes::from("from-cli"));
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn min_replicas_to_write_refuses_until_attached() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[replication]\nmin_replicas_to_write = 1\nmin_replicas_max_lag_ms = 3000\n",
+    )
+    .unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        let e = c.create_log("m", None).await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::FailedPrecondition));
+        assert!(e.to_string().contains("min-replicas-to-write"), "{e}");
+    });
+    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while c.create_log("m", None).await.is_err() {
+            assert!(Instant::now() < deadline, "writes never resumed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        c.append("m", vec![Bytes::from("ok")], AckMode::Async)
+            .await
+            .unwrap();
+    });
+    r.stop();
+    p.stop();
+}
