@@ -77,12 +77,16 @@ async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
             .collect();
         waiters.push(app.send(recs).await.unwrap());
     }
-    let mut end = 0;
+    let mut end: Option<u64> = None;
     for w in waiters {
         let r = w.await.unwrap().unwrap();
-        end = r.first_offset + u64::from(r.count);
+        // A pipelined stream's batches land in the log in the order they were sent.
+        if let Some(prev) = end {
+            assert_eq!(r.first_offset, prev, "pipelined appends out of order");
+        }
+        end = Some(r.first_offset + u64::from(r.count));
     }
-    end
+    end.unwrap()
 }
 
 #[test]

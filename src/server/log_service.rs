@@ -1,5 +1,6 @@
 //! spool.v1.Log: append (unary and pipelined stream), read, subscribe.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -60,11 +61,24 @@ fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<
     }
 }
 
+type ReplyFuture = Pin<Box<dyn Future<Output = Result<pb::AppendResponse, Status>> + Send>>;
+
 async fn append_one(
-    node: &Node,
+    node: &Arc<Node>,
     log: &Log,
     req: pb::AppendRequest,
 ) -> Result<pb::AppendResponse, Status> {
+    submit_one(node, log, req).await?.await
+}
+
+/// Check and queue one append; the returned future waits for its durability (and its
+/// replicas). Queueing is done in call order, so a stream's appends keep their order in
+/// the log while many of them wait for fsync together.
+async fn submit_one(
+    node: &Arc<Node>,
+    log: &Log,
+    req: pb::AppendRequest,
+) -> Result<ReplyFuture, Status> {
     node.check_writable()?;
     let (durability, replicated) = ack_plan(&req, node)?;
     let epoch = node.role.epoch();
@@ -73,10 +87,25 @@ async fn append_one(
         log.begin_epoch(epoch).await.map_err(to_status)?;
     }
     let started = Instant::now();
-    let ack = log
-        .append(&req.records, durability)
+    let durable = log
+        .submit(&req.records, durability)
         .await
         .map_err(to_status)?;
+    let (node, log) = (node.clone(), log.clone());
+    Ok(Box::pin(async move {
+        let ack = durable.await.map_err(to_status)?;
+        finish_append(&node, &log, req, ack, replicated, started).await
+    }))
+}
+
+async fn finish_append(
+    node: &Node,
+    log: &Log,
+    req: pb::AppendRequest,
+    ack: spool_storage::AppendAck,
+    replicated: Option<AckMode>,
+    started: Instant,
+) -> Result<pb::AppendResponse, Status> {
     let mut out = pb::AppendResponse {
         first_offset: ack.base_offset,
         count: ack.record_count,
@@ -183,13 +212,17 @@ impl pb::log_server::Log for LogService {
                                 if log.as_ref().is_none_or(|l| l.name() != r.log) {
                                     log = node.storage.log(&r.log).ok();
                                 }
-                                let (node, log) = (node.clone(), log.clone());
-                                inflight.push_back(async move {
-                                    match log {
-                                        Some(log) => append_one(&node, &log, r).await,
-                                        None => Err(to_status(spool_storage::StorageError::LogNotFound(r.log))),
-                                    }
-                                });
+                                // Queued here, in stream order; only the waits overlap.
+                                let reply: ReplyFuture = match &log {
+                                    Some(log) => match submit_one(&node, log, r).await {
+                                        Ok(f) => f,
+                                        Err(s) => Box::pin(std::future::ready(Err(s))),
+                                    },
+                                    None => Box::pin(std::future::ready(Err(to_status(
+                                        spool_storage::StorageError::LogNotFound(r.log),
+                                    )))),
+                                };
+                                inflight.push_back(reply);
                             }
                             Some(Err(_)) | None => open = false,
                         }
@@ -215,7 +248,7 @@ impl pb::log_server::Log for LogService {
     ) -> Result<Response<pb::ReadResponse>, Status> {
         // Answer a little before the caller's deadline, so it gets our error, not its own.
         let wait = deadline_of(&req).map_or(MIN_OFFSET_WAIT_DEFAULT, |d| {
-            d.saturating_sub((d / 10).min(Duration::from_millis(50)))
+            d.saturating_sub((d / 5).min(Duration::from_millis(200)))
         });
         let req = req.into_inner();
         let log = self.node.storage.log(&req.log).map_err(to_status)?;

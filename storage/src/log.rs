@@ -176,6 +176,18 @@ impl Log {
         records: &[R],
         durability: Durability,
     ) -> Result<AppendAck> {
+        self.submit(records, durability).await?.await
+    }
+
+    /// First half of [`Log::append`]: validate, encode and queue the batch for the storage
+    /// thread. Batches are written in the order their `submit` calls complete, so a caller
+    /// that submits one after another (a pipelined stream) keeps its order while waiting
+    /// for durability concurrently. The returned future resolves with the ack.
+    pub async fn submit<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+    ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
         let frame = self.encode(records)?;
         let (reply, rx) = oneshot::channel();
         self.storage
@@ -186,7 +198,7 @@ impl Log {
                 reply,
             })
             .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+        Ok(async move { rx.await.map_err(|_| StorageError::Closed)? })
     }
 
     /// Validate and encode records into an unstamped frame (compression happens here, on
