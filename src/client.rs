@@ -293,13 +293,37 @@ impl Client {
 
     /// Promote the node this client is connected to (a replica, usually) to primary.
     pub async fn promote(&self) -> Result<u64> {
+        Ok(self.promote_at(None).await?.epoch)
+    }
+
+    /// Promote a delayed replica after cutting its logs at a point (`None`: plain promote).
+    pub async fn promote_at(
+        &self,
+        at: Option<pb::promote_request::At>,
+    ) -> Result<pb::PromoteResponse> {
         Ok(self
             .conn()
             .admin
-            .promote(pb::PromoteRequest {})
+            .promote(pb::PromoteRequest { at })
+            .await?
+            .into_inner())
+    }
+
+    /// Freeze a delayed replica's horizon; returns the frozen cutoff (unix microseconds).
+    pub async fn pause(&self) -> Result<u64> {
+        Ok(self
+            .conn()
+            .admin
+            .pause(pb::PauseRequest {})
             .await?
             .into_inner()
-            .epoch)
+            .horizon_time_us)
+    }
+
+    /// Let a delayed replica's horizon follow now - delay again.
+    pub async fn resume(&self) -> Result<()> {
+        self.conn().admin.resume(pb::ResumeRequest {}).await?;
+        Ok(())
     }
 }
 

@@ -73,6 +73,9 @@ pub struct ReplicationSection {
     pub replica_keep_bytes_max: Option<u64>,
     /// Delayed replicas' acks count toward semi-sync/sync.
     pub delayed_counts_for_acks: Option<bool>,
+    /// Makes this replica a delayed one: it exposes only what the primary wrote at least
+    /// this long ago ("500ms", "30s", "15m", "1h", "2d"). Needs `replica_of`.
+    pub delay: Option<String>,
 }
 
 /// The whole file.
@@ -112,6 +115,8 @@ pub struct ReplicationConfig {
     pub min_replicas_max_lag: Duration,
     pub replica_keep_bytes_max: u64,
     pub delayed_counts_for_acks: bool,
+    /// Set on a delayed replica (always with `replica_of`).
+    pub delay: Option<Duration>,
 }
 
 impl Default for ReplicationConfig {
@@ -127,6 +132,7 @@ impl Default for ReplicationConfig {
             min_replicas_max_lag: Duration::from_secs(10),
             replica_keep_bytes_max: 10 << 30,
             delayed_counts_for_acks: false,
+            delay: None,
         }
     }
 }
@@ -159,7 +165,21 @@ impl ReplicationConfig {
                 bail!("replica_of is empty: give the upstream as HOST:PORT");
             }
         }
+        let delay = match o.delay.as_deref().or(r.delay.as_deref()) {
+            None => None,
+            Some(text) => {
+                let d = parse_duration(text).context("replication.delay (--delay)")?;
+                if replica_of.is_none() {
+                    bail!(
+                        "a delay ({text}) needs replica_of (--replica-of HOST:PORT): only a \
+                         replica can be delayed"
+                    );
+                }
+                Some(d)
+            }
+        };
         Ok(ReplicationConfig {
+            delay,
             replica_of,
             sync_replica: o.sync_replica || r.sync_replica.unwrap_or(false),
             replica_id: o.replica_id.clone().or(r.replica_id.clone()),
@@ -198,6 +218,60 @@ pub struct Overrides {
     pub replica_of: Option<String>,
     pub sync_replica: bool,
     pub replica_id: Option<String>,
+    pub delay: Option<String>,
+}
+
+/// Why a duration setting was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "{0:?} is not a duration: write a whole number and a unit, like 500ms, 30s, 15m, 1h or 2d"
+    )]
+    Syntax(String),
+    #[error("{0:?} is zero: a delay must be positive (leave it out for an ordinary replica)")]
+    Zero(String),
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
+/// Parse "500ms", "30s", "15m", "1h", "2d" (units ms, s, m, h, d; also "1h30m").
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
+    let syntax = || DurationError::Syntax(text.to_owned());
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return Err(syntax());
+    }
+    let mut total_ms: u64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let units = rest[digits..]
+            .bytes()
+            .take_while(u8::is_ascii_alphabetic)
+            .count();
+        if digits == 0 || units == 0 {
+            return Err(syntax());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| syntax())?;
+        let unit_ms: u64 = match &rest[digits..digits + units] {
+            "ms" => 1,
+            "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(syntax()),
+        };
+        let add = n
+            .checked_mul(unit_ms)
+            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+        total_ms = total_ms
+            .checked_add(add)
+            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
+        rest = &rest[digits + units..];
+    }
+    if total_ms == 0 {
+        return Err(DurationError::Zero(text.to_owned()));
+    }
+    Ok(Duration::from_millis(total_ms))
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -348,6 +422,61 @@ mod tests {
             c.storage.default_log.compression,
             Compression::Zstd { level: 3 }
         );
+    }
+
+    #[test]
+    fn durations_parse_the_usual_units() {
+        let ms = |t: &str| parse_duration(t).unwrap().as_millis();
+        assert_eq!(ms("500ms"), 500);
+        assert_eq!(ms("30s"), 30_000);
+        assert_eq!(ms("15m"), 900_000);
+        assert_eq!(ms("1h"), 3_600_000);
+        assert_eq!(ms("2d"), 172_800_000);
+        assert_eq!(ms("1h30m"), 5_400_000);
+        assert_eq!(ms(" 2s "), 2000);
+        for bad in ["", "1", "h", "1x", "1.5h", "-1s", "1 h", "s1"] {
+            assert!(
+                matches!(parse_duration(bad), Err(DurationError::Syntax(_))),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(parse_duration("0s"), Err(DurationError::Zero(_))));
+        assert!(matches!(
+            parse_duration("99999999999999999d"),
+            Err(DurationError::TooLong(_))
+        ));
+    }
+
+    #[test]
+    fn delay_needs_replica_of() {
+        let f: FileConfig = toml::from_str("[replication]\ndelay = \"1h\"").unwrap();
+        let e = format!(
+            "{:#}",
+            ServerConfig::build(f.clone(), Overrides::default()).unwrap_err()
+        );
+        assert!(e.contains("replica_of"), "{e}");
+        let c = ServerConfig::build(
+            f,
+            Overrides {
+                replica_of: Some("127.0.0.1:1".into()),
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.replication.delay, Some(Duration::from_secs(3600)));
+        let e = format!(
+            "{:#}",
+            ServerConfig::build(
+                FileConfig::default(),
+                Overrides {
+                    replica_of: Some("127.0.0.1:1".into()),
+                    delay: Some("soon".into()),
+                    ..Overrides::default()
+                },
+            )
+            .unwrap_err()
+        );
+        assert!(e.contains("delay") && e.contains("30s"), "{e}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Administration: promote.
+    /// Administration: promote (also at a point), pause and resume a delayed replica.
     #[command(subcommand)]
     Admin(cli::client_cmds::AdminCommand),
     /// A local primary and replicas on loopback, for trying replication out.

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// Name shown in the upstream's status [default: the listen address].
     #[arg(long, env = "SPOOL_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Delayed replica: expose only what the primary wrote at least this long ago
+    /// (500ms, 30s, 15m, 1h, 2d). Needs --replica-of.
+    #[arg(long, env = "SPOOL_DELAY")]
+    pub delay: Option<String>,
 }
 
 pub fn run(args: ServeArgs) -> Result<()> {
@@ -49,6 +53,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
             replica_of: args.replica_of,
             sync_replica: args.sync_replica,
             replica_id: args.replica_id,
+            delay: args.delay,
         },
     )?;
     let rt = tokio::runtime::Builder::new_multi_thread()

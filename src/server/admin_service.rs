@@ -1,4 +1,5 @@
-//! spool.v1.Admin: manual promotion.
+//! spool.v1.Admin: promotion (plain, or at a point on a delayed replica), and pausing and
+//! resuming a delayed replica's horizon.
 
 use std::sync::Arc;
 
@@ -6,11 +7,23 @@ use spool_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::node::Node;
-use super::status_map::to_status;
+use super::promote::{promote, PromoteAt};
+use super::replication::delay::Delay;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
     pub node: Arc<Node>,
+}
+
+impl AdminService {
+    fn delay(&self) -> Result<&Arc<Delay>, Status> {
+        self.node.active_delay().ok_or_else(|| {
+            Status::failed_precondition(
+                "this node is not a delayed replica (start it with --replica-of and --delay); \
+                 pause and resume apply to delayed replicas only",
+            )
+        })
+    }
 }
 
 #[tonic::async_trait]
@@ -20,22 +33,32 @@ impl pb::admin_server::Admin for AdminService {
     /// old primary, if it returns, is fenced by the first higher-epoch node it meets.
     async fn promote(
         &self,
-        _req: Request<pb::PromoteRequest>,
+        req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
-        self.node.check_accepting()?;
-        let role = &self.node.role;
-        let epoch = role.epoch() + 1;
-        role.set_epoch(epoch)
-            .map_err(|e| Status::internal(format!("persisting epoch {epoch}: {e:#}")))?;
-        // Stop the follower before the first write of the new epoch.
-        role.become_primary();
-        self.node.mark_promoted();
-        let storage = &self.node.storage;
-        for name in storage.list_logs() {
-            let log = storage.log(&name).map_err(to_status)?;
-            log.begin_epoch(epoch).await.map_err(to_status)?;
-        }
-        tracing::warn!(epoch, "promoted to primary");
-        Ok(Response::new(pb::PromoteResponse { epoch }))
+        let at = PromoteAt::from_pb(req.into_inner().at);
+        Ok(Response::new(promote(&self.node, at).await?))
+    }
+
+    async fn pause(
+        &self,
+        _req: Request<pb::PauseRequest>,
+    ) -> Result<Response<pb::PauseResponse>, Status> {
+        let cutoff = self
+            .delay()?
+            .pause()
+            .map_err(|e| Status::internal(format!("pausing: {e}")))?;
+        Ok(Response::new(pb::PauseResponse {
+            horizon_time_us: cutoff,
+        }))
+    }
+
+    async fn resume(
+        &self,
+        _req: Request<pb::ResumeRequest>,
+    ) -> Result<Response<pb::ResumeResponse>, Status> {
+        self.delay()?
+            .resume()
+            .map_err(|e| Status::internal(format!("resuming: {e}")))?;
+        Ok(Response::new(pb::ResumeResponse {}))
     }
 }

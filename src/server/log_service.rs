@@ -252,17 +252,19 @@ impl pb::log_server::Log for LogService {
         });
         let req = req.into_inner();
         let log = self.node.storage.log(&req.log).map_err(to_status)?;
-        let reader = log.reader();
-        if req.min_offset > 0 && reader.durable_end() < req.min_offset {
+        // On a delayed replica everything below is bounded by the horizon, not the durable end.
+        let reader = self.node.visible(&log);
+        if req.min_offset > 0 && reader.end() < req.min_offset {
             let reached = tokio::time::timeout(wait, reader.wait_for(req.min_offset - 1)).await;
             match reached {
                 Ok(r) => r.map_err(to_status)?,
                 Err(_) => {
                     return Err(Status::deadline_exceeded(format!(
-                    "this node has not reached offset {} of log {:?} within {wait:?} (it is at {})",
+                    "this node has not reached offset {} of log {:?} within {wait:?} (it is at {}{})",
                     req.min_offset,
                     req.log,
-                    reader.durable_end()
+                    reader.end(),
+                    if self.node.active_delay().is_some() { ", a delayed replica" } else { "" }
                 )))
                 }
             }
@@ -284,7 +286,7 @@ impl pb::log_server::Log for LogService {
         Ok(Response::new(pb::ReadResponse {
             records: records.into_iter().map(to_pb).collect(),
             next_offset,
-            end_offset: reader.durable_end(),
+            end_offset: reader.end(),
         }))
     }
 
@@ -296,10 +298,10 @@ impl pb::log_server::Log for LogService {
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = req.into_inner();
         let log = self.node.storage.log(&req.log).map_err(to_status)?;
-        let reader = log.reader();
+        let reader = self.node.visible(&log);
         let mut next = match req.start {
             Some(pb::subscribe_request::Start::FromOffset(o)) => o,
-            Some(pb::subscribe_request::Start::FromEnd(_)) | None => reader.durable_end(),
+            Some(pb::subscribe_request::Start::FromEnd(_)) | None => reader.end(),
         };
         // Validate the start now, so a bad offset fails the call rather than the stream.
         reader.read(next, 0, 0).map_err(to_status)?;

@@ -64,14 +64,15 @@ pub fn config_to_pb(c: &LogConfig) -> pb::LogConfig {
     }
 }
 
-pub fn log_info(log: &Log) -> pb::LogInfo {
+pub fn log_info(node: &Node, log: &Log) -> pb::LogInfo {
     let p = log.positions();
+    let end = node.visible(log).end();
     let (size, disk) = log.size_bytes();
     pb::LogInfo {
         name: log.name().to_owned(),
         config: Some(config_to_pb(log.config())),
         start_offset: p.start,
-        end_offset: p.durable,
+        end_offset: end,
         epoch: log.current_epoch(),
         size_bytes: size,
         disk_bytes: disk,
@@ -95,7 +96,7 @@ impl pb::logs_server::Logs for LogsService {
             .map_err(to_status)?;
         self.node.catalog_changed();
         tracing::info!(log = %req.name, "log created");
-        Ok(Response::new(log_info(&log)))
+        Ok(Response::new(log_info(&self.node, &log)))
     }
 
     async fn list(
@@ -107,7 +108,7 @@ impl pb::logs_server::Logs for LogsService {
             .list_logs()
             .iter()
             .filter_map(|n| storage.log(n).ok())
-            .map(|l| log_info(&l))
+            .map(|l| log_info(&self.node, &l))
             .collect();
         Ok(Response::new(pb::ListLogsResponse { logs }))
     }
@@ -121,7 +122,7 @@ impl pb::logs_server::Logs for LogsService {
             .storage
             .log(&req.into_inner().name)
             .map_err(to_status)?;
-        Ok(Response::new(log_info(&log)))
+        Ok(Response::new(log_info(&self.node, &log)))
     }
 
     async fn delete(

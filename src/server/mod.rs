@@ -6,10 +6,12 @@ mod log_service;
 pub(crate) mod logs_service;
 mod metrics_export;
 pub(crate) mod node;
+mod promote;
 pub mod replication;
 pub mod role;
 pub(crate) mod status_map;
 mod status_service;
+pub(crate) mod visible;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -53,12 +55,11 @@ pub async fn serve(
         None => Role::Primary,
     };
     let role = RoleState::open(&config.storage.data_dir, initial_role)?;
-    let node = Arc::new(Node::new(
-        storage.clone(),
-        role,
-        repl.clone(),
-        config.default_ack,
-    ));
+    let mut node = Node::new(storage.clone(), role, repl.clone(), config.default_ack);
+    if let Some(d) = repl.delay {
+        node.delay = Some(replication::delay::Delay::open(storage.clone(), d)?);
+    }
+    let node = Arc::new(node);
     if let Some(addr) = config.metrics_listen {
         metrics_export::install(addr, node.clone())?;
     }
@@ -71,18 +72,22 @@ pub async fn serve(
     on_bound(bound);
     node.acks.spawn_ticker();
     replication::retention::spawn(node.clone());
+    if let Some(delay) = node.delay.clone() {
+        replication::delay::spawn(node.clone(), delay);
+    }
     if let Some(upstream) = repl.replica_of.clone() {
         let cfg = replication::follower::FollowerConfig {
             upstream,
             replica_id: repl.replica_id.clone().unwrap_or_else(|| bound.to_string()),
             sync: repl.sync_replica,
-            delayed: false,
+            delayed: repl.delay.is_some(),
         };
-        tokio::spawn(replication::follower::follow(
-            node.clone(),
-            cfg,
-            node.upstream.clone(),
-        ));
+        node.follower_running.send_replace(true);
+        let n = node.clone();
+        tokio::spawn(async move {
+            replication::follower::follow(n.clone(), cfg, n.upstream.clone()).await;
+            n.follower_running.send_replace(false);
+        });
     }
 
     let (health_reporter, health) = tonic_health::server::health_reporter();

@@ -11,9 +11,11 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::replication::acks::AckRuntime;
+use super::replication::delay::Delay;
 use super::replication::follower::UpstreamView;
 use super::replication::progress::Replicas;
 use super::role::RoleState;
+use super::visible::Visible;
 use crate::config::{DefaultAck, ReplicationConfig};
 
 #[derive(Debug)]
@@ -27,6 +29,11 @@ pub struct Node {
     pub acks: Arc<AckRuntime>,
     pub upstream: Arc<Mutex<UpstreamView>>,
     pub catalog: watch::Sender<u64>,
+    /// Set on a delayed replica (`--delay`).
+    pub delay: Option<Arc<Delay>>,
+    /// True while the follower task runs: a promotion at a point waits for it to stop
+    /// before cutting the logs, so that no frame lands after the cut.
+    pub follower_running: watch::Sender<bool>,
     promoted: watch::Sender<bool>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
@@ -51,11 +58,23 @@ impl Node {
             acks,
             upstream: Arc::default(),
             catalog: watch::Sender::new(0),
+            delay: None,
+            follower_running: watch::Sender::new(false),
             promoted: watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
             shutdown_tx: watch::Sender::new(false),
             subscribers: AtomicI64::new(0),
         }
+    }
+
+    /// What readers may see of `log` (bounded by the horizon on a delayed replica).
+    pub fn visible(&self, log: &spool_storage::Log) -> Visible {
+        Visible::new(self, log)
+    }
+
+    /// A delayed replica that was not promoted.
+    pub fn active_delay(&self) -> Option<&Arc<Delay>> {
+        self.delay.as_ref().filter(|d| d.is_active())
     }
 
     /// Logs were created or deleted: replication sessions look again.

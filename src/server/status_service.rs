@@ -59,14 +59,28 @@ impl pb::status_server::Status for StatusService {
             .iter()
             .map(|l| {
                 let p = l.positions();
-                pb::LogPositions {
+                let mut lp = pb::LogPositions {
                     name: l.name().to_owned(),
                     start_offset: p.start,
                     end_offset: p.durable,
                     written_offset: p.written,
                     epoch: l.current_epoch(),
                     size_bytes: l.size_bytes().0,
+                    ..Default::default()
+                };
+                if let Some(d) = node.active_delay() {
+                    // Ends say what readers see; what is stored is reported beside them.
+                    let end = node.visible(l).end();
+                    lp.end_offset = end;
+                    lp.written_offset = end;
+                    lp.horizon_offset = end;
+                    lp.horizon_time_us = d.horizon(l).cutoff_us;
+                    lp.stored_offset = p.durable;
+                    lp.pending_delete_at_us = d
+                        .pending_delete(l.name())
+                        .map_or(0, |at| at.saturating_add(d.delay.as_micros() as u64));
                 }
+                lp
             })
             .collect();
         let replicas = node
@@ -133,6 +147,12 @@ impl pb::status_server::Status for StatusService {
             primary_addr: node.role.primary_addr().unwrap_or_default(),
             fenced: node.role.is_fenced(),
             degraded: node.acks.is_degraded(),
+            delay_ms: node
+                .active_delay()
+                .map_or(0, |d| d.delay.as_millis() as u64),
+            paused: node
+                .active_delay()
+                .is_some_and(|d| d.paused_cutoff_us().is_some()),
         }))
     }
 }

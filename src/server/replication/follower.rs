@@ -2,7 +2,7 @@
 //! CRC is checked), durable ends acknowledged, reconnect with backoff resuming from the
 //! local end (a partial resync: nothing already here is sent again).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,8 +169,22 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
     let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
     let mut logs: HashMap<String, Log> = HashMap::new();
+    // Delayed replica: logs recreated upstream while this node still keeps the old one
+    // (its deletion is pending). Their frames are skipped; once the deletion is applied the
+    // session reconnects and receives the new log from its start.
+    let mut ignored: HashSet<String> = HashSet::new();
+    let mut applied = match node.active_delay() {
+        Some(d) => d.deletions_applied.subscribe(),
+        None => tokio::sync::watch::channel(0).1,
+    };
     loop {
         tokio::select! {
+            changed = applied.changed(), if !ignored.is_empty() => {
+                if changed.is_ok() && ignored.iter().any(|n| node.active_delay().is_some_and(|d| d.pending_delete(n).is_none())) {
+                    tracing::info!("a delayed deletion was applied: reconnecting to receive the recreated log");
+                    return Ok(());
+                }
+            }
             m = tokio::time::timeout(DEAD_AFTER, inbound.next()), if inflight.len() < INFLIGHT_MAX => {
                 let m = match m {
                     Err(_) => bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead"),
@@ -180,6 +194,7 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                 };
                 view.lock().last_heard = Some(Instant::now());
                 match m.msg {
+                    Some(pb::upstream_message::Msg::Frames(f)) if ignored.contains(&f.log) => {}
                     Some(pb::upstream_message::Msg::Frames(f)) => {
                         let log = match logs.get(&f.log) {
                             Some(l) => l.clone(),
@@ -201,7 +216,23 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                         // Ordering: what is in flight lands before the log changes shape.
                         while let Some(r) = inflight.next().await { r?; }
                         logs.remove(&s.name);
+                        if node.active_delay().is_some_and(|d| d.pending_delete(&s.name).is_some()) {
+                            tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
+                            ignored.insert(s.name.clone());
+                            continue;
+                        }
                         apply_start(node, &s, view).await?;
+                    }
+                    Some(pb::upstream_message::Msg::Deleted(d)) if node.active_delay().is_some() => {
+                        // Destructive operations wait for the delay: keep the log (readable
+                        // up to its horizon) and delete it at deletion time + delay.
+                        while let Some(r) = inflight.next().await { r?; }
+                        logs.remove(&d.name);
+                        ignored.remove(&d.name);
+                        if node.storage.log(&d.name).is_ok() {
+                            let at = if d.deleted_at_us == 0 { super::upstream::now_us() } else { d.deleted_at_us };
+                            node.active_delay().expect("checked").schedule_delete(&d.name, at)?;
+                        }
                     }
                     Some(pb::upstream_message::Msg::Deleted(d)) => {
                         while let Some(r) = inflight.next().await { r?; }
@@ -216,6 +247,9 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                     }
                     Some(pb::upstream_message::Msg::Heartbeat(h)) => {
                         node.role.set_epoch(h.node_epoch.max(node.role.epoch()))?;
+                        if !h.primary_addr.is_empty() {
+                            node.role.set_primary_addr(Some(h.primary_addr.clone()));
+                        }
                         let mut v = view.lock();
                         for e in h.ends {
                             let entry = v.logs.entry(e.name).or_default();
@@ -254,6 +288,10 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
             let config = config_from_pb(s.config, &storage.config().default_log)
                 .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
             let l = storage.create_log_with(&s.name, config).await?;
+            if let Some(d) = node.active_delay() {
+                // Its horizon (and retention floor) exist before its first frame arrives.
+                d.horizon(&l);
+            }
             node.catalog_changed();
             tracing::info!(log = %s.name, "log created by the upstream");
             l
@@ -261,6 +299,13 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
     };
     let end = log.positions().durable;
     let action = Action::try_from(s.action).unwrap_or(Action::Continue);
+    // A delayed replica lowers the horizon before cutting (cuts stay immediate: the
+    // upstream's word on divergence is not delayed).
+    let _cut = match (node.active_delay(), action) {
+        (Some(d), Action::FullSync) => Some(d.cut(&log, s.offset, true)?),
+        (Some(d), _) if s.offset < end => Some(d.cut(&log, s.offset, false)?),
+        _ => None,
+    };
     let full_sync = match action {
         Action::Continue => {
             if end != s.offset {

@@ -1,6 +1,8 @@
 //! Replication in the server: the upstream service, the follower, ack tracking, progress.
 
 pub mod acks;
+pub mod delay;
+pub mod delay_state;
 pub mod follower;
 pub mod progress;
 pub mod retention;

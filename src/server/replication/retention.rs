@@ -1,5 +1,6 @@
 //! Retention never deletes what a connected replica still needs, up to a cap: past it,
-//! the lagging replica is left to a full sync so that it cannot fill the disk.
+//! the lagging replica is left to a full sync so that it cannot fill the disk. On a delayed
+//! replica the floor is also at most the visible horizon.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,6 +33,11 @@ pub fn spawn(node: Arc<Node>) {
                     }
                     warned.remove(&(replica, name.clone()));
                     floor = Some(floor.map_or(needed, |f: u64| f.min(needed)));
+                }
+                if let Some(d) = node.active_delay() {
+                    // A delayed replica never removes what readers have not seen yet.
+                    let h = d.horizon(&log).offset;
+                    floor = Some(floor.map_or(h, |f| f.min(h)));
                 }
                 log.set_retention_floor(floor);
             }

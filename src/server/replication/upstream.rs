@@ -40,12 +40,24 @@ fn msg(m: pb::upstream_message::Msg) -> Result<pb::UpstreamMessage, Status> {
     Ok(pb::UpstreamMessage { msg: Some(m) })
 }
 
-/// Where this replica continues on `log`, from what it told us.
-fn decision_for(log: &Log, state: Option<&pb::ReplicaLogState>) -> Result<Decision, Status> {
+/// Where this replica continues on `log`, from what it told us. A delayed upstream
+/// decides on its visible end (and the epochs begun below it): it vouches for nothing more.
+fn decision_for(
+    node: &Node,
+    log: &Log,
+    state: Option<&pb::ReplicaLogState>,
+) -> Result<Decision, Status> {
     let p = log.positions();
-    let epochs = log.epochs();
+    let end_here = node.visible(log).end();
+    let epochs: Vec<(u64, u64)> = log
+        .epochs()
+        .entries()
+        .iter()
+        .copied()
+        .filter(|&(_, start)| start <= end_here)
+        .collect();
     let (last_epoch, end) = state.map_or((0, 0), |s| (s.last_epoch, s.end_offset));
-    divergence::decide(epochs.entries(), p.start, p.durable, last_epoch, end)
+    divergence::decide(&epochs, p.start.min(end_here), end_here, last_epoch, end)
         .map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
@@ -71,9 +83,10 @@ fn continue_from(d: Decision) -> u64 {
     }
 }
 
-/// Stream one log's frames from `from` on, following the durable end.
+/// Stream one log's frames from `from` on, following the visible end (the durable end,
+/// or a delayed replica's horizon).
 async fn send_log(node: Arc<Node>, log: Log, mut from: u64, out: Out) {
-    let reader = log.reader();
+    let reader = node.visible(&log);
     loop {
         let ready = tokio::select! {
             r = reader.wait_for(from) => r,
@@ -146,7 +159,7 @@ impl Session {
                 continue;
             }
             let Ok(log) = storage.log(name) else { continue };
-            let d = decision_for(&log, self.hello_logs.remove(name).as_ref())?;
+            let d = decision_for(&self.node, &log, self.hello_logs.remove(name).as_ref())?;
             let from = continue_from(d);
             self.send(pb::upstream_message::Msg::Start(start_message(&log, d)))
                 .await?;
@@ -170,8 +183,11 @@ impl Session {
                 t.abort();
             }
             self.hello_logs.remove(&name);
-            self.send(pb::upstream_message::Msg::Deleted(pb::LogDeleted { name }))
-                .await?;
+            self.send(pb::upstream_message::Msg::Deleted(pb::LogDeleted {
+                name,
+                deleted_at_us: now_us(),
+            }))
+            .await?;
         }
         Ok(())
     }
@@ -190,11 +206,11 @@ impl Session {
             .iter()
             .filter_map(|n| storage.log(n).ok())
             .map(|l| {
-                let p = l.positions();
+                let v = self.node.visible(&l);
                 pb::LogEnd {
                     name: l.name().to_owned(),
-                    start_offset: p.start,
-                    end_offset: p.durable,
+                    start_offset: v.start(),
+                    end_offset: v.end(),
                 }
             })
             .collect();
@@ -202,6 +218,7 @@ impl Session {
             now_us: now_us(),
             node_epoch: self.node.role.epoch(),
             ends,
+            primary_addr: self.node.role.primary_addr().unwrap_or_default(),
         })
     }
 }
@@ -263,6 +280,7 @@ async fn run_session(
         session.sync_catalog().await?;
         let mut catalog = node.catalog.subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        let session_epoch = node.role.epoch();
         loop {
             tokio::select! {
                 m = tokio::time::timeout(DEAD_AFTER, inbound.next()) => match m {
@@ -275,7 +293,14 @@ async fn run_session(
                     if changed.is_err() { return Ok(()) }
                     session.sync_catalog().await?;
                 }
-                _ = beat.tick() => session.send(session.heartbeat()).await?,
+                _ = beat.tick() => {
+                    if node.role.is_primary() && node.role.epoch() != session_epoch {
+                        // Promoted (maybe after cutting its logs at a point): the replica
+                        // reconnects and its tail is decided again against the new history.
+                        return Ok(());
+                    }
+                    session.send(session.heartbeat()).await?
+                }
                 _ = node.shutdown_started() => return Ok(()),
             }
         }

@@ -1,0 +1,148 @@
+//! What readers may see of a log: up to its durable end, or on a delayed replica up to its
+//! horizon. Every read path (Read, Subscribe, Describe/List/Status ends, the frames sent
+//! to downstream replicas) goes through here, so nothing past the horizon is ever returned.
+
+use bytes::BytesMut;
+use spool_storage::{FrameChunk, Log, LogReader, Record, StorageError};
+use tokio::sync::watch;
+
+use super::node::Node;
+use super::replication::delay::Horizon;
+
+#[derive(Debug, Clone)]
+pub struct Visible {
+    reader: LogReader,
+    name: String,
+    horizon: Option<watch::Receiver<Horizon>>,
+}
+
+impl Visible {
+    pub fn new(node: &Node, log: &Log) -> Visible {
+        let horizon = node
+            .delay
+            .as_ref()
+            .filter(|d| d.is_active())
+            .map(|d| d.watch(log));
+        Visible {
+            reader: log.reader(),
+            name: log.name().to_owned(),
+            horizon,
+        }
+    }
+
+    fn snapshot(&self) -> (u64, u64) {
+        let durable = self.reader.durable_end();
+        match &self.horizon {
+            Some(h) => {
+                let h = *h.borrow();
+                (h.offset.min(durable), h.generation)
+            }
+            None => (durable, 0),
+        }
+    }
+
+    /// Readers see records below this offset.
+    pub fn end(&self) -> u64 {
+        self.snapshot().0
+    }
+
+    pub fn start(&self) -> u64 {
+        self.reader.start_offset()
+    }
+
+    /// Whether the horizon moved back since `generation` (a cut raced the read).
+    fn moved_back(&self, generation: u64) -> bool {
+        self.horizon
+            .as_ref()
+            .is_some_and(|h| h.borrow().generation != generation)
+    }
+
+    /// Wait until the record at `offset` is visible.
+    pub async fn wait_for(&self, offset: u64) -> Result<(), StorageError> {
+        if let Some(h) = &self.horizon {
+            let mut rx = h.clone();
+            loop {
+                // Deleted logs and bad offsets fail here rather than wait forever.
+                self.reader.read(self.start().min(offset), 0, 0)?;
+                if rx.borrow_and_update().offset > offset {
+                    break;
+                }
+                rx.changed()
+                    .await
+                    .map_err(|_| StorageError::LogNotFound(self.name.clone()))?;
+            }
+        }
+        // Past the horizon means durable too; after a promotion the horizon is unbounded.
+        self.reader.wait_for(offset).await
+    }
+
+    fn out_of_range(&self, from: u64, end: u64) -> StorageError {
+        StorageError::OffsetOutOfRange {
+            log: self.name.clone(),
+            offset: from,
+            start: self.start(),
+            end,
+        }
+    }
+
+    /// Like [`LogReader::read`], never past the visible end.
+    pub fn read(
+        &self,
+        from: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Record>, StorageError> {
+        loop {
+            let (end, generation) = self.snapshot();
+            // Deleted log, offset below the start: the storage's own error.
+            self.reader.read(from.min(end), 0, 0)?;
+            if from > end {
+                return Err(self.out_of_range(from, end));
+            }
+            let n = max_records.min((end - from) as usize);
+            let records = if n == 0 {
+                Vec::new()
+            } else {
+                self.reader.read(from, n, max_bytes)?
+            };
+            if !self.moved_back(generation) {
+                debug_assert!(records.iter().all(|r| r.offset < end));
+                return Ok(records);
+            }
+        }
+    }
+
+    /// Like [`LogReader::read_frames`], never past the visible end (horizons fall on frame
+    /// boundaries, so whole frames fit exactly).
+    pub fn read_frames(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, StorageError> {
+        if self.horizon.is_none() {
+            return self.reader.read_frames(from, max_bytes);
+        }
+        loop {
+            let (end, generation) = self.snapshot();
+            if from > end {
+                return Err(self.out_of_range(from, end));
+            }
+            let mut cursor = self.reader.frames(from)?;
+            let mut buf = BytesMut::new();
+            let mut first = None;
+            let mut next = from;
+            while let Some((h, frame)) = cursor.next_frame()? {
+                if h.next_offset() > end || (first.is_some() && buf.len() + frame.len() > max_bytes)
+                {
+                    break;
+                }
+                first.get_or_insert(h.base_offset);
+                buf.extend_from_slice(frame);
+                next = h.next_offset();
+            }
+            if !self.moved_back(generation) {
+                return Ok(FrameChunk {
+                    first_offset: first.unwrap_or(from),
+                    next_offset: next,
+                    bytes: buf.freeze(),
+                });
+            }
+        }
+    }
+}

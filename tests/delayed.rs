@@ -1,0 +1,448 @@
+//! Delayed replicas end to end with real processes and a short delay: visibility only
+//! after the delay (checked by polling), delayed deletion, pause/resume, restart, and
+//! promotion at an offset or a time followed by a new replica. Every wait is bounded.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use common::{run, Server};
+use futures::StreamExt;
+use spool::client::{AckMode, Client};
+use spool_proto::v1 as pb;
+use tonic::Code;
+
+const DELAY: Duration = Duration::from_secs(2);
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+fn delayed(upstream: &str, delay: &str) -> Vec<String> {
+    [
+        "--replica-of",
+        upstream,
+        "--delay",
+        delay,
+        "--replica-id",
+        "delayed",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn start(dir: &Path, args: &[String]) -> Server {
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(dir, &a)
+}
+
+/// Every record a delayed node returned was written at least `delay` before we got it.
+fn assert_old_enough(records: &[pb::Record], delay: Duration) {
+    let now = now_us();
+    for r in records {
+        assert!(
+            r.timestamp_us + delay.as_micros() as u64 <= now,
+            "record {} written at {} was visible at {now}, before the delay passed",
+            r.offset,
+            r.timestamp_us
+        );
+    }
+}
+
+async fn append(c: &Client, log: &str, values: &[&str]) -> pb::AppendResponse {
+    let recs = values.iter().map(|v| Bytes::from(v.to_string())).collect();
+    c.append(log, recs, AckMode::Async).await.unwrap()
+}
+
+/// Poll the delayed node until `log` shows `end` records, checking every read on the way.
+async fn wait_visible(addr: &str, log: &str, end: u64, delay: Duration, limit: Duration) {
+    let c = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(r) = c.read(log, 0, 10_000).await {
+            assert_old_enough(&r.records, delay);
+            assert!(r.end_offset <= end, "{addr} shows {} > {end}", r.end_offset);
+            if r.records.len() as u64 == end {
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not show {end} records of {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until the delayed node has durably received `end` records (stored, maybe hidden).
+async fn wait_stored(addr: &str, log: &str, end: u64) {
+    let c = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = c.status().await.unwrap();
+        if s.logs
+            .iter()
+            .any(|l| l.name == log && l.stored_offset >= end)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not store {end} of {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
+    let out = Command::new(common::spool_bin())
+        .args(["check", "--json"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["start"].as_u64().unwrap(),
+                l["end"].as_u64().unwrap(),
+                l["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn records_become_visible_only_after_the_delay() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 500\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "2s"));
+    run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("v", None).await.unwrap();
+        let rc = Client::connect(&r.addr).await.unwrap();
+        // A subscriber from offset 0 checks every record it is pushed.
+        let mut sub = {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match rc.subscribe("v", Some(0)).await {
+                    Ok(s) => break Box::pin(s),
+                    Err(_) => {
+                        assert!(Instant::now() < deadline, "log never reached the replica");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        };
+        let subscriber = tokio::spawn(async move {
+            let mut n = 0u64;
+            while n < 25 {
+                let rec = sub.next().await.unwrap().unwrap();
+                assert_eq!(rec.offset, n);
+                assert_old_enough(std::slice::from_ref(&rec), DELAY);
+                n += 1;
+            }
+        });
+        // Five batches 300 ms apart; reads right after each append see none of it.
+        let mut token = 0;
+        for b in 0..5 {
+            let vals: Vec<String> = (0..5).map(|i| format!("b{b}-{i}")).collect();
+            let refs: Vec<&str> = vals.iter().map(String::as_str).collect();
+            let a = append(&c, "v", &refs).await;
+            token = a.read_token;
+            let got = rc.read("v", 0, 1000).await.unwrap();
+            assert_old_enough(&got.records, DELAY);
+            assert!(got.end_offset <= a.first_offset, "{got:?}");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        // The delayed replica does not count toward semi-sync acks.
+        let e = c
+            .append("v", vec![Bytes::from("semi")], AckMode::SemiSync)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        // ...but reports what it received in the primary's status.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let s = c.status().await.unwrap();
+            let rep = &s.replicas[0];
+            assert!(rep.delayed && !rep.counts_for_acks, "{rep:?}");
+            if rep
+                .logs
+                .iter()
+                .any(|l| l.name == "v" && l.acked_offset == 26)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "acks never reported: {s:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A read token waits for the horizon, not just for the data.
+        let asked = Instant::now();
+        let got = rc
+            .read_with(pb::ReadRequest {
+                log: "v".into(),
+                from_offset: token - 1,
+                min_offset: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_old_enough(&got.records, DELAY);
+        assert_eq!(got.records[0].offset, token - 1);
+        assert!(asked.elapsed() < Duration::from_secs(5));
+        wait_visible(&r.addr, "v", 26, DELAY, Duration::from_secs(15)).await;
+        tokio::time::timeout(Duration::from_secs(10), subscriber)
+            .await
+            .unwrap()
+            .unwrap();
+        let s = rc.status().await.unwrap();
+        assert_eq!(s.delay_ms, 2000);
+        let l = &s.logs[0];
+        assert_eq!(
+            (l.end_offset, l.horizon_offset, l.stored_offset),
+            (26, 26, 26)
+        );
+        assert!(l.horizon_time_us > 0 && l.horizon_time_us <= now_us() - 2_000_000);
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn deleted_log_stays_readable_until_the_delay_passes() {
+    let delay = Duration::from_secs(3);
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "3s"));
+    let r = run(120, async move {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("x", None).await.unwrap();
+        c.create_log("keep", None).await.unwrap();
+        append(&c, "x", &["one", "two", "three"]).await;
+        wait_visible(&r.addr, "x", 3, delay, Duration::from_secs(15)).await;
+        let deleted_at = Instant::now();
+        c.delete_log("x").await.unwrap();
+        // A restart in the middle keeps the pending deletion.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let r = r.restart();
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let s = rc.status().await.unwrap();
+        let x = s
+            .logs
+            .iter()
+            .find(|l| l.name == "x")
+            .expect("x still there");
+        assert!(x.pending_delete_at_us > 0, "{x:?}");
+        loop {
+            match rc.read("x", 0, 10).await {
+                Ok(got) => {
+                    assert_eq!(got.records.len(), 3);
+                    assert_eq!(got.records[2].value, Bytes::from("three"));
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Some(Code::NotFound), "{e}");
+                    break;
+                }
+            }
+            assert!(
+                deleted_at.elapsed() < delay + Duration::from_secs(5),
+                "x was never deleted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            deleted_at.elapsed() >= delay - Duration::from_millis(100),
+            "deleted after {:?}, before the delay",
+            deleted_at.elapsed()
+        );
+        // Other logs are untouched, and the deletion is not re-applied after a restart.
+        rc.describe_log("keep").await.unwrap();
+        (r, p)
+    });
+    let (r, p) = r;
+    let r = r.restart();
+    run(30, async {
+        let rc = Client::connect(&r.addr).await.unwrap();
+        assert_eq!(
+            rc.describe_log("x").await.unwrap_err().code(),
+            Some(Code::NotFound)
+        );
+        rc.describe_log("keep").await.unwrap();
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn pause_holds_the_horizon_across_a_restart_and_resume_catches_up() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "2s"));
+    let (r, p) = run(120, async move {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("h", None).await.unwrap();
+        append(&c, "h", &["a0", "a1"]).await;
+        wait_visible(&r.addr, "h", 2, DELAY, Duration::from_secs(15)).await;
+        let out = r.cli(&["admin", "pause"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rc = Client::connect(&r.addr).await.unwrap();
+        assert!(rc.status().await.unwrap().paused);
+        let frozen = rc.describe_log("h").await.unwrap().end_offset;
+        assert_eq!(frozen, 2);
+        append(&c, "h", &["b0", "b1", "b2"]).await;
+        // Data keeps arriving and is stored, but the horizon holds past the delay.
+        wait_stored(&r.addr, "h", 5).await;
+        let until = Instant::now() + DELAY + Duration::from_millis(1000);
+        while Instant::now() < until {
+            let got = rc.read("h", 0, 100).await.unwrap();
+            assert_eq!(
+                got.records.len() as u64,
+                frozen,
+                "the horizon moved while paused"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Still paused and frozen after a restart.
+        let r = r.restart();
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let s = rc.status().await.unwrap();
+        assert!(s.paused);
+        for _ in 0..10 {
+            assert_eq!(rc.describe_log("h").await.unwrap().end_offset, frozen);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        let out = r.cli(&["admin", "resume"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_visible(&r.addr, "h", 5, DELAY, Duration::from_secs(10)).await;
+        assert!(!rc.status().await.unwrap().paused);
+        // Pause is refused on a node that is not delayed.
+        let e = c.pause().await.unwrap_err();
+        assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+        (r, p)
+    });
+    r.stop();
+    p.stop();
+}
+
+#[test]
+fn restarted_delayed_replica_keeps_its_horizon() {
+    let delay = Duration::from_secs(3);
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "3s"));
+    let (r, p) = run(120, async move {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("k", None).await.unwrap();
+        append(&c, "k", &["old"]).await;
+        wait_visible(&r.addr, "k", 1, delay, Duration::from_secs(15)).await;
+        append(&c, "k", &["new0", "new1"]).await;
+        wait_stored(&r.addr, "k", 3).await;
+        let r = r.restart();
+        // Right after the restart nothing hidden shows up early (checked on every poll).
+        wait_visible(&r.addr, "k", 3, delay, Duration::from_secs(15)).await;
+        (r, p)
+    });
+    r.stop();
+    p.stop();
+}
+
+/// Promote the delayed replica at a point, write in the new epoch, and have another
+/// replica follow it to an identical log.
+fn promote_then_follow(at: &str, expect_end: impl FnOnce(u64) -> u64) {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "2s"));
+    let point = run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("g", None).await.unwrap();
+        for i in 0..10 {
+            append(&c, "g", &[&format!("good{i}")]).await;
+        }
+        wait_visible(&r.addr, "g", 10, DELAY, Duration::from_secs(15)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let point = now_us();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        append(&c, "g", &["garbage0", "garbage1", "garbage2"]).await;
+        wait_stored(&r.addr, "g", 13).await;
+        point
+    });
+    let at_arg = at.replace("POINT", &point.to_string());
+    let mut args = vec!["admin", "promote"];
+    args.extend(at_arg.split(' '));
+    let out = r.cli(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let want = expect_end(10);
+    let r2 = Server::start(
+        &d.path().join("r2"),
+        &["--replica-of", &r.addr, "--replica-id", "r2"],
+    );
+    run(60, async {
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let s = rc.status().await.unwrap();
+        assert_eq!(s.role, "primary");
+        assert_eq!(s.delay_ms, 0);
+        let info = rc.describe_log("g").await.unwrap();
+        assert_eq!(info.end_offset, want, "the log ends exactly at the point");
+        let got = rc.read("g", 0, 100).await.unwrap();
+        assert!(got.records.iter().all(|r| !r.value.starts_with(b"garbage")));
+        let a = append(&rc, "g", &["after"]).await;
+        assert_eq!(a.first_offset, want);
+        assert!(a.epoch >= 2, "{a:?}");
+        assert_eq!(a.epoch, s.epoch);
+        let r2c = Client::connect(&r2.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r2c.describe_log("g").await.map_or(0, |i| i.end_offset) < want + 1 {
+            assert!(
+                Instant::now() < deadline,
+                "r2 did not follow the promoted node"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    r2.stop();
+    r.stop();
+    p.stop();
+    let want = digests(&d.path().join("r"));
+    assert_eq!(want[0].2, 11);
+    assert_eq!(digests(&d.path().join("r2")), want);
+}
+
+#[test]
+fn promote_at_offset_cuts_there_and_others_follow() {
+    promote_then_follow("--at-offset 10", |good| good);
+}
+
+#[test]
+fn promote_at_time_cuts_before_newer_records() {
+    promote_then_follow("--at-time POINTus", |good| good);
+}
