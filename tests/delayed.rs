@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -98,33 +97,6 @@ async fn wait_stored(addr: &str, log: &str, end: u64) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
-    let out = Command::new(common::spool_bin())
-        .args(["check", "--json"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["name"].as_str().unwrap().to_owned(),
-                l["start"].as_u64().unwrap(),
-                l["end"].as_u64().unwrap(),
-                l["digest"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 #[test]
@@ -432,9 +404,9 @@ fn promote_then_follow(at: &str, expect_end: impl FnOnce(u64) -> u64) {
     r2.stop();
     r.stop();
     p.stop();
-    let want = digests(&d.path().join("r"));
+    let want = common::digests(&d.path().join("r"));
     assert_eq!(want[0].2, 11);
-    assert_eq!(digests(&d.path().join("r2")), want);
+    assert_eq!(common::digests(&d.path().join("r2")), want);
 }
 
 #[test]

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -37,34 +36,6 @@ async fn wait_end(addr: &str, log: &str, end: u64) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `spool check --json` of a stopped node: (log -> (start, end, digest)).
-fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
-    let out = Command::new(common::spool_bin())
-        .args(["check", "--json"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "check failed: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    v["logs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| {
-            (
-                l["name"].as_str().unwrap().to_owned(),
-                l["start"].as_u64().unwrap(),
-                l["end"].as_u64().unwrap(),
-                l["digest"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
 }
 
 async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
@@ -147,10 +118,10 @@ fn async_replica_and_cascade_end_identical() {
     r2.stop();
     r1.stop();
     p.stop();
-    let want = digests(&d.path().join("p"));
+    let want = common::digests(&d.path().join("p"));
     assert_eq!(want.len(), 1);
-    assert_eq!(digests(&d.path().join("r1")), want);
-    assert_eq!(digests(&d.path().join("r2")), want);
+    assert_eq!(common::digests(&d.path().join("r1")), want);
+    assert_eq!(common::digests(&d.path().join("r2")), want);
 }
 
 #[test]
@@ -294,7 +265,10 @@ fn killed_replica_resumes_partially_and_ends_identical() {
     });
     r.stop();
     p.stop();
-    assert_eq!(digests(&d.path().join("r")), digests(&d.path().join("p")));
+    assert_eq!(
+        common::digests(&d.path().join("r")),
+        common::digests(&d.path().join("p"))
+    );
 }
 
 #[test]
@@ -333,7 +307,10 @@ fn replica_after_retention_gets_a_full_sync() {
     });
     r.stop();
     p.stop();
-    assert_eq!(digests(&d.path().join("r")), digests(&d.path().join("p")));
+    assert_eq!(
+        common::digests(&d.path().join("r")),
+        common::digests(&d.path().join("p"))
+    );
 }
 
 #[test]
@@ -367,7 +344,7 @@ fn divergent_tail_is_truncated_after_failover() {
     run(60, async { wait_end(&r.addr, "d", end).await });
     r.stop();
     p.stop();
-    assert_eq!(digests(&rdir), digests(&pdir));
+    assert_eq!(common::digests(&rdir), common::digests(&pdir));
 }
 
 #[test]
@@ -468,4 +445,78 @@ fn min_replicas_to_write_refuses_until_attached() {
     });
     r.stop();
     p.stop();
+}
+
+#[test]
+fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    let d = tempfile::tempdir().unwrap();
+    // A free port for the primary; the replica takes the next one.
+    let base = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = Command::new(common::spool_bin())
+        .args([
+            "dev-cluster",
+            "--replicas",
+            "1",
+            "--base-port",
+            &base.to_string(),
+        ])
+        .arg("--dir")
+        .arg(d.path())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    // Keep draining its output so that it never writes into a closed pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let primary = format!("127.0.0.1:{base}");
+    let replica = format!("127.0.0.1:{}", base + 1);
+    assert!(printed.iter().any(|l| l.contains(&primary)), "{printed:?}");
+    assert!(printed.iter().any(|l| l.contains(&replica)), "{printed:?}");
+    run(60, async {
+        // The nodes come up in the background: wait (bounded) until the replica is attached.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let c = loop {
+            if let Ok(c) = Client::connect(&primary).await {
+                if c.status()
+                    .await
+                    .is_ok_and(|s| s.replicas.iter().any(|r| r.connected))
+                {
+                    break c;
+                }
+            }
+            assert!(Instant::now() < deadline, "dev cluster did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        c.create_log("demo", None).await.unwrap();
+        let a = c
+            .append("demo", vec![Bytes::from("hi")], AckMode::SemiSync)
+            .await
+            .unwrap();
+        assert_eq!(a.replicas_confirmed, 1);
+    });
+    common::signal(&child, libc::SIGINT);
+    let status = common::wait_timeout(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "dev-cluster exited with {status}");
+    // Every node is gone with it.
+    for addr in [&primary, &replica] {
+        assert!(
+            std::net::TcpStream::connect(addr.as_str()).is_err(),
+            "{addr} still up"
+        );
+    }
 }

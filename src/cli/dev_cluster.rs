@@ -51,6 +51,8 @@ pub fn run(a: DevClusterArgs) -> Result<()> {
             .arg(&dir)
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(extra)
+            // dev-cluster prints the addresses itself; the nodes log to stderr.
+            .stdout(std::process::Stdio::null())
             .spawn()
             .with_context(|| format!("starting {name}"))
     };

@@ -18,7 +18,7 @@ use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
 use crate::log::{AppendAck, LogShared};
 use crate::recovery::RecoveredLog;
-use crate::segment::{self, SegmentView};
+use crate::segment::{self, open_rw, SegmentView};
 use crate::spare::{self, SpareSlot};
 use crate::stats::Stats;
 use crate::writer::{now_us, WriterCtx};
@@ -60,14 +60,6 @@ pub(crate) struct LogWriter<F: IoFile> {
     unsynced_bytes: u64,
     pub unsynced_since: Option<Instant>,
     spare: Arc<SpareSlot>,
-}
-
-fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .at(path)
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -167,12 +159,7 @@ impl<F: IoFile> LogWriter<F> {
         let end = self.write_pos + self.buf.len() as u64;
         if end + len as u64 <= cap {
             if end * 2 >= cap && self.spare.is_idle() {
-                ctx.preparer.request(
-                    &self.spare,
-                    &self.shared.dir,
-                    self.shared.config.segment_bytes,
-                    None,
-                );
+                self.request_spare(ctx);
             }
             return Ok(());
         }
@@ -400,26 +387,25 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.dir.join(segment::index_file_name(base))
     }
 
-    /// Seal the active segment and continue in a new one starting at the durable end.
-    fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
-        assert!(self.buf.is_empty() && self.waiters.is_empty());
-        assert_eq!(self.durable_pos, self.write_pos);
-        self.write_index_entries();
-        if !self.unwritten_entries.is_empty() {
-            return Err(StorageError::io(
-                self.idx_path(self.seg.base_offset),
-                std::io::Error::other("index entries could not be written"),
-            ));
-        }
-        let old_idx = self.idx_path(self.seg.base_offset);
-        self.idx_file.sync_all().at(&old_idx)?;
-        let dir = self.shared.dir.clone();
+    /// Have the next segment zeroed in the background.
+    fn request_spare(&self, ctx: &WriterCtx) {
         let size = self.shared.config.segment_bytes;
+        ctx.preparer
+            .request(&self.spare, &self.shared.dir, size, None);
+    }
+
+    /// Put the prepared spare (or a freshly zeroed one) in place as segment `base` with an
+    /// empty index, durably (directory synced), and open it for writing and reading.
+    fn new_segment<B: IoBackend<File = F>>(
+        &mut self,
+        base: u64,
+        backend: &B,
+    ) -> Result<(Arc<SegmentView>, F, File)> {
+        let dir = self.shared.dir.clone();
         let spare = match self.spare.take() {
             Some(p) => p,
-            None => spare::prepare(&dir, size, None)?,
+            None => spare::prepare(&dir, self.shared.config.segment_bytes, None)?,
         };
-        let base = self.durable_next;
         let path = dir.join(segment::segment_file_name(base));
         if let Err(e) = fs::rename(&spare, &path) {
             let _ = fs::remove_file(&spare);
@@ -437,6 +423,24 @@ impl<F: IoFile> LogWriter<F> {
         let file = open_rw(&path)?;
         let view = Arc::new(SegmentView::map(&path, &file, base)?);
         let file = backend.wrap(file, &path).at(&path)?;
+        Ok((view, file, idx_file))
+    }
+
+    /// Seal the active segment and continue in a new one starting at the durable end.
+    fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
+        assert!(self.buf.is_empty() && self.waiters.is_empty());
+        assert_eq!(self.durable_pos, self.write_pos);
+        self.write_index_entries();
+        if !self.unwritten_entries.is_empty() {
+            return Err(StorageError::io(
+                self.idx_path(self.seg.base_offset),
+                std::io::Error::other("index entries could not be written"),
+            ));
+        }
+        let old_idx = self.idx_path(self.seg.base_offset);
+        self.idx_file.sync_all().at(&old_idx)?;
+        let base = self.durable_next;
+        let (view, file, idx_file) = self.new_segment(base, backend)?;
         self.shared.segments.write().push(view.clone());
         self.seg = view;
         self.file = file;
@@ -445,7 +449,7 @@ impl<F: IoFile> LogWriter<F> {
         self.durable_pos = 0;
         self.idx_entries_on_disk = 0;
         self.last_index_pos = None;
-        ctx.preparer.request(&self.spare, &dir, size, None);
+        self.request_spare(ctx);
         tracing::debug!(log = %self.shared.name, base, "rolled to a new segment");
         Ok(())
     }
@@ -637,25 +641,8 @@ impl<F: IoFile> LogWriter<F> {
             *epochs = crate::meta::EpochHistory::default();
             epochs.save(&dir)?;
         }
-        let size = self.shared.config.segment_bytes;
-        let spare = match self.spare.take() {
-            Some(p) => p,
-            None => spare::prepare(&dir, size, None)?,
-        };
-        let path = dir.join(segment::segment_file_name(start));
-        fs::rename(&spare, &path).at(&path)?;
-        let idx_path = self.idx_path(start);
-        let idx_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&idx_path)
-            .at(&idx_path)?;
-        fsync_dir(&dir)?;
-        let file = open_rw(&path)?;
-        let view = Arc::new(SegmentView::map(&path, &file, start)?);
-        self.file = backend.wrap(file, &path).at(&path)?;
+        let (view, file, idx_file) = self.new_segment(start, backend)?;
+        self.file = file;
         self.idx_file = idx_file;
         *self.shared.segments.write() = vec![view.clone()];
         self.seg = view;
@@ -671,7 +658,7 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.start.store(start, Ordering::Release);
         self.shared.written.store(start, Ordering::Release);
         self.shared.durable.send_replace(start);
-        ctx.preparer.request(&self.spare, &dir, size, None);
+        self.request_spare(ctx);
         tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
         Ok(())
     }

@@ -21,7 +21,7 @@ use crate::format;
 use crate::index::{self, IndexEntry};
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
-use crate::segment::{self, ScanStop, SegmentView};
+use crate::segment::{self, open_rw, ScanStop, SegmentView};
 use crate::spare;
 
 /// Writer-side state of a recovered log, handed to the storage thread.
@@ -65,14 +65,6 @@ fn trusted_index(view: &SegmentView, idx_path: &Path) -> Vec<IndexEntry> {
         }
     }
     entries
-}
-
-fn open_rw(path: &Path) -> Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .at(path)
 }
 
 /// First non-zero byte in `bytes`, if any.

@@ -26,6 +26,15 @@ pub fn index_file_name(base: u64) -> String {
     format!("{base:020}.idx")
 }
 
+/// Open an existing segment (or index) file for reading and writing.
+pub(crate) fn open_rw(path: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)
+}
+
 /// Base offset of a segment file name, if it is one.
 pub fn parse_segment_name(name: &str) -> Option<u64> {
     let stem = name.strip_suffix(".seg")?;

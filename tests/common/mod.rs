@@ -160,3 +160,31 @@ pub fn run<F: std::future::Future>(secs: u64, f: F) -> F::Output {
                 .expect("test timed out")
         })
 }
+
+/// `spool check --json` of a stopped node: (log -> (start, end, digest)).
+pub fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
+    let out = Command::new(spool_bin())
+        .args(["check", "--json"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "check failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            (
+                l["name"].as_str().unwrap().to_owned(),
+                l["start"].as_u64().unwrap(),
+                l["end"].as_u64().unwrap(),
+                l["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
