@@ -8,12 +8,18 @@
 //!   the kernel lets us drop it) and reads it back sequentially.
 //! - `spool bench grpc` ([`grpc`]): a `spool serve` child process driven over loopback by the
 //!   Rust client: pipelined AppendStream, concurrent unary appends, subscribe delay
-//!   (`benches/grpc_vs_redis.sh` sets it beside the storage engine and Redis).
+//!   (`benches/grpc_vs_redis.sh` sets it beside the storage engine and Redis); with
+//!   `--replicas N --ack async|semi-sync:K|sync` the primary gets N replica children.
+//! - `spool bench catchup` ([`catchup`]): full and partial replica catch-up, MB/s.
+//! - `spool bench redis-wait` / `nats-js` ([`peers`]): the peers' acknowledged writes
+//!   (`benches/replication_vs_peers.sh` sets all of these side by side).
 //!
 //! Data lives in a fresh temporary directory on the repository's disk (under `./target` by
 //! default) and is deleted afterwards.
 
+mod catchup;
 mod grpc;
+mod peers;
 mod scan;
 mod storage;
 
@@ -26,7 +32,9 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool_storage::{BackendChoice, Durability, StorageConfig};
 
+pub use catchup::CatchupArgs;
 pub use grpc::GrpcArgs;
+pub use peers::PeerArgs;
 pub use scan::ScanArgs;
 pub use storage::StorageArgs;
 
@@ -41,6 +49,12 @@ pub enum BenchCommand {
     Scan(ScanArgs),
     /// A `spool serve` process over loopback: pipelined stream, unary appends, subscribe.
     Grpc(GrpcArgs),
+    /// Replica catch-up: fill a primary, time a fresh replica's full sync, then a partial one.
+    Catchup(CatchupArgs),
+    /// Redis primary + replica: SET then WAIT N 0 per write, over RESP (a peer reference).
+    RedisWait(PeerArgs),
+    /// NATS JetStream: publishes awaiting their ack, file storage (a peer reference).
+    NatsJs(PeerArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -92,6 +106,9 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         BenchCommand::Storage(args) => storage::run_storage(&args),
         BenchCommand::Scan(args) => scan::run_scan(&args),
         BenchCommand::Grpc(args) => grpc::run_grpc(&args),
+        BenchCommand::Catchup(args) => catchup::run_catchup(&args),
+        BenchCommand::RedisWait(args) => peers::run_redis_wait(&args),
+        BenchCommand::NatsJs(args) => peers::run_nats_js(&args),
     }
 }
 

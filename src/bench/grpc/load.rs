@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use futures::StreamExt;
-use spool::client::{AckMode, Client};
+use spool::client::Client;
+use spool_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 type AckReceiver = oneshot::Receiver<spool::client::Result<spool::client::AppendResponse>>;
@@ -16,11 +17,22 @@ type AckReceiver = oneshot::Receiver<spool::client::Result<spool::client::Append
 use super::{AckArg, Counters, GrpcArgs, ModeResult, SubscribeDetail, Window};
 use crate::bench::{new_histogram, record_payload, LatencyUs, LOG_NAME};
 
-fn ack_mode(a: AckArg) -> AckMode {
-    match a {
-        AckArg::Async => AckMode::Async,
-        AckArg::Written => AckMode::Written,
-    }
+/// One unary append with the bench's ack mode (and semi-sync k).
+async fn append_one(
+    client: &Client,
+    ack: AckArg,
+    records: Vec<Bytes>,
+) -> spool::client::Result<spool::client::AppendResponse> {
+    let (mode, k) = ack.mode();
+    client
+        .append_with(pb::AppendRequest {
+            log: LOG_NAME.to_owned(),
+            records,
+            ack: mode as i32,
+            semi_sync_replicas: k,
+            ..Default::default()
+        })
+        .await
 }
 
 /// `n` distinct records of `size` bytes (cheap to clone into requests).
@@ -40,7 +52,9 @@ pub(super) async fn pipelined(
     w: Window,
     counters: &Arc<Counters>,
 ) -> Result<ModeResult> {
-    let mut appender = client.appender(LOG_NAME, ack_mode(args.ack)).await?;
+    let (mode, k) = args.ack.mode();
+    let min_confirmed = args.ack.min_confirmed();
+    let mut appender = client.appender_with(LOG_NAME, mode, k).await?;
     let batch = records(args.records_per_append, args.record_bytes, 0xA11CE);
     let window = Arc::new(Semaphore::new(args.inflight));
     let (qtx, mut qrx) = mpsc::unbounded_channel::<(Instant, AckReceiver, OwnedSemaphorePermit)>();
@@ -54,6 +68,7 @@ pub(super) async fn pipelined(
             drop(permit);
             c.records.fetch_add(u64::from(ack.count), Ordering::Relaxed);
             c.requests.fetch_add(1, Ordering::Relaxed);
+            c.note_ack(&ack, min_confirmed);
             if t0 >= w.warm_end && t1 <= w.end {
                 hist.saturating_record((t1 - t0).as_nanos() as u64);
             }
@@ -96,7 +111,8 @@ pub(super) async fn unary(
 ) -> Result<ModeResult> {
     let clients = connect_n(addr, args.connections).await?;
     let recs = records(args.clients, args.record_bytes, 0xB0B);
-    let ack = ack_mode(args.ack);
+    let ack = args.ack;
+    let min_confirmed = ack.min_confirmed();
     let mut tasks = Vec::with_capacity(args.clients);
     for (i, rec) in recs.into_iter().enumerate() {
         let client = clients[i % clients.len()].clone();
@@ -108,10 +124,11 @@ pub(super) async fn unary(
                 if t0 >= w.end {
                     return anyhow::Ok(hist);
                 }
-                client.append(LOG_NAME, vec![rec.clone()], ack).await?;
+                let reply = append_one(&client, ack, vec![rec.clone()]).await?;
                 let t1 = Instant::now();
                 c.records.fetch_add(1, Ordering::Relaxed);
                 c.requests.fetch_add(1, Ordering::Relaxed);
+                c.note_ack(&reply, min_confirmed);
                 if t0 >= w.warm_end {
                     hist.saturating_record((t1 - t0).as_nanos() as u64);
                 }
@@ -186,7 +203,7 @@ pub(super) async fn subscribe(
     };
 
     let template = record_payload(args.record_bytes, 0x5EB);
-    let ack = ack_mode(args.ack);
+    let ack = args.ack;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / args.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut appends = Vec::new();
@@ -207,9 +224,7 @@ pub(super) async fn subscribe(
         appends.push(tokio::spawn(async move {
             let t0 = Instant::now();
             sent.set(seq, base, t0);
-            writer
-                .append(LOG_NAME, vec![Bytes::from(value)], ack)
-                .await?;
+            append_one(&writer, ack, vec![Bytes::from(value)]).await?;
             acked.set(seq, base, Instant::now());
             c.requests.fetch_add(1, Ordering::Relaxed);
             anyhow::Ok(())

@@ -30,7 +30,7 @@ enum Kind {
 }
 
 #[derive(Debug)]
-pub(super) struct BenchServer {
+pub(in crate::bench) struct BenchServer {
     kind: Kind,
     pub addr: SocketAddr,
 }
@@ -46,13 +46,40 @@ impl BenchServer {
         if in_process {
             Self::start_in_process(data_dir, io_backend)
         } else {
-            Self::start_process(data_dir, work_dir, io_backend)
+            Self::start_process(data_dir, work_dir, io_backend, "server", &[])
         }
     }
 
-    fn start_process(data_dir: &Path, work_dir: &Path, io_backend: &str) -> Result<BenchServer> {
+    /// A `spool serve --replica-of upstream` child (with `--sync-replica` when `sync`).
+    pub fn start_replica(
+        data_dir: &Path,
+        work_dir: &Path,
+        io_backend: &str,
+        upstream: SocketAddr,
+        id: &str,
+        sync: bool,
+    ) -> Result<BenchServer> {
+        let mut extra = vec![
+            "--replica-of".to_owned(),
+            upstream.to_string(),
+            "--replica-id".to_owned(),
+            id.to_owned(),
+        ];
+        if sync {
+            extra.push("--sync-replica".to_owned());
+        }
+        Self::start_process(data_dir, work_dir, io_backend, id, &extra)
+    }
+
+    fn start_process(
+        data_dir: &Path,
+        work_dir: &Path,
+        io_backend: &str,
+        name: &str,
+        extra: &[String],
+    ) -> Result<BenchServer> {
         let exe = std::env::current_exe().context("locating the spool binary")?;
-        let log_path = work_dir.join("server.log");
+        let log_path = work_dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let mut child = Command::new(&exe)
@@ -63,6 +90,7 @@ impl BenchServer {
             .arg(data_dir)
             .arg("--io-backend")
             .arg(io_backend)
+            .args(extra)
             // Nothing from the caller's environment may reconfigure the server under test.
             .env_remove("SPOOL_CONFIG")
             .env_remove("SPOOL_METRICS_LISTEN")
@@ -185,7 +213,7 @@ impl BenchServer {
         Some((pages * page) as f64 / MIB)
     }
 
-    fn log_tail(&self) -> String {
+    pub fn log_tail(&self) -> String {
         let Kind::Process { log_path, .. } = &self.kind else {
             return String::new();
         };
