@@ -44,7 +44,7 @@ enum Command {
     },
     /// Administration: promote (also at a point), pause and resume a delayed replica.
     #[command(subcommand)]
-    Admin(cli::client_cmds::AdminCommand),
+    Admin(cli::admin::AdminCommand),
     /// A local primary and replicas on loopback, for trying replication out.
     DevCluster(cli::dev_cluster::DevClusterArgs),
     /// Verify a data directory offline: every CRC, index entry and offset.
@@ -66,8 +66,8 @@ fn client_command(addr: &str, cmd: Command) -> anyhow::Result<()> {
             Command::Append(a) => cli::client_cmds::append(&client, a).await,
             Command::Read(a) => cli::client_cmds::read(&client, a).await,
             Command::Tail(a) => cli::client_cmds::tail(&client, a).await,
-            Command::Status { json } => cli::client_cmds::status(&client, json).await,
-            Command::Admin(c) => cli::client_cmds::admin(&client, c).await,
+            Command::Status { json } => cli::status::status(&client, json).await,
+            Command::Admin(c) => cli::admin::admin(&client, c).await,
             Command::Serve(_) | Command::Check(_) | Command::Bench(_) | Command::DevCluster(_) => {
                 unreachable!("not a client command")
             }

@@ -1,6 +1,8 @@
 //! The CLI's subcommands, one module per job.
 
+pub mod admin;
 pub mod check;
 pub mod client_cmds;
 pub mod dev_cluster;
 pub mod serve;
+pub mod status;

@@ -1,0 +1,202 @@
+//! `spool admin ...`: promote (optionally at an offset or a time), pause, resume.
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+use spool::client::Client;
+use spool_proto::v1 as pb;
+
+/// `spool admin ...`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make the node at --addr a primary in a new epoch (a replica stops following).
+    /// On a delayed replica, --at-offset/--at-time first cut every log at that point.
+    Promote(PromoteArgs),
+    /// Delayed replica: freeze the visible horizon (data keeps arriving and is stored).
+    Pause,
+    /// Delayed replica: let the horizon follow now - delay again.
+    Resume,
+}
+
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct PromoteArgs {
+    /// Delayed replica: every log ends at min(N, its end) (records from N on are cut off).
+    #[arg(long, value_name = "N")]
+    pub at_offset: Option<u64>,
+    /// Delayed replica: every log ends before its first record written after T. T is
+    /// RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01T14:00:00.5+02:00) or unix time with a
+    /// unit: 1714564800s, 1714564800000ms, 1714564800000000us (a bare number is
+    /// microseconds, as `spool read --format json` prints timestamp_us).
+    #[arg(long, value_name = "T", value_parser = parse_time_us)]
+    pub at_time: Option<u64>,
+}
+
+/// Why `--at-time` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a time: use RFC 3339 (2024-05-01T12:00:00Z) or unix time like 1714564800s, 1714564800000ms, 1714564800000000us")]
+pub struct TimeError(String);
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn parse_rfc3339_us(t: &str) -> Option<u64> {
+    let b = t.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = t.get(r)?;
+        s.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| s.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &t[19..];
+    let mut frac_us = 0i64;
+    if let Some(f) = rest.strip_prefix('.') {
+        let digits = f.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let mut padded: String = f[..digits.min(6)].to_owned();
+        while padded.len() < 6 {
+            padded.push('0');
+        }
+        frac_us = padded.parse().ok()?;
+        rest = &f[digits..];
+    }
+    let offset_s = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            let hm = rest.get(1..)?;
+            if hm.len() != 5 || hm.as_bytes()[2] != b':' {
+                return None;
+            }
+            let oh: i64 = hm[..2].parse().ok()?;
+            let om: i64 = hm[3..].parse().ok()?;
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + sec - offset_s;
+    u64::try_from(secs * 1_000_000 + frac_us).ok()
+}
+
+/// `--at-time`: RFC 3339, or unix time in s / ms / us (bare: microseconds).
+pub fn parse_time_us(t: &str) -> Result<u64, TimeError> {
+    let t = t.trim();
+    let err = || TimeError(t.to_owned());
+    if t.contains('-') || t.contains(':') {
+        return parse_rfc3339_us(t).ok_or_else(err);
+    }
+    let digits = t.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(err());
+    }
+    let n: u64 = t[..digits].parse().map_err(|_| err())?;
+    let scale = match &t[digits..] {
+        "" | "us" => 1,
+        "ms" => 1000,
+        "s" => 1_000_000,
+        _ => return Err(err()),
+    };
+    n.checked_mul(scale).ok_or_else(err)
+}
+
+pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
+    match cmd {
+        AdminCommand::Promote(a) => {
+            let at = match (a.at_offset, a.at_time) {
+                (Some(n), _) => Some(pb::promote_request::At::AtOffset(n)),
+                (None, Some(t)) => Some(pb::promote_request::At::AtTimeUs(t)),
+                (None, None) => None,
+            };
+            let cut = at.is_some();
+            let r = client.promote_at(at).await?;
+            println!("{} is now primary in epoch {}", client.addr(), r.epoch);
+            if cut {
+                for e in &r.ends {
+                    println!(
+                        "  {:<22} start {:>10}  end {:>10}",
+                        e.name, e.start_offset, e.end_offset
+                    );
+                }
+            }
+            for d in &r.deleted {
+                println!("  {d:<22} deleted (its deletion upstream came before the point)");
+            }
+        }
+        AdminCommand::Pause => {
+            let cutoff = client.pause().await?;
+            println!(
+                "{} paused: records written up to {cutoff} us (unix) stay visible, nothing newer appears",
+                client.addr()
+            );
+        }
+        AdminCommand::Resume => {
+            client.resume().await?;
+            println!("{} resumed", client.addr());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse() {
+        assert_eq!(parse_time_us("1714564800s").unwrap(), 1_714_564_800_000_000);
+        assert_eq!(
+            parse_time_us("1714564800000ms").unwrap(),
+            1_714_564_800_000_000
+        );
+        assert_eq!(
+            parse_time_us("1714564800000000").unwrap(),
+            1_714_564_800_000_000
+        );
+        assert_eq!(
+            parse_time_us("2024-05-01T12:00:00Z").unwrap(),
+            1_714_564_800_000_000
+        );
+        assert_eq!(
+            parse_time_us("2024-05-01T14:00:00.5+02:00").unwrap(),
+            1_714_564_800_500_000
+        );
+        assert_eq!(parse_time_us("1970-01-01T00:00:00Z").unwrap(), 0);
+        assert_eq!(
+            parse_time_us("2000-02-29T00:00:00Z").unwrap(),
+            951_782_400_000_000
+        );
+        for bad in [
+            "",
+            "soon",
+            "12x",
+            "2024-13-01T00:00:00Z",
+            "2024-05-01T12:00:00",
+            "2024-05-01",
+        ] {
+            assert!(parse_time_us(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! `spool status`: the node's role, epoch, logs, replicas with their lag, its upstream.
+
+use anyhow::Result;
+use spool::client::Client;
+use spool_proto::v1 as pb;
+
+pub async fn status(client: &Client, json: bool) -> Result<()> {
+    let s = client.status().await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        return Ok(());
+    }
+    let mut flags = String::new();
+    if s.fenced {
+        flags.push_str(" FENCED");
+    }
+    if s.degraded {
+        flags.push_str(" DEGRADED");
+    }
+    if s.delay_ms > 0 {
+        flags.push_str(&format!(" DELAYED {:.3}s", s.delay_ms as f64 / 1000.0));
+    }
+    if s.paused {
+        flags.push_str(" PAUSED");
+    }
+    println!(
+        "{} at {} (epoch {}, spool {}, up {:.1}s, io {}, data {}){flags}",
+        s.role,
+        client.addr(),
+        s.epoch,
+        s.version,
+        s.uptime_ms as f64 / 1000.0,
+        s.io_backend,
+        s.data_dir
+    );
+    if s.role == "replica" {
+        println!("  primary: {}", s.primary_addr);
+    }
+    if let Some(u) = &s.upstream {
+        println!(
+            "  upstream {} {} (heard {} ms ago)",
+            u.addr,
+            if u.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            u.last_heard_ms_ago
+        );
+        for l in &u.logs {
+            println!(
+                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}",
+                l.name,
+                l.local_end,
+                l.upstream_end,
+                l.lag_records,
+                if l.full_sync { "  (full sync)" } else { "" }
+            );
+        }
+    }
+    println!("  logs:");
+    for l in &s.logs {
+        println!(
+            "    {:<22} start {:>10}  end {:>10}  written {:>10}  epoch {:>3}  {:>12} bytes",
+            l.name, l.start_offset, l.end_offset, l.written_offset, l.epoch, l.size_bytes
+        );
+        if s.delay_ms > 0 {
+            println!(
+                "      horizon {:>10} (written up to {} us)  stored {:>10}{}",
+                l.horizon_offset,
+                l.horizon_time_us,
+                l.stored_offset,
+                if l.pending_delete_at_us > 0 {
+                    format!("  DELETED upstream: goes at {} us", l.pending_delete_at_us)
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if !s.replicas.is_empty() {
+        println!("  replicas:");
+    }
+    for r in &s.replicas {
+        println!(
+            "    {} at {} {}{}{} (connected {:.1}s, last ack {} ms ago)",
+            r.id,
+            r.addr,
+            if r.connected {
+                "connected"
+            } else {
+                "DISCONNECTED"
+            },
+            if r.sync { ", sync" } else { "" },
+            if r.counts_for_acks {
+                ""
+            } else {
+                ", not counted for acks"
+            },
+            r.connected_for_ms as f64 / 1000.0,
+            r.last_ack_ms_ago
+        );
+        for l in &r.logs {
+            println!(
+                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s",
+                l.name, l.acked_offset, l.lag_records, l.lag_bytes, l.lag_seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
+    let logs: Vec<_> = s
+        .logs
+        .iter()
+        .map(|l| {
+            serde_json::json!({"name": l.name, "start_offset": l.start_offset,
+                "end_offset": l.end_offset, "written_offset": l.written_offset,
+                "epoch": l.epoch, "size_bytes": l.size_bytes,
+                "horizon_offset": l.horizon_offset, "horizon_time_us": l.horizon_time_us,
+                "stored_offset": l.stored_offset, "pending_delete_at_us": l.pending_delete_at_us})
+        })
+        .collect();
+    let replicas: Vec<_> = s
+        .replicas
+        .iter()
+        .map(|r| {
+            let logs: Vec<_> = r
+                .logs
+                .iter()
+                .map(|l| {
+                    serde_json::json!({"name": l.name, "acked_offset": l.acked_offset,
+                        "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
+                        "lag_seconds": l.lag_seconds})
+                })
+                .collect();
+            serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,
+                "connected": r.connected, "connected_for_ms": r.connected_for_ms,
+                "last_ack_ms_ago": r.last_ack_ms_ago, "counts_for_acks": r.counts_for_acks,
+                "logs": logs})
+        })
+        .collect();
+    let upstream = s.upstream.as_ref().map(|u| {
+        let logs: Vec<_> = u
+            .logs
+            .iter()
+            .map(|l| {
+                serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
+                    "local_end": l.local_end, "lag_records": l.lag_records,
+                    "full_sync": l.full_sync})
+            })
+            .collect();
+        serde_json::json!({"addr": u.addr, "connected": u.connected,
+            "connected_for_ms": u.connected_for_ms, "last_heard_ms_ago": u.last_heard_ms_ago,
+            "logs": logs})
+    });
+    serde_json::json!({
+        "role": s.role, "epoch": s.epoch, "version": s.version, "uptime_ms": s.uptime_ms,
+        "io_backend": s.io_backend, "data_dir": s.data_dir, "primary_addr": s.primary_addr,
+        "fenced": s.fenced, "degraded": s.degraded, "delay_ms": s.delay_ms, "paused": s.paused,
+        "logs": logs, "replicas": replicas, "upstream": upstream,
+    })
+}

@@ -1,0 +1,76 @@
+//! Removing segments (retention, delete_before) and whole logs.
+
+use std::fs;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::LogWriter;
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result};
+use crate::io::IoFile;
+use crate::segment::SegmentView;
+use crate::writer::WriterCtx;
+
+impl<F: IoFile> LogWriter<F> {
+    /// Remove the `n` oldest segments (never the active one). Files are renamed out of the
+    /// way and the directory synced before anything is zeroed or deleted, so a crash leaves
+    /// either the whole segment or none of it. Returns the new start offset.
+    pub fn remove_front(&mut self, n: usize, ctx: &WriterCtx) -> Result<u64> {
+        let dir = self.shared.dir.clone();
+        let removed: Vec<Arc<SegmentView>> = {
+            let mut segs = self.shared.segments.write();
+            let n = n.min(segs.len() - 1);
+            let removed = segs.drain(..n).collect();
+            self.shared
+                .start
+                .store(segs[0].base_offset, Ordering::Release);
+            removed
+        };
+        if removed.is_empty() {
+            return Ok(self.shared.start.load(Ordering::Acquire));
+        }
+        let mut recyclable = Vec::new();
+        for seg in removed {
+            let _ = fs::remove_file(self.idx_path(seg.base_offset));
+            let path = seg.path.clone();
+            let gone = path.with_extension("deleted.tmp");
+            fs::rename(&path, &gone).at(&path)?;
+            // Reuse the file only if no reader still maps it: zeroing it under a reader
+            // would show that reader garbage.
+            match Arc::try_unwrap(seg) {
+                Ok(view) => {
+                    drop(view);
+                    recyclable.push(gone);
+                }
+                Err(_) => {
+                    let _ = fs::remove_file(&gone);
+                }
+            }
+        }
+        fsync_dir(&dir)?;
+        for gone in recyclable {
+            ctx.preparer.request(
+                &self.spare,
+                &dir,
+                self.shared.config.segment_bytes,
+                Some(gone),
+            );
+        }
+        Ok(self.shared.start.load(Ordering::Acquire))
+    }
+
+    /// Remove the log's directory (renamed aside first, so a crash never leaves half a log).
+    pub fn delete_files(&mut self) -> Result<()> {
+        let dir = &self.shared.dir;
+        let parent = dir.parent().expect("log dir has a parent");
+        let trash = parent.join(format!(".trash-{}-{}", self.shared.name, self.shared.id));
+        fs::rename(dir, &trash).at(dir)?;
+        fsync_dir(parent)?;
+        self.shared.deleted.store(true, Ordering::Release);
+        self.shared.durable.send_modify(|_| {});
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "could not remove a deleted log's files");
+        }
+        Ok(())
+    }
+}

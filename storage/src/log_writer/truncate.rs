@@ -1,0 +1,189 @@
+//! Cutting a log: `truncate_to` (divergent tail, promote at a point) and `reset_to`
+//! (a replica's full sync).
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{open_idx, LogWriter};
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result, StorageError};
+use crate::format::{self, BatchHeader, FrameBuilder};
+use crate::index::{self, IndexEntry};
+use crate::io::{IoBackend, IoFile};
+use crate::segment::{open_rw, SegmentView};
+use crate::writer::WriterCtx;
+
+impl<F: IoFile> LogWriter<F> {
+    /// Cut the log to end at `end`. See [`crate::Log::truncate_to`].
+    pub async fn truncate_to<B: IoBackend<File = F>>(
+        &mut self,
+        end: u64,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        self.check_poison()?;
+        self.commit(true, &ctx.stats).await?;
+        let p = self.shared.positions();
+        if end > p.durable {
+            return Err(StorageError::InvalidInput(format!(
+                "cannot truncate log {:?} to {end}: it ends at {}",
+                self.shared.name, p.durable
+            )));
+        }
+        if end == p.durable {
+            return Ok(());
+        }
+        if end < p.start {
+            return Err(StorageError::OffsetOutOfRange {
+                log: self.shared.name.clone(),
+                offset: end,
+                start: p.start,
+                end: p.durable,
+            });
+        }
+        let segs = self.shared.segments.read().clone();
+        let i = segs.partition_point(|s| s.base_offset <= end) - 1;
+        let target = segs[i].clone();
+        let (cut_pos, rewrite) = match target.locate(end)? {
+            None => (target.durable_len(), None),
+            Some(f) if f.header.base_offset == end => (f.pos, None),
+            Some(f) => {
+                let (h, bytes) = target.frame_at(f.pos)?;
+                (f.pos, Some(prefix_frame(bytes, &h, end, &target.path)?))
+            }
+        };
+        let old_end = if i + 1 == segs.len() {
+            self.write_pos
+        } else {
+            target.durable_len()
+        };
+        for s in segs[i + 1..].iter().rev() {
+            fs::remove_file(&s.path).at(&s.path)?;
+            let _ = fs::remove_file(self.idx_path(s.base_offset));
+        }
+        if i + 1 < segs.len() {
+            let file = open_rw(&target.path)?;
+            self.file = backend.wrap(file, &target.path).at(&target.path)?;
+            self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
+            self.seg = target.clone();
+        }
+        let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
+        let new_len = cut_pos + rewritten;
+        let mut data = rewrite.unwrap_or_default();
+        data.resize(old_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
+        if !data.is_empty() {
+            let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
+            if let Err(e) = r {
+                let err = StorageError::io(&target.path, e);
+                *self.shared.poisoned.lock() = Some(err.to_string());
+                return Err(err);
+            }
+        }
+        let entries: Vec<IndexEntry> = target
+            .index_snapshot()
+            .into_iter()
+            .filter(|e| {
+                u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos)
+            })
+            .collect();
+        let idx_path = self.idx_path(target.base_offset);
+        self.idx_file
+            .write_all_at(&index::encode(target.base_offset, &entries), 0)
+            .and_then(|_| {
+                self.idx_file
+                    .set_len((entries.len() * index::ENTRY_BYTES) as u64)
+            })
+            .and_then(|_| self.idx_file.sync_data())
+            .at(&idx_path)?;
+        target.cut(new_len, end);
+        target.set_index(entries.clone());
+        self.shared.segments.write().truncate(i + 1);
+        {
+            let mut epochs = self.shared.epochs.write();
+            let before = epochs.clone();
+            epochs.truncate(end);
+            if *epochs != before {
+                epochs.save(&self.shared.dir)?;
+            }
+        }
+        self.write_pos = new_len;
+        self.durable_pos = new_len;
+        self.written_next = end;
+        self.buf_next = end;
+        self.durable_next = end;
+        self.idx_entries_on_disk = entries.len() as u64;
+        self.unwritten_entries.clear();
+        self.pending_entries.clear();
+        self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
+        self.shared.written.store(end, Ordering::Release);
+        self.shared.durable.send_replace(end);
+        fsync_dir(&self.shared.dir)?;
+        tracing::info!(log = %self.shared.name, end, "log truncated");
+        Ok(())
+    }
+
+    /// Drop every record and continue empty from `start` (a replica's full sync: the
+    /// offsets it lacks are gone upstream). Old segments are deleted before the new one
+    /// appears, so a crash in between leaves an empty log, which a replica syncs again.
+    pub async fn reset_to<B: IoBackend<File = F>>(
+        &mut self,
+        start: u64,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        self.check_poison()?;
+        self.commit(true, &ctx.stats).await?;
+        let dir = self.shared.dir.clone();
+        let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
+        for s in &old {
+            fs::remove_file(&s.path).at(&s.path)?;
+            let _ = fs::remove_file(self.idx_path(s.base_offset));
+        }
+        fsync_dir(&dir)?;
+        {
+            let mut epochs = self.shared.epochs.write();
+            *epochs = crate::meta::EpochHistory::default();
+            epochs.save(&dir)?;
+        }
+        let (view, file, idx_file) = self.new_segment(start, backend)?;
+        self.file = file;
+        self.idx_file = idx_file;
+        *self.shared.segments.write() = vec![view.clone()];
+        self.seg = view;
+        self.write_pos = 0;
+        self.durable_pos = 0;
+        self.written_next = start;
+        self.buf_next = start;
+        self.durable_next = start;
+        self.idx_entries_on_disk = 0;
+        self.unwritten_entries.clear();
+        self.pending_entries.clear();
+        self.last_index_pos = None;
+        self.shared.start.store(start, Ordering::Release);
+        self.shared.written.store(start, Ordering::Release);
+        self.shared.durable.send_replace(start);
+        self.request_spare(ctx);
+        tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
+        Ok(())
+    }
+}
+
+/// The frame `bytes` cut down to its records below `end`, same epoch and time.
+fn prefix_frame(bytes: &[u8], h: &BatchHeader, end: u64, path: &Path) -> Result<Vec<u8>> {
+    let records = format::decode_records(bytes, h).map_err(|reason| StorageError::Corrupt {
+        path: path.to_owned(),
+        position: 0,
+        reason,
+    })?;
+    let keep = (end - h.base_offset) as usize;
+    let mut b = FrameBuilder::with_capacity(bytes.len());
+    for r in &records[..keep] {
+        b.push(&r.value);
+    }
+    let mut frame = b.finish(h.is_compressed().then_some(1), 0);
+    format::stamp_frame(&mut frame, h.base_offset, h.epoch, h.first_ts_us);
+    Ok(frame)
+}
