@@ -7,6 +7,7 @@
 //! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
 
 use std::fs::{self, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,8 +67,9 @@ impl SpareSlot {
         }
     }
 
-    /// The ready spare, waiting for one being prepared. `None` if none is coming (or the
-    /// last attempt failed): the caller prepares one itself.
+    /// The ready spare, waiting for one being zeroed (nearly done: it was requested half
+    /// a segment ago, and a zeroed segment is worth it: measured, appends into a fallocated
+    /// one reached half the rate). `None` if none is coming: the caller makes one now.
     pub fn take(&self) -> Option<PathBuf> {
         let mut s = self.state.lock();
         while matches!(*s, State::Pending) {
@@ -177,6 +179,46 @@ pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<P
             pos += n as u64;
         }
         f.set_len(size).at(&tmp)?;
+        f.sync_all().at(&tmp)?;
+        fs::rename(&tmp, &done).at(&done)?;
+        fsync_dir(dir)?;
+        Ok(done.clone())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Prepare a spare at once with fallocate: its extents are allocated but unwritten (they
+/// read as zeros, so recovery's invariants hold). Used when the writer needs a segment and
+/// no zero-filled one is coming (after a failed preparation, or a reset): fdatasyncs into
+/// it also commit extent conversions (measured: half the append rate of a zero-filled
+/// segment), but appends do not stall for a 128 MiB zero-fill. Falls back to zero-filling
+/// where fallocate is not supported.
+pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
+    let n = SPARE_SEQ.fetch_add(1, Ordering::Relaxed);
+    let pid = std::process::id();
+    let tmp = dir.join(format!("spare-{pid}-{n}.tmp"));
+    let done = dir.join(format!("spare-{pid}-{n}.seg"));
+    let f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .at(&tmp)?;
+    // SAFETY: fallocate on a descriptor we own, within i64 range (size <= 2 GiB).
+    let r = unsafe { libc::fallocate(f.as_raw_fd(), 0, 0, size as libc::off_t) };
+    if r != 0 {
+        let err = std::io::Error::last_os_error();
+        drop(f);
+        let _ = fs::remove_file(&tmp);
+        return match err.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => prepare(dir, size, None),
+            _ => Err(StorageError::io(&tmp, err)),
+        };
+    }
+    let result = (|| {
         f.sync_all().at(&tmp)?;
         fs::rename(&tmp, &done).at(&done)?;
         fsync_dir(dir)?;

@@ -407,7 +407,7 @@ impl<F: IoFile> LogWriter<F> {
         let dir = self.shared.dir.clone();
         let spare = match self.spare.take() {
             Some(p) => p,
-            None => spare::prepare(&dir, self.shared.config.segment_bytes, None)?,
+            None => spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
         };
         let path = dir.join(segment::segment_file_name(base));
         if let Err(e) = fs::rename(&spare, &path) {
