@@ -6,7 +6,7 @@
 //! place: its blocks stay allocated). A spare is created as `spare-N.tmp`, synced, then
 //! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -154,11 +154,26 @@ impl Preparer {
 }
 
 /// Prepare a zeroed spare of `size` bytes in `dir` now, on this thread.
-pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<PathBuf> {
+/// A fresh spare's temporary and final names in `dir`.
+fn spare_paths(dir: &Path) -> (PathBuf, PathBuf) {
     let n = SPARE_SEQ.fetch_add(1, Ordering::Relaxed);
     let pid = std::process::id();
-    let tmp = dir.join(format!("spare-{pid}-{n}.tmp"));
-    let done = dir.join(format!("spare-{pid}-{n}.seg"));
+    (
+        dir.join(format!("spare-{pid}-{n}.tmp")),
+        dir.join(format!("spare-{pid}-{n}.seg")),
+    )
+}
+
+/// Make a prepared temporary spare durable under its final name.
+fn publish(f: &File, tmp: &Path, done: &Path, dir: &Path) -> Result<PathBuf> {
+    f.sync_all().at(tmp)?;
+    fs::rename(tmp, done).at(done)?;
+    fsync_dir(dir)?;
+    Ok(done.to_owned())
+}
+
+pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<PathBuf> {
+    let (tmp, done) = spare_paths(dir);
     let result = (|| {
         if let Some(old) = recycle {
             fs::rename(old, &tmp).at(&tmp)?;
@@ -179,10 +194,7 @@ pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<P
             pos += n as u64;
         }
         f.set_len(size).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, &done).at(&done)?;
-        fsync_dir(dir)?;
-        Ok(done.clone())
+        publish(&f, &tmp, &done, dir)
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -197,10 +209,7 @@ pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<P
 /// segment), but appends do not stall for a 128 MiB zero-fill. Falls back to zero-filling
 /// where fallocate is not supported.
 pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
-    let n = SPARE_SEQ.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    let tmp = dir.join(format!("spare-{pid}-{n}.tmp"));
-    let done = dir.join(format!("spare-{pid}-{n}.seg"));
+    let (tmp, done) = spare_paths(dir);
     let f = OpenOptions::new()
         .write(true)
         .create(true)
@@ -218,12 +227,7 @@ pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
             _ => Err(StorageError::io(&tmp, err)),
         };
     }
-    let result = (|| {
-        f.sync_all().at(&tmp)?;
-        fs::rename(&tmp, &done).at(&done)?;
-        fsync_dir(dir)?;
-        Ok(done.clone())
-    })();
+    let result = publish(&f, &tmp, &done, dir);
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
     }
