@@ -418,3 +418,31 @@ fn promote_at_offset_cuts_there_and_others_follow() {
 fn promote_at_time_cuts_before_newer_records() {
     promote_then_follow("--at-time POINTus", |good| good);
 }
+
+#[test]
+fn retention_by_age_waits_the_delay_too() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "2s"));
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        let cfg = pb::LogConfig {
+            retention_ms: 60_000,
+            ..Default::default()
+        };
+        c.create_log("aged", Some(cfg)).await.unwrap();
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let info = loop {
+            if let Ok(info) = rc.describe_log("aged").await {
+                break info;
+            }
+            assert!(Instant::now() < deadline, "log never reached the replica");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        // Segments age out of the delayed replica one delay after they do upstream.
+        assert_eq!(info.config.unwrap().retention_ms, 62_000);
+    });
+    r.stop();
+    p.stop();
+}

@@ -285,8 +285,14 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
     let log = match storage.log(&s.name) {
         Ok(l) => l,
         Err(_) => {
-            let config = config_from_pb(s.config, &storage.config().default_log)
+            let mut config = config_from_pb(s.config, &storage.config().default_log)
                 .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
+            if let Some(d) = node.active_delay() {
+                // Retention by age reaches a delayed replica only after the delay too.
+                config.retention_ms = config
+                    .retention_ms
+                    .map(|ms| ms.saturating_add(d.delay.as_millis() as u64));
+            }
             let l = storage.create_log_with(&s.name, config).await?;
             if let Some(d) = node.active_delay() {
                 // Its horizon (and retention floor) exist before its first frame arrives.
