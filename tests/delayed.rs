@@ -446,3 +446,36 @@ fn retention_by_age_waits_the_delay_too() {
     r.stop();
     p.stop();
 }
+
+#[test]
+fn a_replica_of_a_delayed_replica_sees_only_the_delayed_view() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let dl = start(&d.path().join("d"), &delayed(&p.addr, "2s"));
+    let below = Server::start(
+        &d.path().join("below"),
+        &["--replica-of", &dl.addr, "--replica-id", "below"],
+    );
+    run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("c", None).await.unwrap();
+        for i in 0..5 {
+            append(&c, "c", &[&format!("r{i}")]).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The replica below the delayed node is bounded by the delayed node's horizon: it
+        // never holds (let alone shows) a record younger than the delay.
+        wait_stored(&dl.addr, "c", 5).await;
+        wait_visible(&below.addr, "c", 5, DELAY, Duration::from_secs(30)).await;
+        let s = Client::connect(&below.addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        assert_eq!(s.primary_addr, p.addr, "the primary's address travels down");
+    });
+    below.stop();
+    dl.stop();
+    p.stop();
+}
