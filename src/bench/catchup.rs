@@ -191,6 +191,54 @@ async fn wait_caught_up(
     }
 }
 
+fn cpu(s: &BenchServer) -> Option<f64> {
+    s.cpu_s().map(|(u, s)| u + s)
+}
+
+/// What one catch-up phase needs: start the replica (its data dir kept between phases)
+/// and time it until it holds everything the primary has.
+struct CatchupPhase<'a> {
+    args: &'a CatchupArgs,
+    work: &'a std::path::Path,
+    rdir: &'a std::path::Path,
+    primary: &'a BenchServer,
+    timeout: Duration,
+}
+
+impl CatchupPhase<'_> {
+    /// `from` and `to` are the primary's (bytes, end offset) before and at this phase.
+    async fn measure(
+        &self,
+        name: &'static str,
+        replica: &mut Option<BenchServer>,
+        from: (u64, u64),
+        to: (u64, u64),
+    ) -> Result<Phase> {
+        let p_cpu0 = cpu(self.primary);
+        let t0 = Instant::now();
+        let r = replica.insert(BenchServer::start_replica(
+            self.rdir,
+            self.work,
+            &self.args.io_backend,
+            self.primary.addr,
+            "r1",
+            false,
+        )?);
+        let (d, full) = wait_caught_up(r, to.1, t0, self.timeout).await?;
+        let bytes = to.0 - from.0;
+        Ok(Phase {
+            phase: name,
+            records: to.1 - from.1,
+            bytes,
+            seconds: round3(d.as_secs_f64()),
+            mb_per_s: round1(bytes as f64 / 1e6 / d.as_secs_f64()),
+            saw_full_sync: full,
+            replica_cpu_s: cpu(r).map(round3),
+            primary_cpu_s: cpu(self.primary).zip(p_cpu0).map(|(a, b)| round3(a - b)),
+        })
+    }
+}
+
 async fn drive(
     args: &CatchupArgs,
     work: &std::path::Path,
@@ -201,7 +249,6 @@ async fn drive(
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let timeout = Duration::from_secs_f64(args.timeout);
-    let cpu = |s: &BenchServer| s.cpu_s().map(|(u, s)| u + s);
 
     let want = (args.gib * (1u64 << 30) as f64) as u64;
     let t = Instant::now();
@@ -217,28 +264,21 @@ async fn drive(
 
     let rdir = work.join("r1");
     let mut phases = Vec::new();
-    let p_cpu0 = cpu(primary);
-    let t0 = Instant::now();
-    let r = replica.insert(BenchServer::start_replica(
-        &rdir,
+    let phase = CatchupPhase {
+        args,
         work,
-        &args.io_backend,
-        primary.addr,
-        "r1",
-        false,
-    )?);
-    let (d, full) = wait_caught_up(r, end0, t0, timeout).await?;
-    phases.push(Phase {
-        phase: "full",
-        records: end0,
-        bytes: bytes0,
-        seconds: round3(d.as_secs_f64()),
-        mb_per_s: round1(bytes0 as f64 / 1e6 / d.as_secs_f64()),
-        saw_full_sync: full,
-        replica_cpu_s: cpu(r).map(round3),
-        primary_cpu_s: cpu(primary).zip(p_cpu0).map(|(a, b)| round3(a - b)),
-    });
-    r.stop()?;
+        rdir: &rdir,
+        primary,
+        timeout,
+    };
+    phases.push(
+        phase
+            .measure("full", replica, (0, 0), (bytes0, end0))
+            .await?,
+    );
+    if let Some(r) = replica.as_mut() {
+        r.stop()?;
+    }
     *replica = None;
 
     let more = (want as f64 * args.partial_fraction) as u64;
@@ -247,27 +287,11 @@ async fn drive(
         fill(args, &client, more).await?;
         let info = client.describe_log(LOG_NAME).await?;
         (bytes1, end1) = (info.size_bytes, info.end_offset);
-        let p_cpu0 = cpu(primary);
-        let t0 = Instant::now();
-        let r = replica.insert(BenchServer::start_replica(
-            &rdir,
-            work,
-            &args.io_backend,
-            primary.addr,
-            "r1",
-            false,
-        )?);
-        let (d, full) = wait_caught_up(r, end1, t0, timeout).await?;
-        phases.push(Phase {
-            phase: "partial",
-            records: end1 - end0,
-            bytes: bytes1 - bytes0,
-            seconds: round3(d.as_secs_f64()),
-            mb_per_s: round1((bytes1 - bytes0) as f64 / 1e6 / d.as_secs_f64()),
-            saw_full_sync: full,
-            replica_cpu_s: cpu(r).map(round3),
-            primary_cpu_s: cpu(primary).zip(p_cpu0).map(|(a, b)| round3(a - b)),
-        });
+        phases.push(
+            phase
+                .measure("partial", replica, (bytes0, end0), (bytes1, end1))
+                .await?,
+        );
     }
     Ok(CatchupRun {
         io_backend,

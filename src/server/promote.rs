@@ -40,6 +40,23 @@ fn internal(what: &str, e: impl std::fmt::Display) -> Status {
     Status::internal(format!("{what}: {e}"))
 }
 
+/// Apply pending deletions now, recording the names in `deleted`.
+async fn apply_deletions(
+    delay: &Delay,
+    node: &Node,
+    due: Vec<String>,
+    deleted: &mut Vec<String>,
+) -> Result<(), Status> {
+    for name in due {
+        delay
+            .apply_delete(node, &name)
+            .await
+            .map_err(|e| internal("applying a deletion", e))?;
+        deleted.push(name);
+    }
+    Ok(())
+}
+
 /// Where `log` ends when cut at `at`.
 fn cut_point(log: &Log, delay: &Delay, at: PromoteAt) -> Result<u64, Status> {
     let p = log.positions();
@@ -122,13 +139,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
         // Deletions that happened upstream before the point are applied; later ones never
         // happened in the recovered history.
         let (due, later) = delay.split_deletions(point_ts);
-        for name in due {
-            delay
-                .apply_delete(node, &name)
-                .await
-                .map_err(|e| internal("applying a deletion", e))?;
-            deleted.push(name);
-        }
+        apply_deletions(delay, node, due, &mut deleted).await?;
         delay
             .drop_deletions(&later)
             .map_err(|e| internal("dropping deletions", e))?;
@@ -142,13 +153,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
             // A failover to everything received: the upstream's deletions stand.
             node.mark_promoted();
             let (due, _) = delay.split_deletions(u64::MAX);
-            for name in due {
-                delay
-                    .apply_delete(node, &name)
-                    .await
-                    .map_err(|e| internal("applying a deletion", e))?;
-                deleted.push(name);
-            }
+            apply_deletions(delay, node, due, &mut deleted).await?;
         }
         delay
             .deactivate()
