@@ -73,6 +73,9 @@ pub struct ReplicationSection {
     pub replica_keep_bytes_max: Option<u64>,
     /// Delayed replicas' acks count toward semi-sync/sync.
     pub delayed_counts_for_acks: Option<bool>,
+    /// Acks of cascaded replicas (replicas of replicas), forwarded by the replicas between,
+    /// count toward semi-sync/sync on the primary. Off: only direct replicas count.
+    pub cascaded_counts_for_acks: Option<bool>,
     /// Makes this replica a delayed one: it exposes only what the primary wrote at least
     /// this long ago ("500ms", "30s", "15m", "1h", "2d"). Needs `replica_of`.
     pub delay: Option<String>,
@@ -115,6 +118,7 @@ pub struct ReplicationConfig {
     pub min_replicas_max_lag: Duration,
     pub replica_keep_bytes_max: u64,
     pub delayed_counts_for_acks: bool,
+    pub cascaded_counts_for_acks: bool,
     /// Set on a delayed replica (always with `replica_of`).
     pub delay: Option<Duration>,
 }
@@ -132,6 +136,7 @@ impl Default for ReplicationConfig {
             min_replicas_max_lag: Duration::from_secs(10),
             replica_keep_bytes_max: 10 << 30,
             delayed_counts_for_acks: false,
+            cascaded_counts_for_acks: false,
             delay: None,
         }
     }
@@ -194,6 +199,7 @@ impl ReplicationConfig {
                 .map_or(d.min_replicas_max_lag, Duration::from_millis),
             replica_keep_bytes_max: r.replica_keep_bytes_max.unwrap_or(d.replica_keep_bytes_max),
             delayed_counts_for_acks: r.delayed_counts_for_acks.unwrap_or(false),
+            cascaded_counts_for_acks: r.cascaded_counts_for_acks.unwrap_or(false),
         })
     }
 }

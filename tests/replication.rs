@@ -63,7 +63,9 @@ async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
 #[test]
 fn async_replica_and_cascade_end_identical() {
     let d = tempfile::tempdir().unwrap();
-    let p = Server::start(&d.path().join("p"), &[]);
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1000\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
     let r1 = Server::start(
         &d.path().join("r1"),
         &replica_args(&p.addr, &["--replica-id", "r1"]),
@@ -95,6 +97,21 @@ fn async_replica_and_cascade_end_identical() {
             s.replicas
         );
         assert_eq!(s.replicas[0].id, "r1");
+        // By default only direct replicas count for acks: semi-sync:2 cannot be met.
+        let e = c
+            .append_with(pb::AppendRequest {
+                log: "a".into(),
+                records: vec![Bytes::from("k2")],
+                ack: pb::AckMode::SemiSync as i32,
+                semi_sync_replicas: 2,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        for addr in [&r1.addr, &r2.addr] {
+            wait_end(addr, "a", end_a + 1).await;
+        }
         let s2 = Client::connect(&r2.addr)
             .await
             .unwrap()
@@ -533,4 +550,177 @@ fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
             "{addr} still up"
         );
     }
+}
+
+/// A fresh replica receives the primary's sealed segments whole. Frozen (SIGSTOP) in the
+/// middle of one until the primary drops it, it reconnects and the segment resumes where it
+/// stopped: the bytes received add up to the segments' sizes, nothing is sent twice.
+#[test]
+fn full_sync_ships_segments_and_resumes_mid_segment() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 33554432\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let paddr = p.addr.clone();
+    let rdir = d.path().join("r");
+    let r = run(240, async move {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("s", None).await.unwrap();
+        let mut app = c.appender("s", AckMode::Async).await.unwrap();
+        let mut waiters = Vec::new();
+        for i in 0..150u32 {
+            let recs: Vec<Bytes> = (0..16u32)
+                .map(|j| Bytes::from(format!("{i}-{j}-{}", "s".repeat(64 << 10))))
+                .collect();
+            waiters.push(app.send(recs).await.unwrap());
+        }
+        for w in waiters {
+            w.await.unwrap().unwrap();
+        }
+        let end = c.describe_log("s").await.unwrap().end_offset;
+        for attempt in 0.. {
+            assert!(
+                attempt < 5,
+                "never caught the replica in the first half of a segment"
+            );
+            let _ = std::fs::remove_dir_all(&rdir);
+            let r = Server::start(&rdir, &replica_args(&paddr, &["--replica-id", "seg"]));
+            let rc = Client::connect(&r.addr).await.unwrap();
+            // Freeze it early in a segment, so that the segment cannot finish meanwhile.
+            let caught = loop {
+                let s = rc.status().await.unwrap();
+                let l = s
+                    .upstream
+                    .and_then(|u| u.logs.into_iter().find(|l| l.name == "s"));
+                match l {
+                    Some(l) if l.local_end >= end => break None,
+                    Some(l)
+                        if l.segment_next > 0
+                            && l.staged_end > l.local_end
+                            && (l.staged_end - l.local_end) * 3 < l.segment_next - l.local_end =>
+                    {
+                        common::signal(&r.child, libc::SIGSTOP);
+                        break Some(l.staged_end);
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+            };
+            let Some(staged) = caught else {
+                r.stop();
+                continue;
+            };
+            // The primary notices the silence and drops the session.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while c
+                .status()
+                .await
+                .unwrap()
+                .replicas
+                .iter()
+                .any(|x| x.connected)
+            {
+                assert!(
+                    Instant::now() < deadline,
+                    "the primary never dropped the frozen replica"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            common::signal(&r.child, libc::SIGCONT);
+            wait_end(&r.addr, "s", end).await;
+            let up = rc.status().await.unwrap().upstream.unwrap();
+            let l = up.logs.iter().find(|l| l.name == "s").unwrap();
+            assert!(staged > 0 && l.segments_received >= 3, "{l:?}");
+            // Sealed segments on the replica are exactly what it received.
+            let mut sizes: Vec<(String, u64)> = std::fs::read_dir(rdir.join("logs"))
+                .map(|d| d.flatten().collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
+                .filter(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.ends_with(".seg") && n.starts_with(|c: char| c.is_ascii_digit())
+                })
+                .map(|e| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        e.metadata().unwrap().len(),
+                    )
+                })
+                .collect();
+            sizes.sort();
+            sizes.pop(); // the active segment
+            assert_eq!(sizes.len() as u64, l.segments_received, "{sizes:?}");
+            let sealed: u64 = sizes.iter().map(|s| s.1).sum();
+            assert_eq!(
+                l.segment_bytes_received, sealed,
+                "a resumed segment was sent again"
+            );
+            return r;
+        }
+        unreachable!()
+    });
+    r.stop();
+    p.stop();
+    assert_eq!(
+        common::digests(&d.path().join("r")),
+        common::digests(&d.path().join("p"))
+    );
+}
+
+/// Configured to (`cascaded_counts_for_acks`), the primary counts a replica of a replica
+/// for semi-sync: its durable ends are forwarded by the replica between. A semi-sync:2
+/// append with one direct and one cascaded replica is confirmed by both, and does not come
+/// back while the cascaded one is frozen.
+#[test]
+fn cascaded_replicas_count_for_acks_when_configured() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(
+        &cfg,
+        "[replication]\ncascaded_counts_for_acks = true\nack_timeout_ms = 2000\n",
+    )
+    .unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r1 = Server::start(
+        &d.path().join("r1"),
+        &replica_args(&p.addr, &["--replica-id", "r1"]),
+    );
+    let r2 = Server::start(
+        &d.path().join("r2"),
+        &replica_args(&r1.addr, &["--replica-id", "r2"]),
+    );
+    run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("c", None).await.unwrap();
+        c.append("c", vec![Bytes::from("zero")], AckMode::Async)
+            .await
+            .unwrap();
+        wait_end(&r2.addr, "c", 1).await;
+        let semi2 = |value: &'static str| pb::AppendRequest {
+            log: "c".into(),
+            records: vec![Bytes::from(value)],
+            ack: pb::AckMode::SemiSync as i32,
+            semi_sync_replicas: 2,
+            ..Default::default()
+        };
+        let ok = c.append_with(semi2("one")).await.unwrap();
+        assert_eq!(ok.replicas_confirmed, 2);
+        common::signal(&r2.child, libc::SIGSTOP);
+        let c2 = c.clone();
+        let pending = tokio::spawn(async move { c2.append_with(semi2("two")).await });
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(
+            !pending.is_finished(),
+            "semi-sync:2 acked while the cascaded replica was stopped"
+        );
+        let e = pending.await.unwrap().unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        common::signal(&r2.child, libc::SIGCONT);
+        wait_end(&r2.addr, "c", 3).await;
+        let ok = c.append_with(semi2("three")).await.unwrap();
+        assert_eq!(ok.replicas_confirmed, 2);
+    });
+    r2.stop();
+    r1.stop();
+    p.stop();
 }

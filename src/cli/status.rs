@@ -48,8 +48,17 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             u.last_heard_ms_ago
         );
         for l in &u.logs {
+            let receiving = if l.segment_next > 0 {
+                format!(
+                    "  (receiving a segment: {} of {} records staged)",
+                    l.staged_end.saturating_sub(l.local_end),
+                    l.segment_next.saturating_sub(l.local_end)
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}",
+                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}{receiving}",
                 l.name,
                 l.local_end,
                 l.upstream_end,
@@ -148,7 +157,8 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             .map(|l| {
                 serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
                     "local_end": l.local_end, "lag_records": l.lag_records,
-                    "full_sync": l.full_sync})
+                    "full_sync": l.full_sync, "staged_end": l.staged_end,
+                    "segment_next": l.segment_next})
             })
             .collect();
         serde_json::json!({"addr": u.addr, "connected": u.connected,

@@ -121,6 +121,10 @@ impl pb::status_server::Status for StatusService {
                             local_end: local,
                             lag_records: f.upstream_end.saturating_sub(local),
                             full_sync: f.full_sync && local < f.upstream_end,
+                            staged_end: f.staged.map_or(0, |(end, _)| end),
+                            segment_next: f.staged.map_or(0, |(_, next)| next),
+                            segments_received: f.segments_received,
+                            segment_bytes_received: f.segment_bytes_received,
                         }
                     })
                     .collect();

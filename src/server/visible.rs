@@ -2,7 +2,6 @@
 //! horizon. Every read path (Read, Subscribe, Describe/List/Status ends, the frames sent
 //! to downstream replicas) goes through here, so nothing past the horizon is ever returned.
 
-use bytes::BytesMut;
 use spool_storage::{FrameChunk, Log, LogReader, Record, StorageError};
 use tokio::sync::watch;
 
@@ -115,34 +114,22 @@ impl Visible {
     /// Like [`LogReader::read_frames`], never past the visible end (horizons fall on frame
     /// boundaries, so whole frames fit exactly).
     pub fn read_frames(&self, from: u64, max_bytes: usize) -> Result<FrameChunk, StorageError> {
-        if self.horizon.is_none() {
-            return self.reader.read_frames(from, max_bytes);
-        }
         loop {
             let (end, generation) = self.snapshot();
             if from > end {
                 return Err(self.out_of_range(from, end));
             }
-            let mut cursor = self.reader.frames(from)?;
-            let mut buf = BytesMut::new();
-            let mut first = None;
-            let mut next = from;
-            while let Some((h, frame)) = cursor.next_frame()? {
-                if h.next_offset() > end || (first.is_some() && buf.len() + frame.len() > max_bytes)
-                {
-                    break;
-                }
-                first.get_or_insert(h.base_offset);
-                buf.extend_from_slice(frame);
-                next = h.next_offset();
-            }
+            let chunk = self.reader.read_frames_until(from, max_bytes, end)?;
             if !self.moved_back(generation) {
-                return Ok(FrameChunk {
-                    first_offset: first.unwrap_or(from),
-                    next_offset: next,
-                    bytes: buf.freeze(),
-                });
+                return Ok(chunk);
             }
         }
+    }
+
+    /// The sealed segment holding `offset` as (base, next base), if all of it is visible.
+    pub fn sealed_segment(&self, offset: u64) -> Option<(u64, u64)> {
+        self.reader
+            .sealed_segment(offset)
+            .filter(|&(_, next)| next <= self.end())
     }
 }

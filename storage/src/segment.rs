@@ -151,7 +151,7 @@ impl SegmentView {
     }
 
     /// Header only (no CRC), for skipping over frames while seeking.
-    fn header_at(&self, pos: u64, end: u64) -> Result<BatchHeader> {
+    pub(crate) fn header_at(&self, pos: u64, end: u64) -> Result<BatchHeader> {
         let bytes = self.map.get(pos as usize..end as usize).unwrap_or(&[]);
         let h = format::peek_header(bytes).map_err(|e| self.corrupt(pos, e))?;
         if pos + u64::from(h.frame_len) > end {

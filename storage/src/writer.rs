@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::config::{Durability, StorageConfig};
 use crate::error::{Result, StorageError};
 use crate::format;
+use crate::import::StagedSegment;
 use crate::io::IoBackend;
 use crate::log::{AppendAck, LogShared};
 use crate::log_writer::LogWriter;
@@ -59,6 +60,11 @@ pub(crate) enum Cmd {
     DeleteBefore {
         log: Arc<LogShared>,
         offset: u64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    InstallSegment {
+        log: Arc<LogShared>,
+        segment: Box<StagedSegment>,
         reply: oneshot::Sender<Result<u64>>,
     },
     BeginEpoch {
@@ -325,6 +331,20 @@ impl<B: IoBackend> Writer<B> {
                         lw.remove_front(n, &self.ctx)
                     }
                     None => Err(StorageError::LogNotFound(log.name.clone())),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::InstallSegment {
+                log,
+                segment,
+                reply,
+            } => {
+                let r = match self.logs.get_mut(&log.id) {
+                    Some(lw) => lw.install_segment(*segment, &self.backend, &self.ctx).await,
+                    None => {
+                        let _ = std::fs::remove_file(&segment.path);
+                        Err(StorageError::LogNotFound(log.name.clone()))
+                    }
                 };
                 let _ = reply.send(r);
             }

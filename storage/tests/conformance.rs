@@ -541,6 +541,136 @@ fn reset_for_full_sync(open: Open) {
     });
 }
 
+fn offsets_and_values(records: Vec<spool_storage::Record>) -> Vec<(u64, Bytes)> {
+    records.into_iter().map(|r| (r.offset, r.value)).collect()
+}
+
+fn leftovers(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(leftovers(&e.path()));
+        } else if e.file_name().to_string_lossy().ends_with(".tmp") {
+            out.push(e.path().display().to_string());
+        }
+    }
+    out
+}
+
+/// Copy `src` into `dst` from `from` up to `until` as appended frames.
+async fn copy_frames(
+    src: &spool_storage::Log,
+    dst: &spool_storage::Log,
+    mut from: u64,
+    until: u64,
+) {
+    while from < until {
+        let c = src
+            .reader()
+            .read_frames_until(from, 8 << 10, until)
+            .unwrap();
+        assert_eq!(c.first_offset, from);
+        assert_eq!(dst.append_frames(c.bytes).await.unwrap(), c.next_offset);
+        from = c.next_offset;
+    }
+}
+
+/// Sealed segments shipped whole (a replica's catch-up): the copy reads the same, keeps
+/// the epochs, survives a restart and `check`; bad frames are refused, nothing is left
+/// behind.
+fn import_segments(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let src = s.create_log("src").await.unwrap();
+        let dst = s.create_log("dst").await.unwrap();
+        src.begin_epoch(2).await.unwrap();
+        for i in 0..400u32 {
+            if i == 150 {
+                src.begin_epoch(5).await.unwrap();
+            }
+            src.append(&[record(7, i, 600)], Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        let r = src.reader();
+        // The first segment as appended frames: the next import seals dst's active segment.
+        let (base, first_next) = r.sealed_segment(0).unwrap();
+        assert_eq!(base, 0);
+        copy_frames(&src, &dst, 0, first_next).await;
+        let mut from = first_next;
+        let mut imported = 0;
+        while let Some((base, next)) = r.sealed_segment(from) {
+            assert_eq!(base, from);
+            let mut imp = dst.begin_import(base).unwrap();
+            while imp.next_offset() < next {
+                let c = r
+                    .read_frames_until(imp.next_offset(), 8 << 10, next)
+                    .unwrap();
+                assert!(c.next_offset <= next);
+                imp.write(&c.bytes).unwrap();
+            }
+            assert_eq!(imp.install().await.unwrap(), next);
+            assert_eq!(dst.positions().durable, next);
+            from = next;
+            imported += 1;
+        }
+        assert!(imported >= 3, "only {imported} segments imported");
+        copy_frames(&src, &dst, from, src.positions().durable).await;
+        assert_eq!(dst.epochs().entries(), &[(2, 0), (5, 150)]);
+        assert_eq!(
+            offsets_and_values(read_all(&s, "dst").await),
+            offsets_and_values(read_all(&s, "src").await)
+        );
+
+        // Refused: a segment that does not start at the log's end, frames that do not
+        // continue it, a damaged frame.
+        let end = dst.positions().durable;
+        assert!(matches!(
+            dst.begin_import(end - 1),
+            Err(StorageError::InvalidInput(_))
+        ));
+        let mut imp = dst.begin_import(end).unwrap();
+        let early = r.read_frames(0, 1).unwrap();
+        assert!(matches!(
+            imp.write(&early.bytes),
+            Err(StorageError::FrameRejected { .. })
+        ));
+        let fresh = s.create_log("fresh").await.unwrap();
+        let mut bad = fresh.begin_import(0).unwrap();
+        let mut corrupt = early.bytes.to_vec();
+        corrupt[60] ^= 0x40;
+        assert!(matches!(
+            bad.write(&corrupt),
+            Err(StorageError::FrameRejected { .. })
+        ));
+        assert!(
+            !leftovers(dir.path()).is_empty(),
+            "staging files exist while importing"
+        );
+        drop((imp, bad));
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+        s.delete_log("fresh").await.unwrap();
+
+        let ack = dst.append(&[b"after"], Durability::Fsync).await.unwrap();
+        assert_eq!(ack.base_offset, end);
+        s.shutdown().await.unwrap();
+        drop(s);
+
+        let s = open(config(dir.path()));
+        let got = read_all(&s, "dst").await;
+        assert_eq!(got.len() as u64, end + 1);
+        assert_eq!(
+            offsets_and_values(got[..end as usize].to_vec()),
+            offsets_and_values(read_all(&s, "src").await)
+        );
+        s.shutdown().await.unwrap();
+        let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+        assert!(report.is_ok());
+    });
+}
+
 fn data_dir_is_locked(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(config(dir.path()));
@@ -567,6 +697,7 @@ macro_rules! suite {
             #[test] fn delete_and_recreate() { super::delete_and_recreate(OPEN) }
             #[test] fn data_dir_is_locked() { super::data_dir_is_locked(OPEN) }
             #[test] fn reset_for_full_sync() { super::reset_for_full_sync(OPEN) }
+            #[test] fn import_segments() { super::import_segments(OPEN) }
         }
     )*};
 }

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use futures::stream::FuturesOrdered;
 use parking_lot::Mutex;
 use spool_proto::v1 as pb;
-use spool_storage::Log;
+use spool_storage::{Log, SegmentImport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -22,6 +22,7 @@ use crate::server::node::Node;
 
 /// Frame messages appended but not yet durable, per stream: they share group commits.
 const INFLIGHT_MAX: usize = 64;
+const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -29,6 +30,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 pub struct LogFollow {
     pub upstream_end: u64,
     pub full_sync: bool,
+    /// A sealed segment being received: (staged end, segment end).
+    pub staged: Option<(u64, u64)>,
+    pub segments_received: u64,
+    pub segment_bytes_received: u64,
 }
 
 /// What the replica knows of its upstream, for status.
@@ -50,13 +55,15 @@ pub struct FollowerConfig {
 /// Follow `cfg.upstream` until the node shuts down or is promoted.
 pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<UpstreamView>>) {
     let mut backoff = BACKOFF_MIN;
+    // Segments partly received survive a reconnect: the upstream resumes where they stop.
+    let mut imports: Imports = HashMap::new();
     loop {
         if node.is_shutting_down() || node.role.is_primary() {
             return;
         }
         let started = Instant::now();
         let result = tokio::select! {
-            r = session(&node, &cfg, &view) => r,
+            r = session(&node, &cfg, &view, &mut imports) => r,
             _ = node.shutdown_started() => return,
             _ = node.promoted() => return,
         };
@@ -78,8 +85,16 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
     }
 }
 
-fn hello(node: &Node, cfg: &FollowerConfig) -> pb::ReplicaMessage {
+type Imports = HashMap<String, SegmentImport>;
+
+fn hello(node: &Node, cfg: &FollowerConfig, imports: &mut Imports) -> pb::ReplicaMessage {
     let storage = &node.storage;
+    // An import continues only where its log still ends.
+    imports.retain(|name, imp| {
+        storage
+            .log(name)
+            .is_ok_and(|l| l.positions().written == imp.base())
+    });
     let logs = storage
         .list_logs()
         .iter()
@@ -88,6 +103,10 @@ fn hello(node: &Node, cfg: &FollowerConfig) -> pb::ReplicaMessage {
             name: l.name().to_owned(),
             last_epoch: l.current_epoch(),
             end_offset: l.positions().durable,
+            staged_end: imports
+                .get(l.name())
+                .filter(|i| i.staged_bytes() > 0)
+                .map_or(0, |i| i.next_offset()),
         })
         .collect();
     pb::ReplicaMessage {
@@ -114,24 +133,35 @@ fn acks(node: &Node) -> pb::ReplicaMessage {
         })
         .collect();
     pb::ReplicaMessage {
-        msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks { acks })),
+        msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
+            acks,
+            downstream: node.replicas.descendants(),
+        })),
     }
 }
 
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(String, u64)>> + Send>>;
 
-async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamView>) -> Result<()> {
+async fn session(
+    node: &Arc<Node>,
+    cfg: &FollowerConfig,
+    view: &Mutex<UpstreamView>,
+    imports: &mut Imports,
+) -> Result<()> {
     let uri = crate::client::endpoint_uri(&cfg.upstream);
     let channel = Endpoint::from_shared(uri.clone())?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
+        // Room for several frame messages in flight while a catch-up runs at disk speed.
+        .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+        .initial_connection_window_size(Some(STREAM_WINDOW_BYTES))
         .connect()
         .await
         .with_context(|| format!("connecting to upstream {uri}"))?;
     let mut client = pb::replication_client::ReplicationClient::new(channel)
         .max_decoding_message_size(crate::server::MESSAGE_BYTES_MAX);
     let (tx, rx) = mpsc::channel(64);
-    tx.send(hello(node, cfg)).await?;
+    tx.send(hello(node, cfg, imports)).await?;
     let mut inbound = client
         .replicate(ReceiverStream::new(rx))
         .await
@@ -168,6 +198,7 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
 
     let mut inflight: FuturesOrdered<Pending> = FuturesOrdered::new();
     let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+    let mut last_heard = tokio::time::Instant::now();
     let mut logs: HashMap<String, Log> = HashMap::new();
     // Delayed replica: logs recreated upstream while this node still keeps the old one
     // (its deletion is pending). Their frames are skipped; once the deletion is applied the
@@ -179,18 +210,38 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
     };
     loop {
         tokio::select! {
-            changed = applied.changed(), if !ignored.is_empty() => {
-                if changed.is_ok() && ignored.iter().any(|n| node.active_delay().is_some_and(|d| d.pending_delete(n).is_none())) {
-                    tracing::info!("a delayed deletion was applied: reconnecting to receive the recreated log");
-                    return Ok(());
+            // Completions first (acks go out as soon as frames are durable), heartbeats
+            // never starve behind a busy stream, silence is judged after pending messages.
+            biased;
+            Some(done) = inflight.next() => {
+                let (name, end) = done?;
+                let msg = pb::ReplicaMessage {
+                    msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
+                        acks: vec![pb::ReplicaAck { log: name, durable_end: end }],
+                        downstream: node.replicas.descendants(),
+                    })),
+                };
+                if tx.send(msg).await.is_err() {
+                    bail!("upstream closed the stream");
                 }
             }
-            m = tokio::time::timeout(DEAD_AFTER, inbound.next()), if inflight.len() < INFLIGHT_MAX => {
+            _ = beat.tick() => {
+                if tx.send(acks(node)).await.is_err() {
+                    bail!("upstream closed the stream");
+                }
+            }
+            // A replica below acked: pass it on (sync modes on the primary may count it).
+            _ = node.replicas.acked.notified() => {
+                if tx.send(acks(node)).await.is_err() {
+                    bail!("upstream closed the stream");
+                }
+            }
+            m = inbound.next(), if inflight.len() < INFLIGHT_MAX => {
+                last_heard = tokio::time::Instant::now();
                 let m = match m {
-                    Err(_) => bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead"),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(s))) => bail!("upstream error: {}", s.message()),
-                    Ok(Some(Ok(m))) => m,
+                    None => return Ok(()),
+                    Some(Err(s)) => bail!("upstream error: {}", s.message()),
+                    Some(Ok(m)) => m,
                 };
                 view.lock().last_heard = Some(Instant::now());
                 match m.msg {
@@ -212,10 +263,62 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                             Ok((name, end))
                         }));
                     }
+                    Some(pb::upstream_message::Msg::Segment(c)) if ignored.contains(&c.log) => {}
+                    Some(pb::upstream_message::Msg::Segment(c)) => {
+                        let log = node.storage.log(&c.log)?;
+                        let continues = imports.get(&c.log).is_some_and(|i| {
+                            i.base() == c.segment_base && i.next_offset() == c.first_offset
+                        });
+                        if !continues {
+                            imports.remove(&c.log);
+                            // The segment follows the log's end: what is in flight lands first.
+                            while let Some(r) = inflight.next().await { r?; }
+                            if tx.send(acks(node)).await.is_err() {
+                                bail!("upstream closed the stream");
+                            }
+                            if c.first_offset != c.segment_base || log.positions().durable != c.segment_base {
+                                bail!(
+                                    "upstream sent segment {} of {} from offset {}, but this log ends at {}",
+                                    c.segment_base, c.log, c.first_offset, log.positions().durable
+                                );
+                            }
+                            imports.insert(c.log.clone(), log.begin_import(c.segment_base)?);
+                        }
+                        let imp = imports.get_mut(&c.log).expect("inserted above");
+                        // Page-cache writes of at most a message: brief enough for a worker.
+                        tokio::task::block_in_place(|| imp.write(&c.frames))
+                            .with_context(|| format!("staging frames {}..{} of {}", c.first_offset, c.next_offset, c.log))?;
+                        let done = imp.next_offset() >= c.segment_next;
+                        {
+                            let mut v = view.lock();
+                            let f = v.logs.entry(c.log.clone()).or_default();
+                            f.staged = (!done).then_some((imp.next_offset(), c.segment_next));
+                            f.segment_bytes_received += c.frames.len() as u64;
+                            f.segments_received += u64::from(done);
+                        }
+                        if done {
+                            let imp = imports.remove(&c.log).expect("present");
+                            let (base, bytes) = (imp.base(), imp.staged_bytes());
+                            let end = imp.install().await
+                                .with_context(|| format!("installing segment {base} of {}", c.log))?;
+                            let upstream_end = view.lock().logs.get(&c.log).map_or(0, |f| f.upstream_end);
+                            tracing::info!(log = %c.log, base, end, bytes, upstream_end, "received a sealed segment");
+                            let msg = pb::ReplicaMessage {
+                                msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
+                                    acks: vec![pb::ReplicaAck { log: c.log, durable_end: end }],
+                                    downstream: node.replicas.descendants(),
+                                })),
+                            };
+                            if tx.send(msg).await.is_err() {
+                                bail!("upstream closed the stream");
+                            }
+                        }
+                    }
                     Some(pb::upstream_message::Msg::Start(s)) => {
                         // Ordering: what is in flight lands before the log changes shape.
                         while let Some(r) = inflight.next().await { r?; }
                         logs.remove(&s.name);
+                        imports.remove(&s.name);
                         if node.active_delay().is_some_and(|d| d.pending_delete(&s.name).is_some()) {
                             tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
                             ignored.insert(s.name.clone());
@@ -228,6 +331,7 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                         // up to its horizon) and delete it at deletion time + delay.
                         while let Some(r) = inflight.next().await { r?; }
                         logs.remove(&d.name);
+                        imports.remove(&d.name);
                         ignored.remove(&d.name);
                         if node.storage.log(&d.name).is_ok() {
                             let at = if d.deleted_at_us == 0 { super::upstream::now_us() } else { d.deleted_at_us };
@@ -237,6 +341,7 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                     Some(pb::upstream_message::Msg::Deleted(d)) => {
                         while let Some(r) = inflight.next().await { r?; }
                         logs.remove(&d.name);
+                        imports.remove(&d.name);
                         view.lock().logs.remove(&d.name);
                         match node.storage.delete_log(&d.name).await {
                             Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
@@ -259,22 +364,18 @@ async fn session(node: &Arc<Node>, cfg: &FollowerConfig, view: &Mutex<UpstreamVi
                     Some(pb::upstream_message::Msg::Hello(_)) | None => {}
                 }
             }
-            Some(done) = inflight.next() => {
-                let (name, end) = done?;
-                let msg = pb::ReplicaMessage {
-                    msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
-                        acks: vec![pb::ReplicaAck { log: name, durable_end: end }],
-                    })),
-                };
-                if tx.send(msg).await.is_err() {
-                    bail!("upstream closed the stream");
+            // The upstream heartbeats every second: silence means it is gone. Not while our
+            // own disk holds us back (then its messages wait for us, not the reverse).
+            _ = tokio::time::sleep_until(last_heard + DEAD_AFTER), if inflight.len() < INFLIGHT_MAX => {
+                bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead");
+            }
+            changed = applied.changed(), if !ignored.is_empty() => {
+                if changed.is_ok() && ignored.iter().any(|n| node.active_delay().is_some_and(|d| d.pending_delete(n).is_none())) {
+                    tracing::info!("a delayed deletion was applied: reconnecting to receive the recreated log");
+                    return Ok(());
                 }
             }
-            _ = beat.tick() => {
-                if tx.send(acks(node)).await.is_err() {
-                    bail!("upstream closed the stream");
-                }
-            }
+
         }
     }
 }
@@ -332,10 +433,9 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
             true
         }
     };
-    view.lock()
-        .logs
-        .entry(s.name.clone())
-        .or_default()
-        .full_sync = full_sync;
+    let mut v = view.lock();
+    let f = v.logs.entry(s.name.clone()).or_default();
+    f.full_sync = full_sync;
+    f.staged = None;
     Ok(())
 }

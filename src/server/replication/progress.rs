@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use spool_proto::v1 as pb;
+use tokio::sync::Notify;
 
 #[derive(Debug, Clone)]
 pub struct ReplicaInfo {
@@ -18,6 +20,8 @@ pub struct ReplicaInfo {
     pub last_ack: Instant,
     /// Durable end per log on the replica.
     pub acked: HashMap<String, u64>,
+    /// Replicas below this one, as it last reported them (cascading).
+    pub downstream: Vec<pb::DownstreamReplica>,
     /// Session generation: a reconnect replaces the old session's entry.
     generation: u64,
 }
@@ -26,6 +30,9 @@ pub struct ReplicaInfo {
 pub struct Replicas {
     map: Mutex<HashMap<String, ReplicaInfo>>,
     generation: Mutex<u64>,
+    /// Woken on every ack: a replica in the middle of a tree forwards its replicas' acks
+    /// upstream at once, not at its next heartbeat.
+    pub acked: Notify,
 }
 
 impl Replicas {
@@ -57,6 +64,7 @@ impl Replicas {
                 connected_at: now,
                 last_ack: now,
                 acked: initial,
+                downstream: Vec::new(),
                 generation,
             },
         );
@@ -77,6 +85,37 @@ impl Replicas {
             let e = r.acked.entry(log.to_owned()).or_insert(0);
             *e = (*e).max(end);
         }
+        self.acked.notify_one();
+    }
+
+    /// What replica `id` said of the replicas below it.
+    pub fn set_downstream(&self, id: &str, downstream: Vec<pb::DownstreamReplica>) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            r.downstream = downstream;
+        }
+    }
+
+    /// Every connected replica below this node, with its durable ends: to forward upstream.
+    pub fn descendants(&self) -> Vec<pb::DownstreamReplica> {
+        let map = self.map.lock();
+        let mut out = Vec::new();
+        for r in map.values().filter(|r| r.connected) {
+            out.push(pb::DownstreamReplica {
+                replica_id: r.id.clone(),
+                sync: r.sync,
+                delayed: r.delayed,
+                acks: r
+                    .acked
+                    .iter()
+                    .map(|(log, &durable_end)| pb::ReplicaAck {
+                        log: log.clone(),
+                        durable_end,
+                    })
+                    .collect(),
+            });
+            out.extend(r.downstream.iter().cloned());
+        }
+        out
     }
 
     pub fn heard(&self, id: &str) {

@@ -1,10 +1,12 @@
 //! The upstream side of replication: one session per connected replica, streaming frames
 //! read from the mmap'd segments exactly as stored, and taking the replica's acks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::Stream;
 use spool_proto::v1 as pb;
@@ -84,9 +86,14 @@ fn continue_from(d: Decision) -> u64 {
 }
 
 /// Stream one log's frames from `from` on, following the visible end (the durable end,
-/// or a delayed replica's horizon).
-async fn send_log(node: Arc<Node>, log: Log, mut from: u64, out: Out) {
+/// or a delayed replica's horizon). Where `from` is the base of a sealed segment, that
+/// segment goes whole as SegmentChunks (resuming at `staged_end` if the replica holds part
+/// of it); the rest as LogFrames.
+async fn send_log(node: Arc<Node>, log: Log, mut from: u64, staged_end: u64, out: Out) {
     let reader = node.visible(&log);
+    // The sealed segment being shipped: (base, next base, next offset to send).
+    let mut segment: Option<(u64, u64, u64)> = None;
+    let mut resume_at = staged_end;
     loop {
         let ready = tokio::select! {
             r = reader.wait_for(from) => r,
@@ -96,46 +103,72 @@ async fn send_log(node: Arc<Node>, log: Log, mut from: u64, out: Out) {
         if ready.is_err() {
             return; // log deleted: the session sends LogDeleted
         }
-        match reader.read_frames(from, FRAMES_PER_MESSAGE_BYTES) {
+        if segment.is_none() {
+            segment = reader
+                .sealed_segment(from)
+                .filter(|&(base, _)| base == from)
+                .map(|(base, next)| {
+                    let pos = if resume_at > base && resume_at < next {
+                        resume_at
+                    } else {
+                        base
+                    };
+                    (base, next, pos)
+                });
+            resume_at = 0;
+        }
+        let read_at = segment.map_or(from, |(_, _, pos)| pos);
+        let m = match reader.read_frames(read_at, FRAMES_PER_MESSAGE_BYTES) {
             Ok(chunk) if chunk.bytes.is_empty() => continue,
-            Ok(chunk) => {
-                let m = pb::LogFrames {
-                    log: log.name().to_owned(),
-                    first_offset: chunk.first_offset,
-                    next_offset: chunk.next_offset,
-                    frames: chunk.bytes,
-                };
-                from = chunk.next_offset;
-                if out
-                    .send(msg(pb::upstream_message::Msg::Frames(m)))
-                    .await
-                    .is_err()
-                {
-                    return;
+            Ok(chunk) => match segment {
+                Some((base, next, _)) => {
+                    // Chunks never cross a segment's end.
+                    let done = chunk.next_offset >= next;
+                    segment = (!done).then_some((base, next, chunk.next_offset));
+                    if done {
+                        from = next;
+                    }
+                    pb::upstream_message::Msg::Segment(pb::SegmentChunk {
+                        log: log.name().to_owned(),
+                        segment_base: base,
+                        segment_next: next,
+                        first_offset: chunk.first_offset,
+                        next_offset: chunk.next_offset,
+                        frames: chunk.bytes,
+                    })
                 }
-            }
-            Err(StorageError::OffsetOutOfRange { start, .. }) if from < start => {
+                None => {
+                    from = chunk.next_offset;
+                    pb::upstream_message::Msg::Frames(pb::LogFrames {
+                        log: log.name().to_owned(),
+                        first_offset: chunk.first_offset,
+                        next_offset: chunk.next_offset,
+                        frames: chunk.bytes,
+                    })
+                }
+            },
+            Err(StorageError::OffsetOutOfRange { start, .. }) if read_at < start => {
                 // Retention removed what this replica needed: it must sync from the start.
                 tracing::warn!(
                     log = log.name(),
-                    from,
+                    from = read_at,
                     start,
                     "replica fell behind retention: full sync"
                 );
-                let start_msg = start_message(&log, Decision::FullSync { from: start });
+                segment = None;
                 from = start;
-                if out
-                    .send(msg(pb::upstream_message::Msg::Start(start_msg)))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
+                pb::upstream_message::Msg::Start(start_message(
+                    &log,
+                    Decision::FullSync { from: start },
+                ))
             }
             Err(e) => {
                 let _ = out.send(Err(to_status(e))).await;
                 return;
             }
+        };
+        if out.send(msg(m)).await.is_err() {
+            return;
         }
     }
 }
@@ -147,6 +180,8 @@ struct Session {
     tasks: HashMap<String, JoinHandle<()>>,
     /// What the replica said it had, per log, at hello.
     hello_logs: HashMap<String, pb::ReplicaLogState>,
+    /// Replicas below this one that count for acks (`cascaded_counts_for_acks`).
+    cascaded: HashSet<String>,
 }
 
 impl Session {
@@ -159,11 +194,23 @@ impl Session {
                 continue;
             }
             let Ok(log) = storage.log(name) else { continue };
-            let d = decision_for(&self.node, &log, self.hello_logs.remove(name).as_ref())?;
+            let state = self.hello_logs.remove(name);
+            let d = decision_for(&self.node, &log, state.as_ref())?;
             let from = continue_from(d);
+            // A partly received segment resumes only if the replica's log continues as is.
+            let staged_end = match (d, &state) {
+                (Decision::Continue { from }, Some(s)) if s.end_offset == from => s.staged_end,
+                _ => 0,
+            };
             self.send(pb::upstream_message::Msg::Start(start_message(&log, d)))
                 .await?;
-            let task = tokio::spawn(send_log(self.node.clone(), log, from, self.out.clone()));
+            let task = tokio::spawn(send_log(
+                self.node.clone(),
+                log,
+                from,
+                staged_end,
+                self.out.clone(),
+            ));
             self.tasks.insert(name.clone(), task);
         }
         let gone: Vec<String> = self
@@ -192,11 +239,15 @@ impl Session {
         Ok(())
     }
 
+    /// Queue a message, giving up if the replica reads nothing for [`DEAD_AFTER`].
     async fn send(&self, m: pb::upstream_message::Msg) -> Result<(), Status> {
-        self.out
-            .send(msg(m))
-            .await
-            .map_err(|_| Status::cancelled("replica went away"))
+        match tokio::time::timeout(DEAD_AFTER, self.out.send(msg(m))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Status::cancelled("replica went away")),
+            Err(_) => Err(Status::deadline_exceeded(
+                "replica read nothing: connection presumed dead",
+            )),
+        }
     }
 
     fn heartbeat(&self) -> pb::upstream_message::Msg {
@@ -267,6 +318,7 @@ async fn run_session(
             .into_iter()
             .map(|l| (l.name.clone(), l))
             .collect(),
+        cascaded: HashSet::new(),
     };
     let result = async {
         let upstream_id = node.role.listen_addr.read().clone();
@@ -280,15 +332,24 @@ async fn run_session(
         session.sync_catalog().await?;
         let mut catalog = node.catalog.subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
+        let mut last_heard = Instant::now();
         let session_epoch = node.role.epoch();
         loop {
             tokio::select! {
-                m = tokio::time::timeout(DEAD_AFTER, inbound.next()) => match m {
-                    Err(_) => return Err(Status::deadline_exceeded("replica silent: connection presumed dead")),
-                    Ok(None) => return Ok(()),
-                    Ok(Some(Err(s))) => return Err(s),
-                    Ok(Some(Ok(m))) => session.on_message(m),
-                },
+                biased;
+                m = inbound.next() => {
+                    last_heard = Instant::now();
+                    match m {
+                        None => return Ok(()),
+                        Some(Err(s)) => return Err(s),
+                        Some(Ok(m)) => session.on_message(m),
+                    }
+                }
+                // The replica acks at least every heartbeat; silence means it is gone (or
+                // frozen: its TCP connection alone would keep the session forever).
+                _ = tokio::time::sleep_until(last_heard + DEAD_AFTER) => {
+                    return Err(Status::deadline_exceeded("replica silent: connection presumed dead"));
+                }
                 changed = catalog.changed() => {
                     if changed.is_err() { return Ok(()) }
                     session.sync_catalog().await?;
@@ -299,7 +360,12 @@ async fn run_session(
                         // reconnects and its tail is decided again against the new history.
                         return Ok(());
                     }
-                    session.send(session.heartbeat()).await?
+                    // Never wait on a full queue: the session must keep watching for silence.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) =
+                        session.out.try_send(msg(session.heartbeat()))
+                    {
+                        return Err(Status::cancelled("replica went away"));
+                    }
                 }
                 _ = node.shutdown_started() => return Ok(()),
             }
@@ -312,6 +378,9 @@ async fn run_session(
     node.replicas.disconnect(&session.id, generation);
     if node.role.is_primary() {
         node.acks.disconnected(&session.id);
+        for id in &session.cascaded {
+            node.acks.disconnected(id);
+        }
     }
     tracing::info!(replica = %session.id, "replica detached");
     result
@@ -328,9 +397,42 @@ impl Session {
                         self.node.acks.acked(&self.id, &a.log, a.durable_end);
                     }
                 }
+                if self.node.role.is_primary() && self.node.config.cascaded_counts_for_acks {
+                    self.count_cascaded(&acks.downstream);
+                }
+                self.node.replicas.set_downstream(&self.id, acks.downstream);
             }
             Some(pb::replica_message::Msg::Hello(_)) | None => {}
         }
+    }
+}
+
+impl Session {
+    /// The replicas below this one count for acks like direct ones (configured so):
+    /// attached while it reports them, with the durable ends it forwards.
+    fn count_cascaded(&mut self, downstream: &[pb::DownstreamReplica]) {
+        let node = &self.node;
+        let reported: HashSet<String> = downstream
+            .iter()
+            .filter(|d| !d.delayed || node.config.delayed_counts_for_acks)
+            .map(|d| d.replica_id.clone())
+            .collect();
+        for gone in self.cascaded.difference(&reported) {
+            node.acks.disconnected(gone);
+        }
+        for d in downstream
+            .iter()
+            .filter(|d| reported.contains(&d.replica_id))
+        {
+            if !self.cascaded.contains(&d.replica_id) {
+                tracing::info!(replica = %d.replica_id, via = %self.id, "cascaded replica counts for acks");
+                node.acks.connected(&d.replica_id, d.sync, true);
+            }
+            for a in &d.acks {
+                node.acks.acked(&d.replica_id, &a.log, a.durable_end);
+            }
+        }
+        self.cascaded = reported;
     }
 }
 

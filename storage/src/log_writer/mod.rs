@@ -1,6 +1,7 @@
 //! One log's write side, owned by the storage thread: the active segment, the group buffer,
 //! the waiters, rolling, truncation and segment removal.
 
+mod import;
 mod removal;
 mod truncate;
 

@@ -1,0 +1,237 @@
+//! A sealed segment received whole, for a replica catching up at a segment boundary (a
+//! full sync, or a partial one that reached sealed segments). Its frames are checked (CRC,
+//! offsets, epochs) and written to a staging file that is synced once at the end and then
+//! put in place by the storage thread. Compared with appending the same frames, every byte
+//! is written once: no zero-filled spare ahead of it and no fdatasync per group.
+//!
+//! The staging file is `import-<base>.tmp` in the log's directory; start-up removes such
+//! leftovers, so a crash at any point leaves either the log as it was or the segment in
+//! place (see `LogWriter::install_segment` for the order of renames).
+
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use tokio::sync::oneshot;
+
+use crate::error::{IoContext, Result, StorageError};
+use crate::format;
+use crate::index::IndexEntry;
+use crate::log::Log;
+use crate::writer::Cmd;
+
+/// What the storage thread needs to put a staged segment in place.
+#[derive(Debug)]
+pub(crate) struct StagedSegment {
+    pub base: u64,
+    pub next: u64,
+    pub len: u64,
+    pub path: PathBuf,
+    pub entries: Vec<IndexEntry>,
+    /// Epochs that begin inside the segment, as (epoch, first offset).
+    pub epochs: Vec<(u64, u64)>,
+    pub last_ts_us: u64,
+}
+
+/// A segment being received. Dropped without [`SegmentImport::install`], its staging file
+/// is removed.
+#[derive(Debug)]
+pub struct SegmentImport {
+    log: Log,
+    file: File,
+    staged: StagedSegment,
+    last_epoch: u64,
+    last_index_pos: Option<u64>,
+    /// Bytes already handed to writeback (see [`WRITEBACK_EVERY`]).
+    writeback_from: u64,
+    installed: bool,
+}
+
+/// Start writeback of staged bytes every this many, so the sync at install finds little
+/// left to write (what databases call bytes_per_sync).
+const WRITEBACK_EVERY: u64 = 4 << 20;
+
+impl Log {
+    /// Start receiving the segment that begins at `base`, which must be this log's end
+    /// (with nothing unwritten in flight).
+    pub fn begin_import(&self, base: u64) -> Result<SegmentImport> {
+        let p = self.positions();
+        if p.written != base || p.durable != base {
+            return Err(StorageError::InvalidInput(format!(
+                "log {} ends at {} ({} written), a segment starting at {base} cannot follow",
+                self.name(),
+                p.durable,
+                p.written
+            )));
+        }
+        let path = self.shared.dir.join(format!("import-{base:020}.tmp"));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .at(&path)?;
+        Ok(SegmentImport {
+            last_epoch: self.current_epoch(),
+            log: self.clone(),
+            file,
+            staged: StagedSegment {
+                base,
+                next: base,
+                len: 0,
+                path,
+                entries: Vec::new(),
+                epochs: Vec::new(),
+                last_ts_us: 0,
+            },
+            last_index_pos: None,
+            writeback_from: 0,
+            installed: false,
+        })
+    }
+}
+
+impl SegmentImport {
+    pub fn base(&self) -> u64 {
+        self.staged.base
+    }
+
+    /// Offset the next frame must start at.
+    pub fn next_offset(&self) -> u64 {
+        self.staged.next
+    }
+
+    pub fn staged_bytes(&self) -> u64 {
+        self.staged.len
+    }
+
+    pub fn log_name(&self) -> &str {
+        self.log.name()
+    }
+
+    fn reject(&self, reason: String) -> StorageError {
+        StorageError::FrameRejected {
+            log: self.log.name().to_owned(),
+            reason,
+        }
+    }
+
+    /// Check whole frames that continue the segment and write them to the staging file
+    /// (page cache: synced once, by [`SegmentImport::install`]). Blocking.
+    pub fn write(&mut self, frames: &[u8]) -> Result<()> {
+        if self.staged.len + frames.len() as u64 > u64::from(u32::MAX) {
+            return Err(self.reject("imported segment larger than 4 GiB".into()));
+        }
+        let interval = u64::from(self.log.config().index_interval_bytes);
+        let mut pos = 0usize;
+        let (mut next, mut last_epoch, mut last_index) =
+            (self.staged.next, self.last_epoch, self.last_index_pos);
+        let mut entries = Vec::new();
+        let mut epochs = Vec::new();
+        let mut last_ts = self.staged.last_ts_us;
+        while pos < frames.len() {
+            let h = format::check_frame(&frames[pos..])
+                .map_err(|e| self.reject(format!("frame at byte {pos}: {e}")))?;
+            if h.base_offset != next {
+                return Err(self.reject(format!(
+                    "frame starts at offset {}, the segment is at {next}",
+                    h.base_offset
+                )));
+            }
+            if h.epoch < last_epoch {
+                return Err(self.reject(format!(
+                    "frame from epoch {} after epoch {last_epoch}",
+                    h.epoch
+                )));
+            }
+            if h.epoch > last_epoch {
+                epochs.push((h.epoch, h.base_offset));
+                last_epoch = h.epoch;
+            }
+            let at = self.staged.len + pos as u64;
+            if last_index.is_none_or(|l| at - l >= interval) {
+                entries.push(IndexEntry {
+                    offset: h.base_offset,
+                    pos: at as u32,
+                });
+                last_index = Some(at);
+            }
+            last_ts = last_ts.max(h.last_ts_us);
+            next = h.next_offset();
+            pos += h.frame_len as usize;
+        }
+        let path = &self.staged.path;
+        self.file.write_all_at(frames, self.staged.len).at(path)?;
+        self.staged.len += frames.len() as u64;
+        self.staged.next = next;
+        self.staged.last_ts_us = last_ts;
+        self.staged.entries.extend(entries);
+        self.staged.epochs.extend(epochs);
+        self.last_epoch = last_epoch;
+        self.last_index_pos = last_index;
+        if self.staged.len - self.writeback_from >= WRITEBACK_EVERY {
+            let (from, len) = (self.writeback_from, self.staged.len - self.writeback_from);
+            // SAFETY: a descriptor we own; the range lies within the file. Only starts
+            // writeback (no wait, no durability promise): install still syncs.
+            let r = unsafe {
+                libc::sync_file_range(
+                    self.file.as_raw_fd(),
+                    from as libc::off64_t,
+                    len as libc::off64_t,
+                    libc::SYNC_FILE_RANGE_WRITE,
+                )
+            };
+            if r == 0 {
+                self.writeback_from = self.staged.len;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sync the staged segment and have the storage thread put it in place after the log's
+    /// current end; resolves with the log's new durable end. The log must still end where
+    /// the segment begins.
+    pub async fn install(mut self) -> Result<u64> {
+        if self.staged.len == 0 {
+            return Err(self.reject("an imported segment needs at least one frame".into()));
+        }
+        let file = self.file.try_clone().at(&self.staged.path)?;
+        let path = self.staged.path.clone();
+        tokio::task::spawn_blocking(move || file.sync_all().at(&path))
+            .await
+            .map_err(|e| StorageError::InvalidInput(format!("sync task failed: {e}")))??;
+        let staged = std::mem::replace(
+            &mut self.staged,
+            StagedSegment {
+                base: 0,
+                next: 0,
+                len: 0,
+                path: PathBuf::new(),
+                entries: Vec::new(),
+                epochs: Vec::new(),
+                last_ts_us: 0,
+            },
+        );
+        self.installed = true;
+        let (reply, rx) = oneshot::channel();
+        self.log
+            .storage
+            .send(Cmd::InstallSegment {
+                log: self.log.shared.clone(),
+                segment: Box::new(staged),
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+impl Drop for SegmentImport {
+    fn drop(&mut self) {
+        if !self.installed {
+            let _ = fs::remove_file(&self.staged.path);
+        }
+    }
+}

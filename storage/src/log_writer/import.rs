@@ -1,0 +1,165 @@
+//! Putting a staged segment (see `crate::import`) in place after the log's end.
+//!
+//! Order on disk, each step leaving a log that recovery opens as consistent:
+//! 1. the epochs the segment begins are saved;
+//! 2. if the active segment is empty (a replica importing segment after segment), its
+//!    zeroed file is moved aside under a `.tmp` name, to become the next active segment
+//!    without zero-filling another; otherwise the active segment is sealed as on a roll;
+//! 3. the synced staging file is renamed to `<base>.seg` (its index written beside it);
+//! 4. the next active segment appears at the segment's end; the directory is synced.
+//!
+//! A crash after 2 leaves the log ending at `base` (start-up removes `.tmp` files); after
+//! 3 the imported segment is the last one and full, so the first append rolls.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::LogWriter;
+use crate::crashsafe::fsync_dir;
+use crate::error::{IoContext, Result, StorageError};
+use crate::import::StagedSegment;
+use crate::index;
+use crate::io::{IoBackend, IoFile};
+use crate::segment::{self, open_rw, SegmentView};
+use crate::writer::WriterCtx;
+
+impl<F: IoFile> LogWriter<F> {
+    /// See [`crate::SegmentImport::install`]. Returns the new durable end.
+    pub async fn install_segment<B: IoBackend<File = F>>(
+        &mut self,
+        seg: StagedSegment,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<u64> {
+        let checked = async {
+            self.check_poison()?;
+            self.commit(true, &ctx.stats).await?;
+            if self.durable_next != seg.base || self.buf_next != seg.base {
+                return Err(StorageError::InvalidInput(format!(
+                    "log {} ends at {}, the imported segment starts at {}",
+                    self.shared.name, self.buf_next, seg.base
+                )));
+            }
+            let mut epochs = self.shared.epochs.write();
+            let mut changed = false;
+            for &(epoch, start) in &seg.epochs {
+                changed |= epochs.begin(epoch, start)?;
+            }
+            if changed {
+                epochs.save(&self.shared.dir)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = checked {
+            let _ = fs::remove_file(&seg.path);
+            return Err(e);
+        }
+        match self.put_in_place(&seg, backend, ctx) {
+            Ok(()) => {
+                ctx.stats.record_appended(seg.len);
+                Ok(seg.next)
+            }
+            Err(e) => {
+                // Disk and memory may now disagree: refuse writes until a restart recovers.
+                *self.shared.poisoned.lock() = Some(e.to_string());
+                tracing::error!(log = %self.shared.name, error = %e, "installing an imported segment failed; log refuses writes until restart");
+                let _ = fs::remove_file(&seg.path);
+                Err(e)
+            }
+        }
+    }
+
+    fn put_in_place<B: IoBackend<File = F>>(
+        &mut self,
+        seg: &StagedSegment,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        let dir = self.shared.dir.clone();
+        let reuse_active = self.write_pos == 0 && self.seg.base_offset == seg.base;
+        let zeroed = if reuse_active {
+            let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
+            fs::rename(&self.seg.path, &aside).at(&aside)?;
+            Some(aside)
+        } else {
+            self.write_index_entries();
+            if !self.unwritten_entries.is_empty() {
+                return Err(StorageError::io(
+                    self.idx_path(self.seg.base_offset),
+                    std::io::Error::other("index entries could not be written"),
+                ));
+            }
+            let idx = self.idx_path(self.seg.base_offset);
+            self.idx_file.sync_all().at(&idx)?;
+            None
+        };
+
+        let seg_path = dir.join(segment::segment_file_name(seg.base));
+        fs::rename(&seg.path, &seg_path).at(&seg_path)?;
+        let idx_path = self.idx_path(seg.base);
+        let idx = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&idx_path)
+            .at(&idx_path)?;
+        idx.write_all_at(&index::encode(seg.base, &seg.entries), 0)
+            .at(&idx_path)?;
+        idx.sync_all().at(&idx_path)?;
+        let imported =
+            SegmentView::map(&seg_path, &File::open(&seg_path).at(&seg_path)?, seg.base)?;
+        imported.set_index(seg.entries.clone());
+        imported.publish(seg.len, seg.next, seg.last_ts_us, &[]);
+
+        let (view, file, idx_file) = match zeroed {
+            Some(aside) => {
+                let path = dir.join(segment::segment_file_name(seg.next));
+                fs::rename(&aside, &path).at(&path)?;
+                let idx_path = self.idx_path(seg.next);
+                let idx_file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&idx_path)
+                    .at(&idx_path)?;
+                fsync_dir(&dir)?;
+                let file = open_rw(&path)?;
+                let view = Arc::new(SegmentView::map(&path, &file, seg.next)?);
+                let file = backend.wrap(file, &path).at(&path)?;
+                (view, file, idx_file)
+            }
+            None => self.new_segment(seg.next, backend)?,
+        };
+        {
+            let mut segs = self.shared.segments.write();
+            if reuse_active {
+                segs.pop();
+            }
+            segs.push(Arc::new(imported));
+            segs.push(view.clone());
+        }
+        self.seg = view;
+        self.file = file;
+        self.idx_file = idx_file;
+        self.write_pos = 0;
+        self.durable_pos = 0;
+        self.idx_entries_on_disk = 0;
+        self.last_index_pos = None;
+        self.pending_entries.clear();
+        self.written_next = seg.next;
+        self.buf_next = seg.next;
+        self.durable_next = seg.next;
+        self.last_ts_us = self.last_ts_us.max(seg.last_ts_us);
+        self.shared.written.store(seg.next, Ordering::Release);
+        self.shared.durable.send_replace(seg.next);
+        if !reuse_active {
+            self.request_spare(ctx);
+        }
+        tracing::debug!(log = %self.shared.name, base = seg.base, next = seg.next, bytes = seg.len, "imported a segment");
+        Ok(())
+    }
+}
