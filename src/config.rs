@@ -105,6 +105,9 @@ impl FileConfig {
     }
 }
 
+/// A replica's default `unsynced_flush_ms`.
+const REPLICA_UNSYNCED_FLUSH: Duration = Duration::from_millis(5);
+
 /// Validated replication settings.
 #[derive(Debug, Clone)]
 pub struct ReplicationConfig {
@@ -342,6 +345,11 @@ impl ServerConfig {
             tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
         }
         let replication = ReplicationConfig::build(&file.replication, &o)?;
+        if replication.replica_of.is_some() && s.unsynced_flush_ms.is_none() {
+            // Frames nobody waits on are synced by this timer on a replica: keep its acks
+            // and its readers a few ms behind, not a tenth of a second.
+            storage.unsynced_flush_interval = REPLICA_UNSYNCED_FLUSH;
+        }
         Ok(ServerConfig {
             listen,
             metrics_listen,

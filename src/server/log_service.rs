@@ -87,6 +87,8 @@ async fn submit_one(
         log.begin_epoch(epoch).await.map_err(to_status)?;
     }
     let started = Instant::now();
+    // Before the records exist: the frames that carry them go out asking replicas to sync.
+    let wait = replicated.map(|_| node.acks.expect_wait());
     let durable = log
         .submit(&req.records, durability)
         .await
@@ -94,7 +96,9 @@ async fn submit_one(
     let (node, log) = (node.clone(), log.clone());
     Ok(Box::pin(async move {
         let ack = durable.await.map_err(to_status)?;
-        finish_append(&node, &log, req, ack, replicated, started).await
+        let reply = finish_append(&node, &log, req, ack, replicated, started).await;
+        drop(wait);
+        reply
     }))
 }
 

@@ -1,7 +1,7 @@
 //! What every service shares: storage, role and epoch, replicas, ack tracking, the
 //! catalog version (bumped when logs come and go), the shutdown flag.
 
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -38,6 +38,9 @@ pub struct Node {
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
     subscribers: AtomicI64,
+    /// Until when (ms since start) frames sent downstream ask for a sync because frames
+    /// from upstream did: a replica in the middle of a tree passes the request on.
+    sync_requested_until_ms: AtomicU64,
 }
 
 impl Node {
@@ -64,6 +67,7 @@ impl Node {
             shutting_down: AtomicBool::new(false),
             shutdown_tx: watch::Sender::new(false),
             subscribers: AtomicI64::new(0),
+            sync_requested_until_ms: AtomicU64::new(0),
         }
     }
 
@@ -78,6 +82,20 @@ impl Node {
     }
 
     /// Logs were created or deleted: replication sessions look again.
+    /// The upstream sent frames asking for a sync (someone up there waits on acks).
+    pub fn upstream_requested_sync(&self) {
+        let until = self.started.elapsed().as_millis() as u64 + 1000;
+        self.sync_requested_until_ms
+            .fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Whether frames sent to replicas now should ask them to sync at once.
+    pub fn replicas_should_sync(&self) -> bool {
+        self.acks.replicas_awaited()
+            || self.started.elapsed().as_millis() as u64
+                <= self.sync_requested_until_ms.load(Ordering::Acquire)
+    }
+
     pub fn catalog_changed(&self) {
         self.catalog.send_modify(|v| *v += 1);
     }

@@ -257,6 +257,18 @@ impl Log {
         &self,
         frames: Bytes,
     ) -> Result<impl std::future::Future<Output = Result<u64>> + Send + 'static> {
+        self.submit_frames_with(frames, true).await
+    }
+
+    /// [`Log::submit_frames`], choosing whether the group they land in is synced at once
+    /// (`sync`) or whether they may wait for a later sync (at most the storage's
+    /// `unsynced_flush_interval`). Either way the future resolves only once they are
+    /// durable: a replica acks nothing it could lose.
+    pub async fn submit_frames_with(
+        &self,
+        frames: Bytes,
+        sync: bool,
+    ) -> Result<impl std::future::Future<Output = Result<u64>> + Send + 'static> {
         let mut pos = 0;
         while pos < frames.len() {
             let h =
@@ -274,6 +286,7 @@ impl Log {
                 .send(Cmd::AppendFrames {
                     log: self.shared.clone(),
                     frames,
+                    sync,
                     reply,
                 })
                 .await?;

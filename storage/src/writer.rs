@@ -37,6 +37,7 @@ pub(crate) enum Cmd {
     AppendFrames {
         log: Arc<LogShared>,
         frames: Bytes,
+        sync: bool,
         reply: oneshot::Sender<Result<u64>>,
     },
     Register {
@@ -150,9 +151,14 @@ pub(crate) async fn run<B: IoBackend>(
                     group_bytes += frame.len();
                     w.append(&log, frame, durability, reply).await;
                 }
-                Cmd::AppendFrames { log, frames, reply } => {
+                Cmd::AppendFrames {
+                    log,
+                    frames,
+                    sync,
+                    reply,
+                } => {
                     group_bytes += frames.len();
-                    w.append_frames(&log, frames, reply).await;
+                    w.append_frames(&log, frames, sync, reply).await;
                 }
                 Cmd::Shutdown { reply } => {
                     w.commit_all(true).await;
@@ -243,6 +249,7 @@ impl<B: IoBackend> Writer<B> {
         &mut self,
         log: &Arc<LogShared>,
         frames: Bytes,
+        sync: bool,
         reply: oneshot::Sender<Result<u64>>,
     ) {
         let Some(lw) = self.logs.get_mut(&log.id) else {
@@ -268,7 +275,7 @@ impl<B: IoBackend> Writer<B> {
                 let _ = reply.send(Err(e));
                 return;
             }
-            if let Err(e) = lw.push_replicated(&frame, &h) {
+            if let Err(e) = lw.push_replicated(&frame, &h, sync) {
                 let _ = reply.send(Err(e));
                 return;
             }

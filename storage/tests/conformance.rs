@@ -436,11 +436,22 @@ fn replicate_frames(open: Open) {
                 .unwrap();
         }
         let mut from = 0;
+        let mut unsynced = 0;
         while from < 600 {
             let chunk = src.reader().read_frames(from, 64 << 10).unwrap();
             assert_eq!(chunk.first_offset, from);
-            let end = dst.append_frames(chunk.bytes).await.unwrap();
+            // Every other chunk without a sync of its own: it still resolves only once
+            // durable (a later group or the periodic sync).
+            let sync = unsynced % 2 == 0;
+            unsynced += 1;
+            let end = dst
+                .submit_frames_with(chunk.bytes, sync)
+                .await
+                .unwrap()
+                .await
+                .unwrap();
             assert_eq!(end, chunk.next_offset);
+            assert!(dst.positions().durable >= end);
             from = chunk.next_offset;
         }
         assert_eq!(dst.epochs().entries(), &[(3, 0)]);

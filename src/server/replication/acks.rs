@@ -33,6 +33,19 @@ struct Inner {
 pub struct AckRuntime {
     inner: Mutex<Inner>,
     next_id: AtomicU64,
+    /// Appends in flight that will wait for replicas (semi-sync/sync). Counted from before
+    /// their records exist, so frames carrying them are always sent asking for a sync.
+    replica_waits: AtomicU64,
+}
+
+/// Held by an append that will wait for replicas, from submit to ack.
+#[derive(Debug)]
+pub struct ReplicaWait(Arc<AckRuntime>);
+
+impl Drop for ReplicaWait {
+    fn drop(&mut self) {
+        self.0.replica_waits.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Forgets a request whose caller went away.
@@ -59,6 +72,7 @@ impl AckRuntime {
                 tracker: AckTracker::new(config),
                 waiters: HashMap::new(),
             }),
+            replica_waits: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         })
     }
@@ -126,6 +140,18 @@ impl AckRuntime {
         });
         guard.armed = false;
         out
+    }
+
+    /// Note an append that will wait for replicas; hold the guard until it is acked.
+    pub fn expect_wait(self: &Arc<Self>) -> ReplicaWait {
+        self.replica_waits.fetch_add(1, Ordering::AcqRel);
+        ReplicaWait(self.clone())
+    }
+
+    /// Whether replicas should sync what they receive now (someone waits on them), rather
+    /// than with their periodic sync.
+    pub fn replicas_awaited(&self) -> bool {
+        self.replica_waits.load(Ordering::Acquire) > 0
     }
 
     pub fn connected(&self, id: &str, sync: bool, counts: bool) {

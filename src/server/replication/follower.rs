@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use futures::stream::FuturesOrdered;
+use futures::FutureExt;
 use parking_lot::Mutex;
 use spool_proto::v1 as pb;
 use spool_storage::{Log, SegmentImport};
@@ -214,10 +215,22 @@ async fn session(
             // never starve behind a busy stream, silence is judged after pending messages.
             biased;
             Some(done) = inflight.next() => {
+                // One ack for everything that became durable together (a group commit
+                // completes many messages at once).
+                let mut ends: HashMap<String, u64> = HashMap::new();
                 let (name, end) = done?;
+                ends.insert(name, end);
+                while let Some(Some(done)) = inflight.next().now_or_never() {
+                    let (name, end) = done?;
+                    let e = ends.entry(name).or_insert(end);
+                    *e = (*e).max(end);
+                }
                 let msg = pb::ReplicaMessage {
                     msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
-                        acks: vec![pb::ReplicaAck { log: name, durable_end: end }],
+                        acks: ends
+                            .into_iter()
+                            .map(|(log, durable_end)| pb::ReplicaAck { log, durable_end })
+                            .collect(),
                         downstream: node.replicas.descendants(),
                     })),
                 };
@@ -256,7 +269,10 @@ async fn session(
                             }
                         };
                         let name = f.log.clone();
-                        let durable = log.submit_frames(f.frames).await
+                        if f.sync {
+                            node.upstream_requested_sync();
+                        }
+                        let durable = log.submit_frames_with(f.frames, f.sync).await
                             .with_context(|| format!("appending frames {}..{} of {name}", f.first_offset, f.next_offset))?;
                         inflight.push_back(Box::pin(async move {
                             let end = durable.await?;

@@ -144,6 +144,7 @@ async fn send_log(node: Arc<Node>, log: Log, mut from: u64, staged_end: u64, out
                         first_offset: chunk.first_offset,
                         next_offset: chunk.next_offset,
                         frames: chunk.bytes,
+                        sync: node.replicas_should_sync(),
                     })
                 }
             },

@@ -60,6 +60,8 @@ pub(crate) struct LogWriter<F: IoFile> {
     unwritten_entries: Vec<IndexEntry>,
     idx_entries_on_disk: u64,
     waiters: Vec<Waiter>,
+    /// Replicated frames written but not yet synced: their waiters hear at the next sync.
+    unsynced_frames: Vec<(oneshot::Sender<Result<u64>>, u64)>,
     sync_requested: bool,
     unsynced_bytes: u64,
     pub unsynced_since: Option<Instant>,
@@ -127,6 +129,7 @@ impl<F: IoFile> LogWriter<F> {
             unwritten_entries: Vec::new(),
             idx_entries_on_disk: r.idx_entries_on_disk,
             waiters: Vec::new(),
+            unsynced_frames: Vec::new(),
             sync_requested: false,
             unsynced_bytes: 0,
             unsynced_since: None,
@@ -212,7 +215,9 @@ impl<F: IoFile> LogWriter<F> {
         });
     }
 
-    pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader) -> Result<()> {
+    /// `sync`: fdatasync with this group; otherwise the frames become durable with a later
+    /// group or the periodic sync (a replica nobody is waiting on).
+    pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader, sync: bool) -> Result<()> {
         let reject = |reason: String| StorageError::FrameRejected {
             log: self.shared.name.clone(),
             reason,
@@ -240,7 +245,7 @@ impl<F: IoFile> LogWriter<F> {
         self.buf.extend_from_slice(frame);
         self.buf_next = h.next_offset();
         self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
-        self.sync_requested = true;
+        self.sync_requested |= sync;
         Ok(())
     }
 
@@ -299,6 +304,11 @@ impl<F: IoFile> LogWriter<F> {
             self.unsynced_since.get_or_insert_with(Instant::now);
         }
         stats.record_appended(len);
+        if synced {
+            for (reply, end) in self.unsynced_frames.drain(..) {
+                let _ = reply.send(Ok(end));
+            }
+        }
         for w in self.waiters.drain(..) {
             match w {
                 Waiter::Local { reply, mut ack } => {
@@ -307,10 +317,10 @@ impl<F: IoFile> LogWriter<F> {
                     }
                     let _ = reply.send(Ok(ack));
                 }
-                Waiter::Frames { reply, end } => {
-                    debug_assert!(synced);
+                Waiter::Frames { reply, end } if synced => {
                     let _ = reply.send(Ok(end));
                 }
+                Waiter::Frames { reply, end } => self.unsynced_frames.push((reply, end)),
             }
         }
         Ok(())
@@ -337,6 +347,9 @@ impl<F: IoFile> LogWriter<F> {
             .copied()
             .or_else(|| self.seg.index_snapshot().last().copied())
             .map(|e| u64::from(e.pos));
+        for (reply, _) in self.unsynced_frames.drain(..) {
+            let _ = reply.send(Err(copy_err(&err)));
+        }
         for w in self.waiters.drain(..) {
             match w {
                 Waiter::Local { reply, .. } => {
