@@ -11,11 +11,12 @@
 //! Records written before the first entry of a history belong to epoch 0 (written before any
 //! promotion was recorded), on the upstream and on the replica alike.
 //!
-//! Known limit of deciding from the replica's *last* epoch alone: when the upstream never had
-//! that epoch but the replica's records in it began below the upstream's next epoch start,
-//! the divergence is found too late (Kafka fixed this in KIP-279 by iterating on the replica's
-//! earlier epochs). It needs two primaries writing concurrently in different epochs, which
-//! fencing prevents; sending the replica's whole epoch history would close it.
+//! Deciding from the replica's *last* epoch alone ([`decide`]) has a known gap: when the
+//! upstream never had that epoch but the replica's records in it began below the upstream's
+//! next epoch start, the divergence is found too late (Kafka closed it in KIP-279 by
+//! iterating on the replica's earlier epochs). [`decide_with_history`] takes the replica's
+//! whole history and finds the first offset where the two logs' epochs differ; replicas send
+//! it, and [`decide`] remains for a replica that sends only its last epoch.
 
 #[cfg(test)]
 mod tests;
@@ -111,6 +112,68 @@ pub fn decide(
         Decision::FullSync { from } => debug_assert_eq!(from, upstream_start),
     }
     Ok(decision)
+}
+
+/// Like [`decide`], from the replica's whole epoch history (`(epoch, start)` ascending)
+/// and its first kept offset: the replica keeps records below the first offset, among those
+/// both logs hold, where the epoch that wrote it differs between the two histories (equal
+/// epochs at an offset mean the same record), and nothing past the upstream's end. Offsets
+/// below either log's start are not compared: a history says nothing true below its log's
+/// start (after a full sync it begins there).
+pub fn decide_with_history(
+    upstream_epochs: &[(u64, u64)],
+    upstream_start: u64,
+    upstream_end: u64,
+    replica_epochs: &[(u64, u64)],
+    replica_start: u64,
+    replica_end: u64,
+) -> Result<Decision, DivergenceError> {
+    let replica_last_epoch = replica_epochs.last().map_or(0, |&(e, _)| e);
+    let upstream_epoch = upstream_epochs.last().map_or(0, |&(e, _)| e);
+    if replica_last_epoch > upstream_epoch {
+        return Err(DivergenceError::UpstreamBehind {
+            replica_epoch: replica_last_epoch,
+            upstream_epoch,
+        });
+    }
+    let lower = upstream_start.max(replica_start);
+    let limit = replica_end.min(upstream_end);
+    let valid_end = first_difference(upstream_epochs, replica_epochs, lower, limit);
+    Ok(if valid_end < replica_end {
+        if valid_end < upstream_start {
+            Decision::FullSync {
+                from: upstream_start,
+            }
+        } else {
+            Decision::TruncateThenContinue { to: valid_end }
+        }
+    } else if replica_end < upstream_start {
+        Decision::FullSync {
+            from: upstream_start,
+        }
+    } else {
+        Decision::Continue { from: replica_end }
+    })
+}
+
+/// The epoch that wrote `offset` by a history (0 below its first entry).
+fn epoch_at(epochs: &[(u64, u64)], offset: u64) -> u64 {
+    let i = epochs.partition_point(|&(_, start)| start <= offset);
+    i.checked_sub(1).map_or(0, |i| epochs[i].0)
+}
+
+/// The first offset in `lower..limit` written in different epochs by the two histories, or
+/// `limit`. Epochs change only at history entries, so only those offsets need a look.
+fn first_difference(a: &[(u64, u64)], b: &[(u64, u64)], lower: u64, limit: u64) -> u64 {
+    let mut at: Vec<u64> = std::iter::once(lower)
+        .chain(a.iter().chain(b).map(|&(_, s)| s))
+        .filter(|&s| s >= lower && s < limit)
+        .collect();
+    at.sort_unstable();
+    at.dedup();
+    at.into_iter()
+        .find(|&s| epoch_at(a, s) != epoch_at(b, s))
+        .unwrap_or(limit)
 }
 
 /// End (exclusive) of `epoch` in the upstream's log: the start of the first larger epoch, or

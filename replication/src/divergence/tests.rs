@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::{decide, Decision, DivergenceError};
+use super::{decide, decide_with_history, Decision, DivergenceError};
 
 use Decision::{Continue, FullSync, TruncateThenContinue};
 
@@ -325,5 +325,107 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// The case [`decide`] gets wrong (see the module docs): the upstream's epoch 2 began at 80
+/// while the replica was still writing epoch 1, up to 100. The logs differ from 80.
+#[test]
+fn whole_history_finds_a_divergence_the_last_epoch_misses() {
+    let up = [(1, 0), (2, 80), (4, 120)];
+    let replica = [(1, 0), (3, 100)];
+    assert_eq!(
+        decide(&up, 0, 200, 3, 150),
+        Ok(TruncateThenContinue { to: 120 }),
+        "the last-epoch rule keeps 80..120, which differ"
+    );
+    assert_eq!(
+        decide_with_history(&up, 0, 200, &replica, 0, 150),
+        Ok(TruncateThenContinue { to: 80 })
+    );
+}
+
+#[test]
+fn whole_history_after_a_full_sync_compares_from_the_starts() {
+    // The replica full-synced from 100: its history begins there.
+    let up = [(3, 0), (5, 120)];
+    assert_eq!(
+        decide_with_history(&up, 100, 200, &[(3, 100), (5, 120)], 100, 150),
+        Ok(Continue { from: 150 })
+    );
+    assert_eq!(
+        decide_with_history(&up, 100, 200, &[(3, 100)], 100, 110),
+        Ok(Continue { from: 110 })
+    );
+}
+
+/// Build a log from its epoch per offset: history entries where the epoch changes.
+fn history_of(epochs: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, &e) in epochs.iter().enumerate() {
+        if e != 0 && out.last().is_none_or(|&(last, _)| last != e) {
+            out.push((e, i as u64));
+        }
+    }
+    out
+}
+
+proptest! {
+    /// Against a model: two logs as the epoch of every offset (a shared prefix, then each
+    /// its own increasing epochs). The replica keeps exactly the offsets below the first
+    /// where they differ, within both logs, and the decision lands where the model says.
+    #[test]
+    fn whole_history_matches_a_model(
+        shared in prop::collection::vec(0u64..3, 0..12),
+        up_tail in prop::collection::vec(0u64..3, 0..12),
+        rep_tail in prop::collection::vec(0u64..3, 0..12),
+        up_start_pick: prop::sample::Index,
+    ) {
+        // Steps (0 = same epoch as before, else a newer one) turned into nondecreasing
+        // epochs. After the shared part the upstream's new epochs are odd and the replica's
+        // even: two primaries never share an epoch.
+        let mut shared_epochs = Vec::new();
+        let mut e = 0;
+        for s in &shared {
+            e += s;
+            shared_epochs.push(e);
+        }
+        let base = e;
+        let tail = |steps: &[u64], parity: u64| {
+            let mut e = base;
+            let mut out = Vec::new();
+            for &s in steps {
+                if s > 0 {
+                    let next = e + 2 * s;
+                    e = if next % 2 == parity { next } else { next + 1 };
+                }
+                out.push(e);
+            }
+            out
+        };
+        let up: Vec<u64> = shared_epochs.iter().copied().chain(tail(&up_tail, 1)).collect();
+        let rep: Vec<u64> = shared_epochs.iter().copied().chain(tail(&rep_tail, 0)).collect();
+        let (uh, rh) = (history_of(&up), history_of(&rep));
+        let up_start = up_start_pick.index(up.len() + 1) as u64;
+        let (up_end, rep_end) = (up.len() as u64, rep.len() as u64);
+        let rep_last = rh.last().map_or(0, |e| e.0);
+        let up_last = uh.last().map_or(0, |e| e.0);
+        let got = decide_with_history(&uh, up_start, up_end, &rh, 0, rep_end);
+        if rep_last > up_last {
+            prop_assert!(got.is_err());
+            return Ok(());
+        }
+        let limit = up_end.min(rep_end);
+        let agree = (up_start..limit)
+            .find(|&i| up[i as usize] != rep[i as usize])
+            .unwrap_or(limit);
+        let want = if agree < rep_end {
+            if agree < up_start { FullSync { from: up_start } } else { TruncateThenContinue { to: agree } }
+        } else if rep_end < up_start {
+            FullSync { from: up_start }
+        } else {
+            Continue { from: rep_end }
+        };
+        prop_assert_eq!(got.unwrap(), want);
     }
 }

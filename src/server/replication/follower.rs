@@ -104,6 +104,16 @@ fn hello(node: &Node, cfg: &FollowerConfig, imports: &mut Imports) -> pb::Replic
             name: l.name().to_owned(),
             last_epoch: l.current_epoch(),
             end_offset: l.positions().durable,
+            start_offset: l.positions().start,
+            epochs: l
+                .epochs()
+                .entries()
+                .iter()
+                .map(|&(epoch, start_offset)| pb::EpochStart {
+                    epoch,
+                    start_offset,
+                })
+                .collect(),
             staged_end: imports
                 .get(l.name())
                 .filter(|i| i.staged_bytes() > 0)

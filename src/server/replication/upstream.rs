@@ -58,9 +58,27 @@ fn decision_for(
         .copied()
         .filter(|&(_, start)| start <= end_here)
         .collect();
-    let (last_epoch, end) = state.map_or((0, 0), |s| (s.last_epoch, s.end_offset));
-    divergence::decide(&epochs, p.start.min(end_here), end_here, last_epoch, end)
-        .map_err(|e| Status::failed_precondition(e.to_string()))
+    let start_here = p.start.min(end_here);
+    let decided = match state {
+        // A replica that sends only its last epoch (older versions).
+        Some(s) if s.epochs.is_empty() && s.last_epoch > 0 => {
+            divergence::decide(&epochs, start_here, end_here, s.last_epoch, s.end_offset)
+        }
+        Some(s) => {
+            let theirs: Vec<(u64, u64)> =
+                s.epochs.iter().map(|e| (e.epoch, e.start_offset)).collect();
+            divergence::decide_with_history(
+                &epochs,
+                start_here,
+                end_here,
+                &theirs,
+                s.start_offset,
+                s.end_offset,
+            )
+        }
+        None => divergence::decide(&epochs, start_here, end_here, 0, 0),
+    };
+    decided.map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
 fn start_message(log: &Log, d: Decision) -> pb::LogStart {
