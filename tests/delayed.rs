@@ -479,3 +479,54 @@ fn a_replica_of_a_delayed_replica_sees_only_the_delayed_view() {
     dl.stop();
     p.stop();
 }
+
+/// A subscriber on a delayed replica that was sent records past the point the node is then
+/// promoted at is told (ABORTED, with the offset to subscribe from again): those offsets
+/// will hold other records.
+#[test]
+fn a_subscriber_past_a_promotion_point_is_told() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start(&d.path().join("p"), &[]);
+    let r = start(&d.path().join("r"), &delayed(&p.addr, "1s"));
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("s", None).await.unwrap();
+        for i in 0..10 {
+            append(&c, "s", &[&format!("v{i}")]).await;
+        }
+        wait_stored(&r.addr, "s", 10).await;
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let mut sub = Box::pin(rc.subscribe("s", Some(0)).await.unwrap());
+        for i in 0..10u64 {
+            let rec = tokio::time::timeout(Duration::from_secs(20), sub.next())
+                .await
+                .expect("records become visible after the delay")
+                .unwrap()
+                .unwrap();
+            assert_eq!(rec.offset, i);
+        }
+        let out = r.cli(&["admin", "promote", "--at-offset", "6"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
+            .await
+            .expect("the subscriber hears of the cut")
+            .unwrap()
+            .unwrap_err();
+        let s = match e {
+            spool::client::ClientError::Rpc(s) => s,
+            other => panic!("{other}"),
+        };
+        assert_eq!(s.code(), Code::Aborted, "{s:?}");
+        assert!(
+            s.message().contains("subscribe again from 6"),
+            "{}",
+            s.message()
+        );
+    });
+    r.stop();
+    p.stop();
+}

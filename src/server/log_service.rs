@@ -303,6 +303,8 @@ impl pb::log_server::Log for LogService {
         let req = req.into_inner();
         let log = self.node.storage.log(&req.log).map_err(to_status)?;
         let reader = self.node.visible(&log);
+        // Cuts from here on may replace records this subscriber was sent.
+        let mut cuts = reader.cut_count();
         let mut next = match req.start {
             Some(pb::subscribe_request::Start::FromOffset(o)) => o,
             Some(pb::subscribe_request::Start::FromEnd(_)) | None => reader.end(),
@@ -319,9 +321,16 @@ impl pb::log_server::Log for LogService {
         let node = self.node.clone();
         tokio::spawn(async move {
             let _guard = guard;
+            // Wakes the wait below when the end moves at all, also backwards (a cut).
+            let mut durable = log.watch_durable();
             loop {
+                if let Some(cut) = reader.lowest_cut_since(cuts).filter(|&c| c < next) {
+                    let _ = tx.send(Err(cut_status(log.name(), cut))).await;
+                    return;
+                }
                 let ready = tokio::select! {
                     r = reader.wait_for(next) => r,
+                    _ = durable.changed() => continue,
                     _ = tx.closed() => return,
                     _ = node.shutdown_started() => {
                         let _ = tx.send(Err(Status::unavailable("server is shutting down"))).await;
@@ -332,7 +341,20 @@ impl pb::log_server::Log for LogService {
                     let _ = tx.send(Err(to_status(e))).await;
                     return;
                 }
-                match reader.read(next, per_msg, READ_BYTES_DEFAULT as usize) {
+                let read = reader.read(next, per_msg, READ_BYTES_DEFAULT as usize);
+                match reader.lowest_cut_since(cuts) {
+                    Some(cut) if cut < next => {
+                        let _ = tx.send(Err(cut_status(log.name(), cut))).await;
+                        return;
+                    }
+                    // Cut at or past what was sent: read again, the read may predate it.
+                    Some(_) => {
+                        cuts = reader.cut_count();
+                        continue;
+                    }
+                    None => {}
+                }
+                match read {
                     Ok(records) if records.is_empty() => continue,
                     Ok(records) => {
                         next = records.last().map_or(next, |r| r.offset + 1);
@@ -353,4 +375,15 @@ impl pb::log_server::Log for LogService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// A subscriber was sent records at or past `cut`, and the log was cut back there (a
+/// divergent tail removed after a failover, or a promotion at a point): those offsets will
+/// hold other records.
+fn cut_status(log: &str, cut: u64) -> Status {
+    Status::aborted(format!(
+        "log {log:?} was cut back to offset {cut} (records past a failover or promotion \
+         point were removed); records at and after {cut} that this subscription delivered \
+         may be replaced: subscribe again from {cut}"
+    ))
 }

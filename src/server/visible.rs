@@ -126,6 +126,16 @@ impl Visible {
         }
     }
 
+    /// See [`LogReader::cut_count`].
+    pub fn cut_count(&self) -> u64 {
+        self.reader.cut_count()
+    }
+
+    /// See [`LogReader::lowest_cut_since`].
+    pub fn lowest_cut_since(&self, seen: u64) -> Option<u64> {
+        self.reader.lowest_cut_since(seen)
+    }
+
     /// The sealed segment holding `offset` as (base, next base), if all of it is visible.
     pub fn sealed_segment(&self, offset: u64) -> Option<(u64, u64)> {
         self.reader

@@ -67,6 +67,50 @@ pub(crate) struct LogShared {
     pub epochs: RwLock<EpochHistory>,
     pub deleted: AtomicBool,
     pub poisoned: Mutex<Option<String>>,
+    pub cuts: Mutex<Cuts>,
+}
+
+/// Cuts of the log's end (a divergent tail truncated after a failover, a promotion at a
+/// point, a full-sync reset): a reader that already handed out records past a cut must
+/// learn of it, since the offsets will be written again with other records.
+#[derive(Debug, Default)]
+pub(crate) struct Cuts {
+    count: u64,
+    /// (count after the cut, offset cut back to), the latest few.
+    recent: std::collections::VecDeque<(u64, u64)>,
+}
+
+const CUTS_KEPT: usize = 32;
+
+impl Cuts {
+    pub fn record(&mut self, offset: u64) {
+        self.count += 1;
+        if self.recent.len() == CUTS_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((self.count, offset));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The lowest offset cut back to after the first `seen` cuts; 0 when those cuts are
+    /// older than the history kept.
+    pub fn lowest_since(&self, seen: u64) -> Option<u64> {
+        if seen >= self.count {
+            return None;
+        }
+        let oldest_kept = self.recent.front().map_or(u64::MAX, |&(n, _)| n);
+        if seen + 1 < oldest_kept {
+            return Some(0);
+        }
+        self.recent
+            .iter()
+            .filter(|&&(n, _)| n > seen)
+            .map(|&(_, o)| o)
+            .min()
+    }
 }
 
 impl LogShared {
@@ -93,6 +137,7 @@ impl LogShared {
             epochs: RwLock::new(epochs),
             deleted: AtomicBool::new(false),
             poisoned: Mutex::new(None),
+            cuts: Mutex::new(Cuts::default()),
         }
     }
 
@@ -368,5 +413,31 @@ impl Log {
             })
             .await?;
         rx.await.map_err(|_| StorageError::Closed)?
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::{Cuts, CUTS_KEPT};
+
+    #[test]
+    fn lowest_cut_since_a_count() {
+        let mut c = Cuts::default();
+        assert_eq!(c.lowest_since(0), None);
+        c.record(50);
+        c.record(70);
+        c.record(40);
+        assert_eq!(c.count(), 3);
+        assert_eq!(c.lowest_since(0), Some(40));
+        assert_eq!(c.lowest_since(1), Some(40));
+        assert_eq!(c.lowest_since(2), Some(40));
+        assert_eq!(c.lowest_since(3), None);
+        for i in 0..CUTS_KEPT as u64 {
+            c.record(100 + i);
+        }
+        // Cuts 1..=3 are forgotten: a reader that saw none of them cannot be told where.
+        assert_eq!(c.lowest_since(0), Some(0));
+        assert_eq!(c.lowest_since(3), Some(100));
+        assert_eq!(c.lowest_since(4), Some(101));
     }
 }

@@ -144,6 +144,19 @@ impl LogReader {
         })
     }
 
+    /// How many times the log's end was cut back so far; pass it to
+    /// [`LogReader::lowest_cut_since`] later.
+    pub fn cut_count(&self) -> u64 {
+        self.log.cuts.lock().count()
+    }
+
+    /// The lowest offset the log's end was cut back to since `cut_count` returned `seen`
+    /// (0 if that is too long ago to know), or None if it was not cut since. Records a
+    /// reader handed out at or past that offset may since have been replaced.
+    pub fn lowest_cut_since(&self, seen: u64) -> Option<u64> {
+        self.log.cuts.lock().lowest_since(seen)
+    }
+
     /// The sealed segment holding `offset` (not the active one), as (base, next base).
     pub fn sealed_segment(&self, offset: u64) -> Option<(u64, u64)> {
         let segs = self.log.segments.read();

@@ -119,6 +119,7 @@ impl<F: IoFile> LogWriter<F> {
         self.pending_entries.clear();
         self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
         self.shared.written.store(end, Ordering::Release);
+        self.shared.cuts.lock().record(end);
         self.shared.durable.send_replace(end);
         fsync_dir(&self.shared.dir)?;
         tracing::info!(log = %self.shared.name, end, "log truncated");
@@ -164,6 +165,7 @@ impl<F: IoFile> LogWriter<F> {
         self.last_index_pos = None;
         self.shared.start.store(start, Ordering::Release);
         self.shared.written.store(start, Ordering::Release);
+        self.shared.cuts.lock().record(start);
         self.shared.durable.send_replace(start);
         self.request_spare(ctx);
         tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
