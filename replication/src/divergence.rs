@@ -85,21 +85,7 @@ pub fn decide(
         });
     }
     let valid_end = replica_end.min(end_of(upstream_epochs, replica_last_epoch, upstream_end));
-    let decision = if valid_end < replica_end {
-        if valid_end < upstream_start {
-            Decision::FullSync {
-                from: upstream_start,
-            }
-        } else {
-            Decision::TruncateThenContinue { to: valid_end }
-        }
-    } else if replica_end < upstream_start {
-        Decision::FullSync {
-            from: upstream_start,
-        }
-    } else {
-        Decision::Continue { from: replica_end }
-    };
+    let decision = from_valid_end(valid_end, upstream_start, replica_end);
 
     // Wherever the replica goes on from, the upstream holds that offset.
     match decision {
@@ -139,21 +125,22 @@ pub fn decide_with_history(
     let lower = upstream_start.max(replica_start);
     let limit = replica_end.min(upstream_end);
     let valid_end = first_difference(upstream_epochs, replica_epochs, lower, limit);
-    Ok(if valid_end < replica_end {
-        if valid_end < upstream_start {
-            Decision::FullSync {
-                from: upstream_start,
-            }
-        } else {
-            Decision::TruncateThenContinue { to: valid_end }
-        }
-    } else if replica_end < upstream_start {
+    Ok(from_valid_end(valid_end, upstream_start, replica_end))
+}
+
+/// The replica keeps its records below `valid_end`: cut there unless that is its end, and
+/// copy everything again if the upstream no longer holds where it would go on from.
+fn from_valid_end(valid_end: u64, upstream_start: u64, replica_end: u64) -> Decision {
+    let from = valid_end.min(replica_end);
+    if from < upstream_start {
         Decision::FullSync {
             from: upstream_start,
         }
+    } else if from < replica_end {
+        Decision::TruncateThenContinue { to: from }
     } else {
         Decision::Continue { from: replica_end }
-    })
+    }
 }
 
 /// The epoch that wrote `offset` by a history (0 below its first entry).

@@ -85,15 +85,7 @@ impl<F: IoFile> LogWriter<F> {
             fs::rename(&self.seg.path, &aside).at(&aside)?;
             Some(aside)
         } else {
-            self.write_index_entries();
-            if !self.unwritten_entries.is_empty() {
-                return Err(StorageError::io(
-                    self.idx_path(self.seg.base_offset),
-                    std::io::Error::other("index entries could not be written"),
-                ));
-            }
-            let idx = self.idx_path(self.seg.base_offset);
-            self.idx_file.sync_all().at(&idx)?;
+            self.seal_index()?;
             None
         };
 

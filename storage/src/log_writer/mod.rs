@@ -443,19 +443,24 @@ impl<F: IoFile> LogWriter<F> {
         Ok((view, file, idx_file))
     }
 
+    /// Make the active segment's index complete and durable (it is being sealed).
+    fn seal_index(&mut self) -> Result<()> {
+        self.write_index_entries();
+        let idx = self.idx_path(self.seg.base_offset);
+        if !self.unwritten_entries.is_empty() {
+            return Err(StorageError::io(
+                idx,
+                std::io::Error::other("index entries could not be written"),
+            ));
+        }
+        self.idx_file.sync_all().at(&idx)
+    }
+
     /// Seal the active segment and continue in a new one starting at the durable end.
     fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
         assert!(self.buf.is_empty() && self.waiters.is_empty());
         assert_eq!(self.durable_pos, self.write_pos);
-        self.write_index_entries();
-        if !self.unwritten_entries.is_empty() {
-            return Err(StorageError::io(
-                self.idx_path(self.seg.base_offset),
-                std::io::Error::other("index entries could not be written"),
-            ));
-        }
-        let old_idx = self.idx_path(self.seg.base_offset);
-        self.idx_file.sync_all().at(&old_idx)?;
+        self.seal_index()?;
         let base = self.durable_next;
         let (view, file, idx_file) = self.new_segment(base, backend)?;
         self.shared.segments.write().push(view.clone());
