@@ -724,3 +724,88 @@ fn cascaded_replicas_count_for_acks_when_configured() {
     r1.stop();
     p.stop();
 }
+
+/// A port free right now (the OS picks it), for a metrics endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET /metrics from `port`, polling (bounded) until every `want` line prefix is there.
+async fn wait_metrics(port: u16, want: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut body = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let _ = s.read_to_string(&mut body).await;
+            }
+        }
+        if want.iter().all(|w| body.lines().any(|l| l.starts_with(w))) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "metrics on {port} never showed {want:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Per-replica lag on the primary and the upstream's view on the replica, as Prometheus
+/// gauges.
+#[test]
+fn replication_metrics_per_replica_and_upstream() {
+    let d = tempfile::tempdir().unwrap();
+    let (pm, rm) = (free_port().to_string(), free_port().to_string());
+    let p = Server::start(
+        &d.path().join("p"),
+        &["--metrics-listen", &format!("127.0.0.1:{pm}")],
+    );
+    let r = Server::start(
+        &d.path().join("r"),
+        &replica_args(
+            &p.addr,
+            &[
+                "--replica-id",
+                "m1",
+                "--metrics-listen",
+                &format!("127.0.0.1:{rm}"),
+            ],
+        ),
+    );
+    run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("m", None).await.unwrap();
+        let end = load(&p.addr, "m", 20, "m").await;
+        wait_end(&r.addr, "m", end).await;
+        let on_primary = wait_metrics(
+            pm.parse().unwrap(),
+            &[
+                "spool_replica_connected{replica=\"m1\"} 1",
+                &format!("spool_replica_acked_offset{{replica=\"m1\",log=\"m\"}} {end}"),
+                "spool_replica_lag_records{replica=\"m1\",log=\"m\"} 0",
+            ],
+        )
+        .await;
+        assert!(
+            on_primary.contains("spool_replica_lag_seconds"),
+            "{on_primary}"
+        );
+        wait_metrics(
+            rm.parse().unwrap(),
+            &[
+                "spool_upstream_connected 1",
+                "spool_upstream_lag_records{log=\"m\"} 0",
+            ],
+        )
+        .await;
+    });
+    r.stop();
+    p.stop();
+}

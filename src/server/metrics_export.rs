@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
 
 use super::node::Node;
+use super::status_service::status;
 
 const LATENCY_BUCKETS_S: &[f64] = &[
     50e-6, 100e-6, 200e-6, 400e-6, 800e-6, 1.6e-3, 3.2e-3, 6.4e-3, 12.8e-3, 25.6e-3, 51.2e-3,
@@ -44,7 +45,41 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
                 metrics::gauge!("spool_log_size_bytes", &labels).set(size as f64);
                 metrics::gauge!("spool_log_disk_bytes", &labels).set(disk as f64);
             }
+            replication_gauges(&node);
         }
     });
     Ok(())
+}
+
+/// Per replica (on an upstream) and per upstream log (on a replica): what `spool status`
+/// shows, as gauges. A replica that went away keeps its last values with connected = 0.
+fn replication_gauges(node: &Node) {
+    let s = status(node);
+    for r in &s.replicas {
+        let id = [("replica", r.id.clone())];
+        metrics::gauge!("spool_replica_connected", &id).set(f64::from(u8::from(r.connected)));
+        metrics::gauge!("spool_replica_last_ack_seconds", &id).set(r.last_ack_ms_ago as f64 / 1e3);
+        for l in &r.logs {
+            let labels = [("replica", r.id.clone()), ("log", l.name.clone())];
+            metrics::gauge!("spool_replica_acked_offset", &labels).set(l.acked_offset as f64);
+            metrics::gauge!("spool_replica_lag_records", &labels).set(l.lag_records as f64);
+            metrics::gauge!("spool_replica_lag_bytes", &labels).set(l.lag_bytes as f64);
+            metrics::gauge!("spool_replica_lag_seconds", &labels).set(l.lag_seconds);
+        }
+    }
+    if let Some(u) = &s.upstream {
+        metrics::gauge!("spool_upstream_connected").set(f64::from(u8::from(u.connected)));
+        for l in &u.logs {
+            let labels = [("log", l.name.clone())];
+            metrics::gauge!("spool_upstream_lag_records", &labels).set(l.lag_records as f64);
+            metrics::gauge!("spool_upstream_full_sync", &labels)
+                .set(f64::from(u8::from(l.full_sync)));
+            metrics::gauge!("spool_upstream_segment_staged_records", &labels)
+                .set(l.staged_end.saturating_sub(l.local_end) as f64);
+            metrics::gauge!("spool_upstream_segments_received", &labels)
+                .set(l.segments_received as f64);
+            metrics::gauge!("spool_upstream_segment_bytes_received", &labels)
+                .set(l.segment_bytes_received as f64);
+        }
+    }
 }

@@ -48,115 +48,119 @@ impl pb::status_server::Status for StatusService {
         &self,
         _req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        let node = &self.node;
-        let storage = &node.storage;
-        let logs: Vec<Log> = storage
-            .list_logs()
-            .iter()
-            .filter_map(|n| storage.log(n).ok())
-            .collect();
-        let positions = logs
-            .iter()
-            .map(|l| {
-                let p = l.positions();
-                let mut lp = pb::LogPositions {
-                    name: l.name().to_owned(),
-                    start_offset: p.start,
-                    end_offset: p.durable,
-                    written_offset: p.written,
-                    epoch: l.current_epoch(),
-                    size_bytes: l.size_bytes().0,
-                    ..Default::default()
-                };
-                if let Some(d) = node.active_delay() {
-                    // Ends say what readers see; what is stored is reported beside them.
-                    let end = node.visible(l).end();
-                    lp.end_offset = end;
-                    lp.written_offset = end;
-                    lp.horizon_offset = end;
-                    lp.horizon_time_us = d.horizon(l).cutoff_us;
-                    lp.stored_offset = p.durable;
-                    lp.pending_delete_at_us = d
-                        .pending_delete(l.name())
-                        .map_or(0, |at| at.saturating_add(d.delay.as_micros() as u64));
-                }
-                lp
-            })
-            .collect();
-        let replicas = node
-            .replicas
-            .snapshot()
-            .into_iter()
-            .map(|r| pb::ReplicaStatus {
-                logs: logs
-                    .iter()
-                    .map(|l| lag(l, r.acked.get(l.name()).copied().unwrap_or(0)))
-                    .collect(),
-                id: r.id,
-                addr: r.addr,
-                sync: r.sync,
-                delayed: r.delayed,
-                connected: r.connected,
-                connected_for_ms: if r.connected {
-                    r.connected_at.elapsed().as_millis() as u64
-                } else {
-                    0
-                },
-                last_ack_ms_ago: r.last_ack.elapsed().as_millis() as u64,
-                counts_for_acks: r.counts_for_acks,
-            })
-            .collect();
-        let (role, upstream) = match node.role.role() {
-            Role::Primary => ("primary", None),
-            Role::Replica { upstream } => {
-                let v = node.upstream.lock();
-                let ulogs = logs
-                    .iter()
-                    .map(|l| {
-                        let f = v.logs.get(l.name()).cloned().unwrap_or_default();
-                        let local = l.positions().durable;
-                        pb::UpstreamLogStatus {
-                            name: l.name().to_owned(),
-                            upstream_end: f.upstream_end,
-                            local_end: local,
-                            lag_records: f.upstream_end.saturating_sub(local),
-                            full_sync: f.full_sync && local < f.upstream_end,
-                            staged_end: f.staged.map_or(0, |(end, _)| end),
-                            segment_next: f.staged.map_or(0, |(_, next)| next),
-                            segments_received: f.segments_received,
-                            segment_bytes_received: f.segment_bytes_received,
-                        }
-                    })
-                    .collect();
-                let up = pb::UpstreamStatus {
-                    addr: upstream,
-                    connected: v.connected_at.is_some(),
-                    connected_for_ms: v.connected_at.map_or(0, |t| t.elapsed().as_millis() as u64),
-                    last_heard_ms_ago: v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64),
-                    logs: ulogs,
-                };
-                ("replica", Some(up))
+        Ok(Response::new(status(&self.node)))
+    }
+}
+
+/// The node's whole status (also the source of the per-replica metrics).
+pub fn status(node: &Node) -> pb::StatusResponse {
+    let storage = &node.storage;
+    let logs: Vec<Log> = storage
+        .list_logs()
+        .iter()
+        .filter_map(|n| storage.log(n).ok())
+        .collect();
+    let positions = logs
+        .iter()
+        .map(|l| {
+            let p = l.positions();
+            let mut lp = pb::LogPositions {
+                name: l.name().to_owned(),
+                start_offset: p.start,
+                end_offset: p.durable,
+                written_offset: p.written,
+                epoch: l.current_epoch(),
+                size_bytes: l.size_bytes().0,
+                ..Default::default()
+            };
+            if let Some(d) = node.active_delay() {
+                // Ends say what readers see; what is stored is reported beside them.
+                let end = node.visible(l).end();
+                lp.end_offset = end;
+                lp.written_offset = end;
+                lp.horizon_offset = end;
+                lp.horizon_time_us = d.horizon(l).cutoff_us;
+                lp.stored_offset = p.durable;
+                lp.pending_delete_at_us = d
+                    .pending_delete(l.name())
+                    .map_or(0, |at| at.saturating_add(d.delay.as_micros() as u64));
             }
-        };
-        Ok(Response::new(pb::StatusResponse {
-            role: role.into(),
-            epoch: node.role.epoch(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            uptime_ms: node.started.elapsed().as_millis() as u64,
-            io_backend: storage.backend_name().into(),
-            data_dir: storage.config().data_dir.display().to_string(),
-            logs: positions,
-            replicas,
-            upstream,
-            primary_addr: node.role.primary_addr().unwrap_or_default(),
-            fenced: node.role.is_fenced(),
-            degraded: node.acks.is_degraded(),
-            delay_ms: node
-                .active_delay()
-                .map_or(0, |d| d.delay.as_millis() as u64),
-            paused: node
-                .active_delay()
-                .is_some_and(|d| d.paused_cutoff_us().is_some()),
-        }))
+            lp
+        })
+        .collect();
+    let replicas = node
+        .replicas
+        .snapshot()
+        .into_iter()
+        .map(|r| pb::ReplicaStatus {
+            logs: logs
+                .iter()
+                .map(|l| lag(l, r.acked.get(l.name()).copied().unwrap_or(0)))
+                .collect(),
+            id: r.id,
+            addr: r.addr,
+            sync: r.sync,
+            delayed: r.delayed,
+            connected: r.connected,
+            connected_for_ms: if r.connected {
+                r.connected_at.elapsed().as_millis() as u64
+            } else {
+                0
+            },
+            last_ack_ms_ago: r.last_ack.elapsed().as_millis() as u64,
+            counts_for_acks: r.counts_for_acks,
+        })
+        .collect();
+    let (role, upstream) = match node.role.role() {
+        Role::Primary => ("primary", None),
+        Role::Replica { upstream } => {
+            let v = node.upstream.lock();
+            let ulogs = logs
+                .iter()
+                .map(|l| {
+                    let f = v.logs.get(l.name()).cloned().unwrap_or_default();
+                    let local = l.positions().durable;
+                    pb::UpstreamLogStatus {
+                        name: l.name().to_owned(),
+                        upstream_end: f.upstream_end,
+                        local_end: local,
+                        lag_records: f.upstream_end.saturating_sub(local),
+                        full_sync: f.full_sync && local < f.upstream_end,
+                        staged_end: f.staged.map_or(0, |(end, _)| end),
+                        segment_next: f.staged.map_or(0, |(_, next)| next),
+                        segments_received: f.segments_received,
+                        segment_bytes_received: f.segment_bytes_received,
+                    }
+                })
+                .collect();
+            let up = pb::UpstreamStatus {
+                addr: upstream,
+                connected: v.connected_at.is_some(),
+                connected_for_ms: v.connected_at.map_or(0, |t| t.elapsed().as_millis() as u64),
+                last_heard_ms_ago: v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64),
+                logs: ulogs,
+            };
+            ("replica", Some(up))
+        }
+    };
+    pb::StatusResponse {
+        role: role.into(),
+        epoch: node.role.epoch(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_ms: node.started.elapsed().as_millis() as u64,
+        io_backend: storage.backend_name().into(),
+        data_dir: storage.config().data_dir.display().to_string(),
+        logs: positions,
+        replicas,
+        upstream,
+        primary_addr: node.role.primary_addr().unwrap_or_default(),
+        fenced: node.role.is_fenced(),
+        degraded: node.acks.is_degraded(),
+        delay_ms: node
+            .active_delay()
+            .map_or(0, |d| d.delay.as_millis() as u64),
+        paused: node
+            .active_delay()
+            .is_some_and(|d| d.paused_cutoff_us().is_some()),
     }
 }
