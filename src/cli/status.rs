@@ -110,9 +110,23 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             r.last_ack_ms_ago
         );
         for l in &r.logs {
+            let sending = if l.segment_next > 0 {
+                format!(
+                    "  (sending a segment: {} of {} records)",
+                    l.segment_sent_offset.saturating_sub(l.acked_offset),
+                    l.segment_next.saturating_sub(l.acked_offset)
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s",
-                l.name, l.acked_offset, l.lag_records, l.lag_bytes, l.lag_seconds
+                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s{}{sending}",
+                l.name,
+                l.acked_offset,
+                l.lag_records,
+                l.lag_bytes,
+                l.lag_seconds,
+                if l.full_sync { "  (full sync)" } else { "" }
             );
         }
     }
@@ -141,7 +155,9 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
                 .map(|l| {
                     serde_json::json!({"name": l.name, "acked_offset": l.acked_offset,
                         "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
-                        "lag_seconds": l.lag_seconds})
+                        "lag_seconds": l.lag_seconds, "full_sync": l.full_sync,
+                        "segment_sent_offset": l.segment_sent_offset,
+                        "segment_next": l.segment_next})
                 })
                 .collect();
             serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,

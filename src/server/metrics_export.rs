@@ -65,6 +65,8 @@ fn replication_gauges(node: &Node) {
             metrics::gauge!("spool_replica_lag_records", &labels).set(l.lag_records as f64);
             metrics::gauge!("spool_replica_lag_bytes", &labels).set(l.lag_bytes as f64);
             metrics::gauge!("spool_replica_lag_seconds", &labels).set(l.lag_seconds);
+            metrics::gauge!("spool_replica_full_sync", &labels)
+                .set(f64::from(u8::from(l.full_sync)));
         }
     }
     if let Some(u) = &s.upstream {

@@ -39,6 +39,7 @@ fn lag(log: &Log, acked: u64) -> pb::ReplicaLogLag {
             log.bytes_from(acked)
         },
         lag_seconds,
+        ..Default::default()
     }
 }
 
@@ -95,7 +96,15 @@ pub fn status(node: &Node) -> pb::StatusResponse {
         .map(|r| pb::ReplicaStatus {
             logs: logs
                 .iter()
-                .map(|l| lag(l, r.acked.get(l.name()).copied().unwrap_or(0)))
+                .map(|l| {
+                    let mut lag = lag(l, r.acked.get(l.name()).copied().unwrap_or(0));
+                    lag.full_sync = r.full_sync.contains_key(l.name());
+                    if let Some(&(sent, next)) = r.segments.get(l.name()) {
+                        lag.segment_sent_offset = sent;
+                        lag.segment_next = next;
+                    }
+                    lag
+                })
                 .collect(),
             id: r.id,
             addr: r.addr,

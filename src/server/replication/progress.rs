@@ -22,6 +22,10 @@ pub struct ReplicaInfo {
     pub acked: HashMap<String, u64>,
     /// Replicas below this one, as it last reported them (cascading).
     pub downstream: Vec<pb::DownstreamReplica>,
+    /// Logs this replica was told to full sync, with the end it must reach.
+    pub full_sync: HashMap<String, u64>,
+    /// Per log, the sealed segment being sent whole: (sent up to, segment end).
+    pub segments: HashMap<String, (u64, u64)>,
     /// Session generation: a reconnect replaces the old session's entry.
     generation: u64,
 }
@@ -65,6 +69,8 @@ impl Replicas {
                 last_ack: now,
                 acked: initial,
                 downstream: Vec::new(),
+                full_sync: HashMap::new(),
+                segments: HashMap::new(),
                 generation,
             },
         );
@@ -84,8 +90,28 @@ impl Replicas {
             r.last_ack = Instant::now();
             let e = r.acked.entry(log.to_owned()).or_insert(0);
             *e = (*e).max(end);
+            if r.full_sync.get(log).is_some_and(|&until| end >= until) {
+                r.full_sync.remove(log);
+            }
         }
         self.acked.notify_one();
+    }
+
+    /// Replica `id` was told to copy `log` again; it is done once it acks `until`.
+    pub fn full_sync_started(&self, id: &str, log: &str, until: u64) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            r.full_sync.insert(log.to_owned(), until);
+        }
+    }
+
+    /// Progress of the sealed segment being sent to `id` (None: the segment is done).
+    pub fn segment_sent(&self, id: &str, log: &str, progress: Option<(u64, u64)>) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            match progress {
+                Some(p) => r.segments.insert(log.to_owned(), p),
+                None => r.segments.remove(log),
+            };
+        }
     }
 
     /// What replica `id` said of the replicas below it.
@@ -147,5 +173,51 @@ impl Replicas {
             .filter(|r| r.connected)
             .map(|r| (r.id.clone(), r.acked.get(log).copied().unwrap_or(0)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_sync_and_segment_progress_until_the_replica_gets_there() {
+        let r = Replicas::default();
+        r.connect("a", "addr", false, false, true, HashMap::new());
+        r.full_sync_started("a", "log", 500);
+        r.segment_sent("a", "log", Some((120, 300)));
+        let a = &r.snapshot()[0];
+        assert_eq!(a.full_sync.get("log"), Some(&500));
+        assert_eq!(a.segments.get("log"), Some(&(120, 300)));
+        r.ack("a", "log", 300);
+        r.segment_sent("a", "log", None);
+        let a = &r.snapshot()[0];
+        assert!(a.full_sync.contains_key("log"), "not there yet");
+        assert!(a.segments.is_empty());
+        r.ack("a", "log", 500);
+        assert!(r.snapshot()[0].full_sync.is_empty());
+        // A new session starts clean.
+        r.full_sync_started("a", "log", 900);
+        r.connect("a", "addr", false, false, true, HashMap::new());
+        assert!(r.snapshot()[0].full_sync.is_empty());
+    }
+
+    #[test]
+    fn descendants_are_every_connected_replica_below() {
+        let r = Replicas::default();
+        let g = r.connect("a", "addr", false, false, true, HashMap::new());
+        r.ack("a", "log", 7);
+        r.set_downstream(
+            "a",
+            vec![pb::DownstreamReplica {
+                replica_id: "b".into(),
+                ..Default::default()
+            }],
+        );
+        let ids: Vec<String> = r.descendants().into_iter().map(|d| d.replica_id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(r.descendants()[0].acks[0].durable_end, 7);
+        r.disconnect("a", g);
+        assert!(r.descendants().is_empty());
     }
 }

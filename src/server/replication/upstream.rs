@@ -107,7 +107,14 @@ fn continue_from(d: Decision) -> u64 {
 /// or a delayed replica's horizon). Where `from` is the base of a sealed segment, that
 /// segment goes whole as SegmentChunks (resuming at `staged_end` if the replica holds part
 /// of it); the rest as LogFrames.
-async fn send_log(node: Arc<Node>, log: Log, mut from: u64, staged_end: u64, out: Out) {
+async fn send_log(
+    node: Arc<Node>,
+    replica: String,
+    log: Log,
+    mut from: u64,
+    staged_end: u64,
+    out: Out,
+) {
     let reader = node.visible(&log);
     // The sealed segment being shipped: (base, next base, next offset to send).
     let mut segment: Option<(u64, u64, u64)> = None;
@@ -146,6 +153,8 @@ async fn send_log(node: Arc<Node>, log: Log, mut from: u64, staged_end: u64, out
                     if done {
                         from = next;
                     }
+                    let progress = (!done).then_some((chunk.next_offset, next));
+                    node.replicas.segment_sent(&replica, log.name(), progress);
                     pb::upstream_message::Msg::Segment(pb::SegmentChunk {
                         log: log.name().to_owned(),
                         segment_base: base,
@@ -176,6 +185,9 @@ async fn send_log(node: Arc<Node>, log: Log, mut from: u64, staged_end: u64, out
                 );
                 segment = None;
                 from = start;
+                node.replicas.segment_sent(&replica, log.name(), None);
+                node.replicas
+                    .full_sync_started(&replica, log.name(), reader.end());
                 pb::upstream_message::Msg::Start(start_message(
                     &log,
                     Decision::FullSync { from: start },
@@ -223,8 +235,14 @@ impl Session {
             };
             self.send(pb::upstream_message::Msg::Start(start_message(&log, d)))
                 .await?;
+            if let Decision::FullSync { .. } = d {
+                self.node
+                    .replicas
+                    .full_sync_started(&self.id, name, self.node.visible(&log).end());
+            }
             let task = tokio::spawn(send_log(
                 self.node.clone(),
+                self.id.clone(),
                 log,
                 from,
                 staged_end,
