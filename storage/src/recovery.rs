@@ -79,11 +79,15 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
     bytes[from..].iter().position(|&b| b != 0).map(|i| from + i)
 }
 
+/// `fresh`: the log was just created (its segment is a zeroed spare, nothing was ever
+/// written): the zero-ahead check is skipped, as it would read tens of MiB of zeros that
+/// were written past the page cache.
 pub(crate) fn recover_log(
     id: u64,
     name: &str,
     dir: &Path,
     mode: RecoveryMode,
+    fresh: bool,
 ) -> Result<RecoveredLog> {
     let config: LogConfig = meta::read_log_config(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
@@ -168,7 +172,11 @@ pub(crate) fn recover_log(
     let seg_file = open_rw(&seg_path)?;
     let end = s.end_pos;
     let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
-    let residue = first_nonzero(&view.raw()[end as usize..zero_end as usize]);
+    let residue = if fresh {
+        None
+    } else {
+        first_nonzero(&view.raw()[end as usize..zero_end as usize])
+    };
     match (&s.stop, residue) {
         (ScanStop::Zero | ScanStop::Full, None) => {}
         (stop, _) => {

@@ -5,6 +5,9 @@
 //! fresh file zero-filled to size, or a segment retention deleted, recycled (zeroed again in
 //! place: its blocks stay allocated). A spare is created as `spare-N.tmp`, synced, then
 //! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
+//! Zeros are written with O_DIRECT where possible: buffered, the zeroing cost as much CPU
+//! and page-cache churn as the appends it prepares for (and its writeback showed up as
+//! 80 ms p99 append latency under load).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -21,6 +24,8 @@ use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
 
 const ZERO_CHUNK: usize = 1 << 20;
+/// Alignment of O_DIRECT buffers, offsets and lengths (the page size covers every sector size).
+const DIRECT_ALIGN: usize = 4096;
 
 /// After a failed preparation (disk full, usually), wait this long before trying again,
 /// so that a full disk does not turn every append into a doomed zero-fill.
@@ -178,21 +183,10 @@ pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<P
         if let Some(old) = recycle {
             fs::rename(old, &tmp).at(&tmp)?;
         }
-        let f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&tmp)
-            .at(&tmp)?;
         // A recycled file is overwritten in place: its blocks stay allocated, so the zero
         // writes change no extent metadata.
-        let zeros = vec![0u8; ZERO_CHUNK];
-        let mut pos = 0u64;
-        while pos < size {
-            let n = (size - pos).min(ZERO_CHUNK as u64) as usize;
-            f.write_all_at(&zeros[..n], pos).at(&tmp)?;
-            pos += n as u64;
-        }
+        zero_fill(&tmp, size)?;
+        let f = OpenOptions::new().write(true).open(&tmp).at(&tmp)?;
         f.set_len(size).at(&tmp)?;
         publish(&f, &tmp, &done, dir)
     })();
@@ -200,6 +194,58 @@ pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<P
         let _ = fs::remove_file(&tmp);
     }
     result
+}
+
+/// Write zeros over the first `size` bytes of `path` (created if missing), with O_DIRECT
+/// where the filesystem allows: the zeros go from one buffer to the disk without passing
+/// through the page cache (buffered, this took a quarter of a replica's CPU). Pages the
+/// writer later fills are not in the cache then; it writes whole pages (see
+/// `LogWriter::commit`), so the kernel never reads one back to fill it partly.
+fn zero_fill(path: &Path, size: u64) -> Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let direct = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(path);
+    let (f, mut direct) = match direct {
+        Ok(f) => (f, true),
+        // No O_DIRECT here (some tmpfs): through the page cache.
+        Err(_) => (
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .at(path)?,
+            false,
+        ),
+    };
+    let backing = vec![0u8; ZERO_CHUNK + DIRECT_ALIGN];
+    let skip = backing.as_ptr().align_offset(DIRECT_ALIGN);
+    let zeros = &backing[skip..skip + ZERO_CHUNK];
+    // Whole aligned blocks past `size` are fine: the caller sets the length after.
+    let end = size.next_multiple_of(DIRECT_ALIGN as u64);
+    let mut pos = 0u64;
+    while pos < end {
+        let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
+        match f.write_all_at(&zeros[..n], pos) {
+            Ok(()) => pos += n as u64,
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                // The filesystem refused the alignment after all: go on buffered.
+                direct = false;
+                let buffered = OpenOptions::new().write(true).open(path).at(path)?;
+                while pos < end {
+                    let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
+                    buffered.write_all_at(&zeros[..n], pos).at(path)?;
+                    pos += n as u64;
+                }
+            }
+            Err(e) => return Err(StorageError::io(path, e)),
+        }
+    }
+    Ok(())
 }
 
 /// Prepare a spare at once with fallocate: its extents are allocated but unwritten (they

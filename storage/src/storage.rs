@@ -213,7 +213,7 @@ impl Storage {
                 continue;
             }
             let id = registry.next_id();
-            let log = recovery::recover_log(id, &name, &path, config.recovery)?;
+            let log = recovery::recover_log(id, &name, &path, config.recovery, false)?;
             // Visible to `log()` at once; the storage thread takes the write side over
             // before it serves its first command.
             registry.insert(log.shared.clone());
@@ -316,6 +316,7 @@ impl Storage {
                 &name_owned,
                 &inner.logs_dir.join(&name_owned),
                 inner.config.recovery,
+                true,
             )
         })
         .await

@@ -27,6 +27,9 @@ use crate::spare::{self, SpareSlot};
 use crate::stats::Stats;
 use crate::writer::{now_us, WriterCtx};
 
+/// Page size for whole-page group writes.
+const PAGE: u64 = 4096;
+
 enum Waiter {
     Local {
         reply: oneshot::Sender<Result<AppendAck>>,
@@ -46,8 +49,12 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// Bytes of the active segment handed to the OS.
     write_pos: u64,
     written_next: u64,
-    /// Frames of the current group, to be written at `write_pos`.
+    /// The current group, to be written at `write_pos - buf_head`: first the `buf_head`
+    /// bytes already in the segment's partial first page, then the group's frames. Writes
+    /// cover whole pages (zero padding after), because spares are zeroed past the page cache
+    /// and a partial write into an uncached page would make the kernel read it first.
     buf: Vec<u8>,
+    buf_head: usize,
     buf_next: u64,
     durable_pos: u64,
     durable_next: u64,
@@ -121,6 +128,7 @@ impl<F: IoFile> LogWriter<F> {
             write_pos: r.write_pos,
             written_next: next,
             buf: Vec::new(),
+            buf_head: 0,
             buf_next: next,
             durable_pos: r.write_pos,
             durable_next: next,
@@ -163,7 +171,7 @@ impl<F: IoFile> LogWriter<F> {
             )));
         }
         let cap = self.seg.capacity();
-        let end = self.write_pos + self.buf.len() as u64;
+        let end = self.buf_end();
         if end + len as u64 <= cap {
             if end * 2 >= cap && self.spare.is_idle() {
                 self.request_spare(ctx);
@@ -185,6 +193,24 @@ impl<F: IoFile> LogWriter<F> {
         }
     }
 
+    /// Segment position where the next frame of the group goes.
+    fn buf_end(&self) -> u64 {
+        self.write_pos + (self.buf.len() - self.buf_head) as u64
+    }
+
+    /// Before a group's first frame: carry the partial page's written bytes, so that the
+    /// group's write starts on a page boundary.
+    fn start_group(&mut self) {
+        if !self.buf.is_empty() {
+            return;
+        }
+        let head = (self.write_pos % PAGE) as usize;
+        let from = (self.write_pos - head as u64) as usize;
+        self.buf
+            .extend_from_slice(&self.seg.raw()[from..self.write_pos as usize]);
+        self.buf_head = head;
+    }
+
     pub fn push_local(
         &mut self,
         mut frame: Vec<u8>,
@@ -197,7 +223,8 @@ impl<F: IoFile> LogWriter<F> {
         let ts = now_us().max(self.last_ts_us);
         format::stamp_frame(&mut frame, offset, epoch, ts);
         let count = format::frame_record_count(&frame);
-        self.note_index(self.write_pos + self.buf.len() as u64, offset);
+        self.start_group();
+        self.note_index(self.buf_end(), offset);
         self.buf.extend_from_slice(&frame);
         self.buf_next += u64::from(count);
         self.last_ts_us = ts;
@@ -241,7 +268,8 @@ impl<F: IoFile> LogWriter<F> {
             epochs.begin(h.epoch, h.base_offset)?;
             epochs.save(&self.shared.dir)?;
         }
-        self.note_index(self.write_pos + self.buf.len() as u64, h.base_offset);
+        self.start_group();
+        self.note_index(self.buf_end(), h.base_offset);
         self.buf.extend_from_slice(frame);
         self.buf_next = h.next_offset();
         self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
@@ -260,7 +288,7 @@ impl<F: IoFile> LogWriter<F> {
     /// complete the waiters. On failure every waiter gets the error and the buffered frames
     /// are dropped; the error is returned too.
     pub async fn commit(&mut self, force_sync: bool, stats: &Stats) -> Result<()> {
-        let len = self.buf.len() as u64;
+        let len = (self.buf.len() - self.buf_head) as u64;
         let need_sync =
             force_sync || self.sync_requested || self.unsynced_bytes + len > GROUP_BYTES_CAP as u64;
         if len == 0 && !(need_sync && self.unsynced_bytes > 0) {
@@ -268,14 +296,21 @@ impl<F: IoFile> LogWriter<F> {
             return Ok(());
         }
         let pos = self.write_pos;
-        let buf = std::mem::take(&mut self.buf);
+        let at = pos - self.buf_head as u64;
+        let mut buf = std::mem::take(&mut self.buf);
+        self.buf_head = 0;
+        if len > 0 {
+            // Zeros to the end of the last page (already zeros on disk), within the file.
+            let end = (pos + len).next_multiple_of(PAGE).min(self.seg.capacity());
+            buf.resize((end - at) as usize, 0);
+        }
         let started = std::time::Instant::now();
         let (res, mut buf) = if len == 0 {
             (self.file.sync_data().await, buf)
         } else if need_sync {
-            self.file.write_all_at_sync(buf, pos).await
+            self.file.write_all_at_sync(buf, at).await
         } else {
-            self.file.write_all_at(buf, pos).await
+            self.file.write_all_at(buf, at).await
         };
         if need_sync {
             stats.record_sync(started.elapsed());
