@@ -17,12 +17,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::LogWriter;
-use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
 use crate::import::StagedSegment;
 use crate::index;
 use crate::io::{IoBackend, IoFile};
-use crate::segment::{self, open_rw, SegmentView};
+use crate::segment::{self, SegmentView};
 use crate::writer::WriterCtx;
 
 impl<F: IoFile> LogWriter<F> {
@@ -107,23 +106,7 @@ impl<F: IoFile> LogWriter<F> {
         imported.publish(seg.len, seg.next, seg.last_ts_us, &[]);
 
         let (view, file, idx_file) = match zeroed {
-            Some(aside) => {
-                let path = dir.join(segment::segment_file_name(seg.next));
-                fs::rename(&aside, &path).at(&path)?;
-                let idx_path = self.idx_path(seg.next);
-                let idx_file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .open(&idx_path)
-                    .at(&idx_path)?;
-                fsync_dir(&dir)?;
-                let file = open_rw(&path)?;
-                let view = Arc::new(SegmentView::map(&path, &file, seg.next)?);
-                let file = backend.wrap(file, &path).at(&path)?;
-                (view, file, idx_file)
-            }
+            Some(aside) => self.place_segment(&aside, seg.next, backend)?,
             None => self.new_segment(seg.next, backend)?,
         };
         {

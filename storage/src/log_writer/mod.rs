@@ -458,9 +458,21 @@ impl<F: IoFile> LogWriter<F> {
             Some(p) => p,
             None => spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
         };
+        self.place_segment(&spare, base, backend)
+    }
+
+    /// Rename the zeroed file `zeroed` to segment `base` with an empty index, durably
+    /// (directory synced), and open it for writing and reading.
+    fn place_segment<B: IoBackend<File = F>>(
+        &mut self,
+        zeroed: &Path,
+        base: u64,
+        backend: &B,
+    ) -> Result<(Arc<SegmentView>, F, File)> {
+        let dir = self.shared.dir.clone();
         let path = dir.join(segment::segment_file_name(base));
-        if let Err(e) = fs::rename(&spare, &path) {
-            let _ = fs::remove_file(&spare);
+        if let Err(e) = fs::rename(zeroed, &path) {
+            let _ = fs::remove_file(zeroed);
             return Err(StorageError::io(&path, e));
         }
         let idx_path = self.idx_path(base);
