@@ -48,15 +48,12 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             u.last_heard_ms_ago
         );
         for l in &u.logs {
-            let receiving = if l.segment_next > 0 {
-                format!(
-                    "  (receiving a segment: {} of {} records staged)",
-                    l.staged_end.saturating_sub(l.local_end),
-                    l.segment_next.saturating_sub(l.local_end)
-                )
-            } else {
-                String::new()
-            };
+            let receiving = segment_progress(
+                "receiving a segment",
+                l.local_end,
+                l.staged_end,
+                l.segment_next,
+            );
             println!(
                 "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}{receiving}",
                 l.name,
@@ -110,15 +107,12 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             r.last_ack_ms_ago
         );
         for l in &r.logs {
-            let sending = if l.segment_next > 0 {
-                format!(
-                    "  (sending a segment: {} of {} records)",
-                    l.segment_sent_offset.saturating_sub(l.acked_offset),
-                    l.segment_next.saturating_sub(l.acked_offset)
-                )
-            } else {
-                String::new()
-            };
+            let sending = segment_progress(
+                "sending a segment",
+                l.acked_offset,
+                l.segment_sent_offset,
+                l.segment_next,
+            );
             println!(
                 "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s{}{sending}",
                 l.name,
@@ -131,6 +125,19 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// "  (WHAT: N of M records)" for a sealed segment in transfer from offset `from` to
+/// `next` (none when `next` is 0), `done` being how far it got.
+fn segment_progress(what: &str, from: u64, done: u64, next: u64) -> String {
+    if next == 0 {
+        return String::new();
+    }
+    format!(
+        "  ({what}: {} of {} records)",
+        done.saturating_sub(from),
+        next.saturating_sub(from)
+    )
 }
 
 fn status_json(s: &pb::StatusResponse) -> serde_json::Value {

@@ -117,13 +117,7 @@ impl<F: IoFile> LogWriter<F> {
             segs.push(Arc::new(imported));
             segs.push(view.clone());
         }
-        self.seg = view;
-        self.file = file;
-        self.idx_file = idx_file;
-        self.write_pos = 0;
-        self.durable_pos = 0;
-        self.idx_entries_on_disk = 0;
-        self.last_index_pos = None;
+        self.activate(view, file, idx_file);
         self.pending_entries.clear();
         self.written_next = seg.next;
         self.buf_next = seg.next;

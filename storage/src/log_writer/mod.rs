@@ -503,6 +503,17 @@ impl<F: IoFile> LogWriter<F> {
         self.idx_file.sync_all().at(&idx)
     }
 
+    /// Make an empty segment the active one (the caller has put it in the segment list).
+    fn activate(&mut self, view: Arc<SegmentView>, file: F, idx_file: File) {
+        self.seg = view;
+        self.file = file;
+        self.idx_file = idx_file;
+        self.write_pos = 0;
+        self.durable_pos = 0;
+        self.idx_entries_on_disk = 0;
+        self.last_index_pos = None;
+    }
+
     /// Seal the active segment and continue in a new one starting at the durable end.
     fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
         assert!(self.buf.is_empty() && self.waiters.is_empty());
@@ -511,13 +522,7 @@ impl<F: IoFile> LogWriter<F> {
         let base = self.durable_next;
         let (view, file, idx_file) = self.new_segment(base, backend)?;
         self.shared.segments.write().push(view.clone());
-        self.seg = view;
-        self.file = file;
-        self.idx_file = idx_file;
-        self.write_pos = 0;
-        self.durable_pos = 0;
-        self.idx_entries_on_disk = 0;
-        self.last_index_pos = None;
+        self.activate(view, file, idx_file);
         self.request_spare(ctx);
         tracing::debug!(log = %self.shared.name, base, "rolled to a new segment");
         Ok(())

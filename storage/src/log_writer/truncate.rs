@@ -150,19 +150,13 @@ impl<F: IoFile> LogWriter<F> {
             epochs.save(&dir)?;
         }
         let (view, file, idx_file) = self.new_segment(start, backend)?;
-        self.file = file;
-        self.idx_file = idx_file;
         *self.shared.segments.write() = vec![view.clone()];
-        self.seg = view;
-        self.write_pos = 0;
-        self.durable_pos = 0;
+        self.activate(view, file, idx_file);
         self.written_next = start;
         self.buf_next = start;
         self.durable_next = start;
-        self.idx_entries_on_disk = 0;
         self.unwritten_entries.clear();
         self.pending_entries.clear();
-        self.last_index_pos = None;
         self.shared.start.store(start, Ordering::Release);
         self.shared.written.store(start, Ordering::Release);
         self.shared.cuts.lock().record(start);
