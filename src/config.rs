@@ -76,6 +76,9 @@ pub struct ReplicationSection {
     /// Acks of cascaded replicas (replicas of replicas), forwarded by the replicas between,
     /// count toward semi-sync/sync on the primary. Off: only direct replicas count.
     pub cascaded_counts_for_acks: Option<bool>,
+    /// A replica catching up copies sealed segments from its upstream's files over a
+    /// segment-fetch connection (sendfile). Off: they come inside the gRPC stream.
+    pub segment_fetch: Option<bool>,
     /// Makes this replica a delayed one: it exposes only what the primary wrote at least
     /// this long ago ("500ms", "30s", "15m", "1h", "2d"). Needs `replica_of`.
     pub delay: Option<String>,
@@ -122,6 +125,7 @@ pub struct ReplicationConfig {
     pub replica_keep_bytes_max: u64,
     pub delayed_counts_for_acks: bool,
     pub cascaded_counts_for_acks: bool,
+    pub segment_fetch: bool,
     /// Set on a delayed replica (always with `replica_of`).
     pub delay: Option<Duration>,
 }
@@ -140,6 +144,7 @@ impl Default for ReplicationConfig {
             replica_keep_bytes_max: 10 << 30,
             delayed_counts_for_acks: false,
             cascaded_counts_for_acks: false,
+            segment_fetch: true,
             delay: None,
         }
     }
@@ -203,6 +208,7 @@ impl ReplicationConfig {
             replica_keep_bytes_max: r.replica_keep_bytes_max.unwrap_or(d.replica_keep_bytes_max),
             delayed_counts_for_acks: r.delayed_counts_for_acks.unwrap_or(false),
             cascaded_counts_for_acks: r.cascaded_counts_for_acks.unwrap_or(false),
+            segment_fetch: r.segment_fetch.unwrap_or(d.segment_fetch),
         })
     }
 }

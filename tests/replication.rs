@@ -552,14 +552,27 @@ fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
     }
 }
 
-/// A fresh replica receives the primary's sealed segments whole. Frozen (SIGSTOP) in the
-/// middle of one until the primary drops it, it reconnects and the segment resumes where it
-/// stopped: the bytes received add up to the segments' sizes, nothing is sent twice.
+/// A fresh replica receives the primary's sealed segments whole, by segment fetch
+/// (sendfile from the primary's files). Frozen (SIGSTOP) in the middle of one until the
+/// primary drops it, it reconnects and the segment resumes where it stopped: the bytes
+/// received add up to the segments' sizes, nothing is sent twice.
 #[test]
-fn full_sync_ships_segments_and_resumes_mid_segment() {
+fn full_sync_fetches_segments_and_resumes_mid_segment() {
+    full_sync_resumes_mid_segment(true);
+}
+
+/// The same with `segment_fetch = false`: the segments come inside the gRPC stream.
+#[test]
+fn full_sync_streams_segments_and_resumes_mid_segment() {
+    full_sync_resumes_mid_segment(false);
+}
+
+fn full_sync_resumes_mid_segment(fetch: bool) {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("p.toml");
     std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 33554432\n").unwrap();
+    let rcfg = d.path().join("r.toml");
+    std::fs::write(&rcfg, format!("[replication]\nsegment_fetch = {fetch}\n")).unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");
@@ -584,7 +597,11 @@ fn full_sync_ships_segments_and_resumes_mid_segment() {
                 "never caught the replica in the first half of a segment"
             );
             let _ = std::fs::remove_dir_all(&rdir);
-            let r = Server::start(&rdir, &replica_args(&paddr, &["--replica-id", "seg"]));
+            let rcfg = rcfg.to_str().unwrap();
+            let r = Server::start(
+                &rdir,
+                &replica_args(&paddr, &["--replica-id", "seg", "--config", rcfg]),
+            );
             let rc = Client::connect(&r.addr).await.unwrap();
             // Freeze it early in a segment, so that the segment cannot finish meanwhile.
             let caught = loop {
@@ -655,6 +672,13 @@ fn full_sync_ships_segments_and_resumes_mid_segment() {
                 l.segment_bytes_received, sealed,
                 "a resumed segment was sent again"
             );
+            // The path asked for is the one taken (a fetch cut by the freeze may make the
+            // next session stream the rest of that segment, no more).
+            if fetch {
+                assert!(l.segment_bytes_fetched * 2 > sealed, "{l:?}");
+            } else {
+                assert_eq!(l.segment_bytes_fetched, 0, "{l:?}");
+            }
             return r;
         }
         unreachable!()

@@ -82,6 +82,8 @@ fn replication_gauges(node: &Node) {
                 .set(l.segments_received as f64);
             metrics::gauge!("spool_upstream_segment_bytes_received", &labels)
                 .set(l.segment_bytes_received as f64);
+            metrics::gauge!("spool_upstream_segment_bytes_fetched", &labels)
+                .set(l.segment_bytes_fetched as f64);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC server: one node's services on a multi-thread tokio runtime, in front of the
 //! storage thread.
 
+mod accept;
 mod admin_service;
 mod log_service;
 pub(crate) mod logs_service;
@@ -81,6 +82,7 @@ pub async fn serve(
             replica_id: repl.replica_id.clone().unwrap_or_else(|| bound.to_string()),
             sync: repl.sync_replica,
             delayed: repl.delay.is_some(),
+            segment_fetch: repl.segment_fetch,
         };
         node.follower_running.send_replace(true);
         let n = node.clone();
@@ -129,12 +131,8 @@ pub async fn serve(
         .add_service(status)
         .add_service(replication_svc)
         .add_service(admin)
-        // Server::tcp_nodelay only applies to listeners tonic binds itself; without this,
-        // Nagle + delayed ACK add ~40 ms to small replies.
-        .serve_with_incoming_shutdown(
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            signal,
-        )
+        // Connections come through `accept`, which keeps segment fetches for itself.
+        .serve_with_incoming_shutdown(accept::spawn(listener, node.clone()), signal)
         .await
         .context("grpc server")?;
     storage.shutdown().await?;

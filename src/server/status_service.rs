@@ -139,6 +139,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                         segment_next: f.staged.map_or(0, |(_, next)| next),
                         segments_received: f.segments_received,
                         segment_bytes_received: f.segment_bytes_received,
+                        segment_bytes_fetched: f.segment_bytes_fetched,
                     }
                 })
                 .collect();

@@ -2,7 +2,7 @@
 //! horizon. Every read path (Read, Subscribe, Describe/List/Status ends, the frames sent
 //! to downstream replicas) goes through here, so nothing past the horizon is ever returned.
 
-use spool_storage::{FrameChunk, Log, LogReader, Record, StorageError};
+use spool_storage::{FrameChunk, Log, LogReader, Record, SegmentSpan, StorageError};
 use tokio::sync::watch;
 
 use super::node::Node;
@@ -141,5 +141,16 @@ impl Visible {
         self.reader
             .sealed_segment(offset)
             .filter(|&(_, next)| next <= self.end())
+    }
+
+    /// See [`LogReader::sealed_span`]; only of a segment that is visible whole.
+    pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan, StorageError> {
+        match self.sealed_segment(from) {
+            Some((b, _)) if b == base => self.reader.sealed_span(base, from),
+            _ => Err(StorageError::InvalidInput(format!(
+                "offset {from} of log {} is not in a sealed, visible segment starting at {base}",
+                self.name
+            ))),
+        }
     }
 }

@@ -188,6 +188,20 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     })
 }
 
+/// Length of the longest prefix of `bytes` made of whole frames (headers bounded, CRCs
+/// not checked): where a stream of frames cut at arbitrary points can be split.
+pub fn whole_frames_len(bytes: &[u8]) -> Result<usize, FormatError> {
+    let mut pos = 0usize;
+    while bytes.len() - pos >= HEADER_BYTES {
+        let len = peek_header(&bytes[pos..])?.frame_len as usize;
+        if bytes.len() - pos < len {
+            break;
+        }
+        pos += len;
+    }
+    Ok(pos)
+}
+
 /// Validate a whole frame at the start of `bytes`: header bounds, then CRC.
 pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = peek_header(bytes)?;
@@ -361,6 +375,33 @@ mod tests {
         assert_eq!(r[0].value.len(), 0);
         assert_eq!(r[2].offset, 7);
         assert_eq!(&r[2].value[..], b"x");
+    }
+
+    #[test]
+    fn whole_frames_prefix_of_a_cut_stream() {
+        let a = build(&[b"one".to_vec()], None, 0);
+        let b = build(&[vec![7u8; 300], b"two".to_vec()], None, 1);
+        let stream = [a.clone(), b.clone()].concat();
+        for cut in 0..=stream.len() {
+            let want = if cut >= stream.len() {
+                stream.len()
+            } else if cut >= a.len() {
+                a.len()
+            } else {
+                0
+            };
+            assert_eq!(
+                whole_frames_len(&stream[..cut]).unwrap(),
+                want,
+                "cut at {cut}"
+            );
+        }
+        let mut bad = stream.clone();
+        bad[a.len()] ^= 0xff; // the second frame's magic
+        assert!(matches!(
+            whole_frames_len(&bad),
+            Err(FormatError::BadMagic(_))
+        ));
     }
 
     #[test]

@@ -10,11 +10,12 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
 use tokio::sync::oneshot;
 
+use crate::direct_write::DirectWriter;
 use crate::error::{IoContext, Result, StorageError};
 use crate::format;
 use crate::index::IndexEntry;
@@ -43,9 +44,20 @@ pub struct SegmentImport {
     staged: StagedSegment,
     last_epoch: u64,
     last_index_pos: Option<u64>,
-    /// Bytes already handed to writeback (see [`WRITEBACK_EVERY`]).
-    writeback_from: u64,
+    sink: Sink,
+    /// A write failed: what is staged has a hole, so the import can only be dropped.
+    broken: bool,
     installed: bool,
+}
+
+/// How staged bytes reach the file.
+#[derive(Debug)]
+enum Sink {
+    /// O_DIRECT, past the page cache (see `direct_write`).
+    Direct(DirectWriter),
+    /// Through the page cache, where O_DIRECT is refused (tmpfs, some filesystems).
+    /// `writeback_from`: bytes already handed to writeback (see [`WRITEBACK_EVERY`]).
+    Buffered { writeback_from: u64 },
 }
 
 /// Start writeback of staged bytes every this many, so the sync at install finds little
@@ -66,13 +78,22 @@ impl Log {
             )));
         }
         let path = self.shared.dir.join(format!("import-{base:020}.tmp"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .at(&path)?;
+        let open = |flags| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .custom_flags(flags)
+                .open(&path)
+        };
+        let (file, sink) = match open(libc::O_DIRECT) {
+            Ok(f) => {
+                let w = f.try_clone().and_then(DirectWriter::new).at(&path)?;
+                (f, Sink::Direct(w))
+            }
+            Err(_) => (open(0).at(&path)?, Sink::Buffered { writeback_from: 0 }),
+        };
         Ok(SegmentImport {
             last_epoch: self.current_epoch(),
             log: self.clone(),
@@ -87,7 +108,8 @@ impl Log {
                 last_ts_us: 0,
             },
             last_index_pos: None,
-            writeback_from: 0,
+            sink,
+            broken: false,
             installed: false,
         })
     }
@@ -111,6 +133,11 @@ impl SegmentImport {
         self.log.name()
     }
 
+    /// A write failed; the import cannot continue (drop it and start the segment again).
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
     fn reject(&self, reason: String) -> StorageError {
         StorageError::FrameRejected {
             log: self.log.name().to_owned(),
@@ -119,8 +146,11 @@ impl SegmentImport {
     }
 
     /// Check whole frames that continue the segment and write them to the staging file
-    /// (page cache: synced once, by [`SegmentImport::install`]). Blocking.
+    /// (synced once, by [`SegmentImport::install`]). Blocking.
     pub fn write(&mut self, frames: &[u8]) -> Result<()> {
+        if self.broken {
+            return Err(self.reject("an earlier write of this segment failed".into()));
+        }
         if self.staged.len + frames.len() as u64 > u64::from(u32::MAX) {
             return Err(self.reject("imported segment larger than 4 GiB".into()));
         }
@@ -163,7 +193,14 @@ impl SegmentImport {
             pos += h.frame_len as usize;
         }
         let path = &self.staged.path;
-        self.file.write_all_at(frames, self.staged.len).at(path)?;
+        let written = match &mut self.sink {
+            Sink::Direct(w) => w.write(frames),
+            Sink::Buffered { .. } => self.file.write_all_at(frames, self.staged.len),
+        };
+        if let Err(e) = written {
+            self.broken = matches!(self.sink, Sink::Direct(_));
+            return Err(e).at(path);
+        }
         self.staged.len += frames.len() as u64;
         self.staged.next = next;
         self.staged.last_ts_us = last_ts;
@@ -171,8 +208,11 @@ impl SegmentImport {
         self.staged.epochs.extend(epochs);
         self.last_epoch = last_epoch;
         self.last_index_pos = last_index;
-        if self.staged.len - self.writeback_from >= WRITEBACK_EVERY {
-            let (from, len) = (self.writeback_from, self.staged.len - self.writeback_from);
+        let Sink::Buffered { writeback_from } = &mut self.sink else {
+            return Ok(());
+        };
+        if self.staged.len - *writeback_from >= WRITEBACK_EVERY {
+            let (from, len) = (*writeback_from, self.staged.len - *writeback_from);
             // SAFETY: a descriptor we own; the range lies within the file. Only starts
             // writeback (no wait, no durability promise): install still syncs.
             let r = unsafe {
@@ -184,7 +224,7 @@ impl SegmentImport {
                 )
             };
             if r == 0 {
-                self.writeback_from = self.staged.len;
+                *writeback_from = self.staged.len;
             }
         }
         Ok(())
@@ -197,11 +237,23 @@ impl SegmentImport {
         if self.staged.len == 0 {
             return Err(self.reject("an imported segment needs at least one frame".into()));
         }
+        if self.broken {
+            return Err(self.reject("an earlier write of this segment failed".into()));
+        }
         let file = self.file.try_clone().at(&self.staged.path)?;
-        let path = self.staged.path.clone();
-        tokio::task::spawn_blocking(move || file.sync_all().at(&path))
-            .await
-            .map_err(|e| StorageError::InvalidInput(format!("sync task failed: {e}")))??;
+        let (path, len) = (self.staged.path.clone(), self.staged.len);
+        let mut sink = std::mem::replace(&mut self.sink, Sink::Buffered { writeback_from: 0 });
+        tokio::task::spawn_blocking(move || {
+            if let Sink::Direct(w) = &mut sink {
+                w.finish().at(&path)?;
+                // The last block was padded to the block size: the file holds what was
+                // received, no more (as a buffered import's does).
+                file.set_len(len).at(&path)?;
+            }
+            file.sync_all().at(&path)
+        })
+        .await
+        .map_err(|e| StorageError::InvalidInput(format!("sync task failed: {e}")))??;
         let staged = std::mem::replace(
             &mut self.staged,
             StagedSegment {

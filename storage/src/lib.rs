@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod crashsafe;
+mod direct_write;
 pub mod error;
 pub mod format;
 mod import;
@@ -37,5 +38,5 @@ pub use import::SegmentImport;
 pub use io::BackendChoice;
 pub use log::{AppendAck, Log, Positions};
 pub use meta::EpochHistory;
-pub use reader::{FrameChunk, FrameCursor, LogReader};
+pub use reader::{FrameChunk, FrameCursor, LogReader, SegmentSpan};
 pub use storage::{validate_log_name, Storage};

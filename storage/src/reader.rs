@@ -16,6 +16,20 @@ pub struct LogReader {
     log: Arc<LogShared>,
 }
 
+/// Where the frames of a sealed segment lie in its file, from a frame boundary to the
+/// segment's end: what a segment fetch sends straight from the file.
+#[derive(Debug, Clone)]
+pub struct SegmentSpan {
+    pub path: std::path::PathBuf,
+    /// Byte position of the frame that starts at `first_offset`.
+    pub start: u64,
+    /// Byte position past the segment's last frame.
+    pub end: u64,
+    pub first_offset: u64,
+    /// The segment's end: the next segment's base.
+    pub next_offset: u64,
+}
+
 /// A run of whole frames, as stored: what replication ships.
 #[derive(Debug, Clone)]
 pub struct FrameChunk {
@@ -164,6 +178,39 @@ impl LogReader {
         let seg = segs.get(i.checked_sub(1)?)?;
         let next = segs.get(i)?;
         Some((seg.base_offset, next.base_offset))
+    }
+
+    /// The bytes of sealed segment `base` from the frame that starts at `from` to the
+    /// segment's end. `from` must be a frame boundary inside the segment.
+    pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan> {
+        self.check(from)?;
+        let seg = {
+            let segs = self.log.segments.read();
+            let i = segs.partition_point(|s| s.base_offset <= base);
+            match (i.checked_sub(1).and_then(|j| segs.get(j)), segs.get(i)) {
+                (Some(seg), Some(_)) if seg.base_offset == base => seg.clone(),
+                _ => {
+                    return Err(StorageError::InvalidInput(format!(
+                        "log {} has no sealed segment starting at {base}",
+                        self.log.name
+                    )))
+                }
+            }
+        };
+        let at = seg.locate(from)?.filter(|f| f.header.base_offset == from);
+        let Some(at) = at else {
+            return Err(StorageError::InvalidInput(format!(
+                "offset {from} is not where a frame of segment {base} of log {} starts",
+                self.log.name
+            )));
+        };
+        Ok(SegmentSpan {
+            path: seg.path.clone(),
+            start: at.pos,
+            end: seg.durable_len(),
+            first_offset: from,
+            next_offset: seg.durable_next(),
+        })
     }
 
     /// Wait until the record at `offset` is durable (`durable_end > offset`).

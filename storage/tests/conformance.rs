@@ -615,6 +615,30 @@ fn import_segments(open: Open) {
         while let Some((base, next)) = r.sealed_segment(from) {
             assert_eq!(base, from);
             let mut imp = dst.begin_import(base).unwrap();
+            if imported % 2 == 1 {
+                // As a segment fetch sends it: the file's bytes from a frame boundary to
+                // the segment's end, cut at arbitrary points and split into whole frames.
+                // The first frame in the stream, the rest from the file (a resumed fetch).
+                let first = r.read_frames_until(base, 1, next).unwrap();
+                imp.write(&first.bytes).unwrap();
+                let span = r.sealed_span(base, first.next_offset).unwrap();
+                assert_eq!(
+                    (span.first_offset, span.next_offset),
+                    (first.next_offset, next)
+                );
+                let bytes = std::fs::read(&span.path).unwrap();
+                let mut data = &bytes[span.start as usize..span.end as usize];
+                let mut pending: Vec<u8> = Vec::new();
+                while !data.is_empty() {
+                    let cut = data.len().min(5000);
+                    pending.extend_from_slice(&data[..cut]);
+                    data = &data[cut..];
+                    let whole = spool_storage::format::whole_frames_len(&pending).unwrap();
+                    imp.write(&pending[..whole]).unwrap();
+                    pending.drain(..whole);
+                }
+                assert!(pending.is_empty());
+            }
             while imp.next_offset() < next {
                 let c = r
                     .read_frames_until(imp.next_offset(), 8 << 10, next)
@@ -634,6 +658,12 @@ fn import_segments(open: Open) {
             offsets_and_values(read_all(&s, "dst").await),
             offsets_and_values(read_all(&s, "src").await)
         );
+
+        // `from` is now the base of src's active segment: no span of it is sent.
+        assert!(matches!(
+            r.sealed_span(from, from),
+            Err(StorageError::InvalidInput(_))
+        ));
 
         // Refused: a segment that does not start at the log's end, frames that do not
         // continue it, a damaged frame.

@@ -17,6 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::transport::Endpoint;
 
+use super::segment_fetch;
 use super::upstream::{DEAD_AFTER, HEARTBEAT_EVERY};
 use crate::server::logs_service::config_from_pb;
 use crate::server::node::Node;
@@ -35,6 +36,8 @@ pub struct LogFollow {
     pub staged: Option<(u64, u64)>,
     pub segments_received: u64,
     pub segment_bytes_received: u64,
+    /// Of those, received by segment fetch.
+    pub segment_bytes_fetched: u64,
 }
 
 /// What the replica knows of its upstream, for status.
@@ -51,6 +54,8 @@ pub struct FollowerConfig {
     pub replica_id: String,
     pub sync: bool,
     pub delayed: bool,
+    /// Fetch sealed segments over a segment-fetch connection when the upstream offers it.
+    pub segment_fetch: bool,
 }
 
 /// Follow `cfg.upstream` until the node shuts down or is promoted.
@@ -58,16 +63,22 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
     let mut backoff = BACKOFF_MIN;
     // Segments partly received survive a reconnect: the upstream resumes where they stop.
     let mut imports: Imports = HashMap::new();
+    // After a failed segment fetch, one session takes segments inside the stream instead
+    // (a fetch that cannot work, e.g. through a proxy that speaks only HTTP/2, then costs
+    // one reconnect, not the replication).
+    let mut fetch_failed = false;
     loop {
         if node.is_shutting_down() || node.role.is_primary() {
             return;
         }
         let started = Instant::now();
+        let mut fetch = cfg.segment_fetch && !fetch_failed;
         let result = tokio::select! {
-            r = session(&node, &cfg, &view, &mut imports) => r,
+            r = session(&node, &cfg, &view, &mut imports, &mut fetch) => r,
             _ = node.shutdown_started() => return,
             _ = node.promoted() => return,
         };
+        fetch_failed = cfg.segment_fetch && !fetch_failed && !fetch;
         {
             let mut v = view.lock();
             v.connected_at = None;
@@ -88,13 +99,19 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
 
 type Imports = HashMap<String, SegmentImport>;
 
-fn hello(node: &Node, cfg: &FollowerConfig, imports: &mut Imports) -> pb::ReplicaMessage {
+fn hello(
+    node: &Node,
+    cfg: &FollowerConfig,
+    imports: &mut Imports,
+    segment_fetch: bool,
+) -> pb::ReplicaMessage {
     let storage = &node.storage;
     // An import continues only where its log still ends.
     imports.retain(|name, imp| {
         storage
             .log(name)
             .is_ok_and(|l| l.positions().written == imp.base())
+            && !imp.is_broken()
     });
     let logs = storage
         .list_logs()
@@ -128,6 +145,7 @@ fn hello(node: &Node, cfg: &FollowerConfig, imports: &mut Imports) -> pb::Replic
             node_epoch: node.role.epoch(),
             logs,
             listen_addr: node.role.listen_addr.read().clone(),
+            segment_fetch,
         })),
     }
 }
@@ -158,6 +176,7 @@ async fn session(
     cfg: &FollowerConfig,
     view: &Mutex<UpstreamView>,
     imports: &mut Imports,
+    fetch: &mut bool,
 ) -> Result<()> {
     let uri = crate::client::endpoint_uri(&cfg.upstream);
     let channel = Endpoint::from_shared(uri.clone())?
@@ -172,7 +191,7 @@ async fn session(
     let mut client = pb::replication_client::ReplicationClient::new(channel)
         .max_decoding_message_size(crate::server::MESSAGE_BYTES_MAX);
     let (tx, rx) = mpsc::channel(64);
-    tx.send(hello(node, cfg, imports)).await?;
+    tx.send(hello(node, cfg, imports, *fetch)).await?;
     let mut inbound = client
         .replicate(ReceiverStream::new(rx))
         .await
@@ -311,15 +330,43 @@ async fn session(
                             imports.insert(c.log.clone(), log.begin_import(c.segment_base)?);
                         }
                         let imp = imports.get_mut(&c.log).expect("inserted above");
-                        // Page-cache writes of at most a message: brief enough for a worker.
-                        tokio::task::block_in_place(|| imp.write(&c.frames))
-                            .with_context(|| format!("staging frames {}..{} of {}", c.first_offset, c.next_offset, c.log))?;
+                        if c.fetch {
+                            let staged = |imp: &SegmentImport, bytes: u64| {
+                                let mut v = view.lock();
+                                let f = v.logs.entry(imp.log_name().to_owned()).or_default();
+                                f.staged = Some((imp.next_offset(), c.segment_next));
+                                f.segment_bytes_received += bytes;
+                                f.segment_bytes_fetched += bytes;
+                            };
+                            let fetching = segment_fetch::fetch(&cfg.upstream, &cfg.replica_id, c.segment_next, imp, staged);
+                            tokio::pin!(fetching);
+                            // The stream waits meanwhile; the upstream keeps hearing from us.
+                            let fetched = loop {
+                                tokio::select! {
+                                    r = &mut fetching => break r,
+                                    _ = beat.tick() => {
+                                        if tx.send(acks(node)).await.is_err() {
+                                            bail!("upstream closed the stream");
+                                        }
+                                    }
+                                }
+                            };
+                            last_heard = tokio::time::Instant::now();
+                            if let Err(e) = fetched {
+                                *fetch = false;
+                                return Err(e.context(format!("fetching segment {} of {}", c.segment_base, c.log)));
+                            }
+                        } else {
+                            // Page-cache writes of at most a message: brief enough for a worker.
+                            tokio::task::block_in_place(|| imp.write(&c.frames))
+                                .with_context(|| format!("staging frames {}..{} of {}", c.first_offset, c.next_offset, c.log))?;
+                            view.lock().logs.entry(c.log.clone()).or_default().segment_bytes_received += c.frames.len() as u64;
+                        }
                         let done = imp.next_offset() >= c.segment_next;
                         {
                             let mut v = view.lock();
                             let f = v.logs.entry(c.log.clone()).or_default();
                             f.staged = (!done).then_some((imp.next_offset(), c.segment_next));
-                            f.segment_bytes_received += c.frames.len() as u64;
                             f.segments_received += u64::from(done);
                         }
                         if done {

@@ -6,4 +6,5 @@ pub mod delay_state;
 pub mod follower;
 pub mod progress;
 pub mod retention;
+pub mod segment_fetch;
 pub mod upstream;

@@ -106,7 +106,8 @@ fn continue_from(d: Decision) -> u64 {
 /// Stream one log's frames from `from` on, following the visible end (the durable end,
 /// or a delayed replica's horizon). Where `from` is the base of a sealed segment, that
 /// segment goes whole as SegmentChunks (resuming at `staged_end` if the replica holds part
-/// of it); the rest as LogFrames.
+/// of it), or, to a replica that can (`fetch`), as one SegmentChunk telling it to fetch the
+/// segment from the file itself; the rest as LogFrames.
 async fn send_log(
     node: Arc<Node>,
     replica: String,
@@ -114,6 +115,7 @@ async fn send_log(
     mut from: u64,
     staged_end: u64,
     out: Out,
+    fetch: bool,
 ) {
     let reader = node.visible(&log);
     // The sealed segment being shipped: (base, next base, next offset to send).
@@ -142,6 +144,27 @@ async fn send_log(
                 });
             resume_at = 0;
         }
+        if let (true, Some((base, next, pos))) = (fetch, segment) {
+            // The replica copies [pos, next) itself (segment_fetch.rs); this stream goes on
+            // from the segment's end, and the replica reads on once the segment is in.
+            node.replicas
+                .segment_sent(&replica, log.name(), Some((pos, next)));
+            segment = None;
+            from = next;
+            let offer = pb::upstream_message::Msg::Segment(pb::SegmentChunk {
+                log: log.name().to_owned(),
+                segment_base: base,
+                segment_next: next,
+                first_offset: pos,
+                next_offset: next,
+                frames: Default::default(),
+                fetch: true,
+            });
+            if out.send(msg(offer)).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let read_at = segment.map_or(from, |(_, _, pos)| pos);
         let m = match reader.read_frames(read_at, FRAMES_PER_MESSAGE_BYTES) {
             Ok(chunk) if chunk.bytes.is_empty() => continue,
@@ -162,6 +185,7 @@ async fn send_log(
                         first_offset: chunk.first_offset,
                         next_offset: chunk.next_offset,
                         frames: chunk.bytes,
+                        fetch: false,
                     })
                 }
                 None => {
@@ -213,6 +237,8 @@ struct Session {
     hello_logs: HashMap<String, pb::ReplicaLogState>,
     /// Replicas below this one that count for acks (`cascaded_counts_for_acks`).
     cascaded: HashSet<String>,
+    /// The replica fetches sealed segments itself (its hello said so).
+    segment_fetch: bool,
 }
 
 impl Session {
@@ -247,6 +273,7 @@ impl Session {
                 from,
                 staged_end,
                 self.out.clone(),
+                self.segment_fetch,
             ));
             self.tasks.insert(name.clone(), task);
         }
@@ -356,6 +383,7 @@ async fn run_session(
             .map(|l| (l.name.clone(), l))
             .collect(),
         cascaded: HashSet::new(),
+        segment_fetch: hello.segment_fetch,
     };
     let result = async {
         let upstream_id = node.role.listen_addr.read().clone();

@@ -1,0 +1,251 @@
+//! Segment fetch: a replica catching up copies a sealed segment straight from the
+//! upstream's file, outside the gRPC stream, as Kafka's fetch path does with sendfile.
+//!
+//! Through the stream every byte was copied five times on the two nodes (the upstream's
+//! encode buffer and socket send, the replica's socket receive, tonic's decode buffer, the
+//! page cache). Here the upstream calls sendfile on the segment file (no copy of its own)
+//! and the replica receives into one buffer that it checks and writes: two copies, and no
+//! HTTP/2 framing, flow control or protobuf on the way.
+//!
+//! Wire format (the messages are in spool.proto, next to `SegmentFetchRequest`): a TCP
+//! connection to the upstream's gRPC port starts with [`MAGIC`] instead of the HTTP/2
+//! preface (`server::accept` tells them apart); then, each as a u32 little-endian length
+//! and the encoded message, a `SegmentFetchRequest` and a `SegmentFetchReply`; then, when
+//! the reply has no error, `byte_len` bytes of whole frames exactly as stored. One fetch
+//! per connection. The gRPC stream says when to fetch (`SegmentChunk.fetch`); the replica
+//! checks every frame (CRC, offsets, epochs) as it stages it, as for frames in the stream.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use anyhow::{anyhow, bail, Context, Result};
+use prost::Message;
+use spool_proto::v1 as pb;
+use spool_storage::{format, SegmentImport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::upstream::DEAD_AFTER;
+use crate::server::node::Node;
+
+/// What a segment-fetch connection sends first, where HTTP/2 sends "PRI * HT".
+pub const MAGIC: &[u8; 8] = b"SPOOLSF1";
+/// Bound on an encoded request or reply (they hold a log name and a few numbers).
+const MESSAGE_BYTES_MAX: u32 = 64 << 10;
+/// The replica receives into a buffer this large (grown to one frame if a frame is larger),
+/// then checks and stages the whole frames in it: big enough that staging is rare per byte.
+const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
+const _: () = assert!(RECEIVE_BUFFER_BYTES >= 2 * format::HEADER_BYTES);
+
+/// `m` as sent: its length, then its bytes, after `prefix`.
+fn framed(prefix: &[u8], m: &impl Message) -> Vec<u8> {
+    let body = m.encode_to_vec();
+    let mut out = Vec::with_capacity(prefix.len() + 4 + body.len());
+    out.extend_from_slice(prefix);
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn read_msg<M: Message + Default>(stream: &mut TcpStream) -> Result<M> {
+    let len = tokio::time::timeout(DEAD_AFTER, stream.read_u32_le())
+        .await
+        .map_err(|_| anyhow!("peer silent for {DEAD_AFTER:?}"))??;
+    if len > MESSAGE_BYTES_MAX {
+        bail!("segment-fetch message of {len} bytes (at most {MESSAGE_BYTES_MAX})");
+    }
+    let mut body = vec![0u8; len as usize];
+    tokio::time::timeout(DEAD_AFTER, stream.read_exact(&mut body))
+        .await
+        .map_err(|_| anyhow!("peer silent for {DEAD_AFTER:?}"))??;
+    Ok(M::decode(&body[..])?)
+}
+
+/// Upstream side: answer one fetch on a connection that began with [`MAGIC`] (not yet read).
+pub async fn serve(node: Arc<Node>, mut stream: TcpStream) {
+    let peer = stream.peer_addr().ok();
+    if let Err(e) = serve_one(&node, &mut stream).await {
+        tracing::warn!(?peer, error = %format!("{e:#}"), "segment fetch failed");
+    }
+}
+
+async fn serve_one(node: &Node, stream: &mut TcpStream) -> Result<()> {
+    let mut magic = [0u8; MAGIC.len()];
+    stream.read_exact(&mut magic).await?;
+    let req: pb::SegmentFetchRequest = read_msg(stream).await.context("reading the request")?;
+    let span = node
+        .check_accepting()
+        .map_err(|s| anyhow!("{}", s.message()))
+        .and_then(|()| {
+            let log = node.storage.log(&req.log)?;
+            let span = node
+                .visible(&log)
+                .sealed_span(req.segment_base, req.from_offset)?;
+            let file = File::open(&span.path).with_context(|| span.path.display().to_string())?;
+            Ok((span, file))
+        });
+    let (span, file) = match span {
+        Ok(s) => s,
+        Err(e) => {
+            let error = format!("{e:#}");
+            let reply = pb::SegmentFetchReply {
+                error: error.clone(),
+                ..Default::default()
+            };
+            let _ = stream.write_all(&framed(&[], &reply)).await;
+            bail!(
+                "refused {} segment {} from {}: {error}",
+                req.log,
+                req.segment_base,
+                req.from_offset
+            );
+        }
+    };
+    let reply = pb::SegmentFetchReply {
+        error: String::new(),
+        first_offset: span.first_offset,
+        next_offset: span.next_offset,
+        byte_len: span.end - span.start,
+    };
+    stream.write_all(&framed(&[], &reply)).await?;
+    // sendfile reads the file, which may wait for the disk: on a blocking thread, with the
+    // socket made blocking and a send timeout standing for a replica that stopped reading.
+    let sock = stream.as_raw_fd();
+    let (start, end) = (span.start, span.end);
+    tokio::task::spawn_blocking(move || send_file(sock, &file, start, end))
+        .await
+        .context("sendfile task")?
+        .with_context(|| format!("sending {} bytes of {}", end - start, span.path.display()))?;
+    node.replicas.segment_sent(&req.replica_id, &req.log, None);
+    tracing::debug!(log = %req.log, base = req.segment_base, bytes = end - start, "segment fetched");
+    Ok(())
+}
+
+/// sendfile `[pos, end)` of `file` to the socket `sock` (borrowed: the caller keeps the
+/// stream open until this returns).
+fn send_file(sock: i32, file: &File, mut pos: u64, end: u64) -> std::io::Result<()> {
+    // SAFETY: plain fcntl/setsockopt on a descriptor the caller keeps open.
+    unsafe {
+        let flags = libc::fcntl(sock, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(sock, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let tv = libc::timeval {
+            tv_sec: DEAD_AFTER.as_secs() as libc::time_t,
+            tv_usec: 0,
+        };
+        let r = libc::setsockopt(
+            sock,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if r < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    while pos < end {
+        let mut off = pos as libc::off_t;
+        let want = (end - pos).min(1 << 30) as usize;
+        // SAFETY: both descriptors are open for the call; `off` is ours.
+        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, want) };
+        match n {
+            n if n > 0 => pos += n as u64,
+            0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            _ => {
+                let e = std::io::Error::last_os_error();
+                match e.kind() {
+                    std::io::ErrorKind::Interrupted => {}
+                    std::io::ErrorKind::WouldBlock => {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("replica read nothing for {DEAD_AFTER:?}"),
+                        ))
+                    }
+                    _ => return Err(e),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Replica side: fetch `[imp.next_offset(), segment_next)` of sealed segment `imp.base()`
+/// of `imp`'s log from `upstream` and stage it in `imp`. `progress` hears the bytes staged
+/// each time. On error, what was staged stays staged (a later fetch resumes there).
+pub async fn fetch(
+    upstream: &str,
+    replica_id: &str,
+    segment_next: u64,
+    imp: &mut SegmentImport,
+    mut progress: impl FnMut(&SegmentImport, u64),
+) -> Result<()> {
+    let mut stream = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| anyhow!("connecting to {upstream}: timed out"))?
+        .with_context(|| format!("connecting to {upstream}"))?;
+    let req = pb::SegmentFetchRequest {
+        log: imp.log_name().to_owned(),
+        segment_base: imp.base(),
+        from_offset: imp.next_offset(),
+        replica_id: replica_id.to_owned(),
+    };
+    // One write: with Nagle on, a second small one would wait for the first one's ack.
+    stream.write_all(&framed(MAGIC, &req)).await?;
+    let reply: pb::SegmentFetchReply = read_msg(&mut stream).await.context("reading the reply")?;
+    if !reply.error.is_empty() {
+        bail!("upstream refused the fetch: {}", reply.error);
+    }
+    if reply.first_offset != req.from_offset || reply.next_offset != segment_next {
+        bail!(
+            "upstream offers {}..{} of segment {}, {}..{segment_next} was asked",
+            reply.first_offset,
+            reply.next_offset,
+            req.segment_base,
+            req.from_offset
+        );
+    }
+    let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
+    let (mut filled, mut left) = (0usize, reply.byte_len);
+    while left > 0 || filled > 0 {
+        if left > 0 && filled < buf.len() {
+            let room = (buf.len() - filled).min(left.try_into().unwrap_or(usize::MAX));
+            let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[filled..filled + room]))
+                .await
+                .map_err(|_| anyhow!("upstream sent nothing for {DEAD_AFTER:?}"))??;
+            if n == 0 {
+                bail!("upstream closed the fetch with {left} bytes still to come");
+            }
+            (filled, left) = (filled + n, left - n as u64);
+            if filled < buf.len() && left > 0 {
+                continue;
+            }
+        }
+        let whole = format::whole_frames_len(&buf[..filled])
+            .map_err(|e| anyhow!("fetched bytes of segment {}: {e}", req.segment_base))?;
+        if whole == 0 {
+            if left == 0 {
+                bail!("fetch of segment {} ended inside a frame", req.segment_base);
+            }
+            // One frame larger than the buffer: grow to hold it (frames are bounded).
+            let len = format::peek_header(&buf[..filled])?.frame_len as usize;
+            buf.resize(len.max(buf.len() + 1), 0);
+            continue;
+        }
+        // CRC checks and a page-cache write of a few MiB: brief enough for a worker.
+        tokio::task::block_in_place(|| imp.write(&buf[..whole]))?;
+        progress(imp, whole as u64);
+        buf.copy_within(whole..filled, 0);
+        filled -= whole;
+    }
+    if imp.next_offset() != segment_next {
+        bail!(
+            "fetched segment {} ends at {}, not {segment_next}",
+            req.segment_base,
+            imp.next_offset()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! Sequential O_DIRECT writing of a file that is written once, front to back (a segment
+//! received whole): bytes gather in an aligned buffer, full buffers are written by a helper
+//! thread while the next one fills, the last one is padded with zeros to the block size.
+//!
+//! Why: a replica copying gigabytes in a catch-up would otherwise push all of them through
+//! the page cache: one more copy per byte (into freshly allocated cache pages, which on this
+//! kind of VM cost several times a copy into memory already in use), and eviction of what
+//! its readers had cached. The zero padding reads as the clean end of a segment, as in a
+//! pre-zeroed one.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use std::thread::JoinHandle;
+
+/// O_DIRECT alignment of offsets, lengths and memory (the largest logical block size in
+/// common use; 512-byte devices accept it too).
+pub const ALIGN: usize = 4096;
+/// Bytes per write.
+const BLOCK_BYTES: usize = 4 << 20;
+/// Threads writing blocks at once: one pwrite at a time keeps a virtio disk at queue depth
+/// one (~400 MB/s here, against ~600 with two or more 4 MiB writes in flight).
+const WRITERS: usize = 4;
+/// Blocks handed to the writers and not yet written, at most (besides the one filling).
+const IN_FLIGHT_MAX: usize = 2 * WRITERS;
+const _: () = assert!(BLOCK_BYTES % ALIGN == 0 && IN_FLIGHT_MAX >= WRITERS);
+
+/// A heap buffer whose usable part starts on an [`ALIGN`] boundary (the Vec's heap block
+/// does not move when the buffer is sent to the writer thread, so the offset stays right).
+struct Aligned {
+    v: Vec<u8>,
+    off: usize,
+}
+
+impl Aligned {
+    fn new() -> Aligned {
+        let v = vec![0u8; BLOCK_BYTES + ALIGN];
+        let off = v.as_ptr().align_offset(ALIGN);
+        Aligned { v, off }
+    }
+
+    fn bytes(&mut self) -> &mut [u8] {
+        &mut self.v[self.off..self.off + BLOCK_BYTES]
+    }
+}
+
+/// A full (or final, padded) buffer and where it goes.
+struct Block {
+    buf: Aligned,
+    at: u64,
+    len: usize,
+}
+
+#[derive(Debug)]
+pub(crate) struct DirectWriter {
+    inner: Option<Inner>,
+}
+
+struct Inner {
+    fill: Aligned,
+    filled: usize,
+    /// File position of `fill[0]` (a multiple of [`ALIGN`]).
+    at: u64,
+    to_writer: SyncSender<Block>,
+    done: Receiver<io::Result<Aligned>>,
+    in_flight: usize,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("filled", &self.filled)
+            .field("at", &self.at)
+            .field("in_flight", &self.in_flight)
+            .finish()
+    }
+}
+
+impl DirectWriter {
+    /// `file` must be open with O_DIRECT and empty.
+    pub fn new(file: File) -> io::Result<DirectWriter> {
+        let (to_writer, blocks) = mpsc::sync_channel::<Block>(IN_FLIGHT_MAX);
+        let (back, done) = mpsc::sync_channel(IN_FLIGHT_MAX);
+        let (file, blocks) = (Arc::new(file), Arc::new(Mutex::new(blocks)));
+        let threads = (0..WRITERS)
+            .map(|_| {
+                let (file, blocks, back) = (file.clone(), blocks.clone(), back.clone());
+                std::thread::Builder::new()
+                    .name("spool-import".into())
+                    .spawn(move || loop {
+                        // The lock is held only while taking a block, not while writing it.
+                        let next = blocks.lock().recv();
+                        let Ok(mut b) = next else { return };
+                        let r = file.write_all_at(&b.buf.bytes()[..b.len], b.at);
+                        if back.send(r.map(|()| b.buf)).is_err() {
+                            return;
+                        }
+                    })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(DirectWriter {
+            inner: Some(Inner {
+                fill: Aligned::new(),
+                filled: 0,
+                at: 0,
+                to_writer,
+                done,
+                in_flight: 0,
+                threads,
+            }),
+        })
+    }
+
+    fn inner(&mut self) -> io::Result<&mut Inner> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| io::Error::other("direct writer already finished"))
+    }
+
+    /// Append `data` (written once a buffer is full, or by [`DirectWriter::finish`]). After
+    /// an error every later call fails: a block that was not written leaves a hole.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        let w = self.inner()?;
+        let mut r = Ok(());
+        while !data.is_empty() && r.is_ok() {
+            let n = data.len().min(BLOCK_BYTES - w.filled);
+            w.fill.bytes()[w.filled..w.filled + n].copy_from_slice(&data[..n]);
+            w.filled += n;
+            data = &data[n..];
+            if w.filled == BLOCK_BYTES {
+                r = w.send(BLOCK_BYTES);
+            }
+        }
+        if r.is_err() {
+            self.inner = None;
+        }
+        r
+    }
+
+    /// Write what is buffered, zero-padded to [`ALIGN`], and wait for every write. The
+    /// caller syncs the file.
+    pub fn finish(&mut self) -> io::Result<()> {
+        let mut w = self
+            .inner
+            .take()
+            .ok_or_else(|| io::Error::other("finished twice"))?;
+        let len = w.filled.next_multiple_of(ALIGN);
+        if len > 0 {
+            let filled = w.filled;
+            w.fill.bytes()[filled..len].fill(0);
+            w.send(len)?;
+        }
+        let mut result = Ok(());
+        while w.in_flight > 0 {
+            w.in_flight -= 1;
+            if let Err(e) = w
+                .done
+                .recv()
+                .map_err(|_| io::Error::other("writer thread gone"))?
+            {
+                result = Err(e);
+            }
+        }
+        drop(w.to_writer);
+        for t in w.threads {
+            let _ = t.join();
+        }
+        result
+    }
+}
+
+impl Inner {
+    /// Hand `fill[..len]` to the writer thread and continue in another buffer.
+    fn send(&mut self, len: usize) -> io::Result<()> {
+        // Buffers are made until IN_FLIGHT_MAX are out, then reused as writes complete.
+        let next = match self.in_flight {
+            n if n < IN_FLIGHT_MAX => Aligned::new(),
+            _ => {
+                self.in_flight -= 1;
+                self.done
+                    .recv()
+                    .map_err(|_| io::Error::other("writer thread gone"))??
+            }
+        };
+        let buf = std::mem::replace(&mut self.fill, next);
+        self.to_writer
+            .send(Block {
+                buf,
+                at: self.at,
+                len,
+            })
+            .map_err(|_| io::Error::other("writer thread gone"))?;
+        self.in_flight += 1;
+        self.at += len as u64;
+        self.filled = 0;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    #[test]
+    fn writes_in_order_and_pads_the_last_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) => {
+                // tmpfs before Linux 6.6 refuses O_DIRECT; imports then go buffered.
+                eprintln!("skipped: O_DIRECT refused in {}: {e}", dir.path().display());
+                return;
+            }
+        };
+        let mut w = DirectWriter::new(file.try_clone().unwrap()).unwrap();
+        // Crosses several blocks with every remainder: more than IN_FLIGHT_MAX blocks.
+        let want: Vec<u8> = (0..(BLOCK_BYTES * (IN_FLIGHT_MAX + 2) + 12_345))
+            .map(|i| (i * 31 + i / 4099) as u8)
+            .collect();
+        let mut rest = &want[..];
+        let mut step = 1usize;
+        while !rest.is_empty() {
+            let n = step.min(rest.len());
+            w.write(&rest[..n]).unwrap();
+            rest = &rest[n..];
+            step = step * 7 % 3_000_017 + 1;
+        }
+        w.finish().unwrap();
+        assert!(w.write(b"late").is_err(), "a finished writer takes no more");
+        let got = std::fs::read(&path).unwrap();
+        assert_eq!(got.len(), want.len().next_multiple_of(ALIGN));
+        assert!(got[..want.len()] == want[..], "bytes differ");
+        assert!(got[want.len()..].iter().all(|&b| b == 0));
+    }
+}
