@@ -691,6 +691,71 @@ fn full_sync_resumes_mid_segment(fetch: bool) {
     );
 }
 
+/// A replica that stopped inside a segment the primary has since sealed fetches the rest of
+/// that segment as one segment of its own (starting at its end), not frame by frame, and
+/// ends identical.
+#[test]
+fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 33554432\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let rdir = d.path().join("r");
+    let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
+    let (paddr, rd) = (p.addr.clone(), rdir.clone());
+    let (stopped_at, r) = run(120, async move {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("m", None).await.unwrap();
+        let mut app = c.appender("m", AckMode::Async).await.unwrap();
+        // 8 MiB, then the replica stops; then 48 MiB more seal the first 32 MiB segment.
+        let mut fill = async |from: u32, batches: u32| {
+            let mut waiters = Vec::new();
+            for i in from..from + batches {
+                let recs: Vec<Bytes> = (0..16u32)
+                    .map(|j| Bytes::from(format!("{i}-{j}-{}", "m".repeat(32 << 10))))
+                    .collect();
+                waiters.push(app.send(recs).await.unwrap());
+            }
+            for w in waiters {
+                w.await.unwrap().unwrap();
+            }
+            c.describe_log("m").await.unwrap().end_offset
+        };
+        let end = fill(0, 16).await;
+        wait_end(&r.as_ref().unwrap().addr, "m", end).await;
+        r.take().unwrap().stop();
+        let end2 = fill(16, 96).await;
+        let r = Server::start(&rd, &replica_args(&paddr, &[]));
+        wait_end(&r.addr, "m", end2).await;
+        let up = Client::connect(&r.addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        let l = up
+            .upstream
+            .unwrap()
+            .logs
+            .into_iter()
+            .find(|l| l.name == "m")
+            .unwrap();
+        assert!(
+            l.segments_received >= 1 && l.segment_bytes_fetched >= 16 << 20,
+            "the rest of the sealed segment was not fetched: {l:?}"
+        );
+        (end, r)
+    });
+    r.stop();
+    p.stop();
+    // Its own segment starts where it had stopped.
+    let own = rdir
+        .join("logs/m")
+        .join(spool_storage::segment::segment_file_name(stopped_at));
+    assert!(own.exists(), "no segment {} on the replica", own.display());
+    assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
+}
+
 /// Configured to (`cascaded_counts_for_acks`), the primary counts a replica of a replica
 /// for semi-sync: its durable ends are forwarded by the replica between. A semi-sync:2
 /// append with one direct and one cascaded replica is confirmed by both, and does not come

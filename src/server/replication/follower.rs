@@ -311,8 +311,10 @@ async fn session(
                     Some(pb::upstream_message::Msg::Segment(c)) if ignored.contains(&c.log) => {}
                     Some(pb::upstream_message::Msg::Segment(c)) => {
                         let log = node.storage.log(&c.log)?;
+                        // An import of a fetch from inside the upstream's segment starts past
+                        // the segment's base: it is a segment of its own here.
                         let continues = imports.get(&c.log).is_some_and(|i| {
-                            i.base() == c.segment_base && i.next_offset() == c.first_offset
+                            (c.segment_base..c.segment_next).contains(&i.base()) && i.next_offset() == c.first_offset
                         });
                         if !continues {
                             imports.remove(&c.log);
@@ -321,13 +323,13 @@ async fn session(
                             if tx.send(acks(node)).await.is_err() {
                                 bail!("upstream closed the stream");
                             }
-                            if c.first_offset != c.segment_base || log.positions().durable != c.segment_base {
+                            if (c.first_offset != c.segment_base && !c.fetch) || log.positions().durable != c.first_offset {
                                 bail!(
                                     "upstream sent segment {} of {} from offset {}, but this log ends at {}",
                                     c.segment_base, c.log, c.first_offset, log.positions().durable
                                 );
                             }
-                            imports.insert(c.log.clone(), log.begin_import(c.segment_base)?);
+                            imports.insert(c.log.clone(), log.begin_import(c.first_offset)?);
                         }
                         let imp = imports.get_mut(&c.log).expect("inserted above");
                         if c.fetch {
@@ -338,7 +340,8 @@ async fn session(
                                 f.segment_bytes_received += bytes;
                                 f.segment_bytes_fetched += bytes;
                             };
-                            let fetching = segment_fetch::fetch(&cfg.upstream, &cfg.replica_id, c.segment_next, imp, staged);
+                            let segment = (c.segment_base, c.segment_next);
+                            let fetching = segment_fetch::fetch(&cfg.upstream, &cfg.replica_id, segment, imp, staged);
                             tokio::pin!(fetching);
                             // The stream waits meanwhile; the upstream keeps hearing from us.
                             let fetched = loop {

@@ -172,13 +172,14 @@ fn send_file(sock: i32, file: &File, mut pos: u64, end: u64) -> std::io::Result<
     Ok(())
 }
 
-/// Replica side: fetch `[imp.next_offset(), segment_next)` of sealed segment `imp.base()`
-/// of `imp`'s log from `upstream` and stage it in `imp`. `progress` hears the bytes staged
+/// Replica side: fetch `[imp.next_offset(), segment_next)` of the upstream's sealed segment
+/// `(segment_base, segment_next)` of `imp`'s log from `upstream` and stage it in `imp`
+/// (which starts at the segment's base, or inside it). `progress` hears the bytes staged
 /// each time. On error, what was staged stays staged (a later fetch resumes there).
 pub async fn fetch(
     upstream: &str,
     replica_id: &str,
-    segment_next: u64,
+    (segment_base, segment_next): (u64, u64),
     imp: &mut SegmentImport,
     mut progress: impl FnMut(&SegmentImport, u64),
 ) -> Result<()> {
@@ -188,7 +189,7 @@ pub async fn fetch(
         .with_context(|| format!("connecting to {upstream}"))?;
     let req = pb::SegmentFetchRequest {
         log: imp.log_name().to_owned(),
-        segment_base: imp.base(),
+        segment_base,
         from_offset: imp.next_offset(),
         replica_id: replica_id.to_owned(),
     };

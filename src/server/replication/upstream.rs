@@ -21,6 +21,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::server::logs_service::config_to_pb;
 use crate::server::node::Node;
 use crate::server::status_map::to_status;
+use crate::server::visible::Visible;
 
 /// Bytes of frames per message: large enough to catch up at disk speed, small enough to
 /// stay well under the message size limit.
@@ -103,11 +104,22 @@ fn continue_from(d: Decision) -> u64 {
     }
 }
 
+/// A replica whose end lies inside a sealed segment fetches the rest of it (as a segment of
+/// its own, starting there) when at least this much of it is left; less goes as frames.
+const FETCH_INSIDE_MIN_BYTES: u64 = 4 << 20;
+
+fn worth_fetching(reader: &Visible, base: u64, from: u64) -> bool {
+    reader
+        .sealed_span(base, from)
+        .is_ok_and(|s| s.end - s.start >= FETCH_INSIDE_MIN_BYTES)
+}
+
 /// Stream one log's frames from `from` on, following the visible end (the durable end,
 /// or a delayed replica's horizon). Where `from` is the base of a sealed segment, that
 /// segment goes whole as SegmentChunks (resuming at `staged_end` if the replica holds part
 /// of it), or, to a replica that can (`fetch`), as one SegmentChunk telling it to fetch the
-/// segment from the file itself; the rest as LogFrames.
+/// segment from the file itself (also from inside a sealed segment, when enough of it is
+/// left); the rest as LogFrames.
 async fn send_log(
     node: Arc<Node>,
     replica: String,
@@ -133,12 +145,12 @@ async fn send_log(
         if segment.is_none() {
             segment = reader
                 .sealed_segment(from)
-                .filter(|&(base, _)| base == from)
+                .filter(|&(base, _)| base == from || (fetch && worth_fetching(&reader, base, from)))
                 .map(|(base, next)| {
-                    let pos = if resume_at > base && resume_at < next {
+                    let pos = if resume_at > from && resume_at < next {
                         resume_at
                     } else {
-                        base
+                        from
                     };
                     (base, next, pos)
                 });
