@@ -39,12 +39,24 @@ async fn wait_end(addr: &str, log: &str, end: u64) {
 }
 
 async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
+    load_records(addr, log, 0..batches, 300, tag).await
+}
+
+/// Append batches of 16 records of about `record_bytes` each through one pipelined
+/// stream; returns the log's end after the last one.
+async fn load_records(
+    addr: &str,
+    log: &str,
+    batches: std::ops::Range<u64>,
+    record_bytes: usize,
+    tag: &str,
+) -> u64 {
     let c = Client::connect(addr).await.unwrap();
     let mut app = c.appender(log, AckMode::Async).await.unwrap();
     let mut waiters = Vec::new();
-    for i in 0..batches {
+    for i in batches {
         let recs: Vec<Bytes> = (0..16)
-            .map(|j| Bytes::from(format!("{tag}-{i}-{j}-{}", "p".repeat(300))))
+            .map(|j| Bytes::from(format!("{tag}-{i}-{j}-{}", "p".repeat(record_bytes))))
             .collect();
         waiters.push(app.send(recs).await.unwrap());
     }
@@ -579,18 +591,7 @@ fn full_sync_resumes_mid_segment(fetch: bool) {
     let r = run(240, async move {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("s", None).await.unwrap();
-        let mut app = c.appender("s", AckMode::Async).await.unwrap();
-        let mut waiters = Vec::new();
-        for i in 0..150u32 {
-            let recs: Vec<Bytes> = (0..16u32)
-                .map(|j| Bytes::from(format!("{i}-{j}-{}", "s".repeat(64 << 10))))
-                .collect();
-            waiters.push(app.send(recs).await.unwrap());
-        }
-        for w in waiters {
-            w.await.unwrap().unwrap();
-        }
-        let end = c.describe_log("s").await.unwrap().end_offset;
+        let end = load_records(&paddr, "s", 0..150, 64 << 10, "s").await;
         for attempt in 0.. {
             assert!(
                 attempt < 5,
@@ -706,25 +707,11 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
     let (stopped_at, r) = run(120, async move {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("m", None).await.unwrap();
-        let mut app = c.appender("m", AckMode::Async).await.unwrap();
         // 8 MiB, then the replica stops; then 48 MiB more seal the first 32 MiB segment.
-        let mut fill = async |from: u32, batches: u32| {
-            let mut waiters = Vec::new();
-            for i in from..from + batches {
-                let recs: Vec<Bytes> = (0..16u32)
-                    .map(|j| Bytes::from(format!("{i}-{j}-{}", "m".repeat(32 << 10))))
-                    .collect();
-                waiters.push(app.send(recs).await.unwrap());
-            }
-            for w in waiters {
-                w.await.unwrap().unwrap();
-            }
-            c.describe_log("m").await.unwrap().end_offset
-        };
-        let end = fill(0, 16).await;
+        let end = load_records(&paddr, "m", 0..16, 32 << 10, "m").await;
         wait_end(&r.as_ref().unwrap().addr, "m", end).await;
         r.take().unwrap().stop();
-        let end2 = fill(16, 96).await;
+        let end2 = load_records(&paddr, "m", 16..112, 32 << 10, "m").await;
         let r = Server::start(&rd, &replica_args(&paddr, &[]));
         wait_end(&r.addr, "m", end2).await;
         let up = Client::connect(&r.addr)
@@ -914,18 +901,7 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
     let r = run(240, async move {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("k", None).await.unwrap();
-        let mut app = c.appender("k", AckMode::Async).await.unwrap();
-        let mut waiters = Vec::new();
-        for i in 0..80u32 {
-            let recs: Vec<Bytes> = (0..16u32)
-                .map(|j| Bytes::from(format!("{i}-{j}-{}", "k".repeat(64 << 10))))
-                .collect();
-            waiters.push(app.send(recs).await.unwrap());
-        }
-        for w in waiters {
-            w.await.unwrap().unwrap();
-        }
-        let end = c.describe_log("k").await.unwrap().end_offset;
+        let end = load_records(&paddr, "k", 0..80, 64 << 10, "k").await;
         let r = Server::start(&rd, &replica_args(&paddr, &["--replica-id", "k"]));
         let rc = Client::connect(&r.addr).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
