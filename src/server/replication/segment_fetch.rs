@@ -183,6 +183,11 @@ pub async fn fetch(
     imp: &mut SegmentImport,
     mut progress: impl FnMut(&SegmentImport, u64),
 ) -> Result<()> {
+    // The upstream may be given as a URI (`http://host:port`, as gRPC takes it).
+    let upstream = upstream
+        .split_once("://")
+        .map_or(upstream, |(_, rest)| rest);
+    let upstream = upstream.trim_end_matches('/');
     let mut stream = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
         .await
         .map_err(|_| anyhow!("connecting to {upstream}: timed out"))?
