@@ -116,6 +116,11 @@ impl DirectWriter {
         })
     }
 
+    /// A write failed (or the writer finished): it takes no more.
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_none()
+    }
+
     fn inner(&mut self) -> io::Result<&mut Inner> {
         self.inner
             .as_mut()

@@ -45,8 +45,6 @@ pub struct SegmentImport {
     last_epoch: u64,
     last_index_pos: Option<u64>,
     sink: Sink,
-    /// A write failed: what is staged has a hole, so the import can only be dropped.
-    broken: bool,
     installed: bool,
 }
 
@@ -109,7 +107,6 @@ impl Log {
             },
             last_index_pos: None,
             sink,
-            broken: false,
             installed: false,
         })
     }
@@ -133,9 +130,11 @@ impl SegmentImport {
         self.log.name()
     }
 
-    /// A write failed; the import cannot continue (drop it and start the segment again).
+    /// A direct write failed: what is staged may have a hole, so the import cannot continue
+    /// (drop it and start the segment again). A failed buffered write leaves none: the
+    /// next write goes to the same place.
     pub fn is_broken(&self) -> bool {
-        self.broken
+        matches!(&self.sink, Sink::Direct(w) if w.is_closed())
     }
 
     fn reject(&self, reason: String) -> StorageError {
@@ -148,7 +147,7 @@ impl SegmentImport {
     /// Check whole frames that continue the segment and write them to the staging file
     /// (synced once, by [`SegmentImport::install`]). Blocking.
     pub fn write(&mut self, frames: &[u8]) -> Result<()> {
-        if self.broken {
+        if self.is_broken() {
             return Err(self.reject("an earlier write of this segment failed".into()));
         }
         if self.staged.len + frames.len() as u64 > u64::from(u32::MAX) {
@@ -197,10 +196,7 @@ impl SegmentImport {
             Sink::Direct(w) => w.write(frames),
             Sink::Buffered { .. } => self.file.write_all_at(frames, self.staged.len),
         };
-        if let Err(e) = written {
-            self.broken = matches!(self.sink, Sink::Direct(_));
-            return Err(e).at(path);
-        }
+        written.at(path)?;
         self.staged.len += frames.len() as u64;
         self.staged.next = next;
         self.staged.last_ts_us = last_ts;
@@ -237,7 +233,7 @@ impl SegmentImport {
         if self.staged.len == 0 {
             return Err(self.reject("an imported segment needs at least one frame".into()));
         }
-        if self.broken {
+        if self.is_broken() {
             return Err(self.reject("an earlier write of this segment failed".into()));
         }
         let file = self.file.try_clone().at(&self.staged.path)?;

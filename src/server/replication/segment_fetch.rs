@@ -215,8 +215,9 @@ pub async fn fetch(
     }
     let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
     let (mut filled, mut left) = (0usize, reply.byte_len);
-    while left > 0 || filled > 0 {
-        if left > 0 && filled < buf.len() {
+    loop {
+        // Fill the buffer (or take the rest), then stage the whole frames in it.
+        while left > 0 && filled < buf.len() {
             let room = (buf.len() - filled).min(left.try_into().unwrap_or(usize::MAX));
             let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[filled..filled + room]))
                 .await
@@ -225,9 +226,9 @@ pub async fn fetch(
                 bail!("upstream closed the fetch with {left} bytes still to come");
             }
             (filled, left) = (filled + n, left - n as u64);
-            if filled < buf.len() && left > 0 {
-                continue;
-            }
+        }
+        if filled == 0 {
+            break;
         }
         let whole = format::whole_frames_len(&buf[..filled])
             .map_err(|e| anyhow!("fetched bytes of segment {}: {e}", req.segment_base))?;
@@ -240,7 +241,8 @@ pub async fn fetch(
             buf.resize(len.max(buf.len() + 1), 0);
             continue;
         }
-        // CRC checks and a page-cache write of a few MiB: brief enough for a worker.
+        // CRC checks and a copy of a few MiB into the import's buffers (it may wait for a
+        // write slot): brief enough for a worker.
         tokio::task::block_in_place(|| imp.write(&buf[..whole]))?;
         progress(imp, whole as u64);
         buf.copy_within(whole..filled, 0);
