@@ -23,6 +23,7 @@ pub mod meta;
 mod reader;
 mod recovery;
 mod retention;
+mod sealed_record;
 pub mod segment;
 mod spare;
 pub mod stats;

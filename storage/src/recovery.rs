@@ -21,6 +21,7 @@ use crate::format;
 use crate::index::{self, IndexEntry};
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
+use crate::sealed_record;
 use crate::segment::{self, open_rw, ScanStop, SegmentView};
 use crate::spare;
 
@@ -34,6 +35,10 @@ pub(crate) struct RecoveredLog {
     pub idx_entries_on_disk: u64,
     pub last_index_pos: Option<u64>,
     pub spare: Option<PathBuf>,
+    /// The active segment was zero-filled (false: only allocated, see
+    /// `Storage::create_log_for_import`). A hint for speed, never for correctness: an
+    /// allocated segment reads as zeros too. Unknown after a restart, taken as true.
+    pub active_zeroed: bool,
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
@@ -49,22 +54,6 @@ fn list_segments(dir: &Path) -> Result<Vec<u64>> {
     }
     bases.sort_unstable();
     Ok(bases)
-}
-
-/// Index entries from the `.idx` file, cut back to the last one pointing at a frame that
-/// checks out with the right offset.
-fn trusted_index(view: &SegmentView, idx_path: &Path) -> Vec<IndexEntry> {
-    let mut entries = index::load(idx_path, view.base_offset, view.capacity());
-    while let Some(e) = entries.last() {
-        let at = view.raw().get(e.pos as usize..).unwrap_or(&[]);
-        match format::check_frame(at) {
-            Ok(h) if h.base_offset == e.offset => break,
-            _ => {
-                entries.pop();
-            }
-        }
-    }
-    entries
 }
 
 /// First non-zero byte in `bytes`, if any.
@@ -101,6 +90,7 @@ pub(crate) fn recover_log(
         bases.push(0);
     }
     let last = bases.len() - 1;
+    let record = sealed_record::take(dir)?.filter(|r| sealed_record::matches(r, &bases));
     let mut views = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment::segment_file_name(base));
@@ -111,7 +101,18 @@ pub(crate) fn recover_log(
             break;
         }
         let idx_path = dir.join(segment::index_file_name(base));
-        let entries = trusted_index(&view, &idx_path);
+        let unchanged = |s: &sealed_record::Sealed| {
+            s.len <= view.capacity()
+                && sealed_record::mtime_ns(&file).is_ok_and(|t| t == s.mtime_ns && t != 0)
+        };
+        if let Some(s) = record.as_ref().map(|r| r[i]).filter(unchanged) {
+            // As a clean shutdown left it: nothing to read now.
+            view.defer_index(idx_path);
+            view.publish(s.len, s.next, s.last_ts_us, &[]);
+            views.push(view);
+            continue;
+        }
+        let entries = view.trusted_index(&idx_path);
         let from = entries.last().copied().unwrap_or(IndexEntry {
             offset: base,
             pos: 0,
@@ -156,7 +157,7 @@ pub(crate) fn recover_log(
     let seg_path = dir.join(segment::segment_file_name(base));
     let idx_path = dir.join(segment::index_file_name(base));
     let view = views.pop().expect("last segment");
-    let entries = trusted_index(&view, &idx_path);
+    let entries = view.trusted_index(&idx_path);
     let from = entries.last().copied().unwrap_or(IndexEntry {
         offset: base,
         pos: 0,
@@ -251,6 +252,7 @@ pub(crate) fn recover_log(
         idx_entries_on_disk,
         last_index_pos,
         spare,
+        active_zeroed: true,
     })
 }
 

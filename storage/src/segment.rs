@@ -9,10 +9,10 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use memmap2::Mmap;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
 use crate::error::{IoContext, Result, StorageError};
 use crate::format::{self, BatchHeader, HEADER_BYTES};
@@ -57,6 +57,11 @@ pub struct SegmentView {
     last_ts_us: AtomicU64,
     /// Sparse index over the durable frames.
     index: RwLock<Vec<IndexEntry>>,
+    /// The `.idx` file to read into `index` when it is first needed (a sealed segment
+    /// opened from a clean shutdown's record, see `sealed_record`); `deferred` says so
+    /// without taking the lock.
+    deferred_index: Mutex<Option<PathBuf>>,
+    deferred: AtomicBool,
 }
 
 /// Where a frame is and what it holds.
@@ -79,7 +84,45 @@ impl SegmentView {
             durable_next: AtomicU64::new(base_offset),
             last_ts_us: AtomicU64::new(0),
             index: RwLock::new(Vec::new()),
+            deferred_index: Mutex::new(None),
+            deferred: AtomicBool::new(false),
         })
+    }
+
+    /// Entries of the index file at `idx_path`, cut back to the last one pointing at a
+    /// frame that checks out with the right offset.
+    pub(crate) fn trusted_index(&self, idx_path: &Path) -> Vec<IndexEntry> {
+        let mut entries = index::load(idx_path, self.base_offset, self.capacity());
+        while let Some(e) = entries.last() {
+            let at = self.map.get(e.pos as usize..).unwrap_or(&[]);
+            match format::check_frame(at) {
+                Ok(h) if h.base_offset == e.offset => break,
+                _ => {
+                    entries.pop();
+                }
+            }
+        }
+        entries
+    }
+
+    /// Read the index from `idx_path` when it is first needed instead of now.
+    pub(crate) fn defer_index(&self, idx_path: PathBuf) {
+        *self.deferred_index.lock() = Some(idx_path);
+        self.deferred.store(true, Ordering::Release);
+    }
+
+    fn index(&self) -> RwLockReadGuard<'_, Vec<IndexEntry>> {
+        if self.deferred.load(Ordering::Acquire) {
+            let mut deferred = self.deferred_index.lock();
+            if let Some(path) = deferred.take() {
+                let len = self.durable_len();
+                let mut entries = self.trusted_index(&path);
+                entries.retain(|e| u64::from(e.pos) < len);
+                *self.index.write() = entries;
+                self.deferred.store(false, Ordering::Release);
+            }
+        }
+        self.index.read()
     }
 
     pub fn capacity(&self) -> u64 {
@@ -104,7 +147,7 @@ impl SegmentView {
     }
 
     pub fn index_snapshot(&self) -> Vec<IndexEntry> {
-        self.index.read().clone()
+        self.index().clone()
     }
 
     /// Publish newly durable frames. Index entries first, then the length readers trust.
@@ -112,6 +155,7 @@ impl SegmentView {
         assert!(len <= self.capacity(), "durable_len past the segment");
         assert!(next >= self.base_offset);
         if !entries.is_empty() {
+            drop(self.index());
             let mut idx = self.index.write();
             debug_assert!(entries.iter().all(|e| u64::from(e.pos) < len));
             idx.extend_from_slice(entries);
@@ -127,11 +171,15 @@ impl SegmentView {
     pub(crate) fn cut(&self, len: u64, next: u64) {
         self.durable_len.store(len, Ordering::Release);
         self.durable_next.store(next, Ordering::Release);
+        drop(self.index());
         self.index.write().retain(|e| u64::from(e.pos) < len);
     }
 
     pub(crate) fn set_index(&self, entries: Vec<IndexEntry>) {
+        let mut deferred = self.deferred_index.lock();
+        *deferred = None;
         *self.index.write() = entries;
+        self.deferred.store(false, Ordering::Release);
     }
 
     fn corrupt(&self, pos: u64, reason: crate::error::FormatError) -> StorageError {
@@ -173,7 +221,7 @@ impl SegmentView {
         if offset < self.base_offset || offset >= self.durable_next() {
             return Ok(None);
         }
-        let start = index::floor(&self.index.read(), offset).unwrap_or(IndexEntry {
+        let start = index::floor(&self.index(), offset).unwrap_or(IndexEntry {
             offset: self.base_offset,
             pos: 0,
         });

@@ -72,6 +72,18 @@ impl SpareSlot {
         }
     }
 
+    /// The ready spare, if one is ready now (not waiting for one being zeroed).
+    pub fn try_take(&self) -> Option<PathBuf> {
+        let mut s = self.state.lock();
+        match std::mem::replace(&mut *s, State::Idle) {
+            State::Ready(p) => Some(p),
+            other => {
+                *s = other;
+                None
+            }
+        }
+    }
+
     /// The ready spare, waiting for one being zeroed (nearly done: it was requested half
     /// a segment ago, and a zeroed segment is worth it: measured, appends into a fallocated
     /// one reached half the rate). `None` if none is coming: the caller makes one now.

@@ -299,6 +299,19 @@ impl Storage {
     }
 
     pub async fn create_log_with(&self, name: &str, config: LogConfig) -> Result<Log> {
+        self.create(name, config, true).await
+    }
+
+    /// As [`Storage::create_log_with`], for a log whose first data will be imported
+    /// segments ([`Log::begin_import`]), as on a replica that a full sync is about to fill:
+    /// its first segment is only allocated, not zero-filled (a 128 MiB zero-fill before
+    /// the first byte arrives), and makes way for a zeroed one during the imports. Appends
+    /// into it before then are correct, only their syncs are slower.
+    pub async fn create_log_for_import(&self, name: &str, config: LogConfig) -> Result<Log> {
+        self.create(name, config, false).await
+    }
+
+    async fn create(&self, name: &str, config: LogConfig, zero_fill: bool) -> Result<Log> {
         validate_log_name(name)?;
         config.validate()?;
         if self.inner.registry.by_name.read().contains_key(name) {
@@ -309,15 +322,17 @@ impl Storage {
         // Zero-filling the first segment takes a while: keep it off the storage thread and
         // off the async workers.
         let recovered = tokio::task::spawn_blocking(move || {
-            create_log_dir(&inner.logs_dir, &name_owned, &config)?;
+            create_log_dir(&inner.logs_dir, &name_owned, &config, zero_fill)?;
             let id = inner.registry.next_id();
-            recovery::recover_log(
+            let mut r = recovery::recover_log(
                 id,
                 &name_owned,
                 &inner.logs_dir.join(&name_owned),
                 inner.config.recovery,
                 true,
-            )
+            )?;
+            r.active_zeroed = zero_fill;
+            Ok::<_, StorageError>(r)
         })
         .await
         .map_err(|e| StorageError::InvalidInput(format!("create task failed: {e}")))??;
@@ -379,7 +394,7 @@ impl Storage {
 }
 
 /// Create `logs/NAME` atomically: build it under a hidden temporary name, then rename.
-fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig) -> Result<()> {
+fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig, zero_fill: bool) -> Result<()> {
     let final_dir = logs_dir.join(name);
     if final_dir.exists() {
         return Err(StorageError::LogExists(name.to_owned()));
@@ -389,7 +404,11 @@ fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig) -> Result<()>
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| {
         meta::write_log_config(&tmp, config)?;
-        let spare = spare::prepare(&tmp, config.segment_bytes, None)?;
+        let spare = if zero_fill {
+            spare::prepare(&tmp, config.segment_bytes, None)?
+        } else {
+            spare::prepare_now(&tmp, config.segment_bytes)?
+        };
         let seg = tmp.join(segment::segment_file_name(0));
         fs::rename(&spare, &seg).at(&seg)?;
         File::create(tmp.join(segment::index_file_name(0))).at(&tmp)?;

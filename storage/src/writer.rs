@@ -162,6 +162,7 @@ pub(crate) async fn run<B: IoBackend>(
                 }
                 Cmd::Shutdown { reply } => {
                     w.commit_all(true).await;
+                    w.record_sealed_segments();
                     w.ctx.preparer.stop();
                     let _ = reply.send(());
                     return;
@@ -180,10 +181,18 @@ pub(crate) async fn run<B: IoBackend>(
         w.commit_all(false).await;
     }
     w.commit_all(true).await;
+    w.record_sealed_segments();
     w.ctx.preparer.stop();
 }
 
 impl<B: IoBackend> Writer<B> {
+    /// A clean stop: what the next open needs to know of the sealed segments.
+    fn record_sealed_segments(&self) {
+        for lw in self.logs.values() {
+            lw.record_sealed_segments();
+        }
+    }
+
     fn register(&mut self, log: RecoveredLog) -> Result<()> {
         let id = log.shared.id;
         let lw = LogWriter::new(&self.backend, log, &self.ctx)?;

@@ -712,6 +712,100 @@ fn import_segments(open: Open) {
     });
 }
 
+/// Files in `dir` whose names start with `prefix`.
+fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<String> {
+    let mut out: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    out.sort();
+    out
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// A log created for import (first segment allocated, not zero-filled, as a replica's
+/// before a full sync): the first import asks for a zeroed spare, a later one puts it in
+/// place of the empty active segment; the log then behaves as any other.
+fn import_into_a_log_created_for_import(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let src = s.create_log("src").await.unwrap();
+        for i in 0..400u32 {
+            src.append(&[record(3, i, 600)], Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        let dst = s.create_log_for_import("dst", small_log()).await.unwrap();
+        let ddir = dir.path().join("logs").join("dst");
+        let seg_path = |base: u64| ddir.join(format!("{base:020}.seg"));
+        let allocated = inode(&seg_path(0));
+        let r = src.reader();
+        let (mut from, mut imported) = (0, 0);
+        while let Some((base, next)) = r.sealed_segment(from) {
+            let mut imp = dst.begin_import(base).unwrap();
+            while imp.next_offset() < next {
+                let c = r
+                    .read_frames_until(imp.next_offset(), 8 << 10, next)
+                    .unwrap();
+                imp.write(&c.bytes).unwrap();
+            }
+            assert_eq!(imp.install().await.unwrap(), next);
+            if imported == 0 {
+                assert_eq!(inode(&seg_path(next)), allocated, "no spare yet: reused");
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+                while files_named(&ddir, "spare-").is_empty() {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "no spare was prepared"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+            (from, imported) = (next, imported + 1);
+        }
+        assert!(imported >= 3, "only {imported} segments imported");
+        assert_ne!(
+            inode(&seg_path(from)),
+            allocated,
+            "the zeroed spare took its place"
+        );
+        assert_eq!(
+            files_named(&ddir, "spare-"),
+            Vec::<String>::new(),
+            "spare used"
+        );
+        copy_frames(&src, &dst, from, src.positions().durable).await;
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+        assert_eq!(
+            offsets_and_values(read_all(&s, "dst").await),
+            offsets_and_values(read_all(&s, "src").await)
+        );
+        let end = dst.positions().durable;
+        s.shutdown().await.unwrap();
+        drop(s);
+
+        let s = open(config(dir.path()));
+        let dst = s.log("dst").unwrap();
+        assert_eq!(dst.positions().durable, end);
+        assert_eq!(
+            dst.append(&[b"after"], Durability::Fsync)
+                .await
+                .unwrap()
+                .base_offset,
+            end
+        );
+        s.shutdown().await.unwrap();
+        let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+        assert!(report.is_ok());
+    });
+}
+
 fn data_dir_is_locked(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(config(dir.path()));
@@ -739,6 +833,7 @@ macro_rules! suite {
             #[test] fn data_dir_is_locked() { super::data_dir_is_locked(OPEN) }
             #[test] fn reset_for_full_sync() { super::reset_for_full_sync(OPEN) }
             #[test] fn import_segments() { super::import_segments(OPEN) }
+            #[test] fn import_into_a_log_created_for_import() { super::import_into_a_log_created_for_import(OPEN) }
         }
     )*};
 }

@@ -470,7 +470,11 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
                     .retention_ms
                     .map(|ms| ms.saturating_add(d.delay.as_millis() as u64));
             }
-            let l = storage.create_log_with(&s.name, config).await?;
+            let l = if s.sealed_segments_follow {
+                storage.create_log_for_import(&s.name, config).await?
+            } else {
+                storage.create_log_with(&s.name, config).await?
+            };
             if let Some(d) = node.active_delay() {
                 // Its horizon (and retention floor) exist before its first frame arrives.
                 d.horizon(&l);

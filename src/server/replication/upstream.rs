@@ -94,6 +94,7 @@ fn start_message(log: &Log, d: Decision) -> pb::LogStart {
         config: Some(config_to_pb(log.config())),
         action: action as i32,
         offset,
+        sealed_segments_follow: log.reader().sealed_segment(offset).is_some(),
     }
 }
 

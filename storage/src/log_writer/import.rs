@@ -4,7 +4,9 @@
 //! 1. the epochs the segment begins are saved;
 //! 2. if the active segment is empty (a replica importing segment after segment), its
 //!    zeroed file is moved aside under a `.tmp` name, to become the next active segment
-//!    without zero-filling another; otherwise the active segment is sealed as on a roll;
+//!    without zero-filling another (an empty segment that was only allocated, as a log
+//!    created for import has, gives way to a zeroed spare once one is ready: the first
+//!    import asks for one); otherwise the active segment is sealed as on a roll;
 //! 3. the synced staging file is renamed to `<base>.seg` (its index written beside it);
 //! 4. the next active segment appears at the segment's end; the directory is synced.
 //!
@@ -82,7 +84,24 @@ impl<F: IoFile> LogWriter<F> {
         let zeroed = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
             fs::rename(&self.seg.path, &aside).at(&aside)?;
-            Some(aside)
+            let spare = if self.active_zeroed {
+                None
+            } else {
+                self.spare.try_take()
+            };
+            match spare {
+                Some(spare) => {
+                    let _ = fs::remove_file(&aside);
+                    self.active_zeroed = true;
+                    Some(spare)
+                }
+                None => {
+                    if !self.active_zeroed {
+                        self.request_spare(ctx);
+                    }
+                    Some(aside)
+                }
+            }
         } else {
             self.seal_index()?;
             None

@@ -22,6 +22,7 @@ use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
 use crate::log::{AppendAck, LogShared};
 use crate::recovery::RecoveredLog;
+use crate::sealed_record::{self, Sealed};
 use crate::segment::{self, open_rw, SegmentView};
 use crate::spare::{self, SpareSlot};
 use crate::stats::Stats;
@@ -73,6 +74,9 @@ pub(crate) struct LogWriter<F: IoFile> {
     unsynced_bytes: u64,
     pub unsynced_since: Option<Instant>,
     spare: Arc<SpareSlot>,
+    /// The active segment was zero-filled; when not (allocated only), an import that finds
+    /// it empty swaps in a zeroed spare if one is ready.
+    active_zeroed: bool,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -142,6 +146,7 @@ impl<F: IoFile> LogWriter<F> {
             unsynced_bytes: 0,
             unsynced_since: None,
             spare: SpareSlot::new(r.spare),
+            active_zeroed: r.active_zeroed,
             seg,
         })
     }
@@ -439,6 +444,39 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.dir.join(segment::index_file_name(base))
     }
 
+    /// Write the sealed segments' record for the next open (see `sealed_record`); called
+    /// at a clean shutdown, after the last commit. A log that failed writes gets none.
+    pub fn record_sealed_segments(&self) {
+        if self.shared.poisoned.lock().is_some() {
+            return;
+        }
+        let sealed: Vec<Arc<SegmentView>> = {
+            let segs = self.shared.segments.read();
+            segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
+        };
+        if sealed.is_empty() {
+            return;
+        }
+        let record: Result<Vec<Sealed>> = sealed
+            .iter()
+            .map(|s| {
+                let mtime_ns = File::open(&s.path)
+                    .and_then(|f| sealed_record::mtime_ns(&f))
+                    .at(&s.path)?;
+                Ok(Sealed {
+                    base: s.base_offset,
+                    next: s.durable_next(),
+                    len: s.durable_len(),
+                    last_ts_us: s.last_ts_us(),
+                    mtime_ns,
+                })
+            })
+            .collect();
+        if let Err(e) = record.and_then(|r| sealed_record::write(&self.shared.dir, &r)) {
+            tracing::warn!(log = %self.shared.name, error = %e, "recording the sealed segments failed; the next open reads their tails");
+        }
+    }
+
     /// Have the next segment zeroed in the background.
     fn request_spare(&self, ctx: &WriterCtx) {
         let size = self.shared.config.segment_bytes;
@@ -454,11 +492,16 @@ impl<F: IoFile> LogWriter<F> {
         backend: &B,
     ) -> Result<(Arc<SegmentView>, F, File)> {
         let dir = self.shared.dir.clone();
-        let spare = match self.spare.take() {
-            Some(p) => p,
-            None => spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
+        let (spare, zeroed) = match self.spare.take() {
+            Some(p) => (p, true),
+            None => (
+                spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
+                false,
+            ),
         };
-        self.place_segment(&spare, base, backend)
+        let placed = self.place_segment(&spare, base, backend)?;
+        self.active_zeroed = zeroed;
+        Ok(placed)
     }
 
     /// Rename the zeroed file `zeroed` to segment `base` with an empty index, durably

@@ -1,0 +1,179 @@
+//! What a clean shutdown knows about a log's sealed segments, so that the next open does
+//! not have to read them.
+//!
+//! Recovery learns where a sealed segment ends by reading its index and the frames after
+//! the last index entry: cold reads for every segment, so a restart took longer the more
+//! data a log held (about 25 ms per segment here with a cold cache, as after a replica's
+//! direct-IO imports). At a clean shutdown the storage thread writes, for each log with
+//! sealed segments, [`FILE`]: every sealed segment's base, next base, length, last
+//! timestamp and file modification time, under a CRC. The next open uses it only when it
+//! names exactly the sealed segments the directory holds, unmodified since (a version
+//! that does not know the file may have run in between), and removes it (durably) before
+//! anything can change them, so that a crash later never finds a stale one; the indexes
+//! of those segments are then read when a read first needs them. Without the file (a
+//! crash) recovery reads the tails as before.
+
+use std::fs;
+use std::path::Path;
+
+use crate::crashsafe::{fsync_dir, replace_file};
+use crate::error::{IoContext, Result};
+
+pub(crate) const FILE: &str = "sealed-at-shutdown";
+const MAGIC: &[u8; 8] = b"SPOOLSR1";
+const ENTRY_BYTES: usize = 40;
+
+/// One sealed segment as the storage thread left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sealed {
+    pub base: u64,
+    pub next: u64,
+    /// Bytes of frames (the rest of the file is zeros).
+    pub len: u64,
+    pub last_ts_us: u64,
+    /// The segment file's modification time (ns since the epoch) when recorded.
+    pub mtime_ns: u64,
+}
+
+/// Modification time of `f` in ns since the epoch (0 where the filesystem has none).
+pub(crate) fn mtime_ns(f: &std::fs::File) -> std::io::Result<u64> {
+    let t = f.metadata()?.modified()?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64))
+}
+
+fn encode(segments: &[Sealed]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(MAGIC.len() + 8 + segments.len() * ENTRY_BYTES + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&(segments.len() as u64).to_le_bytes());
+    for s in segments {
+        for v in [s.base, s.next, s.len, s.last_ts_us, s.mtime_ns] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn decode(bytes: &[u8]) -> Option<Vec<Sealed>> {
+    let (body, crc) = bytes.split_at_checked(bytes.len().checked_sub(4)?)?;
+    if crc32fast::hash(body) != u32::from_le_bytes(crc.try_into().ok()?) {
+        return None;
+    }
+    let rest = body.strip_prefix(MAGIC)?;
+    let (count, entries) = rest.split_at_checked(8)?;
+    let count = u64::from_le_bytes(count.try_into().ok()?);
+    if entries.len() as u64 != count.checked_mul(ENTRY_BYTES as u64)? {
+        return None;
+    }
+    let word = |e: &[u8], i: usize| u64::from_le_bytes(e[i * 8..i * 8 + 8].try_into().unwrap());
+    Some(
+        entries
+            .chunks_exact(ENTRY_BYTES)
+            .map(|e| Sealed {
+                base: word(e, 0),
+                next: word(e, 1),
+                len: word(e, 2),
+                last_ts_us: word(e, 3),
+                mtime_ns: word(e, 4),
+            })
+            .collect(),
+    )
+}
+
+/// Record `segments` (the log's sealed ones, oldest first) in `dir`, durably.
+pub(crate) fn write(dir: &Path, segments: &[Sealed]) -> Result<()> {
+    replace_file(&dir.join(FILE), &encode(segments))
+}
+
+/// The record left in `dir` by a clean shutdown, if any and intact; it is removed (durably)
+/// either way, since the log may change from now on.
+pub(crate) fn take(dir: &Path) -> Result<Option<Vec<Sealed>>> {
+    let path = dir.join(FILE);
+    let bytes = match fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(crate::error::StorageError::io(&path, e)),
+    };
+    let record = decode(&bytes);
+    if record.is_none() {
+        tracing::warn!(file = %path.display(), "ignoring a damaged record of sealed segments");
+    }
+    fs::remove_file(&path).at(&path)?;
+    fsync_dir(dir)?;
+    Ok(record)
+}
+
+/// `record` describes exactly the sealed segments `bases` (all but the last, active one),
+/// each ending where the next begins.
+pub(crate) fn matches(record: &[Sealed], bases: &[u64]) -> bool {
+    let sealed = bases.len().saturating_sub(1);
+    record.len() == sealed
+        && record
+            .iter()
+            .zip(bases.windows(2))
+            .all(|(s, w)| s.base == w[0] && s.next == w[1] && s.next > s.base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Sealed> {
+        vec![
+            Sealed {
+                base: 0,
+                next: 100,
+                len: 4096,
+                last_ts_us: 7,
+                mtime_ns: 11,
+            },
+            Sealed {
+                base: 100,
+                next: 250,
+                len: 8000,
+                last_ts_us: 9,
+                mtime_ns: 13,
+            },
+        ]
+    }
+
+    #[test]
+    fn round_trip_and_damage() {
+        let bytes = encode(&sample());
+        assert_eq!(decode(&bytes), Some(sample()));
+        assert_eq!(decode(&encode(&[])), Some(vec![]));
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x10;
+            assert_eq!(decode(&bad), None, "flipped byte {i}");
+        }
+        for cut in 0..bytes.len() {
+            assert_eq!(decode(&bytes[..cut]), None, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn matches_only_the_same_sealed_segments() {
+        let r = sample();
+        assert!(matches(&r, &[0, 100, 250]));
+        assert!(!matches(&r, &[0, 100, 250, 400]), "a segment sealed since");
+        assert!(!matches(&r, &[100, 250]), "one removed");
+        assert!(!matches(&r, &[0, 100, 260]), "rolled elsewhere");
+        assert!(!matches(&r, &[0]));
+        assert!(matches(&[], &[0]));
+    }
+
+    #[test]
+    fn take_removes_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(take(dir.path()).unwrap(), None);
+        write(dir.path(), &sample()).unwrap();
+        assert_eq!(take(dir.path()).unwrap(), Some(sample()));
+        assert!(!dir.path().join(FILE).exists());
+        fs::write(dir.path().join(FILE), b"garbage").unwrap();
+        assert_eq!(take(dir.path()).unwrap(), None);
+        assert!(!dir.path().join(FILE).exists());
+    }
+}
