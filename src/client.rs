@@ -328,6 +328,15 @@ impl Client {
 }
 
 type Pending = Arc<Mutex<VecDeque<oneshot::Sender<Result<AppendResponse>>>>>;
+/// The status the server ended the stream with, if it ended with one.
+type Ended = Arc<Mutex<Option<Status>>>;
+
+fn ended_error(ended: &Ended) -> ClientError {
+    ended
+        .lock()
+        .clone()
+        .map_or(ClientError::StreamClosed, ClientError::Rpc)
+}
 
 /// Pipelined appends over one `AppendStream` call.
 #[derive(Debug)]
@@ -337,6 +346,9 @@ pub struct Appender {
     semi_sync_replicas: u32,
     tx: mpsc::Sender<pb::AppendRequest>,
     pending: Pending,
+    ended: Ended,
+    /// Becomes true when the reply task has seen the end of the stream.
+    reader_done: tokio::sync::watch::Receiver<bool>,
     next_id: u64,
 }
 
@@ -353,26 +365,32 @@ impl Appender {
             .await?
             .into_inner();
         let pending: Pending = Arc::default();
-        let p = pending.clone();
+        let ended: Ended = Arc::default();
+        let (p, e) = (pending.clone(), ended.clone());
+        let (done_tx, reader_done) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
             loop {
-                let reply = replies.message().await;
-                let waiter = p.lock().pop_front();
-                match (reply, waiter) {
-                    (Ok(Some(r)), Some(w)) => {
-                        let _ = w.send(Ok(r));
-                    }
-                    (Err(s), Some(w)) => {
-                        let _ = w.send(Err(ClientError::Rpc(s)));
+                match replies.message().await {
+                    Ok(Some(r)) => match p.lock().pop_front() {
+                        Some(w) => {
+                            let _ = w.send(Ok(r));
+                        }
+                        None => break,
+                    },
+                    Ok(None) => break,
+                    Err(s) => {
+                        *e.lock() = Some(s);
                         break;
                     }
-                    _ => break,
                 }
             }
-            // Whatever is still waiting will not get a reply.
+            // Whatever is still waiting will not get a reply: each hears why the stream
+            // ended (a log that does not exist, a node shutting down), as does every
+            // later send.
             for w in p.lock().drain(..) {
-                let _ = w.send(Err(ClientError::StreamClosed));
+                let _ = w.send(Err(ended_error(&e)));
             }
+            let _ = done_tx.send(true);
         });
         Ok(Appender {
             log: log.to_owned(),
@@ -380,6 +398,8 @@ impl Appender {
             semi_sync_replicas,
             tx,
             pending,
+            ended,
+            reader_done,
             next_id: 0,
         })
     }
@@ -403,7 +423,14 @@ impl Appender {
         self.pending.lock().push_back(w);
         if self.tx.send(req).await.is_err() {
             self.pending.lock().pop_back();
-            return Err(ClientError::StreamClosed);
+            // The request side closes as the server ends the call; its status may still
+            // be on its way to the reply task.
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                self.reader_done.wait_for(|d| *d),
+            )
+            .await;
+            return Err(ended_error(&self.ended));
         }
         Ok(r)
     }
@@ -411,6 +438,6 @@ impl Appender {
     /// Send and wait for this batch's ack.
     pub async fn append(&mut self, records: Vec<Bytes>) -> Result<AppendResponse> {
         let r = self.send(records).await?;
-        r.await.map_err(|_| ClientError::StreamClosed)?
+        r.await.map_err(|_| ended_error(&self.ended))?
     }
 }

@@ -18,6 +18,46 @@ fn code(e: impl std::borrow::Borrow<ClientError>) -> Code {
     e.code().unwrap_or_else(|| panic!("not an RPC error: {e}"))
 }
 
+/// Piped records to a log that does not exist: the error says so (the server's status),
+/// however many batches the CLI had sent before the stream ended.
+#[test]
+fn cli_append_from_stdin_to_a_missing_log_names_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let lines: String = (0..20_000).map(|i| format!("{i}\n")).collect();
+    for _ in 0..5 {
+        let out = s.cli_stdin(&["append", "nolog", "--batch", "1"], &lines);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("NotFound") && err.contains("spool logs create nolog"),
+            "{err}"
+        );
+    }
+    // The same through the client: every pending ack and every send after the server
+    // ended the stream report its status, not a bare "stream closed".
+    run(30, async {
+        let c = Client::connect(&s.addr).await.unwrap();
+        let mut ap = match c.appender("nolog", AckMode::Async).await {
+            Ok(ap) => ap,
+            Err(e) => return assert_eq!(code(e), Code::NotFound),
+        };
+        let mut pending = Vec::new();
+        let refused = loop {
+            match ap.send(vec![Bytes::from_static(b"x")]).await {
+                Ok(rx) => pending.push(rx),
+                Err(e) => break e,
+            }
+            tokio::task::yield_now().await;
+        };
+        assert_eq!(code(&refused), Code::NotFound, "{refused}");
+        for rx in pending {
+            assert_eq!(code(rx.await.unwrap().unwrap_err()), Code::NotFound);
+        }
+    });
+    s.stop();
+}
+
 #[test]
 fn cli_round_trip_survives_restart() {
     let dir = tempfile::tempdir().unwrap();
