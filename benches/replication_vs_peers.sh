@@ -5,6 +5,9 @@
 # (a) spool bench grpc, single node: unary (64 clients x 1 record of 1 KiB) and pipelined
 #     (1 stream, 64 x 64 records in flight), ack async (fdatasync on the primary)
 # (b) the same with 1 replica child: ack async, semi-sync:1, sync (the replica --sync-replica)
+#     When REPLICA_DIR is set: ack async and semi-sync:1 again with the replica's data under
+#     REPLICA_DIR, another filesystem on another device (as a replica on its own machine has;
+#     on one disk the replica's writes and flushes share the primary's disk)
 # (c) Redis (Debian redis-server), primary + replica on loopback, appendonly yes,
 #     appendfsync always; `spool bench redis-wait`: 64 connections, each SET 1 KiB then
 #     WAIT 1 0 (RESP spoken directly; its CPU is reported)
@@ -18,7 +21,7 @@
 # Usage: bash benches/replication_vs_peers.sh
 # Environment (defaults in brackets):
 #   SECONDS_PER_RUN [5]  WARMUP [1]  IO_BACKEND [std]  CATCHUP_GIB [2]  NATS_R3 [1]
-#   BENCH_DIR [target/bench-data]  OUT_DIR [target/bench]
+#   BENCH_DIR [target/bench-data]  OUT_DIR [target/bench]  REPLICA_DIR [unset]
 #   REDIS_PORT [6391] (replica: +1)  NATS_PORT [4223]  NATS_R3_PORT [4231] (cluster: 6231..)
 set -euo pipefail
 
@@ -89,6 +92,14 @@ for ack in async semi-sync:1 sync; do
     "$SPOOL" bench grpc "${GRPC[@]}" --replicas 1 --ack "$ack" \
         --json "$P-repl-${ack/:/}.json"
 done
+if [ -n "${REPLICA_DIR:-}" ]; then
+    log "replica data on $(df -P "$REPLICA_DIR" | awk 'NR==2 {print $1}') ($REPLICA_DIR)"
+    for ack in async semi-sync:1; do
+        log "(b) spool + 1 replica on its own device: ack $ack"
+        "$SPOOL" bench grpc "${GRPC[@]}" --replicas 1 --ack "$ack" --replica-dir "$REPLICA_DIR" \
+            --json "$P-repl-own-${ack/:/}.json"
+    done
+fi
 
 # --- (c) Redis primary + replica, SET + WAIT 1 0 ------------------------------------------
 if ! command -v redis-server >/dev/null 2>&1; then
@@ -219,6 +230,7 @@ def run(runs, mode):
 
 single = load("single")
 repl = {a: load(f"repl-{a}") for a in ("async", "semi-sync1", "sync")}
+own = {a: r for a in ("async", "semi-sync1") if (r := load(f"repl-own-{a}"))}
 redis = load("redis")[0]
 nats = {k: (load(f"nats-{k}") or [None])[0] for k in ("r1", "r3")}
 fio = [json.load(open(f"{p}-fio-{w}.json"))["jobs"][0]["write"]["bw_bytes"] / 1e6
@@ -244,6 +256,8 @@ for mode in ("unary", "pipelined"):
         if r.get("degraded_acks") or r.get("unconfirmed_acks"):
             extra += f"; {r['degraded_acks']} degraded, {r['unconfirmed_acks']} unconfirmed acks"
         row(f"spool +1 replica {mode} {label}", r, extra)
+    for a, r in own.items():
+        row(f"spool +1 replica own disk {mode} {a}", run(r, mode))
 row("redis 7 primary+replica SET+WAIT 1 0", redis,
     f"client {redis['client_cpu_s_per_million_records']:.1f} s/Mr, "
     f"{redis['under_replicated']} under-replicated")
@@ -266,6 +280,14 @@ for mode in ("unary", "pipelined"):
         ratio(f"{mode}: {label} / single node (rec/s)", v, ">= 0.5", v >= 0.5)
         v = r["latency_us"]["p99"] / base["latency_us"]["p99"]
         ratio(f"{mode}: {label} p99 / single node p99", v, "< 3", v < 3)
+    if "async" in own:
+        v = run(own["async"], mode)["records_per_s"] / base["records_per_s"]
+        ratio(f"{mode}: async+1 replica on its own device / single node", v, ">= 0.9", v >= 0.9)
+    if "semi-sync1" in own:
+        r = run(own["semi-sync1"], mode)
+        v = r["records_per_s"] / base["records_per_s"]
+        ratio(f"{mode}: semi-sync:1, replica on its own device / single node", v, ">= 0.5",
+              v >= 0.5)
 semi_u = run(repl["semi-sync1"], "unary")
 semi_p = run(repl["semi-sync1"], "pipelined")
 one_u = run(single, "unary")
@@ -307,6 +329,7 @@ result = {
     "load": [load("load-start"), load("load-end")],
     "spool_single_node": single,
     "spool_one_replica": repl,
+    "spool_one_replica_own_device": own,
     "redis_set_wait": redis,
     "nats_jetstream": nats,
     "fio_seq_write_mb_per_s": {"before": round(fio[0], 1), "after": round(fio[1], 1)},

@@ -160,6 +160,10 @@ pub struct GrpcArgs {
     /// Default: ./target if it exists (same disk as the repository), else $TMPDIR.
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Put the replicas' data directories under this directory instead (another disk or
+    /// filesystem: replicas on their own machines do not share the primary's disk).
+    #[arg(long)]
+    pub replica_dir: Option<std::path::PathBuf>,
     /// Write the JSON results to this file ("-" for stdout; the table then goes to stderr).
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -386,13 +390,18 @@ async fn grpc_run(args: &GrpcArgs, mode: Mode) -> Result<GrpcRun> {
     let tmp = fresh_data_dir(&args.dir)?;
     let data_dir = tmp.path().join("data");
     let mut server = BenchServer::start(args.in_process, &data_dir, tmp.path(), &args.io_backend)?;
+    let replica_tmp = match &args.replica_dir {
+        Some(_) if args.replicas > 0 => Some(fresh_data_dir(&args.replica_dir)?),
+        _ => None,
+    };
+    let replica_base = replica_tmp.as_ref().map_or(tmp.path(), |t| t.path());
     let mut replicas = Vec::with_capacity(args.replicas);
     let mut started = Ok(());
     for i in 0..args.replicas {
         let id = format!("r{}", i + 1);
         let sync = i == 0 && args.ack == AckArg::Sync;
         match BenchServer::start_replica(
-            &tmp.path().join(&id),
+            &replica_base.join(&id),
             tmp.path(),
             &args.io_backend,
             server.addr,
@@ -423,6 +432,9 @@ async fn grpc_run(args: &GrpcArgs, mode: Mode) -> Result<GrpcRun> {
     s?;
     drop(replicas);
     drop(server);
+    if let Some(t) = replica_tmp {
+        t.close().context("removing the replicas' data directory")?;
+    }
     tmp.close().context("removing the data directory")?;
     Ok(run)
 }
