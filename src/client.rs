@@ -327,7 +327,14 @@ impl Client {
     }
 }
 
-type Pending = Arc<Mutex<VecDeque<oneshot::Sender<Result<AppendResponse>>>>>;
+/// Waiters for acks in request order, and whether the reply side has ended: from then on
+/// no waiter may be added, nothing would answer it.
+#[derive(Debug, Default)]
+struct Waiters {
+    queue: VecDeque<oneshot::Sender<Result<AppendResponse>>>,
+    ended: bool,
+}
+type Pending = Arc<Mutex<Waiters>>;
 /// The status the server ended the stream with, if it ended with one.
 type Ended = Arc<Mutex<Option<Status>>>;
 
@@ -371,7 +378,7 @@ impl Appender {
         tokio::spawn(async move {
             loop {
                 match replies.message().await {
-                    Ok(Some(r)) => match p.lock().pop_front() {
+                    Ok(Some(r)) => match p.lock().queue.pop_front() {
                         Some(w) => {
                             let _ = w.send(Ok(r));
                         }
@@ -386,8 +393,13 @@ impl Appender {
             }
             // Whatever is still waiting will not get a reply: each hears why the stream
             // ended (a log that does not exist, a node shutting down), as does every
-            // later send.
-            for w in p.lock().drain(..) {
+            // later send. The status is in `e` before `ended` is set.
+            let waiting: Vec<_> = {
+                let mut p = p.lock();
+                p.ended = true;
+                p.queue.drain(..).collect()
+            };
+            for w in waiting {
                 let _ = w.send(Err(ended_error(&e)));
             }
             let _ = done_tx.send(true);
@@ -420,9 +432,21 @@ impl Appender {
             request_id: self.next_id,
         };
         // Registered before sending, so replies always find their waiter in order.
-        self.pending.lock().push_back(w);
+        {
+            let mut p = self.pending.lock();
+            if p.ended {
+                return Err(ended_error(&self.ended));
+            }
+            p.queue.push_back(w);
+        }
         if self.tx.send(req).await.is_err() {
-            self.pending.lock().pop_back();
+            {
+                // Ours is last and was never sent: no reply will take it.
+                let mut p = self.pending.lock();
+                if !p.ended {
+                    p.queue.pop_back();
+                }
+            }
             // The request side closes as the server ends the call; its status may still
             // be on its way to the reply task.
             let _ = tokio::time::timeout(

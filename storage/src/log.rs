@@ -369,7 +369,9 @@ impl Log {
     /// Bytes of frames from the one holding `offset` to the durable end (replication lag
     /// in bytes; exact to the frame).
     pub fn bytes_from(&self, offset: u64) -> u64 {
-        let segs = self.shared.segments.read();
+        // A copy: `locate` may read an index file, which must not hold up the storage
+        // thread waiting to change the list.
+        let segs = self.shared.segments.read().clone();
         let mut total = 0;
         for s in segs.iter() {
             if s.durable_next() <= offset {

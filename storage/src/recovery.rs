@@ -80,6 +80,8 @@ pub(crate) fn recover_log(
 ) -> Result<RecoveredLog> {
     let config: LogConfig = meta::read_log_config(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
+    // Before the listing, which removes `.tmp` files, the record among them.
+    let record = sealed_record::take(dir)?;
     let mut bases = list_segments(dir)?;
     if bases.is_empty() {
         // A log always has an active segment; a crash during creation can leave none.
@@ -90,7 +92,7 @@ pub(crate) fn recover_log(
         bases.push(0);
     }
     let last = bases.len() - 1;
-    let record = sealed_record::take(dir)?.filter(|r| sealed_record::matches(r, &bases));
+    let record = record.filter(|r| sealed_record::matches(r, &bases));
     let mut views = Vec::with_capacity(bases.len());
     for (i, &base) in bases.iter().enumerate() {
         let path = dir.join(segment::segment_file_name(base));
@@ -103,11 +105,11 @@ pub(crate) fn recover_log(
         let idx_path = dir.join(segment::index_file_name(base));
         let unchanged = |s: &sealed_record::Sealed| {
             s.len <= view.capacity()
-                && sealed_record::mtime_ns(&file).is_ok_and(|t| t == s.mtime_ns && t != 0)
+                && sealed_record::identity(&file).is_ok_and(|id| id == (s.ino, s.mtime_ns))
         };
         if let Some(s) = record.as_ref().map(|r| r[i]).filter(unchanged) {
             // As a clean shutdown left it: nothing to read now.
-            view.defer_index(idx_path);
+            view.defer_index(idx_path, config.index_interval_bytes);
             view.publish(s.len, s.next, s.last_ts_us, &[]);
             views.push(view);
             continue;

@@ -6,22 +6,25 @@
 //! data a log held (about 25 ms per segment here with a cold cache, as after a replica's
 //! direct-IO imports). At a clean shutdown the storage thread writes, for each log with
 //! sealed segments, [`FILE`]: every sealed segment's base, next base, length, last
-//! timestamp and file modification time, under a CRC. The next open uses it only when it
-//! names exactly the sealed segments the directory holds, unmodified since (a version
-//! that does not know the file may have run in between), and removes it (durably) before
-//! anything can change them, so that a crash later never finds a stale one; the indexes
-//! of those segments are then read when a read first needs them. Without the file (a
-//! crash) recovery reads the tails as before.
+//! timestamp, and the file's inode number and modification time, under a CRC. The next
+//! open uses it only when it names exactly the sealed segments the directory holds, the
+//! same files unmodified since, and removes it (durably) before anything can change them,
+//! so that a crash later never finds a stale one; the indexes of those segments are then
+//! read when a read first needs them. Without the file (a crash) recovery reads the tails
+//! as before. The name ends in `.tmp` so that a version that does not know the file
+//! deletes it when it opens the log (every version removes `.tmp` files there), instead
+//! of leaving it behind for a later version to trust after the segments changed.
 
 use std::fs;
 use std::path::Path;
 
-use crate::crashsafe::{fsync_dir, replace_file};
+use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result};
 
-pub(crate) const FILE: &str = "sealed-at-shutdown";
+pub(crate) const FILE: &str = "sealed-at-shutdown.tmp";
+const WRITING: &str = "sealed-at-shutdown.writing.tmp";
 const MAGIC: &[u8; 8] = b"SPOOLSR1";
-const ENTRY_BYTES: usize = 40;
+const ENTRY_BYTES: usize = 48;
 
 /// One sealed segment as the storage thread left it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,15 +34,20 @@ pub(crate) struct Sealed {
     /// Bytes of frames (the rest of the file is zeros).
     pub len: u64,
     pub last_ts_us: u64,
-    /// The segment file's modification time (ns since the epoch) when recorded.
+    /// The segment file's inode number and modification time (ns since the epoch) when
+    /// recorded: a file replaced or written since does not pass for the recorded one.
+    pub ino: u64,
     pub mtime_ns: u64,
 }
 
-/// Modification time of `f` in ns since the epoch (0 where the filesystem has none).
-pub(crate) fn mtime_ns(f: &std::fs::File) -> std::io::Result<u64> {
-    let t = f.metadata()?.modified()?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64))
+/// (inode number, modification time in ns since the epoch) of `f`.
+pub(crate) fn identity(f: &std::fs::File) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata()?;
+    let mtime_ns = (m.mtime() as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(m.mtime_nsec() as u64);
+    Ok((m.ino(), mtime_ns))
 }
 
 fn encode(segments: &[Sealed]) -> Vec<u8> {
@@ -47,7 +55,7 @@ fn encode(segments: &[Sealed]) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(segments.len() as u64).to_le_bytes());
     for s in segments {
-        for v in [s.base, s.next, s.len, s.last_ts_us, s.mtime_ns] {
+        for v in [s.base, s.next, s.len, s.last_ts_us, s.ino, s.mtime_ns] {
             out.extend_from_slice(&v.to_le_bytes());
         }
     }
@@ -76,7 +84,8 @@ fn decode(bytes: &[u8]) -> Option<Vec<Sealed>> {
                 next: word(e, 1),
                 len: word(e, 2),
                 last_ts_us: word(e, 3),
-                mtime_ns: word(e, 4),
+                ino: word(e, 4),
+                mtime_ns: word(e, 5),
             })
             .collect(),
     )
@@ -84,7 +93,13 @@ fn decode(bytes: &[u8]) -> Option<Vec<Sealed>> {
 
 /// Record `segments` (the log's sealed ones, oldest first) in `dir`, durably.
 pub(crate) fn write(dir: &Path, segments: &[Sealed]) -> Result<()> {
-    replace_file(&dir.join(FILE), &encode(segments))
+    use std::io::Write;
+    let (tmp, path) = (dir.join(WRITING), dir.join(FILE));
+    let mut f = fs::File::create(&tmp).at(&tmp)?;
+    f.write_all(&encode(segments)).at(&tmp)?;
+    f.sync_all().at(&tmp)?;
+    fs::rename(&tmp, &path).at(&path)?;
+    fsync_dir(dir)
 }
 
 /// The record left in `dir` by a clean shutdown, if any and intact; it is removed (durably)
@@ -127,6 +142,7 @@ mod tests {
                 next: 100,
                 len: 4096,
                 last_ts_us: 7,
+                ino: 5,
                 mtime_ns: 11,
             },
             Sealed {
@@ -134,6 +150,7 @@ mod tests {
                 next: 250,
                 len: 8000,
                 last_ts_us: 9,
+                ino: 6,
                 mtime_ns: 13,
             },
         ]
@@ -175,5 +192,54 @@ mod tests {
         fs::write(dir.path().join(FILE), b"garbage").unwrap();
         assert_eq!(take(dir.path()).unwrap(), None);
         assert!(!dir.path().join(FILE).exists());
+    }
+
+    /// A sealed index file cut short (as a torn write once left it) is completed from its
+    /// last entry when first loaded, as recovery's scan did, not kept short.
+    #[test]
+    fn a_deferred_index_is_completed_from_its_last_entry() {
+        use crate::io::std_backend::StdBackend;
+        use crate::{Durability, LogConfig, Storage, StorageConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let config = || {
+            let mut c = StorageConfig::new(dir.path());
+            c.default_log = LogConfig {
+                segment_bytes: 64 << 10,
+                index_interval_bytes: 1024,
+                ..LogConfig::default()
+            };
+            c
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let s = Storage::open_with(config(), StdBackend).unwrap();
+            let log = s.create_log("t").await.unwrap();
+            for _ in 0..300 {
+                log.append(&[&[7u8; 600][..]], Durability::Fsync)
+                    .await
+                    .unwrap();
+            }
+            let full = log.shared.segments.read()[0].index_snapshot();
+            assert!(full.len() > 10, "{} entries", full.len());
+            s.shutdown().await.unwrap();
+            drop((log, s));
+
+            let idx = dir
+                .path()
+                .join("logs/t")
+                .join(crate::segment::index_file_name(0));
+            let bytes = fs::read(&idx).unwrap();
+            fs::write(&idx, &bytes[..3 * crate::index::ENTRY_BYTES]).unwrap();
+            let s = Storage::open_with(config(), StdBackend).unwrap();
+            let log = s.log("t").unwrap();
+            let seg = log.shared.segments.read()[0].clone();
+            assert!(seg.index_is_deferred(), "opened from the record");
+            assert_eq!(seg.index_snapshot(), full);
+            assert!(!seg.index_is_deferred());
+            s.shutdown().await.unwrap();
+        });
     }
 }

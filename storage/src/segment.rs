@@ -60,7 +60,7 @@ pub struct SegmentView {
     /// The `.idx` file to read into `index` when it is first needed (a sealed segment
     /// opened from a clean shutdown's record, see `sealed_record`); `deferred` says so
     /// without taking the lock.
-    deferred_index: Mutex<Option<PathBuf>>,
+    deferred_index: Mutex<Option<(PathBuf, u32)>>,
     deferred: AtomicBool,
 }
 
@@ -105,19 +105,51 @@ impl SegmentView {
         entries
     }
 
-    /// Read the index from `idx_path` when it is first needed instead of now.
-    pub(crate) fn defer_index(&self, idx_path: PathBuf) {
-        *self.deferred_index.lock() = Some(idx_path);
+    /// Read the index from `idx_path` (entries every `interval` bytes) when it is first
+    /// needed instead of now.
+    pub(crate) fn defer_index(&self, idx_path: PathBuf, interval: u32) {
+        *self.deferred_index.lock() = Some((idx_path, interval));
         self.deferred.store(true, Ordering::Release);
+    }
+
+    /// Forget a deferred index: the files are about to be removed (and a new segment may
+    /// take the same name), so a late load could read another file. An empty index is
+    /// always correct, only slower.
+    pub(crate) fn drop_deferred_index(&self) {
+        if self.deferred.load(Ordering::Acquire) {
+            let mut deferred = self.deferred_index.lock();
+            *deferred = None;
+            self.deferred.store(false, Ordering::Release);
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn index_is_deferred(&self) -> bool {
+        self.deferred.load(Ordering::Acquire)
     }
 
     fn index(&self) -> RwLockReadGuard<'_, Vec<IndexEntry>> {
         if self.deferred.load(Ordering::Acquire) {
             let mut deferred = self.deferred_index.lock();
-            if let Some(path) = deferred.take() {
+            if let Some((path, interval)) = deferred.take() {
                 let len = self.durable_len();
                 let mut entries = self.trusted_index(&path);
                 entries.retain(|e| u64::from(e.pos) < len);
+                // Complete it from the last trusted entry, as recovery does: an index
+                // file cut short once would otherwise stay short at every restart.
+                let from = entries.last().copied().unwrap_or(IndexEntry {
+                    offset: self.base_offset,
+                    pos: 0,
+                });
+                let s = scan(
+                    &self.map[..len as usize],
+                    u64::from(from.pos),
+                    from.offset,
+                    Some(self.durable_next()),
+                    interval,
+                    Some(u64::from(from.pos)),
+                );
+                entries.extend(s.entries);
                 *self.index.write() = entries;
                 self.deferred.store(false, Ordering::Release);
             }

@@ -34,7 +34,11 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 enum State {
     Idle,
-    Pending,
+    /// Requested; the job waits its turn on the preparer thread (one per node, shared
+    /// by every log).
+    Queued,
+    /// Being zeroed.
+    Running,
     Ready(PathBuf),
     Failed(Instant),
 }
@@ -68,8 +72,18 @@ impl SpareSlot {
         match *self.state.lock() {
             State::Idle => true,
             State::Failed(at) => at.elapsed() >= RETRY_AFTER,
-            State::Pending | State::Ready(_) => false,
+            State::Queued | State::Running | State::Ready(_) => false,
         }
+    }
+
+    /// The preparer takes up this slot's job: false if it was cancelled meanwhile.
+    fn start(&self) -> bool {
+        let mut s = self.state.lock();
+        let queued = matches!(*s, State::Queued);
+        if queued {
+            *s = State::Running;
+        }
+        queued
     }
 
     /// The ready spare, if one is ready now (not waiting for one being zeroed).
@@ -86,10 +100,12 @@ impl SpareSlot {
 
     /// The ready spare, waiting for one being zeroed (nearly done: it was requested half
     /// a segment ago, and a zeroed segment is worth it: measured, appends into a fallocated
-    /// one reached half the rate). `None` if none is coming: the caller makes one now.
+    /// one reached half the rate). `None` if none is coming: the caller makes one now. A
+    /// job still queued behind other logs' is cancelled rather than waited for: the caller
+    /// is the storage thread, and every log's writes would wait with it.
     pub fn take(&self) -> Option<PathBuf> {
         let mut s = self.state.lock();
-        while matches!(*s, State::Pending) {
+        while matches!(*s, State::Running) {
             self.done.wait(&mut s);
         }
         match std::mem::replace(&mut *s, State::Idle) {
@@ -123,6 +139,12 @@ impl Preparer {
             .name("spool-prealloc".into())
             .spawn(move || {
                 for job in rx {
+                    if !job.slot.start() {
+                        if let Some(p) = &job.recycle {
+                            let _ = fs::remove_file(p);
+                        }
+                        continue;
+                    }
                     let r = prepare(&job.dir, job.size, job.recycle.as_deref());
                     if let Err(e) = &r {
                         tracing::warn!(dir = %job.dir.display(), error = %e, "preparing a spare segment failed");
@@ -148,7 +170,7 @@ impl Preparer {
                 }
                 return;
             }
-            *s = State::Pending;
+            *s = State::Queued;
         }
         let job = Job {
             dir: dir.to_owned(),
@@ -313,4 +335,57 @@ pub(crate) fn collect_spares(dir: &Path, size: u64) -> Result<Option<PathBuf>> {
         }
     }
     Ok(keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued() -> Arc<SpareSlot> {
+        let slot = SpareSlot::new(None);
+        *slot.state.lock() = State::Queued;
+        slot
+    }
+
+    #[test]
+    fn a_queued_job_is_cancelled_by_take_and_then_skipped() {
+        let slot = queued();
+        assert!(!slot.is_idle());
+        assert_eq!(slot.try_take(), None, "nothing ready yet");
+        assert_eq!(slot.take(), None, "not waited for");
+        assert!(slot.is_idle());
+        assert!(!slot.start(), "the preparer skips the cancelled job");
+    }
+
+    #[test]
+    fn a_running_job_is_waited_for() {
+        let slot = queued();
+        assert!(slot.start());
+        let s = slot.clone();
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            s.finish(Ok(PathBuf::from("spare-x.seg")));
+        });
+        assert_eq!(slot.take(), Some(PathBuf::from("spare-x.seg")));
+        finisher.join().unwrap();
+        assert!(slot.is_idle());
+    }
+
+    #[test]
+    fn the_preparer_prepares_a_queued_spare() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = Preparer::start().unwrap();
+        let slot = SpareSlot::new(None);
+        p.request(&slot, dir.path(), 64 << 10, None);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let spare = loop {
+            if let Some(s) = slot.try_take() {
+                break s;
+            }
+            assert!(Instant::now() < deadline, "no spare");
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        assert_eq!(fs::metadata(&spare).unwrap().len(), 64 << 10);
+        p.stop();
+    }
 }

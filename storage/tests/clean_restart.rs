@@ -22,7 +22,7 @@ fn log_dir(dir: &Path) -> PathBuf {
 }
 
 fn record_file(dir: &Path) -> PathBuf {
-    log_dir(dir).join("sealed-at-shutdown")
+    log_dir(dir).join("sealed-at-shutdown.tmp")
 }
 
 fn open(dir: &Path) -> spool_storage::Result<Storage> {

@@ -366,6 +366,16 @@ impl<F: IoFile> LogWriter<F> {
         Ok(())
     }
 
+    /// Refuse writes until a restart: a change to the files failed half-way, and the disk
+    /// and this writer may disagree.
+    fn poison(&self, e: &StorageError) {
+        let mut p = self.shared.poisoned.lock();
+        if p.is_none() {
+            *p = Some(e.to_string());
+            tracing::error!(log = %self.shared.name, error = %e, "changing the log's files failed; log refuses writes until restart");
+        }
+    }
+
     async fn fail_write(&mut self, e: std::io::Error, pos: u64, len: u64) -> StorageError {
         let err = StorageError::io(&self.seg.path, e);
         if !err.is_disk_full() {
@@ -460,14 +470,15 @@ impl<F: IoFile> LogWriter<F> {
         let record: Result<Vec<Sealed>> = sealed
             .iter()
             .map(|s| {
-                let mtime_ns = File::open(&s.path)
-                    .and_then(|f| sealed_record::mtime_ns(&f))
+                let (ino, mtime_ns) = File::open(&s.path)
+                    .and_then(|f| sealed_record::identity(&f))
                     .at(&s.path)?;
                 Ok(Sealed {
                     base: s.base_offset,
                     next: s.durable_next(),
                     len: s.durable_len(),
                     last_ts_us: s.last_ts_us(),
+                    ino,
                     mtime_ns,
                 })
             })

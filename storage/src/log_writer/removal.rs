@@ -31,6 +31,7 @@ impl<F: IoFile> LogWriter<F> {
         }
         let mut recyclable = Vec::new();
         for seg in removed {
+            seg.drop_deferred_index();
             let _ = fs::remove_file(self.idx_path(seg.base_offset));
             let path = seg.path.clone();
             let gone = path.with_extension("deleted.tmp");

@@ -60,68 +60,79 @@ impl<F: IoFile> LogWriter<F> {
         } else {
             target.durable_len()
         };
-        for s in segs[i + 1..].iter().rev() {
-            fs::remove_file(&s.path).at(&s.path)?;
-            let _ = fs::remove_file(self.idx_path(s.base_offset));
-        }
-        if i + 1 < segs.len() {
-            let file = open_rw(&target.path)?;
-            self.file = backend.wrap(file, &target.path).at(&target.path)?;
-            self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
-            self.seg = target.clone();
-        }
-        let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
-        let new_len = cut_pos + rewritten;
-        let mut data = rewrite.unwrap_or_default();
-        data.resize(old_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
-        if !data.is_empty() {
-            let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
-            if let Err(e) = r {
-                let err = StorageError::io(&target.path, e);
-                *self.shared.poisoned.lock() = Some(err.to_string());
-                return Err(err);
+        // From the first file removed on, disk and memory may disagree after an error:
+        // the log then refuses writes until a restart recovers it from the disk.
+        let applied: Result<()> = async {
+            for s in segs[i + 1..].iter().rev() {
+                s.drop_deferred_index();
+                fs::remove_file(&s.path).at(&s.path)?;
+                let _ = fs::remove_file(self.idx_path(s.base_offset));
             }
-        }
-        let entries: Vec<IndexEntry> = target
-            .index_snapshot()
-            .into_iter()
-            .filter(|e| {
-                u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos)
-            })
-            .collect();
-        let idx_path = self.idx_path(target.base_offset);
-        self.idx_file
-            .write_all_at(&index::encode(target.base_offset, &entries), 0)
-            .and_then(|_| {
-                self.idx_file
-                    .set_len((entries.len() * index::ENTRY_BYTES) as u64)
-            })
-            .and_then(|_| self.idx_file.sync_data())
-            .at(&idx_path)?;
-        target.cut(new_len, end);
-        target.set_index(entries.clone());
-        self.shared.segments.write().truncate(i + 1);
-        {
-            let mut epochs = self.shared.epochs.write();
-            let before = epochs.clone();
-            epochs.truncate(end);
-            if *epochs != before {
-                epochs.save(&self.shared.dir)?;
+            if i + 1 < segs.len() {
+                let file = open_rw(&target.path)?;
+                self.file = backend.wrap(file, &target.path).at(&target.path)?;
+                self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
+                self.seg = target.clone();
             }
+            let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
+            let new_len = cut_pos + rewritten;
+            let mut data = rewrite.unwrap_or_default();
+            data.resize(old_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
+            if !data.is_empty() {
+                let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
+                if let Err(e) = r {
+                    let err = StorageError::io(&target.path, e);
+                    *self.shared.poisoned.lock() = Some(err.to_string());
+                    return Err(err);
+                }
+            }
+            let entries: Vec<IndexEntry> = target
+                .index_snapshot()
+                .into_iter()
+                .filter(|e| {
+                    u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos)
+                })
+                .collect();
+            let idx_path = self.idx_path(target.base_offset);
+            self.idx_file
+                .write_all_at(&index::encode(target.base_offset, &entries), 0)
+                .and_then(|_| {
+                    self.idx_file
+                        .set_len((entries.len() * index::ENTRY_BYTES) as u64)
+                })
+                .and_then(|_| self.idx_file.sync_data())
+                .at(&idx_path)?;
+            target.cut(new_len, end);
+            target.set_index(entries.clone());
+            self.shared.segments.write().truncate(i + 1);
+            {
+                let mut epochs = self.shared.epochs.write();
+                let before = epochs.clone();
+                epochs.truncate(end);
+                if *epochs != before {
+                    epochs.save(&self.shared.dir)?;
+                }
+            }
+            self.write_pos = new_len;
+            self.durable_pos = new_len;
+            self.written_next = end;
+            self.buf_next = end;
+            self.durable_next = end;
+            self.idx_entries_on_disk = entries.len() as u64;
+            self.unwritten_entries.clear();
+            self.pending_entries.clear();
+            self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
+            self.shared.written.store(end, Ordering::Release);
+            self.shared.cuts.lock().record(end);
+            self.shared.durable.send_replace(end);
+            fsync_dir(&self.shared.dir)?;
+            Ok(())
         }
-        self.write_pos = new_len;
-        self.durable_pos = new_len;
-        self.written_next = end;
-        self.buf_next = end;
-        self.durable_next = end;
-        self.idx_entries_on_disk = entries.len() as u64;
-        self.unwritten_entries.clear();
-        self.pending_entries.clear();
-        self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
-        self.shared.written.store(end, Ordering::Release);
-        self.shared.cuts.lock().record(end);
-        self.shared.durable.send_replace(end);
-        fsync_dir(&self.shared.dir)?;
+        .await;
+        if let Err(e) = &applied {
+            self.poison(e);
+        }
+        applied?;
         tracing::info!(log = %self.shared.name, end, "log truncated");
         Ok(())
     }
@@ -139,29 +150,38 @@ impl<F: IoFile> LogWriter<F> {
         self.commit(true, &ctx.stats).await?;
         let dir = self.shared.dir.clone();
         let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
-        for s in &old {
-            fs::remove_file(&s.path).at(&s.path)?;
-            let _ = fs::remove_file(self.idx_path(s.base_offset));
+        let applied: Result<()> = async {
+            for s in &old {
+                s.drop_deferred_index();
+                fs::remove_file(&s.path).at(&s.path)?;
+                let _ = fs::remove_file(self.idx_path(s.base_offset));
+            }
+            fsync_dir(&dir)?;
+            {
+                let mut epochs = self.shared.epochs.write();
+                *epochs = crate::meta::EpochHistory::default();
+                epochs.save(&dir)?;
+            }
+            let (view, file, idx_file) = self.new_segment(start, backend)?;
+            *self.shared.segments.write() = vec![view.clone()];
+            self.activate(view, file, idx_file);
+            self.written_next = start;
+            self.buf_next = start;
+            self.durable_next = start;
+            self.unwritten_entries.clear();
+            self.pending_entries.clear();
+            self.shared.start.store(start, Ordering::Release);
+            self.shared.written.store(start, Ordering::Release);
+            self.shared.cuts.lock().record(start);
+            self.shared.durable.send_replace(start);
+            self.request_spare(ctx);
+            Ok(())
         }
-        fsync_dir(&dir)?;
-        {
-            let mut epochs = self.shared.epochs.write();
-            *epochs = crate::meta::EpochHistory::default();
-            epochs.save(&dir)?;
+        .await;
+        if let Err(e) = &applied {
+            self.poison(e);
         }
-        let (view, file, idx_file) = self.new_segment(start, backend)?;
-        *self.shared.segments.write() = vec![view.clone()];
-        self.activate(view, file, idx_file);
-        self.written_next = start;
-        self.buf_next = start;
-        self.durable_next = start;
-        self.unwritten_entries.clear();
-        self.pending_entries.clear();
-        self.shared.start.store(start, Ordering::Release);
-        self.shared.written.store(start, Ordering::Release);
-        self.shared.cuts.lock().record(start);
-        self.shared.durable.send_replace(start);
-        self.request_spare(ctx);
+        applied?;
         tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
         Ok(())
     }
