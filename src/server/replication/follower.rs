@@ -394,7 +394,14 @@ async fn session(
                         // Ordering: what is in flight lands before the log changes shape.
                         while let Some(r) = inflight.next().await { r?; }
                         logs.remove(&s.name);
-                        imports.remove(&s.name);
+                        // A segment cut by a disconnect resumes when the upstream continues
+                        // the log where the import began (it then sends the segment from the
+                        // hello's staged_end); anything else reshapes the log first.
+                        let resumes = s.action == pb::log_start::Action::Continue as i32
+                            && imports.get(&s.name).is_some_and(|i| i.base() == s.offset);
+                        if !resumes {
+                            imports.remove(&s.name);
+                        }
                         if node.active_delay().is_some_and(|d| d.pending_delete(&s.name).is_some()) {
                             tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
                             ignored.insert(s.name.clone());
