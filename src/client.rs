@@ -327,22 +327,24 @@ impl Client {
     }
 }
 
-/// Waiters for acks in request order, and whether the reply side has ended: from then on
-/// no waiter may be added, nothing would answer it.
+/// Waiters for acks in request order, and whether the reply side has ended (with the
+/// server's status, if it sent one): from then on no waiter may be added, nothing would
+/// answer it.
 #[derive(Debug, Default)]
 struct Waiters {
     queue: VecDeque<oneshot::Sender<Result<AppendResponse>>>,
     ended: bool,
+    status: Option<Status>,
 }
 type Pending = Arc<Mutex<Waiters>>;
-/// The status the server ended the stream with, if it ended with one.
-type Ended = Arc<Mutex<Option<Status>>>;
 
-fn ended_error(ended: &Ended) -> ClientError {
-    ended
-        .lock()
-        .clone()
-        .map_or(ClientError::StreamClosed, ClientError::Rpc)
+impl Waiters {
+    /// Why nothing more will be acknowledged.
+    fn ended_error(&self) -> ClientError {
+        self.status
+            .clone()
+            .map_or(ClientError::StreamClosed, ClientError::Rpc)
+    }
 }
 
 /// Pipelined appends over one `AppendStream` call.
@@ -353,7 +355,6 @@ pub struct Appender {
     semi_sync_replicas: u32,
     tx: mpsc::Sender<pb::AppendRequest>,
     pending: Pending,
-    ended: Ended,
     /// Becomes true when the reply task has seen the end of the stream.
     reader_done: tokio::sync::watch::Receiver<bool>,
     next_id: u64,
@@ -372,36 +373,31 @@ impl Appender {
             .await?
             .into_inner();
         let pending: Pending = Arc::default();
-        let ended: Ended = Arc::default();
-        let (p, e) = (pending.clone(), ended.clone());
+        let p = pending.clone();
         let (done_tx, reader_done) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            loop {
+            let status = loop {
                 match replies.message().await {
                     Ok(Some(r)) => match p.lock().queue.pop_front() {
                         Some(w) => {
                             let _ = w.send(Ok(r));
                         }
-                        None => break,
+                        None => break None,
                     },
-                    Ok(None) => break,
-                    Err(s) => {
-                        *e.lock() = Some(s);
-                        break;
-                    }
+                    Ok(None) => break None,
+                    Err(s) => break Some(s),
                 }
-            }
+            };
             // Whatever is still waiting will not get a reply: each hears why the stream
             // ended (a log that does not exist, a node shutting down), as does every
-            // later send. The status is in `e` before `ended` is set.
-            let waiting: Vec<_> = {
-                let mut p = p.lock();
-                p.ended = true;
-                p.queue.drain(..).collect()
-            };
-            for w in waiting {
-                let _ = w.send(Err(ended_error(&e)));
+            // later send.
+            let mut p = p.lock();
+            p.ended = true;
+            p.status = status;
+            for w in std::mem::take(&mut p.queue) {
+                let _ = w.send(Err(p.ended_error()));
             }
+            drop(p);
             let _ = done_tx.send(true);
         });
         Ok(Appender {
@@ -410,7 +406,6 @@ impl Appender {
             semi_sync_replicas,
             tx,
             pending,
-            ended,
             reader_done,
             next_id: 0,
         })
@@ -435,7 +430,7 @@ impl Appender {
         {
             let mut p = self.pending.lock();
             if p.ended {
-                return Err(ended_error(&self.ended));
+                return Err(p.ended_error());
             }
             p.queue.push_back(w);
         }
@@ -454,7 +449,7 @@ impl Appender {
                 self.reader_done.wait_for(|d| *d),
             )
             .await;
-            return Err(ended_error(&self.ended));
+            return Err(self.pending.lock().ended_error());
         }
         Ok(r)
     }
@@ -462,6 +457,6 @@ impl Appender {
     /// Send and wait for this batch's ack.
     pub async fn append(&mut self, records: Vec<Bytes>) -> Result<AppendResponse> {
         let r = self.send(records).await?;
-        r.await.map_err(|_| ended_error(&self.ended))?
+        r.await.map_err(|_| self.pending.lock().ended_error())?
     }
 }
