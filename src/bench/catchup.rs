@@ -64,7 +64,9 @@ struct Phase {
     bytes: u64,
     seconds: f64,
     mb_per_s: f64,
-    /// The replica reported a full sync (segment shipping) in its upstream status.
+    /// The replica reported a full sync in its upstream status: its offsets were gone
+    /// upstream (retention), not merely behind. A fresh replica of a log that still starts
+    /// at 0 catches up without one (by segment fetch all the same).
     saw_full_sync: bool,
     replica_cpu_s: Option<f64>,
     primary_cpu_s: Option<f64>,
@@ -107,7 +109,7 @@ pub(super) fn run_catchup(args: &CatchupArgs) -> Result<()> {
         human(
             &args.json,
             &format!(
-                "catchup {:<7} {:>10} records {:>10.1} MB in {:>7.3} s = {:>7.1} MB/s (full-sync flag seen: {}; cpu replica {} s, primary {} s)",
+                "catchup {:<7} {:>10} records {:>10.1} MB in {:>7.3} s = {:>7.1} MB/s (offsets-gone full sync: {}; cpu replica {} s, primary {} s)",
                 p.phase,
                 p.records,
                 p.bytes as f64 / 1e6,
