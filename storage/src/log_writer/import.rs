@@ -84,23 +84,15 @@ impl<F: IoFile> LogWriter<F> {
         let zeroed = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
             fs::rename(&self.seg.path, &aside).at(&aside)?;
-            let spare = if self.active_zeroed {
-                None
+            if self.active_zeroed {
+                Some(aside)
+            } else if let Some(spare) = self.spare.try_take() {
+                let _ = fs::remove_file(&aside);
+                self.active_zeroed = true;
+                Some(spare)
             } else {
-                self.spare.try_take()
-            };
-            match spare {
-                Some(spare) => {
-                    let _ = fs::remove_file(&aside);
-                    self.active_zeroed = true;
-                    Some(spare)
-                }
-                None => {
-                    if !self.active_zeroed {
-                        self.request_spare(ctx);
-                    }
-                    Some(aside)
-                }
+                self.request_spare(ctx);
+                Some(aside)
             }
         } else {
             self.seal_index()?;
