@@ -29,22 +29,24 @@ const WRITERS: usize = 4;
 const IN_FLIGHT_MAX: usize = 2 * WRITERS;
 const _: () = assert!(BLOCK_BYTES % ALIGN == 0 && IN_FLIGHT_MAX >= WRITERS);
 
-/// A heap buffer whose usable part starts on an [`ALIGN`] boundary (the Vec's heap block
-/// does not move when the buffer is sent to the writer thread, so the offset stays right).
-struct Aligned {
+/// A zeroed heap buffer whose usable part starts on an [`ALIGN`] boundary (the Vec's heap
+/// block does not move when the buffer is sent to another thread, so the offset stays
+/// right). Also the source of the zeros `spare` writes with O_DIRECT.
+pub(crate) struct Aligned {
     v: Vec<u8>,
     off: usize,
+    len: usize,
 }
 
 impl Aligned {
-    fn new() -> Aligned {
-        let v = vec![0u8; BLOCK_BYTES + ALIGN];
+    pub(crate) fn new(len: usize) -> Aligned {
+        let v = vec![0u8; len + ALIGN];
         let off = v.as_ptr().align_offset(ALIGN);
-        Aligned { v, off }
+        Aligned { v, off, len }
     }
 
-    fn bytes(&mut self) -> &mut [u8] {
-        &mut self.v[self.off..self.off + BLOCK_BYTES]
+    pub(crate) fn bytes(&mut self) -> &mut [u8] {
+        &mut self.v[self.off..self.off + self.len]
     }
 }
 
@@ -105,7 +107,7 @@ impl DirectWriter {
             .collect::<io::Result<Vec<_>>>()?;
         Ok(DirectWriter {
             inner: Some(Inner {
-                fill: Aligned::new(),
+                fill: Aligned::new(BLOCK_BYTES),
                 filled: 0,
                 at: 0,
                 to_writer,
@@ -184,7 +186,7 @@ impl Inner {
     fn send(&mut self, len: usize) -> io::Result<()> {
         // Buffers are made until IN_FLIGHT_MAX are out, then reused as writes complete.
         let next = match self.in_flight {
-            n if n < IN_FLIGHT_MAX => Aligned::new(),
+            n if n < IN_FLIGHT_MAX => Aligned::new(BLOCK_BYTES),
             _ => {
                 self.in_flight -= 1;
                 self.done

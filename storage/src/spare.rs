@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::crashsafe::fsync_dir;
+use crate::direct_write::{Aligned, ALIGN};
 use crate::error::{IoContext, Result, StorageError};
 
 const ZERO_CHUNK: usize = 1 << 20;
-/// Alignment of O_DIRECT buffers, offsets and lengths (the page size covers every sector size).
-const DIRECT_ALIGN: usize = 4096;
+const _: () = assert!(ZERO_CHUNK % ALIGN == 0);
 
 /// After a failed preparation (disk full, usually), wait this long before trying again,
 /// so that a full disk does not turn every append into a doomed zero-fill.
@@ -256,11 +256,10 @@ fn zero_fill(path: &Path, size: u64) -> Result<()> {
             false,
         ),
     };
-    let backing = vec![0u8; ZERO_CHUNK + DIRECT_ALIGN];
-    let skip = backing.as_ptr().align_offset(DIRECT_ALIGN);
-    let zeros = &backing[skip..skip + ZERO_CHUNK];
+    let mut backing = Aligned::new(ZERO_CHUNK);
+    let zeros = &*backing.bytes();
     // Whole aligned blocks past `size` are fine: the caller sets the length after.
-    let end = size.next_multiple_of(DIRECT_ALIGN as u64);
+    let end = size.next_multiple_of(ALIGN as u64);
     let mut pos = 0u64;
     while pos < end {
         let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
