@@ -173,29 +173,32 @@ impl LogReader {
 
     /// The sealed segment holding `offset` (not the active one), as (base, next base).
     pub fn sealed_segment(&self, offset: u64) -> Option<(u64, u64)> {
+        self.sealed_view(offset)
+            .map(|(s, next)| (s.base_offset, next))
+    }
+
+    /// The sealed segment holding `offset` (one that another follows) and the next one's
+    /// base.
+    fn sealed_view(&self, offset: u64) -> Option<(Arc<SegmentView>, u64)> {
         let segs = self.log.segments.read();
         let i = segs.partition_point(|s| s.base_offset <= offset);
         let seg = segs.get(i.checked_sub(1)?)?;
         let next = segs.get(i)?;
-        Some((seg.base_offset, next.base_offset))
+        Some((seg.clone(), next.base_offset))
     }
 
     /// The bytes of sealed segment `base` from the frame that starts at `from` to the
     /// segment's end. `from` must be a frame boundary inside the segment.
     pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan> {
         self.check(from)?;
-        let seg = {
-            let segs = self.log.segments.read();
-            let i = segs.partition_point(|s| s.base_offset <= base);
-            match (i.checked_sub(1).and_then(|j| segs.get(j)), segs.get(i)) {
-                (Some(seg), Some(_)) if seg.base_offset == base => seg.clone(),
-                _ => {
-                    return Err(StorageError::InvalidInput(format!(
-                        "log {} has no sealed segment starting at {base}",
-                        self.log.name
-                    )))
-                }
-            }
+        let Some((seg, _)) = self
+            .sealed_view(base)
+            .filter(|(s, _)| s.base_offset == base)
+        else {
+            return Err(StorageError::InvalidInput(format!(
+                "log {} has no sealed segment starting at {base}",
+                self.log.name
+            )));
         };
         let at = seg.locate(from)?.filter(|f| f.header.base_offset == from);
         let Some(at) = at else {
