@@ -579,10 +579,25 @@ fn full_sync_streams_segments_and_resumes_mid_segment() {
     full_sync_resumes_mid_segment(false);
 }
 
+/// A fresh replica of a log that never rolled (one 256 MiB active segment) fetches its
+/// durable span, and resumes that fetch where a disconnect cut it.
+#[test]
+fn full_sync_fetches_the_active_span_and_resumes_it() {
+    full_sync_resumes(true, 256 << 20, 1);
+}
+
 fn full_sync_resumes_mid_segment(fetch: bool) {
+    full_sync_resumes(fetch, 32 << 20, 3);
+}
+
+fn full_sync_resumes(fetch: bool, segment_bytes: u64, min_segments: u64) {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 33554432\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[log_defaults]\nsegment_bytes = {segment_bytes}\n"),
+    )
+    .unwrap();
     let rcfg = d.path().join("r.toml");
     std::fs::write(&rcfg, format!("[replication]\nsegment_fetch = {fetch}\n")).unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
@@ -647,7 +662,7 @@ fn full_sync_resumes_mid_segment(fetch: bool) {
             wait_end(&r.addr, "s", end).await;
             let up = rc.status().await.unwrap().upstream.unwrap();
             let l = up.logs.iter().find(|l| l.name == "s").unwrap();
-            assert!(staged > 0 && l.segments_received >= 3, "{l:?}");
+            assert!(staged > 0 && l.segments_received >= min_segments, "{l:?}");
             // Sealed segments on the replica are exactly what it received.
             let mut sizes: Vec<(String, u64)> = std::fs::read_dir(rdir.join("logs"))
                 .map(|d| d.flatten().collect::<Vec<_>>())
@@ -673,10 +688,10 @@ fn full_sync_resumes_mid_segment(fetch: bool) {
                 l.segment_bytes_received, sealed,
                 "a resumed segment was sent again"
             );
-            // The path asked for is the one taken (a fetch cut by the freeze may make the
-            // next session stream the rest of that segment, no more).
+            // The path asked for is the one taken: a fetch cut by the freeze resumes as a
+            // fetch.
             if fetch {
-                assert!(l.segment_bytes_fetched * 2 > sealed, "{l:?}");
+                assert_eq!(l.segment_bytes_fetched, sealed, "{l:?}");
             } else {
                 assert_eq!(l.segment_bytes_fetched, 0, "{l:?}");
             }
@@ -740,6 +755,78 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
         .join("logs/m")
         .join(spool_storage::segment::segment_file_name(stopped_at));
     assert!(own.exists(), "no segment {} on the replica", own.display());
+    assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
+}
+
+/// A replica that stopped inside the primary's active segment, far enough behind (a
+/// quarter of a segment here), fetches the durable span as a segment of its own instead of
+/// taking it as frame messages, then follows the appends that went on meanwhile, and ends
+/// identical.
+#[test]
+fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 67108864\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let rdir = d.path().join("r");
+    let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
+    let (paddr, rd) = (p.addr.clone(), rdir.clone());
+    let (stopped_at, durable_at_restart, r) = run(120, async move {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("a", None).await.unwrap();
+        // 8 MiB, then the replica stops; 24 MiB more stay in the primary's active segment.
+        let end = load_records(&paddr, "a", 0..16, 32 << 10, "a").await;
+        wait_end(&r.as_ref().unwrap().addr, "a", end).await;
+        r.take().unwrap().stop();
+        let end2 = load_records(&paddr, "a", 16..64, 32 << 10, "a").await;
+        let r = Server::start(&rd, &replica_args(&paddr, &[]));
+        // Appends go on while it catches up.
+        let end3 = load_records(&paddr, "a", 64..80, 32 << 10, "a").await;
+        wait_end(&r.addr, "a", end3).await;
+        let status = Client::connect(&r.addr)
+            .await
+            .unwrap()
+            .status()
+            .await
+            .unwrap();
+        let l = status
+            .upstream
+            .unwrap()
+            .logs
+            .into_iter()
+            .find(|l| l.name == "a")
+            .unwrap();
+        assert!(
+            l.segments_received >= 1 && l.segment_bytes_fetched >= 16 << 20,
+            "the durable span of the active segment was not fetched: {l:?}"
+        );
+        assert!(end2 > end);
+        (end, end2, r)
+    });
+    r.stop();
+    p.stop();
+    let segments = |dir: &std::path::Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir.join("logs/a"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| spool_storage::segment::parse_segment_name(n).is_some())
+            .collect();
+        v.sort();
+        v
+    };
+    let name = spool_storage::segment::segment_file_name;
+    assert_eq!(
+        segments(&d.path().join("p")),
+        vec![name(0)],
+        "the primary never rolled"
+    );
+    // Its own segment starts where it had stopped and ends where the primary's durable end
+    // was when the replica came back, or later: then frames took over.
+    let own = segments(&rdir);
+    assert_eq!(own.len(), 3, "{own:?}");
+    assert_eq!(&own[..2], &[name(0), name(stopped_at)]);
+    let span_end: u64 = own[2].trim_end_matches(".seg").parse().unwrap();
+    assert!(span_end >= durable_at_restart, "{own:?}");
     assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
 }
 

@@ -143,6 +143,22 @@ impl Visible {
             .filter(|&(_, next)| next <= self.end())
     }
 
+    /// The visible frames of the active segment from the frame that starts at `from` on
+    /// (see [`LogReader::span`]), or None when `from` is not in the active segment.
+    pub fn active_span(&self, from: u64) -> Option<SegmentSpan> {
+        let base = self.reader.active_base();
+        if from < base {
+            return None;
+        }
+        self.reader.span(base, from, self.end()).ok()
+    }
+
+    /// See [`LogReader::span`]: a span of a sealed or the active segment, never past the
+    /// visible end.
+    pub fn span(&self, base: u64, from: u64, limit: u64) -> Result<SegmentSpan, StorageError> {
+        self.reader.span(base, from, limit.min(self.end()))
+    }
+
     /// See [`LogReader::sealed_span`]; only of a segment that is visible whole.
     pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan, StorageError> {
         match self.sealed_segment(from) {

@@ -16,17 +16,20 @@ pub struct LogReader {
     log: Arc<LogShared>,
 }
 
-/// Where the frames of a sealed segment lie in its file, from a frame boundary to the
-/// segment's end: what a segment fetch sends straight from the file.
+/// Where a run of a segment's durable frames lies in its file, between two frame
+/// boundaries: what a segment fetch sends straight from the file.
 #[derive(Debug, Clone)]
 pub struct SegmentSpan {
     pub path: std::path::PathBuf,
+    /// The segment's base offset.
+    pub base: u64,
     /// Byte position of the frame that starts at `first_offset`.
     pub start: u64,
     /// Byte position past the segment's last frame.
     pub end: u64,
     pub first_offset: u64,
-    /// The segment's end: the next segment's base.
+    /// Offset past the span's last frame (of a sealed segment taken whole, the next
+    /// segment's base).
     pub next_offset: u64,
 }
 
@@ -177,6 +180,11 @@ impl LogReader {
             .map(|(s, next)| (s.base_offset, next))
     }
 
+    /// The base offset of the active (last) segment.
+    pub fn active_base(&self) -> u64 {
+        self.log.segments.read().last().map_or(0, |s| s.base_offset)
+    }
+
     /// The sealed segment holding `offset` (one that another follows) and the next one's
     /// base.
     fn sealed_view(&self, offset: u64) -> Option<(Arc<SegmentView>, u64)> {
@@ -190,29 +198,58 @@ impl LogReader {
     /// The bytes of sealed segment `base` from the frame that starts at `from` to the
     /// segment's end. `from` must be a frame boundary inside the segment.
     pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan> {
-        self.check(from)?;
-        let Some((seg, _)) = self
+        if self
             .sealed_view(base)
-            .filter(|(s, _)| s.base_offset == base)
-        else {
+            .is_none_or(|(s, _)| s.base_offset != base)
+        {
             return Err(StorageError::InvalidInput(format!(
                 "log {} has no sealed segment starting at {base}",
+                self.log.name
+            )));
+        }
+        self.span(base, from, u64::MAX)
+    }
+
+    /// The bytes of segment `base`, sealed or the active one, from the frame that starts at
+    /// `from` to the last frame boundary at or below `limit` and the durable end (an empty
+    /// span if none is past `from`). Below the durable end a segment's bytes never change
+    /// (until a truncation, which readers learn of through [`LogReader::cut_count`]), so
+    /// they can be sent straight from the file while the writer appends behind them.
+    pub fn span(&self, base: u64, from: u64, limit: u64) -> Result<SegmentSpan> {
+        self.check(from)?;
+        let seg = {
+            let segs = self.log.segments.read();
+            let i = segs.partition_point(|s| s.base_offset <= base);
+            i.checked_sub(1)
+                .map(|i| segs[i].clone())
+                .filter(|s| s.base_offset == base)
+        };
+        let Some(seg) = seg else {
+            return Err(StorageError::InvalidInput(format!(
+                "log {} has no segment starting at {base}",
                 self.log.name
             )));
         };
         let at = seg.locate(from)?.filter(|f| f.header.base_offset == from);
         let Some(at) = at else {
             return Err(StorageError::InvalidInput(format!(
-                "offset {from} is not where a frame of segment {base} of log {} starts",
+                "offset {from} is not where a durable frame of segment {base} of log {} starts",
                 self.log.name
             )));
         };
+        let (end, next_offset) = seg.boundary_at_or_below(limit)?;
+        let (end, next_offset) = if next_offset < from {
+            (at.pos, from)
+        } else {
+            (end, next_offset)
+        };
         Ok(SegmentSpan {
             path: seg.path.clone(),
+            base,
             start: at.pos,
-            end: seg.durable_len(),
+            end,
             first_offset: from,
-            next_offset: seg.durable_next(),
+            next_offset,
         })
     }
 

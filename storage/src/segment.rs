@@ -246,6 +246,42 @@ impl SegmentView {
         Ok(h)
     }
 
+    /// The last frame boundary at or below `limit` inside the durable bytes, as (byte
+    /// position, offset). Read against one load of the durable length, so a writer
+    /// publishing meanwhile cannot make position and offset disagree.
+    pub fn boundary_at_or_below(&self, limit: u64) -> Result<(u64, u64)> {
+        let end = self.durable_len();
+        let start = {
+            let idx = self.index();
+            // Entries published after `end` was loaded lie past it: start below them.
+            let i = idx.partition_point(|e| e.offset <= limit && u64::from(e.pos) < end);
+            i.checked_sub(1).map(|i| idx[i])
+        }
+        .unwrap_or(IndexEntry {
+            offset: self.base_offset,
+            pos: 0,
+        });
+        let (mut pos, mut offset) = (u64::from(start.pos), start.offset);
+        while pos + HEADER_BYTES as u64 <= end {
+            let h = self.header_at(pos, end)?;
+            if h.base_offset != offset {
+                return Err(self.corrupt(
+                    pos,
+                    crate::error::FormatError::OffsetMismatch {
+                        expected: offset,
+                        found: h.base_offset,
+                    },
+                ));
+            }
+            if h.next_offset() > limit {
+                break;
+            }
+            pos += u64::from(h.frame_len);
+            offset = h.next_offset();
+        }
+        Ok((pos, offset))
+    }
+
     /// Find the durable frame holding `offset`, or `None` when `offset` is at or past the
     /// durable end of this segment.
     pub fn locate(&self, offset: u64) -> Result<Option<FrameRef>> {

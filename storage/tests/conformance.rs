@@ -806,6 +806,132 @@ fn import_into_a_log_created_for_import(open: Open) {
     });
 }
 
+/// A span of the active segment, as a replica behind inside it fetches one: it ends at
+/// the last frame boundary at or below the limit and the durable end, its file bytes are
+/// the frames while the writer appends behind it, and imported it is a sealed segment of
+/// the copy's own, after which the copy goes on as any log.
+fn import_a_span_of_the_active_segment(open: Open) {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let big = LogConfig {
+            segment_bytes: 4 << 20,
+            ..small_log()
+        };
+        let src = s.create_log_with("src", big.clone()).await.unwrap();
+        let dst = s.create_log_with("dst", big).await.unwrap();
+        let frame = |i: u32| {
+            [
+                record(4, 3 * i, 500),
+                record(4, 3 * i + 1, 500),
+                record(4, 3 * i + 2, 500),
+            ]
+        };
+        for i in 0..100u32 {
+            src.append(&frame(i), Durability::Fsync).await.unwrap();
+        }
+        let r = src.reader();
+        assert_eq!(r.active_base(), 0);
+        let from = 30;
+        copy_frames(&src, &dst, 0, from).await;
+        let file_bytes = |span: &spool_storage::SegmentSpan| {
+            let f = std::fs::File::open(&span.path).unwrap();
+            let mut b = vec![0u8; (span.end - span.start) as usize];
+            f.read_exact_at(&mut b, span.start).unwrap();
+            b
+        };
+        let as_frames = |span: &spool_storage::SegmentSpan| {
+            r.read_frames_until(span.first_offset, usize::MAX, span.next_offset)
+                .unwrap()
+                .bytes
+        };
+        // Limits: below `from` (empty), inside a frame (the boundary below), past the end.
+        let empty = r.span(0, from, from - 1).unwrap();
+        assert_eq!(
+            (empty.start, empty.end, empty.next_offset),
+            (empty.start, empty.start, from)
+        );
+        let inside = r.span(0, from, from + 4).unwrap();
+        assert_eq!(inside.next_offset, from + 3);
+        assert_eq!(file_bytes(&inside), as_frames(&inside));
+        let whole = r.span(0, from, u64::MAX).unwrap();
+        assert_eq!(whole.next_offset, 300);
+        assert_eq!(file_bytes(&whole), as_frames(&whole));
+        // Refused: not a segment's base, not a frame boundary, not sealed.
+        for (base, at) in [(1, from), (0, from + 1)] {
+            assert!(matches!(
+                r.span(base, at, u64::MAX),
+                Err(StorageError::InvalidInput(_))
+            ));
+        }
+        assert!(matches!(
+            r.sealed_span(0, from),
+            Err(StorageError::InvalidInput(_))
+        ));
+
+        // Spans taken while the writer appends are whole frames up to a durable end.
+        let writer = {
+            let src = src.clone();
+            tokio::spawn(async move {
+                for i in 100..400u32 {
+                    src.append(&frame(i), Durability::Fsync).await.unwrap();
+                }
+            })
+        };
+        let mut last = whole.next_offset;
+        while !writer.is_finished() {
+            let span = r.span(0, from, u64::MAX).unwrap();
+            // (The segment publishes its durable frames just before the log's end moves.)
+            assert!(span.next_offset >= last && span.next_offset <= 1200);
+            let bytes = file_bytes(&span);
+            assert_eq!(
+                spool_storage::format::whole_frames_len(&bytes).unwrap(),
+                bytes.len()
+            );
+            assert_eq!(bytes, as_frames(&span));
+            last = span.next_offset;
+            tokio::task::yield_now().await;
+        }
+        writer.await.unwrap();
+        assert_eq!(r.active_base(), 0, "the span test needs one segment");
+
+        let span = r.span(0, from, u64::MAX).unwrap();
+        assert_eq!(span.next_offset, 1200);
+        let mut imp = dst.begin_import(from).unwrap();
+        let bytes = file_bytes(&span);
+        let mut rest = &bytes[..];
+        while !rest.is_empty() {
+            let whole =
+                spool_storage::format::whole_frames_len(&rest[..rest.len().min(64 << 10)]).unwrap();
+            imp.write(&rest[..whole]).unwrap();
+            rest = &rest[whole..];
+        }
+        assert_eq!(imp.install().await.unwrap(), 1200);
+        let ddir = dir.path().join("logs").join("dst");
+        for base in [0, from, 1200] {
+            assert!(
+                ddir.join(format!("{base:020}.seg")).exists(),
+                "no segment {base}"
+            );
+        }
+        assert_eq!(dst.reader().sealed_segment(from), Some((from, 1200)));
+        for i in 400..410u32 {
+            src.append(&frame(i), Durability::Fsync).await.unwrap();
+            dst.append(&frame(i), Durability::Fsync).await.unwrap();
+        }
+        assert_eq!(
+            offsets_and_values(read_all(&s, "dst").await),
+            offsets_and_values(read_all(&s, "src").await)
+        );
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+        s.shutdown().await.unwrap();
+        drop(s);
+        let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+        assert!(report.is_ok());
+    });
+}
+
 fn data_dir_is_locked(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     let s = open(config(dir.path()));
@@ -834,6 +960,7 @@ macro_rules! suite {
             #[test] fn reset_for_full_sync() { super::reset_for_full_sync(OPEN) }
             #[test] fn import_segments() { super::import_segments(OPEN) }
             #[test] fn import_into_a_log_created_for_import() { super::import_into_a_log_created_for_import(OPEN) }
+            #[test] fn import_a_span_of_the_active_segment() { super::import_a_span_of_the_active_segment(OPEN) }
         }
     )*};
 }

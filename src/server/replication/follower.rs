@@ -146,6 +146,7 @@ fn hello(
             logs,
             listen_addr: node.role.listen_addr.read().clone(),
             segment_fetch,
+            fetch_active_spans: segment_fetch,
         })),
     }
 }
@@ -297,6 +298,9 @@ async fn session(
                                 l
                             }
                         };
+                        // The upstream continues the log itself: an import cut before
+                        // will not be resumed (its staging file goes now).
+                        imports.remove(&f.log);
                         let name = f.log.clone();
                         if f.sync {
                             node.upstream_requested_sync();
@@ -341,22 +345,31 @@ async fn session(
                                 f.segment_bytes_fetched += bytes;
                             };
                             let segment = (c.segment_base, c.segment_next);
-                            let fetching = segment_fetch::fetch(&cfg.upstream, &cfg.replica_id, segment, imp, staged);
-                            tokio::pin!(fetching);
-                            // The stream waits meanwhile; the upstream keeps hearing from us.
-                            let fetched = loop {
-                                tokio::select! {
-                                    r = &mut fetching => break r,
-                                    _ = beat.tick() => {
-                                        if tx.send(acks(node)).await.is_err() {
-                                            bail!("upstream closed the stream");
+                            let staged_before = imp.staged_bytes();
+                            let fetched = {
+                                let fetching = segment_fetch::fetch(&cfg.upstream, &cfg.replica_id, segment, imp, staged);
+                                tokio::pin!(fetching);
+                                // The stream waits meanwhile; the upstream keeps hearing from us.
+                                loop {
+                                    tokio::select! {
+                                        r = &mut fetching => break r,
+                                        _ = beat.tick() => {
+                                            if tx.send(acks(node)).await.is_err() {
+                                                bail!("upstream closed the stream");
+                                            }
                                         }
                                     }
                                 }
                             };
                             last_heard = tokio::time::Instant::now();
                             if let Err(e) = fetched {
-                                *fetch = false;
+                                // Fetching cannot work from here (a proxy that speaks only
+                                // HTTP/2, say) if it never got a byte: the next session
+                                // takes segments in the stream. A fetch cut midway resumes
+                                // as a fetch.
+                                if imp.staged_bytes() == staged_before {
+                                    *fetch = false;
+                                }
                                 return Err(e.context(format!("fetching segment {} of {}", c.segment_base, c.log)));
                             }
                         } else {

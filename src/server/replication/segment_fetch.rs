@@ -79,9 +79,22 @@ async fn serve_one(node: &Node, stream: &mut TcpStream) -> Result<()> {
         .map_err(|s| anyhow!("{}", s.message()))
         .and_then(|()| {
             let log = node.storage.log(&req.log)?;
-            let span = node
-                .visible(&log)
-                .sealed_span(req.segment_base, req.from_offset)?;
+            let visible = node.visible(&log);
+            let span = if req.to_offset == 0 {
+                visible.sealed_span(req.segment_base, req.from_offset)?
+            } else {
+                let span = visible.span(req.segment_base, req.from_offset, req.to_offset)?;
+                if span.next_offset != req.to_offset {
+                    bail!(
+                        "offset {} is not a durable, visible frame boundary of segment {} \
+                         (the span ends at {})",
+                        req.to_offset,
+                        req.segment_base,
+                        span.next_offset
+                    );
+                }
+                span
+            };
             let file = File::open(&span.path).with_context(|| span.path.display().to_string())?;
             Ok((span, file))
         });
@@ -197,6 +210,9 @@ pub async fn fetch(
         segment_base,
         from_offset: imp.next_offset(),
         replica_id: replica_id.to_owned(),
+        // An upstream that predates spans of the active segment ignores it, and offers
+        // only sealed segments, whose end it is.
+        to_offset: segment_next,
     };
     // One write: with Nagle on, a second small one would wait for the first one's ack.
     stream.write_all(&framed(MAGIC, &req)).await?;

@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use futures::Stream;
 use spool_proto::v1 as pb;
 use spool_replication::divergence::{self, Decision};
-use spool_storage::{Log, StorageError};
+use spool_storage::{Log, SegmentSpan, StorageError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
@@ -115,6 +115,43 @@ fn worth_fetching(reader: &Visible, base: u64, from: u64) -> bool {
         .is_ok_and(|s| s.end - s.start >= FETCH_INSIDE_MIN_BYTES)
 }
 
+/// A replica this far behind inside the active segment (at least this fraction of a
+/// segment, and [`FETCH_INSIDE_MIN_BYTES`]) fetches the durable span as a segment of its
+/// own: a restarted replica's catch-up, or one that fell behind, writes it once with
+/// O_DIRECT instead of frame messages through its group commit. A fraction, so a replica
+/// that keeps falling behind makes segments no smaller than that.
+const FETCH_ACTIVE_MIN_SEGMENT_FRACTION: u64 = 4;
+
+/// The durable span of the active segment to offer from `from`, if it is worth fetching;
+/// where the replica holds part of one already (up to `resume_at`), the rest of it.
+fn active_span_to_fetch(
+    reader: &Visible,
+    log: &Log,
+    from: u64,
+    resume_at: u64,
+) -> Option<SegmentSpan> {
+    if resume_at > from {
+        let rest = reader
+            .active_span(resume_at)
+            .filter(|s| s.next_offset > s.first_offset);
+        if rest.is_some() {
+            return rest;
+        }
+    }
+    let min =
+        FETCH_INSIDE_MIN_BYTES.max(log.config().segment_bytes / FETCH_ACTIVE_MIN_SEGMENT_FRACTION);
+    reader.active_span(from).filter(|s| s.end - s.start >= min)
+}
+
+/// What a replica fetches itself over segment-fetch connections (its hello says).
+#[derive(Debug, Clone, Copy, Default)]
+struct Fetch {
+    /// Sealed segments, whole or from inside.
+    sealed: bool,
+    /// Durable spans of the active segment.
+    active: bool,
+}
+
 /// Stream one log's frames from `from` on, following the visible end (the durable end,
 /// or a delayed replica's horizon). Where `from` is the base of a sealed segment, that
 /// segment goes whole as SegmentChunks (resuming at `staged_end` if the replica holds part
@@ -128,12 +165,27 @@ async fn send_log(
     mut from: u64,
     staged_end: u64,
     out: Out,
-    fetch: bool,
+    fetch: Fetch,
 ) {
     let reader = node.visible(&log);
     // The sealed segment being shipped: (base, next base, next offset to send).
     let mut segment: Option<(u64, u64, u64)> = None;
     let mut resume_at = staged_end;
+    let offer = |base: u64, pos: u64, next: u64| {
+        // The replica copies [pos, next) itself (segment_fetch.rs); this stream goes on
+        // from there, and the replica reads on once the segment is in.
+        node.replicas
+            .segment_sent(&replica, log.name(), Some((pos, next)));
+        msg(pb::upstream_message::Msg::Segment(pb::SegmentChunk {
+            log: log.name().to_owned(),
+            segment_base: base,
+            segment_next: next,
+            first_offset: pos,
+            next_offset: next,
+            frames: Default::default(),
+            fetch: true,
+        }))
+    };
     loop {
         let ready = tokio::select! {
             r = reader.wait_for(from) => r,
@@ -143,37 +195,41 @@ async fn send_log(
         if ready.is_err() {
             return; // log deleted: the session sends LogDeleted
         }
+        let resume = std::mem::take(&mut resume_at);
         if segment.is_none() {
             segment = reader
                 .sealed_segment(from)
-                .filter(|&(base, _)| base == from || (fetch && worth_fetching(&reader, base, from)))
+                .filter(|&(base, _)| {
+                    base == from || (fetch.sealed && worth_fetching(&reader, base, from))
+                })
                 .map(|(base, next)| {
-                    let pos = if resume_at > from && resume_at < next {
-                        resume_at
+                    let pos = if resume > from && resume < next {
+                        resume
                     } else {
                         from
                     };
                     (base, next, pos)
                 });
-            resume_at = 0;
         }
-        if let (true, Some((base, next, pos))) = (fetch, segment) {
-            // The replica copies [pos, next) itself (segment_fetch.rs); this stream goes on
-            // from the segment's end, and the replica reads on once the segment is in.
-            node.replicas
-                .segment_sent(&replica, log.name(), Some((pos, next)));
+        if let (true, Some((base, next, pos))) = (fetch.sealed, segment) {
             segment = None;
             from = next;
-            let offer = pb::upstream_message::Msg::Segment(pb::SegmentChunk {
-                log: log.name().to_owned(),
-                segment_base: base,
-                segment_next: next,
-                first_offset: pos,
-                next_offset: next,
-                frames: Default::default(),
-                fetch: true,
-            });
-            if out.send(msg(offer)).await.is_err() {
+            if out.send(offer(base, pos, next)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let active = match segment {
+            None if fetch.active => active_span_to_fetch(&reader, &log, from, resume),
+            _ => None,
+        };
+        if let Some(span) = active {
+            from = span.next_offset;
+            if out
+                .send(offer(span.base, span.first_offset, span.next_offset))
+                .await
+                .is_err()
+            {
                 return;
             }
             continue;
@@ -250,8 +306,8 @@ struct Session {
     hello_logs: HashMap<String, pb::ReplicaLogState>,
     /// Replicas below this one that count for acks (`cascaded_counts_for_acks`).
     cascaded: HashSet<String>,
-    /// The replica fetches sealed segments itself (its hello said so).
-    segment_fetch: bool,
+    /// What the replica fetches itself (its hello said so).
+    fetch: Fetch,
 }
 
 impl Session {
@@ -286,7 +342,7 @@ impl Session {
                 from,
                 staged_end,
                 self.out.clone(),
-                self.segment_fetch,
+                self.fetch,
             ));
             self.tasks.insert(name.clone(), task);
         }
@@ -396,7 +452,10 @@ async fn run_session(
             .map(|l| (l.name.clone(), l))
             .collect(),
         cascaded: HashSet::new(),
-        segment_fetch: hello.segment_fetch,
+        fetch: Fetch {
+            sealed: hello.segment_fetch,
+            active: hello.segment_fetch && hello.fetch_active_spans,
+        },
     };
     let result = async {
         let upstream_id = node.role.listen_addr.read().clone();
