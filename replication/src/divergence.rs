@@ -128,6 +128,24 @@ pub fn decide_with_history(
     Ok(from_valid_end(valid_end, upstream_start, replica_end))
 }
 
+/// Whether the frames a replica holds staged in `[from, staged_end)` (received, not yet
+/// part of its log), written in the epochs `staged` ((epoch, first offset), the first at
+/// `from`), are the upstream's too, so that sending on from `staged_end` completes them:
+/// the upstream still holds that far and wrote every offset of it in the same epoch. It
+/// may not, if it cut its log inside that range since and wrote on in a later epoch.
+pub fn staged_part_matches(
+    upstream_epochs: &[(u64, u64)],
+    upstream_end: u64,
+    staged: &[(u64, u64)],
+    from: u64,
+    staged_end: u64,
+) -> bool {
+    staged_end > from
+        && staged_end <= upstream_end
+        && staged.first().is_some_and(|&(_, start)| start == from)
+        && first_difference(upstream_epochs, staged, from, staged_end) == staged_end
+}
+
 /// The replica keeps its records below `valid_end`: cut there unless that is its end, and
 /// copy everything again if the upstream no longer holds where it would go on from.
 fn from_valid_end(valid_end: u64, upstream_start: u64, replica_end: u64) -> Decision {

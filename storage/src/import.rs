@@ -42,6 +42,8 @@ pub struct SegmentImport {
     log: Log,
     file: File,
     staged: StagedSegment,
+    /// The log's epoch when the import began: the first frame's, unless it begins one.
+    first_epoch: u64,
     last_epoch: u64,
     last_index_pos: Option<u64>,
     sink: Sink,
@@ -93,6 +95,7 @@ impl Log {
             Err(_) => (open(0).at(&path)?, Sink::Buffered { writeback_from: 0 }),
         };
         Ok(SegmentImport {
+            first_epoch: self.current_epoch(),
             last_epoch: self.current_epoch(),
             log: self.clone(),
             file,
@@ -124,6 +127,20 @@ impl SegmentImport {
 
     pub fn staged_bytes(&self) -> u64 {
         self.staged.len
+    }
+
+    /// The epochs of the staged frames as (epoch, first offset), the first at the base.
+    pub fn staged_epochs(&self) -> Vec<(u64, u64)> {
+        let base = self.staged.base;
+        let mut out = vec![(self.first_epoch, base)];
+        for &(epoch, start) in &self.staged.epochs {
+            if start == base {
+                out[0] = (epoch, start);
+            } else {
+                out.push((epoch, start));
+            }
+        }
+        out
     }
 
     pub fn log_name(&self) -> &str {

@@ -198,22 +198,32 @@ impl LogReader {
     /// The bytes of sealed segment `base` from the frame that starts at `from` to the
     /// segment's end. `from` must be a frame boundary inside the segment.
     pub fn sealed_span(&self, base: u64, from: u64) -> Result<SegmentSpan> {
-        if self
+        self.check(from)?;
+        let Some((seg, _)) = self
             .sealed_view(base)
-            .is_none_or(|(s, _)| s.base_offset != base)
-        {
+            .filter(|(s, _)| s.base_offset == base)
+        else {
             return Err(StorageError::InvalidInput(format!(
                 "log {} has no sealed segment starting at {base}",
                 self.log.name
             )));
-        }
-        self.span(base, from, u64::MAX)
+        };
+        // Sealed: its end no longer moves, so length and next offset agree.
+        let (end, next_offset) = (seg.durable_len(), seg.durable_next());
+        Ok(SegmentSpan {
+            start: self.frame_start(&seg, from)?,
+            path: seg.path.clone(),
+            base,
+            end,
+            first_offset: from,
+            next_offset,
+        })
     }
 
     /// The bytes of segment `base`, sealed or the active one, from the frame that starts at
     /// `from` to the last frame boundary at or below `limit` and the durable end (an empty
-    /// span if none is past `from`). Below the durable end a segment's bytes never change
-    /// (until a truncation, which readers learn of through [`LogReader::cut_count`]), so
+    /// span if none is past `from`). Below the durable end a segment's bytes do not change
+    /// until a truncation (which readers learn of through [`LogReader::cut_count`]), so
     /// they can be sent straight from the file while the writer appends behind them.
     pub fn span(&self, base: u64, from: u64, limit: u64) -> Result<SegmentSpan> {
         self.check(from)?;
@@ -230,27 +240,32 @@ impl LogReader {
                 self.log.name
             )));
         };
-        let at = seg.locate(from)?.filter(|f| f.header.base_offset == from);
-        let Some(at) = at else {
-            return Err(StorageError::InvalidInput(format!(
-                "offset {from} is not where a durable frame of segment {base} of log {} starts",
-                self.log.name
-            )));
-        };
-        let (end, next_offset) = seg.boundary_at_or_below(limit)?;
-        let (end, next_offset) = if next_offset < from {
-            (at.pos, from)
-        } else {
-            (end, next_offset)
+        let start = self.frame_start(&seg, from)?;
+        // The segment publishes its frames just before the log's end moves: not past that.
+        let limit = limit.min(self.durable_end());
+        let (end, next_offset) = match seg.boundary_at_or_below(limit)? {
+            (_, next) if next < from => (start, from),
+            b => b,
         };
         Ok(SegmentSpan {
             path: seg.path.clone(),
             base,
-            start: at.pos,
+            start,
             end,
             first_offset: from,
             next_offset,
         })
+    }
+
+    /// Byte position in `seg` of the durable frame that starts at `from`.
+    fn frame_start(&self, seg: &SegmentView, from: u64) -> Result<u64> {
+        match seg.locate(from)? {
+            Some(f) if f.header.base_offset == from => Ok(f.pos),
+            _ => Err(StorageError::InvalidInput(format!(
+                "offset {from} is not where a durable frame of segment {} of log {} starts",
+                seg.base_offset, self.log.name
+            ))),
+        }
     }
 
     /// Wait until the record at `offset` is durable (`durable_end > offset`).

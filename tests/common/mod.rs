@@ -22,12 +22,17 @@ pub struct Server {
 impl Server {
     /// Start on a free port (`--listen 127.0.0.1:0`) and wait for its "listening" line.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_on("127.0.0.1:0", data_dir, extra)
+    }
+
+    /// Start listening on `listen` (a node that others must find again after a restart).
+    pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut child = Command::new(spool_bin())
             .arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())

@@ -1,6 +1,6 @@
 use proptest::prelude::*;
 
-use super::{decide, decide_with_history, Decision, DivergenceError};
+use super::{decide, decide_with_history, staged_part_matches, Decision, DivergenceError};
 
 use Decision::{Continue, FullSync, TruncateThenContinue};
 
@@ -370,6 +370,43 @@ fn history_of(epochs: &[u64]) -> Vec<(u64, u64)> {
     out
 }
 
+/// Two logs as the epoch of every offset: a shared prefix, then each its own increasing
+/// epochs. Steps (0 = same epoch as before, else a newer one) turned into nondecreasing
+/// epochs; after the shared part the upstream's new epochs are odd and the replica's even:
+/// two primaries never share an epoch.
+fn two_logs(shared: &[u64], up_tail: &[u64], rep_tail: &[u64]) -> (Vec<u64>, Vec<u64>) {
+    let mut shared_epochs = Vec::new();
+    let mut e = 0;
+    for s in shared {
+        e += s;
+        shared_epochs.push(e);
+    }
+    let base = e;
+    let tail = |steps: &[u64], parity: u64| {
+        let mut e = base;
+        let mut out = Vec::new();
+        for &s in steps {
+            if s > 0 {
+                let next = e + 2 * s;
+                e = if next % 2 == parity { next } else { next + 1 };
+            }
+            out.push(e);
+        }
+        out
+    };
+    let up: Vec<u64> = shared_epochs
+        .iter()
+        .copied()
+        .chain(tail(up_tail, 1))
+        .collect();
+    let rep: Vec<u64> = shared_epochs
+        .iter()
+        .copied()
+        .chain(tail(rep_tail, 0))
+        .collect();
+    (up, rep)
+}
+
 proptest! {
     /// Against a model: two logs as the epoch of every offset (a shared prefix, then each
     /// its own increasing epochs). The replica keeps exactly the offsets below the first
@@ -381,30 +418,7 @@ proptest! {
         rep_tail in prop::collection::vec(0u64..3, 0..12),
         up_start_pick: prop::sample::Index,
     ) {
-        // Steps (0 = same epoch as before, else a newer one) turned into nondecreasing
-        // epochs. After the shared part the upstream's new epochs are odd and the replica's
-        // even: two primaries never share an epoch.
-        let mut shared_epochs = Vec::new();
-        let mut e = 0;
-        for s in &shared {
-            e += s;
-            shared_epochs.push(e);
-        }
-        let base = e;
-        let tail = |steps: &[u64], parity: u64| {
-            let mut e = base;
-            let mut out = Vec::new();
-            for &s in steps {
-                if s > 0 {
-                    let next = e + 2 * s;
-                    e = if next % 2 == parity { next } else { next + 1 };
-                }
-                out.push(e);
-            }
-            out
-        };
-        let up: Vec<u64> = shared_epochs.iter().copied().chain(tail(&up_tail, 1)).collect();
-        let rep: Vec<u64> = shared_epochs.iter().copied().chain(tail(&rep_tail, 0)).collect();
+        let (up, rep) = two_logs(&shared, &up_tail, &rep_tail);
         let (uh, rh) = (history_of(&up), history_of(&rep));
         let up_start = up_start_pick.index(up.len() + 1) as u64;
         let (up_end, rep_end) = (up.len() as u64, rep.len() as u64);
@@ -428,4 +442,51 @@ proptest! {
         };
         prop_assert_eq!(got.unwrap(), want);
     }
+}
+
+proptest! {
+    /// Against the same model: a replica's staged frames `[from, staged_end)` of its own log
+    /// match the upstream's exactly when the upstream holds that far and every offset of it
+    /// was written in the same epoch on both.
+    #[test]
+    fn staged_part_matches_a_model(
+        shared in prop::collection::vec(0u64..3, 0..12),
+        up_tail in prop::collection::vec(0u64..3, 0..12),
+        rep_tail in prop::collection::vec(0u64..3, 0..12),
+        from_pick: prop::sample::Index,
+        len_pick: prop::sample::Index,
+    ) {
+        let (up, rep) = two_logs(&shared, &up_tail, &rep_tail);
+        let from = from_pick.index(rep.len() + 1) as u64;
+        let staged_end = from + len_pick.index(rep.len() - from as usize + 1) as u64;
+        // The staged frames' epochs as the replica reports them: the first at `from`.
+        let mut staged = vec![(rep.get(from as usize).copied().unwrap_or(0), from)];
+        staged.extend(
+            history_of(&rep[..staged_end as usize])
+                .into_iter()
+                .filter(|&(_, s)| s > from),
+        );
+        let want = staged_end > from
+            && staged_end <= up.len() as u64
+            && (from..staged_end).all(|i| up[i as usize] == rep[i as usize]);
+        let got = staged_part_matches(&history_of(&up), up.len() as u64, &staged, from, staged_end);
+        prop_assert_eq!(got, want, "up {:?} rep {:?} staged {:?}", up, rep, staged);
+    }
+}
+
+#[test]
+fn staged_part_without_epochs_is_not_resumed() {
+    // An older replica sends no staged epochs: it gets the segment again from its end.
+    assert!(!staged_part_matches(&[(1, 0)], 100, &[], 10, 50));
+    assert!(staged_part_matches(&[(1, 0)], 100, &[(1, 10)], 10, 50));
+    // Cut at 30 upstream and written on in epoch 2: the staged epoch-1 frames past 30 are not its.
+    assert!(!staged_part_matches(
+        &[(1, 0), (2, 30)],
+        100,
+        &[(1, 10)],
+        10,
+        50
+    ));
+    // Past the upstream's end.
+    assert!(!staged_part_matches(&[(1, 0)], 40, &[(1, 10)], 10, 50));
 }

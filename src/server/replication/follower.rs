@@ -113,6 +113,7 @@ fn hello(
             .is_ok_and(|l| l.positions().written == imp.base())
             && !imp.is_broken()
     });
+    let staged = |name: &str| imports.get(name).filter(|i| i.staged_bytes() > 0);
     let logs = storage
         .list_logs()
         .iter()
@@ -131,10 +132,16 @@ fn hello(
                     start_offset,
                 })
                 .collect(),
-            staged_end: imports
-                .get(l.name())
-                .filter(|i| i.staged_bytes() > 0)
-                .map_or(0, |i| i.next_offset()),
+            staged_end: staged(l.name()).map_or(0, |i| i.next_offset()),
+            staged_epochs: staged(l.name()).map_or_else(Vec::new, |i| {
+                i.staged_epochs()
+                    .into_iter()
+                    .map(|(epoch, start_offset)| pb::EpochStart {
+                        epoch,
+                        start_offset,
+                    })
+                    .collect()
+            }),
         })
         .collect();
     pb::ReplicaMessage {

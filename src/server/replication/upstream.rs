@@ -82,7 +82,7 @@ fn decision_for(
     decided.map_err(|e| Status::failed_precondition(e.to_string()))
 }
 
-fn start_message(log: &Log, d: Decision) -> pb::LogStart {
+fn start_message(reader: &Visible, log: &Log, d: Decision, fetch: Fetch) -> pb::LogStart {
     use pb::log_start::Action;
     let (action, offset) = match d {
         Decision::Continue { from } => (Action::Continue, from),
@@ -94,7 +94,8 @@ fn start_message(log: &Log, d: Decision) -> pb::LogStart {
         config: Some(config_to_pb(log.config())),
         action: action as i32,
         offset,
-        sealed_segments_follow: log.reader().sealed_segment(offset).is_some(),
+        sealed_segments_follow: log.reader().sealed_segment(offset).is_some()
+            || (fetch.active && active_span_to_fetch(reader, log, offset, 0).is_some()),
     }
 }
 
@@ -118,8 +119,9 @@ fn worth_fetching(reader: &Visible, base: u64, from: u64) -> bool {
 /// A replica this far behind inside the active segment (at least this fraction of a
 /// segment, and [`FETCH_INSIDE_MIN_BYTES`]) fetches the durable span as a segment of its
 /// own: a restarted replica's catch-up, or one that fell behind, writes it once with
-/// O_DIRECT instead of frame messages through its group commit. A fraction, so a replica
-/// that keeps falling behind makes segments no smaller than that.
+/// O_DIRECT instead of frame messages through its group commit. A fraction, so that the
+/// segments it imports this way are no smaller than that (each seals the replica's own
+/// active segment where it begins, which may be small).
 const FETCH_ACTIVE_MIN_SEGMENT_FRACTION: u64 = 4;
 
 /// The durable span of the active segment to offer from `from`, if it is worth fetching;
@@ -162,7 +164,7 @@ async fn send_log(
     node: Arc<Node>,
     replica: String,
     log: Log,
-    mut from: u64,
+    (mut from, cuts): (u64, u64),
     staged_end: u64,
     out: Out,
     fetch: Fetch,
@@ -171,6 +173,7 @@ async fn send_log(
     // The sealed segment being shipped: (base, next base, next offset to send).
     let mut segment: Option<(u64, u64, u64)> = None;
     let mut resume_at = staged_end;
+    let mut first = true;
     let offer = |base: u64, pos: u64, next: u64| {
         // The replica copies [pos, next) itself (segment_fetch.rs); this stream goes on
         // from there, and the replica reads on once the segment is in.
@@ -187,11 +190,34 @@ async fn send_log(
         }))
     };
     loop {
-        let ready = tokio::select! {
-            r = reader.wait_for(from) => r,
-            _ = out.closed() => return,
-            _ = node.shutdown_started() => return,
+        // This log was cut back below what the replica has been sent (this node is a
+        // replica whose upstream cut a divergent tail, or reset it for a full sync): end
+        // the stream, so the replica reconnects and its tail is decided again. Checked
+        // around the wait; frames read in a race with a cut are caught at the next check,
+        // and the new decision then cuts them on the replica too.
+        let cut = || reader.lowest_cut_since(cuts).filter(|&c| c < from);
+        let ready = loop {
+            if cut().is_some() {
+                break Ok(());
+            }
+            tokio::select! {
+                r = reader.wait_for(from) => break r,
+                // A cut need not wake the wait (the end may stay below `from`).
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                _ = out.closed() => return,
+                _ = node.shutdown_started() => return,
+            }
         };
+        if let Some(c) = cut() {
+            let _ = out
+                .send(Err(Status::aborted(format!(
+                    "log {} was cut back to offset {c} here, below the {from} sent to this \
+                     replica: reconnect",
+                    log.name()
+                ))))
+                .await;
+            return;
+        }
         if ready.is_err() {
             return; // log deleted: the session sends LogDeleted
         }
@@ -219,10 +245,15 @@ async fn send_log(
             }
             continue;
         }
+        // Looked for at the start (a catch-up) and whenever the replica holds the stream
+        // back (the outbound queue is full), not for every message of a stream that keeps up.
         let active = match segment {
-            None if fetch.active => active_span_to_fetch(&reader, &log, from, resume),
+            None if fetch.active && (first || out.capacity() == 0) => {
+                active_span_to_fetch(&reader, &log, from, resume)
+            }
             _ => None,
         };
+        first = false;
         if let Some(span) = active {
             from = span.next_offset;
             if out
@@ -282,8 +313,10 @@ async fn send_log(
                 node.replicas
                     .full_sync_started(&replica, log.name(), reader.end());
                 pb::upstream_message::Msg::Start(start_message(
+                    &reader,
                     &log,
                     Decision::FullSync { from: start },
+                    fetch,
                 ))
             }
             Err(e) => {
@@ -320,16 +353,42 @@ impl Session {
                 continue;
             }
             let Ok(log) = storage.log(name) else { continue };
+            // Before deciding: a cut after this is one the decision may not have seen.
+            let cuts = log.reader().cut_count();
             let state = self.hello_logs.remove(name);
             let d = decision_for(&self.node, &log, state.as_ref())?;
             let from = continue_from(d);
-            // A partly received segment resumes only if the replica's log continues as is.
+            // A partly received segment resumes only if the replica's log continues as is,
+            // and what it staged is ours too.
             let staged_end = match (d, &state) {
-                (Decision::Continue { from }, Some(s)) if s.end_offset == from => s.staged_end,
+                (Decision::Continue { from }, Some(s))
+                    if s.end_offset == from && s.staged_end > from =>
+                {
+                    let staged: Vec<(u64, u64)> = s
+                        .staged_epochs
+                        .iter()
+                        .map(|e| (e.epoch, e.start_offset))
+                        .collect();
+                    let ours = divergence::staged_part_matches(
+                        log.epochs().entries(),
+                        self.node.visible(&log).end(),
+                        &staged,
+                        from,
+                        s.staged_end,
+                    );
+                    if !ours && !staged.is_empty() {
+                        tracing::warn!(replica = %self.id, log = %name, from, staged_end = s.staged_end, "the replica's staged frames are not this log's (cut since?): sending them again");
+                    }
+                    if ours {
+                        s.staged_end
+                    } else {
+                        0
+                    }
+                }
                 _ => 0,
             };
-            self.send(pb::upstream_message::Msg::Start(start_message(&log, d)))
-                .await?;
+            let start = start_message(&self.node.visible(&log), &log, d, self.fetch);
+            self.send(pb::upstream_message::Msg::Start(start)).await?;
             if let Decision::FullSync { .. } = d {
                 self.node
                     .replicas
@@ -339,7 +398,7 @@ impl Session {
                 self.node.clone(),
                 self.id.clone(),
                 log,
-                from,
+                (from, cuts),
                 staged_end,
                 self.out.clone(),
                 self.fetch,
