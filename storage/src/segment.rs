@@ -246,6 +246,46 @@ impl SegmentView {
         Ok(h)
     }
 
+    /// The headers of the frames from index entry `start` up to byte `end`, in order, as
+    /// (position, header); a frame whose offset does not follow the one before is Corrupt
+    /// (and ends the walk).
+    fn headers_from(
+        &self,
+        start: IndexEntry,
+        end: u64,
+    ) -> impl Iterator<Item = Result<(u64, BatchHeader)>> + '_ {
+        let (mut pos, mut expected, mut failed) = (u64::from(start.pos), start.offset, false);
+        std::iter::from_fn(move || {
+            if failed || pos + HEADER_BYTES as u64 > end {
+                return None;
+            }
+            let h = self.header_at(pos, end).and_then(|h| {
+                if h.base_offset == expected {
+                    Ok(h)
+                } else {
+                    Err(self.corrupt(
+                        pos,
+                        crate::error::FormatError::OffsetMismatch {
+                            expected,
+                            found: h.base_offset,
+                        },
+                    ))
+                }
+            });
+            match h {
+                Ok(h) => {
+                    let at = pos;
+                    (pos, expected) = (pos + u64::from(h.frame_len), h.next_offset());
+                    Some(Ok((at, h)))
+                }
+                Err(e) => {
+                    failed = true;
+                    Some(Err(e))
+                }
+            }
+        })
+    }
+
     /// The last frame boundary at or below `limit` inside the durable bytes, as (byte
     /// position, offset). Read against one load of the durable length, so a writer
     /// publishing meanwhile cannot make position and offset disagree.
@@ -262,22 +302,12 @@ impl SegmentView {
             pos: 0,
         });
         let (mut pos, mut offset) = (u64::from(start.pos), start.offset);
-        while pos + HEADER_BYTES as u64 <= end {
-            let h = self.header_at(pos, end)?;
-            if h.base_offset != offset {
-                return Err(self.corrupt(
-                    pos,
-                    crate::error::FormatError::OffsetMismatch {
-                        expected: offset,
-                        found: h.base_offset,
-                    },
-                ));
-            }
+        for frame in self.headers_from(start, end) {
+            let (at, h) = frame?;
             if h.next_offset() > limit {
                 break;
             }
-            pos += u64::from(h.frame_len);
-            offset = h.next_offset();
+            (pos, offset) = (at + u64::from(h.frame_len), h.next_offset());
         }
         Ok((pos, offset))
     }
@@ -293,24 +323,11 @@ impl SegmentView {
             offset: self.base_offset,
             pos: 0,
         });
-        let mut pos = u64::from(start.pos);
-        let mut expected = start.offset;
-        while pos + HEADER_BYTES as u64 <= end {
-            let h = self.header_at(pos, end)?;
-            if h.base_offset != expected {
-                return Err(self.corrupt(
-                    pos,
-                    crate::error::FormatError::OffsetMismatch {
-                        expected,
-                        found: h.base_offset,
-                    },
-                ));
+        for frame in self.headers_from(start, end) {
+            let (pos, header) = frame?;
+            if header.contains(offset) {
+                return Ok(Some(FrameRef { pos, header }));
             }
-            if h.contains(offset) {
-                return Ok(Some(FrameRef { pos, header: h }));
-            }
-            pos += u64::from(h.frame_len);
-            expected = h.next_offset();
         }
         Ok(None)
     }

@@ -164,7 +164,7 @@ async fn send_log(
     node: Arc<Node>,
     replica: String,
     log: Log,
-    (mut from, cuts): (u64, u64),
+    (mut from, mut cuts): (u64, u64),
     staged_end: u64,
     out: Out,
     fetch: Fetch,
@@ -195,9 +195,17 @@ async fn send_log(
         // the stream, so the replica reconnects and its tail is decided again. Checked
         // around the wait; frames read in a race with a cut are caught at the next check,
         // and the new decision then cuts them on the replica too.
-        let cut = || reader.lowest_cut_since(cuts).filter(|&c| c < from);
+        // A cut at or past `from` took nothing sent: later checks start after it.
+        let mut cut = |from: u64| {
+            let now = reader.cut_count();
+            let below = reader.lowest_cut_since(cuts).filter(|&c| c < from);
+            if below.is_none() {
+                cuts = now;
+            }
+            below
+        };
         let ready = loop {
-            if cut().is_some() {
+            if cut(from).is_some() {
                 break Ok(());
             }
             tokio::select! {
@@ -208,7 +216,7 @@ async fn send_log(
                 _ = node.shutdown_started() => return,
             }
         };
-        if let Some(c) = cut() {
+        if let Some(c) = cut(from) {
             let _ = out
                 .send(Err(Status::aborted(format!(
                     "log {} was cut back to offset {c} here, below the {from} sent to this \
