@@ -136,7 +136,11 @@ impl<F: IoFile> LogWriter<F> {
         self.last_ts_us = self.last_ts_us.max(seg.last_ts_us);
         self.shared.written.store(seg.next, Ordering::Release);
         self.shared.durable.send_replace(seg.next);
-        if !reuse_active {
+        // A new active segment that came zeroed needs no spare yet: appends ask for one
+        // when it is half full, as on any log. Asking now would zero-fill a segment's
+        // worth on the disk while a catch-up's next fetch writes. An allocated-only one
+        // wants a zeroed spare to take its place.
+        if !reuse_active && !self.active_zeroed {
             self.request_spare(ctx);
         }
         tracing::debug!(log = %self.shared.name, base = seg.base, next = seg.next, bytes = seg.len, "imported a segment");
