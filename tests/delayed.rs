@@ -530,3 +530,81 @@ fn a_subscriber_past_a_promotion_point_is_told() {
     r.stop();
     p.stop();
 }
+
+/// Append batches of 16 records of 32 KiB through one pipelined stream; returns the end.
+async fn fill(addr: &str, log: &str, batches: std::ops::Range<u64>) -> u64 {
+    let c = Client::connect(addr).await.unwrap();
+    let mut app = c.appender(log, AckMode::Async).await.unwrap();
+    let mut waiters = Vec::new();
+    for i in batches {
+        let recs: Vec<Bytes> = (0..16)
+            .map(|j| Bytes::from(format!("{i}-{j}-{}", "f".repeat(32 << 10))))
+            .collect();
+        waiters.push(app.send(recs).await.unwrap());
+    }
+    let mut end = 0;
+    for w in waiters {
+        let r = w.await.unwrap().unwrap();
+        end = r.first_offset + u64::from(r.count);
+    }
+    end
+}
+
+/// Poll (bounded) until `log` on `addr` shows `end` as its end.
+async fn wait_end(addr: &str, log: &str, end: u64) {
+    let c = Client::connect(addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.describe_log(log).await.map_or(0, |l| l.end_offset) < end {
+        assert!(
+            Instant::now() < deadline,
+            "{addr} did not reach {end} of {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A replica below a delayed node, far behind inside that node's active segment, fetches
+/// the durable span only up to the node's horizon: what it receives is never younger
+/// than the delay, and it ends identical once the delay has passed.
+#[test]
+fn a_replica_below_a_delayed_node_fetches_a_span_only_up_to_the_horizon() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 67108864\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let dl = start(&d.path().join("d"), &delayed(&p.addr, "2s"));
+    let below_dir = d.path().join("below");
+    let (below, end) = run(120, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("big", None).await.unwrap();
+        // 24 MiB visible on the delayed node, then 8 MiB that are not yet when the replica
+        // below it starts.
+        let visible = fill(&p.addr, "big", 0..48).await;
+        wait_end(&dl.addr, "big", visible).await;
+        let end = fill(&p.addr, "big", 48..64).await;
+        wait_stored(&dl.addr, "big", end).await;
+        let below = Server::start(
+            &below_dir,
+            &["--replica-of", &dl.addr, "--replica-id", "below"],
+        );
+        wait_end(&below.addr, "big", visible).await;
+        let bc = Client::connect(&below.addr).await.unwrap();
+        let last = bc.describe_log("big").await.unwrap().end_offset;
+        let got = bc.read("big", last - 1, 1).await.unwrap().records;
+        assert_old_enough(&got, DELAY);
+        wait_end(&below.addr, "big", end).await;
+        let up = bc.status().await.unwrap().upstream.unwrap();
+        let l = up.logs.iter().find(|l| l.name == "big").unwrap();
+        assert!(
+            l.segment_bytes_fetched >= 16 << 20,
+            "the visible span was not fetched: {l:?}"
+        );
+        (below, end)
+    });
+    below.stop();
+    dl.stop();
+    p.stop();
+    let digests = common::digests(&below_dir);
+    assert_eq!(digests, common::digests(&d.path().join("p")));
+    assert_eq!(digests[0].2, end);
+}
