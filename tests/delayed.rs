@@ -531,25 +531,6 @@ fn a_subscriber_past_a_promotion_point_is_told() {
     p.stop();
 }
 
-/// Append batches of 16 records of 32 KiB through one pipelined stream; returns the end.
-async fn fill(addr: &str, log: &str, batches: std::ops::Range<u64>) -> u64 {
-    let c = Client::connect(addr).await.unwrap();
-    let mut app = c.appender(log, AckMode::Async).await.unwrap();
-    let mut waiters = Vec::new();
-    for i in batches {
-        let recs: Vec<Bytes> = (0..16)
-            .map(|j| Bytes::from(format!("{i}-{j}-{}", "f".repeat(32 << 10))))
-            .collect();
-        waiters.push(app.send(recs).await.unwrap());
-    }
-    let mut end = 0;
-    for w in waiters {
-        let r = w.await.unwrap().unwrap();
-        end = r.first_offset + u64::from(r.count);
-    }
-    end
-}
-
 /// Poll (bounded) until `log` on `addr` shows `end` as its end.
 async fn wait_end(addr: &str, log: &str, end: u64) {
     let c = Client::connect(addr).await.unwrap();
@@ -579,9 +560,9 @@ fn a_replica_below_a_delayed_node_fetches_a_span_only_up_to_the_horizon() {
         c.create_log("big", None).await.unwrap();
         // 24 MiB visible on the delayed node, then 8 MiB that are not yet when the replica
         // below it starts.
-        let visible = fill(&p.addr, "big", 0..48).await;
+        let visible = common::load_records(&p.addr, "big", 0..48, 32 << 10, "f").await;
         wait_end(&dl.addr, "big", visible).await;
-        let end = fill(&p.addr, "big", 48..64).await;
+        let end = common::load_records(&p.addr, "big", 48..64, 32 << 10, "f").await;
         wait_stored(&dl.addr, "big", end).await;
         let below = Server::start(
             &below_dir,

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{run, Server};
+use common::{load_records, run, Server};
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
 use tonic::Code;
@@ -54,36 +54,6 @@ async fn read_all(addr: &str, log: &str) -> Vec<(u64, Vec<u8>)> {
 
 async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
     load_records(addr, log, 0..batches, 300, tag).await
-}
-
-/// Append batches of 16 records of about `record_bytes` each through one pipelined
-/// stream; returns the log's end after the last one.
-async fn load_records(
-    addr: &str,
-    log: &str,
-    batches: std::ops::Range<u64>,
-    record_bytes: usize,
-    tag: &str,
-) -> u64 {
-    let c = Client::connect(addr).await.unwrap();
-    let mut app = c.appender(log, AckMode::Async).await.unwrap();
-    let mut waiters = Vec::new();
-    for i in batches {
-        let recs: Vec<Bytes> = (0..16)
-            .map(|j| Bytes::from(format!("{tag}-{i}-{j}-{}", "p".repeat(record_bytes))))
-            .collect();
-        waiters.push(app.send(recs).await.unwrap());
-    }
-    let mut end: Option<u64> = None;
-    for w in waiters {
-        let r = w.await.unwrap().unwrap();
-        // A pipelined stream's batches land in the log in the order they were sent.
-        if let Some(prev) = end {
-            assert_eq!(r.first_offset, prev, "pipelined appends out of order");
-        }
-        end = Some(r.first_offset + u64::from(r.count));
-    }
-    end.unwrap()
 }
 
 #[test]

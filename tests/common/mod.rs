@@ -192,3 +192,36 @@ pub fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
         })
         .collect()
 }
+
+/// Append batches of 16 records of about `record_bytes` each through one pipelined
+/// stream; returns the log's end after the last one.
+pub async fn load_records(
+    addr: &str,
+    log: &str,
+    batches: std::ops::Range<u64>,
+    record_bytes: usize,
+    tag: &str,
+) -> u64 {
+    let c = spool::client::Client::connect(addr).await.unwrap();
+    let mut app = c
+        .appender(log, spool::client::AckMode::Async)
+        .await
+        .unwrap();
+    let mut waiters = Vec::new();
+    for i in batches {
+        let recs: Vec<bytes::Bytes> = (0..16)
+            .map(|j| bytes::Bytes::from(format!("{tag}-{i}-{j}-{}", "p".repeat(record_bytes))))
+            .collect();
+        waiters.push(app.send(recs).await.unwrap());
+    }
+    let mut end: Option<u64> = None;
+    for w in waiters {
+        let r = w.await.unwrap().unwrap();
+        // A pipelined stream's batches land in the log in the order they were sent.
+        if let Some(prev) = end {
+            assert_eq!(r.first_offset, prev, "pipelined appends out of order");
+        }
+        end = Some(r.first_offset + u64::from(r.count));
+    }
+    end.unwrap()
+}
