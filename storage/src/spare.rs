@@ -76,6 +76,11 @@ impl SpareSlot {
         }
     }
 
+    /// True when a zeroed spare is ready to be taken now.
+    pub fn is_ready(&self) -> bool {
+        matches!(*self.state.lock(), State::Ready(_))
+    }
+
     /// The preparer takes up this slot's job: false if it was cancelled meanwhile.
     fn start(&self) -> bool {
         let mut s = self.state.lock();

@@ -728,9 +728,26 @@ fn inode(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).unwrap().ino()
 }
 
+/// Wait (bounded) until `dir` holds a ready spare (`spare-*.seg`).
+async fn spare_ready(dir: &std::path::Path) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !files_named(dir, "spare-")
+        .iter()
+        .any(|n| n.ends_with(".seg"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no spare was prepared"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// A log created for import (first segment allocated, not zero-filled, as a replica's
-/// before a full sync): the first import asks for a zeroed spare, a later one puts it in
-/// place of the empty active segment; the log then behaves as any other.
+/// before a full sync): imports ask for no zeroed spare (they would write a segment of
+/// zeros while the catch-up writes), each moves the same allocated file on; the first
+/// append asks for one, and the active segment, frames in it, is sealed early once it is
+/// ready. The log then behaves as any other.
 fn import_into_a_log_created_for_import(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     run(60, async {
@@ -756,31 +773,41 @@ fn import_into_a_log_created_for_import(open: Open) {
                 imp.write(&c.bytes).unwrap();
             }
             assert_eq!(imp.install().await.unwrap(), next);
-            if imported == 0 {
-                assert_eq!(inode(&seg_path(next)), allocated, "no spare yet: reused");
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-                while files_named(&ddir, "spare-").is_empty() {
-                    assert!(
-                        std::time::Instant::now() < deadline,
-                        "no spare was prepared"
-                    );
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            }
+            assert_eq!(inode(&seg_path(next)), allocated, "moved on, not replaced");
             (from, imported) = (next, imported + 1);
         }
         assert!(imported >= 3, "only {imported} segments imported");
-        assert_ne!(
-            inode(&seg_path(from)),
-            allocated,
-            "the zeroed spare took its place"
-        );
         assert_eq!(
             files_named(&ddir, "spare-"),
             Vec::<String>::new(),
-            "spare used"
+            "an import asked for a spare"
         );
-        copy_frames(&src, &dst, from, src.positions().durable).await;
+
+        // The first append asks; once the spare is ready, the next append seals the
+        // allocated segment (its frames kept) and goes on in the zeroed one.
+        let first = from;
+        let end = src.positions().durable;
+        copy_frames(&src, &dst, from, from + 1).await;
+        from += 1;
+        spare_ready(&ddir).await;
+        let segments = dst.segment_count();
+        while dst.segment_count() == segments {
+            assert!(from < end, "the active segment never gave way to the spare");
+            copy_frames(&src, &dst, from, from + 1).await;
+            from += 1;
+        }
+        let (sealed, rolled_at) = dst.reader().sealed_segment(first).unwrap();
+        assert_eq!(sealed, first);
+        assert_eq!(
+            rolled_at,
+            from - 1,
+            "sealed where the append that rolled began"
+        );
+        assert_eq!(inode(&seg_path(first)), allocated);
+        assert_ne!(inode(&seg_path(rolled_at)), allocated, "the zeroed spare");
+        copy_frames(&src, &dst, from, end).await;
+        // The roll asked for the next spare: let it finish before looking for leftovers.
+        spare_ready(&ddir).await;
         assert_eq!(leftovers(dir.path()), Vec::<String>::new());
         assert_eq!(
             offsets_and_values(read_all(&s, "dst").await),
@@ -803,6 +830,44 @@ fn import_into_a_log_created_for_import(open: Open) {
         s.shutdown().await.unwrap();
         let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
         assert!(report.is_ok());
+    });
+}
+
+/// An allocated-only active segment that is still empty when its spare is ready is
+/// replaced where it stands: no empty sealed segment, the same base.
+fn an_empty_allocated_segment_is_replaced_by_its_spare(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        // The slot turns ready just after the spare's file appears: an append in between
+        // lands in the allocated segment, and that attempt starts over with a new log.
+        for attempt in 0..20 {
+            let name = format!("r{attempt}");
+            let log = s.create_log_for_import(&name, small_log()).await.unwrap();
+            let ldir = dir.path().join("logs").join(&name);
+            let seg = ldir.join(format!("{:020}.seg", 700));
+            // A reset places an allocated segment (no spare is ready) and asks for one.
+            log.reset_to(700).await.unwrap();
+            let allocated = inode(&seg);
+            spare_ready(&ldir).await;
+            let ack = log.append(&[b"x"], Durability::Fsync).await.unwrap();
+            assert_eq!(ack.base_offset, 700);
+            if inode(&seg) == allocated {
+                continue;
+            }
+            assert_eq!(log.segment_count(), 1, "replaced, not sealed empty");
+            assert_eq!(log.positions().durable, 701);
+            let got = read_all(&s, &name).await;
+            assert_eq!(
+                offsets_and_values(got),
+                vec![(700, Bytes::from_static(b"x"))]
+            );
+            s.shutdown().await.unwrap();
+            let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+            assert!(report.is_ok());
+            return;
+        }
+        panic!("the spare never turned ready before the next append");
     });
 }
 
@@ -960,6 +1025,7 @@ macro_rules! suite {
             #[test] fn reset_for_full_sync() { super::reset_for_full_sync(OPEN) }
             #[test] fn import_segments() { super::import_segments(OPEN) }
             #[test] fn import_into_a_log_created_for_import() { super::import_into_a_log_created_for_import(OPEN) }
+            #[test] fn an_empty_allocated_segment_is_replaced_by_its_spare() { super::an_empty_allocated_segment_is_replaced_by_its_spare(OPEN) }
             #[test] fn import_a_span_of_the_active_segment() { super::import_a_span_of_the_active_segment(OPEN) }
         }
     )*};

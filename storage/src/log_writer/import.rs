@@ -5,8 +5,9 @@
 //! 2. if the active segment is empty (a replica importing segment after segment), its
 //!    zeroed file is moved aside under a `.tmp` name, to become the next active segment
 //!    without zero-filling another (an empty segment that was only allocated, as a log
-//!    created for import has, gives way to a zeroed spare once one is ready: the first
-//!    import asks for one); otherwise the active segment is sealed as on a roll;
+//!    created for import has, gives way to a zeroed spare if one is ready; imports never
+//!    ask for one, the first append does); otherwise the active segment is sealed as on
+//!    a roll;
 //! 3. the synced staging file is renamed to `<base>.seg` (its index written beside it);
 //! 4. the next active segment appears at the segment's end; the directory is synced.
 //!
@@ -58,7 +59,7 @@ impl<F: IoFile> LogWriter<F> {
             let _ = fs::remove_file(&seg.path);
             return Err(e);
         }
-        match self.put_in_place(&seg, backend, ctx) {
+        match self.put_in_place(&seg, backend) {
             Ok(()) => {
                 ctx.stats.record_appended(seg.len);
                 Ok(seg.next)
@@ -77,7 +78,6 @@ impl<F: IoFile> LogWriter<F> {
         &mut self,
         seg: &StagedSegment,
         backend: &B,
-        ctx: &WriterCtx,
     ) -> Result<()> {
         let dir = self.shared.dir.clone();
         let reuse_active = self.write_pos == 0 && self.seg.base_offset == seg.base;
@@ -91,7 +91,6 @@ impl<F: IoFile> LogWriter<F> {
                 self.active_zeroed = true;
                 Some(spare)
             } else {
-                self.request_spare(ctx);
                 Some(aside)
             }
         } else {
@@ -136,13 +135,9 @@ impl<F: IoFile> LogWriter<F> {
         self.last_ts_us = self.last_ts_us.max(seg.last_ts_us);
         self.shared.written.store(seg.next, Ordering::Release);
         self.shared.durable.send_replace(seg.next);
-        // A new active segment that came zeroed needs no spare yet: appends ask for one
-        // when it is half full, as on any log. Asking now would zero-fill a segment's
-        // worth on the disk while a catch-up's next fetch writes. An allocated-only one
-        // wants a zeroed spare to take its place.
-        if !reuse_active && !self.active_zeroed {
-            self.request_spare(ctx);
-        }
+        // No spare is asked for here, even for an allocated-only active segment: zeroing
+        // one now would write a segment's worth on the disk while a catch-up's next fetch
+        // writes. Its first append asks (`make_room`).
         tracing::debug!(log = %self.shared.name, base = seg.base, next = seg.next, bytes = seg.len, "imported a segment");
         Ok(())
     }

@@ -74,8 +74,8 @@ pub(crate) struct LogWriter<F: IoFile> {
     unsynced_bytes: u64,
     pub unsynced_since: Option<Instant>,
     spare: Arc<SpareSlot>,
-    /// The active segment was zero-filled; when not (allocated only), an import that finds
-    /// it empty swaps in a zeroed spare if one is ready.
+    /// The active segment was zero-filled. When not (allocated only), its first append asks
+    /// for a spare, and the active segment gives way to it once it is ready.
     active_zeroed: bool,
 }
 
@@ -175,8 +175,14 @@ impl<F: IoFile> LogWriter<F> {
                 "frame of {len} bytes exceeds the segment's limit of {max}"
             )));
         }
+        if !self.active_zeroed && self.spare.is_ready() {
+            self.give_way_to_spare(backend, ctx).await?;
+        }
         let cap = self.seg.capacity();
         let end = self.buf_end();
+        if !self.active_zeroed && self.spare.is_idle() {
+            self.request_spare(ctx);
+        }
         if end + len as u64 <= cap {
             if end * 2 >= cap && self.spare.is_idle() {
                 self.request_spare(ctx);
@@ -566,6 +572,38 @@ impl<F: IoFile> LogWriter<F> {
         self.durable_pos = 0;
         self.idx_entries_on_disk = 0;
         self.last_index_pos = None;
+    }
+
+    /// Leave the allocated-only active segment for the zeroed spare that is ready: appends
+    /// into a fallocated segment run at about half the rate (each fdatasync also commits
+    /// the extents it converts). An empty one is replaced where it stands; one with frames
+    /// is sealed early, as on a roll. Its spare is asked for at its first append, not
+    /// when it was placed, so that the zeros are not written while a catch-up's imports
+    /// fill the disk (measured: a partial catch-up ran a fifth faster).
+    async fn give_way_to_spare<B: IoBackend<File = F>>(
+        &mut self,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) -> Result<()> {
+        if self.buf_end() > 0 {
+            self.commit(true, &ctx.stats).await?;
+            return self.roll(backend, ctx);
+        }
+        let Some(spare) = self.spare.try_take() else {
+            return Ok(());
+        };
+        let base = self.seg.base_offset;
+        let (view, file, idx_file) = self.place_segment(&spare, base, backend)?;
+        *self
+            .shared
+            .segments
+            .write()
+            .last_mut()
+            .expect("a log has an active segment") = view.clone();
+        self.activate(view, file, idx_file);
+        self.active_zeroed = true;
+        tracing::debug!(log = %self.shared.name, base, "a zeroed spare replaced the empty active segment");
+        Ok(())
     }
 
     /// Seal the active segment and continue in a new one starting at the durable end.
