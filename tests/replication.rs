@@ -796,7 +796,7 @@ fn full_sync_resumes_with(
                 "{received} received: {sizes:?}"
             );
             if let Some((_, len)) = sizes.get(received) {
-                assert_eq!(*len, segment_bytes, "not sealed early: {sizes:?}");
+                assert_eq!(*len, segment_bytes, "not the replica's own: {sizes:?}");
             }
             sizes.truncate(received);
             let sealed: u64 = sizes.iter().map(|s| s.1).sum();

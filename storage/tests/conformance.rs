@@ -786,16 +786,25 @@ fn import_into_a_log_created_for_import(open: Open) {
         // The first append asks; once the spare is ready, the next append seals the
         // allocated segment (its frames kept) and goes on in the zeroed one.
         let first = from;
-        let end = src.positions().durable;
         copy_frames(&src, &dst, from, from + 1).await;
         from += 1;
         spare_ready(&ddir).await;
         let segments = dst.segment_count();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
         while dst.segment_count() == segments {
-            assert!(from < end, "the active segment never gave way to the spare");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the active segment never gave way to the spare"
+            );
+            if from == src.positions().durable {
+                src.append(&[record(3, from as u32, 600)], Durability::Fsync)
+                    .await
+                    .unwrap();
+            }
             copy_frames(&src, &dst, from, from + 1).await;
             from += 1;
         }
+        let end = src.positions().durable;
         let (sealed, rolled_at) = dst.reader().sealed_segment(first).unwrap();
         assert_eq!(sealed, first);
         assert_eq!(
@@ -805,6 +814,17 @@ fn import_into_a_log_created_for_import(open: Open) {
         );
         assert_eq!(inode(&seg_path(first)), allocated);
         assert_ne!(inode(&seg_path(rolled_at)), allocated, "the zeroed spare");
+        // Sealed with a few frames, it keeps only their blocks, not a whole segment's.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(seg_path(first)).unwrap();
+            assert_eq!(m.len(), small_log().segment_bytes);
+            assert!(
+                m.blocks() * 512 < small_log().segment_bytes,
+                "{} blocks",
+                m.blocks()
+            );
+        }
         copy_frames(&src, &dst, from, end).await;
         // The roll asked for the next spare: let it finish before looking for leftovers.
         spare_ready(&ddir).await;
@@ -849,19 +869,29 @@ fn an_empty_allocated_segment_is_replaced_by_its_spare(open: Open) {
             // A reset places an allocated segment (no spare is ready) and asks for one.
             log.reset_to(700).await.unwrap();
             let allocated = inode(&seg);
+            // A reader waiting at the end before the swap reads on after it.
+            let mut cursor = log.reader().frames(700).unwrap();
+            assert!(cursor.next_frame().unwrap().is_none());
             spare_ready(&ldir).await;
             let ack = log.append(&[b"x"], Durability::Fsync).await.unwrap();
             assert_eq!(ack.base_offset, 700);
+            let (h, _) = cursor
+                .next_frame()
+                .unwrap()
+                .expect("the cursor sees the frame");
+            assert_eq!(h.base_offset, 700);
             if inode(&seg) == allocated {
                 continue;
             }
             assert_eq!(log.segment_count(), 1, "replaced, not sealed empty");
             assert_eq!(log.positions().durable, 701);
-            let got = read_all(&s, &name).await;
-            assert_eq!(
-                offsets_and_values(got),
-                vec![(700, Bytes::from_static(b"x"))]
-            );
+            let want = vec![(700, Bytes::from_static(b"x"))];
+            assert_eq!(offsets_and_values(read_all(&s, &name).await), want);
+            s.shutdown().await.unwrap();
+            drop(s);
+            let s = open(config(dir.path()));
+            assert_eq!(offsets_and_values(read_all(&s, &name).await), want);
+            assert_eq!(s.log(&name).unwrap().segment_count(), 1);
             s.shutdown().await.unwrap();
             let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
             assert!(report.is_ok());
@@ -981,6 +1011,14 @@ fn import_a_span_of_the_active_segment(open: Open) {
             );
         }
         assert_eq!(dst.reader().sealed_segment(from), Some((from, 1200)));
+        // The copy's first segment, sealed where the span began, keeps only its frames'
+        // blocks.
+        {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(ddir.join(format!("{:020}.seg", 0))).unwrap();
+            assert_eq!(m.len(), 4 << 20);
+            assert!(m.blocks() * 512 < 1 << 20, "{} blocks", m.blocks());
+        }
         for i in 400..410u32 {
             src.append(&frame(i), Durability::Fsync).await.unwrap();
             dst.append(&frame(i), Durability::Fsync).await.unwrap();

@@ -81,6 +81,9 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         let dir = self.shared.dir.clone();
         let reuse_active = self.write_pos == 0 && self.seg.base_offset == seg.base;
+        // Sealed where the import begins, the active segment may hold a few frames in a
+        // whole segment's file.
+        let sealed = (!reuse_active).then(|| (self.seg.path.clone(), self.write_pos));
         let zeroed = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
             fs::rename(&self.seg.path, &aside).at(&aside)?;
@@ -117,7 +120,7 @@ impl<F: IoFile> LogWriter<F> {
 
         let (view, file, idx_file) = match zeroed {
             Some(aside) => self.place_segment(&aside, seg.next, backend)?,
-            None => self.new_segment(seg.next, backend)?,
+            None => self.new_segment(seg.next, backend, false)?,
         };
         {
             let mut segs = self.shared.segments.write();
@@ -135,6 +138,9 @@ impl<F: IoFile> LogWriter<F> {
         self.last_ts_us = self.last_ts_us.max(seg.last_ts_us);
         self.shared.written.store(seg.next, Ordering::Release);
         self.shared.durable.send_replace(seg.next);
+        if let Some((path, len)) = sealed {
+            self.release_tail(&path, len);
+        }
         // No spare is asked for here, even for an allocated-only active segment: zeroing
         // one now would write a segment's worth on the disk while a catch-up's next fetch
         // writes. Its first append asks (`make_room`).

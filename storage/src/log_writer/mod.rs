@@ -7,6 +7,7 @@ mod truncate;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -77,6 +78,8 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// The active segment was zero-filled. When not (allocated only), its first append asks
     /// for a spare, and the active segment gives way to it once it is ready.
     active_zeroed: bool,
+    /// Sealing this allocated-only active segment early failed: not tried again for it.
+    give_way_failed: bool,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -147,6 +150,7 @@ impl<F: IoFile> LogWriter<F> {
             unsynced_since: None,
             spare: SpareSlot::new(r.spare),
             active_zeroed: r.active_zeroed,
+            give_way_failed: false,
             seg,
         })
     }
@@ -175,12 +179,13 @@ impl<F: IoFile> LogWriter<F> {
                 "frame of {len} bytes exceeds the segment's limit of {max}"
             )));
         }
-        if !self.active_zeroed && self.spare.is_ready() {
+        let wants_spare = !self.active_zeroed && !self.give_way_failed;
+        if wants_spare && self.spare.is_ready() {
             self.give_way_to_spare(backend, ctx).await?;
         }
         let cap = self.seg.capacity();
         let end = self.buf_end();
-        if !self.active_zeroed && self.spare.is_idle() {
+        if wants_spare && self.spare.is_idle() {
             self.request_spare(ctx);
         }
         if end + len as u64 <= cap {
@@ -501,15 +506,24 @@ impl<F: IoFile> LogWriter<F> {
             .request(&self.spare, &self.shared.dir, size, None);
     }
 
-    /// Put the prepared spare (or a freshly zeroed one) in place as segment `base` with an
-    /// empty index, durably (directory synced), and open it for writing and reading.
+    /// Put the prepared spare (or a freshly allocated one) in place as segment `base` with
+    /// an empty index, durably (directory synced), and open it for writing and reading.
+    /// `wait`: wait for a spare being zeroed (a roll's was asked for half a segment ago);
+    /// an import does not, since the spare may have been asked for by an append just
+    /// before, and the storage thread, every log's writes, would wait with it.
     fn new_segment<B: IoBackend<File = F>>(
         &mut self,
         base: u64,
         backend: &B,
+        wait: bool,
     ) -> Result<(Arc<SegmentView>, F, File)> {
         let dir = self.shared.dir.clone();
-        let (spare, zeroed) = match self.spare.take() {
+        let ready = if wait {
+            self.spare.take()
+        } else {
+            self.spare.try_take()
+        };
+        let (spare, zeroed) = match ready {
             Some(p) => (p, true),
             None => (
                 spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
@@ -572,6 +586,7 @@ impl<F: IoFile> LogWriter<F> {
         self.durable_pos = 0;
         self.idx_entries_on_disk = 0;
         self.last_index_pos = None;
+        self.give_way_failed = false;
     }
 
     /// Leave the allocated-only active segment for the zeroed spare that is ready: appends
@@ -587,9 +602,15 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         if self.buf_end() > 0 {
             self.commit(true, &ctx.stats).await?;
-            // A roll that fails leaves the active segment as it was: appends go on in it.
-            if let Err(e) = self.roll(backend, ctx) {
-                tracing::warn!(log = %self.shared.name, error = %e, "sealing an allocated-only segment early failed; appends go on in it");
+            let (sealed, len) = (self.seg.path.clone(), self.write_pos);
+            match self.roll(backend, ctx) {
+                Ok(()) => self.release_tail(&sealed, len),
+                Err(e) => {
+                    // The active segment is as it was (`roll` undid any half-made one):
+                    // appends go on in it, without trying again until its normal roll.
+                    self.give_way_failed = true;
+                    tracing::warn!(log = %self.shared.name, error = %e, "sealing an allocated-only segment early failed; appends go on in it");
+                }
             }
             return Ok(());
         }
@@ -624,12 +645,69 @@ impl<F: IoFile> LogWriter<F> {
         assert_eq!(self.durable_pos, self.write_pos);
         self.seal_index()?;
         let base = self.durable_next;
-        let (view, file, idx_file) = self.new_segment(base, backend)?;
+        let (view, file, idx_file) = match self.new_segment(base, backend, true) {
+            Ok(placed) => placed,
+            Err(e) => {
+                // The active segment goes on taking frames: a `<base>.seg` left behind would
+                // hide them from recovery (it ends the active one at `base`).
+                self.undo_new_segment(base);
+                return Err(e);
+            }
+        };
         self.shared.segments.write().push(view.clone());
         self.activate(view, file, idx_file);
         self.request_spare(ctx);
         tracing::debug!(log = %self.shared.name, base, "rolled to a new segment");
         Ok(())
+    }
+
+    /// Remove what a failed `new_segment(base)` may have put in place; if that fails too,
+    /// the log refuses writes until a restart.
+    fn undo_new_segment(&self, base: u64) {
+        let path = self.shared.dir.join(segment::segment_file_name(base));
+        let gone = |p: &Path| match fs::remove_file(p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(p, e)),
+            _ => Ok(()),
+        };
+        let undone = gone(&path)
+            .and_then(|()| gone(&self.idx_path(base)))
+            .and_then(|()| fsync_dir(&self.shared.dir));
+        if let Err(e) = undone {
+            tracing::error!(log = %self.shared.name, error = %e, "removing a half-made segment failed; log refuses writes until restart");
+            self.poison(&e);
+        }
+    }
+
+    /// Give the blocks past `len` of a segment sealed before it was full back to the
+    /// filesystem: it may hold a few frames in a whole segment's file. Readers map the
+    /// file; a hole reads as zeros, as the tail did.
+    pub(super) fn release_tail(&self, path: &Path, len: u64) {
+        let from = len.next_multiple_of(4096);
+        let Ok(cap) = fs::metadata(path).map(|m| m.len()) else {
+            return;
+        };
+        if from >= cap {
+            return;
+        }
+        let r = OpenOptions::new().write(true).open(path).and_then(|f| {
+            // SAFETY: fallocate on a descriptor owned by `f` for its duration.
+            let rc = unsafe {
+                libc::fallocate(
+                    f.as_raw_fd(),
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                    from as libc::off_t,
+                    (cap - from) as libc::off_t,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+        if let Err(e) = r {
+            tracing::debug!(path = %path.display(), error = %e, "could not release a sealed segment's unused blocks");
+        }
     }
 
     pub fn begin_epoch(&mut self, epoch: u64) -> Result<()> {

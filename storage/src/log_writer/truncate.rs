@@ -73,6 +73,10 @@ impl<F: IoFile> LogWriter<F> {
                 self.file = backend.wrap(file, &target.path).at(&target.path)?;
                 self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
                 self.seg = target.clone();
+                // Whether its file was zeroed is not kept per sealed segment: taken as
+                // zeroed, as recovery does.
+                self.active_zeroed = true;
+                self.give_way_failed = false;
             }
             let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
             let new_len = cut_pos + rewritten;
@@ -162,7 +166,7 @@ impl<F: IoFile> LogWriter<F> {
                 *epochs = crate::meta::EpochHistory::default();
                 epochs.save(&dir)?;
             }
-            let (view, file, idx_file) = self.new_segment(start, backend)?;
+            let (view, file, idx_file) = self.new_segment(start, backend, true)?;
             *self.shared.segments.write() = vec![view.clone()];
             self.activate(view, file, idx_file);
             self.written_next = start;
