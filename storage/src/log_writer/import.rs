@@ -82,8 +82,10 @@ impl<F: IoFile> LogWriter<F> {
         let dir = self.shared.dir.clone();
         let reuse_active = self.write_pos == 0 && self.seg.base_offset == seg.base;
         // Sealed where the import begins, the active segment may hold a few frames in a
-        // whole segment's file.
-        let sealed = (!reuse_active).then(|| (self.seg.path.clone(), self.write_pos));
+        // whole segment's file. Only an allocated-only tail is released: punching out
+        // written zeros took ~110 ms per 120 MB here, on the thread every log writes from.
+        let sealed =
+            (!reuse_active && !self.active_zeroed).then(|| (self.seg.path.clone(), self.write_pos));
         let zeroed = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
             fs::rename(&self.seg.path, &aside).at(&aside)?;

@@ -678,9 +678,10 @@ impl<F: IoFile> LogWriter<F> {
         }
     }
 
-    /// Give the blocks past `len` of a segment sealed before it was full back to the
-    /// filesystem: it may hold a few frames in a whole segment's file. Readers map the
-    /// file; a hole reads as zeros, as the tail did.
+    /// Give the blocks past `len` of an allocated-only segment sealed before it was full
+    /// back to the filesystem: it may hold a few frames in a whole segment's file. Readers
+    /// map the file; a hole reads as zeros, as the tail did. (Unwritten extents go in
+    /// about a millisecond; written ones took ~110 ms per 120 MB, so zeroed tails stay.)
     pub(super) fn release_tail(&self, path: &Path, len: u64) {
         let from = len.next_multiple_of(4096);
         let Ok(cap) = fs::metadata(path).map(|m| m.len()) else {
