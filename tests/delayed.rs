@@ -531,19 +531,6 @@ fn a_subscriber_past_a_promotion_point_is_told() {
     p.stop();
 }
 
-/// Poll (bounded) until `log` on `addr` shows `end` as its end.
-async fn wait_end(addr: &str, log: &str, end: u64) {
-    let c = Client::connect(addr).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while c.describe_log(log).await.map_or(0, |l| l.end_offset) < end {
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not reach {end} of {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// A replica below a delayed node, far behind inside that node's active segment, fetches
 /// the durable span only up to the node's horizon: what it receives is never younger
 /// than the delay, and it ends identical once the delay has passed.
@@ -561,19 +548,19 @@ fn a_replica_below_a_delayed_node_fetches_a_span_only_up_to_the_horizon() {
         // 24 MiB visible on the delayed node, then 8 MiB that are not yet when the replica
         // below it starts.
         let visible = common::load_records(&p.addr, "big", 0..48, 32 << 10, "f").await;
-        wait_end(&dl.addr, "big", visible).await;
+        common::reach_end(&dl.addr, "big", visible).await;
         let end = common::load_records(&p.addr, "big", 48..64, 32 << 10, "f").await;
         wait_stored(&dl.addr, "big", end).await;
         let below = Server::start(
             &below_dir,
             &["--replica-of", &dl.addr, "--replica-id", "below"],
         );
-        wait_end(&below.addr, "big", visible).await;
+        common::reach_end(&below.addr, "big", visible).await;
         let bc = Client::connect(&below.addr).await.unwrap();
         let last = bc.describe_log("big").await.unwrap().end_offset;
         let got = bc.read("big", last - 1, 1).await.unwrap().records;
         assert_old_enough(&got, DELAY);
-        wait_end(&below.addr, "big", end).await;
+        common::reach_end(&below.addr, "big", end).await;
         let up = bc.status().await.unwrap().upstream.unwrap();
         let l = up.logs.iter().find(|l| l.name == "big").unwrap();
         assert!(

@@ -19,23 +19,10 @@ fn replica_args<'a>(upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
-/// Wait (bounded) until `log` on the node at `addr` reaches `end`.
+/// Wait (bounded) until `log` on the node at `addr` reaches `end`, and not past it.
 async fn wait_end(addr: &str, log: &str, end: u64) {
-    let c = Client::connect(addr).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(info) = c.describe_log(log).await {
-            if info.end_offset >= end {
-                assert_eq!(info.end_offset, end, "{addr} went past the primary");
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not reach {end} on {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let got = common::reach_end(addr, log, end).await;
+    assert_eq!(got, end, "{addr} went past the primary");
 }
 
 /// Every record of `log` on the node at `addr`, as (offset, value).
@@ -757,39 +744,18 @@ fn full_sync_resumes_with(
             let l = up.logs.iter().find(|l| l.name == "s").unwrap();
             assert!(staged > 0 && l.segments_received >= min_segments, "{l:?}");
             // Sealed segments on the replica are exactly what it received.
-            let mut sizes: Vec<(String, u64)> = std::fs::read_dir(rdir.join("logs"))
-                .map(|d| d.flatten().collect::<Vec<_>>())
-                .unwrap_or_default()
-                .into_iter()
-                .flat_map(|e| std::fs::read_dir(e.path()).unwrap().flatten())
-                .filter(|e| {
-                    let n = e.file_name().to_string_lossy().into_owned();
-                    n.ends_with(".seg") && n.starts_with(|c: char| c.is_ascii_digit())
-                })
-                .map(|e| {
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        e.metadata().unwrap().len(),
-                    )
-                })
-                .collect();
-            sizes.sort();
+            let mut sizes = common::segment_files(&rdir.join("logs/s"));
             if roll_while_frozen {
                 // The resumed fetch went on to the end of the segment the primary sealed,
                 // past the span first offered.
-                let primary: Vec<String> = std::fs::read_dir(&plog)
-                    .unwrap()
-                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                    .filter(|n| spool_storage::segment::parse_segment_name(n).is_some())
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .into_iter()
-                    .collect();
-                assert_eq!(sizes[1].0, primary[1], "{sizes:?} {primary:?}");
+                let primary = common::segment_files(&plog);
+                assert_eq!(sizes[1].0, primary[1].0, "{sizes:?} {primary:?}");
             }
-            sizes.pop(); // the active segment
-                         // Segments come before frames: the first ones are those received. One more may
-                         // follow, the replica's own: the allocated-only segment the frames went into,
-                         // sealed early when a zeroed spare was ready (a whole segment's file).
+            // Without the active segment, segments come before frames: the first ones are
+            // those received. One more may follow, the replica's own: the allocated-only
+            // segment the frames went into, sealed early when a zeroed spare was ready (a
+            // whole segment's file).
+            sizes.pop();
             let received = l.segments_received as usize;
             assert!(
                 sizes.len() == received || sizes.len() == received + 1,
@@ -922,13 +888,10 @@ fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
     r.stop();
     p.stop();
     let segments = |dir: &std::path::Path| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(dir.join("logs/a"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| spool_storage::segment::parse_segment_name(n).is_some())
-            .collect();
-        v.sort();
-        v
+        common::segment_files(&dir.join("logs/a"))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
     };
     let name = spool_storage::segment::segment_file_name;
     assert_eq!(

@@ -225,3 +225,35 @@ pub async fn load_records(
     }
     end.unwrap()
 }
+
+/// Wait (bounded, 60 s) until `log` on the node at `addr` ends at `end` or past it; returns
+/// the end it has then.
+pub async fn reach_end(addr: &str, log: &str, end: u64) -> u64 {
+    let c = spool::client::Client::connect(addr).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(info) = c.describe_log(log).await {
+            if info.end_offset >= end {
+                return info.end_offset;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{addr} did not reach {end} on {log}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The segment files of the log directory `dir` as (name, file length), by base offset.
+pub fn segment_files(dir: &Path) -> Vec<(String, u64)> {
+    let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e))
+        .filter(|(n, _)| spool_storage::segment::parse_segment_name(n).is_some())
+        .map(|(n, e)| (n, e.metadata().unwrap().len()))
+        .collect();
+    v.sort();
+    v
+}

@@ -110,6 +110,42 @@ fn continue_from(d: Decision) -> u64 {
 /// its own, starting there) when at least this much of it is left; less goes as frames.
 const FETCH_INSIDE_MIN_BYTES: u64 = 4 << 20;
 
+/// Where to send on from inside the segment the replica holds partly received (0: from
+/// its end). Only if the replica's log continues as is, and what it staged is ours too.
+fn staged_to_resume(
+    visible: &Visible,
+    log: &Log,
+    d: Decision,
+    state: Option<&pb::ReplicaLogState>,
+    replica: &str,
+) -> u64 {
+    let (Decision::Continue { from }, Some(s)) = (d, state) else {
+        return 0;
+    };
+    if s.end_offset != from || s.staged_end <= from {
+        return 0;
+    }
+    let staged: Vec<(u64, u64)> = s
+        .staged_epochs
+        .iter()
+        .map(|e| (e.epoch, e.start_offset))
+        .collect();
+    let ours = divergence::staged_part_matches(
+        log.epochs().entries(),
+        visible.end(),
+        &staged,
+        from,
+        s.staged_end,
+    );
+    if ours {
+        return s.staged_end;
+    }
+    if !staged.is_empty() {
+        tracing::warn!(replica = %replica, log = %log.name(), from, staged_end = s.staged_end, "the replica's staged frames are not this log's (cut since?): sending them again");
+    }
+    0
+}
+
 fn worth_fetching(reader: &Visible, base: u64, from: u64) -> bool {
     reader
         .sealed_span(base, from)
@@ -366,41 +402,14 @@ impl Session {
             let state = self.hello_logs.remove(name);
             let d = decision_for(&self.node, &log, state.as_ref())?;
             let from = continue_from(d);
-            // A partly received segment resumes only if the replica's log continues as is,
-            // and what it staged is ours too.
-            let staged_end = match (d, &state) {
-                (Decision::Continue { from }, Some(s))
-                    if s.end_offset == from && s.staged_end > from =>
-                {
-                    let staged: Vec<(u64, u64)> = s
-                        .staged_epochs
-                        .iter()
-                        .map(|e| (e.epoch, e.start_offset))
-                        .collect();
-                    let ours = divergence::staged_part_matches(
-                        log.epochs().entries(),
-                        self.node.visible(&log).end(),
-                        &staged,
-                        from,
-                        s.staged_end,
-                    );
-                    if !ours && !staged.is_empty() {
-                        tracing::warn!(replica = %self.id, log = %name, from, staged_end = s.staged_end, "the replica's staged frames are not this log's (cut since?): sending them again");
-                    }
-                    if ours {
-                        s.staged_end
-                    } else {
-                        0
-                    }
-                }
-                _ => 0,
-            };
-            let start = start_message(&self.node.visible(&log), &log, d, self.fetch);
+            let visible = self.node.visible(&log);
+            let staged_end = staged_to_resume(&visible, &log, d, state.as_ref(), &self.id);
+            let start = start_message(&visible, &log, d, self.fetch);
             self.send(pb::upstream_message::Msg::Start(start)).await?;
             if let Decision::FullSync { .. } = d {
                 self.node
                     .replicas
-                    .full_sync_started(&self.id, name, self.node.visible(&log).end());
+                    .full_sync_started(&self.id, name, visible.end());
             }
             let task = tokio::spawn(send_log(
                 self.node.clone(),

@@ -7,7 +7,6 @@ mod truncate;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -604,7 +603,7 @@ impl<F: IoFile> LogWriter<F> {
             self.commit(true, &ctx.stats).await?;
             let (sealed, len) = (self.seg.path.clone(), self.write_pos);
             match self.roll(backend, ctx) {
-                Ok(()) => self.release_tail(&sealed, len),
+                Ok(()) => spare::release_tail(&sealed, len),
                 Err(e) => {
                     // The active segment is as it was (`roll` undid any half-made one):
                     // appends go on in it, without trying again until its normal roll.
@@ -675,39 +674,6 @@ impl<F: IoFile> LogWriter<F> {
         if let Err(e) = undone {
             tracing::error!(log = %self.shared.name, error = %e, "removing a half-made segment failed; log refuses writes until restart");
             self.poison(&e);
-        }
-    }
-
-    /// Give the blocks past `len` of an allocated-only segment sealed before it was full
-    /// back to the filesystem: it may hold a few frames in a whole segment's file. Readers
-    /// map the file; a hole reads as zeros, as the tail did. (Unwritten extents go in
-    /// about a millisecond; written ones took ~110 ms per 120 MB, so zeroed tails stay.)
-    pub(super) fn release_tail(&self, path: &Path, len: u64) {
-        let from = len.next_multiple_of(4096);
-        let Ok(cap) = fs::metadata(path).map(|m| m.len()) else {
-            return;
-        };
-        if from >= cap {
-            return;
-        }
-        let r = OpenOptions::new().write(true).open(path).and_then(|f| {
-            // SAFETY: fallocate on a descriptor owned by `f` for its duration.
-            let rc = unsafe {
-                libc::fallocate(
-                    f.as_raw_fd(),
-                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-                    from as libc::off_t,
-                    (cap - from) as libc::off_t,
-                )
-            };
-            if rc == 0 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
-            }
-        });
-        if let Err(e) = r {
-            tracing::debug!(path = %path.display(), error = %e, "could not release a sealed segment's unused blocks");
         }
     }
 
