@@ -13,6 +13,7 @@ pub mod config;
 pub mod crashsafe;
 mod direct_write;
 pub mod error;
+mod extents;
 pub mod format;
 mod import;
 pub mod index;

@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use crate::config::{LogConfig, RecoveryMode, ZERO_AHEAD_BYTES};
 use crate::error::{FormatError, IoContext, Result, StorageError};
+use crate::extents;
 use crate::format;
 use crate::index::{self, IndexEntry};
 use crate::log::LogShared;
@@ -37,7 +38,8 @@ pub(crate) struct RecoveredLog {
     pub spare: Option<PathBuf>,
     /// The active segment was zero-filled (false: only allocated, see
     /// `Storage::create_log_for_import`). A hint for speed, never for correctness: an
-    /// allocated segment reads as zeros too. Unknown after a restart, taken as true.
+    /// allocated segment reads as zeros too. After a restart, asked of its last block's
+    /// extent (taken as true where the filesystem cannot say).
     pub active_zeroed: bool,
 }
 
@@ -173,6 +175,10 @@ pub(crate) fn recover_log(
         entries.last().map(|e| u64::from(e.pos)),
     );
     let seg_file = open_rw(&seg_path)?;
+    // A segment placed only allocated (a catch-up's, or a roll's that found no spare)
+    // keeps its unwritten tail across a restart: without this, it would take appends at
+    // the slower rate until its roll instead of giving way to a zeroed spare.
+    let active_zeroed = extents::never_written(&seg_file, view.capacity() - 1) != Some(true);
     let end = s.end_pos;
     let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
     let residue = if fresh {
@@ -254,7 +260,7 @@ pub(crate) fn recover_log(
         idx_entries_on_disk,
         last_index_pos,
         spare,
-        active_zeroed: true,
+        active_zeroed,
     })
 }
 

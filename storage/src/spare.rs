@@ -10,7 +10,6 @@
 //! 80 ms p99 append latency under load).
 
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +22,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::crashsafe::fsync_dir;
 use crate::direct_write::{Aligned, ALIGN};
 use crate::error::{IoContext, Result, StorageError};
+use crate::extents::fallocate;
 
 const ZERO_CHUNK: usize = 1 << 20;
 const _: () = assert!(ZERO_CHUNK % ALIGN == 0);
@@ -317,44 +317,6 @@ pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
 
 /// Spare files present in a log directory: complete ones are returned (largest first is
 /// irrelevant: all have the log's segment size), leftovers are removed.
-/// `fallocate(2)` on `f` over `[offset, offset + len)` (sizes up to a segment's, within
-/// off_t range).
-fn fallocate(f: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor `f` owns for the call's duration.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
-/// Give the blocks past `len` of an allocated-only segment sealed before it was full back
-/// to the filesystem: it may hold a few frames in a whole segment's file. Readers map the
-/// file; a hole reads as zeros, as the tail did. (Unwritten extents go in about a
-/// millisecond; written ones took ~110 ms per 120 MB, so zeroed tails are kept.)
-pub(crate) fn release_tail(path: &Path, len: u64) {
-    let from = len.next_multiple_of(4096);
-    let released = OpenOptions::new().write(true).open(path).and_then(|f| {
-        let cap = f.metadata()?.len();
-        if from >= cap {
-            return Ok(());
-        }
-        let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
-        fallocate(&f, mode, from, cap - from)
-    });
-    if let Err(e) = released {
-        tracing::debug!(path = %path.display(), error = %e, "could not release a sealed segment's unused blocks");
-    }
-}
-
 pub(crate) fn collect_spares(dir: &Path, size: u64) -> Result<Option<PathBuf>> {
     let mut keep = None;
     for entry in fs::read_dir(dir).at(dir)? {

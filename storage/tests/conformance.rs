@@ -901,6 +901,53 @@ fn an_empty_allocated_segment_is_replaced_by_its_spare(open: Open) {
     });
 }
 
+/// An allocated-only active segment is known as such after a restart (its unwritten
+/// tail is asked of the filesystem): it still gives way to a zeroed spare, instead of
+/// taking appends at the slower rate until it rolls.
+fn an_allocated_segment_gives_way_after_a_restart(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let log = s.create_log_for_import("f", small_log()).await.unwrap();
+        let ldir = dir.path().join("logs").join("f");
+        let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
+        log.append(&[b"before"], Durability::Fsync).await.unwrap();
+        s.shutdown().await.unwrap();
+        drop(s);
+
+        let s = open(config(dir.path()));
+        let log = s.log("f").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut end = 1;
+        while log.segment_count() == 1 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the allocated segment never gave way to a spare after the restart"
+            );
+            let ack = log.append(&[b"after"], Durability::Fsync).await.unwrap();
+            assert_eq!(ack.base_offset, end);
+            end += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let (base, next) = log.reader().sealed_segment(0).unwrap();
+        assert_eq!(
+            (base, next),
+            (0, end - 1),
+            "sealed where the last append began"
+        );
+        // ~80 bytes per frame: a roll of the full 64 KiB segment would be past 800.
+        assert!(end < 200, "rolled when full at {end}, not sealed early");
+        assert_eq!(inode(&ldir.join(format!("{:020}.seg", 0))), allocated);
+        let mut want = vec![(0, Bytes::from_static(b"before"))];
+        want.extend((1..end).map(|o| (o, Bytes::from_static(b"after"))));
+        assert_eq!(offsets_and_values(read_all(&s, "f").await), want);
+        spare_ready(&ldir).await;
+        s.shutdown().await.unwrap();
+        let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+        assert!(report.is_ok());
+    });
+}
+
 /// A span of the active segment, as a replica behind inside it fetches one: it ends at
 /// the last frame boundary at or below the limit and the durable end, its file bytes are
 /// the frames while the writer appends behind it, and imported it is a sealed segment of
@@ -1056,6 +1103,7 @@ macro_rules! suite {
             #[test] fn import_segments() { super::import_segments(OPEN) }
             #[test] fn import_into_a_log_created_for_import() { super::import_into_a_log_created_for_import(OPEN) }
             #[test] fn an_empty_allocated_segment_is_replaced_by_its_spare() { super::an_empty_allocated_segment_is_replaced_by_its_spare(OPEN) }
+            #[test] fn an_allocated_segment_gives_way_after_a_restart() { super::an_allocated_segment_gives_way_after_a_restart(OPEN) }
             #[test] fn import_a_span_of_the_active_segment() { super::import_a_span_of_the_active_segment(OPEN) }
         }
     )*};

@@ -4,7 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{config, record, run};
+use std::time::{Duration, Instant};
+
+use common::{config, record, run, small_log};
 use spool_storage::io::fault::{FaultBackend, FaultKind, FaultOp};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Durability, Log, Storage, StorageError};
@@ -139,6 +141,90 @@ fn enospc_fails_the_append_then_writes_resume() {
         let mut expected: Vec<u32> = (0..10).collect();
         expected.push(100);
         verify_reopened(dir.path(), &expected).await;
+    });
+}
+
+/// Segment files (`*.seg`) of log "f", sorted.
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir.join("logs").join("f"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".seg") && !n.starts_with("spare-"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A roll whose new segment fails after its rename (here when it is opened for writing)
+/// fails the append that needed it, removes the half-made segment and leaves the log
+/// writable: the next append rolls again.
+#[test]
+fn a_roll_failing_after_its_rename_fails_the_append_and_the_next_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let backend = FaultBackend::default();
+        let inj = backend.injector.clone();
+        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let log = s.create_log("f").await.unwrap();
+        inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
+        let mut seq = 0;
+        let err = loop {
+            assert!(seq < 1000, "no roll was needed");
+            match log.append(&[record(9, seq, 700)], Durability::Fsync).await {
+                Ok(ack) => assert_eq!(ack.base_offset, u64::from(seq)),
+                Err(e) => break e,
+            }
+            seq += 1;
+        };
+        assert!(matches!(err, StorageError::Io { .. }), "{err}");
+        assert_eq!(log.positions().durable, u64::from(seq));
+        assert_eq!(segments(dir.path()), [format!("{:020}.seg", 0)]);
+        let ack = log
+            .append(&[record(9, 5000, 700)], Durability::Fsync)
+            .await
+            .unwrap();
+        assert_eq!(ack.base_offset, u64::from(seq));
+        assert_eq!(log.segment_count(), 2);
+        s.shutdown().await.unwrap();
+        let mut expected: Vec<u32> = (0..seq).collect();
+        expected.push(5000);
+        verify_reopened(dir.path(), &expected).await;
+    });
+}
+
+/// The same failure when an allocated-only active segment is sealed early for its zeroed
+/// spare: the seal is dropped and the active segment goes on taking frames. Left behind,
+/// the half-made `<base>.seg` would end the active segment at `base` at the next open,
+/// which then finds frames past that end (checked: the open fails, `OffsetMismatch`).
+#[test]
+fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let backend = FaultBackend::default();
+        let inj = backend.injector.clone();
+        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let log = s.create_log_for_import("f", small_log()).await.unwrap();
+        // The first append asks for the spare; the first after it is ready seals early.
+        inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
+        let opens = inj.opens();
+        let mut seq = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while inj.opens() == opens {
+            assert!(
+                Instant::now() < deadline,
+                "the segment never gave way to a spare"
+            );
+            append_n(&log, seq, 1).await;
+            seq += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert_eq!(segments(dir.path()), [format!("{:020}.seg", 0)]);
+        append_n(&log, seq, 10).await;
+        seq += 10;
+        assert_eq!(log.segment_count(), 1, "a failed early seal is not retried");
+        assert_eq!(log.positions().durable, u64::from(seq));
+        s.shutdown().await.unwrap();
+        verify_reopened(dir.path(), &(0..seq).collect::<Vec<_>>()).await;
     });
 }
 

@@ -1,5 +1,6 @@
 //! A fault-injecting backend over [`StdBackend`]: EIO, ENOSPC or a torn write (only a
-//! prefix reaches the file, then EIO) at chosen points. Used by the conformance suite and
+//! prefix reaches the file, then EIO) at chosen points, or a failure to open a file for
+//! writing (the last step of placing a new segment, after its rename). Used by the conformance suite and
 //! the fault tests; selectable only through the library API, never from config.
 
 use std::io;
@@ -13,6 +14,8 @@ use super::{BufResult, IoBackend, IoFile};
 pub enum FaultOp {
     Write,
     Sync,
+    /// [`IoBackend::wrap`]: a segment opened for writing (at open, and for each new one).
+    Open,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +40,7 @@ struct Rule {
 struct State {
     writes: u64,
     syncs: u64,
+    opens: u64,
     rules: Vec<Rule>,
 }
 
@@ -54,6 +58,7 @@ impl FaultInjector {
         let base = match op {
             FaultOp::Write => s.writes,
             FaultOp::Sync => s.syncs,
+            FaultOp::Open => s.opens,
         };
         s.rules.push(Rule {
             op,
@@ -78,6 +83,11 @@ impl FaultInjector {
         (s.writes, s.syncs)
     }
 
+    /// Files opened for writing so far.
+    pub fn opens(&self) -> u64 {
+        self.state.lock().expect("fault state").opens
+    }
+
     fn next(&self, op: FaultOp) -> Option<FaultKind> {
         let mut s = self.state.lock().expect("fault state");
         let n = match op {
@@ -88,6 +98,10 @@ impl FaultInjector {
             FaultOp::Sync => {
                 s.syncs += 1;
                 s.syncs
+            }
+            FaultOp::Open => {
+                s.opens += 1;
+                s.opens
             }
         };
         let i = s
@@ -128,6 +142,9 @@ impl IoBackend for FaultBackend {
     }
 
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<FaultFile> {
+        if let Some(kind) = self.injector.next(FaultOp::Open) {
+            return Err(error(kind));
+        }
         Ok(FaultFile {
             inner: StdBackend.wrap(file, path)?,
             injector: self.injector.clone(),

@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use super::LogWriter;
 use crate::error::{IoContext, Result, StorageError};
+use crate::extents;
 use crate::import::StagedSegment;
 use crate::index;
 use crate::io::{IoBackend, IoFile};
 use crate::segment::{self, SegmentView};
-use crate::spare;
 use crate::writer::WriterCtx;
 
 impl<F: IoFile> LogWriter<F> {
@@ -142,7 +142,7 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.written.store(seg.next, Ordering::Release);
         self.shared.durable.send_replace(seg.next);
         if let Some((path, len)) = sealed {
-            spare::release_tail(&path, len);
+            extents::release_tail(&path, len);
         }
         // No spare is asked for here, even for an allocated-only active segment: zeroing
         // one now would write a segment's worth on the disk while a catch-up's next fetch

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use crate::config::{Durability, GROUP_BYTES_CAP};
 use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
+use crate::extents;
 use crate::format::{self, BatchHeader};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
@@ -603,7 +604,7 @@ impl<F: IoFile> LogWriter<F> {
             self.commit(true, &ctx.stats).await?;
             let (sealed, len) = (self.seg.path.clone(), self.write_pos);
             match self.roll(backend, ctx) {
-                Ok(()) => spare::release_tail(&sealed, len),
+                Ok(()) => extents::release_tail(&sealed, len),
                 Err(e) => {
                     // The active segment is as it was (`roll` undid any half-made one):
                     // appends go on in it, without trying again until its normal roll.
