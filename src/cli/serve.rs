@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use spool::config::{FileConfig, Overrides, ServerConfig};
 
@@ -60,17 +60,27 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .thread_name("spool-grpc")
         .build()?;
-    rt.block_on(spool::server::serve(config, shutdown_signal(), |addr| {
-        // Tests and scripts read this line to find a port chosen with :0.
-        println!("spool listening on {addr}");
-    }))
+    rt.block_on(async {
+        let shutdown = shutdown_signal()?;
+        spool::server::serve(config, shutdown, |addr| {
+            // Tests and scripts read this line to find a port chosen with :0.
+            println!("spool listening on {addr}");
+        })
+        .await
+    })
 }
 
-async fn shutdown_signal() {
+/// Resolves at SIGINT or SIGTERM. The handlers are installed now, not when the future is
+/// first polled (once serving begins): a signal sent as soon as the address is printed
+/// would otherwise kill the process without its clean stop.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+    })
 }

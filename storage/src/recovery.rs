@@ -72,7 +72,8 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
 
 /// `fresh`: the log was just created (its segment is a zeroed spare, nothing was ever
 /// written): the zero-ahead check is skipped, as it would read tens of MiB of zeros that
-/// were written past the page cache.
+/// were written past the page cache. It is skipped too where a clean shutdown's record
+/// vouches for the active segment (see `sealed_record`).
 pub(crate) fn recover_log(
     id: u64,
     name: &str,
@@ -109,7 +110,7 @@ pub(crate) fn recover_log(
             s.len <= view.capacity()
                 && sealed_record::identity(&file).is_ok_and(|id| id == (s.ino, s.mtime_ns))
         };
-        if let Some(s) = record.as_ref().map(|r| r[i]).filter(unchanged) {
+        if let Some(s) = record.as_ref().map(|r| r.sealed[i]).filter(unchanged) {
             // As a clean shutdown left it: nothing to read now.
             view.defer_index(idx_path, config.index_interval_bytes);
             view.publish(s.len, s.next, s.last_ts_us, &[]);
@@ -175,13 +176,20 @@ pub(crate) fn recover_log(
         entries.last().map(|e| u64::from(e.pos)),
     );
     let seg_file = open_rw(&seg_path)?;
+    // A clean shutdown vouched for this file's tail, and the file is as it left it: only
+    // zeros past the end, so the zero-ahead check need not read them.
+    let clean_tail = record.as_ref().and_then(|r| r.active).is_some_and(|a| {
+        a.len == s.end_pos
+            && a.next == s.next_offset
+            && sealed_record::identity(&seg_file).is_ok_and(|id| id == (a.ino, a.mtime_ns))
+    });
     // A segment placed only allocated (a catch-up's, or a roll's that found no spare)
     // keeps its unwritten tail across a restart: without this, it would take appends at
     // the slower rate until its roll instead of giving way to a zeroed spare.
     let active_zeroed = extents::never_written(&seg_file, view.capacity() - 1) != Some(true);
     let end = s.end_pos;
     let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
-    let residue = if fresh {
+    let residue = if fresh || clean_tail {
         None
     } else {
         first_nonzero(&view.raw()[end as usize..zero_end as usize])

@@ -162,7 +162,7 @@ pub(crate) async fn run<B: IoBackend>(
                 }
                 Cmd::Shutdown { reply } => {
                     w.commit_all(true).await;
-                    w.record_sealed_segments();
+                    w.record_at_shutdown();
                     w.ctx.preparer.stop();
                     let _ = reply.send(());
                     return;
@@ -181,15 +181,15 @@ pub(crate) async fn run<B: IoBackend>(
         w.commit_all(false).await;
     }
     w.commit_all(true).await;
-    w.record_sealed_segments();
+    w.record_at_shutdown();
     w.ctx.preparer.stop();
 }
 
 impl<B: IoBackend> Writer<B> {
     /// A clean stop: what the next open needs to know of the sealed segments.
-    fn record_sealed_segments(&self) {
+    fn record_at_shutdown(&self) {
         for lw in self.logs.values() {
-            lw.record_sealed_segments();
+            lw.record_at_shutdown();
         }
     }
 

@@ -1,6 +1,7 @@
 //! A clean shutdown records the sealed segments, so that the next open reads none of them
-//! (start-up time does not grow with the data); without that record (a crash) or with
-//! one that no longer describes the directory, recovery reads their tails as before.
+//! (start-up time does not grow with the data), and the active one, so that it does not
+//! read the zeros past its end either; without that record (a crash) or with one that no
+//! longer describes the directory, recovery reads their tails as before.
 //!
 //! To tell the two apart, a byte is flipped in the last frame of a sealed segment, the
 //! part recovery reads: an open that reads it refuses the log, one that trusts the record
@@ -11,7 +12,7 @@ mod common;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use common::{config, record, run};
+use common::{active_segment, config, plant_residue, record, residue_left, run};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Durability, Storage, StorageError};
 
@@ -168,5 +169,44 @@ fn a_record_that_no_longer_matches_is_not_used() {
     assert!(
         !record_file(dir.path()).exists(),
         "removed even when not used"
+    );
+}
+
+/// Past the active segment's end a clean shutdown leaves only zeros: the next open does
+/// not read them to make sure (24 MiB per log). Stray bytes planted there without changing
+/// the file's modification time show it: they are not cleared. Once the file changed, or
+/// without the record, the open reads the tail and clears them.
+#[test]
+fn a_clean_restart_does_not_read_past_the_active_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let (end, _) = fill(dir.path(), 30);
+    let active = active_segment(&log_dir(dir.path()));
+    let at = plant_residue(&active, true);
+    let s = open(dir.path()).unwrap();
+    assert_eq!(s.log("t").unwrap().positions().durable, end);
+    s.shutdown_blocking();
+    drop(s);
+    assert!(residue_left(&active, at), "the open read past the end");
+
+    // The shutdown just now recorded the log again: a touched file is read.
+    let at = plant_residue(&active, false);
+    let s = open(dir.path()).unwrap();
+    s.shutdown_blocking();
+    drop(s);
+    assert!(
+        !residue_left(&active, at),
+        "a file written since was trusted"
+    );
+
+    // As after a crash: no record.
+    let at = plant_residue(&active, true);
+    fs::remove_file(record_file(dir.path())).unwrap();
+    let s = open(dir.path()).unwrap();
+    assert_eq!(s.log("t").unwrap().positions().durable, end);
+    s.shutdown_blocking();
+    drop(s);
+    assert!(
+        !residue_left(&active, at),
+        "without a record the tail is read"
     );
 }

@@ -6,7 +6,7 @@ mod common;
 use bytes::Bytes;
 use std::time::{Duration, Instant};
 
-use common::{config, record, run, small_log};
+use common::{active_segment, config, plant_residue, record, residue_left, run, small_log};
 use spool_storage::io::fault::{FaultBackend, FaultKind, FaultOp};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Durability, Log, Storage, StorageError};
@@ -226,6 +226,39 @@ fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
         s.shutdown().await.unwrap();
         verify_reopened(dir.path(), &(0..seq).collect::<Vec<_>>()).await;
     });
+}
+
+/// A failed write may leave bytes past the end that its zeroing could not remove (the
+/// disk was full): the clean shutdown after it does not vouch for the active segment's
+/// tail, so the next open reads it and clears what it finds.
+#[test]
+fn after_a_failed_write_a_clean_restart_reads_past_the_end() {
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let backend = FaultBackend::default();
+        let inj = backend.injector.clone();
+        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let log = s.create_log("f").await.unwrap();
+        append_n(&log, 0, 10).await;
+        inj.fail_nth(FaultOp::Write, 1, FaultKind::Enospc);
+        let err = log
+            .append(&[record(9, 10, 700)], Durability::Fsync)
+            .await
+            .unwrap_err();
+        assert!(err.is_disk_full(), "{err}");
+        append_n(&log, 10, 5).await;
+        s.shutdown().await.unwrap();
+    });
+    let active = active_segment(&dir.path().join("logs").join("f"));
+    let at = plant_residue(&active, true);
+    run(
+        30,
+        verify_reopened(dir.path(), &(0..15).collect::<Vec<_>>()),
+    );
+    assert!(
+        !residue_left(&active, at),
+        "the tail after a failed write was trusted"
+    );
 }
 
 #[test]

@@ -80,6 +80,9 @@ pub(crate) struct LogWriter<F: IoFile> {
     active_zeroed: bool,
     /// Sealing this allocated-only active segment early failed: not tried again for it.
     give_way_failed: bool,
+    /// A write failed since the open: its bytes past the end may not all have been zeroed
+    /// again, so a clean shutdown does not vouch for the active segment's tail.
+    tail_unsure: bool,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -151,6 +154,7 @@ impl<F: IoFile> LogWriter<F> {
             spare: SpareSlot::new(r.spare),
             active_zeroed: r.active_zeroed,
             give_way_failed: false,
+            tail_unsure: false,
             seg,
         })
     }
@@ -396,6 +400,7 @@ impl<F: IoFile> LogWriter<F> {
             tracing::error!(log = %self.shared.name, error = %err, "write failed; log refuses writes until restart");
         }
         // Best effort: leave no residue of the failed group that could pass for data.
+        self.tail_unsure = true;
         if len > 0 {
             let _ = self.file.write_all_at(vec![0u8; len as usize], pos).await;
         }
@@ -465,37 +470,46 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.dir.join(segment::index_file_name(base))
     }
 
-    /// Write the sealed segments' record for the next open (see `sealed_record`); called
-    /// at a clean shutdown, after the last commit. A log that failed writes gets none.
-    pub fn record_sealed_segments(&self) {
+    /// Write the record of the log's segments for the next open (see `sealed_record`);
+    /// called at a clean shutdown, after the last commit. A log that failed writes gets
+    /// none; the active segment is left out when a write into it failed, or not everything
+    /// written is durable.
+    pub fn record_at_shutdown(&self) {
         if self.shared.poisoned.lock().is_some() {
             return;
         }
-        let sealed: Vec<Arc<SegmentView>> = {
+        let (sealed, active) = {
             let segs = self.shared.segments.read();
-            segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
+            let (active, sealed) = segs.split_last().expect("a log has an active segment");
+            (sealed.to_vec(), active.clone())
         };
-        if sealed.is_empty() {
-            return;
-        }
-        let record: Result<Vec<Sealed>> = sealed
-            .iter()
-            .map(|s| {
-                let (ino, mtime_ns) = File::open(&s.path)
-                    .and_then(|f| sealed_record::identity(&f))
-                    .at(&s.path)?;
-                Ok(Sealed {
-                    base: s.base_offset,
-                    next: s.durable_next(),
-                    len: s.durable_len(),
-                    last_ts_us: s.last_ts_us(),
-                    ino,
-                    mtime_ns,
-                })
+        let clean_tail = !self.tail_unsure
+            && self.write_pos == self.durable_pos
+            && self.buf_end() == self.write_pos
+            && Arc::ptr_eq(&active, &self.seg);
+        let entry = |s: &SegmentView| {
+            let (ino, mtime_ns) = File::open(&s.path)
+                .and_then(|f| sealed_record::identity(&f))
+                .at(&s.path)?;
+            Ok(Sealed {
+                base: s.base_offset,
+                next: s.durable_next(),
+                len: s.durable_len(),
+                last_ts_us: s.last_ts_us(),
+                ino,
+                mtime_ns,
             })
-            .collect();
+        };
+        let record = sealed
+            .iter()
+            .map(|s| entry(s))
+            .collect::<Result<Vec<Sealed>>>()
+            .and_then(|sealed| {
+                let active = clean_tail.then(|| entry(&active)).transpose()?;
+                Ok(sealed_record::Record { sealed, active })
+            });
         if let Err(e) = record.and_then(|r| sealed_record::write(&self.shared.dir, &r)) {
-            tracing::warn!(log = %self.shared.name, error = %e, "recording the sealed segments failed; the next open reads their tails");
+            tracing::warn!(log = %self.shared.name, error = %e, "recording the segments failed; the next open reads their tails");
         }
     }
 

@@ -48,3 +48,56 @@ pub fn run<F: std::future::Future>(secs: u64, f: F) -> F::Output {
             .expect("test timed out")
     })
 }
+
+/// The last segment file (`*.seg`, not a spare) of the log directory `dir`.
+pub fn active_segment(dir: &Path) -> std::path::PathBuf {
+    let mut segs: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy();
+            n.ends_with(".seg") && !n.starts_with("spare-")
+        })
+        .collect();
+    segs.sort();
+    segs.pop().expect("a log has an active segment")
+}
+
+/// Put stray bytes 8 KiB past the last data of segment `path` (the residue of a write
+/// torn by a crash, or bit rot); with `keep_mtime` its modification time stays as it was,
+/// so the file passes for the one a clean shutdown recorded, else it moves on a second.
+/// Returns their position.
+pub fn plant_residue(path: &Path, keep_mtime: bool) -> u64 {
+    use std::os::unix::fs::FileExt;
+    let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+    let bytes = std::fs::read(path).unwrap();
+    let last = bytes.iter().rposition(|&b| b != 0).unwrap_or(0) as u64;
+    let at = last + (8 << 10);
+    assert!(at + 64 <= bytes.len() as u64, "no room past the data");
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.write_all_at(&[0xab; 64], at).unwrap();
+    f.sync_all().unwrap();
+    // Set either way: within the clock's granularity a write need not move it.
+    let mtime = if keep_mtime {
+        mtime
+    } else {
+        mtime + Duration::from_secs(1)
+    };
+    f.set_modified(mtime).unwrap();
+    at
+}
+
+/// Whether the 64 bytes at `at` of `path` are still the planted residue.
+pub fn residue_left(path: &Path, at: u64) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 64];
+    std::fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, at)
+        .unwrap();
+    assert!(
+        buf == [0xab; 64] || buf == [0; 64],
+        "neither residue nor zeros"
+    );
+    buf == [0xab; 64]
+}
