@@ -1,7 +1,8 @@
 //! A fault-injecting backend over [`StdBackend`]: EIO, ENOSPC or a torn write (only a
 //! prefix reaches the file, then EIO) at chosen points, or a failure to open a file for
-//! writing (the last step of placing a new segment, after its rename). Used by the conformance suite and
-//! the fault tests; selectable only through the library API, never from config.
+//! writing (the last step of placing a new segment, after its rename). Used by the
+//! conformance suite and the fault tests; selectable only through the library API, never
+//! from config.
 
 use std::io;
 use std::path::Path;
