@@ -7,9 +7,16 @@ use bytes::Bytes;
 use std::time::{Duration, Instant};
 
 use common::{active_segment, config, plant_residue, record, residue_left, run, small_log};
-use spool_storage::io::fault::{FaultBackend, FaultKind, FaultOp};
+use spool_storage::io::fault::{FaultBackend, FaultInjector, FaultKind, FaultOp};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Durability, Log, Storage, StorageError};
+
+/// Storage over the fault backend in `dir`, and the handle that arms its faults.
+fn open_faulty(dir: &std::path::Path) -> (Storage, FaultInjector) {
+    let backend = FaultBackend::default();
+    let inj = backend.injector.clone();
+    (Storage::open_with(config(dir), backend).unwrap(), inj)
+}
 
 async fn append_n(log: &Log, from: u32, n: u32) -> Vec<u64> {
     let mut acked = Vec::new();
@@ -63,9 +70,7 @@ async fn verify_reopened_maybe(dir: &std::path::Path, expected: &[u32], maybe: &
 fn eio_on_write_poisons_and_keeps_acked_data() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
         append_n(&log, 0, 20).await;
         inj.fail_nth(FaultOp::Write, 1, FaultKind::Eio);
@@ -91,9 +96,7 @@ fn eio_on_write_poisons_and_keeps_acked_data() {
 fn eio_on_fsync_poisons() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
         append_n(&log, 0, 5).await;
         inj.fail_nth(FaultOp::Sync, 1, FaultKind::Eio);
@@ -115,9 +118,7 @@ fn eio_on_fsync_poisons() {
 fn enospc_fails_the_append_then_writes_resume() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
         append_n(&log, 0, 10).await;
         inj.fail_all(FaultOp::Write, FaultKind::Enospc);
@@ -162,9 +163,7 @@ fn segments(dir: &std::path::Path) -> Vec<String> {
 fn a_roll_failing_after_its_rename_fails_the_append_and_the_next_rolls() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
         inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
         let mut seq = 0;
@@ -200,9 +199,7 @@ fn a_roll_failing_after_its_rename_fails_the_append_and_the_next_rolls() {
 fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log_for_import("f", small_log()).await.unwrap();
         // The first append asks for the spare; the first after it is ready seals early.
         inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
@@ -235,9 +232,7 @@ fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
 fn after_a_failed_write_a_clean_restart_reads_past_the_end() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
-        let backend = FaultBackend::default();
-        let inj = backend.injector.clone();
-        let s = Storage::open_with(config(dir.path()), backend).unwrap();
+        let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
         append_n(&log, 0, 10).await;
         inj.fail_nth(FaultOp::Write, 1, FaultKind::Enospc);
@@ -266,9 +261,7 @@ fn torn_write_recovers_to_last_acked_batch() {
     for keep in [0usize, 1, 63, 64, 65, 700, 1500, 2100] {
         let dir = tempfile::tempdir().unwrap();
         run(30, async {
-            let backend = FaultBackend::default();
-            let inj = backend.injector.clone();
-            let s = Storage::open_with(config(dir.path()), backend).unwrap();
+            let (s, inj) = open_faulty(dir.path());
             let log = s.create_log("f").await.unwrap();
             append_n(&log, 0, 30).await;
             // A group of three appends whose single write is torn after `keep` bytes.
