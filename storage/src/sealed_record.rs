@@ -18,7 +18,7 @@
 //! the end that its zeroing could not remove). Opened unmodified, its tail past the end is
 //! then known to be zeros, and recovery skips reading `ZERO_AHEAD_BYTES` of it to make
 //! sure: 24 MiB per log, cold disk reads where the zeros were written past the page cache
-//! (a spare), which made every restart cost ~25 ms per log.
+//! (a spare): ~25 ms per log and restart with a cold cache, ~6 ms warm.
 //!
 //! The name ends in `.tmp` so that a version that does not know the file
 //! deletes it when it opens the log (every version removes `.tmp` files there), instead
