@@ -125,8 +125,9 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 /// Logs opened at once at start-up. Opening one waits mostly on cold reads (its metadata,
-/// index and tail) and on removing its shutdown record durably: one after another, 40
-/// small logs took 450-870 ms to open with a cold cache here, 8 at a time 310-500 ms.
+/// index and tail) and on removing its shutdown record durably: 40 small logs took
+/// ~670 ms to open with a cold cache here one after another, ~420 ms 8 at a time
+/// (medians of six).
 const OPEN_THREADS: usize = 8;
 
 /// Recover the logs `found` (id, name, directory), a few at a time; in the same order.

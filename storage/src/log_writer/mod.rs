@@ -478,15 +478,14 @@ impl<F: IoFile> LogWriter<F> {
         if self.shared.poisoned.lock().is_some() {
             return;
         }
-        let (sealed, active) = {
+        let sealed: Vec<Arc<SegmentView>> = {
             let segs = self.shared.segments.read();
-            let (active, sealed) = segs.split_last().expect("a log has an active segment");
-            (sealed.to_vec(), active.clone())
+            segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
         };
-        let clean_tail = !self.tail_unsure
-            && self.write_pos == self.durable_pos
-            && self.buf_end() == self.write_pos
-            && Arc::ptr_eq(&active, &self.seg);
+        let clean_tail = !self.tail_unsure && self.write_pos == self.durable_pos;
+        if sealed.is_empty() && !clean_tail {
+            return;
+        }
         let entry = |s: &SegmentView| {
             let (ino, mtime_ns) = File::open(&s.path)
                 .and_then(|f| sealed_record::identity(&f))
@@ -505,7 +504,7 @@ impl<F: IoFile> LogWriter<F> {
             .map(|s| entry(s))
             .collect::<Result<Vec<Sealed>>>()
             .and_then(|sealed| {
-                let active = clean_tail.then(|| entry(&active)).transpose()?;
+                let active = clean_tail.then(|| entry(&self.seg)).transpose()?;
                 Ok(sealed_record::Record { sealed, active })
             });
         if let Err(e) = record.and_then(|r| sealed_record::write(&self.shared.dir, &r)) {

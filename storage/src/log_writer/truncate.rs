@@ -73,8 +73,9 @@ impl<F: IoFile> LogWriter<F> {
                 self.file = backend.wrap(file, &target.path).at(&target.path)?;
                 self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
                 self.seg = target.clone();
-                // Whether its file was zeroed is not kept per sealed segment: taken as
-                // zeroed, as recovery does.
+                // Taken as zeroed: a sealed segment rarely becomes active again, and an
+                // allocated-only one only appends more slowly (recovery asks the
+                // filesystem, `extents::never_written`).
                 self.active_zeroed = true;
                 self.give_way_failed = false;
             }
