@@ -917,18 +917,7 @@ fn an_allocated_segment_gives_way_after_a_restart(open: Open) {
 
         let s = open(config(dir.path()));
         let log = s.log("f").unwrap();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        let mut end = 1;
-        while log.segment_count() == 1 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the allocated segment never gave way to a spare after the restart"
-            );
-            let ack = log.append(&[b"after"], Durability::Fsync).await.unwrap();
-            assert_eq!(ack.base_offset, end);
-            end += 1;
-            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-        }
+        let end = append_until_it_gives_way(&log, b"after", 1).await;
         let (base, next) = log.reader().sealed_segment(0).unwrap();
         assert_eq!(
             (base, next),
@@ -945,6 +934,58 @@ fn an_allocated_segment_gives_way_after_a_restart(open: Open) {
         s.shutdown().await.unwrap();
         let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
         assert!(report.is_ok());
+    });
+}
+
+/// Appends `value` one record at a time from offset `first` until the log's one segment
+/// has given way to a spare; the end offset then.
+async fn append_until_it_gives_way(log: &spool_storage::Log, value: &[u8], first: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut end = first;
+    while log.segment_count() == 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the allocated segment never gave way to a spare"
+        );
+        let ack = log.append(&[value], Durability::Fsync).await.unwrap();
+        assert_eq!(ack.base_offset, end);
+        end += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    end
+}
+
+/// A truncation back into a segment that was sealed early to give way to a spare makes
+/// it active again. Past its end it is only allocated, so it gives way again at once
+/// rather than taking appends at the slow rate until it is full.
+fn a_truncation_into_an_allocated_segment_gives_way_again(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let log = s.create_log_for_import("f", small_log()).await.unwrap();
+        let ldir = dir.path().join("logs").join("f");
+        let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
+        log.append(&[b"a", b"b", b"c"], Durability::Fsync)
+            .await
+            .unwrap();
+        let end = append_until_it_gives_way(&log, b"next", 3).await;
+        assert_eq!(log.reader().sealed_segment(0), Some((0, end - 1)));
+
+        // Into the first frame of segment 0: the spare's segment goes, the frame is cut.
+        log.truncate_to(2).await.unwrap();
+        assert_eq!(log.segment_count(), 1);
+        let end = append_until_it_gives_way(&log, b"next", 2).await;
+        assert_eq!(log.reader().sealed_segment(0), Some((0, end - 1)));
+        // ~80 bytes per frame: a roll of the full 64 KiB segment would be past 800.
+        assert!(end < 200, "rolled when full at {end}, not sealed early");
+        assert_eq!(inode(&ldir.join(format!("{:020}.seg", 0))), allocated);
+        let mut want = vec![(0, Bytes::from_static(b"a")), (1, Bytes::from_static(b"b"))];
+        want.extend((2..end).map(|o| (o, Bytes::from_static(b"next"))));
+        assert_eq!(offsets_and_values(read_all(&s, "f").await), want);
+        spare_ready(&ldir).await;
+        s.shutdown().await.unwrap();
+        let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
+        assert!(report.is_ok(), "{:?}", report.logs[0].problems);
     });
 }
 
@@ -1104,6 +1145,7 @@ macro_rules! suite {
             #[test] fn import_into_a_log_created_for_import() { super::import_into_a_log_created_for_import(OPEN) }
             #[test] fn an_empty_allocated_segment_is_replaced_by_its_spare() { super::an_empty_allocated_segment_is_replaced_by_its_spare(OPEN) }
             #[test] fn an_allocated_segment_gives_way_after_a_restart() { super::an_allocated_segment_gives_way_after_a_restart(OPEN) }
+            #[test] fn a_truncation_into_an_allocated_segment_gives_way_again() { super::a_truncation_into_an_allocated_segment_gives_way_again(OPEN) }
             #[test] fn import_a_span_of_the_active_segment() { super::import_a_span_of_the_active_segment(OPEN) }
         }
     )*};

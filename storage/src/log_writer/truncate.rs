@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::{open_idx, LogWriter};
 use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
+use crate::extents;
 use crate::format::{self, BatchHeader, FrameBuilder};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
@@ -70,13 +71,14 @@ impl<F: IoFile> LogWriter<F> {
             }
             if i + 1 < segs.len() {
                 let file = open_rw(&target.path)?;
+                // As in recovery: a segment sealed early to give way to a spare is only
+                // allocated past its end, and appends into it would be slow until it
+                // filled; it gives way again instead.
+                let allocated = extents::never_written(&file, target.capacity() - 1);
                 self.file = backend.wrap(file, &target.path).at(&target.path)?;
                 self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
                 self.seg = target.clone();
-                // Taken as zeroed: a sealed segment rarely becomes active again, and an
-                // allocated-only one only appends more slowly (recovery asks the
-                // filesystem, `extents::never_written`).
-                self.active_zeroed = true;
+                self.active_zeroed = allocated != Some(true);
                 self.give_way_failed = false;
             }
             let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
