@@ -120,6 +120,9 @@ impl<F: IoFile> LogWriter<F> {
                     epochs.save(&self.shared.dir)?;
                 }
             }
+            // `last_ts_us` is not rewound, on purpose: timestamps stay non-decreasing
+            // through the log across a cut, and a segment's last time only errs late,
+            // which keeps it from time-based retention longer, never shorter.
             self.write_pos = new_len;
             self.durable_pos = new_len;
             self.written_next = end;
