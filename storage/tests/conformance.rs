@@ -908,9 +908,7 @@ fn an_allocated_segment_gives_way_after_a_restart(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     run(60, async {
         let s = open(config(dir.path()));
-        let log = s.create_log_for_import("f", small_log()).await.unwrap();
-        let ldir = dir.path().join("logs").join("f");
-        let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
+        let (log, ldir, allocated) = allocated_log(&s, dir.path()).await;
         log.append(&[b"before"], Durability::Fsync).await.unwrap();
         s.shutdown().await.unwrap();
         drop(s);
@@ -935,6 +933,18 @@ fn an_allocated_segment_gives_way_after_a_restart(open: Open) {
         let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
         assert!(report.is_ok());
     });
+}
+
+/// Log "f" created as for an import (its first segment only allocated, not zero-filled),
+/// its directory, and that segment's inode.
+async fn allocated_log(
+    s: &spool_storage::Storage,
+    data: &std::path::Path,
+) -> (spool_storage::Log, std::path::PathBuf, u64) {
+    let log = s.create_log_for_import("f", small_log()).await.unwrap();
+    let ldir = data.join("logs").join("f");
+    let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
+    (log, ldir, allocated)
 }
 
 /// Appends `value` one record at a time from offset `first` until the log's one segment
@@ -962,9 +972,7 @@ fn a_truncation_into_an_allocated_segment_gives_way_again(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     run(60, async {
         let s = open(config(dir.path()));
-        let log = s.create_log_for_import("f", small_log()).await.unwrap();
-        let ldir = dir.path().join("logs").join("f");
-        let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
+        let (log, ldir, allocated) = allocated_log(&s, dir.path()).await;
         log.append(&[b"a", b"b", b"c"], Durability::Fsync)
             .await
             .unwrap();
