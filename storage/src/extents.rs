@@ -46,6 +46,14 @@ pub(crate) fn release_tail(path: &Path, len: u64) {
     }
 }
 
+/// Whether a segment file of `capacity` bytes is zero-filled to its end, as a spare is,
+/// rather than only allocated (its last block never written). Where the filesystem cannot
+/// say, taken as zero-filled: appends are correct either way, only slower into unwritten
+/// extents.
+pub(crate) fn zero_filled(f: &File, capacity: u64) -> bool {
+    never_written(f, capacity - 1) != Some(true)
+}
+
 /// Whether the byte at `pos` of `f` was never written: it lies in a hole or in an extent
 /// fallocate allocated but nothing wrote. `None` where the filesystem cannot say (no
 /// FIEMAP, as on tmpfs). Asked of extents, not of the page cache: `lseek(SEEK_DATA)`

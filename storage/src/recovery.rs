@@ -186,7 +186,7 @@ pub(crate) fn recover_log(
     // A segment placed only allocated (a catch-up's, or a roll's that found no spare)
     // keeps its unwritten tail across a restart: without this, it would take appends at
     // the slower rate until its roll instead of giving way to a zeroed spare.
-    let active_zeroed = extents::never_written(&seg_file, view.capacity() - 1) != Some(true);
+    let active_zeroed = extents::zero_filled(&seg_file, view.capacity());
     let end = s.end_pos;
     let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
     let residue = if fresh || clean_tail {

@@ -74,11 +74,11 @@ impl<F: IoFile> LogWriter<F> {
                 // As in recovery: a segment sealed early to give way to a spare is only
                 // allocated past its end, and appends into it would be slow until it
                 // filled; it gives way again instead.
-                let allocated = extents::never_written(&file, target.capacity() - 1);
+                let zeroed = extents::zero_filled(&file, target.capacity());
                 self.file = backend.wrap(file, &target.path).at(&target.path)?;
                 self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
                 self.seg = target.clone();
-                self.active_zeroed = allocated != Some(true);
+                self.active_zeroed = zeroed;
                 self.give_way_failed = false;
             }
             let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
