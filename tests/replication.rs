@@ -469,6 +469,17 @@ fn replicas_refuse_writes_and_the_client_follows() {
             e.metadata().get("spool-primary").unwrap().to_str().unwrap(),
             p.addr
         );
+        // Also for a log the replica does not have (yet): the primary decides.
+        let e = raw
+            .append(pb::AppendRequest {
+                log: "not-here".into(),
+                records: vec![Bytes::from("x")],
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{}", e.message());
+        assert!(e.message().contains(&p.addr), "{}", e.message());
         // The Rust client follows it.
         let rc = Client::connect(&r.addr).await.unwrap();
         let ack = rc

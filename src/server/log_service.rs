@@ -61,6 +61,15 @@ fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<
     }
 }
 
+/// The log an append names. Where this node has no such log, a node that takes no
+/// writes says so first: a replica names its primary, which has the log even while the
+/// replica has not received it yet (a log just created there).
+fn log_to_append_to(node: &Node, name: &str) -> Result<Log, Status> {
+    node.storage
+        .log(name)
+        .map_err(|e| node.check_writable().err().unwrap_or_else(|| to_status(e)))
+}
+
 type ReplyFuture = Pin<Box<dyn Future<Output = Result<pb::AppendResponse, Status>> + Send>>;
 
 async fn append_one(
@@ -189,7 +198,7 @@ impl pb::log_server::Log for LogService {
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
         let req = req.into_inner();
-        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        let log = log_to_append_to(&self.node, &req.log)?;
         Ok(Response::new(append_one(&self.node, &log, req).await?))
     }
 
@@ -214,17 +223,23 @@ impl pb::log_server::Log for LogService {
                         match next {
                             Some(Ok(r)) => {
                                 if log.as_ref().is_none_or(|l| l.name() != r.log) {
-                                    log = node.storage.log(&r.log).ok();
+                                    log = None;
                                 }
+                                let found = match &log {
+                                    Some(l) => Ok(l.clone()),
+                                    None => log_to_append_to(&node, &r.log),
+                                };
                                 // Queued here, in stream order; only the waits overlap.
-                                let reply: ReplyFuture = match &log {
-                                    Some(log) => match submit_one(&node, log, r).await {
-                                        Ok(f) => f,
-                                        Err(s) => Box::pin(std::future::ready(Err(s))),
-                                    },
-                                    None => Box::pin(std::future::ready(Err(to_status(
-                                        spool_storage::StorageError::LogNotFound(r.log),
-                                    )))),
+                                let reply: ReplyFuture = match found {
+                                    Ok(l) => {
+                                        let queued = submit_one(&node, &l, r).await;
+                                        log = Some(l);
+                                        match queued {
+                                            Ok(f) => f,
+                                            Err(s) => Box::pin(std::future::ready(Err(s))),
+                                        }
+                                    }
+                                    Err(s) => Box::pin(std::future::ready(Err(s))),
                                 };
                                 inflight.push_back(reply);
                             }
