@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use spool_storage::{BackendChoice, Compression, LogConfig, RecoveryMode, StorageConfig};
+use spool_storage::{
+    BackendChoice, Compression, LogConfig, OnCorruption, RecoveryMode, StorageConfig,
+};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "spool-data";
@@ -30,6 +32,8 @@ pub struct StorageSection {
     pub io_backend: Option<String>,
     /// truncate-tail | strict
     pub recovery: Option<String>,
+    /// isolate | refuse: damage found in synced data (never cut either way)
+    pub on_corruption: Option<String>,
     pub record_bytes_max: Option<usize>,
     pub group_bytes_max: Option<usize>,
     pub queue_depth: Option<usize>,
@@ -328,6 +332,12 @@ impl ServerConfig {
                 .parse::<RecoveryMode>()
                 .map_err(anyhow::Error::msg)
                 .context("storage.recovery")?;
+        }
+        if let Some(r) = &s.on_corruption {
+            storage.on_corruption = r
+                .parse::<OnCorruption>()
+                .map_err(anyhow::Error::msg)
+                .context("storage.on_corruption")?;
         }
         if let Some(v) = s.record_bytes_max {
             storage.record_bytes_max = v;

@@ -18,8 +18,12 @@ pub fn to_status(e: StorageError) -> Status {
         }
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
         StorageError::DiskFull { .. } => Code::ResourceExhausted,
-        StorageError::Corrupt { .. } | StorageError::CorruptMeta { .. } => Code::DataLoss,
-        StorageError::FrameRejected { .. } => Code::FailedPrecondition,
+        StorageError::Corrupt { .. }
+        | StorageError::CorruptMeta { .. }
+        | StorageError::DataLoss(_) => Code::DataLoss,
+        StorageError::FrameRejected { .. } | StorageError::Damaged { .. } => {
+            Code::FailedPrecondition
+        }
         StorageError::Poisoned { .. } | StorageError::Closed => Code::Unavailable,
         StorageError::Io { .. } => Code::Internal,
     };

@@ -30,6 +30,32 @@ impl std::str::FromStr for RecoveryMode {
     }
 }
 
+/// What to do when recovery or a read finds damage: a bad frame inside data the node can
+/// prove it synced (never a torn tail, which [`RecoveryMode`] handles).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnCorruption {
+    /// Open the log and serve everything around the damage: reads of the damaged records
+    /// fail with DATA_LOSS naming them; a log whose end is damaged takes no writes until
+    /// it is repaired. Nothing is cut.
+    #[default]
+    Isolate,
+    /// Refuse to open the data directory, naming the file and byte.
+    Refuse,
+}
+
+impl std::str::FromStr for OnCorruption {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "isolate" => Ok(OnCorruption::Isolate),
+            "refuse" => Ok(OnCorruption::Refuse),
+            o => Err(format!(
+                "unknown on-corruption policy {o:?}; expected isolate or refuse"
+            )),
+        }
+    }
+}
+
 /// When an append is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -128,6 +154,7 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub backend: BackendChoice,
     pub recovery: RecoveryMode,
+    pub on_corruption: OnCorruption,
     /// Bound of the queue in front of the storage thread; appenders wait when it is full.
     pub queue_depth: usize,
     /// Most bytes of frames one group commit gathers before writing.
@@ -148,12 +175,20 @@ impl StorageConfig {
             data_dir: data_dir.into(),
             backend: BackendChoice::default(),
             recovery: RecoveryMode::default(),
+            on_corruption: OnCorruption::default(),
             queue_depth: 4096,
             group_bytes_max: 4 << 20,
             record_bytes_max: 8 << 20,
             unsynced_flush_interval: Duration::from_millis(100),
             retention_check_interval: Duration::from_secs(10),
             default_log: LogConfig::default(),
+        }
+    }
+
+    pub(crate) fn policy(&self) -> crate::recovery::Policy {
+        crate::recovery::Policy {
+            mode: self.recovery,
+            on_corruption: self.on_corruption,
         }
     }
 

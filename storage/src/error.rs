@@ -33,6 +33,29 @@ pub enum FormatError {
     Decompress(String),
 }
 
+/// Records a node holds only as damaged bytes (see `damage`): what a reader gets instead.
+#[derive(Debug, Error)]
+#[error(
+    "records from offset {first_offset} {} of log {log:?} are damaged on this node \
+     (segment {} at byte {position}: {reason}); {}",
+    next_offset.map_or("to the end of their segment".to_owned(), |n| format!("to {n}")),
+    path.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+    next_offset.map_or(
+        "read them from a replica, or repair this node from one (`spool admin repair`)".to_owned(),
+        |n| format!("read on from offset {n} to skip them, read them from a replica, or repair this node from one (`spool admin repair`)")
+    )
+)]
+pub struct DataLoss {
+    pub log: String,
+    pub first_offset: u64,
+    /// The first offset past the damage, where a reader can go on (None: unknown).
+    pub next_offset: Option<u64>,
+    pub path: PathBuf,
+    pub position: u64,
+    #[source]
+    pub reason: FormatError,
+}
+
 #[derive(Debug, Error)]
 pub enum StorageError {
     #[error("io error on {path}: {source}")]
@@ -54,6 +77,13 @@ pub enum StorageError {
         #[source]
         reason: FormatError,
     },
+    #[error("{0}")]
+    DataLoss(Box<DataLoss>),
+    #[error(
+        "log {log:?} is damaged at offset {offset} and takes no writes until it is repaired \
+         from a peer holding its records (`spool admin repair {log}`)"
+    )]
+    Damaged { log: String, offset: u64 },
     #[error("corrupt metadata {path}: {reason}")]
     CorruptMeta { path: PathBuf, reason: String },
     #[error("{0}")]
@@ -100,8 +130,14 @@ impl StorageError {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            StorageError::Corrupt { .. } | StorageError::CorruptMeta { .. }
+            StorageError::Corrupt { .. }
+                | StorageError::CorruptMeta { .. }
+                | StorageError::DataLoss(_)
         )
+    }
+
+    pub fn is_data_loss(&self) -> bool {
+        matches!(self, StorageError::DataLoss(_))
     }
 }
 

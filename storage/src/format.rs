@@ -302,6 +302,99 @@ pub fn frame_record_count(frame: &[u8]) -> u32 {
     u32_at(frame, OFF_COUNT)
 }
 
+/// # Durable mark (48 bytes, little endian), written only past the last frame
+///
+/// Not a frame and never shipped: a node's own proof of how much of its active segment it
+/// had synced. Recovery may cut only bytes past that point as a torn tail; a bad frame
+/// below it is corruption. A mark claims only what was synced before it was written, so
+/// it is true whether or not it reached the disk itself.
+///
+/// | off | size | field        | notes                                                   |
+/// |-----|------|--------------|---------------------------------------------------------|
+/// | 0   | 4    | magic        | [`MARK_MAGIC`], `"SPLM"` (never a frame's, never zero)  |
+/// | 4   | 2    | version      | 1                                                       |
+/// | 6   | 2    | reserved     | zero                                                    |
+/// | 8   | 4    | crc32        | over every byte of the mark but these four              |
+/// | 12  | 4    | reserved     | zero                                                    |
+/// | 16  | 8    | segment_base | base offset of the segment holding the mark             |
+/// | 24  | 8    | own_pos      | byte position of the mark itself                        |
+/// | 32  | 8    | synced_len   | bytes of frames synced before the mark: <= own_pos      |
+/// | 40  | 8    | synced_next  | offset one past the last synced record                  |
+pub const MARK_MAGIC: u32 = u32::from_le_bytes(*b"SPLM");
+pub const MARK_BYTES: usize = 48;
+const MARK_VERSION: u16 = 1;
+const _: () = assert!(MARK_MAGIC != MAGIC && MARK_MAGIC != 0);
+const _: () = assert!(MARK_BYTES < HEADER_BYTES);
+
+/// True when `bytes` starts with a durable mark's magic: the end of the frames (whether
+/// the mark itself is intact is [`DurableMark::read_at`]'s to say).
+pub fn is_mark_start(bytes: &[u8]) -> bool {
+    bytes.len() >= 4 && u32_at(bytes, 0) == MARK_MAGIC
+}
+
+/// What a durable mark says (see the table above).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DurableMark {
+    pub segment_base: u64,
+    pub own_pos: u64,
+    pub synced_len: u64,
+    pub synced_next: u64,
+}
+
+impl DurableMark {
+    pub fn encode(&self) -> [u8; MARK_BYTES] {
+        debug_assert!(self.synced_len <= self.own_pos);
+        let mut b = [0u8; MARK_BYTES];
+        b[0..4].copy_from_slice(&MARK_MAGIC.to_le_bytes());
+        b[4..6].copy_from_slice(&MARK_VERSION.to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment_base.to_le_bytes());
+        b[24..32].copy_from_slice(&self.own_pos.to_le_bytes());
+        b[32..40].copy_from_slice(&self.synced_len.to_le_bytes());
+        b[40..48].copy_from_slice(&self.synced_next.to_le_bytes());
+        let crc = frame_crc(&b);
+        b[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    /// The mark at byte `pos` of the segment `segment_base` whose bytes are `seg`, if a
+    /// valid one is there: magic, version, CRC, and fields that fit where it lies.
+    pub fn read_at(seg: &[u8], pos: u64, segment_base: u64) -> Option<DurableMark> {
+        let b = seg.get(pos as usize..(pos as usize).checked_add(MARK_BYTES)?)?;
+        if u32_at(b, 0) != MARK_MAGIC || u16_at(b, 4) != MARK_VERSION {
+            return None;
+        }
+        if u32_at(b, OFF_CRC) != frame_crc(b) {
+            return None;
+        }
+        let m = DurableMark {
+            segment_base: u64_at(b, 16),
+            own_pos: u64_at(b, 24),
+            synced_len: u64_at(b, 32),
+            synced_next: u64_at(b, 40),
+        };
+        let fits = m.segment_base == segment_base
+            && m.own_pos == pos
+            && m.synced_len <= pos
+            && m.synced_next >= segment_base;
+        fits.then_some(m)
+    }
+
+    /// The first valid mark at or after byte `from` of the segment (a mark past damaged
+    /// frames still proves what was synced below it).
+    pub fn find_from(seg: &[u8], from: u64, segment_base: u64) -> Option<DurableMark> {
+        let magic = MARK_MAGIC.to_le_bytes();
+        let mut at = from as usize;
+        while at < seg.len() {
+            let i = seg[at..].windows(4).position(|w| w == magic)?;
+            if let Some(m) = Self::read_at(seg, (at + i) as u64, segment_base) {
+                return Some(m);
+            }
+            at += i + 1;
+        }
+        None
+    }
+}
+
 /// One record as read back, with its position and the primary's write time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -466,6 +559,39 @@ mod tests {
         let mut f = build(&[b"abc".to_vec()], None, 0);
         f[OFF_LEN..OFF_LEN + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(check_frame(&f), Err(FormatError::BadLength(_))));
+    }
+
+    #[test]
+    fn a_mark_reads_back_only_where_it_was_written() {
+        let m = DurableMark {
+            segment_base: 100,
+            own_pos: 4096 + 8,
+            synced_len: 4000,
+            synced_next: 150,
+        };
+        let mut seg = vec![0u8; 16384];
+        seg[m.own_pos as usize..m.own_pos as usize + MARK_BYTES].copy_from_slice(&m.encode());
+        assert_eq!(DurableMark::read_at(&seg, m.own_pos, 100), Some(m));
+        assert_eq!(
+            DurableMark::read_at(&seg, m.own_pos, 0),
+            None,
+            "other segment"
+        );
+        assert_eq!(DurableMark::find_from(&seg, 0, 100), Some(m));
+        assert_eq!(DurableMark::find_from(&seg, m.own_pos + 1, 100), None);
+        // A mark copied elsewhere names its own position and is not taken.
+        let mut moved = vec![0u8; 16384];
+        moved[200..200 + MARK_BYTES].copy_from_slice(&m.encode());
+        assert_eq!(DurableMark::find_from(&moved, 0, 100), None);
+        for i in 0..MARK_BYTES {
+            let mut bad = seg.clone();
+            bad[m.own_pos as usize + i] ^= 0x10;
+            assert_eq!(DurableMark::read_at(&bad, m.own_pos, 100), None, "byte {i}");
+        }
+        assert!(
+            peek_header(&seg[m.own_pos as usize..]).is_err(),
+            "not a frame"
+        );
     }
 
     proptest! {

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod crashsafe;
+pub mod damage;
 mod direct_write;
 pub mod error;
 mod extents;
@@ -33,12 +34,12 @@ mod writer;
 
 pub mod check;
 
-pub use config::{Compression, Durability, LogConfig, RecoveryMode, StorageConfig};
-pub use error::{FormatError, Result, StorageError};
+pub use config::{Compression, Durability, LogConfig, OnCorruption, RecoveryMode, StorageConfig};
+pub use error::{DataLoss, FormatError, Result, StorageError};
 pub use format::Record;
 pub use import::SegmentImport;
 pub use io::BackendChoice;
-pub use log::{AppendAck, Log, Positions};
+pub use log::{AppendAck, DamageReport, Log, Positions};
 pub use meta::EpochHistory;
 pub use reader::{FrameChunk, FrameCursor, LogReader, SegmentSpan};
 pub use storage::{validate_log_name, Storage};

@@ -44,6 +44,20 @@ impl AppendAck {
     }
 }
 
+/// One damaged run of a log (see `damage`): its records `first_offset..next_offset` are
+/// unreadable here until repaired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DamageReport {
+    pub segment_base: u64,
+    pub path: PathBuf,
+    pub position: u64,
+    pub first_offset: u64,
+    /// Where readers can go on (None: not known: the rest of the segment, or the log's
+    /// end when it is the active one).
+    pub next_offset: Option<u64>,
+    pub reason: String,
+}
+
 /// Snapshot of a log's positions (see the module docs for their relations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Positions {
@@ -201,6 +215,24 @@ impl Log {
         let data = segs.iter().map(|s| s.durable_len()).sum();
         let disk = segs.iter().map(|s| s.capacity()).sum();
         (data, disk)
+    }
+
+    /// The damaged runs of this log found so far (by recovery, scrub or reads), oldest
+    /// segment first. See `damage`.
+    pub fn damage(&self) -> Vec<DamageReport> {
+        let segs = self.shared.segments.read().clone();
+        segs.iter()
+            .flat_map(|s| {
+                s.holes().into_iter().map(|h| DamageReport {
+                    segment_base: s.base_offset,
+                    path: s.path.clone(),
+                    position: h.pos,
+                    first_offset: h.first_offset,
+                    next_offset: h.next_offset(),
+                    reason: h.reason.to_string(),
+                })
+            })
+            .collect()
     }
 
     pub fn segment_count(&self) -> usize {

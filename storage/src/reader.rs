@@ -94,7 +94,12 @@ impl LogReader {
         let mut bytes = 0usize;
         let mut cursor = self.frames(from)?;
         while out.len() < max_records {
-            let Some((h, frame)) = cursor.next_frame()? else {
+            // Records before damage go out first; the next read starting at it gets the error.
+            let next = match cursor.next_frame() {
+                Err(e) if e.is_data_loss() && !out.is_empty() => return Ok(out),
+                next => next?,
+            };
+            let Some((h, frame)) = next else {
                 break;
             };
             let records =
@@ -370,16 +375,39 @@ impl FrameCursor {
         }
     }
 
+    /// The base of the segment after `seg`, if one follows.
+    fn next_base(&self, seg: &SegmentView) -> Option<u64> {
+        let segs = self.log.segments.read();
+        let i = segs.partition_point(|s| s.base_offset <= seg.base_offset);
+        segs.get(i).map(|s| s.base_offset)
+    }
+
+    /// The frame at the cursor failed to check out: damage (recorded, and DATA_LOSS for
+    /// the reader), or an error that is not about the bytes.
+    fn damaged(&self, seg: &SegmentView, e: StorageError) -> StorageError {
+        match e {
+            StorageError::Corrupt { reason, .. } => {
+                seg.damaged_at(self.pos, self.offset, self.next_base(seg), reason)
+            }
+            other => other,
+        }
+    }
+
+    /// Stop at a known damaged run: the records in it are not here.
+    fn check_hole(&self, seg: &SegmentView) -> Result<()> {
+        match seg.hole_at(self.pos) {
+            Some(hole) => Err(seg.data_loss(&hole)),
+            None => Ok(()),
+        }
+    }
+
     fn step(&mut self, seg: &SegmentView, h: &BatchHeader) -> Result<()> {
         if h.base_offset != self.offset {
-            return Err(StorageError::Corrupt {
-                path: seg.path.clone(),
-                position: self.pos,
-                reason: crate::error::FormatError::OffsetMismatch {
-                    expected: self.offset,
-                    found: h.base_offset,
-                },
-            });
+            let reason = crate::error::FormatError::OffsetMismatch {
+                expected: self.offset,
+                found: h.base_offset,
+            };
+            return Err(seg.damaged_at(self.pos, self.offset, self.next_base(seg), reason));
         }
         self.pos += u64::from(h.frame_len);
         self.offset = h.next_offset();
@@ -392,7 +420,8 @@ impl FrameCursor {
             return Ok(None);
         };
         let pos = self.pos;
-        let h = seg.frame_at(pos)?.0;
+        self.check_hole(&seg)?;
+        let h = seg.frame_at(pos).map_err(|e| self.damaged(&seg, e))?.0;
         self.step(&seg, &h)?;
         let seg = self.seg.as_ref().expect("advance set it");
         Ok(Some((
@@ -407,7 +436,10 @@ impl FrameCursor {
             return Ok(None);
         };
         let pos = self.pos;
-        let h = seg.header_at(pos, seg.durable_len())?;
+        self.check_hole(&seg)?;
+        let h = seg
+            .header_at(pos, seg.durable_len())
+            .map_err(|e| self.damaged(&seg, e))?;
         self.step(&seg, &h)?;
         Ok(Some((h, seg, pos)))
     }

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use memmap2::Mmap;
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 
+use crate::damage::{self, Hole};
 use crate::error::{IoContext, Result, StorageError};
 use crate::format::{self, BatchHeader, HEADER_BYTES};
 use crate::index::{self, IndexEntry};
@@ -62,6 +63,10 @@ pub struct SegmentView {
     /// without taking the lock.
     deferred_index: Mutex<Option<(PathBuf, u32)>>,
     deferred: AtomicBool,
+    /// Damaged runs inside the data (see `damage`); `damaged` says whether there are any
+    /// without taking the lock.
+    holes: RwLock<Vec<Hole>>,
+    damaged: AtomicBool,
 }
 
 /// Where a frame is and what it holds.
@@ -86,7 +91,108 @@ impl SegmentView {
             index: RwLock::new(Vec::new()),
             deferred_index: Mutex::new(None),
             deferred: AtomicBool::new(false),
+            holes: RwLock::new(Vec::new()),
+            damaged: AtomicBool::new(false),
         })
+    }
+
+    /// The damaged runs of this segment, by position.
+    pub fn holes(&self) -> Vec<Hole> {
+        if !self.damaged.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        self.holes.read().clone()
+    }
+
+    /// Record a damaged run (recovery, scrub, or a read that found it).
+    pub(crate) fn add_hole(&self, hole: Hole) {
+        let mut holes = self.holes.write();
+        if let Some(h) = holes.iter_mut().find(|h| h.pos == hole.pos) {
+            *h = hole;
+        } else {
+            holes.push(hole);
+            holes.sort_by_key(|h| h.pos);
+        }
+        self.damaged.store(true, Ordering::Release);
+    }
+
+    /// Forget the damaged run at `pos` (repaired, or cut away).
+    pub(crate) fn remove_holes_from(&self, pos: u64) {
+        let mut holes = self.holes.write();
+        holes.retain(|h| h.pos < pos);
+        self.damaged.store(!holes.is_empty(), Ordering::Release);
+    }
+
+    pub(crate) fn hole_at(&self, pos: u64) -> Option<Hole> {
+        if !self.damaged.load(Ordering::Acquire) {
+            return None;
+        }
+        self.holes.read().iter().find(|h| h.pos == pos).cloned()
+    }
+
+    fn hole_containing(&self, offset: u64) -> Option<Hole> {
+        if !self.damaged.load(Ordering::Acquire) {
+            return None;
+        }
+        self.holes
+            .read()
+            .iter()
+            .find(|h| h.contains(offset))
+            .cloned()
+    }
+
+    /// The log this segment belongs to, by its directory's name.
+    fn log_name(&self) -> String {
+        self.path
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    /// The error a reader gets at a damaged run.
+    pub(crate) fn data_loss(&self, hole: &Hole) -> StorageError {
+        StorageError::DataLoss(Box::new(crate::error::DataLoss {
+            log: self.log_name(),
+            first_offset: hole.first_offset,
+            next_offset: hole.next_offset(),
+            path: self.path.clone(),
+            position: hole.pos,
+            reason: hole.reason.clone(),
+        }))
+    }
+
+    /// A frame at `pos` where `expected` should start failed to check out inside durable
+    /// bytes: record the damage (where valid frames resume, if they do) and return the
+    /// error for the reader.
+    pub(crate) fn damaged_at(
+        &self,
+        pos: u64,
+        expected: u64,
+        next_base: Option<u64>,
+        reason: crate::error::FormatError,
+    ) -> StorageError {
+        let hole = self.hole_at(pos).unwrap_or_else(|| {
+            let end = self.durable_len();
+            let hole = Hole {
+                pos,
+                first_offset: expected,
+                resume: damage::resume_after(
+                    &self.map[..end as usize],
+                    self.base_offset,
+                    pos,
+                    expected,
+                    end,
+                    next_base,
+                ),
+                extent_end: end,
+                reason,
+            };
+            tracing::error!(segment = %self.path.display(), position = pos, offset = expected, reason = %hole.reason, "damaged frame found by a read");
+            self.add_hole(hole.clone());
+            hole
+        });
+        self.data_loss(&hole)
     }
 
     /// Entries of the index file at `idx_path`, cut back to the last one pointing at a
@@ -259,6 +365,15 @@ impl SegmentView {
             if failed || pos + HEADER_BYTES as u64 > end {
                 return None;
             }
+            if let Some(hole) = self.hole_at(pos) {
+                match hole.resume {
+                    Some((p, o)) if p < end => (pos, expected) = (p, o),
+                    _ => {
+                        failed = true;
+                        return Some(Err(self.data_loss(&hole)));
+                    }
+                }
+            }
             let h = self.header_at(pos, end).and_then(|h| {
                 if h.base_offset == expected {
                     Ok(h)
@@ -319,6 +434,9 @@ impl SegmentView {
         if offset < self.base_offset || offset >= self.durable_next() {
             return Ok(None);
         }
+        if let Some(hole) = self.hole_containing(offset) {
+            return Err(self.data_loss(&hole));
+        }
         let start = index::floor(&self.index(), offset).unwrap_or(IndexEntry {
             offset: self.base_offset,
             pos: 0,
@@ -338,7 +456,7 @@ impl SegmentView {
 pub enum ScanStop {
     /// Reached the requested offset.
     Target,
-    /// A zeroed header: the clean end of data.
+    /// A zeroed header or a durable mark: the clean end of data.
     Zero,
     /// Not enough room left for a header: the segment is full.
     Full,
@@ -379,7 +497,7 @@ pub fn scan(
         if rest.len() < HEADER_BYTES {
             break ScanStop::Full;
         }
-        if format::is_zero_header(rest) {
+        if format::is_zero_header(rest) || format::is_mark_start(rest) {
             break ScanStop::Zero;
         }
         let h = match format::check_frame(rest) {

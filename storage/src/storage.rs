@@ -133,7 +133,7 @@ const OPEN_THREADS: usize = 8;
 /// Recover the logs `found` (id, name, directory), a few at a time; in the same order.
 fn recover_all(
     found: &[(u64, String, PathBuf)],
-    mode: crate::config::RecoveryMode,
+    policy: recovery::Policy,
 ) -> Result<Vec<RecoveredLog>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<RecoveredLog>)> = std::thread::scope(|scope| {
@@ -146,7 +146,7 @@ fn recover_all(
                         let Some((id, name, path)) = found.get(i) else {
                             return out;
                         };
-                        out.push((i, recovery::recover_log(*id, name, path, mode, false)));
+                        out.push((i, recovery::recover_log(*id, name, path, policy, false)));
                     }
                 })
             })
@@ -250,7 +250,7 @@ impl Storage {
             }
             found.push((registry.next_id(), name, path));
         }
-        let recovered = recover_all(&found, config.recovery)?;
+        let recovered = recover_all(&found, config.policy())?;
         for log in &recovered {
             // Visible to `log()` at once; the storage thread takes the write side over
             // before it serves its first command.
@@ -365,7 +365,7 @@ impl Storage {
                 id,
                 &name_owned,
                 &inner.logs_dir.join(&name_owned),
-                inner.config.recovery,
+                inner.config.policy(),
                 true,
             )?;
             r.active_zeroed = zero_fill;

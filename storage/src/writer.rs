@@ -81,6 +81,19 @@ pub(crate) enum Cmd {
     },
 }
 
+impl Cmd {
+    /// The log a control command changes, if one.
+    fn log_id(&self) -> Option<u64> {
+        match self {
+            Cmd::Truncate { log, .. }
+            | Cmd::Reset { log, .. }
+            | Cmd::InstallSegment { log, .. }
+            | Cmd::BeginEpoch { log, .. } => Some(log.id),
+            _ => None,
+        }
+    }
+}
+
 /// Everything the storage thread needs besides its backend.
 pub(crate) struct WriterCtx {
     pub config: StorageConfig,
@@ -102,6 +115,8 @@ struct Writer<B: IoBackend> {
     logs: HashMap<u64, LogWriter<B::File>>,
     /// Logs with frames buffered in the current group.
     dirty: Vec<u64>,
+    /// Logs whose durable mark may claim less than they have synced.
+    marks_due: Vec<u64>,
     next_retention: Instant,
 }
 
@@ -117,6 +132,7 @@ pub(crate) async fn run<B: IoBackend>(
         ctx,
         logs: HashMap::new(),
         dirty: Vec::new(),
+        marks_due: Vec::new(),
     };
     for log in initial {
         if let Err(e) = w.register(log) {
@@ -127,6 +143,10 @@ pub(crate) async fn run<B: IoBackend>(
     // Bound on commands per group, so a flood of empty appends still commits regularly.
     let group_cmds_max = w.ctx.config.queue_depth.max(1);
     loop {
+        if rx.is_empty() {
+            // Idle: the marks claim everything synced (see `LogWriter::refresh_mark`).
+            w.refresh_marks();
+        }
         let deadline = w.next_deadline();
         let first = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Ok(Some(cmd)) => cmd,
@@ -169,6 +189,9 @@ pub(crate) async fn run<B: IoBackend>(
                 }
                 other => {
                     w.commit_all(false).await;
+                    if let Some(id) = other.log_id() {
+                        w.mark_due(id);
+                    }
                     w.control(other).await;
                 }
             }
@@ -190,6 +213,20 @@ impl<B: IoBackend> Writer<B> {
     fn record_at_shutdown(&self) {
         for lw in self.logs.values() {
             lw.record_at_shutdown();
+        }
+    }
+
+    fn refresh_marks(&mut self) {
+        for id in std::mem::take(&mut self.marks_due) {
+            if let Some(lw) = self.logs.get_mut(&id) {
+                lw.refresh_mark();
+            }
+        }
+    }
+
+    fn mark_due(&mut self, id: u64) {
+        if !self.marks_due.contains(&id) {
+            self.marks_due.push(id);
         }
     }
 
@@ -217,11 +254,16 @@ impl<B: IoBackend> Writer<B> {
     async fn on_timer(&mut self) {
         let now = Instant::now();
         let interval = self.ctx.config.unsynced_flush_interval;
-        for lw in self.logs.values_mut() {
+        let mut flushed = Vec::new();
+        for (&id, lw) in self.logs.iter_mut() {
             if lw.unsynced_since.is_some_and(|t| t + interval <= now) {
                 // A failure has been logged and poisons the log; nothing waits on it here.
                 let _ = lw.commit(true, &self.ctx.stats).await;
+                flushed.push(id);
             }
+        }
+        for id in flushed {
+            self.mark_due(id);
         }
         if now >= self.next_retention {
             self.run_retention().await;
@@ -298,6 +340,7 @@ impl<B: IoBackend> Writer<B> {
             for lw in self.logs.values_mut() {
                 // Errors reached the waiters of the failed group already.
                 let _ = lw.commit(true, &self.ctx.stats).await;
+                lw.refresh_mark();
             }
             self.dirty.clear();
             return;
@@ -305,6 +348,7 @@ impl<B: IoBackend> Writer<B> {
         for id in std::mem::take(&mut self.dirty) {
             if let Some(lw) = self.logs.get_mut(&id) {
                 let _ = lw.commit(false, &self.ctx.stats).await;
+                self.mark_due(id);
             }
         }
     }

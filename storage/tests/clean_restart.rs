@@ -4,8 +4,9 @@
 //! longer describes the directory, recovery reads their tails as before.
 //!
 //! To tell the two apart, a byte is flipped in the last frame of a sealed segment, the
-//! part recovery reads: an open that reads it refuses the log, one that trusts the record
-//! opens it, and the damage is then found by the read that reaches it and by `check`.
+//! part recovery reads: an open that reads it finds the damage (and, told to refuse
+//! damage, refuses the log), one that trusts the record opens it, and the damage is then
+//! found by the read that reaches it and by `check`.
 
 mod common;
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use common::{active_segment, config, plant_residue, record, residue_left, run};
 use spool_storage::io::std_backend::StdBackend;
-use spool_storage::{Durability, Storage, StorageError};
+use spool_storage::{Durability, OnCorruption, Storage, StorageError};
 
 const RECORD_BYTES: usize = 600;
 
@@ -28,6 +29,13 @@ fn record_file(dir: &Path) -> PathBuf {
 
 fn open(dir: &Path) -> spool_storage::Result<Storage> {
     Storage::open_with(config(dir), StdBackend)
+}
+
+/// An open told to refuse damage: it fails exactly when it reads a damaged frame.
+fn open_refusing(dir: &Path) -> spool_storage::Result<Storage> {
+    let mut c = config(dir);
+    c.on_corruption = OnCorruption::Refuse;
+    Storage::open_with(c, StdBackend)
 }
 
 /// Where a frame lies in a sealed segment: (segment file, byte position of the frame).
@@ -121,7 +129,7 @@ fn a_clean_restart_trusts_the_record_and_reads_indexes_when_needed() {
     let got = read_each(&s, 0, end);
     let bad: Vec<usize> = (0..got.len()).filter(|&o| got[o].is_err()).collect();
     assert_eq!(bad.len(), 1, "exactly the damaged record fails: {bad:?}");
-    assert!(matches!(got[bad[0]], Err(StorageError::Corrupt { .. })));
+    assert!(matches!(got[bad[0]], Err(StorageError::DataLoss(_))));
     s.shutdown_blocking();
     drop(s);
     let report = spool_storage::check::check_data_dir(dir.path(), &mut |_| {}).unwrap();
@@ -135,9 +143,17 @@ fn without_the_record_recovery_reads_the_tails() {
     fs::remove_file(record_file(dir.path())).unwrap();
     flip_byte(&sealed[0], false);
     assert!(matches!(
-        open(dir.path()),
+        open_refusing(dir.path()),
         Err(StorageError::Corrupt { .. })
     ));
+    // By default the damage is isolated: the log opens and only the damaged record fails.
+    let s = open(dir.path()).unwrap();
+    let log = s.log("t").unwrap();
+    let damage = log.damage();
+    assert_eq!(damage.len(), 1, "{damage:?}");
+    let got = read_each(&s, 0, log.positions().durable);
+    let bad: Vec<usize> = (0..got.len()).filter(|&o| got[o].is_err()).collect();
+    assert_eq!(bad, [damage[0].first_offset as usize]);
 }
 
 #[test]
@@ -147,7 +163,7 @@ fn a_segment_written_since_the_record_is_read() {
     // As by a version that does not know the record: the file changed after it.
     flip_byte(&sealed[0], true);
     assert!(matches!(
-        open(dir.path()),
+        open_refusing(dir.path()),
         Err(StorageError::Corrupt { .. })
     ));
 }
@@ -163,7 +179,7 @@ fn a_record_that_no_longer_matches_is_not_used() {
     fs::write(record_file(dir.path()), &stale).unwrap();
     flip_byte(after.last().unwrap(), false);
     assert!(matches!(
-        open(dir.path()),
+        open_refusing(dir.path()),
         Err(StorageError::Corrupt { .. })
     ));
     assert!(

@@ -37,7 +37,7 @@ impl<F: IoFile> LogWriter<F> {
         ctx: &WriterCtx,
     ) -> Result<u64> {
         let checked = async {
-            self.check_poison()?;
+            self.check_writable()?;
             self.commit(true, &ctx.stats).await?;
             if self.durable_next != seg.base || self.buf_next != seg.base {
                 return Err(StorageError::InvalidInput(format!(

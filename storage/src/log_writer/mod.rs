@@ -83,6 +83,14 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// A write failed since the open: its bytes past the end may not all have been zeroed
     /// again, so a clean shutdown does not vouch for the active segment's tail.
     tail_unsure: bool,
+    /// The durable mark on disk claims less than `durable_pos` (see [`format::DurableMark`]):
+    /// refreshed when the storage thread goes idle.
+    mark_stale: bool,
+    /// The active segment opened for the mark's plain pwrite, opened when first needed.
+    mark_file: Option<File>,
+    /// The log's end is damaged (offset, end of the bytes the damage may span): no writes
+    /// land over it until a repair or a cut (see `damage`).
+    damaged: Option<(u64, u64)>,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -155,8 +163,22 @@ impl<F: IoFile> LogWriter<F> {
             active_zeroed: r.active_zeroed,
             give_way_failed: false,
             tail_unsure: false,
+            mark_stale: true,
+            mark_file: None,
+            damaged: r.damaged_tail,
             seg,
         })
+    }
+
+    /// Writes land at the end: not over damage, not after a failed write.
+    fn check_writable(&self) -> Result<()> {
+        if let Some((offset, _)) = self.damaged {
+            return Err(StorageError::Damaged {
+                log: self.shared.name.clone(),
+                offset,
+            });
+        }
+        self.check_poison()
     }
 
     fn check_poison(&self) -> Result<()> {
@@ -176,7 +198,7 @@ impl<F: IoFile> LogWriter<F> {
         backend: &B,
         ctx: &WriterCtx,
     ) -> Result<()> {
-        self.check_poison()?;
+        self.check_writable()?;
         let max = self.shared.config.frame_bytes_max();
         if len > max {
             return Err(StorageError::InvalidInput(format!(
@@ -320,8 +342,9 @@ impl<F: IoFile> LogWriter<F> {
         let mut buf = std::mem::take(&mut self.buf);
         self.buf_head = 0;
         if len > 0 {
+            let data_end = pos + len + self.push_mark(&mut buf, pos + len);
             // Zeros to the end of the last page (already zeros on disk), within the file.
-            let end = (pos + len).next_multiple_of(PAGE).min(self.seg.capacity());
+            let end = data_end.next_multiple_of(PAGE).min(self.seg.capacity());
             buf.resize((end - at) as usize, 0);
         }
         let started = std::time::Instant::now();
@@ -353,6 +376,7 @@ impl<F: IoFile> LogWriter<F> {
             self.sync_requested = false;
             self.unsynced_bytes = 0;
             self.unsynced_since = None;
+            self.mark_stale = true;
             self.publish_durable();
         } else {
             self.unsynced_bytes += len;
@@ -381,6 +405,57 @@ impl<F: IoFile> LogWriter<F> {
         Ok(())
     }
 
+    /// The mark for byte `own_pos` of the active segment: it claims what is durable now,
+    /// which a write carrying it cannot make untrue whether or not it completes.
+    fn mark_at(&self, own_pos: u64) -> format::DurableMark {
+        format::DurableMark {
+            segment_base: self.seg.base_offset,
+            own_pos,
+            synced_len: self.durable_pos,
+            synced_next: self.durable_next,
+        }
+    }
+
+    /// Append the durable mark for `own_pos` (where the group's frames end) to a group's
+    /// buffer, if the segment has room; returns the bytes added.
+    fn push_mark(&self, buf: &mut Vec<u8>, own_pos: u64) -> u64 {
+        if own_pos + format::MARK_BYTES as u64 > self.seg.capacity() {
+            return 0;
+        }
+        buf.extend_from_slice(&self.mark_at(own_pos).encode());
+        format::MARK_BYTES as u64
+    }
+
+    /// Rewrite the mark after the durable end so that it claims everything synced (the one
+    /// written with the last group claims only what was synced before it). A plain page
+    /// write, not synced: the mark is a hint whose claims are true either way, and after a
+    /// process crash the page cache holds it. Skipped while unsynced frames follow.
+    pub fn refresh_mark(&mut self) {
+        let pos = self.durable_pos;
+        let idle = self.write_pos == pos && self.buf.is_empty();
+        if !self.mark_stale || !idle || pos == 0 || self.damaged.is_some() {
+            return;
+        }
+        self.mark_stale = false;
+        if pos + format::MARK_BYTES as u64 > self.seg.capacity() {
+            return;
+        }
+        let at = pos - pos % PAGE;
+        let mut page = self.seg.raw()[at as usize..pos as usize].to_vec();
+        let data_end = pos + self.push_mark(&mut page, pos);
+        page.resize(
+            (data_end.next_multiple_of(PAGE).min(self.seg.capacity()) - at) as usize,
+            0,
+        );
+        if self.mark_file.is_none() {
+            self.mark_file = open_rw(&self.seg.path).ok();
+        }
+        let written = self.mark_file.as_ref().map(|f| f.write_all_at(&page, at));
+        if !matches!(written, Some(Ok(()))) {
+            tracing::debug!(log = %self.shared.name, "refreshing the durable mark failed");
+        }
+    }
+
     /// Refuse writes until a restart: a change to the files failed half-way, and the disk
     /// and this writer may disagree.
     fn poison(&self, e: &StorageError) {
@@ -399,10 +474,12 @@ impl<F: IoFile> LogWriter<F> {
             *self.shared.poisoned.lock() = Some(err.to_string());
             tracing::error!(log = %self.shared.name, error = %err, "write failed; log refuses writes until restart");
         }
-        // Best effort: leave no residue of the failed group that could pass for data.
+        // Best effort: leave no residue of the failed group (nor its mark) that could pass
+        // for data.
         self.tail_unsure = true;
         if len > 0 {
-            let _ = self.file.write_all_at(vec![0u8; len as usize], pos).await;
+            let n = (len + format::MARK_BYTES as u64).min(self.seg.capacity() - pos);
+            let _ = self.file.write_all_at(vec![0u8; n as usize], pos).await;
         }
         self.buf_next = self.written_next;
         let keep = self.write_pos;
@@ -600,6 +677,8 @@ impl<F: IoFile> LogWriter<F> {
         self.idx_entries_on_disk = 0;
         self.last_index_pos = None;
         self.give_way_failed = false;
+        self.mark_stale = true;
+        self.mark_file = None;
     }
 
     /// Leave the allocated-only active segment for the zeroed spare that is ready: appends
@@ -692,7 +771,7 @@ impl<F: IoFile> LogWriter<F> {
     }
 
     pub fn begin_epoch(&mut self, epoch: u64) -> Result<()> {
-        self.check_poison()?;
+        self.check_writable()?;
         let mut epochs = self.shared.epochs.write();
         if epochs.begin(epoch, self.buf_next)? {
             epochs.save(&self.shared.dir)?;

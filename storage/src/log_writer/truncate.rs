@@ -57,7 +57,10 @@ impl<F: IoFile> LogWriter<F> {
             }
         };
         let old_end = if i + 1 == segs.len() {
+            // A damaged end may hold data (and a mark vouching for it) past the write
+            // position: the cut clears it too.
             self.write_pos
+                .max(self.damaged.map_or(0, |(_, extent)| extent))
         } else {
             target.durable_len()
         };
@@ -80,11 +83,15 @@ impl<F: IoFile> LogWriter<F> {
                 self.seg = target.clone();
                 self.active_zeroed = zeroed;
                 self.give_way_failed = false;
+                self.mark_file = None;
             }
             let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
             let new_len = cut_pos + rewritten;
             let mut data = rewrite.unwrap_or_default();
-            data.resize(old_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
+            // Zeros over the cut frames and the durable mark after them: a mark left past
+            // the new end would vouch for bytes that are gone.
+            let zero_end = (old_end + format::MARK_BYTES as u64).min(target.capacity());
+            data.resize(zero_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
             if !data.is_empty() {
                 let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
                 if let Err(e) = r {
@@ -110,6 +117,7 @@ impl<F: IoFile> LogWriter<F> {
                 .and_then(|_| self.idx_file.sync_data())
                 .at(&idx_path)?;
             target.cut(new_len, end);
+            target.remove_holes_from(cut_pos);
             target.set_index(entries.clone());
             self.shared.segments.write().truncate(i + 1);
             {
@@ -132,6 +140,8 @@ impl<F: IoFile> LogWriter<F> {
             self.unwritten_entries.clear();
             self.pending_entries.clear();
             self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
+            self.mark_stale = true;
+            self.damaged = None;
             self.shared.written.store(end, Ordering::Release);
             self.shared.cuts.lock().record(end);
             self.shared.durable.send_replace(end);
