@@ -40,6 +40,7 @@ pub use format::Record;
 pub use import::SegmentImport;
 pub use io::BackendChoice;
 pub use log::{AppendAck, DamageReport, Log, Positions};
+pub use log_writer::Repaired;
 pub use meta::EpochHistory;
 pub use reader::{FrameChunk, FrameCursor, LogReader, SegmentSpan};
 pub use storage::{validate_log_name, Storage};

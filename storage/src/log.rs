@@ -436,6 +436,24 @@ impl Log {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Put back the damaged records from `first_offset` on (a run [`Log::damage`] lists)
+    /// with `frames` fetched from a peer holding the same records: checked (CRC, offsets,
+    /// the epochs this log's history gives them, and the run's exact length where valid
+    /// frames follow it), written in place and synced. A damaged end takes as many frames
+    /// as fit in its segment, and the log takes writes again after them.
+    pub async fn repair(&self, first_offset: u64, frames: Bytes) -> Result<crate::Repaired> {
+        let (reply, rx) = oneshot::channel();
+        self.storage
+            .send(Cmd::Repair {
+                log: self.shared.clone(),
+                first_offset,
+                frames,
+                reply,
+            })
+            .await?;
+        rx.await.map_err(|_| StorageError::Closed)?
+    }
+
     /// Start `epoch` at the current end; persisted before any frame of it is written.
     pub async fn begin_epoch(&self, epoch: u64) -> Result<()> {
         let (reply, rx) = oneshot::channel();

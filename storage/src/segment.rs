@@ -123,6 +123,13 @@ impl SegmentView {
         self.damaged.store(!holes.is_empty(), Ordering::Release);
     }
 
+    /// Forget the damaged run at `pos` (repaired).
+    pub(crate) fn remove_hole_at(&self, pos: u64) {
+        let mut holes = self.holes.write();
+        holes.retain(|h| h.pos != pos);
+        self.damaged.store(!holes.is_empty(), Ordering::Release);
+    }
+
     pub(crate) fn hole_at(&self, pos: u64) -> Option<Hole> {
         if !self.damaged.load(Ordering::Acquire) {
             return None;

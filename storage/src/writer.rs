@@ -20,7 +20,7 @@ use crate::format;
 use crate::import::StagedSegment;
 use crate::io::IoBackend;
 use crate::log::{AppendAck, LogShared};
-use crate::log_writer::LogWriter;
+use crate::log_writer::{LogWriter, Repaired};
 use crate::recovery::RecoveredLog;
 use crate::retention;
 use crate::spare::Preparer;
@@ -73,6 +73,12 @@ pub(crate) enum Cmd {
         epoch: u64,
         reply: oneshot::Sender<Result<()>>,
     },
+    Repair {
+        log: Arc<LogShared>,
+        first_offset: u64,
+        frames: Bytes,
+        reply: oneshot::Sender<Result<Repaired>>,
+    },
     Retention {
         reply: oneshot::Sender<()>,
     },
@@ -88,7 +94,8 @@ impl Cmd {
             Cmd::Truncate { log, .. }
             | Cmd::Reset { log, .. }
             | Cmd::InstallSegment { log, .. }
-            | Cmd::BeginEpoch { log, .. } => Some(log.id),
+            | Cmd::BeginEpoch { log, .. }
+            | Cmd::Repair { log, .. } => Some(log.id),
             _ => None,
         }
     }
@@ -411,6 +418,18 @@ impl<B: IoBackend> Writer<B> {
             Cmd::BeginEpoch { log, epoch, reply } => {
                 let r = match self.logs.get_mut(&log.id) {
                     Some(lw) => lw.begin_epoch(epoch),
+                    None => Err(StorageError::LogNotFound(log.name.clone())),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Repair {
+                log,
+                first_offset,
+                frames,
+                reply,
+            } => {
+                let r = match self.logs.get_mut(&log.id) {
+                    Some(lw) => lw.repair(first_offset, frames, &self.ctx).await,
                     None => Err(StorageError::LogNotFound(log.name.clone())),
                 };
                 let _ = reply.send(r);

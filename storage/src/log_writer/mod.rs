@@ -3,7 +3,10 @@
 
 mod import;
 mod removal;
+mod repair;
 mod truncate;
+
+pub use repair::Repaired;
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
