@@ -167,6 +167,10 @@ pub struct StorageConfig {
     pub retention_check_interval: Duration,
     /// Settings for logs created without explicit ones.
     pub default_log: LogConfig,
+    /// Rate of background scrub passes over sealed segments (0: none).
+    pub scrub_bytes_per_sec: u64,
+    /// Time from one background scrub pass to the next.
+    pub scrub_interval: Duration,
 }
 
 impl StorageConfig {
@@ -182,6 +186,8 @@ impl StorageConfig {
             unsynced_flush_interval: Duration::from_millis(100),
             retention_check_interval: Duration::from_secs(10),
             default_log: LogConfig::default(),
+            scrub_bytes_per_sec: 8 << 20,
+            scrub_interval: Duration::from_secs(3600),
         }
     }
 

@@ -25,6 +25,7 @@ pub mod meta;
 mod reader;
 mod recovery;
 mod retention;
+pub mod scrub;
 mod sealed_record;
 pub mod segment;
 mod spare;

@@ -29,6 +29,7 @@ use crate::io::{BackendChoice, IoBackend};
 use crate::log::{Log, LogShared};
 use crate::meta;
 use crate::recovery::{self, RecoveredLog};
+use crate::scrub::{self, ScrubReport, ScrubStats};
 use crate::segment;
 use crate::spare::{self, Preparer};
 use crate::stats::Stats;
@@ -45,6 +46,11 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
+    /// Every open log, in no particular order.
+    pub fn all(&self) -> Vec<Arc<LogShared>> {
+        self.by_name.read().values().cloned().collect()
+    }
+
     pub fn insert(&self, log: Arc<LogShared>) {
         self.by_name.write().insert(log.name.clone(), log);
     }
@@ -72,6 +78,45 @@ pub(crate) struct StorageInner {
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Released at shutdown, so the directory can be reopened while handles linger.
     lock: Mutex<Option<File>>,
+    scrub: Scrubber,
+}
+
+/// The scrub thread (see `scrub`) and what it has done.
+#[derive(Debug)]
+struct Scrubber {
+    tx: Mutex<Option<std::sync::mpsc::Sender<scrub::Request>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stopping: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<ScrubStats>,
+}
+
+impl Scrubber {
+    fn start(registry: Arc<Registry>, config: &StorageConfig) -> Result<Scrubber> {
+        let stats = Arc::new(ScrubStats::default());
+        let stopping = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let schedule = scrub::Schedule {
+            rate: config.scrub_bytes_per_sec,
+            interval: config.scrub_interval,
+        };
+        let (tx, thread) = scrub::spawn(registry, schedule, stats.clone(), stopping.clone())
+            .map_err(|e| StorageError::io("spool-scrub thread", e))?;
+        Ok(Scrubber {
+            tx: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            stopping,
+            stats,
+        })
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        if let Some(tx) = self.tx.lock().take() {
+            let _ = tx.send(scrub::Request::Stop);
+        }
+        if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl StorageInner {
@@ -279,6 +324,7 @@ impl Storage {
             })
             .map_err(|e| StorageError::io("spool-storage thread", e))?;
         let backend_name = ready_rx.recv().map_err(|_| StorageError::Closed)??;
+        let scrub = Scrubber::start(registry.clone(), &config)?;
         tracing::info!(backend = backend_name, data_dir = %config.data_dir.display(), "storage open");
         Ok(Storage {
             inner: Arc::new(StorageInner {
@@ -290,6 +336,7 @@ impl Storage {
                 logs_dir,
                 thread: Mutex::new(Some(thread)),
                 lock: Mutex::new(Some(lock)),
+                scrub,
             }),
         })
     }
@@ -396,6 +443,30 @@ impl Storage {
         rx.await.map_err(|_| StorageError::Closed)?
     }
 
+    /// Scrub the sealed segments of `log` (every log if None) now, unthrottled, on the
+    /// scrub thread (after the pass it may be running); damage found is recorded as for a
+    /// background pass.
+    pub async fn scrub_now(&self, log: Option<&str>) -> Result<ScrubReport> {
+        if let Some(name) = log {
+            self.log(name)?;
+        }
+        let (reply, rx) = oneshot::channel();
+        let sent = self.inner.scrub.tx.lock().as_ref().map(|tx| {
+            tx.send(scrub::Request::Now {
+                log: log.map(str::to_owned),
+                reply,
+            })
+        });
+        if !matches!(sent, Some(Ok(()))) {
+            return Err(StorageError::Closed);
+        }
+        rx.await.map_err(|_| StorageError::Closed)
+    }
+
+    pub fn scrub_stats(&self) -> &ScrubStats {
+        &self.inner.scrub.stats
+    }
+
     /// Run retention on every log now (it also runs periodically).
     pub async fn run_retention(&self) -> Result<()> {
         let (reply, rx) = oneshot::channel();
@@ -405,6 +476,10 @@ impl Storage {
 
     /// Finish pending writes, fsync, stop the storage thread.
     pub async fn shutdown(&self) -> Result<()> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.scrub.stop())
+            .await
+            .ok();
         let (reply, rx) = oneshot::channel();
         if self.inner.send(Cmd::Shutdown { reply }).await.is_ok() {
             let _ = rx.await;
@@ -419,6 +494,7 @@ impl Storage {
 
     /// Blocking variant of [`Storage::shutdown`] for callers outside any async runtime.
     pub fn shutdown_blocking(&self) {
+        self.inner.scrub.stop();
         let (reply, rx) = oneshot::channel();
         if self.inner.tx.blocking_send(Cmd::Shutdown { reply }).is_ok() {
             let _ = rx.blocking_recv();

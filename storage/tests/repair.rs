@@ -1,7 +1,9 @@
-//! Damage repaired from a peer: a copy of the log made the way a replica makes it (the
-//! same frames appended unchanged) puts back damaged records in a sealed segment, inside
-//! the active one, and at a damaged end, after which the log takes writes again. Frames
-//! that are not the same records are refused and leave the damage as it was.
+//! Damage found and repaired from a peer: scrub finds a flipped byte in a sealed segment
+//! that the open did not read, and an index entry pointing at no frame; a copy of the log
+//! made the way a replica makes it (the same frames appended unchanged) puts back damaged
+//! records in a sealed segment, inside the active one, and at a damaged end, after which
+//! the log takes writes again. Frames that are not the same records are refused and leave
+//! the damage as it was.
 
 mod common;
 
@@ -49,7 +51,11 @@ fn frames(log: &Log, from: u64, to: u64) -> Bytes {
 
 fn read_all(log: &Log) -> Vec<Result<Vec<u8>, StorageError>> {
     (0..log.positions().durable)
-        .map(|o| log.reader().read(o, 1, usize::MAX).map(|r| r[0].value.to_vec()))
+        .map(|o| {
+            log.reader()
+                .read(o, 1, usize::MAX)
+                .map(|r| r[0].value.to_vec())
+        })
         .collect()
 }
 
@@ -84,7 +90,9 @@ fn repair_all(a: &Storage, b: &Storage) {
     run(30, async {
         for d in la.damage() {
             let to = d.next_offset.unwrap_or(lb.positions().durable);
-            let r = la.repair(d.first_offset, frames(&lb, d.first_offset, to)).await;
+            let r = la
+                .repair(d.first_offset, frames(&lb, d.first_offset, to))
+                .await;
             let r = r.unwrap();
             assert_eq!(r.first_offset, d.first_offset);
         }
@@ -175,4 +183,59 @@ fn a_damaged_end_takes_no_writes_until_repaired() {
         b.shutdown().await.unwrap();
     });
     assert_eq!(digest(da.path()), digest(db.path()));
+}
+
+#[test]
+fn scrub_finds_a_flipped_byte_the_open_did_not_read_and_repair_clears_it() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = damaged_twins((da.path(), db.path()), |dir| {
+        // Bit rot: the file's modification time stays, so the clean shutdown's record is
+        // trusted and the open reads nothing of the segment.
+        let seg = dir.join("00000000000000000000.seg");
+        let mtime = fs::metadata(&seg).unwrap().modified().unwrap();
+        flip(&seg, 9_000);
+        let f = fs::File::options().write(true).open(&seg).unwrap();
+        f.set_modified(mtime).unwrap();
+    });
+    let la = a.log("t").unwrap();
+    assert!(la.damage().is_empty(), "not read at open");
+    let report = run(30, a.scrub_now(None)).unwrap();
+    assert_eq!(report.damage.len(), 1, "{report:?}");
+    assert!(report.segments >= 1 && report.bytes > 0);
+    let d = la.damage();
+    assert_eq!(d.len(), 1);
+    let e = la
+        .reader()
+        .read(d[0].first_offset, 1, usize::MAX)
+        .unwrap_err();
+    assert!(e.is_data_loss(), "{e}");
+    assert_eq!(
+        a.scrub_stats()
+            .damage_found
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    repair_all(&a, &b);
+    let again = run(30, a.scrub_now(Some("t"))).unwrap();
+    assert!(again.damage.is_empty(), "{again:?}");
+}
+
+#[test]
+fn scrub_rebuilds_an_index_that_points_at_no_frame() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, _b) = damaged_twins((da.path(), db.path()), |dir| {
+        let idx = dir.join("00000000000000000000.idx");
+        let mut bytes = fs::read(&idx).unwrap();
+        // The second entry's byte position, moved into the middle of a frame.
+        bytes[8 + 4] = bytes[8 + 4].wrapping_add(3);
+        fs::write(&idx, bytes).unwrap();
+    });
+    let report = run(30, a.scrub_now(None)).unwrap();
+    assert_eq!(report.index_rebuilt, 1, "{report:?}");
+    assert!(report.damage.is_empty());
+    let got = read_all(&a.log("t").unwrap());
+    for (i, v) in got.into_iter().enumerate() {
+        assert_eq!(v.unwrap(), value(i as u32), "offset {i}");
+    }
+    assert_eq!(run(30, a.scrub_now(None)).unwrap().index_rebuilt, 0);
 }

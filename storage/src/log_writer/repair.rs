@@ -85,7 +85,10 @@ impl<F: IoFile> LogWriter<F> {
         let segs = self.shared.segments.read().clone();
         segs.into_iter()
             .find_map(|s| {
-                let hole = s.holes().into_iter().find(|h| h.first_offset == first_offset)?;
+                let hole = s
+                    .holes()
+                    .into_iter()
+                    .find(|h| h.first_offset == first_offset)?;
                 Some((s, hole))
             })
             .ok_or_else(|| {
