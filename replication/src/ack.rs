@@ -201,6 +201,32 @@ impl AckTracker {
         out
     }
 
+    /// Replica `id` holds `log` up to exactly `durable_end` as its handshake settled it
+    /// (after any cut its upstream told it to make): unlike an ack this may lower what it
+    /// counts for, since a replica whose log was cut back no longer holds its earlier
+    /// acks' records. Unknown replicas are ignored, as for acks.
+    #[must_use = "the commands must be executed"]
+    pub fn replica_holds(
+        &mut self,
+        _now: Instant,
+        id: &str,
+        log: &str,
+        durable_end: u64,
+    ) -> Vec<Command> {
+        let mut out = Vec::new();
+        if !self.replicas.set(id, log, durable_end) {
+            self.check_invariants();
+            return out;
+        }
+        if self.degraded {
+            self.try_recover(Some(log), &mut out);
+        } else {
+            self.settle(log, &mut out);
+        }
+        self.check_invariants();
+        out
+    }
+
     /// A request whose records end at `end_offset` (exclusive) is durable on the primary; decide now or keep it pending.
     ///
     /// `RequestId`s must be unique among live requests; a reused one replaces the old request.

@@ -33,6 +33,12 @@ pub enum Decision {
     /// discards its log and copies the upstream's from `from` (its first kept offset), then
     /// continues with the tail.
     FullSync { from: u64 },
+    /// The replica holds records past the upstream's end (`upstream_end`) written in the
+    /// epoch the upstream is still in: records the upstream lags behind (a cascaded
+    /// upstream, a delayed one) or lost. The replica keeps them all: it continues from its
+    /// end once the upstream gets there, and a primary that lost them takes them back from
+    /// the replica first. Cutting them would lose acknowledged records.
+    Ahead { upstream_end: u64, replica_end: u64 },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -96,6 +102,7 @@ pub fn decide(
             debug_assert!(to < replica_end && (upstream_start..=upstream_end).contains(&to));
         }
         Decision::FullSync { from } => debug_assert_eq!(from, upstream_start),
+        Decision::Ahead { .. } => unreachable!("decide never keeps records past the upstream"),
     }
     Ok(decision)
 }
@@ -103,7 +110,8 @@ pub fn decide(
 /// Like [`decide`], from the replica's whole epoch history (`(epoch, start)` ascending)
 /// and its first kept offset: the replica keeps records below the first offset, among those
 /// both logs hold, where the epoch that wrote it differs between the two histories (equal
-/// epochs at an offset mean the same record), and nothing past the upstream's end. Offsets
+/// epochs at an offset mean the same record). Past the upstream's end it keeps records of
+/// the epoch the upstream is in ([`Decision::Ahead`]) and nothing of an older one. Offsets
 /// below either log's start are not compared: a history says nothing true below its log's
 /// start (after a full sync it begins there).
 pub fn decide_with_history(
@@ -125,6 +133,16 @@ pub fn decide_with_history(
     let lower = upstream_start.max(replica_start);
     let limit = replica_end.min(upstream_end);
     let valid_end = first_difference(upstream_epochs, replica_epochs, lower, limit);
+    let ahead = valid_end == upstream_end
+        && replica_end > upstream_end
+        && upstream_end >= upstream_start
+        && epoch_at(replica_epochs, upstream_end) == epoch_at(upstream_epochs, upstream_end);
+    if ahead {
+        return Ok(Decision::Ahead {
+            upstream_end,
+            replica_end,
+        });
+    }
     Ok(from_valid_end(valid_end, upstream_start, replica_end))
 }
 

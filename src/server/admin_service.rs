@@ -8,7 +8,9 @@ use tonic::{Request, Response, Status};
 
 use super::node::Node;
 use super::promote::{promote, PromoteAt};
+use super::repair::repair_log;
 use super::replication::delay::Delay;
+use super::status_map::to_status;
 
 #[derive(Debug, Clone)]
 pub struct AdminService {
@@ -37,6 +39,61 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::PromoteResponse>, Status> {
         let at = PromoteAt::from_pb(req.into_inner().at);
         Ok(Response::new(promote(&self.node, at).await?))
+    }
+
+    async fn scrub(
+        &self,
+        req: Request<pb::ScrubRequest>,
+    ) -> Result<Response<pb::ScrubResponse>, Status> {
+        self.node.check_accepting()?;
+        let log = req.into_inner().log;
+        let report = self
+            .node
+            .storage
+            .scrub_now((!log.is_empty()).then_some(log.as_str()))
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(pb::ScrubResponse {
+            segments: report.segments,
+            bytes: report.bytes,
+            index_rebuilt: report.index_rebuilt,
+            found: report
+                .damage
+                .into_iter()
+                .map(|(log, base, h)| pb::ScrubFinding {
+                    log,
+                    range: Some(pb::DamagedRange {
+                        first_offset: h.first_offset,
+                        next_offset: h.next_offset().unwrap_or(0),
+                        segment_base: base,
+                        reason: h.reason.to_string(),
+                    }),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn repair(
+        &self,
+        req: Request<pb::RepairRequest>,
+    ) -> Result<Response<pb::RepairResponse>, Status> {
+        self.node.check_accepting()?;
+        let req = req.into_inner();
+        let names = if req.log.is_empty() {
+            self.node.storage.list_logs()
+        } else {
+            vec![req.log.clone()]
+        };
+        let from = (!req.from_addr.is_empty()).then_some(req.from_addr.as_str());
+        let mut out = pb::RepairResponse::default();
+        for name in names {
+            let log = self.node.storage.log(&name).map_err(to_status)?;
+            let r = repair_log(&self.node, &log, from).await;
+            out.repaired.extend(r.repaired);
+            out.left.extend(r.left);
+            out.errors.extend(r.errors);
+        }
+        Ok(Response::new(out))
     }
 
     async fn pause(

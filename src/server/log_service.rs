@@ -89,6 +89,7 @@ async fn submit_one(
     req: pb::AppendRequest,
 ) -> Result<ReplyFuture, Status> {
     node.check_writable()?;
+    node.check_log_writable(log.name())?;
     let (durability, replicated) = ack_plan(&req, node)?;
     let epoch = node.role.epoch();
     if log.current_epoch() < epoch {

@@ -77,6 +77,12 @@ pub fn log_info(node: &Node, log: &Log) -> pb::LogInfo {
         size_bytes: size,
         disk_bytes: disk,
         segments: log.segment_count() as u32,
+        incarnation: super::status_service::incarnation_hex(log),
+        damaged: log
+            .damage()
+            .iter()
+            .map(super::repair::damaged_range)
+            .collect(),
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod logs_service;
 mod metrics_export;
 pub(crate) mod node;
 mod promote;
+pub(crate) mod repair;
 pub mod replication;
 pub mod role;
 pub(crate) mod status_map;
@@ -31,6 +32,19 @@ pub use status_map::to_status;
 /// Largest request a client may send (an append batch); above the storage frame limit so
 /// that oversized records get the storage's clear error, not a transport one.
 pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
+
+/// Logs written by a version without incarnation ids get one on the primary (replicas
+/// copy it at their next handshake).
+async fn give_incarnations(node: &Node) -> Result<()> {
+    for name in node.storage.list_logs() {
+        let log = node.storage.log(&name)?;
+        if log.incarnation() == spool_storage::meta::INCARNATION_UNKNOWN {
+            log.set_incarnation(spool_storage::meta::new_incarnation())
+                .await?;
+        }
+    }
+    Ok(())
+}
 
 /// Open storage, bind, serve until `shutdown` resolves, then stop accepting, let in-flight
 /// appends finish, fsync and close. `on_bound` gets the bound address (port 0 allowed).
@@ -73,6 +87,10 @@ pub async fn serve(
     on_bound(bound);
     node.acks.spawn_ticker();
     replication::retention::spawn(node.clone());
+    repair::spawn_auto_repair(node.clone());
+    if node.role.is_primary() {
+        give_incarnations(&node).await?;
+    }
     if let Some(delay) = node.delay.clone() {
         replication::delay::spawn(node.clone(), delay);
     }

@@ -1,6 +1,7 @@
 //! What every service shares: storage, role and epoch, replicas, ack tracking, the
 //! catalog version (bumped when logs come and go), the shutdown flag.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,15 @@ pub struct Node {
     /// Until when (ms since start) frames sent downstream ask for a sync because frames
     /// from upstream did: a replica in the middle of a tree passes the request on.
     sync_requested_until_ms: AtomicU64,
+    /// Logs this primary is taking back records for from a replica (see `repair`): no
+    /// writes until it has them. The value: why the last attempt failed, if it did.
+    taking_back: Mutex<HashMap<String, TakeBack>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct TakeBack {
+    running: bool,
+    failed: Option<String>,
 }
 
 impl Node {
@@ -68,6 +78,7 @@ impl Node {
             shutdown_tx: watch::Sender::new(false),
             subscribers: AtomicI64::new(0),
             sync_requested_until_ms: AtomicU64::new(0),
+            taking_back: Mutex::new(HashMap::new()),
         }
     }
 
@@ -149,6 +160,48 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// Start taking records of `log` back; false if that is under way already.
+    pub fn begin_take_back(&self, log: &str) -> bool {
+        let mut m = self.taking_back.lock();
+        let t = m.entry(log.to_owned()).or_default();
+        if t.running {
+            return false;
+        }
+        t.running = true;
+        true
+    }
+
+    /// Taking back records of `log` ended: writes resume if it got them.
+    pub fn end_take_back(&self, log: &str, ok: bool) {
+        let mut m = self.taking_back.lock();
+        if ok {
+            m.remove(log);
+        } else if let Some(t) = m.get_mut(log) {
+            t.running = false;
+            t.failed = Some("the replica that holds them went away".into());
+        }
+    }
+
+    /// A promotion starts a new epoch: records only a replica held are given up by choice.
+    pub fn forget_take_backs(&self) {
+        self.taking_back.lock().clear();
+    }
+
+    /// UNAVAILABLE while this primary takes back records of `log` it lost.
+    pub fn check_log_writable(&self, log: &str) -> Result<(), Status> {
+        match self.taking_back.lock().get(log) {
+            None => Ok(()),
+            Some(t) => Err(Status::unavailable(format!(
+                "log {log:?} lost records that a replica holds; this primary takes them back \
+                 before the next write{}; retry shortly (or promote a node to a new epoch to \
+                 give them up)",
+                t.failed
+                    .as_ref()
+                    .map_or(String::new(), |f| format!(" (last attempt: {f})"))
+            ))),
+        }
     }
 
     pub fn is_shutting_down(&self) -> bool {

@@ -146,7 +146,8 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
     }
     let role = &node.role;
     let epoch = role.epoch() + 1;
-    role.set_epoch(epoch)
+    node.forget_take_backs();
+    role.begin_leading(epoch)
         .map_err(|e| Status::internal(format!("persisting epoch {epoch}: {e:#}")))?;
     if let Some(delay) = &delay {
         if at == PromoteAt::Everything {

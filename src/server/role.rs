@@ -1,17 +1,27 @@
-//! The node's role (primary or replica of an upstream), its epoch, and fencing.
+//! The node's role (primary or replica of an upstream), its identity and epoch, and fencing.
 //!
-//! The node epoch is persisted before it is used: a promotion writes the new epoch, then
-//! starts it in every log, then takes writes. A replica adopts its upstream's epoch.
+//! Persisted in `DATA_DIR/node` (versioned, CRC'd, replaced atomically), before use:
+//! - `cluster_id`: set at the first primary's start, copied by a replica at its first
+//!   handshake; every handshake checks it, so a node never follows another cluster;
+//! - `epoch`: a promotion writes the new epoch, then starts it in every log, then takes
+//!   writes; a replica adopts its upstream's;
+//! - `led_epoch`: the last epoch this node began as primary. A node restarted with a stale
+//!   `--replica-of` pointing at a node that is not past that epoch (its own follower) goes
+//!   on as the primary instead of following it.
+//!
+//! `node-epoch`, the file of earlier versions (epoch only), is read when `node` is missing.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
-const EPOCH_FILE: &str = "node-epoch";
+const NODE_FILE: &str = "node";
+const NODE_FORMAT: &str = "spool-node";
+const OLD_EPOCH_FILE: &str = "node-epoch";
 
 /// Metadata key carrying the primary's address on a refused write.
 pub const PRIMARY_METADATA: &str = "spool-primary";
@@ -22,19 +32,51 @@ pub enum Role {
     Replica { upstream: String },
 }
 
-#[derive(Debug)]
-pub struct RoleState {
-    role: RwLock<Role>,
-    epoch: AtomicU64,
-    epoch_path: PathBuf,
-    /// Where writes go, as told by the upstream (the root of the tree).
-    primary_addr: RwLock<Option<String>>,
-    fenced: AtomicBool,
-    /// This node's own gRPC address, once bound.
-    pub listen_addr: RwLock<String>,
+/// What `DATA_DIR/node` holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub cluster_id: String,
+    pub epoch: u64,
+    pub led_epoch: u64,
 }
 
-fn read_epoch(path: &Path) -> Result<u64> {
+impl NodeIdentity {
+    fn load(dir: &Path) -> Result<NodeIdentity> {
+        let path = dir.join(NODE_FILE);
+        let Some(pairs) = spool_storage::meta::read_kv(&path, NODE_FORMAT)? else {
+            return Ok(NodeIdentity {
+                epoch: read_old_epoch(&dir.join(OLD_EPOCH_FILE))?,
+                ..NodeIdentity::default()
+            });
+        };
+        let mut id = NodeIdentity::default();
+        for (k, v) in pairs {
+            let num = || {
+                v.parse::<u64>()
+                    .with_context(|| format!("{}: {k}={v}", path.display()))
+            };
+            match k.as_str() {
+                "cluster_id" => id.cluster_id = v.clone(),
+                "epoch" => id.epoch = num()?,
+                "led_epoch" => id.led_epoch = num()?,
+                _ => {}
+            }
+        }
+        Ok(id)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        let lines = vec![
+            format!("cluster_id={}", self.cluster_id),
+            format!("epoch={}", self.epoch),
+            format!("led_epoch={}", self.led_epoch),
+        ];
+        spool_storage::meta::write_kv(&dir.join(NODE_FILE), NODE_FORMAT, &lines)
+            .with_context(|| format!("saving {}", dir.join(NODE_FILE).display()))
+    }
+}
+
+fn read_old_epoch(path: &Path) -> Result<u64> {
     match std::fs::read_to_string(path) {
         Ok(s) => s
             .lines()
@@ -46,23 +88,68 @@ fn read_epoch(path: &Path) -> Result<u64> {
     }
 }
 
+/// A fresh cluster id: 128 random bits as 32 hex digits.
+fn new_cluster_id() -> String {
+    let (a, b) = (
+        spool_storage::meta::new_incarnation(),
+        spool_storage::meta::new_incarnation(),
+    );
+    format!("{a:016x}{b:016x}")
+}
+
+#[derive(Debug)]
+pub struct RoleState {
+    role: RwLock<Role>,
+    epoch: AtomicU64,
+    dir: PathBuf,
+    /// The persisted identity; changed only through `update`, which saves it first.
+    identity: Mutex<NodeIdentity>,
+    /// Where writes go, as told by the upstream (the root of the tree).
+    primary_addr: RwLock<Option<String>>,
+    fenced: AtomicBool,
+    /// This node's own gRPC address, once bound.
+    pub listen_addr: RwLock<String>,
+}
+
 impl RoleState {
     pub fn open(data_dir: &Path, role: Role) -> Result<RoleState> {
-        let epoch_path = data_dir.join(EPOCH_FILE);
-        let epoch = read_epoch(&epoch_path)?;
+        let identity = NodeIdentity::load(data_dir)?;
         let state = RoleState {
             role: RwLock::new(role.clone()),
-            epoch: AtomicU64::new(epoch),
-            epoch_path,
+            epoch: AtomicU64::new(identity.epoch),
+            dir: data_dir.to_owned(),
+            identity: Mutex::new(identity),
             primary_addr: RwLock::new(None),
             fenced: AtomicBool::new(false),
             listen_addr: RwLock::new(String::new()),
         };
-        // A primary writes in an epoch of at least 1, so that epoch 0 always means "none".
-        if role == Role::Primary && epoch == 0 {
-            state.set_epoch(1)?;
+        if role == Role::Primary {
+            // A primary writes in an epoch of at least 1 (0 means "none"), which it leads,
+            // in a cluster of its own unless it has one.
+            state.update(|id| {
+                if id.cluster_id.is_empty() {
+                    id.cluster_id = new_cluster_id();
+                }
+                if id.epoch == 0 {
+                    id.epoch = 1;
+                }
+                id.led_epoch = id.led_epoch.max(id.epoch);
+            })?;
         }
         Ok(state)
+    }
+
+    /// Change the identity, persisting it before anyone sees the change.
+    fn update(&self, f: impl FnOnce(&mut NodeIdentity)) -> Result<()> {
+        let mut current = self.identity.lock();
+        let mut next = current.clone();
+        f(&mut next);
+        if next != *current {
+            next.save(&self.dir)?;
+            *current = next;
+            self.epoch.store(current.epoch, Ordering::Release);
+        }
+        Ok(())
     }
 
     pub fn role(&self) -> Role {
@@ -77,20 +164,55 @@ impl RoleState {
         self.epoch.load(Ordering::Acquire)
     }
 
+    /// The last epoch this node began as the primary (0: never).
+    pub fn led_epoch(&self) -> u64 {
+        self.identity.lock().led_epoch
+    }
+
+    /// The cluster this node belongs to (empty: a replica that never reached an upstream).
+    pub fn cluster_id(&self) -> String {
+        self.identity.lock().cluster_id.clone()
+    }
+
+    /// Join the upstream's cluster (a replica's first handshake), or check it is ours.
+    pub fn join_cluster(&self, id: &str) -> Result<()> {
+        let ours = self.cluster_id();
+        if id.is_empty() {
+            bail!("the upstream belongs to no cluster yet (a replica that never reached its own upstream)");
+        }
+        if ours.is_empty() {
+            tracing::info!(cluster_id = id, "joined the upstream's cluster");
+            return self.update(|n| n.cluster_id = id.to_owned());
+        }
+        if ours != id {
+            bail!(
+                "the upstream belongs to cluster {id}, this node to cluster {ours}: a node follows \
+                 only nodes of its own cluster; point --replica-of at one of them, or start this \
+                 node on a new data directory to join the other cluster"
+            );
+        }
+        Ok(())
+    }
+
     /// Persist, then adopt, a higher epoch.
     pub fn set_epoch(&self, epoch: u64) -> Result<()> {
         let current = self.epoch();
         if epoch < current {
             bail!("epoch {epoch} is lower than this node's epoch {current}");
         }
-        if epoch > current {
-            spool_storage::crashsafe::replace_file(
-                &self.epoch_path,
-                format!("spool-node v1\nepoch={epoch}\n").as_bytes(),
-            )?;
-            self.epoch.store(epoch, Ordering::Release);
+        self.update(|id| id.epoch = id.epoch.max(epoch))
+    }
+
+    /// Persist `epoch` as a new epoch this node leads (a promotion), before its first write.
+    pub fn begin_leading(&self, epoch: u64) -> Result<()> {
+        let current = self.epoch();
+        if epoch <= current {
+            bail!("epoch {epoch} is not past this node's epoch {current}");
         }
-        Ok(())
+        self.update(|id| {
+            id.epoch = epoch;
+            id.led_epoch = epoch;
+        })
     }
 
     pub fn set_primary_addr(&self, addr: Option<String>) {

@@ -7,6 +7,7 @@ use spool_storage::Log;
 use tonic::{Request, Response, Status};
 
 use super::node::Node;
+use super::repair::damaged_range;
 use super::replication::upstream::now_us;
 use super::role::Role;
 
@@ -72,6 +73,8 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                 written_offset: p.written,
                 epoch: l.current_epoch(),
                 size_bytes: l.size_bytes().0,
+                incarnation: incarnation_hex(l),
+                damaged: l.damage().iter().map(damaged_range).collect(),
                 ..Default::default()
             };
             if let Some(d) = node.active_delay() {
@@ -103,6 +106,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                         lag.segment_sent_offset = sent;
                         lag.segment_next = next;
                     }
+                    lag.blocked = r.blocked.get(l.name()).cloned().unwrap_or_default();
                     lag
                 })
                 .collect(),
@@ -124,6 +128,8 @@ pub fn status(node: &Node) -> pb::StatusResponse {
         Role::Primary => ("primary", None),
         Role::Replica { upstream } => {
             let v = node.upstream.lock();
+            let connected = v.connected_at.is_some();
+            let heard = v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64);
             let ulogs = logs
                 .iter()
                 .map(|l| {
@@ -140,6 +146,11 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                         segments_received: f.segments_received,
                         segment_bytes_received: f.segment_bytes_received,
                         segment_bytes_fetched: f.segment_bytes_fetched,
+                        blocked: if connected {
+                            f.blocked
+                        } else {
+                            format!("not connected to the upstream (last heard {heard} ms ago): lag unknown")
+                        },
                     }
                 })
                 .collect();
@@ -172,5 +183,29 @@ pub fn status(node: &Node) -> pb::StatusResponse {
         paused: node
             .active_delay()
             .is_some_and(|d| d.paused_cutoff_us().is_some()),
+        cluster_id: node.role.cluster_id(),
+        scrub: Some(scrub_status(node)),
+    }
+}
+
+pub fn incarnation_hex(log: &Log) -> String {
+    match log.incarnation() {
+        0 => String::new(),
+        i => format!("{i:016x}"),
+    }
+}
+
+fn scrub_status(node: &Node) -> pb::ScrubStatus {
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = node.storage.scrub_stats();
+    pb::ScrubStatus {
+        passes: s.passes.load(Relaxed),
+        segments: s.segments.load(Relaxed),
+        bytes: s.bytes.load(Relaxed),
+        damage_found: s.damage_found.load(Relaxed),
+        index_rebuilt: s.index_rebuilt.load(Relaxed),
+        last_pass_end_ms: s.last_pass_end_ms.load(Relaxed),
+        running: s.running.load(Relaxed),
+        bytes_per_sec: node.storage.config().scrub_bytes_per_sec,
     }
 }

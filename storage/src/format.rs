@@ -202,6 +202,11 @@ pub fn whole_frames_len(bytes: &[u8]) -> Result<usize, FormatError> {
     Ok(pos)
 }
 
+/// The CRC a frame at the start of `bytes` carries (not checked), if a header is there.
+pub fn stored_crc(bytes: &[u8]) -> Option<u32> {
+    (bytes.len() >= HEADER_BYTES).then(|| u32_at(bytes, OFF_CRC))
+}
+
 /// Validate a whole frame at the start of `bytes`: header bounds, then CRC.
 pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
     let header = peek_header(bytes)?;

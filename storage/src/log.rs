@@ -80,6 +80,8 @@ pub(crate) struct LogShared {
     pub retention_floor: AtomicU64,
     pub epochs: RwLock<EpochHistory>,
     pub deleted: AtomicBool,
+    /// See [`crate::meta::new_incarnation`].
+    pub incarnation: AtomicU64,
     pub poisoned: Mutex<Option<String>>,
     pub cuts: Mutex<Cuts>,
 }
@@ -150,6 +152,7 @@ impl LogShared {
             retention_floor: AtomicU64::new(u64::MAX),
             epochs: RwLock::new(epochs),
             deleted: AtomicBool::new(false),
+            incarnation: AtomicU64::new(crate::meta::INCARNATION_UNKNOWN),
             poisoned: Mutex::new(None),
             cuts: Mutex::new(Cuts::default()),
         }
@@ -203,6 +206,34 @@ impl Log {
 
     pub fn current_epoch(&self) -> u64 {
         self.shared.epochs.read().current()
+    }
+
+    /// The log's incarnation id (a recreated log is another one); 0: not known yet.
+    pub fn incarnation(&self) -> u64 {
+        self.shared.incarnation.load(Ordering::Acquire)
+    }
+
+    /// Give a log written by a version without incarnations its id (the primary's fresh
+    /// one, or on a replica the upstream's). Only from [`crate::meta::INCARNATION_UNKNOWN`].
+    pub async fn set_incarnation(&self, id: u64) -> Result<()> {
+        if id == crate::meta::INCARNATION_UNKNOWN || self.incarnation() == id {
+            return Ok(());
+        }
+        if self.incarnation() != crate::meta::INCARNATION_UNKNOWN {
+            return Err(StorageError::InvalidInput(format!(
+                "log {:?} already has incarnation {:016x}",
+                self.shared.name,
+                self.incarnation()
+            )));
+        }
+        let (dir, config) = (self.shared.dir.clone(), self.shared.config.clone());
+        tokio::task::spawn_blocking(move || crate::meta::write_log_meta(&dir, &config, id))
+            .await
+            .map_err(|e| {
+                StorageError::InvalidInput(format!("writing the log's metadata: {e}"))
+            })??;
+        self.shared.incarnation.store(id, Ordering::Release);
+        Ok(())
     }
 
     pub fn is_deleted(&self) -> bool {

@@ -99,7 +99,7 @@ pub(crate) fn recover_log(
     policy: Policy,
     fresh: bool,
 ) -> Result<RecoveredLog> {
-    let config: LogConfig = meta::read_log_config(dir)?;
+    let (config, incarnation): (LogConfig, u64) = meta::read_log_meta(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
     // Before the listing, which removes `.tmp` files, the record among them.
     let record = sealed_record::take(dir)?;
@@ -179,6 +179,9 @@ pub(crate) fn recover_log(
         epochs,
         next,
     ));
+    shared
+        .incarnation
+        .store(incarnation, std::sync::atomic::Ordering::Release);
     Ok(RecoveredLog {
         shared,
         seg_file,

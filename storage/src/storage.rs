@@ -382,20 +382,44 @@ impl Storage {
             .await
     }
 
+    /// Create a log with a fresh incarnation id (a log created on the primary).
     pub async fn create_log_with(&self, name: &str, config: LogConfig) -> Result<Log> {
-        self.create(name, config, true).await
+        self.create(name, config, true, crate::meta::new_incarnation())
+            .await
     }
 
-    /// As [`Storage::create_log_with`], for a log whose first data will be imported
+    /// Create a log that is a copy of another node's incarnation `incarnation` (a replica
+    /// creating the log its upstream has).
+    pub async fn create_log_copy(
+        &self,
+        name: &str,
+        config: LogConfig,
+        incarnation: u64,
+    ) -> Result<Log> {
+        self.create(name, config, true, incarnation).await
+    }
+
+    /// As [`Storage::create_log_copy`], for a log whose first data will be imported
     /// segments ([`Log::begin_import`]), as on a replica that a full sync is about to fill:
     /// its first segment is only allocated, not zero-filled (a 128 MiB zero-fill before
     /// the first byte arrives), and makes way for a zeroed one during the imports. Appends
     /// into it before then are correct, only their syncs are slower.
-    pub async fn create_log_for_import(&self, name: &str, config: LogConfig) -> Result<Log> {
-        self.create(name, config, false).await
+    pub async fn create_log_for_import(
+        &self,
+        name: &str,
+        config: LogConfig,
+        incarnation: u64,
+    ) -> Result<Log> {
+        self.create(name, config, false, incarnation).await
     }
 
-    async fn create(&self, name: &str, config: LogConfig, zero_fill: bool) -> Result<Log> {
+    async fn create(
+        &self,
+        name: &str,
+        config: LogConfig,
+        zero_fill: bool,
+        incarnation: u64,
+    ) -> Result<Log> {
         validate_log_name(name)?;
         config.validate()?;
         if self.inner.registry.by_name.read().contains_key(name) {
@@ -406,7 +430,13 @@ impl Storage {
         // Zero-filling the first segment takes a while: keep it off the storage thread and
         // off the async workers.
         let recovered = tokio::task::spawn_blocking(move || {
-            create_log_dir(&inner.logs_dir, &name_owned, &config, zero_fill)?;
+            create_log_dir(
+                &inner.logs_dir,
+                &name_owned,
+                &config,
+                zero_fill,
+                incarnation,
+            )?;
             let id = inner.registry.next_id();
             let mut r = recovery::recover_log(
                 id,
@@ -507,7 +537,13 @@ impl Storage {
 }
 
 /// Create `logs/NAME` atomically: build it under a hidden temporary name, then rename.
-fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig, zero_fill: bool) -> Result<()> {
+fn create_log_dir(
+    logs_dir: &Path,
+    name: &str,
+    config: &LogConfig,
+    zero_fill: bool,
+    incarnation: u64,
+) -> Result<()> {
     let final_dir = logs_dir.join(name);
     if final_dir.exists() {
         return Err(StorageError::LogExists(name.to_owned()));
@@ -516,7 +552,7 @@ fn create_log_dir(logs_dir: &Path, name: &str, config: &LogConfig, zero_fill: bo
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| {
-        meta::write_log_config(&tmp, config)?;
+        meta::write_log_meta(&tmp, config, incarnation)?;
         let spare = if zero_fill {
             spare::prepare(&tmp, config.segment_bytes, None)?
         } else {

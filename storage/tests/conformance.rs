@@ -758,7 +758,10 @@ fn import_into_a_log_created_for_import(open: Open) {
                 .await
                 .unwrap();
         }
-        let dst = s.create_log_for_import("dst", small_log()).await.unwrap();
+        let dst = s
+            .create_log_for_import("dst", small_log(), 7)
+            .await
+            .unwrap();
         let ddir = dir.path().join("logs").join("dst");
         let seg_path = |base: u64| ddir.join(format!("{base:020}.seg"));
         let allocated = inode(&seg_path(0));
@@ -863,7 +866,10 @@ fn an_empty_allocated_segment_is_replaced_by_its_spare(open: Open) {
         // lands in the allocated segment, and that attempt starts over with a new log.
         for attempt in 0..20 {
             let name = format!("r{attempt}");
-            let log = s.create_log_for_import(&name, small_log()).await.unwrap();
+            let log = s
+                .create_log_for_import(&name, small_log(), 7)
+                .await
+                .unwrap();
             let ldir = dir.path().join("logs").join(&name);
             let seg = ldir.join(format!("{:020}.seg", 700));
             // A reset places an allocated segment (no spare is ready) and asks for one.
@@ -941,7 +947,7 @@ async fn allocated_log(
     s: &spool_storage::Storage,
     data: &std::path::Path,
 ) -> (spool_storage::Log, std::path::PathBuf, u64) {
-    let log = s.create_log_for_import("f", small_log()).await.unwrap();
+    let log = s.create_log_for_import("f", small_log(), 7).await.unwrap();
     let ldir = data.join("logs").join("f");
     let allocated = inode(&ldir.join(format!("{:020}.seg", 0)));
     (log, ldir, allocated)

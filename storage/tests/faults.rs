@@ -200,7 +200,7 @@ fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
     let dir = tempfile::tempdir().unwrap();
     run(30, async {
         let (s, inj) = open_faulty(dir.path());
-        let log = s.create_log_for_import("f", small_log()).await.unwrap();
+        let log = s.create_log_for_import("f", small_log(), 7).await.unwrap();
         // The first append asks for the spare; the first after it is ready seals early.
         inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
         let opens = inj.opens();

@@ -19,6 +19,7 @@ enum Op {
     Connect { id: usize, sync: bool, counts: bool },
     Disconnect { id: usize },
     Ack { id: usize, log: usize, end: u64 },
+    Holds { id: usize, log: usize, end: u64 },
     Append { log: usize, end: u64, mode: AckMode },
     Advance { ms: u64 },
     Tick,
@@ -40,6 +41,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..REPLICAS.len()).prop_map(|id| Op::Disconnect { id }),
         5 => (0..REPLICAS.len(), 0..LOGS.len(), 0u64..40)
             .prop_map(|(id, log, end)| Op::Ack { id, log, end }),
+        1 => (0..REPLICAS.len(), 0..LOGS.len(), 0u64..40)
+            .prop_map(|(id, log, end)| Op::Holds { id, log, end }),
         5 => (0..LOGS.len(), 1u64..40, mode()).prop_map(|(log, end, mode)| Op::Append { log, end, mode }),
         2 => (0u64..80).prop_map(|ms| Op::Advance { ms }),
         2 => Just(Op::Tick),
@@ -249,6 +252,12 @@ fn run(policy: TimeoutPolicy, ops: Vec<Op>) -> Result<(), TestCaseError> {
                     *e = (*e).max(end);
                 }
                 t.replica_acked(now, REPLICAS[id], LOGS[log], end)
+            }
+            Op::Holds { id, log, end } => {
+                if let Some(r) = model.replicas.get_mut(&id) {
+                    r.acked.insert(log, end);
+                }
+                t.replica_holds(now, REPLICAS[id], LOGS[log], end)
             }
             Op::Append { log, end, mode } => {
                 let req = next_req;

@@ -22,7 +22,8 @@ struct Replica {
     counts: bool,
     /// `None` while connected, else when it went away.
     disconnected_at: Option<Instant>,
-    /// Per log, the end (exclusive) of what is durable there; absent means 0. Only grows.
+    /// Per log, the end (exclusive) of what is durable there; absent means 0. Acks only
+    /// raise it; a handshake sets it (`set`).
     durable_end: BTreeMap<String, u64>,
 }
 
@@ -82,6 +83,17 @@ impl ReplicaTable {
         for (_, id) in gone.into_iter().take(excess) {
             self.replicas.remove(&id);
         }
+    }
+
+    /// Records that `id` holds `log` up to exactly `end` now, lower than known or not (a
+    /// replica whose log was cut back since its earlier acks). True when that raised it.
+    pub(super) fn set(&mut self, id: &str, log: &str, end: u64) -> bool {
+        let Some(r) = self.replicas.get_mut(id) else {
+            return false;
+        };
+        let raised = end > r.end(log);
+        r.durable_end.insert(log.to_owned(), end);
+        raised
     }
 
     /// Records that `id` has `log` durable up to `end`. False when nothing changed: an unknown

@@ -2,7 +2,7 @@ use proptest::prelude::*;
 
 use super::{decide, decide_with_history, staged_part_matches, Decision, DivergenceError};
 
-use Decision::{Continue, FullSync, TruncateThenContinue};
+use Decision::{Ahead, Continue, FullSync, TruncateThenContinue};
 
 #[test]
 fn empty_replica_of_empty_log_continues_from_zero() {
@@ -76,6 +76,27 @@ fn replica_ahead_of_the_upstream_in_the_same_epoch_truncates_to_its_end() {
         decide(&[(1, 0)], 0, 30, 1, 45),
         Ok(TruncateThenContinue { to: 30 })
     );
+}
+
+#[test]
+fn a_replica_ahead_in_the_upstreams_epoch_keeps_its_records() {
+    // The upstream lags (cascaded) or lost its tail: the replica's records past 30 are
+    // of epoch 1, which the upstream is still in.
+    assert_eq!(
+        decide_with_history(&[(1, 0)], 0, 30, &[(1, 0)], 0, 45),
+        Ok(Ahead {
+            upstream_end: 30,
+            replica_end: 45
+        })
+    );
+    // The upstream began epoch 2 at its end: the replica's epoch-1 records past it are
+    // not the new primary's, and go.
+    assert_eq!(
+        decide_with_history(&[(1, 0), (2, 30)], 0, 30, &[(1, 0)], 0, 45),
+        Ok(TruncateThenContinue { to: 30 })
+    );
+    // A replica ahead in a newer epoch the upstream never saw: refused as ever.
+    assert!(decide_with_history(&[(1, 0)], 0, 30, &[(1, 0), (2, 35)], 0, 45).is_err());
 }
 
 #[test]
@@ -322,6 +343,7 @@ proptest! {
                     Continue { from } => prop_assert!(from == end && held.contains(&from)),
                     TruncateThenContinue { to } => prop_assert!(to < end && held.contains(&to)),
                     FullSync { from } => prop_assert_eq!(from, up.start),
+                    Ahead { .. } => prop_assert!(false, "decide never keeps records past the upstream"),
                 }
             }
         }
@@ -433,7 +455,15 @@ proptest! {
         let agree = (up_start..limit)
             .find(|&i| up[i as usize] != rep[i as usize])
             .unwrap_or(limit);
-        let want = if agree < rep_end {
+        // Past the upstream's end, records of the epoch the upstream is still in are kept.
+        let up_epoch_at_end = up_end.checked_sub(1).map_or(0, |i| up[i as usize]);
+        let ahead = agree == up_end
+            && rep_end > up_end
+            && up_end >= up_start
+            && rep[up_end as usize] == up_epoch_at_end;
+        let want = if ahead {
+            Ahead { upstream_end: up_end, replica_end: rep_end }
+        } else if agree < rep_end {
             if agree < up_start { FullSync { from: up_start } } else { TruncateThenContinue { to: agree } }
         } else if rep_end < up_start {
             FullSync { from: up_start }

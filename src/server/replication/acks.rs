@@ -174,6 +174,14 @@ impl AckRuntime {
         Self::execute(&mut i, cmds);
     }
 
+    /// Replica `id` holds `log` up to exactly `end` (its handshake settled it, see
+    /// `AckTracker::replica_holds`).
+    pub fn holds(&self, id: &str, log: &str, end: u64) {
+        let mut i = self.inner.lock();
+        let cmds = i.tracker.replica_holds(Instant::now(), id, log, end);
+        Self::execute(&mut i, cmds);
+    }
+
     /// A log was deleted: waiting appends on it are released as the machine decides.
     pub fn forget_log(&self, log: &str) {
         let mut i = self.inner.lock();

@@ -38,6 +38,8 @@ pub struct LogFollow {
     pub segment_bytes_received: u64,
     /// Of those, received by segment fetch.
     pub segment_bytes_fetched: u64,
+    /// Why the log does not follow the upstream now (its LogStart said so); empty: fine.
+    pub blocked: String,
 }
 
 /// What the replica knows of its upstream, for status.
@@ -78,6 +80,16 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
             _ = node.shutdown_started() => return,
             _ = node.promoted() => return,
         };
+        if let Some(leads) = result
+            .as_ref()
+            .err()
+            .and_then(|e| e.downcast_ref::<LeadsUpstream>())
+        {
+            tracing::warn!(upstream = %cfg.upstream, "{leads}");
+            node.role.become_primary();
+            node.mark_promoted();
+            return;
+        }
         fetch_failed = cfg.segment_fetch && !fetch_failed && !fetch;
         {
             let mut v = view.lock();
@@ -99,6 +111,37 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
 
 type Imports = HashMap<String, SegmentImport>;
 
+/// The upstream is not past the epoch this node itself began as primary: it follows this
+/// node (the node was promoted and restarted with its old `--replica-of`), not the reverse.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "this node began epoch {led} as the primary and the upstream {upstream} is at epoch \
+     {upstream_epoch}: it follows this node, not the reverse. Ignoring --replica-of and going \
+     on as the primary; remove --replica-of (or replica_of in the config) from this node's \
+     command line"
+)]
+pub struct LeadsUpstream {
+    led: u64,
+    upstream: String,
+    upstream_epoch: u64,
+}
+
+/// What the hello says of the replica's last frame: (its first offset, its CRC), (0, 0)
+/// for an empty log.
+fn last_frame(log: &Log) -> (u64, u32) {
+    let p = log.positions();
+    if p.durable <= p.start {
+        return (0, 0);
+    }
+    match log.reader().read_frames(p.durable - 1, 1) {
+        Ok(c) => (
+            c.first_offset,
+            spool_storage::format::stored_crc(&c.bytes).unwrap_or(0),
+        ),
+        Err(_) => (0, 0),
+    }
+}
+
 fn hello(
     node: &Node,
     cfg: &FollowerConfig,
@@ -119,6 +162,9 @@ fn hello(
         .iter()
         .filter_map(|n| storage.log(n).ok())
         .map(|l| pb::ReplicaLogState {
+            incarnation: l.incarnation(),
+            last_frame_offset: last_frame(&l).0,
+            last_frame_crc: last_frame(&l).1,
             name: l.name().to_owned(),
             last_epoch: l.current_epoch(),
             end_offset: l.positions().durable,
@@ -154,6 +200,7 @@ fn hello(
             listen_addr: node.role.listen_addr.read().clone(),
             segment_fetch,
             fetch_active_spans: segment_fetch,
+            cluster_id: node.role.cluster_id(),
         })),
     }
 }
@@ -216,6 +263,16 @@ async fn session(
         Some(Err(s)) => bail!("upstream refused: {}", s.message()),
         _ => bail!("upstream did not start with a hello"),
     };
+    node.role.join_cluster(&up.cluster_id)?;
+    let led = node.role.led_epoch();
+    if led > 0 && up.node_epoch <= led {
+        return Err(LeadsUpstream {
+            led,
+            upstream: cfg.upstream.clone(),
+            upstream_epoch: up.node_epoch,
+        }
+        .into());
+    }
     let ours = node.role.epoch();
     if up.node_epoch < ours {
         bail!(
@@ -422,6 +479,14 @@ async fn session(
                         if !resumes {
                             imports.remove(&s.name);
                         }
+                        let recreated = s.action == pb::log_start::Action::Recreate as i32;
+                        if let (true, Some(d)) = (recreated, node.active_delay()) {
+                            // Another incarnation upstream: this copy is deleted only after
+                            // the delay, as any deletion from upstream.
+                            if node.storage.log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
+                                d.schedule_delete(&s.name, super::upstream::now_us())?;
+                            }
+                        }
                         if node.active_delay().is_some_and(|d| d.pending_delete(&s.name).is_some()) {
                             tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
                             ignored.insert(s.name.clone());
@@ -483,40 +548,85 @@ async fn session(
     }
 }
 
-async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamView>) -> Result<()> {
-    use pb::log_start::Action;
+/// Create `s.name` as the upstream has it: its config (retention by age delayed too on a
+/// delayed replica) and incarnation.
+async fn create_as_upstream(node: &Arc<Node>, s: &pb::LogStart) -> Result<Log> {
     let storage = &node.storage;
-    let log = match storage.log(&s.name) {
-        Ok(l) => l,
-        Err(_) => {
-            let mut config = config_from_pb(s.config, &storage.config().default_log)
-                .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
-            if let Some(d) = node.active_delay() {
-                // Retention by age reaches a delayed replica only after the delay too.
-                config.retention_ms = config
-                    .retention_ms
-                    .map(|ms| ms.saturating_add(d.delay.as_millis() as u64));
-            }
-            let l = if s.sealed_segments_follow {
-                storage.create_log_for_import(&s.name, config).await?
-            } else {
-                storage.create_log_with(&s.name, config).await?
-            };
-            if let Some(d) = node.active_delay() {
-                // Its horizon (and retention floor) exist before its first frame arrives.
-                d.horizon(&l);
+    let mut config = config_from_pb(s.config, &storage.config().default_log)
+        .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
+    if let Some(d) = node.active_delay() {
+        // Retention by age reaches a delayed replica only after the delay too.
+        config.retention_ms = config
+            .retention_ms
+            .map(|ms| ms.saturating_add(d.delay.as_millis() as u64));
+    }
+    let incarnation = match s.incarnation {
+        0 => spool_storage::meta::new_incarnation(),
+        i => i,
+    };
+    let l = if s.sealed_segments_follow {
+        storage
+            .create_log_for_import(&s.name, config, incarnation)
+            .await?
+    } else {
+        storage
+            .create_log_copy(&s.name, config, incarnation)
+            .await?
+    };
+    if let Some(d) = node.active_delay() {
+        // Its horizon (and retention floor) exist before its first frame arrives.
+        d.horizon(&l);
+    }
+    node.catalog_changed();
+    tracing::info!(log = %s.name, "log created by the upstream");
+    Ok(l)
+}
+
+/// The log the start is about: ours (given the upstream's incarnation if it had none, as
+/// written by a version without them), a new copy of another incarnation, or a new one.
+async fn log_for_start(node: &Arc<Node>, s: &pb::LogStart) -> Result<Log> {
+    use pb::log_start::Action;
+    let recreate = s.action == Action::Recreate as i32;
+    match node.storage.log(&s.name) {
+        Ok(l) if recreate => {
+            tracing::warn!(log = %s.name, ours = format!("{:016x}", l.incarnation()), theirs = format!("{:016x}", s.incarnation), "the log was deleted and created again upstream: dropping this copy and copying the new one");
+            match node.storage.delete_log(&s.name).await {
+                Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
+                Err(e) => return Err(e.into()),
             }
             node.catalog_changed();
-            tracing::info!(log = %s.name, "log created by the upstream");
-            l
+            create_as_upstream(node, s).await
         }
-    };
-    let end = log.positions().durable;
+        Ok(l) => {
+            l.set_incarnation(s.incarnation).await?;
+            Ok(l)
+        }
+        Err(_) => create_as_upstream(node, s).await,
+    }
+}
+
+async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamView>) -> Result<()> {
+    use pb::log_start::Action;
     let action = Action::try_from(s.action).unwrap_or(Action::Continue);
+    if let Action::Ahead | Action::Diverged = action {
+        // Nothing here changes: the upstream lags or lost records this log holds (it sends
+        // frames from this log's end once it has them), or the two wrote different ones.
+        if action == Action::Diverged {
+            tracing::error!(log = %s.name, reason = %s.reason, "this log diverged from the upstream's in the same epoch; it does not follow until resolved");
+        } else {
+            tracing::warn!(log = %s.name, reason = %s.reason, "this log is ahead of the upstream; keeping every record");
+        }
+        let mut v = view.lock();
+        let f = v.logs.entry(s.name.clone()).or_default();
+        f.blocked = format!("{}: {}", action.as_str_name().to_lowercase(), s.reason);
+        return Ok(());
+    }
+    let log = log_for_start(node, s).await?;
+    let end = log.positions().durable;
     // A delayed replica lowers the horizon before cutting (cuts stay immediate: the
     // upstream's word on divergence is not delayed).
     let _cut = match (node.active_delay(), action) {
-        (Some(d), Action::FullSync) => Some(d.cut(&log, s.offset, true)?),
+        (Some(d), Action::FullSync | Action::Recreate) => Some(d.cut(&log, s.offset, true)?),
         (Some(d), _) if s.offset < end => Some(d.cut(&log, s.offset, false)?),
         _ => None,
     };
@@ -534,15 +644,21 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
             log.truncate_to(s.offset).await?;
             false
         }
-        Action::FullSync => {
-            tracing::warn!(log = %s.name, start = s.offset, "offsets gone upstream: full sync");
-            log.reset_to(s.offset).await?;
+        Action::FullSync | Action::Recreate => {
+            if action == Action::FullSync {
+                tracing::warn!(log = %s.name, start = s.offset, "offsets gone upstream: full sync");
+            }
+            if log.positions().durable != s.offset || log.positions().start != s.offset {
+                log.reset_to(s.offset).await?;
+            }
             true
         }
+        Action::Ahead | Action::Diverged => unreachable!("handled above"),
     };
     let mut v = view.lock();
     let f = v.logs.entry(s.name.clone()).or_default();
     f.full_sync = full_sync;
     f.staged = None;
+    f.blocked.clear();
     Ok(())
 }

@@ -3,7 +3,9 @@
 pub mod acks;
 pub mod delay;
 pub mod delay_state;
+pub mod fetch_frames;
 pub mod follower;
+pub mod plan;
 pub mod progress;
 pub mod retention;
 pub mod segment_fetch;

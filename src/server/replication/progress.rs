@@ -26,6 +26,8 @@ pub struct ReplicaInfo {
     pub full_sync: HashMap<String, u64>,
     /// Per log, the sealed segment being sent whole: (sent up to, segment end).
     pub segments: HashMap<String, (u64, u64)>,
+    /// Per log, why nothing is sent to it now (ahead of this node, diverged).
+    pub blocked: HashMap<String, String>,
     /// Session generation: a reconnect replaces the old session's entry.
     generation: u64,
 }
@@ -71,6 +73,7 @@ impl Replicas {
                 downstream: Vec::new(),
                 full_sync: HashMap::new(),
                 segments: HashMap::new(),
+                blocked: HashMap::new(),
                 generation,
             },
         );
@@ -90,11 +93,33 @@ impl Replicas {
             r.last_ack = Instant::now();
             let e = r.acked.entry(log.to_owned()).or_insert(0);
             *e = (*e).max(end);
+            if r.blocked.get(log).is_some_and(|b| b.starts_with("ahead")) {
+                r.blocked.remove(log);
+            }
             if r.full_sync.get(log).is_some_and(|&until| end >= until) {
                 r.full_sync.remove(log);
             }
         }
         self.acked.notify_one();
+    }
+
+    /// Replica `id` holds `log` up to exactly `end` (its handshake settled it): unlike an
+    /// ack, this may lower its position.
+    pub fn set_acked(&self, id: &str, log: &str, end: u64) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            r.acked.insert(log.to_owned(), end);
+        }
+    }
+
+    /// Why nothing is sent to replica `id` for `log` (empty: it follows).
+    pub fn set_blocked(&self, id: &str, log: &str, reason: String) {
+        if let Some(r) = self.map.lock().get_mut(id) {
+            if reason.is_empty() {
+                r.blocked.remove(log);
+            } else {
+                r.blocked.insert(log.to_owned(), reason);
+            }
+        }
     }
 
     /// Replica `id` was told to copy `log` again; it is done once it acks `until`.

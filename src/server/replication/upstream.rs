@@ -11,6 +11,8 @@ use tokio::time::Instant;
 use futures::Stream;
 use spool_proto::v1 as pb;
 use spool_replication::divergence::{self, Decision};
+
+use super::plan::{plan_for, Plan};
 use spool_storage::{Log, SegmentSpan, StorageError};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -43,66 +45,53 @@ fn msg(m: pb::upstream_message::Msg) -> Result<pb::UpstreamMessage, Status> {
     Ok(pb::UpstreamMessage { msg: Some(m) })
 }
 
-/// Where this replica continues on `log`, from what it told us. A delayed upstream
-/// decides on its visible end (and the epochs begun below it): it vouches for nothing more.
-fn decision_for(
-    node: &Node,
-    log: &Log,
-    state: Option<&pb::ReplicaLogState>,
-) -> Result<Decision, Status> {
-    let p = log.positions();
-    let end_here = node.visible(log).end();
-    let epochs: Vec<(u64, u64)> = log
-        .epochs()
-        .entries()
-        .iter()
-        .copied()
-        .filter(|&(_, start)| start <= end_here)
-        .collect();
-    let start_here = p.start.min(end_here);
-    let decided = match state {
-        // A replica that sends only its last epoch (older versions).
-        Some(s) if s.epochs.is_empty() && s.last_epoch > 0 => {
-            divergence::decide(&epochs, start_here, end_here, s.last_epoch, s.end_offset)
-        }
-        Some(s) => {
-            let theirs: Vec<(u64, u64)> =
-                s.epochs.iter().map(|e| (e.epoch, e.start_offset)).collect();
-            divergence::decide_with_history(
-                &epochs,
-                start_here,
-                end_here,
-                &theirs,
-                s.start_offset,
-                s.end_offset,
-            )
-        }
-        None => divergence::decide(&epochs, start_here, end_here, 0, 0),
-    };
-    decided.map_err(|e| Status::failed_precondition(e.to_string()))
-}
-
-fn start_message(reader: &Visible, log: &Log, d: Decision, fetch: Fetch) -> pb::LogStart {
+fn start_message(reader: &Visible, log: &Log, plan: &Plan, fetch: Fetch) -> pb::LogStart {
     use pb::log_start::Action;
-    let (action, offset) = match d {
-        Decision::Continue { from } => (Action::Continue, from),
-        Decision::TruncateThenContinue { to } => (Action::Truncate, to),
-        Decision::FullSync { from } => (Action::FullSync, from),
+    let (action, offset, reason) = match plan {
+        Plan::Follow(Decision::Continue { from }) => (Action::Continue, *from, String::new()),
+        Plan::Follow(Decision::TruncateThenContinue { to }) => {
+            (Action::Truncate, *to, String::new())
+        }
+        Plan::Follow(Decision::FullSync { from }) => (Action::FullSync, *from, String::new()),
+        Plan::Recreate { from } => (Action::Recreate, *from, String::new()),
+        Plan::Follow(Decision::Ahead {
+            upstream_end,
+            replica_end,
+        }) => (
+            Action::Ahead,
+            *replica_end,
+            format!(
+                "the replica holds records {upstream_end}..{replica_end} of this log's current \
+                 epoch past this node's end: it keeps them and gets frames from its end once \
+                 this node has them"
+            ),
+        ),
+        Plan::Diverged { reason } => (Action::Diverged, 0, reason.clone()),
     };
+    let sealed = matches!(
+        action,
+        Action::Continue | Action::Truncate | Action::FullSync | Action::Recreate
+    ) && (log.reader().sealed_segment(offset).is_some()
+        || (fetch.active && active_span_to_fetch(reader, log, offset, 0).is_some()));
     pb::LogStart {
         name: log.name().to_owned(),
         config: Some(config_to_pb(log.config())),
         action: action as i32,
         offset,
-        sealed_segments_follow: log.reader().sealed_segment(offset).is_some()
-            || (fetch.active && active_span_to_fetch(reader, log, offset, 0).is_some()),
+        sealed_segments_follow: sealed,
+        incarnation: log.incarnation(),
+        reason,
     }
 }
 
-fn continue_from(d: Decision) -> u64 {
-    match d {
-        Decision::Continue { from } | Decision::FullSync { from } => from,
-        Decision::TruncateThenContinue { to } => to,
+/// Where frames for the replica start, if any are sent.
+fn continue_from(plan: &Plan) -> Option<u64> {
+    match plan {
+        Plan::Follow(Decision::Continue { from } | Decision::FullSync { from })
+        | Plan::Recreate { from } => Some(*from),
+        Plan::Follow(Decision::TruncateThenContinue { to }) => Some(*to),
+        Plan::Follow(Decision::Ahead { replica_end, .. }) => Some(*replica_end),
+        Plan::Diverged { .. } => None,
     }
 }
 
@@ -115,13 +104,14 @@ const FETCH_INSIDE_MIN_BYTES: u64 = 4 << 20;
 fn staged_to_resume(
     visible: &Visible,
     log: &Log,
-    d: Decision,
+    plan: &Plan,
     state: Option<&pb::ReplicaLogState>,
     replica: &str,
 ) -> u64 {
-    let (Decision::Continue { from }, Some(s)) = (d, state) else {
+    let (Plan::Follow(Decision::Continue { from }), Some(s)) = (plan, state) else {
         return 0;
     };
+    let from = *from;
     if s.end_offset != from || s.staged_end <= from {
         return 0;
     }
@@ -359,7 +349,7 @@ async fn send_log(
                 pb::upstream_message::Msg::Start(start_message(
                     &reader,
                     &log,
-                    Decision::FullSync { from: start },
+                    &Plan::Follow(Decision::FullSync { from: start }),
                     fetch,
                 ))
             }
@@ -374,9 +364,58 @@ async fn send_log(
     }
 }
 
+/// A replica ahead of this node in `log` (records `upstream_end..replica_end` of the epoch
+/// this node was in): wait until this node holds them too, then stream from the
+/// replica's end, if they are still of that epoch here; if this node's history changed
+/// under them meanwhile, end the stream so the replica's tail is decided again.
+async fn send_when_there(
+    node: Arc<Node>,
+    replica: String,
+    log: Log,
+    (upstream_end, replica_end, cuts): (u64, u64, u64),
+    out: Out,
+    fetch: Fetch,
+) {
+    let epoch = log.epochs().epoch_at(upstream_end).unwrap_or(0);
+    let reader = node.visible(&log);
+    tokio::select! {
+        r = reader.wait_for(replica_end - 1) => if r.is_err() { return },
+        _ = out.closed() => return,
+        _ = node.shutdown_started() => return,
+    }
+    let history = log.epochs();
+    let same = reader
+        .lowest_cut_since(cuts)
+        .is_none_or(|c| c >= replica_end)
+        && history.epoch_at(upstream_end) == Some(epoch)
+        && history
+            .entries()
+            .iter()
+            .all(|&(_, s)| s <= upstream_end || s >= replica_end);
+    if !same {
+        let _ = out
+            .send(Err(Status::aborted(format!(
+                "log {}: this node's history changed under records {upstream_end}..{replica_end} \
+                 the replica holds: reconnect to decide its tail again",
+                log.name()
+            ))))
+            .await;
+        return;
+    }
+    node.replicas
+        .set_blocked(&replica, log.name(), String::new());
+    send_log(node, replica, log, (replica_end, cuts), 0, out, fetch).await;
+}
+
 struct Session {
     node: Arc<Node>,
     id: String,
+    /// Where the replica serves (its hello's listen address).
+    addr: String,
+    /// What the replica holds of each log as its plans settled it, until the ack tracker
+    /// knows the replica (see `run_session`; `tracked` once it does).
+    held: Vec<(String, u64)>,
+    tracked: bool,
     out: Out,
     tasks: HashMap<String, JoinHandle<()>>,
     /// What the replica said it had, per log, at hello.
@@ -389,8 +428,10 @@ struct Session {
 
 impl Session {
     /// Start senders for logs the replica does not get yet; tell it about deleted ones.
+    /// Each log's plan settles what the replica holds of it, which is what it counts for
+    /// (never its end before a cut it is told to make).
     async fn sync_catalog(&mut self) -> Result<(), Status> {
-        let storage = &self.node.storage;
+        let storage = self.node.storage.clone();
         let names = storage.list_logs();
         for name in &names {
             if self.tasks.contains_key(name) {
@@ -400,26 +441,66 @@ impl Session {
             // Before deciding: a cut after this is one the decision may not have seen.
             let cuts = log.reader().cut_count();
             let state = self.hello_logs.remove(name);
-            let d = decision_for(&self.node, &log, state.as_ref())?;
-            let from = continue_from(d);
+            let plan = plan_for(&self.node, &log, state.as_ref())?;
+            self.hold(name, plan.held());
             let visible = self.node.visible(&log);
-            let staged_end = staged_to_resume(&visible, &log, d, state.as_ref(), &self.id);
-            let start = start_message(&visible, &log, d, self.fetch);
+            let staged_end = staged_to_resume(&visible, &log, &plan, state.as_ref(), &self.id);
+            let start = start_message(&visible, &log, &plan, self.fetch);
             self.send(pb::upstream_message::Msg::Start(start)).await?;
-            if let Decision::FullSync { .. } = d {
+            self.node
+                .replicas
+                .set_blocked(&self.id, name, blocked_reason(&plan));
+            if matches!(
+                plan,
+                Plan::Follow(Decision::FullSync { .. }) | Plan::Recreate { .. }
+            ) {
                 self.node
                     .replicas
                     .full_sync_started(&self.id, name, visible.end());
             }
-            let task = tokio::spawn(send_log(
-                self.node.clone(),
-                self.id.clone(),
-                log,
-                (from, cuts),
-                staged_end,
-                self.out.clone(),
-                self.fetch,
-            ));
+            if let (
+                Plan::Follow(Decision::Ahead {
+                    upstream_end,
+                    replica_end,
+                }),
+                true,
+            ) = (&plan, self.node.role.is_primary())
+            {
+                // This primary lost records the replica holds: it takes them back before
+                // it takes another write to the log.
+                crate::server::repair::spawn_take_back(
+                    self.node.clone(),
+                    log.clone(),
+                    self.addr.clone(),
+                    (*upstream_end, *replica_end),
+                );
+            }
+            let task = match (continue_from(&plan), &plan) {
+                (
+                    Some(_),
+                    Plan::Follow(Decision::Ahead {
+                        upstream_end,
+                        replica_end,
+                    }),
+                ) => tokio::spawn(send_when_there(
+                    self.node.clone(),
+                    self.id.clone(),
+                    log,
+                    (*upstream_end, *replica_end, cuts),
+                    self.out.clone(),
+                    self.fetch,
+                )),
+                (Some(from), _) => tokio::spawn(send_log(
+                    self.node.clone(),
+                    self.id.clone(),
+                    log,
+                    (from, cuts),
+                    staged_end,
+                    self.out.clone(),
+                    self.fetch,
+                )),
+                (None, _) => tokio::spawn(async {}),
+            };
             self.tasks.insert(name.clone(), task);
         }
         let gone: Vec<String> = self
@@ -446,6 +527,17 @@ impl Session {
             .await?;
         }
         Ok(())
+    }
+
+    /// The replica holds `log` up to `end` once it applied its plan.
+    fn hold(&mut self, log: &str, end: u64) {
+        self.node.replicas.set_acked(&self.id, log, end);
+        if self.node.role.is_primary() {
+            self.node.acks.holds(&self.id, log, end);
+        }
+        if !self.tracked {
+            self.held.push((log.to_owned(), end));
+        }
     }
 
     /// Queue a message, giving up if the replica reads nothing for [`DEAD_AFTER`].
@@ -497,29 +589,22 @@ async fn run_session(
     out: Out,
 ) -> Result<(), Status> {
     let counts = !hello.delayed || node.config.delayed_counts_for_acks;
-    let initial: HashMap<String, u64> = hello
-        .logs
-        .iter()
-        .map(|l| (l.name.clone(), l.end_offset))
-        .collect();
+    // Its positions come from the plans below, not from the ends its hello reports.
     let generation = node.replicas.connect(
         &hello.replica_id,
         &hello.listen_addr,
         hello.sync,
         hello.delayed,
         counts && node.role.is_primary(),
-        initial.clone(),
+        HashMap::new(),
     );
-    if node.role.is_primary() {
-        node.acks.connected(&hello.replica_id, hello.sync, counts);
-        for (log, end) in &initial {
-            node.acks.acked(&hello.replica_id, log, *end);
-        }
-    }
     tracing::info!(replica = %hello.replica_id, addr = %hello.listen_addr, sync = hello.sync, "replica attached");
     let mut session = Session {
         node: node.clone(),
         id: hello.replica_id.clone(),
+        addr: hello.listen_addr.clone(),
+        held: Vec::new(),
+        tracked: false,
         out: out.clone(),
         tasks: HashMap::new(),
         hello_logs: hello
@@ -540,9 +625,19 @@ async fn run_session(
                 node_epoch: node.role.epoch(),
                 primary_addr: node.role.primary_addr().unwrap_or_default(),
                 upstream_id,
+                cluster_id: node.role.cluster_id(),
             }))
             .await?;
         session.sync_catalog().await?;
+        if node.role.is_primary() {
+            // Known to the tracker only now, with what its plans settled: a replica that
+            // reconnects never counts for its acks of records it no longer holds.
+            node.acks.connected(&session.id, hello.sync, counts);
+            for (log, end) in std::mem::take(&mut session.held) {
+                node.acks.holds(&session.id, &log, end);
+            }
+        }
+        session.tracked = true;
         let mut catalog = node.catalog.subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut last_heard = Instant::now();
@@ -649,11 +744,57 @@ impl Session {
     }
 }
 
+/// A peer of another cluster (or this node in none yet) is refused.
+pub fn check_cluster(node: &Node, theirs: &str) -> Result<(), Status> {
+    let ours = node.role.cluster_id();
+    if ours.is_empty() {
+        return Err(Status::failed_precondition(
+            "this node has not joined a cluster yet (a replica that never reached its own \
+             upstream): connect to a node that has",
+        ));
+    }
+    if !theirs.is_empty() && theirs != ours {
+        return Err(Status::failed_precondition(format!(
+            "cluster id mismatch: this node belongs to cluster {ours}, the peer to cluster \
+             {theirs}; a node replicates only within its own cluster"
+        )));
+    }
+    Ok(())
+}
+
+/// What status says of a log the plan sends nothing for yet (empty: nothing).
+fn blocked_reason(plan: &Plan) -> String {
+    match plan {
+        Plan::Follow(Decision::Ahead {
+            upstream_end,
+            replica_end,
+        }) => format!(
+            "ahead: holds {upstream_end}..{replica_end} past this node's end; waiting to get there"
+        ),
+        Plan::Diverged { reason } => format!("diverged: {reason}"),
+        _ => String::new(),
+    }
+}
+
 type BoxStream = Pin<Box<dyn Stream<Item = Result<pb::UpstreamMessage, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::replication_server::Replication for ReplicationService {
     type ReplicateStream = BoxStream;
+
+    async fn fetch_frames(
+        &self,
+        req: Request<pb::FetchFramesRequest>,
+    ) -> Result<Response<pb::FetchFramesResponse>, Status> {
+        self.node.check_accepting()?;
+        let node = self.node.clone();
+        let req = req.into_inner();
+        // Reads through the mappings may fault pages in from the disk.
+        let r = tokio::task::spawn_blocking(move || super::fetch_frames::fetch_frames(&node, req))
+            .await
+            .map_err(|e| Status::internal(format!("fetch task: {e}")))??;
+        Ok(Response::new(r))
+    }
 
     async fn replicate(
         &self,
@@ -675,6 +816,7 @@ impl pb::replication_server::Replication for ReplicationService {
                 ))
             }
         };
+        check_cluster(&self.node, &hello.cluster_id)?;
         let ours = self.node.role.epoch();
         if hello.node_epoch > ours {
             // Someone was promoted past us: we must not lead anyone, nor take writes.

@@ -370,3 +370,19 @@ fn reconnect_with_new_flags_settles_pending_requests() {
         vec![done(1, 1)]
     );
 }
+
+#[test]
+fn a_handshake_lowers_what_a_cut_back_replica_counts_for() {
+    let c = Clock::new();
+    let mut t = tracker(TimeoutPolicy::Fail);
+    let _ = t.replica_connected(c.now(), "r1", false, true);
+    let _ = t.replica_acked(c.now(), "r1", "a", 100);
+    // It reconnects having cut its log back to 8: its ack of 100 no longer holds.
+    let _ = t.replica_disconnected(c.now(), "r1");
+    let _ = t.replica_holds(c.now(), "r1", "a", 8);
+    let _ = t.replica_connected(c.now(), "r1", false, true);
+    assert!(t
+        .append(c.now(), 1, "a", 50, AckMode::SemiSync(1))
+        .is_empty());
+    assert_eq!(t.replica_acked(c.now(), "r1", "a", 50), vec![done(1, 1)]);
+}

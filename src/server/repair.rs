@@ -1,0 +1,257 @@
+//! Repairing from peers: damaged records (found at open, by scrub or by a read) are fetched
+//! from a peer holding the same records in the same epochs (the upstream, or a replica of
+//! this node) and put back with `Log::repair`; a primary whose log ends below what a
+//! replica holds in its own epoch takes those records back before its next write to the
+//! log. Frames come from the peer's `FetchFrames`, and every one is checked here.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use spool_proto::v1 as pb;
+use spool_storage::{DamageReport, Log};
+
+use super::node::Node;
+use super::role::Role;
+
+/// Bytes asked for per fetch.
+const FETCH_BYTES: u32 = 4 << 20;
+/// How often the node looks for damage to repair by itself.
+const AUTO_REPAIR_EVERY: Duration = Duration::from_secs(5);
+
+/// A connection to a peer's Replication service.
+async fn connect(
+    addr: &str,
+) -> Result<pb::replication_client::ReplicationClient<tonic::transport::Channel>> {
+    let uri = crate::client::endpoint_uri(addr);
+    let channel = tonic::transport::Endpoint::from_shared(uri.clone())?
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(pb::replication_client::ReplicationClient::new(channel)
+        .max_decoding_message_size(crate::server::MESSAGE_BYTES_MAX))
+}
+
+/// The frames of `log` from `from` (below `to` if not 0) that the peer at `addr` holds,
+/// with its epoch history, as its FetchFrames answers.
+pub async fn fetch_frames(
+    addr: &str,
+    cluster_id: &str,
+    log: &Log,
+    from: u64,
+    to: u64,
+) -> Result<pb::FetchFramesResponse> {
+    let mut client = connect(addr).await?;
+    let r = client
+        .fetch_frames(pb::FetchFramesRequest {
+            log: log.name().to_owned(),
+            incarnation: log.incarnation(),
+            from_offset: from,
+            to_offset: to,
+            max_bytes: FETCH_BYTES,
+            cluster_id: cluster_id.to_owned(),
+        })
+        .await
+        .map_err(|s| anyhow!("{addr}: {}", s.message()))?
+        .into_inner();
+    if r.first_offset != from || r.frames.is_empty() {
+        bail!("{addr} holds no frame of {} starting at {from}", log.name());
+    }
+    Ok(r)
+}
+
+/// Whether the peer's history gives `from..to` the epochs ours does (the same records).
+fn same_epochs(log: &Log, peer: &[pb::EpochStart], from: u64, to: u64) -> bool {
+    let theirs: Vec<(u64, u64)> = peer.iter().map(|e| (e.epoch, e.start_offset)).collect();
+    let ours = log.epochs();
+    spool_replication::divergence::staged_part_matches(
+        ours.entries(),
+        u64::MAX,
+        &theirs_from(&theirs, from),
+        from,
+        to,
+    )
+}
+
+/// A history as it applies from `from` on: the epoch at `from` first.
+fn theirs_from(history: &[(u64, u64)], from: u64) -> Vec<(u64, u64)> {
+    let at = history
+        .iter()
+        .rev()
+        .find(|&&(_, s)| s <= from)
+        .map_or(0, |&(e, _)| e);
+    std::iter::once((at, from))
+        .chain(history.iter().copied().filter(|&(_, s)| s > from))
+        .collect()
+}
+
+/// Put back one damaged run of `log` from the peer at `addr`.
+pub async fn repair_run(node: &Node, log: &Log, d: &DamageReport, addr: &str) -> Result<u64> {
+    let cluster = node.role.cluster_id();
+    let mut from = d.first_offset;
+    let end = d.next_offset.unwrap_or(u64::MAX);
+    loop {
+        let to = if end == u64::MAX { 0 } else { end };
+        let r = fetch_frames(addr, &cluster, log, from, to).await?;
+        if !same_epochs(log, &r.epochs, from, r.next_offset) {
+            bail!(
+                "{addr} holds offsets {from}..{} of {} in other epochs: not the same records",
+                r.next_offset,
+                log.name()
+            );
+        }
+        if from == d.first_offset {
+            let done = log.repair(from, r.frames).await?;
+            from = done.next_offset;
+        } else {
+            // A damaged end put back as far as its segment goes: the rest continues the log.
+            from = log.append_frames(r.frames).await?;
+        }
+        if d.next_offset.is_some_and(|n| from >= n) || (end == u64::MAX && from >= r.end_offset) {
+            return Ok(from);
+        }
+    }
+}
+
+/// The peers that may hold this node's records: the upstream, or the connected replicas.
+fn peers(node: &Node) -> Vec<String> {
+    match node.role.role() {
+        Role::Replica { upstream } => vec![upstream],
+        Role::Primary => node
+            .replicas
+            .snapshot()
+            .into_iter()
+            .filter(|r| r.connected && !r.addr.is_empty())
+            .map(|r| r.addr)
+            .collect(),
+    }
+}
+
+/// Repair every damaged run of `log` from `from_addr`, or from the first peer that can.
+pub async fn repair_log(node: &Node, log: &Log, from_addr: Option<&str>) -> pb::RepairResponse {
+    let mut out = pb::RepairResponse::default();
+    let peers = from_addr.map_or_else(|| peers(node), |a| vec![a.to_owned()]);
+    for d in log.damage() {
+        let mut done = false;
+        for addr in &peers {
+            match repair_run(node, log, &d, addr).await {
+                Ok(next) => {
+                    out.repaired.push(pb::RepairedRange {
+                        log: log.name().to_owned(),
+                        first_offset: d.first_offset,
+                        next_offset: next,
+                        from_addr: addr.clone(),
+                    });
+                    done = true;
+                    break;
+                }
+                Err(e) => out
+                    .errors
+                    .push(format!("{} from {}: {e:#}", log.name(), d.first_offset)),
+            }
+        }
+        if !done {
+            if peers.is_empty() {
+                out.errors.push(format!(
+                    "{}: no peer to repair from (no upstream, no replica connected)",
+                    log.name()
+                ));
+            }
+            out.left.push(pb::ScrubFinding {
+                log: log.name().to_owned(),
+                range: Some(damaged_range(&d)),
+            });
+        }
+    }
+    out
+}
+
+pub fn damaged_range(d: &DamageReport) -> pb::DamagedRange {
+    pb::DamagedRange {
+        first_offset: d.first_offset,
+        next_offset: d.next_offset.unwrap_or(0),
+        segment_base: d.segment_base,
+        reason: d.reason.clone(),
+    }
+}
+
+/// Look for damage every few seconds and repair it from peers, quietly while none has it.
+pub fn spawn_auto_repair(node: Arc<Node>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(AUTO_REPAIR_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = node.shutdown_started() => return,
+            }
+            for name in node.storage.list_logs() {
+                let Ok(log) = node.storage.log(&name) else {
+                    continue;
+                };
+                if log.damage().is_empty() {
+                    continue;
+                }
+                let r = repair_log(&node, &log, None).await;
+                for done in &r.repaired {
+                    tracing::warn!(log = %done.log, from = done.first_offset, to = done.next_offset, peer = %done.from_addr, "damaged records repaired from a peer");
+                }
+                if !r.left.is_empty() {
+                    tracing::debug!(log = %name, errors = ?r.errors, "damage not repaired yet");
+                }
+            }
+        }
+    });
+}
+
+/// This primary's log ends at `from` but the replica at `addr` holds it up to `to` in the
+/// log's current epoch: take those records back (as frames from the replica, checked and
+/// appended unchanged, or put back over a damaged end) before the log takes another write.
+pub fn spawn_take_back(node: Arc<Node>, log: Log, addr: String, (from, to): (u64, u64)) {
+    if !node.begin_take_back(log.name()) {
+        return;
+    }
+    tokio::spawn(async move {
+        tracing::warn!(log = %log.name(), from, to, replica = %addr, "this primary lost records a replica holds: taking them back before the next write");
+        let result = take_back(&node, &log, &addr, from, to).await;
+        match &result {
+            Ok(()) => {
+                tracing::warn!(log = %log.name(), from, to, replica = %addr, "records taken back from the replica")
+            }
+            Err(e) => {
+                tracing::error!(log = %log.name(), from, to, replica = %addr, error = %format!("{e:#}"), "taking records back failed; the log takes no writes until a replica that holds them reconnects")
+            }
+        }
+        node.end_take_back(log.name(), result.is_ok());
+    });
+}
+
+async fn take_back(node: &Node, log: &Log, addr: &str, from: u64, to: u64) -> Result<()> {
+    let epoch = log.current_epoch();
+    if let Some(d) = log
+        .damage()
+        .into_iter()
+        .find(|d| d.first_offset == from && d.next_offset.is_none())
+    {
+        let reached = repair_run(node, log, &d, addr).await?;
+        if reached >= to {
+            return Ok(());
+        }
+    }
+    let cluster = node.role.cluster_id();
+    let mut at = log.positions().durable;
+    while at < to {
+        let r = fetch_frames(addr, &cluster, log, at, to).await?;
+        if !same_epochs(log, &r.epochs, at, r.next_offset)
+            || r.epochs.last().map(|e| e.epoch) > Some(epoch)
+        {
+            bail!(
+                "the replica's records {at}..{} are not of this log's epoch {epoch}",
+                r.next_offset
+            );
+        }
+        at = log.append_frames(r.frames).await?;
+    }
+    Ok(())
+}
