@@ -121,6 +121,15 @@ pub struct ProducerSeq {
     pub sequence: u64,
 }
 
+impl ProducerSeq {
+    pub fn new(producer_id: u64, sequence: u64) -> Self {
+        ProducerSeq {
+            producer_id,
+            sequence,
+        }
+    }
+}
+
 /// The decoded, validated header of a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {

@@ -21,6 +21,7 @@ pub mod io;
 mod log;
 mod log_writer;
 pub mod meta;
+mod producers;
 mod reader;
 mod recovery;
 mod retention;
@@ -35,7 +36,7 @@ pub mod check;
 
 pub use config::{Compression, Durability, LogConfig, RecoveryMode, StorageConfig};
 pub use error::{FormatError, Result, StorageError};
-pub use format::Record;
+pub use format::{ProducerSeq, Record};
 pub use import::SegmentImport;
 pub use io::BackendChoice;
 pub use log::{AppendAck, Log, Positions};

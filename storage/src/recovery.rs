@@ -22,6 +22,7 @@ use crate::format;
 use crate::index::{self, IndexEntry};
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
+use crate::producers::{self, Producers};
 use crate::sealed_record;
 use crate::segment::{self, open_rw, ScanStop, SegmentView};
 use crate::spare;
@@ -41,6 +42,8 @@ pub(crate) struct RecoveredLog {
     /// allocated segment reads as zeros too. After a restart, asked of its last block's
     /// extent (taken as true where the filesystem cannot say).
     pub active_zeroed: bool,
+    /// Idempotent appends' producers (see `producers`).
+    pub producers: Producers,
 }
 
 fn list_segments(dir: &Path) -> Result<Vec<u64>> {
@@ -251,6 +254,7 @@ pub(crate) fn recover_log(
         epochs.save(dir)?;
     }
     let spare = spare::collect_spares(dir, config.segment_bytes)?;
+    let producers = producers::rebuild(dir, views.last().expect("the active segment"), next);
     let shared = Arc::new(LogShared::new(
         id,
         name.to_owned(),
@@ -269,6 +273,7 @@ pub(crate) fn recover_log(
         last_index_pos,
         spare,
         active_zeroed,
+        producers,
     })
 }
 

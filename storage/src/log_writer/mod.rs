@@ -18,10 +18,11 @@ use crate::config::{Durability, GROUP_BYTES_CAP};
 use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
 use crate::extents;
-use crate::format::{self, BatchHeader};
+use crate::format::{self, BatchHeader, ProducerSeq};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
 use crate::log::{AppendAck, LogShared};
+use crate::producers::{KeptBatch, ProducerLimits, Producers, Verdict};
 use crate::recovery::RecoveredLog;
 use crate::sealed_record::{self, Sealed};
 use crate::segment::{self, open_rw, SegmentView};
@@ -83,6 +84,9 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// A write failed since the open: its bytes past the end may not all have been zeroed
     /// again, so a clean shutdown does not vouch for the active segment's tail.
     tail_unsure: bool,
+    /// Idempotent appends: the last batches per producer, updated as frames are buffered
+    /// (and forgotten again where they are cut or fail).
+    producers: Producers,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -118,7 +122,7 @@ impl<F: IoFile> LogWriter<F> {
     pub fn new<B: IoBackend<File = F>>(
         backend: &B,
         r: RecoveredLog,
-        _ctx: &WriterCtx,
+        ctx: &WriterCtx,
     ) -> Result<Self> {
         let seg = r
             .shared
@@ -130,7 +134,13 @@ impl<F: IoFile> LogWriter<F> {
         let file = backend.wrap(r.seg_file, &seg.path).at(&seg.path)?;
         let next = seg.durable_next();
         assert_eq!(seg.durable_len(), r.write_pos);
+        let mut producers = r.producers;
+        let limits = ProducerLimits::of(&ctx.config);
+        producers
+            .table
+            .set_limits(limits, now_us().max(seg.last_ts_us()));
         Ok(LogWriter {
+            producers,
             last_ts_us: seg.last_ts_us(),
             shared: r.shared,
             file,
@@ -241,8 +251,26 @@ impl<F: IoFile> LogWriter<F> {
         let epoch = self.shared.epochs.read().current();
         // Timestamps never go back within a log, whatever the wall clock does.
         let ts = now_us().max(self.last_ts_us);
+        let producer = format::frame_producer(&frame);
+        let reply = match producer {
+            Some(p) => match self.dedupe(p, ts, durability, reply) {
+                Some(reply) => reply,
+                None => return,
+            },
+            None => reply,
+        };
         format::stamp_frame(&mut frame, offset, epoch, ts);
         let count = format::frame_record_count(&frame);
+        if let Some(p) = producer {
+            let batch = KeptBatch {
+                sequence: p.sequence,
+                base_offset: offset,
+                record_count: count,
+                epoch,
+                ts_us: ts,
+            };
+            self.producers.record(p, batch, self.seg.base_offset);
+        }
         self.start_group();
         self.note_index(self.buf_end(), offset);
         self.buf.extend_from_slice(&frame);
@@ -258,8 +286,60 @@ impl<F: IoFile> LogWriter<F> {
                 record_count: count,
                 epoch,
                 durability,
+                duplicate: false,
             },
         });
+    }
+
+    /// The producer check of an idempotent append (see `producers`): `Some(reply)` when
+    /// the batch is to be appended; otherwise `reply` is answered, or waits with the group
+    /// that makes the original durable.
+    fn dedupe(
+        &mut self,
+        p: ProducerSeq,
+        ts_us: u64,
+        durability: Durability,
+        reply: oneshot::Sender<Result<AppendAck>>,
+    ) -> Option<oneshot::Sender<Result<AppendAck>>> {
+        match self.producers.table.check(p, ts_us, &self.shared.name) {
+            Ok(Verdict::Append) => Some(reply),
+            Ok(Verdict::Duplicate(original)) => {
+                self.answer_duplicate(original, durability, reply);
+                None
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                None
+            }
+        }
+    }
+
+    /// Answer a retry with its original batch, never before the original reached the
+    /// durability the retry asks for: a retry's ack promises what the first one would have.
+    fn answer_duplicate(
+        &mut self,
+        original: KeptBatch,
+        durability: Durability,
+        reply: oneshot::Sender<Result<AppendAck>>,
+    ) {
+        let mut ack = AppendAck {
+            base_offset: original.base_offset,
+            record_count: original.record_count,
+            epoch: original.epoch,
+            durability,
+            duplicate: true,
+        };
+        let end = original.next_offset();
+        if end <= self.durable_next {
+            ack.durability = Durability::Fsync;
+            let _ = reply.send(Ok(ack));
+        } else if end <= self.written_next && durability == Durability::Unsynced {
+            let _ = reply.send(Ok(ack));
+        } else {
+            // In this group, or written and not yet synced: completes with the sync.
+            self.sync_requested |= durability == Durability::Fsync;
+            self.waiters.push(Waiter::Local { reply, ack });
+        }
     }
 
     /// `sync`: fdatasync with this group; otherwise the frames become durable with a later
@@ -292,6 +372,8 @@ impl<F: IoFile> LogWriter<F> {
         self.note_index(self.buf_end(), h.base_offset);
         self.buf.extend_from_slice(frame);
         self.buf_next = h.next_offset();
+        // A replica knows its primary's producers, to answer retries once promoted.
+        self.producers.observe(frame, h, self.seg.base_offset);
         self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
         self.sync_requested |= sync;
         Ok(())
@@ -405,6 +487,7 @@ impl<F: IoFile> LogWriter<F> {
             let _ = self.file.write_all_at(vec![0u8; len as usize], pos).await;
         }
         self.buf_next = self.written_next;
+        self.producers.table.forget_from(self.buf_next);
         let keep = self.write_pos;
         self.pending_entries.retain(|e| u64::from(e.pos) < keep);
         self.last_index_pos = self
@@ -474,10 +557,11 @@ impl<F: IoFile> LogWriter<F> {
     /// called at a clean shutdown, after the last commit. A log that failed writes gets
     /// none; the active segment is left out when a write into it failed, or not everything
     /// written is durable.
-    pub fn record_at_shutdown(&self) {
+    pub fn record_at_shutdown(&mut self) {
         if self.shared.poisoned.lock().is_some() {
             return;
         }
+        self.producers.save(self.durable_next);
         let sealed: Vec<Arc<SegmentView>> = {
             let segs = self.shared.segments.read();
             segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
@@ -658,6 +742,9 @@ impl<F: IoFile> LogWriter<F> {
         assert_eq!(self.durable_pos, self.write_pos);
         self.seal_index()?;
         let base = self.durable_next;
+        // Before the new segment: a crash between the two still finds a snapshot that
+        // covers the active segment, whichever one it is then.
+        self.producers.save(base);
         let (view, file, idx_file) = match self.new_segment(base, backend, true) {
             Ok(placed) => placed,
             Err(e) => {

@@ -61,6 +61,8 @@ impl<F: IoFile> LogWriter<F> {
         } else {
             target.durable_len()
         };
+        // Nothing is cut yet: a failure here leaves the log as it was.
+        self.producers.unsave()?;
         // From the first file removed on, disk and memory may disagree after an error:
         // the log then refuses writes until a restart recovers it from the disk.
         let applied: Result<()> = async {
@@ -143,6 +145,7 @@ impl<F: IoFile> LogWriter<F> {
             self.poison(e);
         }
         applied?;
+        self.producers.cut_at(end);
         tracing::info!(log = %self.shared.name, end, "log truncated");
         Ok(())
     }
@@ -158,6 +161,8 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
+        self.producers.unsave()?;
+        self.producers.table.clear();
         let dir = self.shared.dir.clone();
         let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
         let applied: Result<()> = async {
