@@ -252,11 +252,10 @@ async fn copy_frames(src: &Log, dst: &Log, mut from: u64, until: u64) {
     }
 }
 
-/// Import `src`'s sealed segments into the empty `dst` as a full sync does; returns the
-/// offset where src's active segment starts.
-async fn import_sealed(src: &Log, dst: &Log) -> u64 {
+/// Import `src`'s sealed segments from `from` (the base of one, where `dst` ends) as a
+/// replica's catch-up does; returns the offset where src's active segment starts.
+async fn import_sealed(src: &Log, dst: &Log, mut from: u64) -> u64 {
     let r = src.reader();
-    let mut from = 0;
     while let Some((base, next)) = r.sealed_segment(from) {
         let mut imp = dst.begin_import(base).unwrap();
         while imp.next_offset() < next {
@@ -286,15 +285,22 @@ fn replicas_learn_producers_from_frames(open: Open) {
         let end = src.positions().durable;
         let appended = s.create_log("appended").await.unwrap();
         copy_frames(&src, &appended, 0, end).await;
+        // The first segment as frames, then segments whole, then frames again.
         let imported = s.create_log("imported").await.unwrap();
-        let active = import_sealed(&src, &imported).await;
+        let (_, first) = src.reader().sealed_segment(0).unwrap();
+        copy_frames(&src, &imported, 0, first).await;
+        let active = import_sealed(&src, &imported, first).await;
         assert!(
-            active > acks[4].base_offset,
-            "sealed segments hold producers"
+            active > acks[8].base_offset,
+            "imported segments hold producers"
         );
         copy_frames(&src, &imported, active, end).await;
+        // As a crash would leave it: the snapshot written by the last import.
+        let snapshot = snapshot_path(dir.path(), "imported");
+        let after_import = std::fs::read(&snapshot).unwrap();
         s.shutdown().await.unwrap();
         drop(s);
+        std::fs::write(&snapshot, after_import).unwrap();
 
         let s = open(config(dir.path()));
         for name in ["appended", "imported"] {
