@@ -19,7 +19,9 @@ pub fn to_status(e: StorageError) -> Status {
         StorageError::OffsetOutOfRange { .. } => Code::OutOfRange,
         StorageError::DiskFull { .. } => Code::ResourceExhausted,
         StorageError::Corrupt { .. } | StorageError::CorruptMeta { .. } => Code::DataLoss,
-        StorageError::FrameRejected { .. } => Code::FailedPrecondition,
+        StorageError::FrameRejected { .. }
+        | StorageError::SequenceOutOfOrder { .. }
+        | StorageError::SequenceTooOld { .. } => Code::FailedPrecondition,
         StorageError::Poisoned { .. } | StorageError::Closed => Code::Unavailable,
         StorageError::Io { .. } => Code::Internal,
     };
@@ -43,5 +45,13 @@ mod tests {
         let full = StorageError::io("/x", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(to_status(full).code(), Code::ResourceExhausted);
         assert_eq!(to_status(StorageError::Closed).code(), Code::Unavailable);
+        let gap = to_status(StorageError::SequenceOutOfOrder {
+            log: "a".into(),
+            producer_id: 9,
+            sequence: 12,
+            expected: 10,
+        });
+        assert_eq!(gap.code(), Code::FailedPrecondition);
+        assert!(gap.message().contains("12") && gap.message().contains("expected 10"));
     }
 }

@@ -239,8 +239,7 @@ impl Log {
         records: &[R],
         durability: Durability,
     ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
-        self.submit_frame(self.encode_batch(records, None)?, durability)
-            .await
+        self.submit_with(records, durability, None).await
     }
 
     /// Append records as one batch of an idempotent producer: a retry of a batch the log
@@ -266,22 +265,24 @@ impl Log {
         durability: Durability,
         producer: ProducerSeq,
     ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
-        if producer.producer_id == 0 {
+        self.submit_with(records, durability, Some(producer)).await
+    }
+
+    /// [`Log::submit`] or, with a producer, [`Log::submit_idempotent`].
+    pub async fn submit_with<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+        producer: Option<ProducerSeq>,
+    ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
+        if producer.is_some_and(|p| p.producer_id == 0) {
             return Err(StorageError::InvalidInput(
                 "producer id 0 means no producer; an idempotent producer picks a random \
                  non-zero id"
                     .into(),
             ));
         }
-        let frame = self.encode_batch(records, Some(producer))?;
-        self.submit_frame(frame, durability).await
-    }
-
-    async fn submit_frame(
-        &self,
-        frame: Vec<u8>,
-        durability: Durability,
-    ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
+        let frame = self.encode_batch(records, producer)?;
         let (reply, rx) = oneshot::channel();
         self.storage
             .send(Cmd::Append {
