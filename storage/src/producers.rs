@@ -69,6 +69,13 @@ impl Default for ProducerLimits {
 }
 
 impl ProducerLimits {
+    /// For rebuilding at open, before the writer applies the configured bounds: a snapshot
+    /// holds at most what they kept, the active segment's frames a bounded number more.
+    const NONE: ProducerLimits = ProducerLimits {
+        producers_max: usize::MAX,
+        expiry_us: u64::MAX,
+    };
+
     pub fn of(config: &StorageConfig) -> Self {
         ProducerLimits {
             producers_max: config.producers_max,
@@ -412,10 +419,10 @@ impl Producers {
 
 /// The producers of a log being opened: the snapshot, then the frames of the active
 /// segment `active` from the offset it covers to `end` (frames recovery has validated).
-/// Bounded by [`ProducerLimits::default`]; the writer applies the configured ones.
+/// Not bounded here: the writer applies the configured bounds when it takes the log.
 pub(crate) fn rebuild(dir: &Path, active: &SegmentView, end: u64) -> Producers {
     let path = dir.join(FILE);
-    let limits = ProducerLimits::default();
+    let limits = ProducerLimits::NONE;
     let bytes = match fs::read(&path) {
         Ok(b) => Some(b),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

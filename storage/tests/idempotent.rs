@@ -319,6 +319,59 @@ fn replicas_learn_producers_from_frames(open: Open) {
     });
 }
 
+/// The node's bounds apply: beyond `producers_max` the least recently written producer
+/// is forgotten (its retry is appended again), also after a restart, and a snapshot holds
+/// more producers than the default bound when the config allows them.
+fn the_configured_bounds_apply(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = |max| StorageConfig {
+        producers_max: max,
+        ..config(dir.path())
+    };
+    run(60, async {
+        let s = open(cfg(2));
+        let log = s.create_log("idem").await.unwrap();
+        let one = |id| ProducerSeq::new(id, 0);
+        for id in 1..=3 {
+            log.append_idempotent(&[b"a"], Durability::Fsync, one(id))
+                .await
+                .unwrap();
+        }
+        let again = log.append_idempotent(&[b"a"], Durability::Fsync, one(3));
+        assert!(again.await.unwrap().duplicate);
+        let evicted = log.append_idempotent(&[b"a"], Durability::Fsync, one(1));
+        assert!(
+            !evicted.await.unwrap().duplicate,
+            "producer 1 was the least recent"
+        );
+        s.shutdown().await.unwrap();
+        drop(s);
+
+        let many = spool_storage::config::PRODUCERS_MAX_DEFAULT as u64 + 10;
+        let s = open(cfg(many as usize));
+        let log = s.log("idem").unwrap();
+        // Queued together, so that they share group commits.
+        let mut acks = Vec::new();
+        for id in 10..10 + many {
+            let queued = log.submit_idempotent(&[b"b"], Durability::Fsync, one(id));
+            acks.push(queued.await.unwrap());
+        }
+        for ack in acks {
+            ack.await.unwrap();
+        }
+        s.shutdown().await.unwrap();
+        drop(s);
+        let s = open(cfg(many as usize));
+        let log = s.log("idem").unwrap();
+        let first = log.append_idempotent(&[b"b"], Durability::Fsync, one(10));
+        assert!(
+            first.await.unwrap().duplicate,
+            "all {many} producers were kept"
+        );
+        s.shutdown().await.unwrap();
+    });
+}
+
 macro_rules! suite {
     ($($backend:ident => $open:expr),*) => {$(
         mod $backend {
@@ -329,6 +382,7 @@ macro_rules! suite {
             #[test] fn producers_survive_rolls() { super::producers_survive_rolls(OPEN) }
             #[test] fn truncation_forgets_cut_batches() { super::truncation_forgets_cut_batches(OPEN) }
             #[test] fn replicas_learn_producers_from_frames() { super::replicas_learn_producers_from_frames(OPEN) }
+            #[test] fn the_configured_bounds_apply() { super::the_configured_bounds_apply(OPEN) }
         }
     )*};
 }

@@ -202,7 +202,9 @@ impl<F: IoFile> LogWriter<F> {
     }
 }
 
-/// The frame `bytes` cut down to its records below `end`, same epoch and time.
+/// The frame `bytes` cut down to its records below `end`, same epoch and time. Without
+/// the producer extension: the prefix is not the batch its producer sent (the producers
+/// table forgets that batch, so a retry of it is appended again).
 fn prefix_frame(bytes: &[u8], h: &BatchHeader, end: u64, path: &Path) -> Result<Vec<u8>> {
     let records = format::decode_records(bytes, h).map_err(|reason| StorageError::Corrupt {
         path: path.to_owned(),
