@@ -460,7 +460,9 @@ pub(crate) fn rebuild(dir: &Path, active: &SegmentView, end: u64) -> Producers {
 }
 
 /// `table` with the producers of `seg`'s frames from offset `from` (a frame boundary) to
-/// `end` observed; `None` where `from` is not where a frame starts.
+/// `end` observed; `None` where `from` is not where a frame starts. Headers are bounded
+/// by recovery; a frame with a producer is CRC-checked too, since a damaged one would
+/// answer retries with wrong offsets (it is skipped: those retries are appended).
 fn observe_segment(
     mut table: ProducerTable,
     seg: &SegmentView,
@@ -481,7 +483,9 @@ fn observe_segment(
         let Some(frame) = bytes.get(pos..pos + h.frame_len as usize) else {
             break;
         };
-        table.observe(frame, &h);
+        if h.has_producer() && format::check_frame(frame).is_ok() {
+            table.observe(frame, &h);
+        }
         pos += frame.len();
     }
     Some(table)

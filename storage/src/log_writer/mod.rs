@@ -1,6 +1,7 @@
 //! One log's write side, owned by the storage thread: the active segment, the group buffer,
 //! the waiters, rolling, truncation and segment removal.
 
+mod idempotent;
 mod import;
 mod removal;
 mod truncate;
@@ -18,11 +19,11 @@ use crate::config::{Durability, GROUP_BYTES_CAP};
 use crate::crashsafe::fsync_dir;
 use crate::error::{IoContext, Result, StorageError};
 use crate::extents;
-use crate::format::{self, BatchHeader, ProducerSeq};
+use crate::format::{self, BatchHeader};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
 use crate::log::{AppendAck, LogShared};
-use crate::producers::{KeptBatch, ProducerLimits, Producers, Verdict};
+use crate::producers::{KeptBatch, ProducerLimits, Producers};
 use crate::recovery::RecoveredLog;
 use crate::sealed_record::{self, Sealed};
 use crate::segment::{self, open_rw, SegmentView};
@@ -289,57 +290,6 @@ impl<F: IoFile> LogWriter<F> {
                 duplicate: false,
             },
         });
-    }
-
-    /// The producer check of an idempotent append (see `producers`): `Some(reply)` when
-    /// the batch is to be appended; otherwise `reply` is answered, or waits with the group
-    /// that makes the original durable.
-    fn dedupe(
-        &mut self,
-        p: ProducerSeq,
-        ts_us: u64,
-        durability: Durability,
-        reply: oneshot::Sender<Result<AppendAck>>,
-    ) -> Option<oneshot::Sender<Result<AppendAck>>> {
-        match self.producers.table.check(p, ts_us, &self.shared.name) {
-            Ok(Verdict::Append) => Some(reply),
-            Ok(Verdict::Duplicate(original)) => {
-                self.answer_duplicate(original, durability, reply);
-                None
-            }
-            Err(e) => {
-                let _ = reply.send(Err(e));
-                None
-            }
-        }
-    }
-
-    /// Answer a retry with its original batch, never before the original reached the
-    /// durability the retry asks for: a retry's ack promises what the first one would have.
-    fn answer_duplicate(
-        &mut self,
-        original: KeptBatch,
-        durability: Durability,
-        reply: oneshot::Sender<Result<AppendAck>>,
-    ) {
-        let mut ack = AppendAck {
-            base_offset: original.base_offset,
-            record_count: original.record_count,
-            epoch: original.epoch,
-            durability,
-            duplicate: true,
-        };
-        let end = original.next_offset();
-        if end <= self.durable_next {
-            ack.durability = Durability::Fsync;
-            let _ = reply.send(Ok(ack));
-        } else if end <= self.written_next && durability == Durability::Unsynced {
-            let _ = reply.send(Ok(ack));
-        } else {
-            // In this group, or written and not yet synced: completes with the sync.
-            self.sync_requested |= durability == Durability::Fsync;
-            self.waiters.push(Waiter::Local { reply, ack });
-        }
     }
 
     /// `sync`: fdatasync with this group; otherwise the frames become durable with a later
