@@ -5,24 +5,12 @@
 
 mod common;
 
-use common::{config, record, run};
-use spool_storage::io::std_backend::StdBackend;
+use common::{config, copy_frames, open_std, open_uring, record, run};
 use spool_storage::{
-    AppendAck, BackendChoice, Durability, Log, ProducerSeq, Storage, StorageConfig, StorageError,
+    AppendAck, Durability, Log, ProducerSeq, Storage, StorageConfig, StorageError,
 };
 
 type Open = fn(StorageConfig) -> Storage;
-
-fn open_std(c: StorageConfig) -> Storage {
-    Storage::open_with(c, StdBackend).unwrap()
-}
-
-fn open_uring(mut c: StorageConfig) -> Storage {
-    c.backend = BackendChoice::Uring;
-    let s = Storage::open(c).unwrap();
-    assert_eq!(s.backend_name(), "uring");
-    s
-}
 
 const P: u64 = 0x5eed_0000_0000_0001;
 
@@ -238,18 +226,6 @@ fn truncation_forgets_cut_batches(open: Open) {
         assert_eq!(&r[0].value[..], &batch(1, 10)[0][..]);
         s.shutdown().await.unwrap();
     });
-}
-
-/// Copy `src` into `dst` from `from` to `until` as a replica appends frames.
-async fn copy_frames(src: &Log, dst: &Log, mut from: u64, until: u64) {
-    while from < until {
-        let c = src
-            .reader()
-            .read_frames_until(from, 8 << 10, until)
-            .unwrap();
-        assert_eq!(dst.append_frames(c.bytes).await.unwrap(), c.next_offset);
-        from = c.next_offset;
-    }
 }
 
 /// Import `src`'s sealed segments from `from` (the base of one, where `dst` ends) as a
