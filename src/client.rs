@@ -32,6 +32,12 @@ pub enum ClientError {
     Rpc(Status),
     #[error("the append stream closed before replying")]
     StreamClosed,
+    #[error(
+        "batch {sequence} of producer {producer_id:#x} may or may not be in the log (its \
+         last attempt failed); resend it (IdempotentProducer::resend) before appending \
+         another, or start a new producer"
+    )]
+    Unsettled { producer_id: u64, sequence: u64 },
 }
 
 impl From<Status> for ClientError {
@@ -425,6 +431,7 @@ impl Appender {
             ack: self.ack as i32,
             semi_sync_replicas: self.semi_sync_replicas,
             request_id: self.next_id,
+            ..Default::default()
         };
         // Registered before sending, so replies always find their waiter in order.
         {
@@ -458,5 +465,145 @@ impl Appender {
     pub async fn append(&mut self, records: Vec<Bytes>) -> Result<AppendResponse> {
         let r = self.send(records).await?;
         r.await.map_err(|_| self.pending.lock().ended_error())?
+    }
+}
+
+/// Appends that retries never write twice (idempotent appends): a random producer id,
+/// and a sequence that goes up by one per batch. A batch whose outcome is unknown
+/// (UNAVAILABLE, DEADLINE_EXCEEDED, a lost connection, a server error) is sent again
+/// unchanged, with backoff; if the log already holds it, the server answers with its
+/// original offsets (`AppendResponse::duplicate`) and appends nothing.
+#[derive(Debug)]
+pub struct IdempotentProducer {
+    client: Client,
+    log: String,
+    ack: AckMode,
+    producer_id: u64,
+    next_sequence: u64,
+    /// The batch whose attempts all failed without a definite answer.
+    unsettled: Option<pb::AppendRequest>,
+    attempts: u32,
+}
+
+/// Attempts per batch before [`IdempotentProducer::append`] gives up (about 6 s).
+const PRODUCER_ATTEMPTS: u32 = 8;
+const PRODUCER_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Whether a failed append may have been written: then only the same request may follow.
+fn outcome_unknown(e: &ClientError) -> bool {
+    match e {
+        ClientError::Rpc(s) => matches!(
+            s.code(),
+            Code::Unavailable
+                | Code::DeadlineExceeded
+                | Code::Internal
+                | Code::Unknown
+                | Code::Cancelled
+                | Code::Aborted
+        ),
+        ClientError::Connect { .. } | ClientError::StreamClosed => true,
+        ClientError::BadAddress(_) | ClientError::Unsettled { .. } => false,
+    }
+}
+
+impl IdempotentProducer {
+    /// A new producer with a random id, its sequences starting at 0.
+    pub fn new(client: Client, log: &str, ack: AckMode) -> Self {
+        use std::hash::{BuildHasher, Hasher};
+        // RandomState is seeded from the OS's randomness: a fresh 64-bit id per producer.
+        let id = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Self::resume(client, log, ack, id.max(1), 0)
+    }
+
+    /// A producer that goes on with `producer_id` from `next_sequence` (e.g. after a
+    /// restart of the program, with both saved).
+    pub fn resume(
+        client: Client,
+        log: &str,
+        ack: AckMode,
+        producer_id: u64,
+        next_sequence: u64,
+    ) -> Self {
+        IdempotentProducer {
+            client,
+            log: log.to_owned(),
+            ack,
+            producer_id,
+            next_sequence,
+            unsettled: None,
+            attempts: PRODUCER_ATTEMPTS,
+        }
+    }
+
+    /// Attempts per batch (at least 1).
+    pub fn with_attempts(mut self, attempts: u32) -> Self {
+        self.attempts = attempts.max(1);
+        self
+    }
+
+    pub fn producer_id(&self) -> u64 {
+        self.producer_id
+    }
+
+    /// The sequence the next batch gets.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Append `records` as the producer's next batch, retrying it while its outcome is
+    /// unknown. When every attempt failed that way, the batch stays unsettled: only
+    /// [`IdempotentProducer::resend`] may follow (a different batch under its sequence
+    /// would be taken for it if it did reach the log).
+    pub async fn append(&mut self, records: Vec<Bytes>) -> Result<AppendResponse> {
+        if self.unsettled.is_some() {
+            return Err(ClientError::Unsettled {
+                producer_id: self.producer_id,
+                sequence: self.next_sequence,
+            });
+        }
+        let req = pb::AppendRequest {
+            log: self.log.clone(),
+            records,
+            ack: self.ack as i32,
+            producer_id: self.producer_id,
+            sequence: self.next_sequence,
+            ..Default::default()
+        };
+        self.send(req).await
+    }
+
+    /// Send the unsettled batch again (a no-op answer `Ok(None)` when there is none).
+    pub async fn resend(&mut self) -> Result<Option<AppendResponse>> {
+        match self.unsettled.take() {
+            Some(req) => self.send(req).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    async fn send(&mut self, req: pb::AppendRequest) -> Result<AppendResponse> {
+        let mut backoff = std::time::Duration::from_millis(50);
+        let mut attempt = 1;
+        loop {
+            match self.client.append_with(req.clone()).await {
+                Ok(r) => {
+                    self.next_sequence += 1;
+                    return Ok(r);
+                }
+                Err(e) if outcome_unknown(&e) && attempt < self.attempts => {
+                    tracing::debug!(error = %e, attempt, "retrying an idempotent append");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(PRODUCER_BACKOFF_MAX);
+                    attempt += 1;
+                }
+                Err(e) => {
+                    if outcome_unknown(&e) {
+                        self.unsettled = Some(req);
+                    }
+                    return Err(e);
+                }
+            }
+        }
     }
 }

@@ -39,6 +39,10 @@ pub struct StorageSection {
     pub queue_depth: Option<usize>,
     pub unsynced_flush_ms: Option<u64>,
     pub retention_check_ms: Option<u64>,
+    /// Idempotent appends: producers each log keeps (least recently written go first).
+    pub producers_max: Option<usize>,
+    /// Idempotent appends: a producer silent this long is forgotten.
+    pub producer_expiry_ms: Option<u64>,
 }
 
 /// The `[log_defaults]` table: settings for logs created without their own.
@@ -354,6 +358,12 @@ impl ServerConfig {
         if let Some(v) = s.retention_check_ms {
             storage.retention_check_interval = Duration::from_millis(v);
         }
+        if let Some(v) = s.producers_max {
+            storage.producers_max = v;
+        }
+        if let Some(v) = s.producer_expiry_ms {
+            storage.producer_expiry = Duration::from_millis(v);
+        }
         storage.default_log =
             log_config(&file.log_defaults, LogConfig::default()).context("in [log_defaults]")?;
         storage.validate().context("invalid storage settings")?;
@@ -431,6 +441,8 @@ mod tests {
             listen = "127.0.0.1:9000"
             [storage]
             io_backend = "std"
+            producers_max = 50
+            producer_expiry_ms = 3600000
             [log_defaults]
             segment_bytes = 1048576
             compression = "zstd:3"
@@ -447,6 +459,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.listen.port(), 9001);
         assert_eq!(c.storage.backend, BackendChoice::Std);
+        assert_eq!(c.storage.producers_max, 50);
+        assert_eq!(c.storage.producer_expiry, Duration::from_secs(3600));
         assert_eq!(c.storage.default_log.segment_bytes, 1 << 20);
         assert_eq!(
             c.storage.default_log.compression,

@@ -1119,3 +1119,106 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
     assert!(leftovers.is_empty(), "{leftovers:?}");
     assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
 }
+
+/// Idempotent appends across a failover: a retry is answered with the original offsets
+/// by the primary and, once promoted, by its replica (which learned the producers from
+/// the replicated frames), appending nothing either time. The client's producer retries
+/// a batch whose semi-sync ack timed out and resends it after the replica is back.
+#[test]
+fn idempotent_retries_are_answered_after_a_failover() {
+    use spool::client::IdempotentProducer;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("p.toml");
+    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1000\n").unwrap();
+    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    let req = |sequence: u64, ack: AckMode| pb::AppendRequest {
+        log: "idem".into(),
+        records: vec![Bytes::from(format!("batch {sequence}")), Bytes::from("x")],
+        ack: ack as i32,
+        producer_id: 0xabc_def,
+        sequence,
+        ..Default::default()
+    };
+    let same = |a: &pb::AppendResponse, b: &pb::AppendResponse| {
+        assert!(a.duplicate && !b.duplicate, "{a:?} {b:?}");
+        assert_eq!(
+            (a.first_offset, a.count, a.epoch),
+            (b.first_offset, b.count, b.epoch)
+        );
+    };
+    let (firsts, producer, end) = run(60, async {
+        let c = Client::connect(&p.addr).await.unwrap();
+        c.create_log("idem", None).await.unwrap();
+        let mut firsts = Vec::new();
+        for seq in 0..3 {
+            firsts.push(c.append_with(req(seq, AckMode::SemiSync)).await.unwrap());
+        }
+        let again = c.append_with(req(2, AckMode::SemiSync)).await.unwrap();
+        same(&again, &firsts[2]);
+        assert_eq!(
+            again.replicas_confirmed, 1,
+            "a retry waits for its ack mode too"
+        );
+        let gap = c.append_with(req(5, AckMode::Async)).await.unwrap_err();
+        assert_eq!(gap.code(), Some(Code::FailedPrecondition), "{gap}");
+        assert!(gap.to_string().contains("expected 3"), "{gap}");
+
+        // Every attempt times out waiting for the stopped replica: the batch is written
+        // once, and stays unsettled until it is resent.
+        let mut producer =
+            IdempotentProducer::new(c.clone(), "idem", AckMode::SemiSync).with_attempts(2);
+        let end = c.describe_log("idem").await.unwrap().end_offset;
+        common::signal(&r.child, libc::SIGSTOP);
+        let e = producer
+            .append(vec![Bytes::from("held")])
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        let refused = producer.append(vec![Bytes::from("other")]).await;
+        assert!(matches!(
+            refused,
+            Err(spool::client::ClientError::Unsettled { .. })
+        ));
+        common::signal(&r.child, libc::SIGCONT);
+        let settled = producer.resend().await.unwrap().unwrap();
+        assert!(
+            settled.duplicate && settled.first_offset == end,
+            "{settled:?}"
+        );
+        assert_eq!(settled.replicas_confirmed, 1);
+        let end = c.describe_log("idem").await.unwrap().end_offset;
+        assert_eq!(end, settled.first_offset + 1, "written once");
+        wait_end(&r.addr, "idem", end).await;
+        (firsts, producer, end)
+    });
+    p.stop();
+    run(60, async {
+        let c = Client::connect(&r.addr).await.unwrap();
+        assert!(c.promote().await.unwrap() >= 2);
+        let again = c.append_with(req(2, AckMode::Async)).await.unwrap();
+        same(&again, &firsts[2]);
+        assert_eq!(c.describe_log("idem").await.unwrap().end_offset, end);
+        let next = c.append_with(req(3, AckMode::Async)).await.unwrap();
+        assert!(!next.duplicate && next.first_offset == end && next.epoch > firsts[2].epoch);
+        // The producer goes on with the new primary, resuming at the held batch's sequence.
+        let mut async_producer = IdempotentProducer::resume(
+            c.clone(),
+            "idem",
+            AckMode::Async,
+            producer.producer_id(),
+            producer.next_sequence() - 1,
+        );
+        let resent = async_producer.append(vec![Bytes::from("held")]).await;
+        assert!(
+            resent.unwrap().duplicate,
+            "the promoted replica knows the held batch"
+        );
+        let after = async_producer
+            .append(vec![Bytes::from("new")])
+            .await
+            .unwrap();
+        assert_eq!(after.first_offset, end + 2);
+    });
+    r.stop();
+}

@@ -104,6 +104,40 @@ fn cli_round_trip_survives_restart() {
     s.stop();
 }
 
+/// `spool append` with a producer is safe to run again: the second run reports the first
+/// run's offsets and writes nothing; a sequence gap is refused naming the expected one.
+#[test]
+fn cli_idempotent_append_is_safe_to_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    assert!(s.cli(&["logs", "create", "idem"]).status.success());
+    let args = |seq| {
+        [
+            "append",
+            "idem",
+            "a",
+            "b",
+            "--producer-id",
+            "42",
+            "--sequence",
+            seq,
+        ]
+    };
+    let first = stdout(&s.cli(&args("0")));
+    assert!(
+        first.starts_with("appended 2 record(s) at offsets 0..2"),
+        "{first}"
+    );
+    let again = stdout(&s.cli(&args("0")));
+    assert!(again.starts_with("already appended"), "{again}");
+    assert!(again.contains("offsets 0..2"), "{again}");
+    let gap = s.cli(&args("5"));
+    let err = String::from_utf8_lossy(&gap.stderr);
+    assert!(!gap.status.success() && err.contains("expected 1"), "{err}");
+    assert_eq!(stdout(&s.cli(&["read", "idem"])), "0\ta\n1\tb\n");
+    s.stop();
+}
+
 #[test]
 fn error_codes_fit_the_cause() {
     let dir = tempfile::tempdir().unwrap();

@@ -85,6 +85,14 @@ pub struct AppendArgs {
     /// Records per request when reading stdin.
     #[arg(long, default_value_t = 256)]
     pub batch: usize,
+    /// Idempotent append (records given as arguments): a non-zero producer id, with
+    /// `--sequence`. Running the same command again is answered with the original
+    /// offsets instead of appending twice.
+    #[arg(long, requires = "sequence")]
+    pub producer_id: Option<u64>,
+    /// The producer's request number: one more than its previous append's.
+    #[arg(long, requires = "producer_id")]
+    pub sequence: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -211,6 +219,9 @@ pub async fn logs(client: &Client, cmd: LogsCommand) -> Result<()> {
 }
 
 pub async fn append(client: &Client, a: AppendArgs) -> Result<()> {
+    if a.records.is_empty() && a.producer_id.is_some() {
+        bail!("--producer-id needs the records as arguments (one idempotent request)");
+    }
     if !a.records.is_empty() {
         let r = client
             .append_with(pb::AppendRequest {
@@ -218,6 +229,8 @@ pub async fn append(client: &Client, a: AppendArgs) -> Result<()> {
                 records: a.records.into_iter().map(Bytes::from).collect(),
                 ack: a.ack.mode as i32,
                 semi_sync_replicas: a.ack.semi_sync_replicas,
+                producer_id: a.producer_id.unwrap_or(0),
+                sequence: a.sequence.unwrap_or(0),
                 ..Default::default()
             })
             .await?;
@@ -234,8 +247,13 @@ pub async fn append(client: &Client, a: AppendArgs) -> Result<()> {
         } else {
             String::new()
         };
+        let verb = if r.duplicate {
+            "already appended (a retry: nothing written)"
+        } else {
+            "appended"
+        };
         println!(
-            "appended {} record(s) at offsets {}..{} (epoch {}, token {}{replicated})",
+            "{verb} {} record(s) at offsets {}..{} (epoch {}, token {}{replicated})",
             r.count,
             r.first_offset,
             r.first_offset + u64::from(r.count),

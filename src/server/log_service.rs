@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, Stream, StreamExt};
 use spool_proto::v1 as pb;
-use spool_storage::{Durability, Log, Record};
+use spool_storage::{Durability, Log, ProducerSeq, Record};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -99,8 +99,10 @@ async fn submit_one(
     let started = Instant::now();
     // Before the records exist: the frames that carry them go out asking replicas to sync.
     let wait = replicated.map(|_| node.acks.expect_wait());
+    // The producer of an idempotent append (0: none); a retry is answered by storage.
+    let producer = (req.producer_id != 0).then(|| ProducerSeq::new(req.producer_id, req.sequence));
     let durable = log
-        .submit(&req.records, durability)
+        .submit_with(&req.records, durability, producer)
         .await
         .map_err(to_status)?;
     let (node, log) = (node.clone(), log.clone());
@@ -132,6 +134,7 @@ async fn finish_append(
         degraded: false,
         read_token: ack.next_offset(),
         request_id: req.request_id,
+        duplicate: ack.duplicate,
     };
     if let Some(mode) = replicated {
         match node.acks.wait(log.name(), ack.next_offset(), mode).await {
@@ -160,6 +163,10 @@ async fn finish_append(
         }
     }
     metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
+    if ack.duplicate {
+        metrics::counter!("spool_append_duplicates_total").increment(1);
+        return Ok(out);
+    }
     metrics::counter!("spool_appended_records_total").increment(u64::from(ack.record_count));
     metrics::counter!("spool_appended_bytes_total")
         .increment(req.records.iter().map(|r| r.len() as u64).sum());

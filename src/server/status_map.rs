@@ -21,9 +21,10 @@ pub fn to_status(e: StorageError) -> Status {
         StorageError::Corrupt { .. }
         | StorageError::CorruptMeta { .. }
         | StorageError::DataLoss(_) => Code::DataLoss,
-        StorageError::FrameRejected { .. } | StorageError::Damaged { .. } => {
-            Code::FailedPrecondition
-        }
+        StorageError::FrameRejected { .. }
+        | StorageError::Damaged { .. }
+        | StorageError::SequenceOutOfOrder { .. }
+        | StorageError::SequenceTooOld { .. } => Code::FailedPrecondition,
         StorageError::Poisoned { .. } | StorageError::Closed => Code::Unavailable,
         StorageError::Io { .. } => Code::Internal,
     };
@@ -47,5 +48,13 @@ mod tests {
         let full = StorageError::io("/x", std::io::Error::from_raw_os_error(libc::ENOSPC));
         assert_eq!(to_status(full).code(), Code::ResourceExhausted);
         assert_eq!(to_status(StorageError::Closed).code(), Code::Unavailable);
+        let gap = to_status(StorageError::SequenceOutOfOrder {
+            log: "a".into(),
+            producer_id: 9,
+            sequence: 12,
+            expected: 10,
+        });
+        assert_eq!(gap.code(), Code::FailedPrecondition);
+        assert!(gap.message().contains("12") && gap.message().contains("expected 10"));
     }
 }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Result, StorageError};
-use crate::format::{FRAME_BYTES_MAX, HEADER_BYTES, RECORD_PREFIX_BYTES};
+use crate::format::{FRAME_BYTES_MAX, FRAME_OVERHEAD_MAX, HEADER_BYTES, RECORD_PREFIX_BYTES};
 use crate::io::BackendChoice;
 
 /// What to do when the tail of the last segment is torn or corrupt on open.
@@ -99,6 +99,10 @@ pub const GROUP_BYTES_CAP: usize = 8 << 20;
 pub const ZERO_AHEAD_BYTES: u64 = (GROUP_BYTES_CAP + FRAME_BYTES_MAX) as u64;
 /// Index entries hold 32-bit positions.
 pub const SEGMENT_BYTES_MAX: u64 = 2 << 30;
+/// Default of [`StorageConfig::producers_max`].
+pub const PRODUCERS_MAX_DEFAULT: usize = 10_000;
+/// Default of [`StorageConfig::producer_expiry`]: a week.
+pub const PRODUCER_EXPIRY_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 
 impl Default for LogConfig {
     fn default() -> Self {
@@ -171,6 +175,12 @@ pub struct StorageConfig {
     pub scrub_bytes_per_sec: u64,
     /// Time from one background scrub pass to the next.
     pub scrub_interval: Duration,
+    /// Idempotent appends: producers whose last batches each log keeps (the least
+    /// recently written are forgotten first).
+    pub producers_max: usize,
+    /// Idempotent appends: a producer silent this long (by the log's frame times) is
+    /// forgotten; its next append is taken whatever its sequence.
+    pub producer_expiry: Duration,
 }
 
 impl StorageConfig {
@@ -188,6 +198,8 @@ impl StorageConfig {
             default_log: LogConfig::default(),
             scrub_bytes_per_sec: 8 << 20,
             scrub_interval: Duration::from_secs(3600),
+            producers_max: PRODUCERS_MAX_DEFAULT,
+            producer_expiry: Duration::from_millis(PRODUCER_EXPIRY_MS_DEFAULT),
         }
     }
 
@@ -210,12 +222,18 @@ impl StorageConfig {
                 "group_bytes_max must be between 1 and {GROUP_BYTES_CAP}"
             )));
         }
-        if self.record_bytes_max + HEADER_BYTES + RECORD_PREFIX_BYTES > FRAME_BYTES_MAX {
+        // An idempotent append's frame carries the producer extension too.
+        if self.record_bytes_max + FRAME_OVERHEAD_MAX + RECORD_PREFIX_BYTES > FRAME_BYTES_MAX {
             return Err(StorageError::InvalidInput(format!(
                 "record_bytes_max {} exceeds the frame limit of {} bytes",
                 self.record_bytes_max,
-                FRAME_BYTES_MAX - HEADER_BYTES - RECORD_PREFIX_BYTES
+                FRAME_BYTES_MAX - FRAME_OVERHEAD_MAX - RECORD_PREFIX_BYTES
             )));
+        }
+        if self.producers_max == 0 || self.producer_expiry.is_zero() {
+            return Err(StorageError::InvalidInput(
+                "producers_max and producer_expiry must be positive".into(),
+            ));
         }
         Ok(())
     }

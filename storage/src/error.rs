@@ -107,6 +107,29 @@ pub enum StorageError {
         "log {log:?} refuses writes after an earlier IO failure ({cause}); restart to recover"
     )]
     Poisoned { log: String, cause: String },
+    #[error(
+        "sequence {sequence} of producer {producer_id} is out of order in log {log:?}: \
+         expected {expected}, one past the last acknowledged; a producer sends its \
+         requests in order, each sequence one more than the one before"
+    )]
+    SequenceOutOfOrder {
+        log: String,
+        producer_id: u64,
+        sequence: u64,
+        expected: u64,
+    },
+    #[error(
+        "sequence {sequence} of producer {producer_id} is older than the last {kept} \
+         acknowledged in log {log:?} (the last is {last}): it was appended before, and its \
+         offsets are no longer known"
+    )]
+    SequenceTooOld {
+        log: String,
+        producer_id: u64,
+        sequence: u64,
+        last: u64,
+        kept: usize,
+    },
     #[error("storage is shut down")]
     Closed,
 }

@@ -9,16 +9,31 @@
 //! |-----|------|------------------|--------------------------------------------------------|
 //! | 0   | 4    | magic            | [`MAGIC`], `"SPLB"`                                    |
 //! | 4   | 2    | version          | [`FormatVersion`]; decode refuses unknown versions     |
-//! | 6   | 2    | flags            | bit 0: payload is zstd-compressed ([`FLAG_ZSTD`])      |
+//! | 6   | 2    | flags            | bit 0: payload is zstd-compressed ([`FLAG_ZSTD`]);     |
+//! |     |      |                  | bit 1: producer extension follows ([`FLAG_PRODUCER`])   |
 //! | 8   | 4    | crc32            | crc32fast over every byte of the frame but these four  |
-//! | 12  | 4    | frame_len        | header + payload, bounded by [`FRAME_BYTES_MAX`]       |
+//! | 12  | 4    | frame_len        | header + extension + payload, <= [`FRAME_BYTES_MAX`]   |
 //! | 16  | 8    | base_offset      | offset of the first record                             |
 //! | 24  | 4    | record_count     | >= 1, bounded by [`RECORDS_PER_BATCH_MAX`]             |
-//! | 28  | 4    | raw_payload_len  | payload length before compression                      |
+//! | 28  | 4    | raw_payload_len  | payload length before compression (no extension)       |
 //! | 32  | 8    | epoch            | leader epoch that wrote the batch                      |
 //! | 40  | 8    | first_ts_us      | primary's clock, microseconds since the Unix epoch     |
 //! | 48  | 8    | last_ts_us       | >= first_ts_us                                         |
 //! | 56  | 8    | reserved         | zero                                                   |
+//!
+//! # Producer extension (16 bytes, little endian; only with [`FLAG_PRODUCER`])
+//!
+//! Follows the header, before the payload, and is never compressed. It names the batch of
+//! an idempotent append, so that every node holding the frame can answer a retry of it.
+//!
+//! | off | size | field            | notes                                                  |
+//! |-----|------|------------------|--------------------------------------------------------|
+//! | 64  | 8    | producer_id      | chosen by the client, never 0                          |
+//! | 72  | 8    | sequence         | the producer's request number, +1 per append           |
+//!
+//! The CRC covers it like every other byte. Frames without the flag are laid out as before,
+//! so the format version stays 1; a binary that predates the flag refuses such a frame
+//! with [`FormatError::UnknownFlags`] rather than misreading it.
 //!
 //! # Payload (after decompression)
 //!
@@ -41,7 +56,12 @@ pub const RECORDS_PER_BATCH_MAX: u32 = 1 << 20;
 /// Per-record length prefix.
 pub const RECORD_PREFIX_BYTES: usize = 4;
 pub const FLAG_ZSTD: u16 = 1;
-const FLAGS_KNOWN: u16 = FLAG_ZSTD;
+pub const FLAG_PRODUCER: u16 = 2;
+const FLAGS_KNOWN: u16 = FLAG_ZSTD | FLAG_PRODUCER;
+/// The producer extension after the header (see the module docs).
+pub const PRODUCER_BYTES: usize = 16;
+/// Bytes a frame holds besides its records' payload, at most.
+pub const FRAME_OVERHEAD_MAX: usize = HEADER_BYTES + PRODUCER_BYTES;
 
 const OFF_MAGIC: usize = 0;
 const OFF_VERSION: usize = 4;
@@ -54,6 +74,8 @@ const OFF_RAW_LEN: usize = 28;
 const OFF_EPOCH: usize = 32;
 const OFF_FIRST_TS: usize = 40;
 const OFF_LAST_TS: usize = 48;
+const OFF_PRODUCER_ID: usize = HEADER_BYTES;
+const OFF_SEQUENCE: usize = HEADER_BYTES + 8;
 /// The CRC covers the whole frame except its own field: bytes `0..OFF_CRC` and
 /// `CRC_TAIL..frame_len`.
 pub const CRC_TAIL: usize = OFF_CRC + 4;
@@ -67,6 +89,9 @@ pub fn frame_crc(frame: &[u8]) -> u32 {
 }
 
 const _: () = assert!(OFF_LAST_TS + 8 + 8 == HEADER_BYTES);
+const _: () = assert!(OFF_SEQUENCE + 8 == HEADER_BYTES + PRODUCER_BYTES);
+const _: () = assert!(FLAG_ZSTD & FLAG_PRODUCER == 0);
+const _: () = assert!(FRAME_OVERHEAD_MAX < FRAME_BYTES_MAX);
 const _: () = assert!(MAGIC != 0);
 const _: () = assert!(FRAME_BYTES_MAX <= u32::MAX as usize);
 const _: () = assert!((RECORDS_PER_BATCH_MAX as usize) * RECORD_PREFIX_BYTES < FRAME_BYTES_MAX);
@@ -85,6 +110,22 @@ impl FormatVersion {
         match v {
             1 => Some(FormatVersion::V1),
             _ => None,
+        }
+    }
+}
+
+/// The producer and sequence of an idempotent append's batch (the producer extension).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ProducerSeq {
+    pub producer_id: u64,
+    pub sequence: u64,
+}
+
+impl ProducerSeq {
+    pub fn new(producer_id: u64, sequence: u64) -> Self {
+        ProducerSeq {
+            producer_id,
+            sequence,
         }
     }
 }
@@ -115,6 +156,37 @@ impl BatchHeader {
     pub fn contains(&self, offset: u64) -> bool {
         offset >= self.base_offset && offset < self.next_offset()
     }
+
+    pub fn has_producer(&self) -> bool {
+        self.flags & FLAG_PRODUCER != 0
+    }
+
+    /// Where the (maybe compressed) payload starts: after the header and the extension.
+    pub fn payload_start(&self) -> usize {
+        payload_start(self.flags)
+    }
+
+    /// The producer extension of `frame`, the frame this header was read from; `None`
+    /// without the flag (or where `frame` is too short to hold the extension).
+    pub fn producer(&self, frame: &[u8]) -> Option<ProducerSeq> {
+        self.has_producer().then(|| read_producer(frame)).flatten()
+    }
+}
+
+fn payload_start(flags: u16) -> usize {
+    if flags & FLAG_PRODUCER != 0 {
+        HEADER_BYTES + PRODUCER_BYTES
+    } else {
+        HEADER_BYTES
+    }
+}
+
+fn read_producer(frame: &[u8]) -> Option<ProducerSeq> {
+    let ext = frame.get(OFF_PRODUCER_ID..HEADER_BYTES + PRODUCER_BYTES)?;
+    Some(ProducerSeq {
+        producer_id: u64_at(ext, 0),
+        sequence: u64_at(ext, 8),
+    })
 }
 
 fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -154,7 +226,7 @@ pub fn peek_header(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
         return Err(FormatError::UnknownFlags(flags));
     }
     let frame_len = u32_at(bytes, OFF_LEN);
-    if (frame_len as usize) < HEADER_BYTES || frame_len as usize > FRAME_BYTES_MAX {
+    if (frame_len as usize) < payload_start(flags) || frame_len as usize > FRAME_BYTES_MAX {
         return Err(FormatError::BadLength(frame_len));
     }
     let record_count = u32_at(bytes, OFF_COUNT);
@@ -231,6 +303,9 @@ pub fn check_frame(bytes: &[u8]) -> Result<BatchHeader, FormatError> {
 pub struct FrameBuilder {
     buf: Vec<u8>,
     count: u32,
+    /// [`FLAG_PRODUCER`] for an idempotent append (the extension is in `buf` before the
+    /// payload), else 0; compression adds [`FLAG_ZSTD`] at the end.
+    flags: u16,
 }
 
 impl Default for FrameBuilder {
@@ -243,7 +318,25 @@ impl FrameBuilder {
     pub fn with_capacity(payload_bytes: usize) -> Self {
         let mut buf = Vec::with_capacity(HEADER_BYTES + payload_bytes);
         buf.resize(HEADER_BYTES, 0);
-        FrameBuilder { buf, count: 0 }
+        FrameBuilder {
+            buf,
+            count: 0,
+            flags: 0,
+        }
+    }
+
+    /// A builder for the batch of an idempotent append: the frame carries the producer
+    /// extension ([`FLAG_PRODUCER`]).
+    pub fn with_producer(payload_bytes: usize, producer: ProducerSeq) -> Self {
+        let mut buf = Vec::with_capacity(HEADER_BYTES + PRODUCER_BYTES + payload_bytes);
+        buf.resize(HEADER_BYTES, 0);
+        buf.extend_from_slice(&producer.producer_id.to_le_bytes());
+        buf.extend_from_slice(&producer.sequence.to_le_bytes());
+        FrameBuilder {
+            buf,
+            count: 0,
+            flags: FLAG_PRODUCER,
+        }
     }
 
     pub fn push(&mut self, record: &[u8]) {
@@ -258,19 +351,20 @@ impl FrameBuilder {
     }
 
     pub fn payload_len(&self) -> usize {
-        self.buf.len() - HEADER_BYTES
+        self.buf.len() - payload_start(self.flags)
     }
 
     /// Finish the frame, compressing the payload with zstd when `zstd_level` is set and the
     /// payload is at least `compress_min_bytes` and actually shrinks.
     pub fn finish(mut self, zstd_level: Option<i32>, compress_min_bytes: usize) -> Vec<u8> {
         let raw_len = self.payload_len();
-        let mut flags = 0u16;
+        let start = payload_start(self.flags);
+        let mut flags = self.flags;
         if let Some(level) = zstd_level {
             if raw_len >= compress_min_bytes && raw_len > 0 {
-                if let Ok(compressed) = zstd::bulk::compress(&self.buf[HEADER_BYTES..], level) {
+                if let Ok(compressed) = zstd::bulk::compress(&self.buf[start..], level) {
                     if compressed.len() < raw_len {
-                        self.buf.truncate(HEADER_BYTES);
+                        self.buf.truncate(start);
                         self.buf.extend_from_slice(&compressed);
                         flags |= FLAG_ZSTD;
                     }
@@ -400,6 +494,14 @@ impl DurableMark {
     }
 }
 
+/// Producer extension of an unstamped frame from [`FrameBuilder::finish`], if it has one.
+pub fn frame_producer(frame: &[u8]) -> Option<ProducerSeq> {
+    let flags = u16_at(frame.get(..HEADER_BYTES)?, OFF_FLAGS);
+    (flags & FLAG_PRODUCER != 0)
+        .then(|| read_producer(frame))
+        .flatten()
+}
+
 /// One record as read back, with its position and the primary's write time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -408,9 +510,10 @@ pub struct Record {
     pub value: Bytes,
 }
 
-/// Decode the records of a checked frame (decompressing when flagged).
+/// Decode the records of a checked frame (decompressing when flagged); the producer
+/// extension, if any, is not a record.
 pub fn decode_records(frame: &[u8], header: &BatchHeader) -> Result<Vec<Record>, FormatError> {
-    let payload = &frame[HEADER_BYTES..header.frame_len as usize];
+    let payload = &frame[header.payload_start()..header.frame_len as usize];
     let raw: Bytes = if header.is_compressed() {
         let out = zstd::bulk::decompress(payload, header.raw_payload_len as usize)
             .map_err(|e| FormatError::Decompress(e.to_string()))?;
@@ -454,13 +557,71 @@ mod tests {
     use proptest::prelude::*;
 
     fn build(records: &[Vec<u8>], zstd: Option<i32>, base: u64) -> Vec<u8> {
-        let mut b = FrameBuilder::default();
+        build_with(records, zstd, base, None)
+    }
+
+    fn build_with(
+        records: &[Vec<u8>],
+        zstd: Option<i32>,
+        base: u64,
+        producer: Option<ProducerSeq>,
+    ) -> Vec<u8> {
+        let mut b = match producer {
+            Some(p) => FrameBuilder::with_producer(0, p),
+            None => FrameBuilder::default(),
+        };
         for r in records {
             b.push(r);
         }
         let mut f = b.finish(zstd, 0);
         stamp_frame(&mut f, base, 7, 1_000);
         f
+    }
+
+    const P: ProducerSeq = ProducerSeq {
+        producer_id: 0xfeed_beef_0000_0001,
+        sequence: 41,
+    };
+
+    #[test]
+    fn producer_extension_round_trip() {
+        for zstd in [None, Some(1)] {
+            let recs = [vec![b'r'; 5000], vec![], b"x".to_vec()];
+            let f = build_with(&recs, zstd, 9, Some(P));
+            assert_eq!(frame_producer(&f), Some(P));
+            let h = check_frame(&f).unwrap();
+            assert!(h.has_producer());
+            assert_eq!(h.is_compressed(), zstd.is_some());
+            assert_eq!(h.payload_start(), HEADER_BYTES + PRODUCER_BYTES);
+            assert_eq!(h.producer(&f), Some(P));
+            let out = decode_records(&f, &h).unwrap();
+            let values: Vec<&[u8]> = out.iter().map(|r| &r.value[..]).collect();
+            assert_eq!(values, recs.iter().map(|r| &r[..]).collect::<Vec<_>>());
+            assert_eq!(out[2].offset, 11);
+        }
+        let plain = build(&[b"a".to_vec()], None, 0);
+        let h = check_frame(&plain).unwrap();
+        assert_eq!((h.producer(&plain), frame_producer(&plain)), (None, None));
+        assert_eq!(h.payload_start(), HEADER_BYTES);
+    }
+
+    #[test]
+    fn producer_flag_needs_room_for_the_extension() {
+        // A frame that claims the extension but is too short to hold it is not trusted,
+        // whatever its CRC says.
+        let mut f = build(&[b"abcdefghijkl".to_vec()], None, 0);
+        assert_eq!(f.len(), HEADER_BYTES + RECORD_PREFIX_BYTES + 12);
+        f[OFF_FLAGS] |= FLAG_PRODUCER as u8;
+        f.truncate(HEADER_BYTES + 4);
+        f[OFF_LEN..OFF_LEN + 4].copy_from_slice(&((HEADER_BYTES + 4) as u32).to_le_bytes());
+        f[OFF_RAW_LEN..OFF_RAW_LEN + 4].copy_from_slice(&4u32.to_le_bytes());
+        let crc = frame_crc(&f);
+        f[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(peek_header(&f), Err(FormatError::BadLength(68))));
+        // A flag beyond the known ones is refused before anything else is read.
+        let mut g = build(&[b"a".to_vec()], None, 0);
+        g[OFF_FLAGS] |= 4;
+        assert!(matches!(check_frame(&g), Err(FormatError::UnknownFlags(_))));
     }
 
     #[test]
@@ -521,15 +682,18 @@ mod tests {
 
     #[test]
     fn every_header_bit_is_covered() {
-        let f = build(&[b"abc".to_vec(), vec![]], None, 11);
-        for i in 0..HEADER_BYTES {
-            for bit in 0..8 {
-                let mut g = f.clone();
-                g[i] ^= 1 << bit;
-                assert!(
-                    check_frame(&g).is_err(),
-                    "flip of bit {bit} in byte {i} passed"
-                );
+        // With a producer, its extension too.
+        for (producer, covered) in [(None, HEADER_BYTES), (Some(P), HEADER_BYTES + 16)] {
+            let f = build_with(&[b"abc".to_vec(), vec![]], None, 11, producer);
+            for i in 0..covered {
+                for bit in 0..8 {
+                    let mut g = f.clone();
+                    g[i] ^= 1 << bit;
+                    assert!(
+                        check_frame(&g).is_err(),
+                        "flip of bit {bit} in byte {i} passed"
+                    );
+                }
             }
         }
     }
@@ -603,12 +767,15 @@ mod tests {
         #[test]
         fn round_trip(records in proptest::collection::vec(
                 proptest::collection::vec(any::<u8>(), 0..2000), 1..40),
-            compress in any::<bool>(), base in 0u64..u64::MAX / 2) {
-            let f = build(&records, compress.then_some(1), base);
+            compress in any::<bool>(), base in 0u64..u64::MAX / 2,
+            producer in proptest::option::of((1u64.., any::<u64>()))) {
+            let producer = producer.map(|(producer_id, sequence)| ProducerSeq { producer_id, sequence });
+            let f = build_with(&records, compress.then_some(1), base, producer);
             let h = check_frame(&f).unwrap();
             prop_assert_eq!(h.base_offset, base);
             prop_assert_eq!(h.record_count as usize, records.len());
             prop_assert_eq!(h.frame_len as usize, f.len());
+            prop_assert_eq!(h.producer(&f), producer);
             let out = decode_records(&f, &h).unwrap();
             for (i, (got, want)) in out.iter().zip(&records).enumerate() {
                 prop_assert_eq!(got.offset, base + i as u64);
@@ -619,8 +786,8 @@ mod tests {
         #[test]
         fn any_single_byte_flip_is_detected(records in proptest::collection::vec(
                 proptest::collection::vec(any::<u8>(), 0..300), 1..10),
-            pos in any::<prop::sample::Index>(), bit in 0u8..8) {
-            let mut f = build(&records, None, 3);
+            pos in any::<prop::sample::Index>(), bit in 0u8..8, idempotent in any::<bool>()) {
+            let mut f = build_with(&records, None, 3, idempotent.then_some(P));
             let i = pos.index(f.len());
             // The CRC field itself flipping is still a mismatch; every byte is covered.
             f[i] ^= 1 << bit;
@@ -629,8 +796,32 @@ mod tests {
 
         #[test]
         fn decode_never_panics_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = frame_producer(&bytes);
             if let Ok(h) = check_frame(&bytes) {
+                let _ = h.producer(&bytes);
                 let _ = decode_records(&bytes, &h);
+            }
+        }
+
+        #[test]
+        fn decode_never_panics_on_a_flagged_garbage_frame(
+                body in proptest::collection::vec(any::<u8>(), 0..200), zstd in any::<bool>()) {
+            // Garbage behind a valid header that claims the extension, sealed with a
+            // correct CRC: the header's bounds alone must keep decoding in the frame.
+            let mut f = build_with(&[b"x".to_vec()], None, 0, Some(P));
+            f.truncate(HEADER_BYTES);
+            f.extend_from_slice(&body);
+            let flags = FLAG_PRODUCER | if zstd { FLAG_ZSTD } else { 0 };
+            f[OFF_FLAGS..OFF_FLAGS + 2].copy_from_slice(&flags.to_le_bytes());
+            let len = f.len() as u32;
+            f[OFF_LEN..OFF_LEN + 4].copy_from_slice(&len.to_le_bytes());
+            let crc = frame_crc(&f);
+            f[OFF_CRC..OFF_CRC + 4].copy_from_slice(&crc.to_le_bytes());
+            if let Ok(h) = check_frame(&f) {
+                prop_assert!(h.producer(&f).is_some());
+                let _ = decode_records(&f, &h);
+            } else {
+                prop_assert!(body.len() < PRODUCER_BYTES);
             }
         }
     }

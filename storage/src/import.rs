@@ -20,6 +20,7 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::format;
 use crate::index::IndexEntry;
 use crate::log::Log;
+use crate::producers::{KeptBatch, ProducerLimits, ProducerTable};
 use crate::writer::Cmd;
 
 /// What the storage thread needs to put a staged segment in place.
@@ -33,6 +34,8 @@ pub(crate) struct StagedSegment {
     /// Epochs that begin inside the segment, as (epoch, first offset).
     pub epochs: Vec<(u64, u64)>,
     pub last_ts_us: u64,
+    /// Idempotent appends among the frames, for the log's table once installed.
+    pub producers: ProducerTable,
 }
 
 /// A segment being received. Dropped without [`SegmentImport::install`], its staging file
@@ -107,6 +110,7 @@ impl Log {
                 entries: Vec::new(),
                 epochs: Vec::new(),
                 last_ts_us: 0,
+                producers: ProducerTable::new(ProducerLimits::of(&self.storage.config)),
             },
             last_index_pos: None,
             sink,
@@ -176,6 +180,7 @@ impl SegmentImport {
             (self.staged.next, self.last_epoch, self.last_index_pos);
         let mut entries = Vec::new();
         let mut epochs = Vec::new();
+        let mut producers = Vec::new();
         let mut last_ts = self.staged.last_ts_us;
         while pos < frames.len() {
             let h = format::check_frame(&frames[pos..])
@@ -204,6 +209,9 @@ impl SegmentImport {
                 });
                 last_index = Some(at);
             }
+            if let Some(p) = h.producer(&frames[pos..]) {
+                producers.push((p, KeptBatch::of_frame(p, &h)));
+            }
             last_ts = last_ts.max(h.last_ts_us);
             next = h.next_offset();
             pos += h.frame_len as usize;
@@ -219,6 +227,9 @@ impl SegmentImport {
         self.staged.last_ts_us = last_ts;
         self.staged.entries.extend(entries);
         self.staged.epochs.extend(epochs);
+        for (p, batch) in producers {
+            self.staged.producers.record(p, batch);
+        }
         self.last_epoch = last_epoch;
         self.last_index_pos = last_index;
         let Sink::Buffered { writeback_from } = &mut self.sink else {
@@ -277,6 +288,7 @@ impl SegmentImport {
                 entries: Vec::new(),
                 epochs: Vec::new(),
                 last_ts_us: 0,
+                producers: ProducerTable::default(),
             },
         );
         self.installed = true;

@@ -22,6 +22,7 @@ pub mod io;
 mod log;
 mod log_writer;
 pub mod meta;
+mod producers;
 mod reader;
 mod recovery;
 mod retention;
@@ -37,7 +38,7 @@ pub mod check;
 
 pub use config::{Compression, Durability, LogConfig, OnCorruption, RecoveryMode, StorageConfig};
 pub use error::{DataLoss, FormatError, Result, StorageError};
-pub use format::Record;
+pub use format::{ProducerSeq, Record};
 pub use import::SegmentImport;
 pub use io::BackendChoice;
 pub use log::{AppendAck, DamageReport, Log, Positions};

@@ -21,7 +21,10 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{Compression, Durability, LogConfig};
 use crate::error::{Result, StorageError};
-use crate::format::{self, FrameBuilder, HEADER_BYTES, RECORDS_PER_BATCH_MAX, RECORD_PREFIX_BYTES};
+use crate::format::{
+    self, FrameBuilder, ProducerSeq, HEADER_BYTES, PRODUCER_BYTES, RECORDS_PER_BATCH_MAX,
+    RECORD_PREFIX_BYTES,
+};
 use crate::meta::EpochHistory;
 use crate::reader::LogReader;
 use crate::segment::SegmentView;
@@ -36,6 +39,9 @@ pub struct AppendAck {
     pub epoch: u64,
     /// The durability actually reached.
     pub durability: Durability,
+    /// A retry of an idempotent append the log already holds: these are the original
+    /// batch's offsets and epoch, and nothing was written.
+    pub duplicate: bool,
 }
 
 impl AppendAck {
@@ -296,7 +302,50 @@ impl Log {
         records: &[R],
         durability: Durability,
     ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
-        let frame = self.encode(records)?;
+        self.submit_with(records, durability, None).await
+    }
+
+    /// Append records as one batch of an idempotent producer: a retry of a batch the log
+    /// holds (the same producer and sequence, among its last few) is answered with the
+    /// original offsets (`AppendAck::duplicate`) and writes nothing. Sequences go up by
+    /// one per batch; a gap is refused with [`StorageError::SequenceOutOfOrder`], a
+    /// sequence too old to answer with [`StorageError::SequenceTooOld`].
+    pub async fn append_idempotent<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+        producer: ProducerSeq,
+    ) -> Result<AppendAck> {
+        self.submit_idempotent(records, durability, producer)
+            .await?
+            .await
+    }
+
+    /// First half of [`Log::append_idempotent`], as [`Log::submit`] is of [`Log::append`].
+    pub async fn submit_idempotent<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+        producer: ProducerSeq,
+    ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
+        self.submit_with(records, durability, Some(producer)).await
+    }
+
+    /// [`Log::submit`] or, with a producer, [`Log::submit_idempotent`].
+    pub async fn submit_with<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        durability: Durability,
+        producer: Option<ProducerSeq>,
+    ) -> Result<impl std::future::Future<Output = Result<AppendAck>> + Send + 'static> {
+        if producer.is_some_and(|p| p.producer_id == 0) {
+            return Err(StorageError::InvalidInput(
+                "producer id 0 means no producer; an idempotent producer picks a random \
+                 non-zero id"
+                    .into(),
+            ));
+        }
+        let frame = self.encode_batch(records, producer)?;
         let (reply, rx) = oneshot::channel();
         self.storage
             .send(Cmd::Append {
@@ -312,6 +361,14 @@ impl Log {
     /// Validate and encode records into an unstamped frame (compression happens here, on
     /// the caller's thread, not on the storage thread).
     pub fn encode<R: AsRef<[u8]>>(&self, records: &[R]) -> Result<Vec<u8>> {
+        self.encode_batch(records, None)
+    }
+
+    fn encode_batch<R: AsRef<[u8]>>(
+        &self,
+        records: &[R],
+        producer: Option<ProducerSeq>,
+    ) -> Result<Vec<u8>> {
         if records.is_empty() {
             return Err(StorageError::InvalidInput(
                 "an append needs at least one record".into(),
@@ -333,14 +390,18 @@ impl Log {
             payload += RECORD_PREFIX_BYTES + size;
         }
         let frame_max = self.shared.config.frame_bytes_max();
-        if HEADER_BYTES + payload > frame_max {
+        let overhead = HEADER_BYTES + producer.map_or(0, |_| PRODUCER_BYTES);
+        if overhead + payload > frame_max {
             return Err(StorageError::InvalidInput(format!(
                 "batch of {} bytes exceeds the largest frame this log takes ({frame_max} bytes); \
                  split it into smaller appends",
-                HEADER_BYTES + payload
+                overhead + payload
             )));
         }
-        let mut b = FrameBuilder::with_capacity(payload);
+        let mut b = match producer {
+            Some(p) => FrameBuilder::with_producer(payload, p),
+            None => FrameBuilder::with_capacity(payload),
+        };
         for r in records {
             b.push(r.as_ref());
         }

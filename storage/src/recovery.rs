@@ -30,6 +30,7 @@ use crate::format::{self, DurableMark, MARK_BYTES};
 use crate::index::{self, IndexEntry};
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
+use crate::producers::{self, Producers};
 use crate::sealed_record;
 use crate::segment::{self, open_rw, Scan, ScanStop, SegmentView};
 use crate::spare;
@@ -52,6 +53,8 @@ pub(crate) struct RecoveredLog {
     /// The log's end is damaged at this offset (and may hold data up to the byte
     /// position): no writes until a repair.
     pub damaged_tail: Option<(u64, u64)>,
+    /// Idempotent appends' producers (see `producers`).
+    pub producers: Producers,
 }
 
 /// How recovery treats what it finds: torn tails by `mode`, damage by `on_corruption`.
@@ -170,6 +173,7 @@ pub(crate) fn recover_log(
         }
     }
     let spare = spare::collect_spares(dir, config.segment_bytes)?;
+    let producers = producers::rebuild(dir, views.last().expect("the active segment"), next);
     let shared = Arc::new(LogShared::new(
         id,
         name.to_owned(),
@@ -192,6 +196,7 @@ pub(crate) fn recover_log(
         spare,
         active_zeroed: tail.active_zeroed,
         damaged_tail: tail.damaged,
+        producers,
     })
 }
 

@@ -217,8 +217,8 @@ pub(crate) async fn run<B: IoBackend>(
 
 impl<B: IoBackend> Writer<B> {
     /// A clean stop: what the next open needs to know of the sealed segments.
-    fn record_at_shutdown(&self) {
-        for lw in self.logs.values() {
+    fn record_at_shutdown(&mut self) {
+        for lw in self.logs.values_mut() {
             lw.record_at_shutdown();
         }
     }

@@ -6,25 +6,12 @@ mod common;
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use common::{config, record, run, small_log};
+use common::{config, copy_frames, open_std, open_uring, record, run, small_log};
 use spool_storage::io::fault::FaultBackend;
 use spool_storage::io::std_backend::StdBackend;
-use spool_storage::{
-    BackendChoice, Compression, Durability, LogConfig, Storage, StorageConfig, StorageError,
-};
+use spool_storage::{Compression, Durability, LogConfig, Storage, StorageConfig, StorageError};
 
 type Open = fn(StorageConfig) -> Storage;
-
-fn open_std(c: StorageConfig) -> Storage {
-    Storage::open_with(c, StdBackend).unwrap()
-}
-
-fn open_uring(mut c: StorageConfig) -> Storage {
-    c.backend = BackendChoice::Uring;
-    let s = Storage::open(c).unwrap();
-    assert_eq!(s.backend_name(), "uring");
-    s
-}
 
 fn open_fault(c: StorageConfig) -> Storage {
     Storage::open_with(c, FaultBackend::default()).unwrap()
@@ -567,24 +554,6 @@ fn leftovers(dir: &std::path::Path) -> Vec<String> {
         }
     }
     out
-}
-
-/// Copy `src` into `dst` from `from` up to `until` as appended frames.
-async fn copy_frames(
-    src: &spool_storage::Log,
-    dst: &spool_storage::Log,
-    mut from: u64,
-    until: u64,
-) {
-    while from < until {
-        let c = src
-            .reader()
-            .read_frames_until(from, 8 << 10, until)
-            .unwrap();
-        assert_eq!(c.first_offset, from);
-        assert_eq!(dst.append_frames(c.bytes).await.unwrap(), c.next_offset);
-        from = c.next_offset;
-    }
 }
 
 /// Sealed segments shipped whole (a replica's catch-up): the copy reads the same, keeps

@@ -306,3 +306,30 @@ where
 {
     tokio::join!(a, b, c)
 }
+
+/// An idempotent append whose write fails is forgotten with it: its retry is appended
+/// (a duplicate answer would point at records that are not there), once space returns.
+#[test]
+fn a_failed_idempotent_append_is_appended_on_retry() {
+    use spool_storage::ProducerSeq;
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let (s, inj) = open_faulty(dir.path());
+        let log = s.create_log("f").await.unwrap();
+        let p = |sequence| ProducerSeq::new(77, sequence);
+        let (r0, r1) = ([record(9, 0, 700)], [record(9, 1, 700)]);
+        let first = log.append_idempotent(&r0, Durability::Fsync, p(0)).await;
+        let first = first.unwrap();
+        inj.fail_nth(FaultOp::Write, 1, FaultKind::Enospc);
+        let failed = log.append_idempotent(&r1, Durability::Fsync, p(1)).await;
+        assert!(matches!(failed, Err(StorageError::DiskFull { .. })));
+        let retry = log.append_idempotent(&r1, Durability::Fsync, p(1)).await;
+        let retry = retry.unwrap();
+        assert!(!retry.duplicate);
+        assert_eq!(retry.base_offset, first.next_offset());
+        let again = log.append_idempotent(&r1, Durability::Fsync, p(1)).await;
+        assert!(again.unwrap().duplicate);
+        s.shutdown().await.unwrap();
+        verify_reopened(dir.path(), &[0, 1]).await;
+    });
+}

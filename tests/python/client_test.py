@@ -4,10 +4,24 @@ create / append / read / subscribe against a running spool server.
 usage: client_test.py ADDR PROTO_DIR OUT_DIR
 """
 import os
+import random
 import sys
 import threading
+import time
 
 from grpc_tools import protoc
+
+
+def append_idempotent(grpc, log, req, attempts=5):
+    """The README's retry pattern: resend the same request while its outcome is unknown."""
+    for attempt in range(attempts):
+        try:
+            return log.Append(req, timeout=10)
+        except grpc.RpcError as e:
+            retry = e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if not retry or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * 2 ** attempt)
 
 
 def main():
@@ -80,6 +94,23 @@ def main():
         raise AssertionError("read past the end succeeded")
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.OUT_OF_RANGE, e
+
+    # Idempotent appends: a random producer id, the sequence one more per request. A
+    # retry of a request the log holds gets its original offsets, marked duplicate.
+    producer = random.getrandbits(64) or 1
+    once = pb.AppendRequest(log="py", records=[b"once"], ack=pb.ACK_MODE_ASYNC,
+                            producer_id=producer, sequence=0)
+    a = append_idempotent(grpc, log, once)
+    b = append_idempotent(grpc, log, once)
+    assert not a.duplicate and b.duplicate, (a, b)
+    assert (b.first_offset, b.count) == (a.first_offset, 1) == (100, 1), b
+    try:
+        log.Append(pb.AppendRequest(log="py", records=[b"gap"], producer_id=producer, sequence=5))
+        raise AssertionError("a sequence gap was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, e
+        assert "expected 1" in e.details(), e.details()
+    assert log.Read(pb.ReadRequest(log="py", from_offset=100)).end_offset == 101
 
     listed = logs.List(pb.ListLogsRequest())
     assert [l.name for l in listed.logs] == ["py"]

@@ -32,7 +32,7 @@ impl<F: IoFile> LogWriter<F> {
     /// See [`crate::SegmentImport::install`]. Returns the new durable end.
     pub async fn install_segment<B: IoBackend<File = F>>(
         &mut self,
-        seg: StagedSegment,
+        mut seg: StagedSegment,
         backend: &B,
         ctx: &WriterCtx,
     ) -> Result<u64> {
@@ -63,6 +63,10 @@ impl<F: IoFile> LogWriter<F> {
         match self.put_in_place(&seg, backend) {
             Ok(()) => {
                 ctx.stats.record_appended(seg.len);
+                self.producers
+                    .table
+                    .merge(std::mem::take(&mut seg.producers));
+                self.producers.save(seg.next);
                 Ok(seg.next)
             }
             Err(e) => {

@@ -1,6 +1,7 @@
 //! One log's write side, owned by the storage thread: the active segment, the group buffer,
 //! the waiters, rolling, truncation and segment removal.
 
+mod idempotent;
 mod import;
 mod removal;
 mod repair;
@@ -25,6 +26,7 @@ use crate::format::{self, BatchHeader};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile};
 use crate::log::{AppendAck, LogShared};
+use crate::producers::{KeptBatch, ProducerLimits, Producers};
 use crate::recovery::RecoveredLog;
 use crate::sealed_record::{self, Sealed};
 use crate::segment::{self, open_rw, SegmentView};
@@ -94,6 +96,9 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// The log's end is damaged (offset, end of the bytes the damage may span): no writes
     /// land over it until a repair or a cut (see `damage`).
     damaged: Option<(u64, u64)>,
+    /// Idempotent appends: the last batches per producer, updated as frames are buffered
+    /// (and forgotten again where they are cut or fail).
+    producers: Producers,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -129,7 +134,7 @@ impl<F: IoFile> LogWriter<F> {
     pub fn new<B: IoBackend<File = F>>(
         backend: &B,
         r: RecoveredLog,
-        _ctx: &WriterCtx,
+        ctx: &WriterCtx,
     ) -> Result<Self> {
         let seg = r
             .shared
@@ -141,7 +146,13 @@ impl<F: IoFile> LogWriter<F> {
         let file = backend.wrap(r.seg_file, &seg.path).at(&seg.path)?;
         let next = seg.durable_next();
         assert_eq!(seg.durable_len(), r.write_pos);
+        let mut producers = r.producers;
+        let limits = ProducerLimits::of(&ctx.config);
+        producers
+            .table
+            .set_limits(limits, now_us().max(seg.last_ts_us()));
         Ok(LogWriter {
+            producers,
             last_ts_us: seg.last_ts_us(),
             shared: r.shared,
             file,
@@ -266,8 +277,26 @@ impl<F: IoFile> LogWriter<F> {
         let epoch = self.shared.epochs.read().current();
         // Timestamps never go back within a log, whatever the wall clock does.
         let ts = now_us().max(self.last_ts_us);
+        let producer = format::frame_producer(&frame);
+        let reply = match producer {
+            Some(p) => match self.dedupe(p, ts, durability, reply) {
+                Some(reply) => reply,
+                None => return,
+            },
+            None => reply,
+        };
         format::stamp_frame(&mut frame, offset, epoch, ts);
         let count = format::frame_record_count(&frame);
+        if let Some(p) = producer {
+            let batch = KeptBatch {
+                sequence: p.sequence,
+                base_offset: offset,
+                record_count: count,
+                epoch,
+                ts_us: ts,
+            };
+            self.producers.record(p, batch, self.seg.base_offset);
+        }
         self.start_group();
         self.note_index(self.buf_end(), offset);
         self.buf.extend_from_slice(&frame);
@@ -283,6 +312,7 @@ impl<F: IoFile> LogWriter<F> {
                 record_count: count,
                 epoch,
                 durability,
+                duplicate: false,
             },
         });
     }
@@ -317,6 +347,8 @@ impl<F: IoFile> LogWriter<F> {
         self.note_index(self.buf_end(), h.base_offset);
         self.buf.extend_from_slice(frame);
         self.buf_next = h.next_offset();
+        // A replica knows its primary's producers, to answer retries once promoted.
+        self.producers.observe(frame, h, self.seg.base_offset);
         self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
         self.sync_requested |= sync;
         Ok(())
@@ -485,6 +517,7 @@ impl<F: IoFile> LogWriter<F> {
             let _ = self.file.write_all_at(vec![0u8; n as usize], pos).await;
         }
         self.buf_next = self.written_next;
+        self.producers.table.forget_from(self.buf_next);
         let keep = self.write_pos;
         self.pending_entries.retain(|e| u64::from(e.pos) < keep);
         self.last_index_pos = self
@@ -554,10 +587,11 @@ impl<F: IoFile> LogWriter<F> {
     /// called at a clean shutdown, after the last commit. A log that failed writes gets
     /// none; the active segment is left out when a write into it failed, or not everything
     /// written is durable.
-    pub fn record_at_shutdown(&self) {
+    pub fn record_at_shutdown(&mut self) {
         if self.shared.poisoned.lock().is_some() {
             return;
         }
+        self.producers.save(self.durable_next);
         let sealed: Vec<Arc<SegmentView>> = {
             let segs = self.shared.segments.read();
             segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
@@ -740,6 +774,9 @@ impl<F: IoFile> LogWriter<F> {
         assert_eq!(self.durable_pos, self.write_pos);
         self.seal_index()?;
         let base = self.durable_next;
+        // Before the new segment: a crash between the two still finds a snapshot that
+        // covers the active segment, whichever one it is then.
+        self.producers.save(base);
         let (view, file, idx_file) = match self.new_segment(base, backend, true) {
             Ok(placed) => placed,
             Err(e) => {

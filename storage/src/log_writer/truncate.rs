@@ -64,6 +64,8 @@ impl<F: IoFile> LogWriter<F> {
         } else {
             target.durable_len()
         };
+        // Nothing is cut yet: a failure here leaves the log as it was.
+        self.producers.unsave()?;
         // From the first file removed on, disk and memory may disagree after an error:
         // the log then refuses writes until a restart recovers it from the disk.
         let applied: Result<()> = async {
@@ -153,6 +155,7 @@ impl<F: IoFile> LogWriter<F> {
             self.poison(e);
         }
         applied?;
+        self.producers.cut_at(end);
         tracing::info!(log = %self.shared.name, end, "log truncated");
         Ok(())
     }
@@ -168,6 +171,8 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
+        self.producers.unsave()?;
+        self.producers.table.clear();
         let dir = self.shared.dir.clone();
         let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
         let applied: Result<()> = async {
@@ -207,7 +212,9 @@ impl<F: IoFile> LogWriter<F> {
     }
 }
 
-/// The frame `bytes` cut down to its records below `end`, same epoch and time.
+/// The frame `bytes` cut down to its records below `end`, same epoch and time. Without
+/// the producer extension: the prefix is not the batch its producer sent (the producers
+/// table forgets that batch, so a retry of it is appended again).
 fn prefix_frame(bytes: &[u8], h: &BatchHeader, end: u64, path: &Path) -> Result<Vec<u8>> {
     let records = format::decode_records(bytes, h).map_err(|reason| StorageError::Corrupt {
         path: path.to_owned(),

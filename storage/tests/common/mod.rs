@@ -4,7 +4,34 @@
 use std::path::Path;
 use std::time::Duration;
 
-use spool_storage::{LogConfig, StorageConfig};
+use spool_storage::io::std_backend::StdBackend;
+use spool_storage::{BackendChoice, Log, LogConfig, Storage, StorageConfig};
+
+/// Open storage with the std backend (pwrite + fdatasync).
+pub fn open_std(c: StorageConfig) -> Storage {
+    Storage::open_with(c, StdBackend).unwrap()
+}
+
+/// Open storage with the io_uring backend, refusing a fallback.
+pub fn open_uring(mut c: StorageConfig) -> Storage {
+    c.backend = BackendChoice::Uring;
+    let s = Storage::open(c).unwrap();
+    assert_eq!(s.backend_name(), "uring");
+    s
+}
+
+/// Copy `src` into `dst` from `from` up to `until` as appended frames (a replica's path).
+pub async fn copy_frames(src: &Log, dst: &Log, mut from: u64, until: u64) {
+    while from < until {
+        let c = src
+            .reader()
+            .read_frames_until(from, 8 << 10, until)
+            .unwrap();
+        assert_eq!(c.first_offset, from);
+        assert_eq!(dst.append_frames(c.bytes).await.unwrap(), c.next_offset);
+        from = c.next_offset;
+    }
+}
 
 /// Small segments so that tests roll often.
 pub fn small_log() -> LogConfig {
