@@ -331,6 +331,29 @@ impl Client {
         self.conn().admin.resume(pb::ResumeRequest {}).await?;
         Ok(())
     }
+
+    /// Scrub the node's sealed segments now (one log, or all with an empty name).
+    pub async fn scrub(&self, log: &str) -> Result<pb::ScrubResponse> {
+        Ok(self
+            .conn()
+            .admin
+            .scrub(pb::ScrubRequest { log: log.into() })
+            .await?
+            .into_inner())
+    }
+
+    /// Repair damaged records from a peer (its upstream or replicas unless `from` names one).
+    pub async fn repair(&self, log: &str, from: &str) -> Result<pb::RepairResponse> {
+        Ok(self
+            .conn()
+            .admin
+            .repair(pb::RepairRequest {
+                log: log.into(),
+                from_addr: from.into(),
+            })
+            .await?
+            .into_inner())
+    }
 }
 
 /// Waiters for acks in request order, and whether the reply side has ended (with the

@@ -41,6 +41,10 @@ pub struct StorageSection {
     pub retention_check_ms: Option<u64>,
     /// Idempotent appends: producers each log keeps (least recently written go first).
     pub producers_max: Option<usize>,
+    /// Background scrub of sealed segments, bytes per second (0: off).
+    pub scrub_bytes_per_sec: Option<u64>,
+    /// Time from one background scrub pass to the next.
+    pub scrub_interval_ms: Option<u64>,
     /// Idempotent appends: a producer silent this long is forgotten.
     pub producer_expiry_ms: Option<u64>,
 }
@@ -357,6 +361,12 @@ impl ServerConfig {
         }
         if let Some(v) = s.retention_check_ms {
             storage.retention_check_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = s.scrub_bytes_per_sec {
+            storage.scrub_bytes_per_sec = v;
+        }
+        if let Some(v) = s.scrub_interval_ms {
+            storage.scrub_interval = Duration::from_millis(v.max(1));
         }
         if let Some(v) = s.producers_max {
             storage.producers_max = v;

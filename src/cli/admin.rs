@@ -15,6 +15,21 @@ pub enum AdminCommand {
     Pause,
     /// Delayed replica: let the horizon follow now - delay again.
     Resume,
+    /// Re-read sealed segments from the disk now, checking every CRC and index entry;
+    /// damage found is reported (and repaired from peers in the background).
+    Scrub {
+        /// Only this log (default: every log).
+        log: Option<String>,
+    },
+    /// Repair damaged records from a peer holding the same records: the node's upstream,
+    /// or its replicas, unless --from names another.
+    Repair {
+        /// Only this log (default: every damaged log).
+        log: Option<String>,
+        /// The peer to fetch the records from (HOST:PORT).
+        #[arg(long, value_name = "ADDR")]
+        from: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -156,8 +171,66 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
             client.resume().await?;
             println!("{} resumed", client.addr());
         }
+        AdminCommand::Scrub { log } => {
+            let r = client.scrub(log.as_deref().unwrap_or("")).await?;
+            println!(
+                "scrubbed {} sealed segment(s), {} bytes: {} damaged range(s) found{}",
+                r.segments,
+                r.bytes,
+                r.found.len(),
+                if r.index_rebuilt > 0 {
+                    format!(", {} index(es) rebuilt", r.index_rebuilt)
+                } else {
+                    String::new()
+                }
+            );
+            for f in &r.found {
+                println!("  {}", finding(f));
+            }
+        }
+        AdminCommand::Repair { log, from } => {
+            let r = client
+                .repair(log.as_deref().unwrap_or(""), from.as_deref().unwrap_or(""))
+                .await?;
+            for d in &r.repaired {
+                println!(
+                    "repaired {} records {}..{} from {}",
+                    d.log, d.first_offset, d.next_offset, d.from_addr
+                );
+            }
+            for f in &r.left {
+                println!("NOT repaired: {}", finding(f));
+            }
+            for e in &r.errors {
+                println!("  {e}");
+            }
+            if !r.left.is_empty() {
+                anyhow::bail!("{} damaged range(s) left", r.left.len());
+            }
+            if r.repaired.is_empty() {
+                println!("nothing to repair");
+            }
+        }
     }
     Ok(())
+}
+
+/// One damaged range, as a person reads it.
+pub fn finding(f: &pb::ScrubFinding) -> String {
+    let r = f.range.clone().unwrap_or_default();
+    format!("{} {}", f.log, damaged(&r))
+}
+
+pub fn damaged(r: &pb::DamagedRange) -> String {
+    let to = if r.next_offset == 0 {
+        "the end of its segment".to_owned()
+    } else {
+        r.next_offset.to_string()
+    };
+    format!(
+        "records {}..{to} damaged (segment {}: {})",
+        r.first_offset, r.segment_base, r.reason
+    )
 }
 
 #[cfg(test)]

@@ -1,18 +1,73 @@
-//! `spool check DATA_DIR`: offline verification of every segment.
+//! `spool check DATA_DIR`: offline verification of every segment; with `--repair-from`,
+//! damaged records are first put back from a peer holding them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use spool::server::role::NodeIdentity;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {
+    /// The data directory of a stopped node.
     pub data_dir: PathBuf,
     #[arg(long)]
     pub json: bool,
+    /// Before checking, scrub the directory and repair damaged records from the node at
+    /// ADDR (HOST:PORT, a running node of the same cluster holding the same records).
+    #[arg(long, value_name = "ADDR")]
+    pub repair_from: Option<String>,
+}
+
+/// Open the stopped node's storage, scrub it, and put damaged records back from `addr`.
+fn repair_from(dir: &Path, addr: &str) -> Result<()> {
+    let cluster = NodeIdentity::load(dir)?.cluster_id;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let storage = spool_storage::Storage::open(spool_storage::StorageConfig::new(dir))
+            .with_context(|| format!("opening {}", dir.display()))?;
+        let result = async {
+            storage.scrub_now(None).await?;
+            let mut left = 0;
+            for name in storage.list_logs() {
+                let log = storage.log(&name)?;
+                for d in log.damage() {
+                    match spool::server::repair::repair_run(&cluster, &log, &d, addr).await {
+                        Ok(next) => println!(
+                            "repaired {name} records {}..{next} from {addr}",
+                            d.first_offset
+                        ),
+                        Err(e) => {
+                            left += 1;
+                            println!(
+                                "NOT repaired: {name} records from {}: {e:#}",
+                                d.first_offset
+                            );
+                        }
+                    }
+                }
+            }
+            anyhow::Ok(left)
+        }
+        .await;
+        storage.shutdown().await?;
+        match result? {
+            0 => Ok(()),
+            n => bail!("{n} damaged range(s) not repaired"),
+        }
+    })
 }
 
 pub fn run(a: CheckArgs) -> Result<()> {
+    if let Some(addr) = &a.repair_from {
+        repair_from(&a.data_dir, addr)?;
+    }
+    let cluster = NodeIdentity::load(&a.data_dir)
+        .map(|n| n.cluster_id)
+        .unwrap_or_default();
     let total = spool_storage::check::segment_bytes_total(&a.data_dir);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(indicatif::ProgressStyle::with_template(
@@ -27,14 +82,25 @@ pub fn run(a: CheckArgs) -> Result<()> {
             .map(|l| {
                 serde_json::json!({"name": l.name, "segments": l.segments, "start": l.start,
                     "end": l.end, "batches": l.batches, "data_bytes": l.data_bytes,
-                    "digest": format!("{:08x}", l.digest), "problems": l.problems})
+                    "digest": format!("{:08x}", l.digest), "problems": l.problems,
+                    "incarnation": format!("{:016x}", l.incarnation)})
             })
             .collect();
         println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"ok": report.is_ok(), "logs": logs}))?
+            serde_json::to_string_pretty(
+                &serde_json::json!({"ok": report.is_ok(), "cluster_id": cluster, "logs": logs})
+            )?
         );
     } else {
+        println!(
+            "cluster {}",
+            if cluster.is_empty() {
+                "(none)"
+            } else {
+                &cluster
+            }
+        );
         for l in &report.logs {
             let verdict = if l.problems.is_empty() {
                 "ok"
@@ -42,8 +108,8 @@ pub fn run(a: CheckArgs) -> Result<()> {
                 "CORRUPT"
             };
             println!(
-                "{verdict:<8} {:<24} offsets {}..{}  {} batches  {} segments  digest {:08x}",
-                l.name, l.start, l.end, l.batches, l.segments, l.digest
+                "{verdict:<8} {:<24} offsets {}..{}  {} batches  {} segments  digest {:08x}  incarnation {:016x}",
+                l.name, l.start, l.end, l.batches, l.segments, l.digest, l.incarnation
             );
             for p in &l.problems {
                 println!("         {p}");

@@ -36,6 +36,24 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
     if s.role == "replica" {
         println!("  primary: {}", s.primary_addr);
     }
+    println!(
+        "  cluster: {}",
+        if s.cluster_id.is_empty() {
+            "(none yet: joins its upstream's)"
+        } else {
+            &s.cluster_id
+        }
+    );
+    if let Some(sc) = &s.scrub {
+        println!(
+            "  scrub: {} pass(es), {} segments, {} bytes, {} damaged found{}",
+            sc.passes,
+            sc.segments,
+            sc.bytes,
+            sc.damage_found,
+            if sc.running { ", running" } else { "" }
+        );
+    }
     if let Some(u) = &s.upstream {
         println!(
             "  upstream {} {} (heard {} ms ago)",
@@ -47,6 +65,9 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             },
             u.last_heard_ms_ago
         );
+        if !u.connected && !u.last_error.is_empty() {
+            println!("    last error: {}", u.last_error);
+        }
         for l in &u.logs {
             let receiving = segment_progress(
                 "receiving a segment",
@@ -62,6 +83,9 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
                 l.lag_records,
                 if l.full_sync { "  (full sync)" } else { "" }
             );
+            if !l.blocked.is_empty() {
+                println!("      {}", l.blocked);
+            }
         }
     }
     println!("  logs:");
@@ -70,6 +94,12 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             "    {:<22} start {:>10}  end {:>10}  written {:>10}  epoch {:>3}  {:>12} bytes",
             l.name, l.start_offset, l.end_offset, l.written_offset, l.epoch, l.size_bytes
         );
+        if !l.incarnation.is_empty() {
+            println!("      incarnation {}", l.incarnation);
+        }
+        for d in &l.damaged {
+            println!("      DAMAGED: {}", super::admin::damaged(d));
+        }
         if s.delay_ms > 0 {
             println!(
                 "      horizon {:>10} (written up to {} us)  stored {:>10}{}",
@@ -122,6 +152,9 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
                 l.lag_seconds,
                 if l.full_sync { "  (full sync)" } else { "" }
             );
+            if !l.blocked.is_empty() {
+                println!("        {}", l.blocked);
+            }
         }
     }
     Ok(())
@@ -149,7 +182,8 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
                 "end_offset": l.end_offset, "written_offset": l.written_offset,
                 "epoch": l.epoch, "size_bytes": l.size_bytes,
                 "horizon_offset": l.horizon_offset, "horizon_time_us": l.horizon_time_us,
-                "stored_offset": l.stored_offset, "pending_delete_at_us": l.pending_delete_at_us})
+                "stored_offset": l.stored_offset, "pending_delete_at_us": l.pending_delete_at_us,
+                "incarnation": l.incarnation, "damaged": l.damaged.iter().map(damaged_json).collect::<Vec<_>>()})
         })
         .collect();
     let replicas: Vec<_> = s
@@ -164,7 +198,7 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
                         "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
                         "lag_seconds": l.lag_seconds, "full_sync": l.full_sync,
                         "segment_sent_offset": l.segment_sent_offset,
-                        "segment_next": l.segment_next})
+                        "segment_next": l.segment_next, "blocked": l.blocked})
                 })
                 .collect();
             serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,
@@ -181,7 +215,7 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
                 serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
                     "local_end": l.local_end, "lag_records": l.lag_records,
                     "full_sync": l.full_sync, "staged_end": l.staged_end,
-                    "segment_next": l.segment_next})
+                    "segment_next": l.segment_next, "blocked": l.blocked})
             })
             .collect();
         serde_json::json!({"addr": u.addr, "connected": u.connected,
@@ -192,6 +226,16 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         "role": s.role, "epoch": s.epoch, "version": s.version, "uptime_ms": s.uptime_ms,
         "io_backend": s.io_backend, "data_dir": s.data_dir, "primary_addr": s.primary_addr,
         "fenced": s.fenced, "degraded": s.degraded, "delay_ms": s.delay_ms, "paused": s.paused,
+        "cluster_id": s.cluster_id, "scrub": s.scrub.as_ref().map(|sc| serde_json::json!({
+            "passes": sc.passes, "segments": sc.segments, "bytes": sc.bytes,
+            "damage_found": sc.damage_found, "index_rebuilt": sc.index_rebuilt,
+            "last_pass_end_ms": sc.last_pass_end_ms, "running": sc.running,
+            "bytes_per_sec": sc.bytes_per_sec})),
         "logs": logs, "replicas": replicas, "upstream": upstream,
     })
+}
+
+fn damaged_json(d: &pb::DamagedRange) -> serde_json::Value {
+    serde_json::json!({"first_offset": d.first_offset, "next_offset": d.next_offset,
+        "segment_base": d.segment_base, "reason": d.reason})
 }

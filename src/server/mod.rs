@@ -8,7 +8,7 @@ pub(crate) mod logs_service;
 mod metrics_export;
 pub(crate) mod node;
 mod promote;
-pub(crate) mod repair;
+pub mod repair;
 pub mod replication;
 pub mod role;
 pub(crate) mod status_map;

@@ -87,14 +87,13 @@ fn theirs_from(history: &[(u64, u64)], from: u64) -> Vec<(u64, u64)> {
         .collect()
 }
 
-/// Put back one damaged run of `log` from the peer at `addr`.
-pub async fn repair_run(node: &Node, log: &Log, d: &DamageReport, addr: &str) -> Result<u64> {
-    let cluster = node.role.cluster_id();
+/// Put back one damaged run of `log` from the peer at `addr`, a node of cluster `cluster`.
+pub async fn repair_run(cluster: &str, log: &Log, d: &DamageReport, addr: &str) -> Result<u64> {
     let mut from = d.first_offset;
     let end = d.next_offset.unwrap_or(u64::MAX);
     loop {
         let to = if end == u64::MAX { 0 } else { end };
-        let r = fetch_frames(addr, &cluster, log, from, to).await?;
+        let r = fetch_frames(addr, cluster, log, from, to).await?;
         if !same_epochs(log, &r.epochs, from, r.next_offset) {
             bail!(
                 "{addr} holds offsets {from}..{} of {} in other epochs: not the same records",
@@ -136,7 +135,7 @@ pub async fn repair_log(node: &Node, log: &Log, from_addr: Option<&str>) -> pb::
     for d in log.damage() {
         let mut done = false;
         for addr in &peers {
-            match repair_run(node, log, &d, addr).await {
+            match repair_run(&node.role.cluster_id(), log, &d, addr).await {
                 Ok(next) => {
                     out.repaired.push(pb::RepairedRange {
                         log: log.name().to_owned(),
@@ -234,7 +233,7 @@ async fn take_back(node: &Node, log: &Log, addr: &str, from: u64, to: u64) -> Re
         .into_iter()
         .find(|d| d.first_offset == from && d.next_offset.is_none())
     {
-        let reached = repair_run(node, log, &d, addr).await?;
+        let reached = repair_run(&node.role.cluster_id(), log, &d, addr).await?;
         if reached >= to {
             return Ok(());
         }

@@ -41,7 +41,7 @@ pub struct NodeIdentity {
 }
 
 impl NodeIdentity {
-    fn load(dir: &Path) -> Result<NodeIdentity> {
+    pub fn load(dir: &Path) -> Result<NodeIdentity> {
         let path = dir.join(NODE_FILE);
         let Some(pairs) = spool_storage::meta::read_kv(&path, NODE_FORMAT)? else {
             return Ok(NodeIdentity {
@@ -124,16 +124,17 @@ impl RoleState {
             listen_addr: RwLock::new(String::new()),
         };
         if role == Role::Primary {
-            // A primary writes in an epoch of at least 1 (0 means "none"), which it leads,
-            // in a cluster of its own unless it has one.
+            // A primary writes in an epoch of at least 1 (0 means "none"), in a cluster of
+            // its own unless it has one. A new cluster's first primary begins epoch 1; a
+            // node that has an epoch already did not begin it by starting as a primary.
             state.update(|id| {
                 if id.cluster_id.is_empty() {
                     id.cluster_id = new_cluster_id();
                 }
                 if id.epoch == 0 {
                     id.epoch = 1;
+                    id.led_epoch = 1;
                 }
-                id.led_epoch = id.led_epoch.max(id.epoch);
             })?;
         }
         Ok(state)

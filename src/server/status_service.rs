@@ -160,6 +160,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                 connected_for_ms: v.connected_at.map_or(0, |t| t.elapsed().as_millis() as u64),
                 last_heard_ms_ago: v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64),
                 logs: ulogs,
+                last_error: v.last_error.clone(),
             };
             ("replica", Some(up))
         }

@@ -24,6 +24,8 @@ pub struct LogCheck {
     pub data_bytes: u64,
     /// A CRC32 over every record value in offset order: equal logs have equal digests.
     pub digest: u32,
+    /// The log's incarnation id (0: not known).
+    pub incarnation: u64,
     pub problems: Vec<String>,
 }
 
@@ -81,8 +83,11 @@ pub fn check_log(name: &str, dir: &Path, progress: &mut dyn FnMut(u64)) -> LogCh
         name: name.to_owned(),
         ..LogCheck::default()
     };
-    let config = match meta::read_log_config(dir) {
-        Ok(cfg) => cfg,
+    let config = match meta::read_log_meta(dir) {
+        Ok((cfg, incarnation)) => {
+            c.incarnation = incarnation;
+            cfg
+        }
         Err(e) => {
             c.problems.push(e.to_string());
             return c;

@@ -7,8 +7,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// The `spool` binary under test: this build's, or `SPOOL_TEST_BIN` (to show that a test
+/// fails against another build, e.g. the one before a fix).
 pub fn spool_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_spool")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("SPOOL_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_spool").to_owned())
+    })
 }
 
 /// A running `spool serve` child.

@@ -48,6 +48,8 @@ pub struct UpstreamView {
     pub connected_at: Option<Instant>,
     pub last_heard: Option<Instant>,
     pub logs: HashMap<String, LogFollow>,
+    /// Why the last session ended in an error (a refusal names the cause).
+    pub last_error: String,
 }
 
 #[derive(Debug, Clone)]
@@ -98,7 +100,9 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
         match result {
             Ok(()) => tracing::info!(upstream = %cfg.upstream, "upstream closed the stream"),
             Err(e) => {
-                tracing::warn!(upstream = %cfg.upstream, error = %format!("{e:#}"), "replication stream failed")
+                let error = format!("{e:#}");
+                tracing::warn!(upstream = %cfg.upstream, %error, "replication stream failed");
+                view.lock().last_error = error;
             }
         }
         if started.elapsed() > Duration::from_secs(10) {
