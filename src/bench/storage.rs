@@ -38,6 +38,10 @@ pub struct StorageArgs {
     pub warmup: f64,
     #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
     pub durability: DurabilityArg,
+    /// Scrub sealed segments during the run at this rate, pass after pass (0: no scrub):
+    /// what the background scrub costs appends.
+    #[arg(long, default_value_t = 0)]
+    pub scrub_bytes_per_sec: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -49,6 +53,8 @@ struct StorageRun {
     records_per_append: usize,
     writers: usize,
     segment_bytes: u64,
+    scrub_bytes_per_sec: u64,
+    scrubbed_bytes: u64,
     measured_seconds: f64,
     records: u64,
     appends: u64,
@@ -126,7 +132,9 @@ async fn storage_run(
     record_bytes: usize,
 ) -> Result<StorageRun> {
     let tmp = fresh_data_dir(&args.common.dir)?;
-    let config = storage_config(tmp.path(), backend, args.common.segment_bytes);
+    let mut config = storage_config(tmp.path(), backend, args.common.segment_bytes);
+    config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
+    config.scrub_interval = std::time::Duration::from_millis(100);
     let storage = tokio::task::spawn_blocking(move || Storage::open(config))
         .await?
         .context("opening storage")?;
@@ -171,6 +179,10 @@ async fn storage_run(
         }
     }
     let backend_name = storage.backend_name().to_owned();
+    let scrubbed_bytes = storage
+        .scrub_stats()
+        .bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
     storage.shutdown().await?;
     drop(log);
     drop(storage);
@@ -200,6 +212,8 @@ async fn storage_run(
         records_per_append: args.records_per_append,
         writers: args.writers,
         segment_bytes: args.common.segment_bytes,
+        scrub_bytes_per_sec: args.scrub_bytes_per_sec,
+        scrubbed_bytes,
         measured_seconds: round3(secs),
         records: recs,
         appends: apps,
