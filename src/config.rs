@@ -41,6 +41,8 @@ pub struct StorageSection {
     pub retention_check_ms: Option<u64>,
     /// Idempotent appends: producers each log keeps (least recently written go first).
     pub producers_max: Option<usize>,
+    /// Logs whose files stay open at once (default: from the open-files limit).
+    pub open_logs_max: Option<usize>,
     /// Background scrub of sealed segments, bytes per second (0: off).
     pub scrub_bytes_per_sec: Option<u64>,
     /// Time from one background scrub pass to the next.
@@ -60,6 +62,8 @@ pub struct LogDefaults {
     /// none | zstd | zstd:LEVEL
     pub compression: Option<String>,
     pub compress_min_bytes: Option<u32>,
+    /// A new log's first segment (0: 256 KiB); segments double up to segment_bytes.
+    pub initial_segment_bytes: Option<u64>,
 }
 
 /// The `[replication]` table.
@@ -362,6 +366,9 @@ impl ServerConfig {
         if let Some(v) = s.retention_check_ms {
             storage.retention_check_interval = Duration::from_millis(v);
         }
+        if let Some(v) = s.open_logs_max {
+            storage.open_logs_max = v.max(1);
+        }
         if let Some(v) = s.scrub_bytes_per_sec {
             storage.scrub_bytes_per_sec = v;
         }
@@ -413,6 +420,9 @@ pub fn log_config(d: &LogDefaults, base: LogConfig) -> Result<LogConfig> {
     }
     if let Some(v) = &d.compression {
         c.compression = spool_storage::meta::parse_compression(v).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(v) = d.initial_segment_bytes {
+        c.initial_segment_bytes = v;
     }
     if let Some(v) = d.compress_min_bytes {
         c.compress_min_bytes = v;

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{load_records, run, Server};
+use common::{free_port, load_records, run, wait_metrics, Server};
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
 use tonic::Code;
@@ -80,7 +80,8 @@ fn async_replica_and_cascade_end_identical() {
             s.replicas
         );
         assert_eq!(s.replicas[0].id, "r1");
-        // By default only direct replicas count for acks: semi-sync:2 cannot be met.
+        // By default only direct replicas count for acks: semi-sync:2 cannot be met, and
+        // is refused before anything is written.
         let e = c
             .append_with(pb::AppendRequest {
                 log: "a".into(),
@@ -91,9 +92,9 @@ fn async_replica_and_cascade_end_identical() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
+        assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
         for addr in [&r1.addr, &r2.addr] {
-            wait_end(addr, "a", end_a + 1).await;
+            wait_end(addr, "a", end_a).await;
         }
         let s2 = Client::connect(&r2.addr)
             .await
@@ -177,7 +178,7 @@ fn semi_sync_waits_for_a_durable_replica_then_times_out() {
             .await
             .unwrap();
         assert_eq!(ok.replicas_confirmed, 1);
-        // Asking for more replicas than exist times out too.
+        // Asking for more replicas than are attached is refused at once.
         let e = c
             .append_with(pb::AppendRequest {
                 log: "s".into(),
@@ -188,7 +189,7 @@ fn semi_sync_waits_for_a_durable_replica_then_times_out() {
             })
             .await
             .unwrap_err();
-        assert_eq!(e.code(), Some(Code::DeadlineExceeded));
+        assert_eq!(e.code(), Some(Code::FailedPrecondition));
     });
     r.stop();
     p.stop();
@@ -277,7 +278,7 @@ fn replica_after_retention_gets_a_full_sync() {
     let cfg = d.path().join("p.toml");
     std::fs::write(
         &cfg,
-        "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\nretention_bytes = 524288\n",
+        "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\ninitial_segment_bytes = 262144\nretention_bytes = 524288\n",
     )
     .unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
@@ -676,7 +677,7 @@ fn full_sync_resumes_with(
     let cfg = d.path().join("p.toml");
     std::fs::write(
         &cfg,
-        format!("[log_defaults]\nsegment_bytes = {segment_bytes}\n"),
+        format!("[log_defaults]\nsegment_bytes = {segment_bytes}\ninitial_segment_bytes = {segment_bytes}\n"),
     )
     .unwrap();
     let rcfg = d.path().join("r.toml");
@@ -807,7 +808,11 @@ fn full_sync_resumes_with(
 fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 33554432\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[log_defaults]\nsegment_bytes = 33554432\ninitial_segment_bytes = 33554432\n",
+    )
+    .unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
     let rdir = d.path().join("r");
     let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
@@ -859,7 +864,11 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
 fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 67108864\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[log_defaults]\nsegment_bytes = 67108864\ninitial_segment_bytes = 67108864\n",
+    )
+    .unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
     let rdir = d.path().join("r");
     let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
@@ -981,37 +990,6 @@ fn cascaded_replicas_count_for_acks_when_configured() {
 }
 
 /// A port free right now (the OS picks it), for a metrics endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GET /metrics from `port`, polling (bounded) until every `want` line prefix is there.
-async fn wait_metrics(port: u16, want: &[&str]) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let mut body = String::new();
-        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
-            if s.write_all(req.as_bytes()).await.is_ok() {
-                let _ = s.read_to_string(&mut body).await;
-            }
-        }
-        if want.iter().all(|w| body.lines().any(|l| l.starts_with(w))) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics on {port} never showed {want:?}:\n{body}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Per-replica lag on the primary and the upstream's view on the replica, as Prometheus
 /// gauges.
 #[test]
@@ -1072,7 +1050,11 @@ fn replication_metrics_per_replica_and_upstream() {
 fn replica_killed_during_a_segment_transfer_recovers_identical() {
     let d = tempfile::tempdir().unwrap();
     let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[log_defaults]\nsegment_bytes = 16777216\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[log_defaults]\nsegment_bytes = 16777216\ninitial_segment_bytes = 16777216\n",
+    )
+    .unwrap();
     let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");

@@ -166,13 +166,13 @@ fn error_codes_fit_the_cause() {
         assert_eq!(code(e), Code::InvalidArgument);
         let e = c.append("a", vec![], AckMode::Async).await.unwrap_err();
         assert_eq!(code(e), Code::InvalidArgument);
-        // Semi-sync with no replica attached: durable here, but times out waiting.
+        // Semi-sync with no replica attached cannot be met: refused before it is written.
         let e = c
             .append("a", vec![Bytes::from("x")], AckMode::SemiSync)
             .await
             .unwrap_err();
-        assert_eq!(code(&e), Code::DeadlineExceeded);
-        assert!(e.to_string().contains("stay in the log"), "{e}");
+        assert_eq!(code(&e), Code::FailedPrecondition);
+        assert!(e.to_string().contains("needs 1 replica"), "{e}");
         c.append("a", vec![Bytes::from("x")], AckMode::Async)
             .await
             .unwrap();
@@ -193,7 +193,7 @@ fn error_codes_fit_the_cause() {
         let e = raw.read(rq).await.unwrap_err();
         assert_eq!(e.code(), Code::DeadlineExceeded);
         req.min_offset = 1;
-        assert_eq!(c.read_with(req).await.unwrap().records.len(), 2);
+        assert_eq!(c.read_with(req).await.unwrap().records.len(), 1);
         // UNAVAILABLE while shutting down: an open subscription is told so.
         let mut sub = Box::pin(c.subscribe("a", None).await.unwrap());
         common::signal(&s.child, libc::SIGTERM);

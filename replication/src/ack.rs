@@ -394,6 +394,28 @@ impl AckTracker {
         self.degraded
     }
 
+    /// Why an append in `mode` could not be acknowledged with the replicas known now (a
+    /// caller refuses it before writing anything): `Sync` with no synchronous replica,
+    /// `SemiSync(k)` with fewer than k counting replicas connected. Under
+    /// [`TimeoutPolicy::DegradeToAsync`] nothing is refused: such appends degrade.
+    pub fn cannot_satisfy(&self, mode: AckMode) -> Option<String> {
+        if self.config.policy == TimeoutPolicy::DegradeToAsync {
+            return None;
+        }
+        match mode {
+            AckMode::Sync if self.replicas.sync_count() == 0 => Some(
+                "ack mode sync needs a synchronous replica (one started with --sync-replica); \
+                 none is known to this primary"
+                    .into(),
+            ),
+            AckMode::SemiSync(k) if self.replicas.connected_counting() < k => Some(format!(
+                "ack mode semi-sync:{k} needs {k} replica(s) counted for acks; {} connected",
+                self.replicas.connected_counting()
+            )),
+            _ => None,
+        }
+    }
+
     /// How many counting replicas have `log` durable at or beyond `end_offset`.
     pub fn confirmed(&self, log: &str, end_offset: u64) -> u32 {
         self.replicas.confirmed(log, end_offset)

@@ -93,14 +93,6 @@ pub fn run(a: CheckArgs) -> Result<()> {
             )?
         );
     } else {
-        println!(
-            "cluster {}",
-            if cluster.is_empty() {
-                "(none)"
-            } else {
-                &cluster
-            }
-        );
         for l in &report.logs {
             let verdict = if l.problems.is_empty() {
                 "ok"
@@ -115,6 +107,12 @@ pub fn run(a: CheckArgs) -> Result<()> {
                 println!("         {p}");
             }
         }
+        let cluster = if cluster.is_empty() {
+            "(none)"
+        } else {
+            &cluster
+        };
+        println!("cluster  {cluster}");
     }
     if !report.is_ok() {
         bail!("{} found problems in {}", "check", a.data_dir.display());

@@ -38,7 +38,34 @@ pub struct ServeArgs {
     pub delay: Option<String>,
 }
 
+/// Raise the soft open-files limit to the hard one (logs hold descriptors, see
+/// `open_logs_max`); returns (soft before, soft now, hard).
+fn raise_open_files_limit() -> (u64, u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct they are given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return (0, 0, 0);
+    }
+    let before = lim.rlim_cur;
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: as above.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    (before, lim.rlim_cur, lim.rlim_max)
+}
+
 pub fn run(args: ServeArgs) -> Result<()> {
+    // Before the config: the default number of logs kept open follows the limit.
+    let (before, soft, hard) = raise_open_files_limit();
     let file = match &args.config {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
@@ -60,6 +87,13 @@ pub fn run(args: ServeArgs) -> Result<()> {
         .enable_all()
         .thread_name("spool-grpc")
         .build()?;
+    tracing::info!(
+        soft_before = before,
+        soft,
+        hard,
+        open_logs_max = config.storage.open_logs_max,
+        "open files limit"
+    );
     rt.block_on(async {
         let shutdown = shutdown_signal()?;
         spool::server::serve(config, shutdown, |addr| {

@@ -91,6 +91,10 @@ async fn submit_one(
     node.check_writable()?;
     node.check_log_writable(log.name())?;
     let (durability, replicated) = ack_plan(&req, node)?;
+    if let Some(why) = replicated.and_then(|m| node.acks.cannot_satisfy(m)) {
+        // Refused before anything is written: waiting could not help.
+        return Err(Status::failed_precondition(why));
+    }
     let epoch = node.role.epoch();
     if log.current_epoch() < epoch {
         // The node's epoch reaches each log before its first write in that epoch.

@@ -42,6 +42,9 @@ pub fn config_from_pb(c: Option<pb::LogConfig>, base: &LogConfig) -> Result<LogC
             )))
         }
     }
+    if c.initial_segment_bytes != 0 {
+        out.initial_segment_bytes = c.initial_segment_bytes;
+    }
     if c.compress_min_bytes != 0 {
         out.compress_min_bytes = c.compress_min_bytes;
     }
@@ -61,6 +64,7 @@ pub fn config_to_pb(c: &LogConfig) -> pb::LogConfig {
         compression: compression as i32,
         zstd_level,
         compress_min_bytes: c.compress_min_bytes,
+        initial_segment_bytes: c.initial_segment_bytes,
     }
 }
 

@@ -28,6 +28,7 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
         .install()
         .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    register_families();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -49,6 +50,33 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
         }
     });
     Ok(())
+}
+
+/// The node-wide families exist from the start (at zero), not from their first event, so
+/// that dashboards and alerts see them on an idle node.
+fn register_families() {
+    for c in [
+        "spool_appended_records_total",
+        "spool_appended_bytes_total",
+        "spool_append_duplicates_total",
+        "spool_storage_bytes_written_total",
+        "spool_ack_degraded_total",
+        "spool_ack_recovered_total",
+        "spool_scrub_bytes_total",
+        "spool_scrub_damage_found_total",
+        "spool_scrub_passes_total",
+    ] {
+        metrics::counter!(c).increment(0);
+    }
+    for h in [
+        "spool_append_seconds",
+        "spool_fsync_seconds",
+        "spool_group_commit_appends",
+        "spool_group_commit_bytes",
+    ] {
+        let _ = metrics::histogram!(h);
+    }
+    metrics::gauge!("spool_subscribers").set(0.0);
 }
 
 /// Per replica (on an upstream) and per upstream log (on a replica): what `spool status`

@@ -3,6 +3,7 @@
 
 mod accept;
 mod admin_service;
+mod codes;
 mod log_service;
 pub(crate) mod logs_service;
 mod metrics_export;
@@ -56,11 +57,17 @@ pub async fn serve(
     let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
         .await?
-        .with_context(|| {
-            format!(
-                "opening data directory {}",
+        .map_err(|e| {
+            let hint = if e.to_string().contains("Too many open files") {
+                "; the open-files limit is too low for this node's logs: raise it (ulimit -n, \
+                 LimitNOFILE= in a systemd unit) or lower [storage] open_logs_max"
+            } else {
+                ""
+            };
+            anyhow::anyhow!(e).context(format!(
+                "opening data directory {}{hint}",
                 config.storage.data_dir.display()
-            )
+            ))
         })?;
     let repl = config.replication.clone();
     let initial_role = match &repl.replica_of {
@@ -142,6 +149,7 @@ pub async fn serve(
     };
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .layer(tower::util::MapResponseLayer::new(codes::fix_decode_errors))
         .add_service(health)
         .add_service(reflection)
         .add_service(logs)

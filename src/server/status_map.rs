@@ -4,8 +4,43 @@
 use spool_storage::StorageError;
 use tonic::{Code, Status};
 
+/// The last part of a path: clients are told which file, never where the data lives.
+fn file_of(path: &std::path::Path) -> String {
+    path.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
+/// What a client is told: the error without the server's paths (the server's log has
+/// them, see `to_status`).
+fn public_message(e: &StorageError) -> String {
+    match e {
+        StorageError::Io { path, source } => format!(
+            "io error on {} ({source}); the server's log has the details",
+            file_of(path)
+        ),
+        StorageError::DiskFull { .. } => {
+            "disk full on the server; free space, then retry (acknowledged data is intact)".into()
+        }
+        StorageError::Corrupt {
+            path,
+            position,
+            reason,
+        } => format!(
+            "corrupt data in {} at byte {position}: {reason}",
+            file_of(path)
+        ),
+        StorageError::CorruptMeta { path, reason } => {
+            format!("corrupt metadata {}: {reason}", file_of(path))
+        }
+        StorageError::Poisoned { log, .. } => format!(
+            "log {log:?} refuses writes after an IO failure on the server; it takes writes \
+             again once the node restarts (the server's log has the cause)"
+        ),
+        other => other.to_string(),
+    }
+}
+
 pub fn to_status(e: StorageError) -> Status {
-    let msg = e.to_string();
     let code = match &e {
         StorageError::LogNotFound(name) => {
             return Status::not_found(format!(
@@ -28,7 +63,10 @@ pub fn to_status(e: StorageError) -> Status {
         StorageError::Poisoned { .. } | StorageError::Closed => Code::Unavailable,
         StorageError::Io { .. } => Code::Internal,
     };
-    Status::new(code, msg)
+    if matches!(code, Code::Internal | Code::DataLoss | Code::Unavailable) {
+        tracing::warn!(error = %e, "request failed");
+    }
+    Status::new(code, public_message(&e))
 }
 
 #[cfg(test)]

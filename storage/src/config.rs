@@ -88,9 +88,16 @@ pub struct LogConfig {
     pub retention_ms: Option<u64>,
     pub compression: Compression,
     pub compress_min_bytes: u32,
+    /// The log's first segment size (0: [`SEGMENT_BYTES_FIRST`]); segments double from it
+    /// up to `segment_bytes`.
+    pub initial_segment_bytes: u64,
 }
 
 pub const SEGMENT_BYTES_MIN: u64 = 64 << 10;
+/// A log's first segment: each next one is twice its predecessor's size, up to
+/// `segment_bytes`, so a log that holds little takes little disk (a busy one reaches full
+/// size within a few hundred MiB).
+pub const SEGMENT_BYTES_FIRST: u64 = 256 << 10;
 /// Upper bound of `group_bytes_max`; with [`FRAME_BYTES_MAX`] it bounds how far past the
 /// durable end an interrupted write can have left bytes ([`ZERO_AHEAD_BYTES`]).
 pub const GROUP_BYTES_CAP: usize = 8 << 20;
@@ -113,6 +120,7 @@ impl Default for LogConfig {
             retention_ms: None,
             compression: Compression::None,
             compress_min_bytes: 4096,
+            initial_segment_bytes: 0,
         }
     }
 }
@@ -131,6 +139,16 @@ impl LogConfig {
                 self.segment_bytes
             )));
         }
+        let initial = self.initial_segment_bytes;
+        if initial != 0
+            && (initial % 4096 != 0 || !(SEGMENT_BYTES_MIN..=self.segment_bytes).contains(&initial))
+        {
+            return Err(StorageError::InvalidInput(format!(
+                "initial_segment_bytes {initial} must be a multiple of 4096 between \
+                 {SEGMENT_BYTES_MIN} and segment_bytes ({}), or 0 for the default",
+                self.segment_bytes
+            )));
+        }
         if self.index_interval_bytes < 1024 {
             return Err(StorageError::InvalidInput(
                 "index_interval_bytes must be at least 1024".into(),
@@ -146,10 +164,47 @@ impl LogConfig {
         Ok(())
     }
 
+    /// The size of a log's first segment (see [`SEGMENT_BYTES_FIRST`]).
+    pub fn first_segment_bytes(&self) -> u64 {
+        match self.initial_segment_bytes {
+            0 => self.segment_bytes.min(SEGMENT_BYTES_FIRST),
+            n => n.min(self.segment_bytes),
+        }
+    }
+
+    /// The size of the segment after one of `current` bytes, holding at least `need`
+    /// bytes: twice as large, up to `segment_bytes`.
+    pub fn next_segment_bytes(&self, current: u64, need: u64) -> u64 {
+        let grown = current.saturating_mul(2).min(self.segment_bytes);
+        grown.max(need.next_multiple_of(4096)).clamp(
+            SEGMENT_BYTES_MIN.min(self.segment_bytes),
+            self.segment_bytes,
+        )
+    }
+
     /// Largest frame this log's segments can hold, with room for the end marker.
     pub fn frame_bytes_max(&self) -> usize {
         (self.segment_bytes as usize - HEADER_BYTES).min(FRAME_BYTES_MAX)
     }
+}
+
+/// Descriptors kept for other uses than logs' files (sockets, segment fetches, spares).
+const FDS_RESERVED: u64 = 256;
+
+/// A quarter of what the open-files limit leaves after [`FDS_RESERVED`], in logs (two
+/// descriptors each): room for connections and the other three quarters untouched.
+pub fn open_logs_default() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (soft.saturating_sub(FDS_RESERVED) / 8).clamp(16, 100_000) as usize
 }
 
 /// Node-wide storage settings.
@@ -171,6 +226,9 @@ pub struct StorageConfig {
     pub retention_check_interval: Duration,
     /// Settings for logs created without explicit ones.
     pub default_log: LogConfig,
+    /// Logs whose files (two descriptors each) stay open at once; idle ones beyond it are
+    /// closed, least recently used first, and opened again when written.
+    pub open_logs_max: usize,
     /// Rate of background scrub passes over sealed segments (0: none).
     pub scrub_bytes_per_sec: u64,
     /// Time from one background scrub pass to the next.
@@ -196,6 +254,7 @@ impl StorageConfig {
             unsynced_flush_interval: Duration::from_millis(100),
             retention_check_interval: Duration::from_secs(10),
             default_log: LogConfig::default(),
+            open_logs_max: open_logs_default(),
             scrub_bytes_per_sec: 8 << 20,
             scrub_interval: Duration::from_secs(3600),
             producers_max: PRODUCERS_MAX_DEFAULT,

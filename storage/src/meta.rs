@@ -129,6 +129,7 @@ pub fn write_log_meta(dir: &Path, c: &LogConfig, incarnation: u64) -> Result<()>
         format!("retention_ms={}", opt(c.retention_ms)),
         format!("compression={compression}"),
         format!("compress_min_bytes={}", c.compress_min_bytes),
+        format!("initial_segment_bytes={}", c.initial_segment_bytes),
     ];
     let mut lines = lines;
     if incarnation != INCARNATION_UNKNOWN {
@@ -169,6 +170,7 @@ pub fn read_log_meta(dir: &Path) -> Result<(LogConfig, u64)> {
             "retention_bytes" => c.retention_bytes = opt(&v)?,
             "retention_ms" => c.retention_ms = opt(&v)?,
             "compress_min_bytes" => c.compress_min_bytes = num(&v)? as u32,
+            "initial_segment_bytes" => c.initial_segment_bytes = num(&v)?,
             "compression" => c.compression = parse_compression(&v).map_err(bad)?,
             "incarnation" => {
                 incarnation = u64::from_str_radix(&v, 16)

@@ -39,8 +39,6 @@ use crate::spare;
 #[derive(Debug)]
 pub(crate) struct RecoveredLog {
     pub shared: Arc<LogShared>,
-    pub seg_file: File,
-    pub idx_file: File,
     pub write_pos: u64,
     pub idx_entries_on_disk: u64,
     pub last_index_pos: Option<u64>,
@@ -109,7 +107,7 @@ pub(crate) fn recover_log(
     let mut bases = list_segments(dir)?;
     if bases.is_empty() {
         // A log always has an active segment; a crash during creation can leave none.
-        let spare = spare::prepare(dir, config.segment_bytes, None)?;
+        let spare = spare::prepare(dir, config.first_segment_bytes(), None)?;
         let path = dir.join(segment::segment_file_name(0));
         fs::rename(&spare, &path).at(&path)?;
         crate::crashsafe::fsync_dir(dir)?;
@@ -135,7 +133,7 @@ pub(crate) fn recover_log(
     let view = SegmentView::map(&seg_path, &file, base)?;
     let active = record.as_ref().and_then(|r| r.active);
     let tail = recover_active(&view, &seg_path, active, &config, policy, fresh)?;
-    let seg_file = tail.seg_file;
+    drop(tail.seg_file);
     let idx_path = dir.join(segment::index_file_name(base));
     let idx_file = OpenOptions::new()
         .read(true)
@@ -188,8 +186,6 @@ pub(crate) fn recover_log(
         .store(incarnation, std::sync::atomic::Ordering::Release);
     Ok(RecoveredLog {
         shared,
-        seg_file,
-        idx_file,
         write_pos: end,
         idx_entries_on_disk,
         last_index_pos,

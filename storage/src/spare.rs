@@ -315,9 +315,9 @@ pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
     result
 }
 
-/// Spare files present in a log directory: complete ones are returned (largest first is
-/// irrelevant: all have the log's segment size), leftovers are removed.
-pub(crate) fn collect_spares(dir: &Path, size: u64) -> Result<Option<PathBuf>> {
+/// Spare files present in a log directory: one complete one of a segment's size (at most
+/// `size_max`: segments grow to it) is kept, leftovers are removed.
+pub(crate) fn collect_spares(dir: &Path, size_max: u64) -> Result<Option<PathBuf>> {
     let mut keep = None;
     for entry in fs::read_dir(dir).at(dir)? {
         let entry = entry.at(dir)?;
@@ -327,7 +327,9 @@ pub(crate) fn collect_spares(dir: &Path, size: u64) -> Result<Option<PathBuf>> {
         }
         let path = entry.path();
         let ok = name.ends_with(".seg")
-            && entry.metadata().map(|m| m.len() == size).unwrap_or(false)
+            && entry.metadata().is_ok_and(|m| {
+                (crate::config::SEGMENT_BYTES_MIN.min(size_max)..=size_max).contains(&m.len())
+            })
             && keep.is_none();
         if ok {
             keep = Some(path);

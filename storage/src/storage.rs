@@ -79,6 +79,36 @@ pub(crate) struct StorageInner {
     /// Released at shutdown, so the directory can be reopened while handles linger.
     lock: Mutex<Option<File>>,
     scrub: Scrubber,
+    /// Names being created now: one create per name at a time, the others see it exist.
+    creating: Mutex<std::collections::HashSet<String>>,
+}
+
+/// A name claimed for a create until dropped.
+struct Claim<'a> {
+    inner: &'a StorageInner,
+    name: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.inner.creating.lock().remove(&self.name);
+    }
+}
+
+impl StorageInner {
+    /// Claim `name` for a create: ALREADY_EXISTS if a log has it or a create of it runs,
+    /// so that of racing creates exactly one goes on.
+    fn claim(&self, name: &str) -> Result<Claim<'_>> {
+        let mut creating = self.creating.lock();
+        if creating.contains(name) || self.registry.by_name.read().contains_key(name) {
+            return Err(StorageError::LogExists(name.to_owned()));
+        }
+        creating.insert(name.to_owned());
+        Ok(Claim {
+            inner: self,
+            name: name.to_owned(),
+        })
+    }
 }
 
 /// The scrub thread (see `scrub`) and what it has done.
@@ -143,9 +173,16 @@ pub fn validate_log_name(name: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
+        // Not echoed whole: a name of any length must not make the error a large one.
+        let shown: String = name.chars().take(40).collect();
+        let more = if shown.len() < name.len() {
+            format!("... ({} bytes)", name.len())
+        } else {
+            String::new()
+        };
         Err(StorageError::InvalidInput(format!(
-            "invalid log name {name:?}: use 1 to {LOG_NAME_BYTES_MAX} characters of A-Z a-z 0-9 . _ -, \
-             not starting with '.' or '-'"
+            "invalid log name {shown:?}{more}: use 1 to {LOG_NAME_BYTES_MAX} characters of \
+             A-Z a-z 0-9 . _ -, not starting with '.' or '-'"
         )))
     }
 }
@@ -337,6 +374,7 @@ impl Storage {
                 thread: Mutex::new(Some(thread)),
                 lock: Mutex::new(Some(lock)),
                 scrub,
+                creating: Mutex::new(std::collections::HashSet::new()),
             }),
         })
     }
@@ -422,9 +460,7 @@ impl Storage {
     ) -> Result<Log> {
         validate_log_name(name)?;
         config.validate()?;
-        if self.inner.registry.by_name.read().contains_key(name) {
-            return Err(StorageError::LogExists(name.to_owned()));
-        }
+        let _claim = self.inner.claim(name)?;
         let inner = self.inner.clone();
         let name_owned = name.to_owned();
         // Zero-filling the first segment takes a while: keep it off the storage thread and
@@ -548,13 +584,15 @@ fn create_log_dir(
     if final_dir.exists() {
         return Err(StorageError::LogExists(name.to_owned()));
     }
-    let tmp = logs_dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    let tmp = logs_dir.join(format!(".tmp-{name}-{}-{seq}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| {
         meta::write_log_meta(&tmp, config, incarnation)?;
         let spare = if zero_fill {
-            spare::prepare(&tmp, config.segment_bytes, None)?
+            spare::prepare(&tmp, config.first_segment_bytes(), None)?
         } else {
             spare::prepare_now(&tmp, config.segment_bytes)?
         };

@@ -87,7 +87,74 @@ pub(crate) enum Cmd {
     },
 }
 
+/// Which logs have their files open, by last use: a node keeps at most
+/// `StorageConfig::open_logs_max` logs' descriptors open (two each), closing the least
+/// recently used idle ones, so thousands of logs fit under the open-files limit.
+#[derive(Debug, Default)]
+struct OpenLogs {
+    tick: u64,
+    by_tick: std::collections::BTreeMap<u64, u64>,
+    tick_of: HashMap<u64, u64>,
+}
+
+impl OpenLogs {
+    fn used(&mut self, id: u64) {
+        self.tick += 1;
+        if let Some(old) = self.tick_of.insert(id, self.tick) {
+            self.by_tick.remove(&old);
+        }
+        self.by_tick.insert(self.tick, id);
+    }
+
+    fn closed(&mut self, id: u64) {
+        if let Some(t) = self.tick_of.remove(&id) {
+            self.by_tick.remove(&t);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tick_of.len()
+    }
+
+    /// Open logs, least recently used first.
+    fn oldest(&self) -> Vec<u64> {
+        self.by_tick.values().copied().collect()
+    }
+}
+
 impl Cmd {
+    /// Answer a control command with `e` instead of running it.
+    fn fail(self, e: StorageError) {
+        match self {
+            Cmd::Truncate { reply, .. } | Cmd::Reset { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::BeginEpoch { reply, .. } | Cmd::Delete { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::InstallSegment { segment, reply, .. } => {
+                let _ = std::fs::remove_file(&segment.path);
+                let _ = reply.send(Err(e));
+            }
+            Cmd::Repair { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::DeleteBefore { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::Register { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::Append { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::AppendFrames { reply, .. } => {
+                let _ = reply.send(Err(e));
+            }
+            Cmd::Retention { .. } | Cmd::Shutdown { .. } => {}
+        }
+    }
+
     /// The log a control command changes, if one.
     fn log_id(&self) -> Option<u64> {
         match self {
@@ -124,6 +191,8 @@ struct Writer<B: IoBackend> {
     dirty: Vec<u64>,
     /// Logs whose durable mark may claim less than they have synced.
     marks_due: Vec<u64>,
+    /// Logs whose files are open, least recently used first (see `touch`).
+    open: OpenLogs,
     next_retention: Instant,
 }
 
@@ -140,6 +209,7 @@ pub(crate) async fn run<B: IoBackend>(
         logs: HashMap::new(),
         dirty: Vec::new(),
         marks_due: Vec::new(),
+        open: OpenLogs::default(),
     };
     for log in initial {
         if let Err(e) = w.register(log) {
@@ -199,7 +269,10 @@ pub(crate) async fn run<B: IoBackend>(
                     if let Some(id) = other.log_id() {
                         w.mark_due(id);
                     }
-                    w.control(other).await;
+                    match other.log_id().map(|id| w.touch(id)) {
+                        Some(Err(e)) => other.fail(e),
+                        _ => w.control(other).await,
+                    }
                 }
             }
             if group_bytes >= group_bytes_max || cmds >= group_cmds_max {
@@ -229,6 +302,35 @@ impl<B: IoBackend> Writer<B> {
                 lw.refresh_mark();
             }
         }
+    }
+
+    /// Open `id`'s files for a command that writes, first closing the least recently
+    /// used idle logs' beyond the budget (busy ones are never closed: the budget may then
+    /// be exceeded for a while).
+    fn touch(&mut self, id: u64) -> Result<()> {
+        let open = self.logs.get(&id).is_some_and(|lw| lw.files_open());
+        if !open {
+            let max = self.ctx.config.open_logs_max.max(1);
+            if self.open.len() >= max {
+                for other in self.open.oldest() {
+                    if self.open.len() < max {
+                        break;
+                    }
+                    if self
+                        .logs
+                        .get_mut(&other)
+                        .is_some_and(|lw| lw.close_files_if_idle())
+                    {
+                        self.open.closed(other);
+                    }
+                }
+            }
+            if let Some(lw) = self.logs.get_mut(&id) {
+                lw.open_files(&self.backend)?;
+            }
+        }
+        self.open.used(id);
+        Ok(())
     }
 
     fn mark_due(&mut self, id: u64) {
@@ -291,6 +393,10 @@ impl<B: IoBackend> Writer<B> {
         durability: Durability,
         reply: oneshot::Sender<Result<AppendAck>>,
     ) {
+        if let Err(e) = self.touch(log.id) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let Some(lw) = self.logs.get_mut(&log.id) else {
             let _ = reply.send(Err(StorageError::LogNotFound(log.name.clone())));
             return;
@@ -310,6 +416,10 @@ impl<B: IoBackend> Writer<B> {
         sync: bool,
         reply: oneshot::Sender<Result<u64>>,
     ) {
+        if let Err(e) = self.touch(log.id) {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let Some(lw) = self.logs.get_mut(&log.id) else {
             let _ = reply.send(Err(StorageError::LogNotFound(log.name.clone())));
             return;
@@ -366,6 +476,7 @@ impl<B: IoBackend> Writer<B> {
                 let _ = reply.send(self.register(*log));
             }
             Cmd::Delete { log, reply } => {
+                self.open.closed(log.id);
                 let r = match self.logs.remove(&log.id) {
                     Some(mut lw) => {
                         // The log goes away whether or not its last group made it.

@@ -987,11 +987,13 @@ fn import_a_span_of_the_active_segment(open: Open) {
         };
         let src = s.create_log_with("src", big.clone()).await.unwrap();
         let dst = s.create_log_with("dst", big).await.unwrap();
+        // Small records: all 400 frames fit in the log's first segment (segments grow
+        // from `SEGMENT_BYTES_FIRST`).
         let frame = |i: u32| {
             [
-                record(4, 3 * i, 500),
-                record(4, 3 * i + 1, 500),
-                record(4, 3 * i + 2, 500),
+                record(4, 3 * i, 150),
+                record(4, 3 * i + 1, 150),
+                record(4, 3 * i + 2, 150),
             ]
         };
         for i in 0..100u32 {

@@ -165,8 +165,10 @@ fn a_roll_failing_after_its_rename_fails_the_append_and_the_next_rolls() {
     run(30, async {
         let (s, inj) = open_faulty(dir.path());
         let log = s.create_log("f").await.unwrap();
+        // The log's files are opened by its first write; the roll's open is the next.
+        append_n(&log, 0, 1).await;
         inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
-        let mut seq = 0;
+        let mut seq = 1;
         let err = loop {
             assert!(seq < 1000, "no roll was needed");
             match log.append(&[record(9, seq, 700)], Durability::Fsync).await {
@@ -201,10 +203,12 @@ fn an_early_seal_failing_after_its_rename_leaves_no_segment_behind() {
     run(30, async {
         let (s, inj) = open_faulty(dir.path());
         let log = s.create_log_for_import("f", small_log(), 7).await.unwrap();
-        // The first append asks for the spare; the first after it is ready seals early.
+        // The first append opens the log's files and asks for the spare; the first after
+        // it is ready seals early.
+        append_n(&log, 0, 1).await;
         inj.fail_nth(FaultOp::Open, 1, FaultKind::Eio);
         let opens = inj.opens();
-        let mut seq = 0;
+        let mut seq = 1;
         let deadline = Instant::now() + Duration::from_secs(20);
         while inj.opens() == opens {
             assert!(

@@ -32,17 +32,43 @@ impl Server {
 
     /// Start listening on `listen` (a node that others must find again after a restart).
     pub fn start_on(listen: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with(listen, data_dir, extra, None)
+    }
+
+    /// Start with at most `nofile` open files (soft and hard limit, so the node cannot
+    /// raise it), as under a tight `ulimit -n`.
+    pub fn start_limited(data_dir: &Path, extra: &[&str], nofile: u64) -> Server {
+        Server::start_with("127.0.0.1:0", data_dir, extra, Some(nofile))
+    }
+
+    fn start_with(listen: &str, data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
+        use std::os::unix::process::CommandExt;
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let mut child = Command::new(spool_bin())
-            .arg("serve")
+        let mut cmd = Command::new(spool_bin());
+        cmd.arg("serve")
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--listen", listen])
             .args(&args)
             .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("spawn spool serve");
+            .stdout(Stdio::piped());
+        if let Some(n) = nofile {
+            let lim = libc::rlimit {
+                rlim_cur: n,
+                rlim_max: n,
+            };
+            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let mut child = cmd.spawn().expect("spawn spool serve");
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -261,4 +287,36 @@ pub fn segment_files(dir: &Path) -> Vec<(String, u64)> {
         .collect();
     v.sort();
     v
+}
+
+/// A port free now on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET /metrics from `port`, polling (bounded) until every `want` line prefix is there.
+pub async fn wait_metrics(port: u16, want: &[&str]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut body = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let req = "GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+            if s.write_all(req.as_bytes()).await.is_ok() {
+                let _ = s.read_to_string(&mut body).await;
+            }
+        }
+        if want.iter().all(|w| body.lines().any(|l| l.starts_with(w))) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics on {port} never showed {want:?}:\n{body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

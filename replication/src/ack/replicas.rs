@@ -120,6 +120,15 @@ impl ReplicaTable {
         u32::try_from(n).unwrap_or(u32::MAX)
     }
 
+    /// Connected replicas whose acks count.
+    pub(super) fn connected_counting(&self) -> u32 {
+        let n = self
+            .counting()
+            .filter(|r| r.disconnected_at.is_none())
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
     pub(super) fn sync_count(&self) -> u32 {
         let n = self.replicas.values().filter(|r| r.is_sync()).count();
         u32::try_from(n).unwrap_or(u32::MAX)

@@ -189,6 +189,12 @@ impl AckRuntime {
         Self::execute(&mut i, cmds);
     }
 
+    /// Why `mode` cannot be met with the replicas known now (see
+    /// `AckTracker::cannot_satisfy`).
+    pub fn cannot_satisfy(&self, mode: AckMode) -> Option<String> {
+        self.inner.lock().tracker.cannot_satisfy(mode)
+    }
+
     pub fn is_degraded(&self) -> bool {
         self.inner.lock().tracker.is_degraded()
     }

@@ -154,6 +154,10 @@ impl IoBackend for FaultBackend {
 }
 
 impl IoFile for FaultFile {
+    fn std_file(&self) -> &std::fs::File {
+        self.inner.std_file()
+    }
+
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
         match self.injector.next(FaultOp::Write) {
             None => self.inner.write_all_at(buf, pos).await,

@@ -25,6 +25,10 @@ pub trait IoFile: 'static {
     /// fdatasync.
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
 
+    /// The file itself, for a plain write outside the backend's accounting (the durable
+    /// mark's idle rewrite, see `LogWriter::refresh_mark`).
+    fn std_file(&self) -> &std::fs::File;
+
     /// Write all of `buf` at `pos`, then fdatasync. Backends that can chain the two in one
     /// submission (io_uring linked SQEs) override this.
     fn write_all_at_sync(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {

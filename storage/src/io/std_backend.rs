@@ -35,4 +35,8 @@ impl IoFile for StdFile {
     async fn sync_data(&self) -> io::Result<()> {
         self.file.sync_data()
     }
+
+    fn std_file(&self) -> &std::fs::File {
+        &self.file
+    }
 }

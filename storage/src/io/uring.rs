@@ -120,6 +120,10 @@ impl UringFile {
 }
 
 impl IoFile for UringFile {
+    fn std_file(&self) -> &std::fs::File {
+        &self.file
+    }
+
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
         self.write_from(buf, 0, pos).await
     }

@@ -127,7 +127,7 @@ impl<F: IoFile> LogWriter<F> {
 
         let (view, file, idx_file) = match zeroed {
             Some(aside) => self.place_segment(&aside, seg.next, backend)?,
-            None => self.new_segment(seg.next, backend, false)?,
+            None => self.new_segment(seg.next, backend, false, 0)?,
         };
         {
             let mut segs = self.shared.segments.write();

@@ -51,8 +51,9 @@ enum Waiter {
 pub(crate) struct LogWriter<F: IoFile> {
     pub shared: Arc<LogShared>,
     seg: Arc<SegmentView>,
-    file: F,
-    idx_file: File,
+    /// The active segment's files, opened while the log is in use (see `open_files`):
+    /// an idle log holds no descriptor, so a node keeps thousands of logs.
+    files: Option<ActiveFiles<F>>,
     /// Bytes of the active segment handed to the OS.
     write_pos: u64,
     written_next: u64,
@@ -91,14 +92,18 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// The durable mark on disk claims less than `durable_pos` (see [`format::DurableMark`]):
     /// refreshed when the storage thread goes idle.
     mark_stale: bool,
-    /// The active segment opened for the mark's plain pwrite, opened when first needed.
-    mark_file: Option<File>,
     /// The log's end is damaged (offset, end of the bytes the damage may span): no writes
     /// land over it until a repair or a cut (see `damage`).
     damaged: Option<(u64, u64)>,
     /// Idempotent appends: the last batches per producer, updated as frames are buffered
     /// (and forgotten again where they are cut or fail).
     producers: Producers,
+}
+
+/// The active segment opened for writing and its index.
+struct ActiveFiles<F> {
+    io: F,
+    idx: File,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -143,7 +148,7 @@ impl<F: IoFile> LogWriter<F> {
             .last()
             .cloned()
             .expect("a log always has a segment");
-        let file = backend.wrap(r.seg_file, &seg.path).at(&seg.path)?;
+        let _ = backend;
         let next = seg.durable_next();
         assert_eq!(seg.durable_len(), r.write_pos);
         let mut producers = r.producers;
@@ -155,8 +160,7 @@ impl<F: IoFile> LogWriter<F> {
             producers,
             last_ts_us: seg.last_ts_us(),
             shared: r.shared,
-            file,
-            idx_file: r.idx_file,
+            files: None,
             write_pos: r.write_pos,
             written_next: next,
             buf: Vec::new(),
@@ -178,10 +182,48 @@ impl<F: IoFile> LogWriter<F> {
             give_way_failed: false,
             tail_unsure: false,
             mark_stale: true,
-            mark_file: None,
             damaged: r.damaged_tail,
             seg,
         })
+    }
+
+    /// The active segment's file: open whenever there is anything to write (the storage
+    /// thread opens a log's files before handing it any command that writes).
+    fn io(&self) -> &F {
+        &self.files.as_ref().expect("files open while writing").io
+    }
+
+    pub fn files_open(&self) -> bool {
+        self.files.is_some()
+    }
+
+    /// Open the active segment's files if they are not.
+    pub fn open_files<B: IoBackend<File = F>>(&mut self, backend: &B) -> Result<()> {
+        if self.files.is_none() {
+            let path = &self.seg.path;
+            let io = backend.wrap(open_rw(path)?, path).at(path)?;
+            let idx = open_idx(&self.idx_path(self.seg.base_offset))?;
+            self.files = Some(ActiveFiles { io, idx });
+            // Entries a closed index could not take (see `write_index_entries`).
+            self.write_index_entries();
+        }
+        Ok(())
+    }
+
+    /// Close the files of a log with nothing in flight (its mark refreshed first); returns
+    /// whether they were open and are closed now.
+    pub fn close_files_if_idle(&mut self) -> bool {
+        self.refresh_mark();
+        let idle = self.buf.is_empty()
+            && self.waiters.is_empty()
+            && self.unsynced_frames.is_empty()
+            && self.unsynced_since.is_none()
+            && self.write_pos == self.durable_pos;
+        if !idle || self.files.is_none() {
+            return false;
+        }
+        self.files = None;
+        true
     }
 
     /// Writes land at the end: not over damage, not after a failed write.
@@ -235,7 +277,7 @@ impl<F: IoFile> LogWriter<F> {
             return Ok(());
         }
         self.commit(true, &ctx.stats).await?;
-        self.roll(backend, ctx)
+        self.roll(backend, ctx, len as u64)
     }
 
     fn note_index(&mut self, pos: u64, offset: u64) {
@@ -384,11 +426,11 @@ impl<F: IoFile> LogWriter<F> {
         }
         let started = std::time::Instant::now();
         let (res, mut buf) = if len == 0 {
-            (self.file.sync_data().await, buf)
+            (self.io().sync_data().await, buf)
         } else if need_sync {
-            self.file.write_all_at_sync(buf, at).await
+            self.io().write_all_at_sync(buf, at).await
         } else {
-            self.file.write_all_at(buf, at).await
+            self.io().write_all_at(buf, at).await
         };
         if need_sync {
             stats.record_sync(started.elapsed());
@@ -482,10 +524,10 @@ impl<F: IoFile> LogWriter<F> {
             (data_end.next_multiple_of(PAGE).min(self.seg.capacity()) - at) as usize,
             0,
         );
-        if self.mark_file.is_none() {
-            self.mark_file = open_rw(&self.seg.path).ok();
-        }
-        let written = self.mark_file.as_ref().map(|f| f.write_all_at(&page, at));
+        let written = self
+            .files
+            .as_ref()
+            .map(|f| f.io.std_file().write_all_at(&page, at));
         if !matches!(written, Some(Ok(()))) {
             tracing::debug!(log = %self.shared.name, "refreshing the durable mark failed");
         }
@@ -514,7 +556,7 @@ impl<F: IoFile> LogWriter<F> {
         self.tail_unsure = true;
         if len > 0 {
             let n = (len + format::MARK_BYTES as u64).min(self.seg.capacity() - pos);
-            let _ = self.file.write_all_at(vec![0u8; n as usize], pos).await;
+            let _ = self.io().write_all_at(vec![0u8; n as usize], pos).await;
         }
         self.buf_next = self.written_next;
         self.producers.table.forget_from(self.buf_next);
@@ -568,7 +610,10 @@ impl<F: IoFile> LogWriter<F> {
         }
         let bytes = index::encode(self.seg.base_offset, &self.unwritten_entries);
         let at = self.idx_entries_on_disk * index::ENTRY_BYTES as u64;
-        match self.idx_file.write_all_at(&bytes, at) {
+        let Some(files) = &self.files else {
+            return; // written when the log is next opened (seal_index, or the next group)
+        };
+        match files.idx.write_all_at(&bytes, at) {
             Ok(()) => {
                 self.idx_entries_on_disk += self.unwritten_entries.len() as u64;
                 self.unwritten_entries.clear();
@@ -628,7 +673,7 @@ impl<F: IoFile> LogWriter<F> {
 
     /// Have the next segment zeroed in the background.
     fn request_spare(&self, ctx: &WriterCtx) {
-        let size = self.shared.config.segment_bytes;
+        let size = self.next_segment_bytes(0);
         ctx.preparer
             .request(&self.spare, &self.shared.dir, size, None);
     }
@@ -643,6 +688,7 @@ impl<F: IoFile> LogWriter<F> {
         base: u64,
         backend: &B,
         wait: bool,
+        need: u64,
     ) -> Result<(Arc<SegmentView>, F, File)> {
         let dir = self.shared.dir.clone();
         let ready = if wait {
@@ -650,10 +696,20 @@ impl<F: IoFile> LogWriter<F> {
         } else {
             self.spare.try_take()
         };
+        // A spare too small for the frame that needs the roll (one prepared while the log
+        // was small) goes.
+        let fits = |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.len() >= need);
+        let ready = match ready {
+            Some(p) if !fits(&p) => {
+                let _ = fs::remove_file(&p);
+                None
+            }
+            r => r,
+        };
         let (spare, zeroed) = match ready {
             Some(p) => (p, true),
             None => (
-                spare::prepare_now(&dir, self.shared.config.segment_bytes)?,
+                spare::prepare_now(&dir, self.next_segment_bytes(need))?,
                 false,
             ),
         };
@@ -701,21 +757,27 @@ impl<F: IoFile> LogWriter<F> {
                 std::io::Error::other("index entries could not be written"),
             ));
         }
-        self.idx_file.sync_all().at(&idx)
+        self.files
+            .as_ref()
+            .expect("sealed while open")
+            .idx
+            .sync_all()
+            .at(&idx)
     }
 
     /// Make an empty segment the active one (the caller has put it in the segment list).
     fn activate(&mut self, view: Arc<SegmentView>, file: F, idx_file: File) {
         self.seg = view;
-        self.file = file;
-        self.idx_file = idx_file;
+        self.files = Some(ActiveFiles {
+            io: file,
+            idx: idx_file,
+        });
         self.write_pos = 0;
         self.durable_pos = 0;
         self.idx_entries_on_disk = 0;
         self.last_index_pos = None;
         self.give_way_failed = false;
         self.mark_stale = true;
-        self.mark_file = None;
     }
 
     /// Leave the allocated-only active segment for the zeroed spare that is ready: appends
@@ -732,7 +794,7 @@ impl<F: IoFile> LogWriter<F> {
         if self.buf_end() > 0 {
             self.commit(true, &ctx.stats).await?;
             let (sealed, len) = (self.seg.path.clone(), self.write_pos);
-            match self.roll(backend, ctx) {
+            match self.roll(backend, ctx, 0) {
                 Ok(()) => extents::release_tail(&sealed, len),
                 Err(e) => {
                     // The active segment is as it was (`roll` undid any half-made one):
@@ -769,7 +831,19 @@ impl<F: IoFile> LogWriter<F> {
     }
 
     /// Seal the active segment and continue in a new one starting at the durable end.
-    fn roll<B: IoBackend<File = F>>(&mut self, backend: &B, ctx: &WriterCtx) -> Result<()> {
+    /// The size of the segment after the active one, holding at least `need` bytes.
+    fn next_segment_bytes(&self, need: u64) -> u64 {
+        self.shared
+            .config
+            .next_segment_bytes(self.seg.capacity(), need)
+    }
+
+    fn roll<B: IoBackend<File = F>>(
+        &mut self,
+        backend: &B,
+        ctx: &WriterCtx,
+        need: u64,
+    ) -> Result<()> {
         assert!(self.buf.is_empty() && self.waiters.is_empty());
         assert_eq!(self.durable_pos, self.write_pos);
         self.seal_index()?;
@@ -777,7 +851,7 @@ impl<F: IoFile> LogWriter<F> {
         // Before the new segment: a crash between the two still finds a snapshot that
         // covers the active segment, whichever one it is then.
         self.producers.save(base);
-        let (view, file, idx_file) = match self.new_segment(base, backend, true) {
+        let (view, file, idx_file) = match self.new_segment(base, backend, true, need) {
             Ok(placed) => placed,
             Err(e) => {
                 // The active segment goes on taking frames: a `<base>.seg` left behind would

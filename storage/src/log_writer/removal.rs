@@ -50,12 +50,8 @@ impl<F: IoFile> LogWriter<F> {
         }
         fsync_dir(&dir)?;
         for gone in recyclable {
-            ctx.preparer.request(
-                &self.spare,
-                &dir,
-                self.shared.config.segment_bytes,
-                Some(gone),
-            );
+            let size = self.shared.config.segment_bytes;
+            ctx.preparer.request(&self.spare, &dir, size, Some(gone));
         }
         Ok(self.shared.start.load(Ordering::Acquire))
     }

@@ -162,7 +162,7 @@ impl<F: IoFile> LogWriter<F> {
         data: Vec<u8>,
     ) -> Result<()> {
         if active {
-            let (r, _) = self.file.write_all_at_sync(data, pos).await;
+            let (r, _) = self.io().write_all_at_sync(data, pos).await;
             return r.at(&seg.path);
         }
         let f = open_rw(&seg.path)?;

@@ -80,12 +80,12 @@ impl<F: IoFile> LogWriter<F> {
                 // allocated past its end, and appends into it would be slow until it
                 // filled; it gives way again instead.
                 let zeroed = extents::zero_filled(&file, target.capacity());
-                self.file = backend.wrap(file, &target.path).at(&target.path)?;
-                self.idx_file = open_idx(&self.idx_path(target.base_offset))?;
+                let io = backend.wrap(file, &target.path).at(&target.path)?;
+                let idx = open_idx(&self.idx_path(target.base_offset))?;
+                self.files = Some(super::ActiveFiles { io, idx });
                 self.seg = target.clone();
                 self.active_zeroed = zeroed;
                 self.give_way_failed = false;
-                self.mark_file = None;
             }
             let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
             let new_len = cut_pos + rewritten;
@@ -95,7 +95,7 @@ impl<F: IoFile> LogWriter<F> {
             let zero_end = (old_end + format::MARK_BYTES as u64).min(target.capacity());
             data.resize(zero_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
             if !data.is_empty() {
-                let (r, _) = self.file.write_all_at_sync(data, cut_pos).await;
+                let (r, _) = self.io().write_all_at_sync(data, cut_pos).await;
                 if let Err(e) = r {
                     let err = StorageError::io(&target.path, e);
                     *self.shared.poisoned.lock() = Some(err.to_string());
@@ -110,13 +110,10 @@ impl<F: IoFile> LogWriter<F> {
                 })
                 .collect();
             let idx_path = self.idx_path(target.base_offset);
-            self.idx_file
-                .write_all_at(&index::encode(target.base_offset, &entries), 0)
-                .and_then(|_| {
-                    self.idx_file
-                        .set_len((entries.len() * index::ENTRY_BYTES) as u64)
-                })
-                .and_then(|_| self.idx_file.sync_data())
+            let idx = &self.files.as_ref().expect("opened for the cut").idx;
+            idx.write_all_at(&index::encode(target.base_offset, &entries), 0)
+                .and_then(|_| idx.set_len((entries.len() * index::ENTRY_BYTES) as u64))
+                .and_then(|_| idx.sync_data())
                 .at(&idx_path)?;
             target.cut(new_len, end);
             target.remove_holes_from(cut_pos);
@@ -187,7 +184,7 @@ impl<F: IoFile> LogWriter<F> {
                 *epochs = crate::meta::EpochHistory::default();
                 epochs.save(&dir)?;
             }
-            let (view, file, idx_file) = self.new_segment(start, backend, true)?;
+            let (view, file, idx_file) = self.new_segment(start, backend, true, 0)?;
             *self.shared.segments.write() = vec![view.clone()];
             self.activate(view, file, idx_file);
             self.written_next = start;
