@@ -278,6 +278,17 @@ impl IoBackend for FaultBackend {
             id: (meta.dev(), meta.ino()),
         })
     }
+
+    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
+        if let Some(kind) = self.injector.next(FaultOp::Sync) {
+            return Err(error(kind));
+        }
+        let meta = file.metadata()?;
+        let upto = self.injector.last_write();
+        file.sync_data()?;
+        self.injector.synced((meta.dev(), meta.ino()), upto);
+        Ok(())
+    }
 }
 
 impl IoFile for FaultFile {

@@ -2,10 +2,10 @@
 //!
 //! # What it reverts
 //!
-//! Writes through the backend, until a sync of their file (`sync_data`, or the sync of
-//! `write_all_at_sync`) succeeds. Such a write only reached the page cache; the kernel may
-//! have written back any subset of the dirty pages, in any order, each as it was at that
-//! moment. So each 4 KiB page such writes touched holds, after the power loss, one of its
+//! Writes through the backend, until a sync of their file (`sync_data`, the sync of
+//! `write_all_at_sync`, or recovery's `sync_at_open`) succeeds. Such a write only reached
+//! the page cache; the kernel may have written back any subset of the dirty pages, in any
+//! order, each as it was at that moment. So each 4 KiB page such writes touched holds, after the power loss, one of its
 //! versions since the file's last sync: as synced, or as left by any one of the writes,
 //! chosen per page independently of the others ([`Writeback`]). A sync that returned
 //! success is taken at its word: what it covered is on the disk.
@@ -28,9 +28,9 @@
 //!   shutdown record): replaced atomically (temp file synced, renamed, directory synced)
 //!   or synced before the storage relies on them; spares are zeroed and synced before
 //!   they are renamed into use.
-//! - what recovery writes at open: a torn tail it cuts is zeroed and synced before the log
-//!   is used. That sync does not go through the backend: writes a crash copy handed over
-//!   stay unsynced in the model across it.
+//! - what recovery writes at open: a torn tail it cuts is zeroed and synced (through the
+//!   backend's `sync_at_open`, which the model sees) before the log is used; the index it
+//!   rewrites names only frames that sync made durable.
 //!
 //! Not modelled: a page torn inside (sectors of one page from different versions), a
 //! power loss between a rename and the directory sync that makes it durable, a disk that
