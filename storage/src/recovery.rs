@@ -55,6 +55,9 @@ pub(crate) struct RecoveredLog {
     pub producers: Producers,
 }
 
+/// How recovery makes a segment's data durable: the backend's `sync_at_open`.
+pub(crate) type SyncAtOpen<'a> = &'a (dyn Fn(&File) -> std::io::Result<()> + Sync);
+
 /// How recovery treats what it finds: torn tails by `mode`, damage by `on_corruption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub(crate) struct Policy {
@@ -92,13 +95,15 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
 /// `fresh`: the log was just created (its segment is a zeroed spare, nothing was ever
 /// written): the zero-ahead check is skipped, as it would read tens of MiB of zeros that
 /// were written past the page cache. It is skipped too where a clean shutdown's record
-/// vouches for the active segment (see `sealed_record`).
+/// vouches for the active segment (see `sealed_record`). `sync` makes the active segment's
+/// data durable where the node cannot prove it is (see `recover_active`).
 pub(crate) fn recover_log(
     id: u64,
     name: &str,
     dir: &Path,
     policy: Policy,
     fresh: bool,
+    sync: SyncAtOpen,
 ) -> Result<RecoveredLog> {
     let (config, incarnation): (LogConfig, u64) = meta::read_log_meta(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
@@ -132,7 +137,7 @@ pub(crate) fn recover_log(
     let file = File::open(&seg_path).at(&seg_path)?;
     let view = SegmentView::map(&seg_path, &file, base)?;
     let active = record.as_ref().and_then(|r| r.active);
-    let tail = recover_active(&view, &seg_path, active, &config, policy, fresh)?;
+    let tail = recover_active(&view, &seg_path, active, &config, policy, fresh, sync)?;
     drop(tail.seg_file);
     let idx_path = dir.join(segment::index_file_name(base));
     let idx_file = OpenOptions::new()
@@ -416,7 +421,12 @@ fn proven_len(
 }
 
 /// The active segment: walk its tail, tell damage from a torn tail, cut a torn tail (or
-/// refuse, `Strict`) and clear residue past the end.
+/// refuse, `Strict`) and clear residue past the end. Frames kept past what the node can
+/// prove it synced are synced before they count as durable: after a crash they were read
+/// through the page cache and may never have reached the disk. Published as durable
+/// without it, a power loss could take records readers and replicas were given, and the
+/// durable mark of the next write would claim them, so that losing them would read as
+/// damage.
 fn recover_active(
     view: &SegmentView,
     seg_path: &Path,
@@ -424,6 +434,7 @@ fn recover_active(
     config: &LogConfig,
     policy: Policy,
     fresh: bool,
+    sync: SyncAtOpen,
 ) -> Result<ActiveTail> {
     let idx_path = seg_path.with_extension("idx");
     let (mut entries, from) = walk_start(view, &idx_path);
@@ -471,6 +482,13 @@ fn recover_active(
         first_nonzero(&view.raw()[zeros_from as usize..zero_end as usize])
     };
     match (&w.scan.stop, residue) {
+        (ScanStop::Zero | ScanStop::Full, None) if end > proven => {
+            tracing::info!(
+                segment = %seg_path.display(), proven, end,
+                "frames past what was synced before the stop: syncing them"
+            );
+            sync(&seg_file).at(seg_path)?;
+        }
         (ScanStop::Zero | ScanStop::Full, None) => {}
         (stop, _) => {
             let (position, reason) = match stop {
@@ -491,7 +509,7 @@ fn recover_active(
                 segment = %seg_path.display(), position, proven, %reason,
                 "torn tail past what was synced: truncating to the last whole batch at byte {end}"
             );
-            cut_tail(view, &seg_file, seg_path, end, next, zero_end)?;
+            cut_tail(view, &seg_file, seg_path, end, next, zero_end, sync)?;
         }
     }
     Ok(ActiveTail {
@@ -514,6 +532,7 @@ fn cut_tail(
     end: u64,
     next: u64,
     zero_end: u64,
+    sync: SyncAtOpen,
 ) -> Result<()> {
     let mut zeros = vec![0u8; (zero_end - end) as usize];
     if end + MARK_BYTES as u64 <= zero_end {
@@ -526,7 +545,7 @@ fn cut_tail(
         zeros[..MARK_BYTES].copy_from_slice(&mark.encode());
     }
     file.write_all_at(&zeros, end).at(path)?;
-    file.sync_data().at(path)
+    sync(file).at(path)
 }
 
 /// Timestamp of the frame that ends at `end`, found by walking from a trusted entry.

@@ -216,6 +216,7 @@ const OPEN_THREADS: usize = 8;
 fn recover_all(
     found: &[(u64, String, PathBuf)],
     policy: recovery::Policy,
+    sync: recovery::SyncAtOpen,
 ) -> Result<Vec<RecoveredLog>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<RecoveredLog>)> = std::thread::scope(|scope| {
@@ -228,7 +229,8 @@ fn recover_all(
                         let Some((id, name, path)) = found.get(i) else {
                             return out;
                         };
-                        out.push((i, recovery::recover_log(*id, name, path, policy, false)));
+                        let r = recovery::recover_log(*id, name, path, policy, false, sync);
+                        out.push((i, r));
                     }
                 })
             })
@@ -259,8 +261,13 @@ impl Storage {
     }
 
     /// Open with a specific backend on a plain current-thread runtime (std, fault).
-    pub fn open_with<B: IoBackend + Send>(config: StorageConfig, backend: B) -> Result<Storage> {
-        Self::start(config, move |rx, ctx, logs| {
+    pub fn open_with<B: IoBackend + Send + Sync>(
+        config: StorageConfig,
+        backend: B,
+    ) -> Result<Storage> {
+        let opening = backend.clone();
+        let sync = |f: &File| opening.sync_at_open(f);
+        Self::start(config, &sync, move |rx, ctx, logs| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -277,31 +284,34 @@ impl Storage {
     fn open_uring(config: StorageConfig) -> Result<Storage> {
         use crate::io::uring::{self, UringBackend};
         let forced = config.backend == BackendChoice::Uring;
-        Self::start(config, move |rx, ctx, logs| match uring::runtime(256) {
-            Ok(rt) => Ok((
-                "uring",
-                Box::new(move || rt.block_on(writer::run(UringBackend, rx, ctx, logs))),
-            )),
-            Err(e) if forced => Err(StorageError::io("io_uring setup", e)),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring is unavailable; falling back to pwrite+fdatasync");
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_time()
-                    .build()
-                    .map_err(|e| StorageError::io("tokio runtime", e))?;
-                Ok((
-                    "std",
-                    Box::new(move || rt.block_on(writer::run(StdBackend, rx, ctx, logs))),
-                ))
+        let sync = |f: &File| UringBackend.sync_at_open(f);
+        Self::start(config, &sync, move |rx, ctx, logs| {
+            match uring::runtime(256) {
+                Ok(rt) => Ok((
+                    "uring",
+                    Box::new(move || rt.block_on(writer::run(UringBackend, rx, ctx, logs))),
+                )),
+                Err(e) if forced => Err(StorageError::io("io_uring setup", e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring is unavailable; falling back to pwrite+fdatasync");
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_time()
+                        .build()
+                        .map_err(|e| StorageError::io("tokio runtime", e))?;
+                    Ok((
+                        "std",
+                        Box::new(move || rt.block_on(writer::run(StdBackend, rx, ctx, logs))),
+                    ))
+                }
             }
         })
     }
 
-    /// Recover the logs here, then build the storage thread's runtime on that thread (a
-    /// tokio-uring runtime is !Send) through `make`, which returns the backend's name and
-    /// the thread's body.
+    /// Recover the logs here (syncing data through `sync`, the backend's), then build the
+    /// storage thread's runtime on that thread (a tokio-uring runtime is !Send) through
+    /// `make`, which returns the backend's name and the thread's body.
     #[allow(clippy::type_complexity)]
-    fn start<M>(config: StorageConfig, make: M) -> Result<Storage>
+    fn start<M>(config: StorageConfig, sync: recovery::SyncAtOpen, make: M) -> Result<Storage>
     where
         M: FnOnce(
                 mpsc::Receiver<Cmd>,
@@ -332,7 +342,7 @@ impl Storage {
             }
             found.push((registry.next_id(), name, path));
         }
-        let recovered = recover_all(&found, config.policy())?;
+        let recovered = recover_all(&found, config.policy(), sync)?;
         for log in &recovered {
             // Visible to `log()` at once; the storage thread takes the write side over
             // before it serves its first command.
@@ -480,6 +490,8 @@ impl Storage {
                 &inner.logs_dir.join(&name_owned),
                 inner.config.policy(),
                 true,
+                // Fresh: nothing written yet, nothing to sync.
+                &File::sync_data,
             )?;
             r.active_zeroed = zero_fill;
             Ok::<_, StorageError>(r)

@@ -1,15 +1,28 @@
-//! A fault-injecting backend over [`StdBackend`]: EIO, ENOSPC or a torn write (only a
-//! prefix reaches the file, then EIO) at chosen points, or a failure to open a file for
-//! writing (the last step of placing a new segment, after its rename). Used by the
-//! conformance suite and the fault tests; selectable only through the library API, never
-//! from config.
+//! A fault-injecting backend over [`StdBackend`], for the conformance suite and the fault
+//! and power-loss tests; selectable only through the library API, never from config. It
+//! can:
+//! - fail chosen operations: EIO, ENOSPC or a torn write (only a prefix reaches the file,
+//!   then EIO), or the opening of a file for writing (the last step of placing a new
+//!   segment, after its rename);
+//! - model a power loss. With [`FaultInjector::track_unsynced`] it keeps, for every write
+//!   through it, what the write overwrote, until a sync of that file succeeds; then
+//!   [`FaultInjector::power_loss_copy`] copies a data directory as a disk could hold it if
+//!   the power failed now, without stopping the storage that writes it, and
+//!   [`FaultInjector::crash_copy`] as a process crash would leave it (the page cache
+//!   survives), handing what is still unsynced to another injector so that a storage
+//!   opened on the copy can lose it to a later power loss. The model, what it keeps and
+//!   what it reverts, is in [`power_loss`].
+
+pub mod power_loss;
 
 use std::io;
-use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::std_backend::{StdBackend, StdFile};
 use super::{BufResult, IoBackend, IoFile};
+use power_loss::{FileId, Unsynced, Writeback};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultOp {
@@ -43,6 +56,11 @@ struct State {
     syncs: u64,
     opens: u64,
     rules: Vec<Rule>,
+    /// Writes no successful sync of their file has covered yet, oldest first; `None` while
+    /// not tracking (see [`FaultInjector::track_unsynced`]).
+    unsynced: Option<Vec<Unsynced>>,
+    /// Number of the last tracked write.
+    unsynced_seq: u64,
 }
 
 /// Shared handle to arm faults while a storage instance runs.
@@ -52,10 +70,14 @@ pub struct FaultInjector {
 }
 
 impl FaultInjector {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("fault state")
+    }
+
     /// Fail the `n`-th next operation of kind `op` (1 = the very next one).
     pub fn fail_nth(&self, op: FaultOp, n: u64, kind: FaultKind) {
         assert!(n >= 1);
-        let mut s = self.state.lock().expect("fault state");
+        let mut s = self.lock();
         let base = match op {
             FaultOp::Write => s.writes,
             FaultOp::Sync => s.syncs,
@@ -70,27 +92,83 @@ impl FaultInjector {
 
     /// Fail every operation of kind `op` until [`FaultInjector::clear`].
     pub fn fail_all(&self, op: FaultOp, kind: FaultKind) {
-        let mut s = self.state.lock().expect("fault state");
+        let mut s = self.lock();
         s.rules.push(Rule { op, at: None, kind });
     }
 
     pub fn clear(&self) {
-        self.state.lock().expect("fault state").rules.clear();
+        self.lock().rules.clear();
     }
 
     /// (writes, syncs) seen so far.
     pub fn counts(&self) -> (u64, u64) {
-        let s = self.state.lock().expect("fault state");
+        let s = self.lock();
         (s.writes, s.syncs)
     }
 
     /// Files opened for writing so far.
     pub fn opens(&self) -> u64 {
-        self.state.lock().expect("fault state").opens
+        self.lock().opens
+    }
+
+    /// Keep what every write from now on overwrites, until a sync of its file: the
+    /// power-loss model ([`power_loss`]). Call it before the storage opens: writes made
+    /// before are taken as on disk.
+    pub fn track_unsynced(&self) {
+        self.lock().unsynced.get_or_insert_with(Vec::new);
+    }
+
+    /// Writes through this backend not yet covered by a sync of their file.
+    pub fn unsynced_writes(&self) -> usize {
+        self.lock().unsynced.as_ref().map_or(0, Vec::len)
+    }
+
+    /// Copy the directory `src` (a data directory, or any directory the tracked files are
+    /// in) to `dst` as a disk could hold it after a power loss at this moment: every 4 KiB
+    /// page a tracked write touched since its file's last sync holds one of its versions
+    /// since that sync, as `writeback` chooses; everything else is copied as it is now.
+    /// Writes through the backend wait while it copies; the storage goes on after it.
+    pub fn power_loss_copy(
+        &self,
+        src: &Path,
+        dst: &Path,
+        writeback: Writeback,
+    ) -> io::Result<power_loss::Report> {
+        let s = self.lock();
+        let unsynced = s.unsynced.as_ref().ok_or_else(not_tracking)?;
+        power_loss::copy_tree(src, dst)?;
+        power_loss::revert(unsynced, src, dst, writeback)
+    }
+
+    /// Copy `src` to `dst` as a process crash at this moment would leave it: everything
+    /// as it is now, since the page cache survives. The writes tracked here that no sync
+    /// covered are still not on the disk, so `into` takes them over, as writes to the
+    /// copy's files (and starts tracking): a storage opened on `dst` over a backend with
+    /// `into` can then lose them to a power loss, until it syncs those files itself.
+    /// Returns how many were handed over.
+    pub fn crash_copy(&self, src: &Path, dst: &Path, into: &FaultInjector) -> io::Result<usize> {
+        assert!(
+            !Arc::ptr_eq(&self.state, &into.state),
+            "a crash copy hands its unsynced writes to another injector"
+        );
+        let moved = {
+            let s = self.lock();
+            let unsynced = s.unsynced.as_ref().ok_or_else(not_tracking)?;
+            power_loss::copy_tree(src, dst)?;
+            power_loss::rebase(unsynced, src, dst)
+        };
+        let n = moved.len();
+        let mut s = into.lock();
+        for mut w in moved {
+            s.unsynced_seq += 1;
+            w.seq = s.unsynced_seq;
+            s.unsynced.get_or_insert_with(Vec::new).push(w);
+        }
+        Ok(n)
     }
 
     fn next(&self, op: FaultOp) -> Option<FaultKind> {
-        let mut s = self.state.lock().expect("fault state");
+        let mut s = self.lock();
         let n = match op {
             FaultOp::Write => {
                 s.writes += 1;
@@ -115,6 +193,48 @@ impl FaultInjector {
         }
         Some(kind)
     }
+
+    /// Write `bytes` at `pos` of `f`, keeping what they overwrite when tracking. Under the
+    /// lock, so that a copy sees each write whole or not at all.
+    fn write(&self, f: &FaultFile, bytes: &[u8], pos: u64) -> io::Result<()> {
+        let mut s = self.lock();
+        let State {
+            unsynced,
+            unsynced_seq,
+            ..
+        } = &mut *s;
+        let file = f.inner.file();
+        if let Some(unsynced) = unsynced {
+            let mut before = vec![0u8; bytes.len()];
+            power_loss::read_up_to(file, &mut before, pos)?;
+            *unsynced_seq += 1;
+            unsynced.push(Unsynced {
+                seq: *unsynced_seq,
+                path: f.path.clone(),
+                id: f.id,
+                pos,
+                before,
+            });
+        }
+        file.write_all_at(bytes, pos)
+    }
+
+    /// Number of the last tracked write (a sync starting now covers it and those before).
+    fn last_write(&self) -> u64 {
+        self.lock().unsynced_seq
+    }
+
+    /// A sync of file `id` that started after write `upto` succeeded: the writes to the
+    /// file up to it are on the disk.
+    fn synced(&self, id: FileId, upto: u64) {
+        if let Some(unsynced) = self.lock().unsynced.as_mut() {
+            unsynced.retain(|w| w.id != id || w.seq > upto);
+        }
+    }
+}
+
+fn not_tracking() -> io::Error {
+    io::Error::other("the power-loss model needs FaultInjector::track_unsynced before the writes")
 }
 
 fn error(kind: FaultKind) -> io::Error {
@@ -133,6 +253,10 @@ pub struct FaultBackend {
 pub struct FaultFile {
     inner: StdFile,
     injector: FaultInjector,
+    /// The name it was opened by, and the file itself (device, inode): a sync covers the
+    /// file whatever its name, a copy finds it by name if it still has that one.
+    path: PathBuf,
+    id: FileId,
 }
 
 impl IoBackend for FaultBackend {
@@ -146,10 +270,24 @@ impl IoBackend for FaultBackend {
         if let Some(kind) = self.injector.next(FaultOp::Open) {
             return Err(error(kind));
         }
+        let meta = file.metadata()?;
         Ok(FaultFile {
             inner: StdBackend.wrap(file, path)?,
             injector: self.injector.clone(),
+            path: path.to_owned(),
+            id: (meta.dev(), meta.ino()),
         })
+    }
+
+    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
+        if let Some(kind) = self.injector.next(FaultOp::Sync) {
+            return Err(error(kind));
+        }
+        let meta = file.metadata()?;
+        let upto = self.injector.last_write();
+        file.sync_data()?;
+        self.injector.synced((meta.dev(), meta.ino()), upto);
+        Ok(())
     }
 }
 
@@ -159,22 +297,26 @@ impl IoFile for FaultFile {
     }
 
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
-        match self.injector.next(FaultOp::Write) {
-            None => self.inner.write_all_at(buf, pos).await,
-            Some(FaultKind::Torn { keep }) => {
-                let keep = keep.min(buf.len());
-                let prefix = buf[..keep].to_vec();
-                let _ = self.inner.write_all_at(prefix, pos).await;
-                (Err(error(FaultKind::Eio)), buf)
-            }
-            Some(kind) => (Err(error(kind)), buf),
+        let fault = self.injector.next(FaultOp::Write);
+        let len = match fault {
+            None => buf.len(),
+            Some(FaultKind::Torn { keep }) => keep.min(buf.len()),
+            Some(kind) => return (Err(error(kind)), buf),
+        };
+        let res = self.injector.write(self, &buf[..len], pos);
+        match fault {
+            None => (res, buf),
+            Some(_) => (Err(error(FaultKind::Eio)), buf),
         }
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        match self.injector.next(FaultOp::Sync) {
-            None => self.inner.sync_data().await,
-            Some(kind) => Err(error(kind)),
+        if let Some(kind) = self.injector.next(FaultOp::Sync) {
+            return Err(error(kind));
         }
+        let upto = self.injector.last_write();
+        self.inner.sync_data().await?;
+        self.injector.synced(self.id, upto);
+        Ok(())
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! Buffers go in and come back with the result (tokio-uring's `BufResult` shape) so that an
 //! io_uring backend can hold them while the kernel works. Only the write path goes through
-//! here: reads are served from mmap, and rare metadata work (create, rename, fsync dir) uses
-//! std directly because it is off the hot path.
+//! here, and the sync recovery makes of a segment's data at open: reads are served from
+//! mmap, and rare metadata work (create, rename, fsync dir) uses std directly because it is
+//! off the hot path.
 
 use std::future::Future;
 use std::io;
@@ -50,6 +51,13 @@ pub trait IoBackend: Clone + 'static {
 
     /// Wrap an already opened, writable std file.
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<Self::File>;
+
+    /// fdatasync a segment recovery opens, before the storage thread has it: blocking, on
+    /// the threads that open logs. Through the backend like every other sync of segment
+    /// data, so that the fault backend's power-loss model sees it.
+    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
+        file.sync_data()
+    }
 }
 
 /// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log

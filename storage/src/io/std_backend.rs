@@ -26,6 +26,14 @@ impl IoBackend for StdBackend {
     }
 }
 
+impl StdFile {
+    /// The file itself, for a backend built over this one (the fault backend reads what a
+    /// write overwrites).
+    pub(crate) fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+}
+
 impl IoFile for StdFile {
     async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
         let res = self.file.write_all_at(&buf, pos);
