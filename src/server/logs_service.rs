@@ -152,3 +152,55 @@ impl pb::logs_server::Logs for LogsService {
         Ok(Response::new(pb::DeleteLogResponse {}))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any config a client sends is either refused with INVALID_ARGUMENT or turned into
+        /// one that validates; nothing panics.
+        #[test]
+        fn any_log_config_is_refused_or_valid(
+            segment_bytes in any::<u64>(),
+            retention_bytes in any::<u64>(),
+            retention_ms in any::<u64>(),
+            compression in any::<i32>(),
+            zstd_level in any::<i32>(),
+            compress_min_bytes in any::<u32>(),
+            initial_segment_bytes in any::<u64>(),
+            small in any::<bool>(),
+        ) {
+            let pick = |v: u64| if small { v % (4 << 20) } else { v };
+            let c = pb::LogConfig {
+                segment_bytes: pick(segment_bytes),
+                retention_bytes,
+                retention_ms,
+                compression: compression % 4,
+                zstd_level: zstd_level % 25,
+                compress_min_bytes,
+                initial_segment_bytes: pick(initial_segment_bytes),
+            };
+            match config_from_pb(Some(c), &LogConfig::default()) {
+                Ok(cfg) => prop_assert!(cfg.validate().is_ok()),
+                Err(s) => prop_assert_eq!(s.code(), tonic::Code::InvalidArgument),
+            }
+        }
+
+        /// Log names: accepted exactly when they are 1..=200 bytes of the allowed
+        /// characters, not starting with '.' or '-'; a refusal is short whatever the name.
+        #[test]
+        fn any_log_name_is_refused_or_valid(name in ".{0,300}") {
+            let ok = spool_storage::validate_log_name(&name);
+            let want = !name.is_empty()
+                && name.len() <= 200
+                && !name.starts_with(['.', '-'])
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+            prop_assert_eq!(ok.is_ok(), want);
+            if let Err(e) = ok {
+                prop_assert!(e.to_string().len() < 400);
+            }
+        }
+    }
+}
