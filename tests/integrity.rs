@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{run, Server};
+use futures::StreamExt;
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
 use tonic::Code;
@@ -158,6 +159,14 @@ fn a_flipped_byte_in_synced_data_is_damage_kept_and_reported_not_cut() {
                 "{}",
                 err.message()
             );
+            // A subscriber from 0 gets every good record first, then the error.
+            let c = Client::connect(&a.addr).await.unwrap();
+            let mut sub = Box::pin(c.subscribe("k", Some(0)).await.unwrap());
+            for o in 0..10 {
+                assert_eq!(sub.next().await.unwrap().unwrap().offset, o);
+            }
+            let e = sub.next().await.unwrap().unwrap_err();
+            assert_eq!(e.code(), Some(Code::DataLoss), "{e}");
             let (after, _) = read_from(&a.addr, "k", 11).await;
             assert_eq!(after[0].offset, 11);
             assert_eq!(after[0].value, value("x", 11));

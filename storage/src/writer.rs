@@ -341,7 +341,7 @@ impl<B: IoBackend> Writer<B> {
 
     fn register(&mut self, log: RecoveredLog) -> Result<()> {
         let id = log.shared.id;
-        let lw = LogWriter::new(&self.backend, log, &self.ctx)?;
+        let lw = LogWriter::new(log, &self.ctx)?;
         self.ctx.registry.insert(lw.shared.clone());
         self.logs.insert(id, lw);
         Ok(())

@@ -136,11 +136,7 @@ fn copy_err(e: &StorageError) -> StorageError {
 }
 
 impl<F: IoFile> LogWriter<F> {
-    pub fn new<B: IoBackend<File = F>>(
-        backend: &B,
-        r: RecoveredLog,
-        ctx: &WriterCtx,
-    ) -> Result<Self> {
+    pub fn new(r: RecoveredLog, ctx: &WriterCtx) -> Result<Self> {
         let seg = r
             .shared
             .segments
@@ -148,7 +144,6 @@ impl<F: IoFile> LogWriter<F> {
             .last()
             .cloned()
             .expect("a log always has a segment");
-        let _ = backend;
         let next = seg.durable_next();
         assert_eq!(seg.durable_len(), r.write_pos);
         let mut producers = r.producers;

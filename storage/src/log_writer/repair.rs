@@ -68,6 +68,7 @@ impl<F: IoFile> LogWriter<F> {
         verify_written(&seg, hole.pos, &headers)?;
         seg.remove_hole_at(hole.pos);
         if active && hole.resume.is_none() {
+            self.observe_producers(&frames[..len as usize], &headers);
             self.continue_after_repair(hole.pos + len, next, &headers);
         } else if hole.resume.is_none() {
             seg.cut(hole.pos + len, next);
@@ -168,6 +169,17 @@ impl<F: IoFile> LogWriter<F> {
         let f = open_rw(&seg.path)?;
         f.write_all_at(&data, pos).at(&seg.path)?;
         f.sync_data().at(&seg.path)
+    }
+
+    /// Idempotent producers of frames put back at a damaged end: retries of them are
+    /// answered with their offsets, as for any frame this log holds.
+    fn observe_producers(&mut self, frames: &[u8], headers: &[BatchHeader]) {
+        let mut at = 0usize;
+        for h in headers {
+            let frame = &frames[at..at + h.frame_len as usize];
+            self.producers.observe(frame, h, self.seg.base_offset);
+            at += h.frame_len as usize;
+        }
     }
 
     /// A damaged end was repaired: the log goes on after the frames put back.
