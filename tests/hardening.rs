@@ -70,6 +70,17 @@ fn more_logs_than_descriptors_open_and_restart() {
         }
     });
     n.stop();
+    // Far too few descriptors to open the directory at all: the error says why and how
+    // to fix it.
+    let mut cmd = std::process::Command::new(common::spool_bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env("RUST_LOG", "error");
+    common::limit_open_files(&mut cmd, 12);
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("open-files limit"), "{err}");
 }
 
 /// Of racing creates of one name exactly one succeeds and the others are told it exists;

@@ -93,6 +93,10 @@ pub struct CommonArgs {
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 128 << 20)]
     pub segment_bytes: u64,
+    /// The first segment's size (0: the default 256 KiB, doubling up to segment_bytes;
+    /// segment_bytes: every segment full size, as before segments grew).
+    #[arg(long, default_value_t = 0)]
+    pub initial_segment_bytes: u64,
     /// Write the JSON results to this file ("-" for stdout; the table then goes to stderr).
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -148,10 +152,11 @@ fn fresh_data_dir(dir: &Option<PathBuf>) -> Result<tempfile::TempDir> {
         .with_context(|| format!("creating a temporary directory in {}", base.display()))
 }
 
-fn storage_config(data_dir: &Path, backend: BackendChoice, segment_bytes: u64) -> StorageConfig {
+fn storage_config(data_dir: &Path, backend: BackendChoice, common: &CommonArgs) -> StorageConfig {
     let mut config = StorageConfig::new(data_dir);
     config.backend = backend;
-    config.default_log.segment_bytes = segment_bytes;
+    config.default_log.segment_bytes = common.segment_bytes;
+    config.default_log.initial_segment_bytes = common.initial_segment_bytes;
     config
 }
 

@@ -111,7 +111,7 @@ fn scan_run(
     backend: BackendChoice,
 ) -> Result<ScanRun> {
     let tmp = fresh_data_dir(&args.common.dir)?;
-    let config = storage_config(tmp.path(), backend, args.common.segment_bytes);
+    let config = storage_config(tmp.path(), backend, &args.common);
     let total_records = ((args.gib * (1u64 << 30) as f64) / args.record_bytes as f64).ceil() as u64;
 
     // Fill.

@@ -132,7 +132,7 @@ async fn storage_run(
     record_bytes: usize,
 ) -> Result<StorageRun> {
     let tmp = fresh_data_dir(&args.common.dir)?;
-    let mut config = storage_config(tmp.path(), backend, args.common.segment_bytes);
+    let mut config = storage_config(tmp.path(), backend, &args.common);
     config.scrub_bytes_per_sec = args.scrub_bytes_per_sec;
     config.scrub_interval = std::time::Duration::from_millis(100);
     let storage = tokio::task::spawn_blocking(move || Storage::open(config))

@@ -42,7 +42,6 @@ impl Server {
     }
 
     fn start_with(listen: &str, data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
-        use std::os::unix::process::CommandExt;
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut cmd = Command::new(spool_bin());
         cmd.arg("serve")
@@ -53,20 +52,7 @@ impl Server {
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
         if let Some(n) = nofile {
-            let lim = libc::rlimit {
-                rlim_cur: n,
-                rlim_max: n,
-            };
-            // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
-            unsafe {
-                cmd.pre_exec(move || {
-                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                        Ok(())
-                    } else {
-                        Err(std::io::Error::last_os_error())
-                    }
-                });
-            }
+            limit_open_files(&mut cmd, n);
         }
         let mut child = cmd.spawn().expect("spawn spool serve");
         let stdout = child.stdout.take().unwrap();
@@ -318,5 +304,24 @@ pub async fn wait_metrics(port: u16, want: &[&str]) -> String {
             "metrics on {port} never showed {want:?}:\n{body}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Run `cmd` with at most `nofile` open files (soft and hard: it cannot raise them).
+pub fn limit_open_files(cmd: &mut Command, nofile: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: nofile,
+        rlim_max: nofile,
+    };
+    // SAFETY: setrlimit is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
     }
 }
