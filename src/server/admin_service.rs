@@ -103,6 +103,7 @@ impl pb::admin_server::Admin for AdminService {
         let cutoff = self
             .delay()?
             .pause()
+            .await
             .map_err(|e| Status::internal(format!("pausing: {e}")))?;
         Ok(Response::new(pb::PauseResponse {
             horizon_time_us: cutoff,
@@ -115,6 +116,7 @@ impl pb::admin_server::Admin for AdminService {
     ) -> Result<Response<pb::ResumeResponse>, Status> {
         self.delay()?
             .resume()
+            .await
             .map_err(|e| Status::internal(format!("resuming: {e}")))?;
         Ok(Response::new(pb::ResumeResponse {}))
     }

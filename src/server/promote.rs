@@ -131,6 +131,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
             if end < log.positions().durable {
                 let _guard = delay
                     .cut(&log, end, false)
+                    .await
                     .map_err(|e| internal("saving the horizon", e))?;
                 log.truncate_to(end).await.map_err(to_status)?;
                 tracing::warn!(log = %name, end, "promotion at a point: log cut");
@@ -142,12 +143,14 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
         apply_deletions(delay, node, due, &mut deleted).await?;
         delay
             .drop_deletions(&later)
+            .await
             .map_err(|e| internal("dropping deletions", e))?;
     }
     let role = &node.role;
     let epoch = role.epoch() + 1;
     node.forget_take_backs();
     role.begin_leading(epoch)
+        .await
         .map_err(|e| Status::internal(format!("persisting epoch {epoch}: {e:#}")))?;
     if let Some(delay) = &delay {
         if at == PromoteAt::Everything {
@@ -158,6 +161,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
         }
         delay
             .deactivate()
+            .await
             .map_err(|e| internal("ending the delay", e))?;
     }
     // Stop the follower before the first write of the new epoch.

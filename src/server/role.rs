@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use anyhow::{bail, Context, Result};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
@@ -102,8 +102,11 @@ pub struct RoleState {
     role: RwLock<Role>,
     epoch: AtomicU64,
     dir: PathBuf,
-    /// The persisted identity; changed only through `update`, which saves it first.
-    identity: Mutex<NodeIdentity>,
+    /// The persisted identity as readers see it; changed only through `update`, which
+    /// saves it first, off the async workers and without holding this lock meanwhile.
+    identity: RwLock<NodeIdentity>,
+    /// Serialises changes (held across the save), so a save never overwrites a newer one.
+    changing: tokio::sync::Mutex<()>,
     /// Where writes go, as told by the upstream (the root of the tree).
     primary_addr: RwLock<Option<String>>,
     fenced: AtomicBool,
@@ -118,7 +121,8 @@ impl RoleState {
             role: RwLock::new(role.clone()),
             epoch: AtomicU64::new(identity.epoch),
             dir: data_dir.to_owned(),
-            identity: Mutex::new(identity),
+            identity: RwLock::new(identity),
+            changing: tokio::sync::Mutex::new(()),
             primary_addr: RwLock::new(None),
             fenced: AtomicBool::new(false),
             listen_addr: RwLock::new(String::new()),
@@ -127,29 +131,39 @@ impl RoleState {
             // A primary writes in an epoch of at least 1 (0 means "none"), in a cluster of
             // its own unless it has one. A new cluster's first primary begins epoch 1; a
             // node that has an epoch already did not begin it by starting as a primary.
-            state.update(|id| {
-                if id.cluster_id.is_empty() {
-                    id.cluster_id = new_cluster_id();
-                }
-                if id.epoch == 0 {
-                    id.epoch = 1;
-                    id.led_epoch = 1;
-                }
-            })?;
+            // At start-up, before any task runs: saved in place.
+            let mut id = state.identity.read().clone();
+            if id.cluster_id.is_empty() {
+                id.cluster_id = new_cluster_id();
+            }
+            if id.epoch == 0 {
+                id.epoch = 1;
+                id.led_epoch = 1;
+            }
+            if id != *state.identity.read() {
+                id.save(data_dir)?;
+                state.epoch.store(id.epoch, Ordering::Release);
+                *state.identity.write() = id;
+            }
         }
         Ok(state)
     }
 
-    /// Change the identity, persisting it before anyone sees the change.
-    fn update(&self, f: impl FnOnce(&mut NodeIdentity)) -> Result<()> {
-        let mut current = self.identity.lock();
-        let mut next = current.clone();
+    /// Change the identity, persisting it (on a blocking thread: an fsync, a rename and a
+    /// directory fsync) before anyone sees the change.
+    async fn update(&self, f: impl FnOnce(&mut NodeIdentity)) -> Result<()> {
+        let _changing = self.changing.lock().await;
+        let mut next = self.identity.read().clone();
         f(&mut next);
-        if next != *current {
-            next.save(&self.dir)?;
-            *current = next;
-            self.epoch.store(current.epoch, Ordering::Release);
+        if next == *self.identity.read() {
+            return Ok(());
         }
+        let (dir, saved) = (self.dir.clone(), next.clone());
+        tokio::task::spawn_blocking(move || saved.save(&dir))
+            .await
+            .context("saving the node identity")??;
+        self.epoch.store(next.epoch, Ordering::Release);
+        *self.identity.write() = next;
         Ok(())
     }
 
@@ -167,23 +181,23 @@ impl RoleState {
 
     /// The last epoch this node began as the primary (0: never).
     pub fn led_epoch(&self) -> u64 {
-        self.identity.lock().led_epoch
+        self.identity.read().led_epoch
     }
 
     /// The cluster this node belongs to (empty: a replica that never reached an upstream).
     pub fn cluster_id(&self) -> String {
-        self.identity.lock().cluster_id.clone()
+        self.identity.read().cluster_id.clone()
     }
 
     /// Join the upstream's cluster (a replica's first handshake), or check it is ours.
-    pub fn join_cluster(&self, id: &str) -> Result<()> {
+    pub async fn join_cluster(&self, id: &str) -> Result<()> {
         let ours = self.cluster_id();
         if id.is_empty() {
             bail!("the upstream belongs to no cluster yet (a replica that never reached its own upstream)");
         }
         if ours.is_empty() {
             tracing::info!(cluster_id = id, "joined the upstream's cluster");
-            return self.update(|n| n.cluster_id = id.to_owned());
+            return self.update(|n| n.cluster_id = id.to_owned()).await;
         }
         if ours != id {
             bail!(
@@ -196,16 +210,19 @@ impl RoleState {
     }
 
     /// Persist, then adopt, a higher epoch.
-    pub fn set_epoch(&self, epoch: u64) -> Result<()> {
+    pub async fn set_epoch(&self, epoch: u64) -> Result<()> {
         let current = self.epoch();
         if epoch < current {
             bail!("epoch {epoch} is lower than this node's epoch {current}");
         }
-        self.update(|id| id.epoch = id.epoch.max(epoch))
+        if epoch == current {
+            return Ok(());
+        }
+        self.update(|id| id.epoch = id.epoch.max(epoch)).await
     }
 
     /// Persist `epoch` as a new epoch this node leads (a promotion), before its first write.
-    pub fn begin_leading(&self, epoch: u64) -> Result<()> {
+    pub async fn begin_leading(&self, epoch: u64) -> Result<()> {
         let current = self.epoch();
         if epoch <= current {
             bail!("epoch {epoch} is not past this node's epoch {current}");
@@ -214,6 +231,7 @@ impl RoleState {
             id.epoch = epoch;
             id.led_epoch = epoch;
         })
+        .await
     }
 
     pub fn set_primary_addr(&self, addr: Option<String>) {

@@ -58,9 +58,11 @@ pub struct Delay {
     data_dir: PathBuf,
     storage: Storage,
     active: AtomicBool,
-    /// The persisted part; saved while locked so that an older snapshot never overwrites
-    /// a newer one.
+    /// The persisted part, as readers see it (held only briefly, never across a save).
     state: Mutex<DelayState>,
+    /// Held across a save (see `save`): snapshots are taken and written in this lock's
+    /// order, so an older one never overwrites a newer one.
+    saving: tokio::sync::Mutex<()>,
     entries: Mutex<HashMap<String, Arc<Entry>>>,
     /// Bumped when a pending deletion is applied (the follower then reconnects, to pick up
     /// a log recreated upstream under the same name).
@@ -84,6 +86,8 @@ pub enum DelayError {
     State(#[from] DelayStateError),
     #[error(transparent)]
     Storage(#[from] spool_storage::StorageError),
+    #[error("saving the delayed replica's state: {0}")]
+    Task(String),
 }
 
 /// The horizon from `from` on: past every frame whose newest record is not after `cutoff`.
@@ -112,6 +116,7 @@ impl Delay {
             storage,
             active: AtomicBool::new(true),
             state: Mutex::new(state),
+            saving: tokio::sync::Mutex::new(()),
             entries: Mutex::new(HashMap::new()),
             deletions_applied: watch::Sender::new(0),
         });
@@ -179,25 +184,41 @@ impl Delay {
     /// log and continues from there) *before* the caller truncates; the tick stays away
     /// until the guard drops. Saved at once: after a crash the horizon must not point past
     /// data that is no longer what was visible.
-    pub fn cut(&self, log: &Log, to: u64, reset: bool) -> Result<CutGuard, DelayError> {
+    pub async fn cut(&self, log: &Log, to: u64, reset: bool) -> Result<CutGuard, DelayError> {
         let e = self.entry(log);
-        let mut held = e.held.lock();
-        *held += 1;
+        let offset = {
+            let mut held = e.held.lock();
+            *held += 1;
+            e.tx.send_modify(|h| {
+                if h.offset != u64::MAX {
+                    h.offset = if reset { to } else { h.offset.min(to) };
+                }
+                h.generation += 1;
+            });
+            let offset = e.tx.borrow().offset;
+            offset
+        };
         let guard = CutGuard(e.clone());
-        e.tx.send_modify(|h| {
-            if h.offset != u64::MAX {
-                h.offset = if reset { to } else { h.offset.min(to) };
-            }
-            h.generation += 1;
-        });
-        let offset = e.tx.borrow().offset;
-        drop(held);
-        let mut st = self.state.lock();
         if offset != u64::MAX {
-            st.horizons.insert(log.name().to_owned(), offset);
+            self.state
+                .lock()
+                .horizons
+                .insert(log.name().to_owned(), offset);
         }
-        st.save(&self.data_dir)?;
+        self.save().await?;
         Ok(guard)
+    }
+
+    /// Write the persisted state as it is now, on a blocking thread (an fsync, a rename
+    /// and a directory fsync), without holding `state` meanwhile.
+    async fn save(&self) -> Result<(), DelayError> {
+        let _saving = self.saving.lock().await;
+        let snapshot = self.state.lock().clone();
+        let dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || snapshot.save(&dir))
+            .await
+            .map_err(|e| DelayError::Task(e.to_string()))??;
+        Ok(())
     }
 
     /// One pass: advance every log's horizon and keep its retention floor there.
@@ -234,19 +255,23 @@ impl Delay {
     }
 
     /// Pause: freeze the cutoff (persisted). Data keeps arriving and is stored.
-    pub fn pause(&self) -> Result<u64, DelayError> {
-        let mut st = self.state.lock();
-        let cutoff = match st.paused_cutoff_us {
-            Some(c) => c,
-            None => {
-                // The horizons already published were computed with an earlier cutoff:
-                // freezing the current one moves them at most one tick further.
-                let c = now_us().saturating_sub(self.delay.as_micros() as u64);
-                st.paused_cutoff_us = Some(c);
-                st.save(&self.data_dir)?;
-                c
+    pub async fn pause(&self) -> Result<u64, DelayError> {
+        let (cutoff, changed) = {
+            let mut st = self.state.lock();
+            match st.paused_cutoff_us {
+                Some(c) => (c, false),
+                None => {
+                    // The horizons already published were computed with an earlier cutoff:
+                    // freezing the current one moves them at most one tick further.
+                    let c = now_us().saturating_sub(self.delay.as_micros() as u64);
+                    st.paused_cutoff_us = Some(c);
+                    (c, true)
+                }
             }
         };
+        if changed {
+            self.save().await?;
+        }
         tracing::warn!(
             cutoff_us = cutoff,
             "delayed replica paused: horizons frozen"
@@ -254,10 +279,10 @@ impl Delay {
         Ok(cutoff)
     }
 
-    pub fn resume(&self) -> Result<(), DelayError> {
-        let mut st = self.state.lock();
-        if st.paused_cutoff_us.take().is_some() {
-            st.save(&self.data_dir)?;
+    pub async fn resume(&self) -> Result<(), DelayError> {
+        let resumed = self.state.lock().paused_cutoff_us.take().is_some();
+        if resumed {
+            self.save().await?;
         }
         tracing::warn!("delayed replica resumed");
         Ok(())
@@ -265,13 +290,15 @@ impl Delay {
 
     /// The upstream deleted `name` at `deleted_at_us`: delete it here after the delay. A
     /// repeated notice (after a reconnect) keeps the first, earlier time.
-    pub fn schedule_delete(&self, name: &str, deleted_at_us: u64) -> Result<(), DelayError> {
-        let mut st = self.state.lock();
-        if st.deletions.contains_key(name) {
-            return Ok(());
+    pub async fn schedule_delete(&self, name: &str, deleted_at_us: u64) -> Result<(), DelayError> {
+        {
+            let mut st = self.state.lock();
+            if st.deletions.contains_key(name) {
+                return Ok(());
+            }
+            st.deletions.insert(name.to_owned(), deleted_at_us);
         }
-        st.deletions.insert(name.to_owned(), deleted_at_us);
-        st.save(&self.data_dir)?;
+        self.save().await?;
         tracing::warn!(log = name, deleted_at_us, delay = ?self.delay, "log deleted upstream: deleting here after the delay");
         Ok(())
     }
@@ -310,8 +337,8 @@ impl Delay {
             let mut st = self.state.lock();
             st.deletions.remove(name);
             st.horizons.remove(name);
-            st.save(&self.data_dir)?;
         }
+        self.save().await?;
         node.catalog_changed();
         self.deletions_applied.send_modify(|n| *n += 1);
         tracing::warn!(log = name, "delayed deletion applied");
@@ -319,32 +346,32 @@ impl Delay {
     }
 
     /// Forget pending deletions (promotion at a point before them).
-    pub fn drop_deletions(&self, names: &[String]) -> Result<(), DelayError> {
-        let mut st = self.state.lock();
-        for n in names {
-            st.deletions.remove(n);
+    pub async fn drop_deletions(&self, names: &[String]) -> Result<(), DelayError> {
+        {
+            let mut st = self.state.lock();
+            for n in names {
+                st.deletions.remove(n);
+            }
         }
-        st.save(&self.data_dir)?;
-        Ok(())
+        self.save().await
     }
 
     /// Promotion: expose everything stored from now on, and forget the pause.
-    pub fn deactivate(&self) -> Result<(), DelayError> {
+    pub async fn deactivate(&self) -> Result<(), DelayError> {
         self.active.store(false, Ordering::Release);
         for e in self.entries.lock().values() {
             let _held = e.held.lock();
             e.tx.send_modify(|h| h.offset = u64::MAX);
         }
-        let mut st = self.state.lock();
-        st.paused_cutoff_us = None;
-        st.horizons.clear();
-        st.save(&self.data_dir)?;
-        Ok(())
+        {
+            let mut st = self.state.lock();
+            st.paused_cutoff_us = None;
+            st.horizons.clear();
+        }
+        self.save().await
     }
 
-    fn save_horizons(&self) -> Result<(), DelayError> {
-        // Under the state lock: a cut that lowers a horizon saves after us, with its value.
-        let mut st = self.state.lock();
+    async fn save_horizons(&self) -> Result<(), DelayError> {
         let entries: Vec<(String, u64)> = self
             .entries
             .lock()
@@ -352,9 +379,9 @@ impl Delay {
             .map(|(n, e)| (n.clone(), e.tx.borrow().offset))
             .filter(|(_, o)| *o != u64::MAX)
             .collect();
-        st.horizons.extend(entries);
-        st.save(&self.data_dir)?;
-        Ok(())
+        // A cut that lowers a horizon meanwhile saves after this one, with its value.
+        self.state.lock().horizons.extend(entries);
+        self.save().await
     }
 }
 
@@ -382,7 +409,7 @@ pub fn spawn(node: Arc<Node>, delay: Arc<Delay>) {
                 }
             }
             if dirty && last_save.elapsed() >= SAVE_EVERY {
-                match delay.save_horizons() {
+                match delay.save_horizons().await {
                     Ok(()) => dirty = false,
                     Err(e) => tracing::warn!(error = %e, "saving horizons failed"),
                 }

@@ -267,7 +267,7 @@ async fn session(
         Some(Err(s)) => bail!("upstream refused: {}", s.message()),
         _ => bail!("upstream did not start with a hello"),
     };
-    node.role.join_cluster(&up.cluster_id)?;
+    node.role.join_cluster(&up.cluster_id).await?;
     let led = node.role.led_epoch();
     if led > 0 && up.node_epoch <= led {
         return Err(LeadsUpstream {
@@ -284,7 +284,7 @@ async fn session(
             up.node_epoch
         );
     }
-    node.role.set_epoch(up.node_epoch)?;
+    node.role.set_epoch(up.node_epoch).await?;
     if !up.primary_addr.is_empty() {
         node.role.set_primary_addr(Some(up.primary_addr.clone()));
     }
@@ -488,7 +488,7 @@ async fn session(
                             // Another incarnation upstream: this copy is deleted only after
                             // the delay, as any deletion from upstream.
                             if node.storage.log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
-                                d.schedule_delete(&s.name, super::upstream::now_us())?;
+                                d.schedule_delete(&s.name, super::upstream::now_us()).await?;
                             }
                         }
                         if node.active_delay().is_some_and(|d| d.pending_delete(&s.name).is_some()) {
@@ -507,7 +507,7 @@ async fn session(
                         ignored.remove(&d.name);
                         if node.storage.log(&d.name).is_ok() {
                             let at = if d.deleted_at_us == 0 { super::upstream::now_us() } else { d.deleted_at_us };
-                            node.active_delay().expect("checked").schedule_delete(&d.name, at)?;
+                            node.active_delay().expect("checked").schedule_delete(&d.name, at).await?;
                         }
                     }
                     Some(pb::upstream_message::Msg::Deleted(d)) => {
@@ -523,7 +523,7 @@ async fn session(
                         tracing::info!(log = %d.name, "log deleted upstream");
                     }
                     Some(pb::upstream_message::Msg::Heartbeat(h)) => {
-                        node.role.set_epoch(h.node_epoch.max(node.role.epoch()))?;
+                        node.role.set_epoch(h.node_epoch.max(node.role.epoch())).await?;
                         if !h.primary_addr.is_empty() {
                             node.role.set_primary_addr(Some(h.primary_addr.clone()));
                         }
@@ -630,8 +630,8 @@ async fn apply_start(node: &Arc<Node>, s: &pb::LogStart, view: &Mutex<UpstreamVi
     // A delayed replica lowers the horizon before cutting (cuts stay immediate: the
     // upstream's word on divergence is not delayed).
     let _cut = match (node.active_delay(), action) {
-        (Some(d), Action::FullSync | Action::Recreate) => Some(d.cut(&log, s.offset, true)?),
-        (Some(d), _) if s.offset < end => Some(d.cut(&log, s.offset, false)?),
+        (Some(d), Action::FullSync | Action::Recreate) => Some(d.cut(&log, s.offset, true).await?),
+        (Some(d), _) if s.offset < end => Some(d.cut(&log, s.offset, false).await?),
         _ => None,
     };
     let full_sync = match action {

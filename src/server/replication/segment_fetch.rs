@@ -63,17 +63,18 @@ async fn read_msg<M: Message + Default>(stream: &mut TcpStream) -> Result<M> {
 }
 
 /// Upstream side: answer one fetch on a connection that began with [`MAGIC`] (not yet read).
-pub async fn serve(node: Arc<Node>, mut stream: TcpStream) {
+pub async fn serve(node: Arc<Node>, stream: TcpStream) {
     let peer = stream.peer_addr().ok();
-    if let Err(e) = serve_one(&node, &mut stream).await {
+    if let Err(e) = serve_one(&node, stream).await {
         tracing::warn!(?peer, error = %format!("{e:#}"), "segment fetch failed");
     }
 }
 
-async fn serve_one(node: &Node, stream: &mut TcpStream) -> Result<()> {
+async fn serve_one(node: &Node, mut stream: TcpStream) -> Result<()> {
     let mut magic = [0u8; MAGIC.len()];
     stream.read_exact(&mut magic).await?;
-    let req: pb::SegmentFetchRequest = read_msg(stream).await.context("reading the request")?;
+    let req: pb::SegmentFetchRequest =
+        read_msg(&mut stream).await.context("reading the request")?;
     let span = node
         .check_accepting()
         .map_err(|s| anyhow!("{}", s.message()))
@@ -122,9 +123,11 @@ async fn serve_one(node: &Node, stream: &mut TcpStream) -> Result<()> {
         byte_len: span.end - span.start,
     };
     stream.write_all(&framed(&[], &reply)).await?;
-    // sendfile reads the file, which may wait for the disk: on a blocking thread, with the
-    // socket made blocking and a send timeout standing for a replica that stopped reading.
-    let sock = stream.as_raw_fd();
+    // sendfile reads the file, which may wait for the disk: on a blocking thread, which
+    // owns the socket (if this task is dropped meanwhile, the descriptor stays the
+    // socket's until sendfile is done), made blocking with a send timeout standing for a
+    // replica that stopped reading.
+    let sock = stream.into_std()?;
     let (start, end) = (span.start, span.end);
     tokio::task::spawn_blocking(move || send_file(sock, &file, start, end))
         .await
@@ -135,35 +138,21 @@ async fn serve_one(node: &Node, stream: &mut TcpStream) -> Result<()> {
     Ok(())
 }
 
-/// sendfile `[pos, end)` of `file` to the socket `sock` (borrowed: the caller keeps the
-/// stream open until this returns).
-fn send_file(sock: i32, file: &File, mut pos: u64, end: u64) -> std::io::Result<()> {
-    // SAFETY: plain fcntl/setsockopt on a descriptor the caller keeps open.
-    unsafe {
-        let flags = libc::fcntl(sock, libc::F_GETFL);
-        if flags < 0 || libc::fcntl(sock, libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let tv = libc::timeval {
-            tv_sec: DEAD_AFTER.as_secs() as libc::time_t,
-            tv_usec: 0,
-        };
-        let r = libc::setsockopt(
-            sock,
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        if r < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
+/// sendfile `[pos, end)` of `file` to the socket `sock`, which this owns (closed when done).
+fn send_file(
+    sock: std::net::TcpStream,
+    file: &File,
+    mut pos: u64,
+    end: u64,
+) -> std::io::Result<()> {
+    sock.set_nonblocking(false)?;
+    sock.set_write_timeout(Some(DEAD_AFTER))?;
+    let fd = sock.as_raw_fd();
     while pos < end {
         let mut off = pos as libc::off_t;
         let want = (end - pos).min(1 << 30) as usize;
         // SAFETY: both descriptors are open for the call; `off` is ours.
-        let n = unsafe { libc::sendfile(sock, file.as_raw_fd(), &mut off, want) };
+        let n = unsafe { libc::sendfile(fd, file.as_raw_fd(), &mut off, want) };
         match n {
             n if n > 0 => pos += n as u64,
             0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
