@@ -10,8 +10,14 @@
 //! - [`ack`]: when an append may be acknowledged under its ack mode (async, semi-sync(k),
 //!   sync), timeouts, and degrading to async and recovering.
 //! - [`divergence`]: where a connecting replica continues in a log (continue, truncate its
-//!   divergent tail first, or full sync), decided by epoch history as with Kafka's leader
-//!   epochs.
+//!   divergent tail first, full sync, or keep what is ahead), decided by epoch history as
+//!   with Kafka's leader epochs.
+//! - [`handshake`]: the upstream's plan for one log of a connecting replica (identity,
+//!   histories, its last frame) and what the replica holds after it.
+//! - [`sender`]: what the upstream sends a replica next in one log (frames, a sealed
+//!   segment whole, a span of the active one to fetch).
 
 pub mod ack;
 pub mod divergence;
+pub mod handshake;
+pub mod sender;

@@ -9,4 +9,5 @@ pub mod plan;
 pub mod progress;
 pub mod retention;
 pub mod segment_fetch;
+pub mod sending;
 pub mod upstream;

@@ -1,115 +1,128 @@
-//! What the upstream tells a connecting replica for one log, and what the replica holds
-//! once it has done it: the log's identity first (another incarnation is copied again),
-//! then the epoch histories (`spool_replication::divergence`), then, where the replica
-//! keeps its last frame, that frame's bytes against the upstream's (two nodes never hold
-//! different records at one offset in one epoch without it being said).
+//! The upstream's side of a handshake for one log: the facts
+//! `spool_replication::handshake::plan` decides from (what the replica reported, what this
+//! node holds and vouches for), and the LogStart message that tells the replica.
 
 use spool_proto::v1 as pb;
-use spool_replication::divergence::{self, Decision};
+use spool_replication::divergence::Decision;
+use spool_replication::handshake::{self, Plan, ReplicaLog, UpstreamLog};
+use spool_replication::sender::Fetch;
 use spool_storage::Log;
 use tonic::Status;
 
+use crate::server::logs_service::config_to_pb;
 use crate::server::node::Node;
+use crate::server::visible::Visible;
 
-/// The upstream's answer for one log.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Plan {
-    /// Continue, truncate or full sync, as the histories decide.
-    Follow(Decision),
-    /// The replica's copy is another incarnation: drop it, continue empty from `from`.
-    Recreate { from: u64 },
-    /// The replica's last frame is not ours though the histories agree.
-    Diverged { reason: String },
-}
-
-impl Plan {
-    /// Where the replica's log ends once it has applied the plan: what it holds of ours
-    /// and may be counted for (never its end before a cut, never records we do not have
-    /// the same).
-    pub fn held(&self) -> u64 {
-        match self {
-            Plan::Follow(Decision::Continue { from }) => *from,
-            Plan::Follow(Decision::TruncateThenContinue { to }) => *to,
-            Plan::Follow(Decision::FullSync { from }) | Plan::Recreate { from } => *from,
-            Plan::Follow(Decision::Ahead { replica_end, .. }) => *replica_end,
-            Plan::Diverged { .. } => 0,
-        }
+/// What the replica reported of a log, as the handshake takes it.
+pub fn replica_log(s: &pb::ReplicaLogState) -> ReplicaLog {
+    let pairs = |v: &[pb::EpochStart]| v.iter().map(|e| (e.epoch, e.start_offset)).collect();
+    ReplicaLog {
+        incarnation: s.incarnation,
+        epochs: pairs(&s.epochs),
+        last_epoch: s.last_epoch,
+        start: s.start_offset,
+        end: s.end_offset,
+        last_frame: (s.last_frame_crc != 0).then_some((s.last_frame_offset, s.last_frame_crc)),
+        staged: (s.staged_end > 0).then(|| (s.staged_end, pairs(&s.staged_epochs))),
     }
 }
 
-/// Where this replica goes on in `log`, from what it told us. A delayed upstream decides
-/// on its visible end (and the epochs begun below it): it vouches for nothing more.
+/// What this node holds of `log` and vouches for: up to its visible end (a delayed
+/// replica's horizon), with the epochs begun below it.
+pub fn upstream_log(log: &Log, visible: &Visible) -> UpstreamLog {
+    let end = visible.end();
+    UpstreamLog {
+        incarnation: log.incarnation(),
+        epochs: log
+            .epochs()
+            .entries()
+            .iter()
+            .copied()
+            .filter(|&(_, start)| start <= end)
+            .collect(),
+        start: log.positions().start.min(end),
+        end,
+    }
+}
+
+/// The frame of `log` holding `offset`: (its first offset, its stored CRC).
+fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
+    let chunk = log.reader().read_frames(offset, 1).ok()?;
+    Some((
+        chunk.first_offset,
+        spool_storage::format::stored_crc(&chunk.bytes)?,
+    ))
+}
+
+/// Where the replica goes on in `log`, and where a segment it holds partly received
+/// resumes (if it does).
 pub fn plan_for(
     node: &Node,
     log: &Log,
-    state: Option<&pb::ReplicaLogState>,
-) -> Result<Plan, Status> {
+    reported: Option<&pb::ReplicaLogState>,
+) -> Result<(Plan, Option<u64>), Status> {
     let visible = node.visible(log);
-    let (start_here, end_here) = (log.positions().start.min(visible.end()), visible.end());
-    let ours = log.incarnation();
-    if let Some(s) = state.filter(|s| s.incarnation != 0 && ours != 0 && s.incarnation != ours) {
-        tracing::warn!(log = %log.name(), ours = format!("{ours:016x}"), theirs = format!("{:016x}", s.incarnation), "the replica holds another incarnation of the log (deleted and created again here): it copies this one");
-        return Ok(Plan::Recreate { from: start_here });
+    let up = upstream_log(log, &visible);
+    let replica = reported.map(replica_log);
+    let plan = handshake::plan(&up, replica.as_ref(), &|o| frame_at(log, o))
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+    match &plan {
+        Plan::Recreate { .. } => {
+            tracing::warn!(log = %log.name(), "the replica holds another incarnation of the log (deleted and created again here): it copies this one")
+        }
+        Plan::Diverged { reason } => tracing::error!(log = %log.name(), "{reason}"),
+        _ => {}
     }
-    let epochs: Vec<(u64, u64)> = log
-        .epochs()
-        .entries()
-        .iter()
-        .copied()
-        .filter(|&(_, start)| start <= end_here)
-        .collect();
-    let decided = match state {
-        // A replica that sends only its last epoch (older versions).
-        Some(s) if s.epochs.is_empty() && s.last_epoch > 0 => {
-            divergence::decide(&epochs, start_here, end_here, s.last_epoch, s.end_offset)
-        }
-        Some(s) => {
-            let theirs: Vec<(u64, u64)> =
-                s.epochs.iter().map(|e| (e.epoch, e.start_offset)).collect();
-            divergence::decide_with_history(
-                &epochs,
-                start_here,
-                end_here,
-                &theirs,
-                s.start_offset,
-                s.end_offset,
-            )
-        }
-        None => divergence::decide(&epochs, start_here, end_here, 0, 0),
-    };
-    let decision = decided.map_err(|e| Status::failed_precondition(e.to_string()))?;
-    if let (Decision::Continue { .. }, Some(s)) = (decision, state) {
-        if let Some(reason) = last_frame_differs(log, s, start_here, end_here) {
-            return Ok(Plan::Diverged { reason });
-        }
+    let resume = handshake::staged_to_resume(&up, &plan, replica.as_ref());
+    if resume.is_none() && replica.as_ref().is_some_and(|r| r.staged.is_some()) {
+        tracing::warn!(log = %log.name(), "the replica's staged frames are not this log's (cut since?): sending them again");
     }
-    Ok(Plan::Follow(decision))
+    Ok((plan, resume))
 }
 
-/// Why the replica's last frame, which it keeps, is not the frame we hold at its offset
-/// (None when it is, or when there is nothing of ours to compare it with).
-fn last_frame_differs(log: &Log, s: &pb::ReplicaLogState, start: u64, end: u64) -> Option<String> {
-    let at = s.last_frame_offset;
-    if s.last_frame_crc == 0 || at < start || at >= end {
-        return None;
-    }
-    let chunk = match log.reader().read_frames(at, 1) {
-        Ok(c) => c,
-        // Damaged here: nothing to compare; reads and repair deal with it.
-        Err(_) => return None,
+/// The LogStart telling the replica its plan.
+pub fn start_message(visible: &Visible, log: &Log, plan: &Plan, fetch: Fetch) -> pb::LogStart {
+    use pb::log_start::Action;
+    let (action, offset) = match plan {
+        Plan::Follow(Decision::Continue { from }) => (Action::Continue, *from),
+        Plan::Follow(Decision::TruncateThenContinue { to }) => (Action::Truncate, *to),
+        Plan::Follow(Decision::FullSync { from }) => (Action::FullSync, *from),
+        Plan::Recreate { from } => (Action::Recreate, *from),
+        Plan::Follow(Decision::Ahead { replica_end, .. }) => (Action::Ahead, *replica_end),
+        Plan::Diverged { .. } => (Action::Diverged, 0),
     };
-    let crc = spool_storage::format::stored_crc(&chunk.bytes);
-    if chunk.first_offset == at && crc == Some(s.last_frame_crc) {
-        return None;
+    let reason = match plan {
+        Plan::Follow(Decision::Ahead {
+            upstream_end,
+            replica_end,
+        }) => format!(
+            "the replica holds records {upstream_end}..{replica_end} of this log's current \
+             epoch past this node's end: it keeps them and gets frames from its end once \
+             this node has them"
+        ),
+        Plan::Diverged { reason } => reason.clone(),
+        _ => String::new(),
+    };
+    pb::LogStart {
+        name: log.name().to_owned(),
+        config: Some(config_to_pb(log.config())),
+        action: action as i32,
+        offset,
+        sealed_segments_follow: plan.continue_from().is_some()
+            && action != Action::Ahead
+            && segments_follow(visible, log, offset, fetch),
+        incarnation: log.incarnation(),
+        reason,
     }
-    let reason = format!(
-        "the replica's frame at offset {at} (crc {:08x}) is not this node's (frame at {} crc {}) \
-         although both logs have it in the same epoch: the two nodes wrote different records \
-         there; nothing is sent for this log until one copy is removed",
-        s.last_frame_crc,
-        chunk.first_offset,
-        crc.map_or_else(|| "none".to_owned(), |c| format!("{c:08x}"))
-    );
-    tracing::error!(log = %log.name(), "{reason}");
-    Some(reason)
+}
+
+/// Whether what the replica gets first from `offset` is a segment taken whole (a replica
+/// creating the log need not zero-fill a first segment that imports will replace).
+fn segments_follow(visible: &Visible, log: &Log, offset: u64, fetch: Fetch) -> bool {
+    use spool_replication::sender::{Sender, Step};
+    if log.reader().sealed_segment(offset).is_some() {
+        return true;
+    }
+    let probe = Sender::new(offset, None, fetch).next(&super::sending::view(visible, log), false);
+    fetch.active && matches!(probe, Step::Offer { .. })
 }
