@@ -12,6 +12,8 @@
 //! - [`divergence`]: where a connecting replica continues in a log (continue, truncate its
 //!   divergent tail first, full sync, or keep what is ahead), decided by epoch history as
 //!   with Kafka's leader epochs.
+//! - [`follow`]: the replica side of a session (whom to follow, segment imports, delayed
+//!   deletions, gathered acks, liveness, reconnect backoff).
 //! - [`handshake`]: the upstream's plan for one log of a connecting replica (identity,
 //!   histories, its last frame) and what the replica holds after it.
 //! - [`sender`]: what the upstream sends a replica next in one log (frames, a sealed
@@ -19,5 +21,6 @@
 
 pub mod ack;
 pub mod divergence;
+pub mod follow;
 pub mod handshake;
 pub mod sender;

@@ -5,6 +5,8 @@ pub mod delay;
 pub mod delay_state;
 pub mod fetch_frames;
 pub mod follower;
+pub mod follower_logs;
+pub mod follower_session;
 pub mod plan;
 pub mod progress;
 pub mod retention;

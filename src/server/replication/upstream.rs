@@ -4,7 +4,6 @@
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -27,9 +26,7 @@ use crate::server::node::Node;
 
 /// Messages buffered towards one replica: a slow replica holds its sender back.
 const OUTBOUND_BUFFER: usize = 16;
-pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
-/// No word from the other side for this long: the connection is dead.
-pub const DEAD_AFTER: Duration = Duration::from_secs(5);
+pub use spool_replication::follow::{DEAD_AFTER, HEARTBEAT_EVERY};
 
 #[derive(Debug, Clone)]
 pub struct ReplicationService {

@@ -1,0 +1,441 @@
+//! Executes one replication stream on a replica: frames appended unchanged (their CRCs
+//! checked) with up to `INFLIGHT_MAX` messages in flight so they share group commits,
+//! sealed segments staged or fetched whole and put in place, log starts and deletions
+//! carried out, durable ends acknowledged, heartbeats both ways. Decisions come from
+//! `spool_replication::follow`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use futures::stream::FuturesOrdered;
+use futures::FutureExt;
+use parking_lot::Mutex;
+use spool_proto::v1 as pb;
+use spool_replication::follow::{
+    self, Acks, Chunk, ChunkPlan, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX,
+};
+use spool_storage::{Log, SegmentImport};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tonic::Streaming;
+
+use super::follower::{acks, FollowerConfig, Imports, UpstreamView};
+use super::follower_logs::apply_start;
+use super::segment_fetch;
+use crate::server::node::Node;
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(String, u64)>> + Send>>;
+
+/// One stream's state on the replica.
+pub struct Session<'a> {
+    node: &'a Arc<Node>,
+    cfg: &'a FollowerConfig,
+    view: &'a Mutex<UpstreamView>,
+    imports: &'a mut Imports,
+    /// This session fetches segments itself (cleared when a fetch got nothing at all).
+    fetch: &'a mut bool,
+    tx: mpsc::Sender<pb::ReplicaMessage>,
+    inflight: FuturesOrdered<Pending>,
+    logs: HashMap<String, Log>,
+    /// Delayed replica: logs recreated upstream while this node still keeps the old one
+    /// (its deletion is pending). Their frames are skipped; once the deletion is applied
+    /// the session reconnects and receives the new log from its start.
+    ignored: HashSet<String>,
+    last_heard: tokio::time::Instant,
+    beat: tokio::time::Interval,
+}
+
+impl std::fmt::Debug for Session<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("upstream", &self.cfg.upstream)
+            .field("inflight", &self.inflight.len())
+            .field("ignored", &self.ignored)
+            .finish_non_exhaustive()
+    }
+}
+
+fn import_of(imp: &SegmentImport) -> Import {
+    Import {
+        base: imp.base(),
+        staged_to: imp.next_offset(),
+    }
+}
+
+impl<'a> Session<'a> {
+    pub fn new(
+        node: &'a Arc<Node>,
+        cfg: &'a FollowerConfig,
+        view: &'a Mutex<UpstreamView>,
+        imports: &'a mut Imports,
+        fetch: &'a mut bool,
+        tx: mpsc::Sender<pb::ReplicaMessage>,
+    ) -> Self {
+        Session {
+            node,
+            cfg,
+            view,
+            imports,
+            fetch,
+            tx,
+            inflight: FuturesOrdered::new(),
+            logs: HashMap::new(),
+            ignored: HashSet::new(),
+            last_heard: tokio::time::Instant::now(),
+            beat: tokio::time::interval(HEARTBEAT_EVERY),
+        }
+    }
+
+    /// Follow until the upstream closes the stream (Ok) or something fails.
+    pub async fn run(mut self, mut inbound: Streaming<pb::UpstreamMessage>) -> Result<()> {
+        let mut applied = match self.node.active_delay() {
+            Some(d) => d.deletions_applied.subscribe(),
+            None => tokio::sync::watch::channel(0).1,
+        };
+        loop {
+            tokio::select! {
+                // Completions first (acks go out as soon as frames are durable), heartbeats
+                // never starve behind a busy stream, silence is judged after pending messages.
+                biased;
+                Some(done) = self.inflight.next() => self.on_durable(done).await?,
+                _ = self.beat.tick() => self.send(acks(self.node)).await?,
+                // A replica below acked: pass it on (sync modes on the primary may count it).
+                _ = self.node.replicas.acked.notified() => self.send(acks(self.node)).await?,
+                m = inbound.next(), if self.inflight.len() < INFLIGHT_MAX => {
+                    let m = match m {
+                        None => return Ok(()),
+                        Some(Err(s)) => bail!("upstream error: {}", s.message()),
+                        Some(Ok(m)) => m,
+                    };
+                    self.heard();
+                    if !self.on_message(m).await? {
+                        return Ok(());
+                    }
+                }
+                // The upstream heartbeats every second: silence means it is gone. Not while
+                // our own disk holds us back (then its messages wait for us, not the reverse).
+                _ = tokio::time::sleep_until(self.last_heard + DEAD_AFTER), if self.inflight.len() < INFLIGHT_MAX => {
+                    bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead");
+                }
+                changed = applied.changed(), if !self.ignored.is_empty() => {
+                    if changed.is_ok() && self.ignored_deletion_applied() {
+                        tracing::info!("a delayed deletion was applied: reconnecting to receive the recreated log");
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    fn heard(&mut self) {
+        self.last_heard = tokio::time::Instant::now();
+        self.view.lock().last_heard = Some(Instant::now());
+    }
+
+    fn ignored_deletion_applied(&self) -> bool {
+        let delay = self.node.active_delay();
+        self.ignored
+            .iter()
+            .any(|n| delay.is_some_and(|d| d.pending_delete(n).is_none()))
+    }
+
+    async fn send(&mut self, m: pb::ReplicaMessage) -> Result<()> {
+        if self.tx.send(m).await.is_err() {
+            bail!("upstream closed the stream");
+        }
+        Ok(())
+    }
+
+    /// One ack for everything that became durable together.
+    async fn on_durable(&mut self, done: Result<(String, u64)>) -> Result<()> {
+        let mut acks = Acks::default();
+        let (name, end) = done?;
+        acks.add(&name, end);
+        while let Some(Some(done)) = self.inflight.next().now_or_never() {
+            let (name, end) = done?;
+            acks.add(&name, end);
+        }
+        self.send_acks(acks.take()).await
+    }
+
+    async fn send_acks(&mut self, ends: Vec<(String, u64)>) -> Result<()> {
+        let acks = ends
+            .into_iter()
+            .map(|(log, durable_end)| pb::ReplicaAck { log, durable_end })
+            .collect();
+        self.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
+                acks,
+                downstream: self.node.replicas.descendants(),
+            })),
+        })
+        .await
+    }
+
+    /// What is in flight lands before a log changes shape.
+    async fn drain(&mut self) -> Result<()> {
+        while let Some(r) = self.inflight.next().await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Handle one message; false when the session should end to reconnect.
+    async fn on_message(&mut self, m: pb::UpstreamMessage) -> Result<bool> {
+        use pb::upstream_message::Msg;
+        match m.msg {
+            Some(Msg::Frames(f)) if !self.ignored.contains(&f.log) => self.on_frames(f).await?,
+            Some(Msg::Segment(c)) if !self.ignored.contains(&c.log) => self.on_segment(c).await?,
+            Some(Msg::Start(s)) => self.on_start(s).await?,
+            Some(Msg::Deleted(d)) => self.on_deleted(d).await?,
+            Some(Msg::Heartbeat(h)) => self.on_heartbeat(h).await?,
+            _ => {}
+        }
+        Ok(true)
+    }
+
+    async fn on_frames(&mut self, f: pb::LogFrames) -> Result<()> {
+        let log = match self.logs.get(&f.log) {
+            Some(l) => l.clone(),
+            None => {
+                let l = self.node.storage.log(&f.log)?;
+                self.logs.insert(f.log.clone(), l.clone());
+                l
+            }
+        };
+        // The upstream continues the log itself: an import cut before will not be
+        // resumed (its staging file goes now).
+        self.imports.remove(&f.log);
+        if f.sync {
+            self.node.upstream_requested_sync();
+        }
+        let name = f.log.clone();
+        let durable = log
+            .submit_frames_with(f.frames, f.sync)
+            .await
+            .with_context(|| {
+                format!(
+                    "appending frames {}..{} of {name}",
+                    f.first_offset, f.next_offset
+                )
+            })?;
+        self.inflight.push_back(Box::pin(async move {
+            let end = durable.await?;
+            Ok((name, end))
+        }));
+        Ok(())
+    }
+
+    /// A segment chunk: continue the import in progress or begin one where the log ends,
+    /// stage (or fetch) the frames, and put the segment in place once it is whole.
+    async fn on_segment(&mut self, c: pb::SegmentChunk) -> Result<()> {
+        let log = self.node.storage.log(&c.log)?;
+        let chunk = Chunk {
+            segment: (c.segment_base, c.segment_next),
+            first: c.first_offset,
+            fetch: c.fetch,
+        };
+        let import = self.imports.get(&c.log).map(import_of);
+        if follow::chunk_plan(import, &chunk, u64::MAX) != Ok(ChunkPlan::Continue) {
+            self.imports.remove(&c.log);
+            // The segment follows the log's end: what is in flight lands first.
+            self.drain().await?;
+            self.send(acks(self.node)).await?;
+            let end = log.positions().durable;
+            let ChunkPlan::Begin { at } = follow::chunk_plan(None, &chunk, end)
+                .map_err(|e| anyhow::anyhow!("{e} (log {})", c.log))?
+            else {
+                unreachable!("no import to continue");
+            };
+            self.imports.insert(c.log.clone(), log.begin_import(at)?);
+        }
+        if c.fetch {
+            self.fetch_segment(&c).await?;
+        } else {
+            self.stage(&c)?;
+        }
+        self.segment_progress(&c.log, c.segment_next).await
+    }
+
+    /// Stage the chunk's frames (page-cache writes of at most a message: brief enough for a
+    /// worker thread).
+    fn stage(&mut self, c: &pb::SegmentChunk) -> Result<()> {
+        let imp = self.imports.get_mut(&c.log).expect("begun above");
+        tokio::task::block_in_place(|| imp.write(&c.frames)).with_context(|| {
+            format!(
+                "staging frames {}..{} of {}",
+                c.first_offset, c.next_offset, c.log
+            )
+        })?;
+        let mut v = self.view.lock();
+        v.logs
+            .entry(c.log.clone())
+            .or_default()
+            .segment_bytes_received += c.frames.len() as u64;
+        Ok(())
+    }
+
+    /// Fetch the rest of the segment over a segment-fetch connection; the stream waits
+    /// meanwhile and the upstream keeps hearing from us.
+    async fn fetch_segment(&mut self, c: &pb::SegmentChunk) -> Result<()> {
+        let view = self.view;
+        let segment_next = c.segment_next;
+        let staged = |imp: &SegmentImport, bytes: u64| {
+            let mut v = view.lock();
+            let f = v.logs.entry(imp.log_name().to_owned()).or_default();
+            f.staged = Some((imp.next_offset(), segment_next));
+            f.segment_bytes_received += bytes;
+            f.segment_bytes_fetched += bytes;
+        };
+        let imp = self.imports.get_mut(&c.log).expect("begun above");
+        let staged_before = imp.staged_bytes();
+        let segment = (c.segment_base, c.segment_next);
+        let fetched = {
+            let fetching = segment_fetch::fetch(
+                &self.cfg.upstream,
+                &self.cfg.replica_id,
+                segment,
+                imp,
+                staged,
+            );
+            tokio::pin!(fetching);
+            loop {
+                tokio::select! {
+                    r = &mut fetching => break r,
+                    _ = self.beat.tick() => {
+                        if self.tx.send(acks(self.node)).await.is_err() {
+                            bail!("upstream closed the stream");
+                        }
+                    }
+                }
+            }
+        };
+        self.last_heard = tokio::time::Instant::now();
+        if let Err(e) = fetched {
+            // Fetching cannot work from here (a proxy that speaks only HTTP/2, say) if it
+            // never got a byte: the next session takes segments in the stream. A fetch cut
+            // midway resumes as a fetch.
+            let imp = self.imports.get(&c.log).expect("begun above");
+            if imp.staged_bytes() == staged_before {
+                *self.fetch = false;
+            }
+            return Err(e.context(format!("fetching segment {} of {}", c.segment_base, c.log)));
+        }
+        Ok(())
+    }
+
+    /// Say how far the segment is staged; once it is whole, put it in place and ack.
+    async fn segment_progress(&mut self, name: &str, segment_next: u64) -> Result<()> {
+        let staged_to = self.imports.get(name).expect("begun above").next_offset();
+        let done = staged_to >= segment_next;
+        {
+            let mut v = self.view.lock();
+            let f = v.logs.entry(name.to_owned()).or_default();
+            f.staged = (!done).then_some((staged_to, segment_next));
+            f.segments_received += u64::from(done);
+        }
+        if !done {
+            return Ok(());
+        }
+        let imp = self.imports.remove(name).expect("present");
+        let (base, bytes) = (imp.base(), imp.staged_bytes());
+        let end = imp
+            .install()
+            .await
+            .with_context(|| format!("installing segment {base} of {name}"))?;
+        let upstream_end = self
+            .view
+            .lock()
+            .logs
+            .get(name)
+            .map_or(0, |f| f.upstream_end);
+        tracing::info!(log = %name, base, end, bytes, upstream_end, "received a sealed segment");
+        self.send_acks(vec![(name.to_owned(), end)]).await
+    }
+
+    async fn on_start(&mut self, s: pb::LogStart) -> Result<()> {
+        use pb::log_start::Action;
+        self.drain().await?;
+        self.logs.remove(&s.name);
+        // A segment cut by a disconnect resumes when the upstream continues the log where
+        // the import began (it then sends the segment from the hello's staged_end);
+        // anything else reshapes the log first.
+        let continue_at = (s.action == Action::Continue as i32).then_some(s.offset);
+        let import = self.imports.get(&s.name).map(import_of);
+        if !follow::start_keeps_import(continue_at, import) {
+            self.imports.remove(&s.name);
+        }
+        if let (true, Some(d)) = (
+            s.action == Action::Recreate as i32,
+            self.node.active_delay(),
+        ) {
+            // Another incarnation upstream: this copy is deleted only after the delay, as
+            // any deletion from upstream.
+            if self.node.storage.log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
+                d.schedule_delete(&s.name, super::upstream::now_us())
+                    .await?;
+            }
+        }
+        let pending = self
+            .node
+            .active_delay()
+            .is_some_and(|d| d.pending_delete(&s.name).is_some());
+        if pending {
+            tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
+            self.ignored.insert(s.name.clone());
+            return Ok(());
+        }
+        apply_start(self.node, &s, self.view).await
+    }
+
+    /// A log deleted upstream: here at once, or, on a delayed replica, at the deletion's
+    /// time plus the delay (kept readable up to its horizon meanwhile).
+    async fn on_deleted(&mut self, d: pb::LogDeleted) -> Result<()> {
+        self.drain().await?;
+        self.logs.remove(&d.name);
+        self.imports.remove(&d.name);
+        let delay = self.node.active_delay();
+        let delay_us = delay.map(|x| x.delay.as_micros() as u64);
+        let now = super::upstream::now_us();
+        match (delay, follow::delete_at(delay_us, d.deleted_at_us, now)) {
+            (Some(delay), Some(_)) => {
+                self.ignored.remove(&d.name);
+                if self.node.storage.log(&d.name).is_ok() {
+                    let at = if d.deleted_at_us == 0 {
+                        now
+                    } else {
+                        d.deleted_at_us
+                    };
+                    delay.schedule_delete(&d.name, at).await?;
+                }
+            }
+            _ => {
+                self.view.lock().logs.remove(&d.name);
+                match self.node.storage.delete_log(&d.name).await {
+                    Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                self.node.catalog_changed();
+                tracing::info!(log = %d.name, "log deleted upstream");
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_heartbeat(&mut self, h: pb::Heartbeat) -> Result<()> {
+        let node = self.node;
+        node.role
+            .set_epoch(h.node_epoch.max(node.role.epoch()))
+            .await?;
+        if !h.primary_addr.is_empty() {
+            node.role.set_primary_addr(Some(h.primary_addr.clone()));
+        }
+        let mut v = self.view.lock();
+        for e in h.ends {
+            v.logs.entry(e.name).or_default().upstream_end = e.end_offset;
+        }
+        Ok(())
+    }
+}
