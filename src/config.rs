@@ -12,6 +12,9 @@ use spool_storage::{
     BackendChoice, Compression, LogConfig, OnCorruption, RecoveryMode, StorageConfig,
 };
 
+mod connections;
+pub use connections::{ConnectionConfig, ServerSection};
+
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "spool-data";
 
@@ -114,6 +117,8 @@ pub struct FileConfig {
     pub log_defaults: LogDefaults,
     #[serde(default)]
     pub replication: ReplicationSection,
+    #[serde(default)]
+    pub server: ServerSection,
 }
 
 impl FileConfig {
@@ -237,6 +242,7 @@ pub struct ServerConfig {
     pub default_ack: DefaultAck,
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
+    pub connections: ConnectionConfig,
 }
 
 /// Values given on the command line or through the environment (they override the file).
@@ -393,12 +399,14 @@ impl ServerConfig {
             // and its readers a few ms behind, not a tenth of a second.
             storage.unsynced_flush_interval = REPLICA_UNSYNCED_FLUSH;
         }
+        let connections = ConnectionConfig::build(&file.server, storage.open_logs_max)?;
         Ok(ServerConfig {
             listen,
             metrics_listen,
             default_ack: file.default_ack.unwrap_or_default(),
             storage,
             replication,
+            connections,
         })
     }
 }

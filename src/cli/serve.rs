@@ -92,6 +92,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         soft,
         hard,
         open_logs_max = config.storage.open_logs_max,
+        max_connections = config.connections.max_connections,
         "open files limit"
     );
     rt.block_on(async {

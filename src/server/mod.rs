@@ -4,10 +4,13 @@
 mod accept;
 mod admin_service;
 mod codes;
+mod conn_caps;
+mod idle;
 mod log_service;
 pub(crate) mod logs_service;
 mod metrics_export;
 pub(crate) mod node;
+mod preface;
 mod promote;
 pub mod repair;
 pub mod replication;
@@ -23,7 +26,6 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use spool_proto::v1 as pb;
 use spool_storage::Storage;
-use tokio::net::TcpListener;
 
 use crate::config::ServerConfig;
 pub use node::Node;
@@ -85,9 +87,8 @@ pub async fn serve(
     if let Some(addr) = config.metrics_listen {
         metrics_export::install(addr, node.clone())?;
     }
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener =
+        accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
     *node.role.listen_addr.write() = bound.to_string();
     tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role.role(), epoch = node.role.epoch(), "spool serving");
@@ -147,8 +148,14 @@ pub async fn serve(
             .set_not_serving::<pb::log_server::LogServer<log_service::LogService>>()
             .await;
     };
+    let conns = &config.connections;
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+        // Dead peers and those that stopped answering: PINGs after this long without a
+        // frame (idle streams too), closed if one is not answered in time.
+        .http2_keepalive_interval(Some(conns.keepalive_interval))
+        .http2_keepalive_timeout(Some(conns.keepalive_timeout))
+        // Outermost: every request counts against its connection's idle timeout.
+        .layer(idle::CountStreamsLayer)
         .layer(tower::util::MapResponseLayer::new(codes::fix_decode_errors))
         .add_service(health)
         .add_service(reflection)
@@ -157,8 +164,9 @@ pub async fn serve(
         .add_service(status)
         .add_service(replication_svc)
         .add_service(admin)
-        // Connections come through `accept`, which keeps segment fetches for itself.
-        .serve_with_incoming_shutdown(accept::spawn(listener, node.clone()), signal)
+        // Connections come through `accept` (caps, preface deadline), which keeps segment
+        // fetches for itself.
+        .serve_with_incoming_shutdown(accept::spawn(listener, node.clone(), conns), signal)
         .await
         .context("grpc server")?;
     storage.shutdown().await?;

@@ -7,6 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+pub mod raw_conn;
+
 /// The `spool` binary under test: this build's, or `SPOOL_TEST_BIN` (to show that a test
 /// fails against another build, e.g. the one before a fix).
 pub fn spool_bin() -> &'static str {
@@ -41,7 +43,38 @@ impl Server {
         Server::start_with("127.0.0.1:0", data_dir, extra, Some(nofile))
     }
 
+    /// Start with the TOML `config` (written beside the data dir) and its log (stderr,
+    /// WARN and above) going to `DATA_DIR.log`, which [`Server::log`] reads.
+    pub fn start_configured(data_dir: &Path, config: &str, nofile: Option<u64>) -> Server {
+        let path = data_dir.with_extension("toml");
+        std::fs::write(&path, config).unwrap();
+        let path = path.display().to_string();
+        let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
+        Server::start_logging(
+            "127.0.0.1:0",
+            data_dir,
+            &["--config", &path],
+            nofile,
+            Some(log),
+        )
+    }
+
+    /// What the node logged, if started with [`Server::start_configured`].
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.with_extension("log")).unwrap_or_default()
+    }
+
     fn start_with(listen: &str, data_dir: &Path, extra: &[&str], nofile: Option<u64>) -> Server {
+        Server::start_logging(listen, data_dir, extra, nofile, None)
+    }
+
+    fn start_logging(
+        listen: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        nofile: Option<u64>,
+        log: Option<std::fs::File>,
+    ) -> Server {
         let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let mut cmd = Command::new(spool_bin());
         cmd.arg("serve")
@@ -51,6 +84,9 @@ impl Server {
             .args(&args)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped());
+        if let Some(log) = log {
+            cmd.env("NO_COLOR", "1").stderr(log);
+        }
         if let Some(n) = nofile {
             limit_open_files(&mut cmd, n);
         }

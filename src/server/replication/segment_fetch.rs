@@ -20,11 +20,13 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
 use prost::Message;
 use spool_proto::v1 as pb;
 use spool_storage::{format, SegmentImport};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::upstream::DEAD_AFTER;
 use crate::server::node::Node;
@@ -48,7 +50,7 @@ fn framed(prefix: &[u8], m: &impl Message) -> Vec<u8> {
     out
 }
 
-async fn read_msg<M: Message + Default>(stream: &mut TcpStream) -> Result<M> {
+async fn read_msg<M: Message + Default>(stream: &mut (impl AsyncRead + Unpin)) -> Result<M> {
     let len = tokio::time::timeout(DEAD_AFTER, stream.read_u32_le())
         .await
         .map_err(|_| anyhow!("peer silent for {DEAD_AFTER:?}"))??;
@@ -62,19 +64,29 @@ async fn read_msg<M: Message + Default>(stream: &mut TcpStream) -> Result<M> {
     Ok(M::decode(&body[..])?)
 }
 
-/// Upstream side: answer one fetch on a connection that began with [`MAGIC`] (not yet read).
-pub async fn serve(node: Arc<Node>, stream: TcpStream) {
+/// Upstream side: answer one fetch on a connection that began with [`MAGIC`]. `received`
+/// is what `server::accept` read after the magic (the request, or its start); the whole
+/// request must be in by `request_by` (the handshake deadline).
+pub async fn serve(node: Arc<Node>, stream: TcpStream, received: Bytes, request_by: Instant) {
     let peer = stream.peer_addr().ok();
-    if let Err(e) = serve_one(&node, stream).await {
+    if let Err(e) = serve_one(&node, stream, received, request_by).await {
         tracing::warn!(?peer, error = %format!("{e:#}"), "segment fetch failed");
     }
 }
 
-async fn serve_one(node: &Node, mut stream: TcpStream) -> Result<()> {
-    let mut magic = [0u8; MAGIC.len()];
-    stream.read_exact(&mut magic).await?;
-    let req: pb::SegmentFetchRequest =
-        read_msg(&mut stream).await.context("reading the request")?;
+async fn serve_one(
+    node: &Node,
+    mut stream: TcpStream,
+    received: Bytes,
+    request_by: Instant,
+) -> Result<()> {
+    let req: pb::SegmentFetchRequest = {
+        let mut request = (&received[..]).chain(&mut stream);
+        tokio::time::timeout_at(request_by, read_msg(&mut request))
+            .await
+            .map_err(|_| anyhow!("no whole request within the handshake timeout"))?
+            .context("reading the request")?
+    };
     let span = node
         .check_accepting()
         .map_err(|s| anyhow!("{}", s.message()))
