@@ -1130,6 +1130,7 @@ fn idempotent_retries_are_answered_after_a_failover() {
         );
     };
     let (firsts, producer, end) = run(60, async {
+        common::wait_connected(&p.addr, 1).await;
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("idem", None).await.unwrap();
         let mut firsts = Vec::new();

@@ -298,6 +298,24 @@ pub async fn reach_end(addr: &str, log: &str, end: u64) -> u64 {
     }
 }
 
+/// Wait (bounded, 60 s) until the primary at `addr` has `n` replicas connected, so that
+/// appends needing acks are not refused for want of them.
+pub async fn wait_connected(addr: &str, n: usize) {
+    let c = spool::client::Client::connect(addr).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = c.status().await;
+        if status.is_ok_and(|s| s.replicas.iter().filter(|r| r.connected).count() >= n) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{n} replica(s) did not connect to {addr}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The segment files of the log directory `dir` as (name, file length), by base offset.
 pub fn segment_files(dir: &Path) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
