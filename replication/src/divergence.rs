@@ -111,9 +111,15 @@ pub fn decide(
 /// and its first kept offset: the replica keeps records below the first offset, among those
 /// both logs hold, where the epoch that wrote it differs between the two histories (equal
 /// epochs at an offset mean the same record). Past the upstream's end it keeps records of
-/// the epoch the upstream is in ([`Decision::Ahead`]) and nothing of an older one. Offsets
-/// below either log's start are not compared: a history says nothing true below its log's
-/// start (after a full sync it begins there).
+/// the epoch the upstream is in ([`Decision::Ahead`]) and nothing of an older one.
+///
+/// Every record the replica holds is compared, from its start (its history says nothing
+/// true below that: after a full sync it begins there), also below the upstream's start:
+/// the upstream's history still says which epoch wrote those offsets after retention
+/// removed them, and a replica that differs there cannot keep them and go on. A difference
+/// below the upstream's start means a full sync; where the upstream's history does not
+/// reach that far (it was full-synced itself), the replica is copied anew too, which is
+/// safe if not needed.
 pub fn decide_with_history(
     upstream_epochs: &[(u64, u64)],
     upstream_start: u64,
@@ -130,17 +136,28 @@ pub fn decide_with_history(
             upstream_epoch,
         });
     }
-    let lower = upstream_start.max(replica_start);
     let limit = replica_end.min(upstream_end);
-    let valid_end = first_difference(upstream_epochs, replica_epochs, lower, limit);
+    let valid_end = first_difference(upstream_epochs, replica_epochs, replica_start, limit);
     let ahead = valid_end == upstream_end
         && replica_end > upstream_end
         && upstream_end >= upstream_start
+        && upstream_end >= replica_start
         && epoch_at(replica_epochs, upstream_end) == epoch_at(upstream_epochs, upstream_end);
     if ahead {
         return Ok(Decision::Ahead {
             upstream_end,
             replica_end,
+        });
+    }
+    let keeps_nothing = valid_end <= replica_start
+        && (!replica_epochs.is_empty() || replica_start > upstream_start);
+    if keeps_nothing {
+        // It would keep none of its records: going on at its start, its history would
+        // still speak of epochs the upstream's records there were not written in, and
+        // above the upstream's start it would be counted for records it never held. It
+        // copies the upstream's log anew instead (a reset clears its history).
+        return Ok(Decision::FullSync {
+            from: upstream_start,
         });
     }
     Ok(from_valid_end(valid_end, upstream_start, replica_end))
@@ -180,7 +197,7 @@ fn from_valid_end(valid_end: u64, upstream_start: u64, replica_end: u64) -> Deci
 }
 
 /// The epoch that wrote `offset` by a history (0 below its first entry).
-fn epoch_at(epochs: &[(u64, u64)], offset: u64) -> u64 {
+pub fn epoch_at(epochs: &[(u64, u64)], offset: u64) -> u64 {
     let i = epochs.partition_point(|&(_, start)| start <= offset);
     i.checked_sub(1).map_or(0, |i| epochs[i].0)
 }

@@ -4,7 +4,7 @@
 //! does on a delayed replica, how acks are gathered, when a silent peer is dead, and how
 //! long to wait before reconnecting. The server's follower executes them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 /// Frame messages appended but not yet durable, per session: they share group commits.
@@ -162,6 +162,42 @@ impl Acks {
     }
 }
 
+/// Which logs a session may acknowledge: those whose start (the upstream's plan for them)
+/// it has carried out, except a diverged one. An ack sent before the start would report an
+/// end from before a cut the plan makes, and the upstream, which already settled what the
+/// replica holds, would count it for records it no longer holds.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AckGate {
+    started: BTreeSet<String>,
+}
+
+impl AckGate {
+    /// The start of `log` was carried out; `diverged`: it holds records the upstream does
+    /// not, and acks nothing of that log.
+    pub fn started(&mut self, log: &str, diverged: bool) {
+        if diverged {
+            self.started.remove(log);
+        } else {
+            self.started.insert(log.to_owned());
+        }
+    }
+
+    /// The log was deleted (or is ignored until its deletion here).
+    pub fn forget(&mut self, log: &str) {
+        self.started.remove(log);
+    }
+
+    pub fn may_ack(&self, log: &str) -> bool {
+        self.started.contains(log)
+    }
+
+    /// The ends of `ends` this session may report.
+    #[must_use]
+    pub fn filter(&self, ends: impl IntoIterator<Item = (String, u64)>) -> Vec<(String, u64)> {
+        ends.into_iter().filter(|(l, _)| self.may_ack(l)).collect()
+    }
+}
+
 /// The wait before reconnecting after a session that lasted `lasted`, the last wait having
 /// been `last`: doubling up to [`BACKOFF_MAX`], back to [`BACKOFF_MIN`] after a long
 /// session. Returns (this wait, the next one's base).
@@ -278,6 +314,18 @@ mod tests {
         a.add("x", 7);
         assert_eq!(a.take(), vec![("x".to_owned(), 9), ("y".to_owned(), 3)]);
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn only_started_logs_are_acked() {
+        let mut g = AckGate::default();
+        let ends = || vec![("a".to_owned(), 9), ("b".to_owned(), 4)];
+        assert!(g.filter(ends()).is_empty(), "nothing before a start");
+        g.started("a", false);
+        g.started("b", true);
+        assert_eq!(g.filter(ends()), vec![("a".to_owned(), 9)]);
+        g.forget("a");
+        assert!(!g.may_ack("a"));
     }
 
     #[test]

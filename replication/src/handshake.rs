@@ -38,6 +38,27 @@ pub struct UpstreamLog {
     pub end: u64,
 }
 
+impl UpstreamLog {
+    /// The upstream's node is in `epoch`: whatever it holds past its end comes from that
+    /// epoch's primary, which its history says only from the first such record. Said now,
+    /// a replica that saw an epoch between follows it, and one holding an older epoch's
+    /// records past the upstream's end cuts them, before anything arrives: as after a
+    /// promoted node lost the unsynced tail where it had begun the epoch, or below a replica
+    /// cut back by a new primary that has written nothing yet. Where the upstream lags in
+    /// an older epoch this cuts more than needed, and the cut records come again.
+    #[must_use]
+    pub fn leading(mut self, epoch: u64) -> Self {
+        if self.epochs.last().is_some_and(|&(e, _)| e >= epoch) {
+            return self;
+        }
+        if self.epochs.last().is_some_and(|&(_, s)| s == self.end) {
+            self.epochs.pop();
+        }
+        self.epochs.push((epoch, self.end));
+        self
+    }
+}
+
 /// The upstream's answer for one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Plan {
@@ -159,6 +180,23 @@ pub fn staged_to_resume(
     ours.then_some(*staged_end)
 }
 
+/// While a replica that is ahead waits for the upstream to get to its end: whether the
+/// records it holds past `upstream_end` may still be the upstream's, by the upstream's
+/// history now (`epochs`). They may not once an epoch other than `epoch` (the one the
+/// upstream was in at `upstream_end` when it planned) wrote there or began below
+/// `replica_end`: a cascaded upstream that lagged has since learned of a newer primary.
+/// The replica then reconnects and has its tail decided again.
+pub fn ahead_still_holds(
+    epochs: &[(u64, u64)],
+    (upstream_end, replica_end): (u64, u64),
+    epoch: u64,
+) -> bool {
+    divergence::epoch_at(epochs, upstream_end) == epoch
+        && epochs
+            .iter()
+            .all(|&(_, s)| s <= upstream_end || s >= replica_end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +259,44 @@ mod tests {
         assert_eq!(p.held(), 10);
         assert_eq!(p.continue_from(), Some(10));
         assert!(p.blocked_reason().starts_with("ahead"));
+    }
+
+    /// Found by the simulation (seed 8): a promoted node that lost the unsynced tail where
+    /// it had begun its epoch looked, to a replica of the epoch between, like a stale
+    /// upstream until its first write.
+    #[test]
+    fn a_primary_vouches_for_its_epoch_before_writing_in_it() {
+        let promoted = UpstreamLog {
+            incarnation: 7,
+            epochs: vec![(1, 0)],
+            start: 0,
+            end: 26,
+        };
+        let mut r = replica(40);
+        r.epochs = vec![(1, 0), (2, 30)];
+        r.last_epoch = 2;
+        assert!(plan(&promoted, Some(&r), &no_frames).is_err());
+        let leading = promoted.clone().leading(3);
+        assert_eq!(leading.epochs, vec![(1, 0), (3, 26)]);
+        assert_eq!(
+            plan(&leading, Some(&r), &no_frames),
+            Ok(Plan::Follow(Decision::TruncateThenContinue { to: 26 }))
+        );
+        assert_eq!(leading.clone().leading(3), leading, "once");
+    }
+
+    /// Found by the simulation (seed 1001413): a replica ahead of a cascaded upstream that
+    /// then learned of a newer epoch waited for an end the upstream would never reach.
+    #[test]
+    fn a_replica_ahead_stops_waiting_once_the_history_changes() {
+        let range = (0, 24);
+        assert!(ahead_still_holds(&[(1, 0)], range, 1));
+        assert!(!ahead_still_holds(&[(1, 0), (2, 4)], range, 1));
+        assert!(
+            ahead_still_holds(&[(1, 0), (2, 30)], range, 1),
+            "past its end"
+        );
+        assert!(!ahead_still_holds(&[(2, 0)], range, 1));
     }
 
     #[test]

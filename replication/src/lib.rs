@@ -9,6 +9,7 @@
 //!
 //! - [`ack`]: when an append may be acknowledged under its ack mode (async, semi-sync(k),
 //!   sync), timeouts, and degrading to async and recovering.
+//! - [`delay`]: what a delayed replica shows of what it stores (its horizon).
 //! - [`divergence`]: where a connecting replica continues in a log (continue, truncate its
 //!   divergent tail first, full sync, or keep what is ahead), decided by epoch history as
 //!   with Kafka's leader epochs.
@@ -20,6 +21,7 @@
 //!   segment whole, a span of the active one to fetch).
 
 pub mod ack;
+pub mod delay;
 pub mod divergence;
 pub mod follow;
 pub mod handshake;

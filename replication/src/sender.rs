@@ -173,6 +173,20 @@ impl Sender {
         self.from = next_offset;
     }
 
+    /// One past the last offset sent (inside the segment being sent whole, where it got).
+    pub fn sent_to(&self) -> u64 {
+        self.segment
+            .map_or(self.from, |(_, _, pos)| pos.max(self.from))
+    }
+
+    /// The log was cut to `at`: whether that removed anything already sent, when the
+    /// stream must end (the replica reconnects and has its tail decided again; frames of
+    /// the new history must not follow the old ones).
+    #[must_use]
+    pub fn cut_removes_sent(&self, at: u64) -> bool {
+        at < self.sent_to()
+    }
+
     /// Retention removed what the replica needed: it copies the log again from `start`.
     pub fn fell_behind(&mut self, start: u64) {
         self.segment = None;
@@ -244,6 +258,10 @@ mod tests {
         );
         s.chunk_sent(150);
         assert_eq!(s.segment_progress(), Some((150, 200)));
+        // Found by the simulation (seed 1035236): a cut inside the segment being sent
+        // removes what was sent of it, though the stream's `from` is still its base.
+        assert_eq!((s.from(), s.sent_to()), (100, 150));
+        assert!(s.cut_removes_sent(120) && !s.cut_removes_sent(150));
         assert_eq!(
             s.next(&v, false),
             Step::Chunk {

@@ -515,7 +515,10 @@ fn reset_for_full_sync(open: Open) {
         assert_eq!(log.bytes_from(0), data);
         assert!(log.bytes_from(150) < data / 3);
         assert_eq!(log.bytes_from(200), 0);
+        let cuts = log.reader().cut_count();
         log.reset_to(5000).await.unwrap();
+        // Every record went: a stream that sent any of them must end, whatever its position.
+        assert_eq!(log.reader().lowest_cut_since(cuts), Some(0));
         let p = log.positions();
         assert_eq!((p.start, p.durable), (5000, 5000));
         assert_eq!(log.segment_count(), 1);

@@ -367,6 +367,49 @@ fn whole_history_finds_a_divergence_the_last_epoch_misses() {
     );
 }
 
+/// Found by the simulation (seed 3): a replica whose records diverge below the upstream's
+/// start kept them (they were not compared), so it held records of another history.
+#[test]
+fn a_divergence_below_the_upstreams_start_is_found() {
+    let up = [(1, 0), (3, 30)];
+    assert_eq!(
+        decide_with_history(&up, 43, 60, &[(1, 0)], 16, 56),
+        Ok(FullSync { from: 43 })
+    );
+    // No divergence there: it goes on.
+    assert_eq!(
+        decide_with_history(&up, 43, 60, &[(1, 0)], 16, 29),
+        Ok(FullSync { from: 43 }),
+        "its end is below the upstream's start"
+    );
+    assert_eq!(
+        decide_with_history(&[(1, 0)], 43, 60, &[(1, 0)], 16, 50),
+        Ok(Continue { from: 50 })
+    );
+}
+
+/// Found by the simulation (seed 3): a replica whose retention removed more than the two
+/// logs share was told to cut below its own start, and counted for records it never held.
+#[test]
+fn a_replica_whose_start_is_past_the_divergence_full_syncs() {
+    let up = [(1, 0), (3, 30)];
+    let replica = [(1, 0), (2, 56)];
+    assert_eq!(
+        decide_with_history(&up, 35, 54, &replica, 56, 100),
+        Ok(FullSync { from: 35 })
+    );
+    // Its start at the divergence: it would keep nothing, so it is copied anew.
+    assert_eq!(
+        decide_with_history(&up, 0, 54, &[(1, 0), (2, 40)], 30, 50),
+        Ok(FullSync { from: 0 })
+    );
+    // Empty at an offset above the upstream's start: the same.
+    assert_eq!(
+        decide_with_history(&up, 10, 54, &[], 40, 40),
+        Ok(FullSync { from: 10 })
+    );
+}
+
 #[test]
 fn whole_history_after_a_full_sync_compares_from_the_starts() {
     // The replica full-synced from 100: its history begins there.
@@ -439,20 +482,24 @@ proptest! {
         up_tail in prop::collection::vec(0u64..3, 0..12),
         rep_tail in prop::collection::vec(0u64..3, 0..12),
         up_start_pick: prop::sample::Index,
+        rep_start_pick: prop::sample::Index,
+        rep_retained: bool,
     ) {
         let (up, rep) = two_logs(&shared, &up_tail, &rep_tail);
         let (uh, rh) = (history_of(&up), history_of(&rep));
         let up_start = up_start_pick.index(up.len() + 1) as u64;
         let (up_end, rep_end) = (up.len() as u64, rep.len() as u64);
+        // Retention on the replica too, sometimes.
+        let rep_start = if rep_retained { rep_start_pick.index(rep.len() + 1) as u64 } else { 0 };
         let rep_last = rh.last().map_or(0, |e| e.0);
         let up_last = uh.last().map_or(0, |e| e.0);
-        let got = decide_with_history(&uh, up_start, up_end, &rh, 0, rep_end);
+        let got = decide_with_history(&uh, up_start, up_end, &rh, rep_start, rep_end);
         if rep_last > up_last {
             prop_assert!(got.is_err());
             return Ok(());
         }
         let limit = up_end.min(rep_end);
-        let agree = (up_start..limit)
+        let agree = (rep_start..limit)
             .find(|&i| up[i as usize] != rep[i as usize])
             .unwrap_or(limit);
         // Past the upstream's end, records of the epoch the upstream is still in are kept.
@@ -460,9 +507,13 @@ proptest! {
         let ahead = agree == up_end
             && rep_end > up_end
             && up_end >= up_start
+            && up_end >= rep_start
             && rep[up_end as usize] == up_epoch_at_end;
         let want = if ahead {
             Ahead { upstream_end: up_end, replica_end: rep_end }
+        } else if agree <= rep_start && (!rh.is_empty() || rep_start > up_start) {
+            // Nothing kept: copied anew (its history cleared).
+            FullSync { from: up_start }
         } else if agree < rep_end {
             if agree < up_start { FullSync { from: up_start } } else { TruncateThenContinue { to: agree } }
         } else if rep_end < up_start {

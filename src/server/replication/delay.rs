@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use spool_replication::delay as policy;
 use spool_storage::{Log, Storage};
 use tokio::sync::watch;
 
@@ -90,20 +91,19 @@ pub enum DelayError {
     Task(String),
 }
 
-/// The horizon from `from` on: past every frame whose newest record is not after `cutoff`.
+/// The horizon from `from` on (`spool_replication::delay::scan` over the frame headers,
+/// at most [`SCAN_FRAMES_MAX`] of them).
 fn scan(log: &Log, from: u64, cutoff_us: u64) -> u64 {
     let Ok(mut cursor) = log.reader().frames(from) else {
         return from;
     };
-    let mut horizon = from;
-    for _ in 0..SCAN_FRAMES_MAX {
-        match cursor.next_frame() {
-            Ok(Some((h, _))) if h.last_ts_us <= cutoff_us => horizon = h.next_offset(),
-            // A newer frame, the durable end, or a read error: stop here (never skip ahead).
-            _ => break,
-        }
-    }
-    horizon.max(from)
+    // The durable end or a read error ends the frames (never skipping ahead).
+    let frames = std::iter::from_fn(|| {
+        let (h, _) = cursor.next_frame().ok().flatten()?;
+        Some((h.next_offset(), h.last_ts_us))
+    })
+    .take(SCAN_FRAMES_MAX);
+    policy::scan(from, frames, cutoff_us)
 }
 
 impl Delay {
@@ -140,8 +140,7 @@ impl Delay {
 
     /// Records the primary wrote up to this time are visible.
     pub fn cutoff_us(&self) -> u64 {
-        self.paused_cutoff_us()
-            .unwrap_or_else(|| now_us().saturating_sub(self.delay.as_micros() as u64))
+        policy::cutoff_us(now_us(), self.delay, self.paused_cutoff_us())
     }
 
     fn entry(&self, log: &Log) -> Arc<Entry> {
@@ -191,7 +190,7 @@ impl Delay {
             *held += 1;
             e.tx.send_modify(|h| {
                 if h.offset != u64::MAX {
-                    h.offset = if reset { to } else { h.offset.min(to) };
+                    h.offset = policy::after_cut(h.offset, to, reset);
                 }
                 h.generation += 1;
             });
@@ -236,8 +235,7 @@ impl Delay {
             }
             let cur = *e.tx.borrow();
             let p = log.positions();
-            // Never below the start (retention or a reset moved it) nor past the data.
-            let from = cur.offset.clamp(p.start, p.durable);
+            let from = policy::scan_from(cur.offset, p.start, p.durable);
             let next = scan(&log, from, cutoff);
             if next != cur.offset || cur.cutoff_us != cutoff {
                 e.tx.send_modify(|h| {
@@ -263,7 +261,7 @@ impl Delay {
                 None => {
                     // The horizons already published were computed with an earlier cutoff:
                     // freezing the current one moves them at most one tick further.
-                    let c = now_us().saturating_sub(self.delay.as_micros() as u64);
+                    let c = policy::cutoff_us(now_us(), self.delay, None);
                     st.paused_cutoff_us = Some(c);
                     (c, true)
                 }

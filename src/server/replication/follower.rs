@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use parking_lot::Mutex;
 use spool_proto::v1 as pb;
-use spool_replication::follow::{self, Identities, Refusal, BACKOFF_MIN, DEAD_AFTER};
+use spool_replication::follow::{self, AckGate, Identities, Refusal, BACKOFF_MIN, DEAD_AFTER};
 use spool_storage::{Log, SegmentImport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -197,11 +197,14 @@ pub fn hello(
     }
 }
 
-pub fn acks(node: &Node) -> pb::ReplicaMessage {
+/// The durable ends of the logs this session may ack (see `AckGate`), and the replicas
+/// below this one with theirs.
+pub fn acks(node: &Node, gate: &AckGate) -> pb::ReplicaMessage {
     let storage = &node.storage;
     let acks = storage
         .list_logs()
         .iter()
+        .filter(|n| gate.may_ack(n))
         .filter_map(|n| storage.log(n).ok())
         .map(|l| pb::ReplicaAck {
             log: l.name().to_owned(),

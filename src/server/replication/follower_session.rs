@@ -14,7 +14,7 @@ use futures::FutureExt;
 use parking_lot::Mutex;
 use spool_proto::v1 as pb;
 use spool_replication::follow::{
-    self, Acks, Chunk, ChunkPlan, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX,
+    self, AckGate, Acks, Chunk, ChunkPlan, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX,
 };
 use spool_storage::{Log, SegmentImport};
 use tokio::sync::mpsc;
@@ -43,6 +43,8 @@ pub struct Session<'a> {
     /// (its deletion is pending). Their frames are skipped; once the deletion is applied
     /// the session reconnects and receives the new log from its start.
     ignored: HashSet<String>,
+    /// The logs whose start this session carried out: only they are acked.
+    gate: AckGate,
     last_heard: tokio::time::Instant,
     beat: tokio::time::Interval,
 }
@@ -83,6 +85,7 @@ impl<'a> Session<'a> {
             inflight: FuturesOrdered::new(),
             logs: HashMap::new(),
             ignored: HashSet::new(),
+            gate: AckGate::default(),
             last_heard: tokio::time::Instant::now(),
             beat: tokio::time::interval(HEARTBEAT_EVERY),
         }
@@ -100,9 +103,9 @@ impl<'a> Session<'a> {
                 // never starve behind a busy stream, silence is judged after pending messages.
                 biased;
                 Some(done) = self.inflight.next() => self.on_durable(done).await?,
-                _ = self.beat.tick() => self.send(acks(self.node)).await?,
+                _ = self.beat.tick() => self.send(acks(self.node, &self.gate)).await?,
                 // A replica below acked: pass it on (sync modes on the primary may count it).
-                _ = self.node.replicas.acked.notified() => self.send(acks(self.node)).await?,
+                _ = self.node.replicas.acked.notified() => self.send(acks(self.node, &self.gate)).await?,
                 m = inbound.next(), if self.inflight.len() < INFLIGHT_MAX => {
                     let m = match m {
                         None => return Ok(()),
@@ -161,7 +164,9 @@ impl<'a> Session<'a> {
     }
 
     async fn send_acks(&mut self, ends: Vec<(String, u64)>) -> Result<()> {
-        let acks = ends
+        let acks = self
+            .gate
+            .filter(ends)
             .into_iter()
             .map(|(log, durable_end)| pb::ReplicaAck { log, durable_end })
             .collect();
@@ -242,7 +247,7 @@ impl<'a> Session<'a> {
             self.imports.remove(&c.log);
             // The segment follows the log's end: what is in flight lands first.
             self.drain().await?;
-            self.send(acks(self.node)).await?;
+            self.send(acks(self.node, &self.gate)).await?;
             let end = log.positions().durable;
             let ChunkPlan::Begin { at } = follow::chunk_plan(None, &chunk, end)
                 .map_err(|e| anyhow::anyhow!("{e} (log {})", c.log))?
@@ -305,7 +310,7 @@ impl<'a> Session<'a> {
                 tokio::select! {
                     r = &mut fetching => break r,
                     _ = self.beat.tick() => {
-                        if self.tx.send(acks(self.node)).await.is_err() {
+                        if self.tx.send(acks(self.node, &self.gate)).await.is_err() {
                             bail!("upstream closed the stream");
                         }
                     }
@@ -385,15 +390,20 @@ impl<'a> Session<'a> {
         if pending {
             tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
             self.ignored.insert(s.name.clone());
+            self.gate.forget(&s.name);
             return Ok(());
         }
-        apply_start(self.node, &s, self.view).await
+        apply_start(self.node, &s, self.view).await?;
+        let diverged = s.action == pb::log_start::Action::Diverged as i32;
+        self.gate.started(&s.name, diverged);
+        Ok(())
     }
 
     /// A log deleted upstream: here at once, or, on a delayed replica, at the deletion's
     /// time plus the delay (kept readable up to its horizon meanwhile).
     async fn on_deleted(&mut self, d: pb::LogDeleted) -> Result<()> {
         self.drain().await?;
+        self.gate.forget(&d.name);
         self.logs.remove(&d.name);
         self.imports.remove(&d.name);
         let delay = self.node.active_delay();

@@ -45,6 +45,12 @@ pub fn upstream_log(log: &Log, visible: &Visible) -> UpstreamLog {
     }
 }
 
+/// What this node vouches for of `log`, its epoch included (see `UpstreamLog::leading`):
+/// what plans, and a replica ahead waiting for this node, go by.
+pub fn vouched(node: &Node, log: &Log, visible: &Visible) -> UpstreamLog {
+    upstream_log(log, visible).leading(node.role.epoch())
+}
+
 /// The frame of `log` holding `offset`: (its first offset, its stored CRC).
 fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
     let chunk = log.reader().read_frames(offset, 1).ok()?;
@@ -62,7 +68,7 @@ pub fn plan_for(
     reported: Option<&pb::ReplicaLogState>,
 ) -> Result<(Plan, Option<u64>), Status> {
     let visible = node.visible(log);
-    let up = upstream_log(log, &visible);
+    let up = vouched(node, log, &visible);
     let replica = reported.map(replica_log);
     let plan = handshake::plan(&up, replica.as_ref(), &|o| frame_at(log, o))
         .map_err(|e| Status::failed_precondition(e.to_string()))?;

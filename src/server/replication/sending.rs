@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use spool_proto::v1 as pb;
 use spool_replication::divergence::Decision;
-use spool_replication::handshake::Plan;
+use spool_replication::handshake::{self, Plan};
 use spool_replication::sender::{Fetch, LogView, Sender, Span, Step};
 use spool_storage::{FrameChunk, Log, StorageError};
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use super::plan::start_message;
+use super::plan::{start_message, vouched};
 use super::upstream::HEARTBEAT_EVERY;
 use crate::server::node::Node;
 use crate::server::status_map::to_status;
@@ -81,7 +81,10 @@ impl LogStream {
         let visible = self.node.visible(&self.log);
         let mut sender = Sender::new(from, resume_at, self.fetch);
         loop {
-            if !self.wait_for(&visible, sender.from()).await {
+            if !self
+                .wait_for(&visible, sender.from(), sender.sent_to())
+                .await
+            {
                 return;
             }
             let step = sender.next(&view(&visible, &self.log), self.out.capacity() == 0);
@@ -100,19 +103,20 @@ impl LogStream {
     }
 
     /// Wait until the log holds `from`. False when the stream must end: the log was cut
-    /// below what was sent (told to the replica, which reconnects and has its tail decided
-    /// again), deleted (the session says so), the replica went away or the node stops.
-    async fn wait_for(&mut self, visible: &Visible, from: u64) -> bool {
+    /// below `sent`, what was sent (told to the replica, which reconnects and has its tail
+    /// decided again), deleted (the session says so), the replica went away or the node
+    /// stops.
+    async fn wait_for(&mut self, visible: &Visible, from: u64, sent: u64) -> bool {
         loop {
-            if let Some(c) = self.cut_below(visible, from) {
-                return self.abort_cut(c, from).await;
+            if let Some(c) = self.cut_below(visible, sent) {
+                return self.abort_cut(c, sent).await;
             }
             tokio::select! {
                 r = visible.wait_for(from) => {
                     // Frames read in a race with a cut are caught at the next check, and the
                     // new decision then cuts them on the replica too.
-                    return match (r, self.cut_below(visible, from)) {
-                        (_, Some(c)) => self.abort_cut(c, from).await,
+                    return match (r, self.cut_below(visible, sent)) {
+                        (_, Some(c)) => self.abort_cut(c, sent).await,
                         (r, None) => r.is_ok(),
                     };
                 }
@@ -225,21 +229,30 @@ impl LogStream {
     pub async fn run_when_there(self, (upstream_end, replica_end): (u64, u64)) {
         let epoch = self.log.epochs().epoch_at(upstream_end).unwrap_or(0);
         let visible = self.node.visible(&self.log);
-        tokio::select! {
-            r = visible.wait_for(replica_end - 1) => if r.is_err() { return },
-            _ = self.out.closed() => return,
-            _ = self.node.shutdown_started() => return,
+        let same = || {
+            visible
+                .lowest_cut_since(self.cuts)
+                .is_none_or(|c| c >= replica_end)
+                && handshake::ahead_still_holds(
+                    &vouched(&self.node, &self.log, &visible).epochs,
+                    (upstream_end, replica_end),
+                    epoch,
+                )
+        };
+        // Checked while waiting too: an upstream that learns of a newer epoch meanwhile
+        // may never get to the replica's end.
+        while same() {
+            tokio::select! {
+                r = visible.wait_for(replica_end - 1) => match r {
+                    Ok(()) => break,
+                    Err(_) => return,
+                },
+                _ = tokio::time::sleep(HEARTBEAT_EVERY) => {}
+                _ = self.out.closed() => return,
+                _ = self.node.shutdown_started() => return,
+            }
         }
-        let history = self.log.epochs();
-        let same = visible
-            .lowest_cut_since(self.cuts)
-            .is_none_or(|c| c >= replica_end)
-            && history.epoch_at(upstream_end) == Some(epoch)
-            && history
-                .entries()
-                .iter()
-                .all(|&(_, s)| s <= upstream_end || s >= replica_end);
-        if !same {
+        if !same() {
             let _ = self
                 .out
                 .send(Err(Status::aborted(format!(

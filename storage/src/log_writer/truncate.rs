@@ -192,9 +192,11 @@ impl<F: IoFile> LogWriter<F> {
             self.durable_next = start;
             self.unwritten_entries.clear();
             self.pending_entries.clear();
-            self.shared.start.store(start, Ordering::Release);
+            // Every record went, not only those past `start`: a stream that sent any must
+            // end, so the cut is at the old start.
+            let old_start = self.shared.start.swap(start, Ordering::AcqRel);
             self.shared.written.store(start, Ordering::Release);
-            self.shared.cuts.lock().record(start);
+            self.shared.cuts.lock().record(old_start.min(start));
             self.shared.durable.send_replace(start);
             self.request_spare(ctx);
             Ok(())
