@@ -173,10 +173,11 @@ impl Sender {
         self.from = next_offset;
     }
 
-    /// One past the last offset sent (inside the segment being sent whole, where it got).
+    /// One past the last offset sent (inside the segment being sent whole, where it got;
+    /// a segment the replica holds partly received counts as sent).
     pub fn sent_to(&self) -> u64 {
-        self.segment
-            .map_or(self.from, |(_, _, pos)| pos.max(self.from))
+        let pos = self.segment.map_or(self.from, |(_, _, pos)| pos);
+        pos.max(self.from).max(self.resume_at.unwrap_or(0))
     }
 
     /// The log was cut to `at`: whether that removed anything already sent, when the
@@ -262,6 +263,9 @@ mod tests {
         // removes what was sent of it, though the stream's `from` is still its base.
         assert_eq!((s.from(), s.sent_to()), (100, 150));
         assert!(s.cut_removes_sent(120) && !s.cut_removes_sent(150));
+        // Found by seed 1160916: what the replica holds staged counts before the first step.
+        let resuming = Sender::new(100, Some(130), NO_FETCH);
+        assert!(resuming.cut_removes_sent(120));
         assert_eq!(
             s.next(&v, false),
             Step::Chunk {

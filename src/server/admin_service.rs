@@ -49,7 +49,7 @@ impl pb::admin_server::Admin for AdminService {
         let log = req.into_inner().log;
         let report = self
             .node
-            .storage
+            .storage()
             .scrub_now((!log.is_empty()).then_some(log.as_str()))
             .await
             .map_err(to_status)?;
@@ -80,14 +80,14 @@ impl pb::admin_server::Admin for AdminService {
         self.node.check_accepting()?;
         let req = req.into_inner();
         let names = if req.log.is_empty() {
-            self.node.storage.list_logs()
+            self.node.storage().list_logs()
         } else {
             vec![req.log.clone()]
         };
         let from = (!req.from_addr.is_empty()).then_some(req.from_addr.as_str());
         let mut out = pb::RepairResponse::default();
         for name in names {
-            let log = self.node.storage.log(&name).map_err(to_status)?;
+            let log = self.node.storage().log(&name).map_err(to_status)?;
             let r = repair_log(&self.node, &log, from).await;
             out.repaired.extend(r.repaired);
             out.left.extend(r.left);

@@ -37,7 +37,7 @@ pub struct LogService {
 
 /// What an append waits for: local durability, then maybe replicas.
 fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<AckMode>), Status> {
-    let default = match node.default_ack {
+    let default = match node.default_ack() {
         DefaultAck::Written => Durability::Unsynced,
         DefaultAck::Async => Durability::Fsync,
     };
@@ -47,7 +47,7 @@ fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<
         Ok(pb::AckMode::Async) => Ok((Durability::Fsync, None)),
         Ok(pb::AckMode::SemiSync) => {
             let k = if req.semi_sync_replicas == 0 {
-                node.config.semi_sync_replicas
+                node.config().semi_sync_replicas
             } else {
                 req.semi_sync_replicas
             };
@@ -65,7 +65,7 @@ fn ack_plan(req: &pb::AppendRequest, node: &Node) -> Result<(Durability, Option<
 /// writes says so first: a replica names its primary, which has the log even while the
 /// replica has not received it yet (a log just created there).
 fn log_to_append_to(node: &Node, name: &str) -> Result<Log, Status> {
-    node.storage
+    node.storage()
         .log(name)
         .map_err(|e| node.check_writable().err().unwrap_or_else(|| to_status(e)))
 }
@@ -91,18 +91,18 @@ async fn submit_one(
     node.check_writable()?;
     node.check_log_writable(log.name())?;
     let (durability, replicated) = ack_plan(&req, node)?;
-    if let Some(why) = replicated.and_then(|m| node.acks.cannot_satisfy(m)) {
+    if let Some(why) = replicated.and_then(|m| node.acks().cannot_satisfy(m)) {
         // Refused before anything is written: waiting could not help.
         return Err(Status::failed_precondition(why));
     }
-    let epoch = node.role.epoch();
+    let epoch = node.role().epoch();
     if log.current_epoch() < epoch {
         // The node's epoch reaches each log before its first write in that epoch.
         log.begin_epoch(epoch).await.map_err(to_status)?;
     }
     let started = Instant::now();
     // Before the records exist: the frames that carry them go out asking replicas to sync.
-    let wait = replicated.map(|_| node.acks.expect_wait());
+    let wait = replicated.map(|_| node.acks().expect_wait());
     // The producer of an idempotent append (0: none); a retry is answered by storage.
     let producer = (req.producer_id != 0).then(|| ProducerSeq::new(req.producer_id, req.sequence));
     let durable = log
@@ -141,7 +141,7 @@ async fn finish_append(
         duplicate: ack.duplicate,
     };
     if let Some(mode) = replicated {
-        match node.acks.wait(log.name(), ack.next_offset(), mode).await {
+        match node.acks().wait(log.name(), ack.next_offset(), mode).await {
             Outcome::Done {
                 confirmed,
                 degraded,
@@ -282,7 +282,7 @@ impl pb::log_server::Log for LogService {
             d.saturating_sub((d / 5).min(Duration::from_millis(200)))
         });
         let req = req.into_inner();
-        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        let log = self.node.storage().log(&req.log).map_err(to_status)?;
         // On a delayed replica everything below is bounded by the horizon, not the durable end.
         let reader = self.node.visible(&log);
         if req.min_offset > 0 && reader.end() < req.min_offset {
@@ -328,7 +328,7 @@ impl pb::log_server::Log for LogService {
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let req = req.into_inner();
-        let log = self.node.storage.log(&req.log).map_err(to_status)?;
+        let log = self.node.storage().log(&req.log).map_err(to_status)?;
         let reader = self.node.visible(&log);
         // Cuts from here on may replace records this subscriber was sent.
         let mut cuts = reader.cut_count();

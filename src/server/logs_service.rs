@@ -98,7 +98,7 @@ impl pb::logs_server::Logs for LogsService {
     ) -> Result<Response<pb::LogInfo>, Status> {
         self.node.check_writable()?;
         let req = req.into_inner();
-        let storage = &self.node.storage;
+        let storage = &self.node.storage();
         let config = config_from_pb(req.config, &storage.config().default_log)?;
         let log = storage
             .create_log_with(&req.name, config)
@@ -113,7 +113,7 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         _req: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
-        let storage = &self.node.storage;
+        let storage = &self.node.storage();
         let logs = storage
             .list_logs()
             .iter()
@@ -129,7 +129,7 @@ impl pb::logs_server::Logs for LogsService {
     ) -> Result<Response<pb::LogInfo>, Status> {
         let log = self
             .node
-            .storage
+            .storage()
             .log(&req.into_inner().name)
             .map_err(to_status)?;
         Ok(Response::new(log_info(&self.node, &log)))
@@ -142,11 +142,11 @@ impl pb::logs_server::Logs for LogsService {
         self.node.check_writable()?;
         let name = req.into_inner().name;
         self.node
-            .storage
+            .storage()
             .delete_log(&name)
             .await
             .map_err(to_status)?;
-        self.node.acks.forget_log(&name);
+        self.node.acks().forget_log(&name);
         self.node.catalog_changed();
         tracing::info!(log = %name, "log deleted");
         Ok(Response::new(pb::DeleteLogResponse {}))

@@ -33,7 +33,7 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
             tick.tick().await;
-            let storage = &node.storage;
+            let storage = &node.storage();
             for name in storage.list_logs() {
                 let Ok(log) = storage.log(&name) else {
                     continue;

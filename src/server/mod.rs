@@ -3,6 +3,7 @@
 
 mod accept;
 mod admin_service;
+pub(crate) mod catalog;
 mod codes;
 mod conn_caps;
 mod idle;
@@ -39,8 +40,8 @@ pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
 /// Logs written by a version without incarnation ids get one on the primary (replicas
 /// copy it at their next handshake).
 async fn give_incarnations(node: &Node) -> Result<()> {
-    for name in node.storage.list_logs() {
-        let log = node.storage.log(&name)?;
+    for name in node.storage().list_logs() {
+        let log = node.storage().log(&name)?;
         if log.incarnation() == spool_storage::meta::INCARNATION_UNKNOWN {
             log.set_incarnation(spool_storage::meta::new_incarnation())
                 .await?;
@@ -79,27 +80,33 @@ pub async fn serve(
         None => Role::Primary,
     };
     let role = RoleState::open(&config.storage.data_dir, initial_role)?;
-    let mut node = Node::new(storage.clone(), role, repl.clone(), config.default_ack);
-    if let Some(d) = repl.delay {
-        node.delay = Some(replication::delay::Delay::open(storage.clone(), d)?);
-    }
-    let node = Arc::new(node);
+    let delay = match repl.delay {
+        Some(d) => Some(replication::delay::Delay::open(storage.clone(), d)?),
+        None => None,
+    };
+    let node = Arc::new(Node::new(
+        storage.clone(),
+        role,
+        repl.clone(),
+        config.default_ack,
+        delay,
+    ));
     if let Some(addr) = config.metrics_listen {
         metrics_export::install(addr, node.clone())?;
     }
     let listener =
         accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
-    *node.role.listen_addr.write() = bound.to_string();
-    tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role.role(), epoch = node.role.epoch(), "spool serving");
+    *node.role().listen_addr.write() = bound.to_string();
+    tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role().role(), epoch = node.role().epoch(), "spool serving");
     on_bound(bound);
-    node.acks.spawn_ticker();
+    node.acks().spawn_ticker();
     replication::retention::spawn(node.clone());
     repair::spawn_auto_repair(node.clone());
-    if node.role.is_primary() {
+    if node.role().is_primary() {
         give_incarnations(&node).await?;
     }
-    if let Some(delay) = node.delay.clone() {
+    if let Some(delay) = node.visibility().delay().cloned() {
         replication::delay::spawn(node.clone(), delay);
     }
     if let Some(upstream) = repl.replica_of.clone() {
@@ -110,11 +117,11 @@ pub async fn serve(
             delayed: repl.delay.is_some(),
             segment_fetch: repl.segment_fetch,
         };
-        node.follower_running.send_replace(true);
+        node.follower_running().send_replace(true);
         let n = node.clone();
         tokio::spawn(async move {
-            replication::follower::follow(n.clone(), cfg, n.upstream.clone()).await;
-            n.follower_running.send_replace(false);
+            replication::follower::follow(n.clone(), cfg, n.upstream_view().clone()).await;
+            n.follower_running().send_replace(false);
         });
     }
 

@@ -11,30 +11,31 @@ use spool_storage::Storage;
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::catalog::Catalog;
 use super::replication::acks::AckRuntime;
 use super::replication::delay::Delay;
 use super::replication::follower::UpstreamView;
 use super::replication::progress::Replicas;
 use super::role::RoleState;
-use super::visible::Visible;
+use super::visible::{Visibility, Visible};
 use crate::config::{DefaultAck, ReplicationConfig};
 
+/// One node's shared state, reached through narrow handles: the catalog of logs, the role
+/// and epoch store, the replicas and the ack sink, what readers may see.
 #[derive(Debug)]
 pub struct Node {
-    pub storage: Storage,
-    pub started: Instant,
-    pub role: RoleState,
-    pub config: ReplicationConfig,
-    pub default_ack: DefaultAck,
-    pub replicas: Replicas,
-    pub acks: Arc<AckRuntime>,
-    pub upstream: Arc<Mutex<UpstreamView>>,
-    pub catalog: watch::Sender<u64>,
-    /// Set on a delayed replica (`--delay`).
-    pub delay: Option<Arc<Delay>>,
+    catalog: Catalog,
+    started: Instant,
+    role: RoleState,
+    config: ReplicationConfig,
+    default_ack: DefaultAck,
+    replicas: Replicas,
+    acks: Arc<AckRuntime>,
+    upstream: Arc<Mutex<UpstreamView>>,
+    visibility: Visibility,
     /// True while the follower task runs: a promotion at a point waits for it to stop
     /// before cutting the logs, so that no frame lands after the cut.
-    pub follower_running: watch::Sender<bool>,
+    follower_running: watch::Sender<bool>,
     promoted: watch::Sender<bool>,
     shutting_down: AtomicBool,
     shutdown_tx: watch::Sender<bool>,
@@ -54,15 +55,17 @@ struct TakeBack {
 }
 
 impl Node {
+    /// `delay`: the state of a delayed replica (`--delay`).
     pub fn new(
         storage: Storage,
         role: RoleState,
         config: ReplicationConfig,
         default_ack: DefaultAck,
+        delay: Option<Arc<Delay>>,
     ) -> Self {
         let acks = AckRuntime::new(config.ack_config());
         Node {
-            storage,
+            catalog: Catalog::new(storage),
             started: Instant::now(),
             role,
             config,
@@ -70,8 +73,7 @@ impl Node {
             replicas: Replicas::default(),
             acks,
             upstream: Arc::default(),
-            catalog: watch::Sender::new(0),
-            delay: None,
+            visibility: delay.map(Visibility::delayed).unwrap_or_default(),
             follower_running: watch::Sender::new(false),
             promoted: watch::Sender::new(false),
             shutting_down: AtomicBool::new(false),
@@ -82,14 +84,63 @@ impl Node {
         }
     }
 
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The storage (see [`Catalog::storage`]).
+    pub fn storage(&self) -> &Storage {
+        self.catalog.storage()
+    }
+
+    /// The role and epoch store.
+    pub fn role(&self) -> &RoleState {
+        &self.role
+    }
+
+    pub fn config(&self) -> &ReplicationConfig {
+        &self.config
+    }
+
+    pub fn default_ack(&self) -> DefaultAck {
+        self.default_ack
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The replicas attached here and how far each got.
+    pub fn replicas(&self) -> &Replicas {
+        &self.replicas
+    }
+
+    /// The ack sink: appends waiting for replicas, and the replicas' acks.
+    pub fn acks(&self) -> &Arc<AckRuntime> {
+        &self.acks
+    }
+
+    /// What the follower knows of its upstream (for status).
+    pub fn upstream_view(&self) -> &Arc<Mutex<UpstreamView>> {
+        &self.upstream
+    }
+
+    pub fn visibility(&self) -> &Visibility {
+        &self.visibility
+    }
+
+    pub fn follower_running(&self) -> &watch::Sender<bool> {
+        &self.follower_running
+    }
+
     /// What readers may see of `log` (bounded by the horizon on a delayed replica).
     pub fn visible(&self, log: &spool_storage::Log) -> Visible {
-        Visible::new(self, log)
+        self.visibility.of(log)
     }
 
     /// A delayed replica that was not promoted.
     pub fn active_delay(&self) -> Option<&Arc<Delay>> {
-        self.delay.as_ref().filter(|d| d.is_active())
+        self.visibility.active_delay()
     }
 
     /// Logs were created or deleted: replication sessions look again.
@@ -108,7 +159,7 @@ impl Node {
     }
 
     pub fn catalog_changed(&self) {
-        self.catalog.send_modify(|v| *v += 1);
+        self.catalog.changed();
     }
 
     pub fn mark_promoted(&self) {

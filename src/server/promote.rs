@@ -49,7 +49,7 @@ async fn apply_deletions(
 ) -> Result<(), Status> {
     for name in due {
         delay
-            .apply_delete(node, &name)
+            .apply_delete(node.catalog(), &name)
             .await
             .map_err(|e| internal("applying a deletion", e))?;
         deleted.push(name);
@@ -112,12 +112,12 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
         };
         // Stop following first, and wait until it stopped: no frame may land after the cut.
         node.mark_promoted();
-        let mut running = node.follower_running.subscribe();
+        let mut running = node.follower_running().subscribe();
         tokio::time::timeout(FOLLOWER_STOP_MAX, running.wait_for(|r| !r))
             .await
             .map_err(|_| Status::unavailable("the follower did not stop; retry the promotion"))?
             .map_err(|e| internal("waiting for the follower", e))?;
-        let storage = &node.storage;
+        let storage = &node.storage();
         let mut point_ts = match at {
             PromoteAt::Time(t) => t,
             _ => 0,
@@ -146,7 +146,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
             .await
             .map_err(|e| internal("dropping deletions", e))?;
     }
-    let role = &node.role;
+    let role = &node.role();
     let epoch = role.epoch() + 1;
     node.forget_take_backs();
     role.begin_leading(epoch)
@@ -167,7 +167,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
     // Stop the follower before the first write of the new epoch.
     role.become_primary();
     node.mark_promoted();
-    let storage = &node.storage;
+    let storage = &node.storage();
     let mut ends = Vec::new();
     for name in storage.list_logs() {
         let log = storage.log(&name).map_err(to_status)?;

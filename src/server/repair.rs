@@ -116,10 +116,10 @@ pub async fn repair_run(cluster: &str, log: &Log, d: &DamageReport, addr: &str) 
 
 /// The peers that may hold this node's records: the upstream, or the connected replicas.
 fn peers(node: &Node) -> Vec<String> {
-    match node.role.role() {
+    match node.role().role() {
         Role::Replica { upstream } => vec![upstream],
         Role::Primary => node
-            .replicas
+            .replicas()
             .snapshot()
             .into_iter()
             .filter(|r| r.connected && !r.addr.is_empty())
@@ -135,7 +135,7 @@ pub async fn repair_log(node: &Node, log: &Log, from_addr: Option<&str>) -> pb::
     for d in log.damage() {
         let mut done = false;
         for addr in &peers {
-            match repair_run(&node.role.cluster_id(), log, &d, addr).await {
+            match repair_run(&node.role().cluster_id(), log, &d, addr).await {
                 Ok(next) => {
                     out.repaired.push(pb::RepairedRange {
                         log: log.name().to_owned(),
@@ -185,8 +185,8 @@ pub fn spawn_auto_repair(node: Arc<Node>) {
                 _ = tick.tick() => {}
                 _ = node.shutdown_started() => return,
             }
-            for name in node.storage.list_logs() {
-                let Ok(log) = node.storage.log(&name) else {
+            for name in node.storage().list_logs() {
+                let Ok(log) = node.storage().log(&name) else {
                     continue;
                 };
                 if log.damage().is_empty() {
@@ -233,12 +233,12 @@ async fn take_back(node: &Node, log: &Log, addr: &str, from: u64, to: u64) -> Re
         .into_iter()
         .find(|d| d.first_offset == from && d.next_offset.is_none())
     {
-        let reached = repair_run(&node.role.cluster_id(), log, &d, addr).await?;
+        let reached = repair_run(&node.role().cluster_id(), log, &d, addr).await?;
         if reached >= to {
             return Ok(());
         }
     }
-    let cluster = node.role.cluster_id();
+    let cluster = node.role().cluster_id();
     let mut at = log.positions().durable;
     while at < to {
         let r = fetch_frames(addr, &cluster, log, at, to).await?;

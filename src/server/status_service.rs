@@ -56,7 +56,7 @@ impl pb::status_server::Status for StatusService {
 
 /// The node's whole status (also the source of the per-replica metrics).
 pub fn status(node: &Node) -> pb::StatusResponse {
-    let storage = &node.storage;
+    let storage = &node.storage();
     let logs: Vec<Log> = storage
         .list_logs()
         .iter()
@@ -93,7 +93,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
         })
         .collect();
     let replicas = node
-        .replicas
+        .replicas()
         .snapshot()
         .into_iter()
         .map(|r| pb::ReplicaStatus {
@@ -124,10 +124,10 @@ pub fn status(node: &Node) -> pb::StatusResponse {
             counts_for_acks: r.counts_for_acks,
         })
         .collect();
-    let (role, upstream) = match node.role.role() {
+    let (role, upstream) = match node.role().role() {
         Role::Primary => ("primary", None),
         Role::Replica { upstream } => {
-            let v = node.upstream.lock();
+            let v = node.upstream_view().lock();
             let connected = v.connected_at.is_some();
             let heard = v.last_heard.map_or(0, |t| t.elapsed().as_millis() as u64);
             let ulogs = logs
@@ -167,24 +167,24 @@ pub fn status(node: &Node) -> pb::StatusResponse {
     };
     pb::StatusResponse {
         role: role.into(),
-        epoch: node.role.epoch(),
+        epoch: node.role().epoch(),
         version: env!("CARGO_PKG_VERSION").into(),
-        uptime_ms: node.started.elapsed().as_millis() as u64,
+        uptime_ms: node.started().elapsed().as_millis() as u64,
         io_backend: storage.backend_name().into(),
         data_dir: storage.config().data_dir.display().to_string(),
         logs: positions,
         replicas,
         upstream,
-        primary_addr: node.role.primary_addr().unwrap_or_default(),
-        fenced: node.role.is_fenced(),
-        degraded: node.acks.is_degraded(),
+        primary_addr: node.role().primary_addr().unwrap_or_default(),
+        fenced: node.role().is_fenced(),
+        degraded: node.acks().is_degraded(),
         delay_ms: node
             .active_delay()
             .map_or(0, |d| d.delay.as_millis() as u64),
         paused: node
             .active_delay()
             .is_some_and(|d| d.paused_cutoff_us().is_some()),
-        cluster_id: node.role.cluster_id(),
+        cluster_id: node.role().cluster_id(),
         scrub: Some(scrub_status(node)),
     }
 }
@@ -198,7 +198,7 @@ pub fn incarnation_hex(log: &Log) -> String {
 
 fn scrub_status(node: &Node) -> pb::ScrubStatus {
     use std::sync::atomic::Ordering::Relaxed;
-    let s = node.storage.scrub_stats();
+    let s = node.storage().scrub_stats();
     pb::ScrubStatus {
         passes: s.passes.load(Relaxed),
         segments: s.segments.load(Relaxed),
@@ -207,6 +207,6 @@ fn scrub_status(node: &Node) -> pb::ScrubStatus {
         index_rebuilt: s.index_rebuilt.load(Relaxed),
         last_pass_end_ms: s.last_pass_end_ms.load(Relaxed),
         running: s.running.load(Relaxed),
-        bytes_per_sec: node.storage.config().scrub_bytes_per_sec,
+        bytes_per_sec: node.storage().config().scrub_bytes_per_sec,
     }
 }

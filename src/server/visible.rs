@@ -5,8 +5,9 @@
 use spool_storage::{FrameChunk, Log, LogReader, Record, SegmentSpan, StorageError};
 use tokio::sync::watch;
 
-use super::node::Node;
-use super::replication::delay::Horizon;
+use std::sync::Arc;
+
+use super::replication::delay::{Delay, Horizon};
 
 #[derive(Debug, Clone)]
 pub struct Visible {
@@ -15,13 +16,37 @@ pub struct Visible {
     horizon: Option<watch::Receiver<Horizon>>,
 }
 
+/// What readers may see, node-wide: everything durable, or on a delayed replica (until it
+/// is promoted) up to each log's horizon.
+#[derive(Debug, Clone, Default)]
+pub struct Visibility {
+    delay: Option<Arc<Delay>>,
+}
+
+impl Visibility {
+    pub fn delayed(delay: Arc<Delay>) -> Visibility {
+        Visibility { delay: Some(delay) }
+    }
+
+    /// What readers may see of `log`.
+    pub fn of(&self, log: &Log) -> Visible {
+        Visible::new(self, log)
+    }
+
+    /// The delayed replica's state, while it is not promoted.
+    pub fn active_delay(&self) -> Option<&Arc<Delay>> {
+        self.delay.as_ref().filter(|d| d.is_active())
+    }
+
+    /// The delayed replica's state, promoted or not.
+    pub fn delay(&self) -> Option<&Arc<Delay>> {
+        self.delay.as_ref()
+    }
+}
+
 impl Visible {
-    pub fn new(node: &Node, log: &Log) -> Visible {
-        let horizon = node
-            .delay
-            .as_ref()
-            .filter(|d| d.is_active())
-            .map(|d| d.watch(log));
+    pub fn new(visibility: &Visibility, log: &Log) -> Visible {
+        let horizon = visibility.active_delay().map(|d| d.watch(log));
         Visible {
             reader: log.reader(),
             name: log.name().to_owned(),

@@ -30,7 +30,7 @@ const HEAL_STEPS_MAX: usize = 30_000;
 const CI_SEEDS: u64 = 300;
 /// Seeds that found bugs (besides 3 and 8 among the first ones): each failed before its
 /// fix. 1 fails without the replica's ack gate, 6 and 62 found mistakes of the model.
-const REGRESSION_SEEDS: [u64; 5] = [
+const REGRESSION_SEEDS: [u64; 6] = [
     // A replica's retention moved its start past the cut its plan asked for (the storage
     // refuses that cut; the model did not).
     1_001_104,
@@ -42,6 +42,8 @@ const REGRESSION_SEEDS: [u64; 5] = [
     1_034_303,
     // A replica ahead waited on an upstream that had since followed a newer primary.
     1_137_711,
+    // A cut below the frames a replica held staged did not end the stream.
+    1_160_916,
 ];
 
 /// One run of the simulation with `seed`; its trace on failure.

@@ -25,6 +25,7 @@ use tokio::sync::watch;
 
 use super::delay_state::{DelayState, DelayStateError};
 use super::upstream::now_us;
+use crate::server::catalog::Catalog;
 use crate::server::node::Node;
 
 /// How often horizons advance: a record becomes visible at most this late.
@@ -324,7 +325,7 @@ impl Delay {
     }
 
     /// Delete `name` now and forget its horizon and pending deletion.
-    pub async fn apply_delete(&self, node: &Node, name: &str) -> Result<(), DelayError> {
+    pub async fn apply_delete(&self, catalog: &Catalog, name: &str) -> Result<(), DelayError> {
         match self.storage.delete_log(name).await {
             Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
             Err(e) => return Err(e.into()),
@@ -337,7 +338,7 @@ impl Delay {
             st.horizons.remove(name);
         }
         self.save().await?;
-        node.catalog_changed();
+        catalog.changed();
         self.deletions_applied.send_modify(|n| *n += 1);
         tracing::warn!(log = name, "delayed deletion applied");
         Ok(())
@@ -402,7 +403,7 @@ pub fn spawn(node: Arc<Node>, delay: Arc<Delay>) {
             dirty |= advanced;
             let (due, _) = delay.split_deletions(delay.cutoff_us());
             for name in due {
-                if let Err(e) = delay.apply_delete(&node, &name).await {
+                if let Err(e) = delay.apply_delete(node.catalog(), &name).await {
                     tracing::error!(log = %name, error = %e, "applying a delayed deletion failed; retrying");
                 }
             }

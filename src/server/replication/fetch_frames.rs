@@ -17,7 +17,7 @@ pub fn fetch_frames(
     req: pb::FetchFramesRequest,
 ) -> Result<pb::FetchFramesResponse, Status> {
     check_cluster(node, &req.cluster_id)?;
-    let log = node.storage.log(&req.log).map_err(to_status)?;
+    let log = node.storage().log(&req.log).map_err(to_status)?;
     let ours = log.incarnation();
     if req.incarnation != 0 && ours != 0 && req.incarnation != ours {
         return Err(Status::failed_precondition(format!(

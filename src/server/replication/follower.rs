@@ -65,7 +65,7 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
     // one reconnect, not the replication).
     let mut fetch_failed = false;
     loop {
-        if node.is_shutting_down() || node.role.is_primary() {
+        if node.is_shutting_down() || node.role().is_primary() {
             return;
         }
         let started = Instant::now();
@@ -111,7 +111,7 @@ fn leads_upstream(node: &Node, cfg: &FollowerConfig, result: &Result<()>) -> boo
          it follows this node, not the reverse. Ignoring --replica-of and going on as the \
          primary; remove --replica-of (or replica_of in the config) from this node's command line"
     );
-    node.role.become_primary();
+    node.role().become_primary();
     node.mark_promoted();
     true
 }
@@ -140,7 +140,7 @@ pub fn hello(
     imports: &mut Imports,
     segment_fetch: bool,
 ) -> pb::ReplicaMessage {
-    let storage = &node.storage;
+    let storage = &node.storage();
     // An import continues only where its log still ends.
     imports.retain(|name, imp| {
         storage
@@ -187,12 +187,12 @@ pub fn hello(
             replica_id: cfg.replica_id.clone(),
             sync: cfg.sync,
             delayed: cfg.delayed,
-            node_epoch: node.role.epoch(),
+            node_epoch: node.role().epoch(),
             logs,
-            listen_addr: node.role.listen_addr.read().clone(),
+            listen_addr: node.role().listen_addr.read().clone(),
             segment_fetch,
             fetch_active_spans: segment_fetch,
-            cluster_id: node.role.cluster_id(),
+            cluster_id: node.role().cluster_id(),
         })),
     }
 }
@@ -200,7 +200,7 @@ pub fn hello(
 /// The durable ends of the logs this session may ack (see `AckGate`), and the replicas
 /// below this one with theirs.
 pub fn acks(node: &Node, gate: &AckGate) -> pb::ReplicaMessage {
-    let storage = &node.storage;
+    let storage = &node.storage();
     let acks = storage
         .list_logs()
         .iter()
@@ -214,7 +214,7 @@ pub fn acks(node: &Node, gate: &AckGate) -> pb::ReplicaMessage {
     pb::ReplicaMessage {
         msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
             acks,
-            downstream: node.replicas.descendants(),
+            downstream: node.replicas().descendants(),
         })),
     }
 }
@@ -271,20 +271,20 @@ async fn session(
 /// Follow the upstream that answered, if it is of this node's cluster (joining it, the
 /// first time) and not behind it; adopt its epoch and the primary's address.
 async fn accept(node: &Node, up: &pb::UpstreamHello) -> Result<()> {
-    let ours = node.role.cluster_id();
+    let ours = node.role().cluster_id();
     let ids = Identities {
         our_cluster: &ours,
-        our_epoch: node.role.epoch(),
-        our_led_epoch: node.role.led_epoch(),
+        our_epoch: node.role().epoch(),
+        our_led_epoch: node.role().led_epoch(),
         up_cluster: &up.cluster_id,
         up_epoch: up.node_epoch,
     };
     if follow::accept_upstream(&ids)? {
-        node.role.join_cluster(&up.cluster_id).await?;
+        node.role().join_cluster(&up.cluster_id).await?;
     }
-    node.role.set_epoch(up.node_epoch).await?;
+    node.role().set_epoch(up.node_epoch).await?;
     if !up.primary_addr.is_empty() {
-        node.role.set_primary_addr(Some(up.primary_addr.clone()));
+        node.role().set_primary_addr(Some(up.primary_addr.clone()));
     }
     Ok(())
 }

@@ -16,7 +16,7 @@ use crate::server::node::Node;
 /// Create `s.name` as the upstream has it: its config (retention by age delayed too on a
 /// delayed replica) and incarnation.
 async fn create_as_upstream(node: &Arc<Node>, s: &pb::LogStart) -> Result<Log> {
-    let storage = &node.storage;
+    let storage = &node.storage();
     let mut config = config_from_pb(s.config, &storage.config().default_log)
         .map_err(|st| anyhow!("log config from upstream: {}", st.message()))?;
     if let Some(d) = node.active_delay() {
@@ -52,10 +52,10 @@ async fn create_as_upstream(node: &Arc<Node>, s: &pb::LogStart) -> Result<Log> {
 async fn log_for_start(node: &Arc<Node>, s: &pb::LogStart) -> Result<Log> {
     use pb::log_start::Action;
     let recreate = s.action == Action::Recreate as i32;
-    match node.storage.log(&s.name) {
+    match node.storage().log(&s.name) {
         Ok(l) if recreate => {
             tracing::warn!(log = %s.name, ours = format!("{:016x}", l.incarnation()), theirs = format!("{:016x}", s.incarnation), "the log was deleted and created again upstream: dropping this copy and copying the new one");
-            match node.storage.delete_log(&s.name).await {
+            match node.storage().delete_log(&s.name).await {
                 Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
                 Err(e) => return Err(e.into()),
             }

@@ -105,7 +105,7 @@ impl<'a> Session<'a> {
                 Some(done) = self.inflight.next() => self.on_durable(done).await?,
                 _ = self.beat.tick() => self.send(acks(self.node, &self.gate)).await?,
                 // A replica below acked: pass it on (sync modes on the primary may count it).
-                _ = self.node.replicas.acked.notified() => self.send(acks(self.node, &self.gate)).await?,
+                _ = self.node.replicas().acked.notified() => self.send(acks(self.node, &self.gate)).await?,
                 m = inbound.next(), if self.inflight.len() < INFLIGHT_MAX => {
                     let m = match m {
                         None => return Ok(()),
@@ -173,7 +173,7 @@ impl<'a> Session<'a> {
         self.send(pb::ReplicaMessage {
             msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
                 acks,
-                downstream: self.node.replicas.descendants(),
+                downstream: self.node.replicas().descendants(),
             })),
         })
         .await
@@ -205,7 +205,7 @@ impl<'a> Session<'a> {
         let log = match self.logs.get(&f.log) {
             Some(l) => l.clone(),
             None => {
-                let l = self.node.storage.log(&f.log)?;
+                let l = self.node.storage().log(&f.log)?;
                 self.logs.insert(f.log.clone(), l.clone());
                 l
             }
@@ -236,7 +236,7 @@ impl<'a> Session<'a> {
     /// A segment chunk: continue the import in progress or begin one where the log ends,
     /// stage (or fetch) the frames, and put the segment in place once it is whole.
     async fn on_segment(&mut self, c: pb::SegmentChunk) -> Result<()> {
-        let log = self.node.storage.log(&c.log)?;
+        let log = self.node.storage().log(&c.log)?;
         let chunk = Chunk {
             segment: (c.segment_base, c.segment_next),
             first: c.first_offset,
@@ -378,7 +378,7 @@ impl<'a> Session<'a> {
         ) {
             // Another incarnation upstream: this copy is deleted only after the delay, as
             // any deletion from upstream.
-            if self.node.storage.log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
+            if self.node.storage().log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
                 d.schedule_delete(&s.name, super::upstream::now_us())
                     .await?;
             }
@@ -412,7 +412,7 @@ impl<'a> Session<'a> {
         match (delay, follow::delete_at(delay_us, d.deleted_at_us, now)) {
             (Some(delay), Some(_)) => {
                 self.ignored.remove(&d.name);
-                if self.node.storage.log(&d.name).is_ok() {
+                if self.node.storage().log(&d.name).is_ok() {
                     let at = if d.deleted_at_us == 0 {
                         now
                     } else {
@@ -423,7 +423,7 @@ impl<'a> Session<'a> {
             }
             _ => {
                 self.view.lock().logs.remove(&d.name);
-                match self.node.storage.delete_log(&d.name).await {
+                match self.node.storage().delete_log(&d.name).await {
                     Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
                     Err(e) => return Err(e.into()),
                 }
@@ -436,11 +436,11 @@ impl<'a> Session<'a> {
 
     async fn on_heartbeat(&mut self, h: pb::Heartbeat) -> Result<()> {
         let node = self.node;
-        node.role
-            .set_epoch(h.node_epoch.max(node.role.epoch()))
+        node.role()
+            .set_epoch(h.node_epoch.max(node.role().epoch()))
             .await?;
         if !h.primary_addr.is_empty() {
-            node.role.set_primary_addr(Some(h.primary_addr.clone()));
+            node.role().set_primary_addr(Some(h.primary_addr.clone()));
         }
         let mut v = self.view.lock();
         for e in h.ends {

@@ -48,7 +48,7 @@ pub fn upstream_log(log: &Log, visible: &Visible) -> UpstreamLog {
 /// What this node vouches for of `log`, its epoch included (see `UpstreamLog::leading`):
 /// what plans, and a replica ahead waiting for this node, go by.
 pub fn vouched(node: &Node, log: &Log, visible: &Visible) -> UpstreamLog {
-    upstream_log(log, visible).leading(node.role.epoch())
+    upstream_log(log, visible).leading(node.role().epoch())
 }
 
 /// The frame of `log` holding `offset`: (its first offset, its stored CRC).

@@ -13,19 +13,19 @@ pub fn spawn(node: Arc<Node>) {
         let mut warned: std::collections::HashSet<(String, String)> = Default::default();
         loop {
             tick.tick().await;
-            let storage = &node.storage;
+            let storage = &node.storage();
             for name in storage.list_logs() {
                 let Ok(log) = storage.log(&name) else {
                     continue;
                 };
                 let mut floor: Option<u64> = None;
-                for (replica, needed) in node.replicas.needed(&name) {
+                for (replica, needed) in node.replicas().needed(&name) {
                     let behind = log.bytes_from(needed);
-                    if behind > node.config.replica_keep_bytes_max {
+                    if behind > node.config().replica_keep_bytes_max {
                         if warned.insert((replica.clone(), name.clone())) {
                             tracing::warn!(
                                 %replica, log = %name, behind,
-                                cap = node.config.replica_keep_bytes_max,
+                                cap = node.config().replica_keep_bytes_max,
                                 "replica lags past the retention cap: retention goes on, it will need a full sync"
                             );
                         }

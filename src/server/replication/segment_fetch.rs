@@ -91,7 +91,7 @@ async fn serve_one(
         .check_accepting()
         .map_err(|s| anyhow!("{}", s.message()))
         .and_then(|()| {
-            let log = node.storage.log(&req.log)?;
+            let log = node.storage().log(&req.log)?;
             let visible = node.visible(&log);
             let span = if req.to_offset == 0 {
                 visible.sealed_span(req.segment_base, req.from_offset)?
@@ -145,7 +145,8 @@ async fn serve_one(
         .await
         .context("sendfile task")?
         .with_context(|| format!("sending {} bytes of {}", end - start, span.path.display()))?;
-    node.replicas.segment_sent(&req.replica_id, &req.log, None);
+    node.replicas()
+        .segment_sent(&req.replica_id, &req.log, None);
     tracing::debug!(log = %req.log, base = req.segment_base, bytes = end - start, "segment fetched");
     Ok(())
 }

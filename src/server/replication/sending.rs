@@ -209,7 +209,7 @@ impl LogStream {
         sender.fell_behind(start);
         self.progress(None);
         self.node
-            .replicas
+            .replicas()
             .full_sync_started(&self.replica, self.log.name(), visible.end());
         let plan = Plan::Follow(Decision::FullSync { from: start });
         pb::upstream_message::Msg::Start(start_message(visible, &self.log, &plan, self.fetch))
@@ -218,7 +218,7 @@ impl LogStream {
     /// The sealed segment being sent whole to this replica: (sent up to, its end).
     fn progress(&self, progress: Option<(u64, u64)>) {
         self.node
-            .replicas
+            .replicas()
             .segment_sent(&self.replica, self.log.name(), progress);
     }
 
@@ -264,7 +264,7 @@ impl LogStream {
             return;
         }
         self.node
-            .replicas
+            .replicas()
             .set_blocked(&self.replica, self.log.name(), String::new());
         self.run(replica_end, None).await;
     }

@@ -57,7 +57,7 @@ impl Session {
     /// Each log's plan settles what the replica holds of it, which is what it counts for
     /// (never its end before a cut it is told to make).
     async fn sync_catalog(&mut self) -> Result<(), Status> {
-        let storage = self.node.storage.clone();
+        let storage = self.node.storage().clone();
         let names = storage.list_logs();
         for name in &names {
             if self.tasks.contains_key(name) {
@@ -107,7 +107,7 @@ impl Session {
         let visible = self.node.visible(&log);
         let start = start_message(&visible, &log, &plan, self.fetch);
         self.send(pb::upstream_message::Msg::Start(start)).await?;
-        let replicas = &self.node.replicas;
+        let replicas = &self.node.replicas();
         replicas.set_blocked(&self.id, &name, plan.blocked_reason());
         if matches!(
             plan,
@@ -132,7 +132,7 @@ impl Session {
                 _,
             ) => {
                 let behind = (*upstream_end, *replica_end);
-                if self.node.role.is_primary() {
+                if self.node.role().is_primary() {
                     // This primary lost records the replica holds: it takes them back
                     // before it takes another write to the log.
                     let addr = self.addr.clone();
@@ -147,9 +147,9 @@ impl Session {
 
     /// The replica holds `log` up to `end` once it applied its plan.
     fn hold(&mut self, log: &str, end: u64) {
-        self.node.replicas.set_acked(&self.id, log, end);
-        if self.node.role.is_primary() {
-            self.node.acks.holds(&self.id, log, end);
+        self.node.replicas().set_acked(&self.id, log, end);
+        if self.node.role().is_primary() {
+            self.node.acks().holds(&self.id, log, end);
         }
         if !self.tracked {
             self.held.push((log.to_owned(), end));
@@ -168,7 +168,7 @@ impl Session {
     }
 
     fn heartbeat(&self) -> pb::upstream_message::Msg {
-        let storage = &self.node.storage;
+        let storage = &self.node.storage();
         let ends = storage
             .list_logs()
             .iter()
@@ -184,9 +184,9 @@ impl Session {
             .collect();
         pb::upstream_message::Msg::Heartbeat(pb::Heartbeat {
             now_us: now_us(),
-            node_epoch: self.node.role.epoch(),
+            node_epoch: self.node.role().epoch(),
             ends,
-            primary_addr: self.node.role.primary_addr().unwrap_or_default(),
+            primary_addr: self.node.role().primary_addr().unwrap_or_default(),
         })
     }
 }
@@ -204,14 +204,14 @@ async fn run_session(
     mut inbound: Streaming<pb::ReplicaMessage>,
     out: Out,
 ) -> Result<(), Status> {
-    let counts = !hello.delayed || node.config.delayed_counts_for_acks;
+    let counts = !hello.delayed || node.config().delayed_counts_for_acks;
     // Its positions come from the plans below, not from the ends its hello reports.
-    let generation = node.replicas.connect(
+    let generation = node.replicas().connect(
         &hello.replica_id,
         &hello.listen_addr,
         hello.sync,
         hello.delayed,
-        counts && node.role.is_primary(),
+        counts && node.role().is_primary(),
         HashMap::new(),
     );
     tracing::info!(replica = %hello.replica_id, addr = %hello.listen_addr, sync = hello.sync, "replica attached");
@@ -235,29 +235,29 @@ async fn run_session(
         },
     };
     let result = async {
-        let upstream_id = node.role.listen_addr.read().clone();
+        let upstream_id = node.role().listen_addr.read().clone();
         session
             .send(pb::upstream_message::Msg::Hello(pb::UpstreamHello {
-                node_epoch: node.role.epoch(),
-                primary_addr: node.role.primary_addr().unwrap_or_default(),
+                node_epoch: node.role().epoch(),
+                primary_addr: node.role().primary_addr().unwrap_or_default(),
                 upstream_id,
-                cluster_id: node.role.cluster_id(),
+                cluster_id: node.role().cluster_id(),
             }))
             .await?;
         session.sync_catalog().await?;
-        if node.role.is_primary() {
+        if node.role().is_primary() {
             // Known to the tracker only now, with what its plans settled: a replica that
             // reconnects never counts for its acks of records it no longer holds.
-            node.acks.connected(&session.id, hello.sync, counts);
+            node.acks().connected(&session.id, hello.sync, counts);
             for (log, end) in std::mem::take(&mut session.held) {
-                node.acks.holds(&session.id, &log, end);
+                node.acks().holds(&session.id, &log, end);
             }
         }
         session.tracked = true;
-        let mut catalog = node.catalog.subscribe();
+        let mut catalog = node.catalog().subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut last_heard = Instant::now();
-        let session_epoch = node.role.epoch();
+        let session_epoch = node.role().epoch();
         loop {
             tokio::select! {
                 biased;
@@ -279,7 +279,7 @@ async fn run_session(
                     session.sync_catalog().await?;
                 }
                 _ = beat.tick() => {
-                    if node.role.is_primary() && node.role.epoch() != session_epoch {
+                    if node.role().is_primary() && node.role().epoch() != session_epoch {
                         // Promoted (maybe after cutting its logs at a point): the replica
                         // reconnects and its tail is decided again against the new history.
                         return Ok(());
@@ -299,11 +299,11 @@ async fn run_session(
     for (_, t) in session.tasks.drain() {
         t.abort();
     }
-    node.replicas.disconnect(&session.id, generation);
-    if node.role.is_primary() {
-        node.acks.disconnected(&session.id);
+    node.replicas().disconnect(&session.id, generation);
+    if node.role().is_primary() {
+        node.acks().disconnected(&session.id);
         for id in &session.cascaded {
-            node.acks.disconnected(id);
+            node.acks().disconnected(id);
         }
     }
     tracing::info!(replica = %session.id, "replica detached");
@@ -314,17 +314,19 @@ impl Session {
     fn on_message(&mut self, m: pb::ReplicaMessage) {
         match m.msg {
             Some(pb::replica_message::Msg::Acks(acks)) => {
-                self.node.replicas.heard(&self.id);
+                self.node.replicas().heard(&self.id);
                 for a in acks.acks {
-                    self.node.replicas.ack(&self.id, &a.log, a.durable_end);
-                    if self.node.role.is_primary() {
-                        self.node.acks.acked(&self.id, &a.log, a.durable_end);
+                    self.node.replicas().ack(&self.id, &a.log, a.durable_end);
+                    if self.node.role().is_primary() {
+                        self.node.acks().acked(&self.id, &a.log, a.durable_end);
                     }
                 }
-                if self.node.role.is_primary() && self.node.config.cascaded_counts_for_acks {
+                if self.node.role().is_primary() && self.node.config().cascaded_counts_for_acks {
                     self.count_cascaded(&acks.downstream);
                 }
-                self.node.replicas.set_downstream(&self.id, acks.downstream);
+                self.node
+                    .replicas()
+                    .set_downstream(&self.id, acks.downstream);
             }
             Some(pb::replica_message::Msg::Hello(_)) | None => {}
         }
@@ -338,11 +340,11 @@ impl Session {
         let node = &self.node;
         let reported: HashSet<String> = downstream
             .iter()
-            .filter(|d| !d.delayed || node.config.delayed_counts_for_acks)
+            .filter(|d| !d.delayed || node.config().delayed_counts_for_acks)
             .map(|d| d.replica_id.clone())
             .collect();
         for gone in self.cascaded.difference(&reported) {
-            node.acks.disconnected(gone);
+            node.acks().disconnected(gone);
         }
         for d in downstream
             .iter()
@@ -350,10 +352,10 @@ impl Session {
         {
             if !self.cascaded.contains(&d.replica_id) {
                 tracing::info!(replica = %d.replica_id, via = %self.id, "cascaded replica counts for acks");
-                node.acks.connected(&d.replica_id, d.sync, true);
+                node.acks().connected(&d.replica_id, d.sync, true);
             }
             for a in &d.acks {
-                node.acks.acked(&d.replica_id, &a.log, a.durable_end);
+                node.acks().acked(&d.replica_id, &a.log, a.durable_end);
             }
         }
         self.cascaded = reported;
@@ -362,7 +364,7 @@ impl Session {
 
 /// A peer of another cluster (or this node in none yet) is refused.
 pub fn check_cluster(node: &Node, theirs: &str) -> Result<(), Status> {
-    let ours = node.role.cluster_id();
+    let ours = node.role().cluster_id();
     if ours.is_empty() {
         return Err(Status::failed_precondition(
             "this node has not joined a cluster yet (a replica that never reached its own \
@@ -419,10 +421,10 @@ impl pb::replication_server::Replication for ReplicationService {
             }
         };
         check_cluster(&self.node, &hello.cluster_id)?;
-        let ours = self.node.role.epoch();
+        let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
             // Someone was promoted past us: we must not lead anyone, nor take writes.
-            self.node.role.fence(hello.node_epoch);
+            self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
                 "this node's epoch {ours} is behind the replica's epoch {}; it is stale and \
                  cannot be an upstream",
