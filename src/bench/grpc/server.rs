@@ -12,8 +12,6 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use spool::config::{FileConfig, Overrides, ServerConfig};
 
-use crate::bench::MIB;
-
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -190,15 +188,7 @@ impl BenchServer {
         let Kind::Process { child, .. } = &self.kind else {
             return None;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
-        // Fields after "(comm)": state is field 3, utime 14, stime 15 (clock ticks).
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Some((utime / hz, stime / hz))
+        spool::measure::process_cpu_s(child.id())
     }
 
     /// Server resident set (MiB) now; None when it shares our process.
@@ -206,11 +196,7 @@ impl BenchServer {
         let Kind::Process { child, .. } = &self.kind else {
             return None;
         };
-        let s = std::fs::read_to_string(format!("/proc/{}/statm", child.id())).ok()?;
-        let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some((pages * page) as f64 / MIB)
+        spool::measure::process_rss_mib(child.id())
     }
 
     pub fn log_tail(&self) -> String {
