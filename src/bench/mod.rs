@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
+use spool::config::IoBackend;
 use spool_storage::{BackendChoice, Durability, StorageConfig};
 
 pub use catchup::CatchupArgs;
@@ -80,14 +81,15 @@ pub struct CommonArgs {
     /// Default: ./target if it exists (same disk as the repository), else $TMPDIR.
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// IO backends to run, comma separated (std, uring, auto); one run per backend.
+    /// IO backends to run, comma separated; one run per backend.
     #[arg(
         long = "backends",
         alias = "backend",
+        value_enum,
         value_delimiter = ',',
         default_value = "auto"
     )]
-    pub backends: Vec<BackendChoice>,
+    pub backends: Vec<IoBackend>,
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 128 << 20)]
     pub segment_bytes: u64,

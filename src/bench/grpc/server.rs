@@ -10,7 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use spool::config::{FileConfig, Overrides, ServerConfig};
+use spool::config::{FileConfig, IoBackend, Overrides, ServerConfig};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -39,7 +39,7 @@ impl BenchServer {
         in_process: bool,
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
     ) -> Result<BenchServer> {
         if in_process {
             Self::start_in_process(data_dir, io_backend)
@@ -52,7 +52,7 @@ impl BenchServer {
     pub fn start_replica(
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
         upstream: SocketAddr,
         id: &str,
         sync: bool,
@@ -72,7 +72,7 @@ impl BenchServer {
     fn start_process(
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
         name: &str,
         extra: &[String],
     ) -> Result<BenchServer> {
@@ -87,7 +87,7 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--io-backend")
-            .arg(io_backend)
+            .arg(io_backend.name())
             .args(extra)
             // Nothing from the caller's environment may reconfigure the server under test.
             .env_remove("SPOOL_CONFIG")
@@ -130,14 +130,14 @@ impl BenchServer {
         }
     }
 
-    fn start_in_process(data_dir: &Path, io_backend: &str) -> Result<BenchServer> {
+    fn start_in_process(data_dir: &Path, io_backend: IoBackend) -> Result<BenchServer> {
         let config = ServerConfig::build(
             FileConfig::default(),
             Overrides {
                 data_dir: Some(data_dir.to_owned()),
                 listen: Some("127.0.0.1:0".into()),
                 metrics_listen: None,
-                io_backend: Some(io_backend.to_owned()),
+                io_backend: Some(io_backend),
                 ..Overrides::default()
             },
         )?;
