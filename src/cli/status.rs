@@ -58,34 +58,24 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         println!(
             "  upstream {} {} (heard {} ms ago)",
             u.addr,
-            if u.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
+            connected(u.connected),
             u.last_heard_ms_ago
         );
         if !u.connected && !u.last_error.is_empty() {
             println!("    last error: {}", u.last_error);
         }
         for l in &u.logs {
+            let line = format!(
+                "{:<22} local {:>10}  upstream {:>10}  lag {:>8} records",
+                l.name, l.local_end, l.upstream_end, l.lag_records,
+            );
             let receiving = segment_progress(
                 "receiving a segment",
                 l.local_end,
                 l.staged_end,
                 l.segment_next,
             );
-            println!(
-                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}{receiving}",
-                l.name,
-                l.local_end,
-                l.upstream_end,
-                l.lag_records,
-                if l.full_sync { "  (full sync)" } else { "" }
-            );
-            if !l.blocked.is_empty() {
-                println!("      {}", l.blocked);
-            }
+            print_replicated_log("    ", &line, l.full_sync, &receiving, &l.blocked);
         }
     }
     println!("  logs:");
@@ -122,11 +112,7 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             "    {} at {} {}{}{} (connected {:.1}s, last ack {} ms ago)",
             r.id,
             r.addr,
-            if r.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
+            connected(r.connected),
             if r.sync { ", sync" } else { "" },
             if r.counts_for_acks {
                 ""
@@ -137,27 +123,39 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             r.last_ack_ms_ago
         );
         for l in &r.logs {
+            let line = format!(
+                "{:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s",
+                l.name, l.acked_offset, l.lag_records, l.lag_bytes, l.lag_seconds,
+            );
             let sending = segment_progress(
                 "sending a segment",
                 l.acked_offset,
                 l.segment_sent_offset,
                 l.segment_next,
             );
-            println!(
-                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s{}{sending}",
-                l.name,
-                l.acked_offset,
-                l.lag_records,
-                l.lag_bytes,
-                l.lag_seconds,
-                if l.full_sync { "  (full sync)" } else { "" }
-            );
-            if !l.blocked.is_empty() {
-                println!("        {}", l.blocked);
-            }
+            print_replicated_log("      ", &line, l.full_sync, &sending, &l.blocked);
         }
     }
     Ok(())
+}
+
+fn connected(yes: bool) -> &'static str {
+    if yes {
+        "connected"
+    } else {
+        "DISCONNECTED"
+    }
+}
+
+/// A log's replication line as either end shows it (the upstream's replica list, the
+/// replica's upstream): the line, a full sync, a sealed segment in transfer (`progress`),
+/// then on a line of its own why the log is blocked.
+fn print_replicated_log(indent: &str, line: &str, full_sync: bool, progress: &str, blocked: &str) {
+    let full_sync = if full_sync { "  (full sync)" } else { "" };
+    println!("{indent}{line}{full_sync}{progress}");
+    if !blocked.is_empty() {
+        println!("{indent}  {blocked}");
+    }
 }
 
 /// "  (WHAT: N of M records)" for a sealed segment in transfer from offset `from` to
