@@ -499,12 +499,15 @@ fn min_replicas_to_write_refuses_until_attached() {
 fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
     let d = tempfile::tempdir().unwrap();
-    // A free port for the primary; the replica takes the next one.
-    let base = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port for the primary; the replica takes the next one, so it must be free too
+    // (another test's node may hold it).
+    let base = loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
     let mut child = Command::new(common::spool_bin())
         .args([
             "dev-cluster",
