@@ -176,7 +176,7 @@ fn small_logs_take_little_disk() {
     });
     n.stop();
     let used = disk_usage(&dir.join("logs"));
-    // 50 logs of a 128 MiB segment each took 6.4 GB; now well under a MiB each.
+    // A log's first segment is small (docs/decisions/0009-segments-grow-from-256-kib.md).
     assert!(used < 50 << 20, "{used} bytes on disk for 50 small logs");
 }
 

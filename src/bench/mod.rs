@@ -94,7 +94,7 @@ pub struct CommonArgs {
     #[arg(long, default_value_t = 128 << 20)]
     pub segment_bytes: u64,
     /// The first segment's size (0: the default 256 KiB, doubling up to segment_bytes;
-    /// segment_bytes: every segment full size, as before segments grew).
+    /// segment_bytes: every segment full size).
     #[arg(long, default_value_t = 0)]
     pub initial_segment_bytes: u64,
     /// Write the JSON results to this file ("-" for stdout; the table then goes to stderr).
