@@ -9,10 +9,10 @@
 #     REPLICA_DIR, another filesystem on another device (as a replica on its own machine has;
 #     on one disk the replica's writes and flushes share the primary's disk)
 # (c) Redis (Debian redis-server), primary + replica on loopback, appendonly yes,
-#     appendfsync always; `spool bench redis-wait`: 64 connections, each SET 1 KiB then
+#     appendfsync always; `spool-loadgen redis-wait`: 64 connections, each SET 1 KiB then
 #     WAIT 1 0 (RESP spoken directly; its CPU is reported)
 # (d) NATS JetStream (Debian nats-server), file storage: R1 on one server and R3 on a
-#     three-server loopback cluster; `spool bench nats-js`: 64 publishes awaiting acks
+#     three-server loopback cluster; `spool-loadgen nats-js`: 64 publishes awaiting acks
 # (e) fio sequential write (1 MiB, direct, io_uring, iodepth 8, 1 GiB; without and with
 #     --end_fsync=1) before and after `spool bench catchup --gib $CATCHUP_GIB` (full sync of
 #     a fresh replica, then partial)
@@ -72,9 +72,10 @@ EOF
 }
 
 # --- build -------------------------------------------------------------------------------
-log "cargo build --release"
-cargo build --release
+log "cargo build --release -p spool -p spool-loadgen"
+cargo build --release -p spool -p spool-loadgen
 SPOOL="$ROOT/target/release/spool"
+LOADGEN="$ROOT/target/release/spool-loadgen"
 log "data dir: $BENCH_DIR ($(df -P "$BENCH_DIR" | awk 'NR==2 {print $1}'))"
 load_snapshot start > "$P-load-start.json"
 log "load at start: $(cat /proc/loadavg)"
@@ -131,7 +132,7 @@ done
 redis-cli -p "$RR" info replication | grep -q 'master_link_status:up' ||
     { echo "redis replica did not attach" >&2; exit 1; }
 log "(c) redis primary+replica: $CLIENTS clients, SET $RECORD_BYTES B + WAIT 1 0"
-"$SPOOL" bench redis-wait --addr "127.0.0.1:$RP" --clients "$CLIENTS" \
+"$LOADGEN" redis-wait --addr "127.0.0.1:$RP" --clients "$CLIENTS" \
     --record-bytes "$RECORD_BYTES" --wait-replicas 1 --seconds "$S" --warmup "$WARMUP" \
     --server-pid "$REDIS_P,$REDIS_R" --json "$P-redis.json"
 kill "$REDIS_R" "$REDIS_P"
@@ -157,7 +158,7 @@ if command -v nats-server >/dev/null 2>&1; then
     PIDS+=("$NP")
     sleep 1
     log "(d) nats jetstream R1 (file storage): $CLIENTS publishes in flight"
-    "$SPOOL" bench nats-js --addr "127.0.0.1:$NATS_PORT" --clients "$CLIENTS" \
+    "$LOADGEN" nats-js --addr "127.0.0.1:$NATS_PORT" --clients "$CLIENTS" \
         --record-bytes "$RECORD_BYTES" --stream-replicas 1 --seconds "$S" --warmup "$WARMUP" \
         --server-pid "$NP" --json "$P-nats-r1.json"
     kill "$NP"
@@ -181,7 +182,7 @@ if command -v nats-server >/dev/null 2>&1; then
         done
         sleep 2
         log "(d) nats jetstream R3 on 3 servers (file storage): $CLIENTS publishes in flight"
-        if ! "$SPOOL" bench nats-js --addr "127.0.0.1:$NATS_R3_PORT" --clients "$CLIENTS" \
+        if ! "$LOADGEN" nats-js --addr "127.0.0.1:$NATS_R3_PORT" --clients "$CLIENTS" \
             --record-bytes "$RECORD_BYTES" --stream-replicas 3 --seconds "$S" \
             --warmup "$WARMUP" --server-pid "$(IFS=,; echo "${N3[*]}")" \
             --json "$P-nats-r3.json"; then

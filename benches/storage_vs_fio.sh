@@ -108,8 +108,8 @@ rm -f "$FIO_FILE"
 fio --name=prep --ioengine=psync --rw=write --bs=1M --size="$FIO_SIZE" --end_fsync=1 \
     --filename="$FIO_FILE" --output-format=json --output="$OUT_DIR/fio-prep.json" >/dev/null
 FIO_LAYOUT="overwrite of a file pre-written by a sequential fio pass"
-# The first synced passes after the preparation (and after spool's files were deleted) ran
-# at about half speed here: settle with an unmeasured write+fdatasync pass first.
+# The first synced passes after the preparation (and after spool's files were deleted) run
+# slow while the disk settles: an unmeasured write+fdatasync pass goes first.
 sync
 log "fio settle pass (not measured): 4 KiB write+fdatasync, 3s"
 fio --name=settle --ioengine=io_uring --rw=write --fdatasync=1 --bs=4k --size="$FIO_SIZE" \

@@ -8,35 +8,27 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
-use spool_storage::{
-    BackendChoice, Compression, LogConfig, OnCorruption, RecoveryMode, StorageConfig,
-};
+use spool_storage::{Compression, LogConfig, StorageConfig};
 
+mod choices;
 mod connections;
+mod replication;
+pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, IoBackend, Recovery};
 pub use connections::{ConnectionConfig, ServerSection};
+pub use replication::{parse_duration, DurationError, ReplicationConfig};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "spool-data";
-
-/// Ack mode a request gets when it names none.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub enum DefaultAck {
-    Written,
-    #[default]
-    Async,
-}
 
 /// The `[storage]` table.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
-    /// auto | uring | std
-    pub io_backend: Option<String>,
-    /// truncate-tail | strict
-    pub recovery: Option<String>,
-    /// isolate | refuse: damage found in synced data (never cut either way)
-    pub on_corruption: Option<String>,
+    pub io_backend: Option<IoBackend>,
+    /// A torn tail at open.
+    pub recovery: Option<Recovery>,
+    /// Damage found in synced data (never cut either way).
+    pub on_corruption: Option<CorruptionPolicy>,
     pub record_bytes_max: Option<usize>,
     pub group_bytes_max: Option<usize>,
     pub queue_depth: Option<usize>,
@@ -69,40 +61,6 @@ pub struct LogDefaults {
     pub initial_segment_bytes: Option<u64>,
 }
 
-/// The `[replication]` table.
-#[derive(Debug, Clone, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct ReplicationSection {
-    /// Makes this node a replica of HOST:PORT (a primary or another replica).
-    pub replica_of: Option<String>,
-    /// This replica counts as synchronous for `sync` acks.
-    pub sync_replica: Option<bool>,
-    /// Name in the upstream's status [default: this node's listen address].
-    pub replica_id: Option<String>,
-    /// How long semi-sync/sync appends wait for replicas.
-    pub ack_timeout_ms: Option<u64>,
-    /// "fail" (the request fails, the records stay and replicate) or "degrade" (ack as async, marked degraded).
-    pub ack_timeout_policy: Option<String>,
-    /// Default k for semi-sync appends that do not name one.
-    pub semi_sync_replicas: Option<u32>,
-    /// Refuse writes unless this many replicas are attached and heard from recently.
-    pub min_replicas_to_write: Option<usize>,
-    pub min_replicas_max_lag_ms: Option<u64>,
-    /// Retention keeps at most this many bytes for a lagging replica.
-    pub replica_keep_bytes_max: Option<u64>,
-    /// Delayed replicas' acks count toward semi-sync/sync.
-    pub delayed_counts_for_acks: Option<bool>,
-    /// Acks of cascaded replicas (replicas of replicas), forwarded by the replicas between,
-    /// count toward semi-sync/sync on the primary. Off: only direct replicas count.
-    pub cascaded_counts_for_acks: Option<bool>,
-    /// A replica catching up copies sealed segments from its upstream's files over a
-    /// segment-fetch connection (sendfile). Off: they come inside the gRPC stream.
-    pub segment_fetch: Option<bool>,
-    /// Makes this replica a delayed one: it exposes only what the primary wrote at least
-    /// this long ago ("500ms", "30s", "15m", "1h", "2d"). Needs `replica_of`.
-    pub delay: Option<String>,
-}
-
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -116,7 +74,7 @@ pub struct FileConfig {
     #[serde(default)]
     pub log_defaults: LogDefaults,
     #[serde(default)]
-    pub replication: ReplicationSection,
+    pub replication: ReplicationConfig,
     #[serde(default)]
     pub server: ServerSection,
 }
@@ -132,108 +90,6 @@ impl FileConfig {
 /// A replica's default `unsynced_flush_ms`.
 const REPLICA_UNSYNCED_FLUSH: Duration = Duration::from_millis(5);
 
-/// Validated replication settings.
-#[derive(Debug, Clone)]
-pub struct ReplicationConfig {
-    pub replica_of: Option<String>,
-    pub sync_replica: bool,
-    pub replica_id: Option<String>,
-    pub ack_timeout: Duration,
-    pub degrade_on_timeout: bool,
-    pub semi_sync_replicas: u32,
-    pub min_replicas_to_write: usize,
-    pub min_replicas_max_lag: Duration,
-    pub replica_keep_bytes_max: u64,
-    pub delayed_counts_for_acks: bool,
-    pub cascaded_counts_for_acks: bool,
-    pub segment_fetch: bool,
-    /// Set on a delayed replica (always with `replica_of`).
-    pub delay: Option<Duration>,
-}
-
-impl Default for ReplicationConfig {
-    fn default() -> Self {
-        ReplicationConfig {
-            replica_of: None,
-            sync_replica: false,
-            replica_id: None,
-            ack_timeout: Duration::from_secs(5),
-            degrade_on_timeout: false,
-            semi_sync_replicas: 1,
-            min_replicas_to_write: 0,
-            min_replicas_max_lag: Duration::from_secs(10),
-            replica_keep_bytes_max: 10 << 30,
-            delayed_counts_for_acks: false,
-            cascaded_counts_for_acks: false,
-            segment_fetch: true,
-            delay: None,
-        }
-    }
-}
-
-impl ReplicationConfig {
-    pub fn ack_config(&self) -> spool_replication::ack::AckConfig {
-        use spool_replication::ack::{AckConfig, TimeoutPolicy};
-        AckConfig {
-            timeout: self.ack_timeout,
-            policy: if self.degrade_on_timeout {
-                TimeoutPolicy::DegradeToAsync
-            } else {
-                TimeoutPolicy::Fail
-            },
-        }
-    }
-
-    fn build(r: &ReplicationSection, o: &Overrides) -> Result<Self> {
-        let d = ReplicationConfig::default();
-        let degrade = match r.ack_timeout_policy.as_deref() {
-            None | Some("fail") => false,
-            Some("degrade") | Some("degrade-to-async") => true,
-            Some(other) => {
-                bail!("replication.ack_timeout_policy {other:?}: expected \"fail\" or \"degrade\"")
-            }
-        };
-        let replica_of = o.replica_of.clone().or(r.replica_of.clone());
-        if let Some(up) = &replica_of {
-            if up.trim().is_empty() {
-                bail!("replica_of is empty: give the upstream as HOST:PORT");
-            }
-        }
-        let delay = match o.delay.as_deref().or(r.delay.as_deref()) {
-            None => None,
-            Some(text) => {
-                let d = parse_duration(text).context("replication.delay (--delay)")?;
-                if replica_of.is_none() {
-                    bail!(
-                        "a delay ({text}) needs replica_of (--replica-of HOST:PORT): only a \
-                         replica can be delayed"
-                    );
-                }
-                Some(d)
-            }
-        };
-        Ok(ReplicationConfig {
-            delay,
-            replica_of,
-            sync_replica: o.sync_replica || r.sync_replica.unwrap_or(false),
-            replica_id: o.replica_id.clone().or(r.replica_id.clone()),
-            ack_timeout: r
-                .ack_timeout_ms
-                .map_or(d.ack_timeout, Duration::from_millis),
-            degrade_on_timeout: degrade,
-            semi_sync_replicas: r.semi_sync_replicas.unwrap_or(d.semi_sync_replicas),
-            min_replicas_to_write: r.min_replicas_to_write.unwrap_or(0),
-            min_replicas_max_lag: r
-                .min_replicas_max_lag_ms
-                .map_or(d.min_replicas_max_lag, Duration::from_millis),
-            replica_keep_bytes_max: r.replica_keep_bytes_max.unwrap_or(d.replica_keep_bytes_max),
-            delayed_counts_for_acks: r.delayed_counts_for_acks.unwrap_or(false),
-            cascaded_counts_for_acks: r.cascaded_counts_for_acks.unwrap_or(false),
-            segment_fetch: r.segment_fetch.unwrap_or(d.segment_fetch),
-        })
-    }
-}
-
 /// Validated settings the server runs with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -245,70 +101,35 @@ pub struct ServerConfig {
     pub connections: ConnectionConfig,
 }
 
-/// Values given on the command line or through the environment (they override the file).
-#[derive(Debug, Clone, Default)]
+/// Values given on the command line or through the environment (they override the file):
+/// `spool serve`'s flags, declared once here.
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
+    /// Data directory [default: ./spool-data].
+    #[arg(long, env = "SPOOL_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
+    /// gRPC listen address [default: 127.0.0.1:7070]; port 0 picks a free port.
+    #[arg(long, env = "SPOOL_LISTEN")]
     pub listen: Option<String>,
+    /// Prometheus endpoint address (off unless set).
+    #[arg(long, env = "SPOOL_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
-    pub io_backend: Option<String>,
+    /// IO backend [default: std].
+    #[arg(long, env = "SPOOL_IO_BACKEND", value_enum)]
+    pub io_backend: Option<IoBackend>,
+    /// Run as a replica of this upstream (a primary or another replica).
+    #[arg(long, env = "SPOOL_REPLICA_OF")]
     pub replica_of: Option<String>,
+    /// This replica counts as synchronous for `sync` acks.
+    #[arg(long)]
     pub sync_replica: bool,
+    /// Name shown in the upstream's status [default: the listen address].
+    #[arg(long, env = "SPOOL_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// Delayed replica: expose only what the primary wrote at least this long ago
+    /// (500ms, 30s, 15m, 1h, 2d). Needs --replica-of.
+    #[arg(long, env = "SPOOL_DELAY")]
     pub delay: Option<String>,
-}
-
-/// Why a duration setting was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DurationError {
-    #[error(
-        "{0:?} is not a duration: write a whole number and a unit, like 500ms, 30s, 15m, 1h or 2d"
-    )]
-    Syntax(String),
-    #[error("{0:?} is zero: a delay must be positive (leave it out for an ordinary replica)")]
-    Zero(String),
-    #[error("{0:?} is too long")]
-    TooLong(String),
-}
-
-/// Parse "500ms", "30s", "15m", "1h", "2d" (units ms, s, m, h, d; also "1h30m").
-pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
-    let syntax = || DurationError::Syntax(text.to_owned());
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(syntax());
-    }
-    let mut total_ms: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        let units = rest[digits..]
-            .bytes()
-            .take_while(u8::is_ascii_alphabetic)
-            .count();
-        if digits == 0 || units == 0 {
-            return Err(syntax());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| syntax())?;
-        let unit_ms: u64 = match &rest[digits..digits + units] {
-            "ms" => 1,
-            "s" => 1000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(syntax()),
-        };
-        let add = n
-            .checked_mul(unit_ms)
-            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
-        total_ms = total_ms
-            .checked_add(add)
-            .ok_or_else(|| DurationError::TooLong(text.to_owned()))?;
-        rest = &rest[digits + units..];
-    }
-    if total_ms == 0 {
-        return Err(DurationError::Zero(text.to_owned()));
-    }
-    Ok(Duration::from_millis(total_ms))
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -339,23 +160,14 @@ impl ServerConfig {
             .transpose()?;
         let mut storage = StorageConfig::new(data_dir);
         let s = &file.storage;
-        if let Some(b) = o.io_backend.clone().or(s.io_backend.clone()) {
-            storage.backend = b
-                .parse::<BackendChoice>()
-                .map_err(anyhow::Error::msg)
-                .context("storage.io_backend")?;
+        if let Some(b) = o.io_backend.or(s.io_backend) {
+            storage.backend = b.into();
         }
-        if let Some(r) = &s.recovery {
-            storage.recovery = r
-                .parse::<RecoveryMode>()
-                .map_err(anyhow::Error::msg)
-                .context("storage.recovery")?;
+        if let Some(r) = s.recovery {
+            storage.recovery = r.into();
         }
-        if let Some(r) = &s.on_corruption {
-            storage.on_corruption = r
-                .parse::<OnCorruption>()
-                .map_err(anyhow::Error::msg)
-                .context("storage.on_corruption")?;
+        if let Some(c) = s.on_corruption {
+            storage.on_corruption = c.into();
         }
         if let Some(v) = s.record_bytes_max {
             storage.record_bytes_max = v;
@@ -393,7 +205,7 @@ impl ServerConfig {
         if listen.ip().is_unspecified() {
             tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
         }
-        let replication = ReplicationConfig::build(&file.replication, &o)?;
+        let replication = file.replication.with_overrides(&o)?;
         if replication.replica_of.is_some() && s.unsynced_flush_ms.is_none() {
             // Frames nobody waits on are synced by this timer on a replica: keep its acks
             // and its readers a few ms behind, not a tenth of a second.
@@ -452,6 +264,7 @@ pub fn compression_name(c: Compression) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use spool_storage::BackendChoice;
 
     #[test]
     fn defaults_work_with_nothing_given() {
@@ -570,5 +383,94 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("HOST:PORT"), "{e}");
+    }
+
+    /// Flags over the file over the defaults, for the word-valued settings too.
+    #[test]
+    fn flag_over_file_over_default() {
+        use spool_storage::{OnCorruption, RecoveryMode};
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            o: Overrides,
+        }
+        let flags = |args: &[&str]| {
+            let argv = std::iter::once("spool").chain(args.iter().copied());
+            <Cli as clap::Parser>::try_parse_from(argv).map(|c| c.o)
+        };
+        let d = ServerConfig::build(FileConfig::default(), flags(&[]).unwrap()).unwrap();
+        assert_eq!(d.storage.backend, BackendChoice::Std);
+        assert_eq!(d.storage.recovery, RecoveryMode::TruncateTail);
+        assert_eq!(d.storage.on_corruption, OnCorruption::Isolate);
+        assert_eq!(d.replication.ack_timeout_policy, AckTimeoutPolicy::Fail);
+        assert_eq!(d.default_ack, DefaultAck::Async);
+
+        let file: FileConfig = toml::from_str(
+            "default_ack = \"written\"\n[storage]\nio_backend = \"io_uring\"\n\
+             recovery = \"strict\"\non_corruption = \"refuse\"\n\
+             [replication]\nack_timeout_policy = \"degrade-to-async\"\n",
+        )
+        .unwrap();
+        let f = ServerConfig::build(file.clone(), flags(&[]).unwrap()).unwrap();
+        assert_eq!(f.storage.backend, BackendChoice::Uring);
+        assert_eq!(f.storage.recovery, RecoveryMode::Strict);
+        assert_eq!(f.storage.on_corruption, OnCorruption::Refuse);
+        assert!(matches!(
+            f.replication.ack_config().policy,
+            spool_replication::ack::TimeoutPolicy::DegradeToAsync
+        ));
+        assert_eq!(f.default_ack, DefaultAck::Written);
+
+        let o = flags(&["--io-backend", "pwrite"]).unwrap();
+        let c = ServerConfig::build(file, o).unwrap();
+        assert_eq!(c.storage.backend, BackendChoice::Std);
+
+        let e = flags(&["--io-backend", "nope"]).err().unwrap().to_string();
+        assert!(e.contains("--io-backend") && e.contains("uring"), "{e}");
+        let e = toml::from_str::<FileConfig>("[storage]\non_corruption = \"ignore\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("on_corruption") && e.contains("isolate"), "{e}");
+    }
+
+    /// The `[replication]` table is read into the settings the server runs with: what the
+    /// file leaves out keeps its default, the replica flags go over it.
+    #[test]
+    fn replication_table_then_replica_flags() {
+        let file: FileConfig = toml::from_str(
+            "[replication]\nreplica_of = \"127.0.0.1:1\"\nack_timeout_ms = 1500\n\
+             min_replicas_max_lag_ms = 300\ndelay = \"1h30m\"\nsegment_fetch = false\n",
+        )
+        .unwrap();
+        let r = ServerConfig::build(file.clone(), Overrides::default())
+            .unwrap()
+            .replication;
+        assert_eq!(r.replica_of.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(r.ack_timeout, Duration::from_millis(1500));
+        assert_eq!(r.min_replicas_max_lag, Duration::from_millis(300));
+        assert_eq!(r.delay, Some(Duration::from_secs(5400)));
+        assert!(!r.segment_fetch);
+        assert_eq!(r.semi_sync_replicas, 1, "left out: the default");
+        let o = Overrides {
+            replica_of: Some("127.0.0.1:2".into()),
+            sync_replica: true,
+            delay: Some("2s".into()),
+            ..Overrides::default()
+        };
+        let r = ServerConfig::build(file, o).unwrap().replication;
+        assert_eq!(r.replica_of.as_deref(), Some("127.0.0.1:2"));
+        assert!(r.sync_replica);
+        assert_eq!(r.delay, Some(Duration::from_secs(2)));
+        let e = toml::from_str::<FileConfig>("[replication]\ndelay = \"soon\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("delay") && e.contains("30s"), "{e}");
+        let e = toml::from_str::<FileConfig>("[replication]\nack_timeout = 5")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("unknown field"), "{e}");
     }
 }

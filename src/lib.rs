@@ -1,6 +1,8 @@
-//! The `spool` package: the gRPC server, its configuration and the Rust client.
+//! The `spool` package: the gRPC server, its configuration and the Rust client, plus
+//! the measuring helpers its load generators share with `spool-loadgen` ([`measure`]).
 //! The `spool` binary (CLI) is built on these.
 
 pub mod client;
 pub mod config;
+pub mod measure;
 pub mod server;

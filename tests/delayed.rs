@@ -8,13 +8,14 @@ use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{run, Server};
+use common::{run, wait_until, Server};
 use futures::StreamExt;
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
 use tonic::Code;
 
 const DELAY: Duration = Duration::from_secs(2);
+const NEVER_REACHED: &str = "log never reached the replica";
 
 fn now_us() -> u64 {
     SystemTime::now()
@@ -62,67 +63,49 @@ async fn append(c: &Client, log: &str, values: &[&str]) -> pb::AppendResponse {
 /// Poll the delayed node until `log` shows `end` records, checking every read on the way.
 async fn wait_visible(addr: &str, log: &str, end: u64, delay: Duration, limit: Duration) {
     let c = Client::connect(addr).await.unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Ok(r) = c.read(log, 0, 10_000).await {
-            assert_old_enough(&r.records, delay);
-            assert!(r.end_offset <= end, "{addr} shows {} > {end}", r.end_offset);
-            if r.records.len() as u64 == end {
-                return;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not show {end} records of {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{addr} did not show {end} records of {log}");
+    wait_until(&what, limit, || async {
+        let r = c.read(log, 0, 10_000).await.ok()?;
+        assert_old_enough(&r.records, delay);
+        assert!(r.end_offset <= end, "{addr} shows {} > {end}", r.end_offset);
+        (r.records.len() as u64 == end).then_some(())
+    })
+    .await
 }
 
 /// Wait until the delayed node has durably received `end` records (stored, maybe hidden).
 async fn wait_stored(addr: &str, log: &str, end: u64) {
     let c = Client::connect(addr).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let what = format!("{addr} did not store {end} of {log}");
+    wait_until(&what, Duration::from_secs(30), || async {
         let s = c.status().await.unwrap();
-        if s.logs
+        let stored = s
+            .logs
             .iter()
-            .any(|l| l.name == log && l.stored_offset >= end)
-        {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr} did not store {end} of {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            .any(|l| l.name == log && l.stored_offset >= end);
+        stored.then_some(())
+    })
+    .await
 }
 
 #[test]
 fn records_become_visible_only_after_the_delay() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 500\n").unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(
+        &d.path().join("p"),
+        "[replication]\nack_timeout_ms = 500\n",
+        &[],
+    );
     let r = start(&d.path().join("r"), &delayed(&p.addr, "2s"));
     run(120, async {
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("v", None).await.unwrap();
         let rc = Client::connect(&r.addr).await.unwrap();
         // A subscriber from offset 0 checks every record it is pushed.
-        let mut sub = {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                match rc.subscribe("v", Some(0)).await {
-                    Ok(s) => break Box::pin(s),
-                    Err(_) => {
-                        assert!(Instant::now() < deadline, "log never reached the replica");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-            }
-        };
+        let mut sub = wait_until(NEVER_REACHED, Duration::from_secs(10), || async {
+            rc.subscribe("v", Some(0)).await.ok().map(Box::pin)
+        })
+        .await;
         let subscriber = tokio::spawn(async move {
             let mut n = 0u64;
             while n < 25 {
@@ -152,21 +135,17 @@ fn records_become_visible_only_after_the_delay() {
             .unwrap_err();
         assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
         // ...but reports what it received in the primary's status.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        wait_until("acks never reported", Duration::from_secs(10), || async {
             let s = c.status().await.unwrap();
             let rep = &s.replicas[0];
             assert!(rep.delayed && !rep.counts_for_acks, "{rep:?}");
-            if rep
+            let acked = rep
                 .logs
                 .iter()
-                .any(|l| l.name == "v" && l.acked_offset == 25)
-            {
-                break;
-            }
-            assert!(Instant::now() < deadline, "acks never reported: {s:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+                .any(|l| l.name == "v" && l.acked_offset == 25);
+            acked.then_some(())
+        })
+        .await;
         // A read token waits for the horizon, not just for the data.
         let asked = Instant::now();
         let got = rc
@@ -274,12 +253,7 @@ fn pause_holds_the_horizon_across_a_restart_and_resume_catches_up() {
         c.create_log("h", None).await.unwrap();
         append(&c, "h", &["a0", "a1"]).await;
         wait_visible(&r.addr, "h", 2, DELAY, Duration::from_secs(15)).await;
-        let out = r.cli(&["admin", "pause"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::stdout(&r.cli(&["admin", "pause"]));
         let rc = Client::connect(&r.addr).await.unwrap();
         assert!(rc.status().await.unwrap().paused);
         let frozen = rc.describe_log("h").await.unwrap().end_offset;
@@ -306,12 +280,7 @@ fn pause_holds_the_horizon_across_a_restart_and_resume_catches_up() {
             assert_eq!(rc.describe_log("h").await.unwrap().end_offset, frozen);
             tokio::time::sleep(Duration::from_millis(60)).await;
         }
-        let out = r.cli(&["admin", "resume"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::stdout(&r.cli(&["admin", "resume"]));
         wait_visible(&r.addr, "h", 5, DELAY, Duration::from_secs(10)).await;
         assert!(!rc.status().await.unwrap().paused);
         // Pause is refused on a node that is not delayed.
@@ -368,12 +337,7 @@ fn promote_then_follow(at: &str, expect_end: impl FnOnce(u64) -> u64) {
     let at_arg = at.replace("POINT", &point.to_string());
     let mut args = vec!["admin", "promote"];
     args.extend(at_arg.split(' '));
-    let out = r.cli(&args);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::stdout(&r.cli(&args));
     let want = expect_end(10);
     let r2 = Server::start(
         &d.path().join("r2"),
@@ -393,14 +357,15 @@ fn promote_then_follow(at: &str, expect_end: impl FnOnce(u64) -> u64) {
         assert!(a.epoch >= 2, "{a:?}");
         assert_eq!(a.epoch, s.epoch);
         let r2c = Client::connect(&r2.addr).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r2c.describe_log("g").await.map_or(0, |i| i.end_offset) < want + 1 {
-            assert!(
-                Instant::now() < deadline,
-                "r2 did not follow the promoted node"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            "r2 did not follow the promoted node",
+            Duration::from_secs(30),
+            || async {
+                let end = r2c.describe_log("g").await.map_or(0, |i| i.end_offset);
+                (end > want).then_some(())
+            },
+        )
+        .await;
     });
     r2.stop();
     r.stop();
@@ -433,14 +398,10 @@ fn retention_by_age_waits_the_delay_too() {
         };
         c.create_log("aged", Some(cfg)).await.unwrap();
         let rc = Client::connect(&r.addr).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let info = loop {
-            if let Ok(info) = rc.describe_log("aged").await {
-                break info;
-            }
-            assert!(Instant::now() < deadline, "log never reached the replica");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let info = wait_until(NEVER_REACHED, Duration::from_secs(20), || async {
+            rc.describe_log("aged").await.ok()
+        })
+        .await;
         // Segments age out of the delayed replica one delay after they do upstream.
         assert_eq!(info.config.unwrap().retention_ms, 62_000);
     });
@@ -468,12 +429,7 @@ fn a_replica_of_a_delayed_replica_sees_only_the_delayed_view() {
         // never holds (let alone shows) a record younger than the delay.
         wait_stored(&dl.addr, "c", 5).await;
         wait_visible(&below.addr, "c", 5, DELAY, Duration::from_secs(30)).await;
-        let s = Client::connect(&below.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
+        let s = common::status(&below.addr).await;
         assert_eq!(s.primary_addr, p.addr, "the primary's address travels down");
     });
     below.stop();
@@ -506,12 +462,7 @@ fn a_subscriber_past_a_promotion_point_is_told() {
                 .unwrap();
             assert_eq!(rec.offset, i);
         }
-        let out = r.cli(&["admin", "promote", "--at-offset", "6"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::stdout(&r.cli(&["admin", "promote", "--at-offset", "6"]));
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("the subscriber hears of the cut")
@@ -538,13 +489,7 @@ fn a_subscriber_past_a_promotion_point_is_told() {
 #[test]
 fn a_replica_below_a_delayed_node_fetches_a_span_only_up_to_the_horizon() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        "[log_defaults]\nsegment_bytes = 67108864\ninitial_segment_bytes = 67108864\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(67108864), &[]);
     let dl = start(&d.path().join("d"), &delayed(&p.addr, "2s"));
     let below_dir = d.path().join("below");
     let (below, end) = run(120, async {
@@ -566,8 +511,7 @@ fn a_replica_below_a_delayed_node_fetches_a_span_only_up_to_the_horizon() {
         let got = bc.read("big", last - 1, 1).await.unwrap().records;
         assert_old_enough(&got, DELAY);
         common::reach_end(&below.addr, "big", end).await;
-        let up = bc.status().await.unwrap().upstream.unwrap();
-        let l = up.logs.iter().find(|l| l.name == "big").unwrap();
+        let l = common::upstream_log(&bc, "big").await.unwrap();
         assert!(
             l.segment_bytes_fetched >= 16 << 20,
             "the visible span was not fetched: {l:?}"

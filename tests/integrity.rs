@@ -9,10 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{run, Server};
+use common::{describe, replica_of, run, wait_until, Server};
 use futures::StreamExt;
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
@@ -36,6 +36,22 @@ async fn append_each(addr: &str, log: &str, tag: &str, n: u64) -> u64 {
     end
 }
 
+/// Create `log` on the primary at `paddr`, append `n` batches of `tag` and wait until the
+/// replica at `raddr` has them all; returns the end.
+async fn replicated(paddr: &str, raddr: &str, log: &str, tag: &str, n: u64) -> u64 {
+    common::create_log(paddr, log).await;
+    let end = append_each(paddr, log, tag, n).await;
+    common::reach_end(raddr, log, end).await;
+    end
+}
+
+/// A primary under `d/p` and its replica under `d/r`.
+fn primary_and_replica(d: &Path) -> (Server, Server) {
+    let p = Server::start(&d.join("p"), &[]);
+    let r = Server::start(&d.join("r"), &replica_of(&p.addr, &[]));
+    (p, r)
+}
+
 /// Records of `log` on `addr` from `from`, until the end or an error (returned too).
 async fn read_from(addr: &str, log: &str, from: u64) -> (Vec<pb::Record>, Option<tonic::Status>) {
     let c = Client::connect(addr).await.unwrap();
@@ -49,31 +65,6 @@ async fn read_from(addr: &str, log: &str, from: u64) -> (Vec<pb::Record>, Option
             Err(e) => panic!("{e}"),
         }
     }
-}
-
-/// Poll `f` every 50 ms until it returns Some, for at most `secs`.
-async fn until<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn describe(addr: &str, log: &str) -> pb::LogInfo {
-    Client::connect(addr)
-        .await
-        .unwrap()
-        .describe_log(log)
-        .await
-        .unwrap()
 }
 
 /// The active (last) segment file of `log` under a data directory, and its base offset.
@@ -109,12 +100,6 @@ fn flip_frames(data: &Path, log: &str, frames: &[usize]) {
     }
 }
 
-fn replica_of<'a>(upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--replica-of", upstream];
-    v.extend_from_slice(extra);
-    v
-}
-
 /// A byte flipped in a synced batch of the active segment, after a clean stop or a kill:
 /// the log keeps every record (none cut), the damaged one reads as DATA_LOSS naming its
 /// offsets and where to read on, the others read back, appends go on, and `spool check`
@@ -127,12 +112,7 @@ fn a_flipped_byte_in_synced_data_is_damage_kept_and_reported_not_cut() {
         let a = Server::start(&dir, &[]);
         let addr = a.addr.clone();
         let end = run(30, async {
-            Client::connect(&addr)
-                .await
-                .unwrap()
-                .create_log("k", None)
-                .await
-                .unwrap();
+            common::create_log(&addr, "k").await;
             append_each(&addr, "k", "x", 20).await
         });
         if kill {
@@ -180,11 +160,7 @@ fn a_flipped_byte_in_synced_data_is_damage_kept_and_reported_not_cut() {
             assert_eq!(r.first_offset, end);
         });
         a.stop();
-        let check = std::process::Command::new(common::spool_bin())
-            .arg("check")
-            .arg(&dir)
-            .output()
-            .unwrap();
+        let check = common::check(&dir, &[]);
         assert!(!check.status.success(), "check must still see the damage");
     }
 }
@@ -196,11 +172,9 @@ fn a_flipped_byte_in_synced_data_is_damage_kept_and_reported_not_cut() {
 #[test]
 fn a_damaged_primary_repairs_from_its_replica_and_the_replica_never_truncates() {
     let d = tempfile::tempdir().unwrap();
-    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
-    let p = Server::start(&pdir, &[]);
-    let paddr = p.addr.clone();
-    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
-    let raddr = r.addr.clone();
+    let (p, r) = primary_and_replica(d.path());
+    let pdir = p.data_dir.clone();
+    let (paddr, raddr) = (p.addr.clone(), r.addr.clone());
     run(60, async {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("mid", None).await.unwrap();
@@ -217,7 +191,7 @@ fn a_damaged_primary_repairs_from_its_replica_and_the_replica_never_truncates() 
     flip(&seg, last + 13); // its length field: where the frame ends is not known
     let p = Server::start_on(&paddr, &pdir, &[]);
     run(90, async {
-        until(60, "the damage repaired", || async {
+        wait_until("the damage repaired", Duration::from_secs(60), || async {
             let mid = describe(&paddr, "mid").await;
             let end = describe(&paddr, "end").await;
             let done = mid.damaged.is_empty() && end.damaged.is_empty() && end.end_offset == 30;
@@ -234,9 +208,7 @@ fn a_damaged_primary_repairs_from_its_replica_and_the_replica_never_truncates() 
         assert_eq!(more, 33);
         common::reach_end(&raddr, "end", 33).await;
     });
-    r.stop();
-    p.stop();
-    assert_eq!(common::digests(&rdir), common::digests(&pdir));
+    common::stop_identical(r, p);
 }
 
 /// A replica whose log was cut back (here: its new primary, a delayed replica promoted
@@ -262,26 +234,18 @@ fn a_cut_back_replica_is_not_counted_for_its_old_acks() {
     );
     let daddr = dnode.addr.clone();
     run(60, async {
-        Client::connect(&paddr)
-            .await
-            .unwrap()
-            .create_log("a", None)
-            .await
-            .unwrap();
-        let end = append_each(&paddr, "a", "a", 20).await;
-        common::reach_end(&r.addr, "a", end).await;
-        until(30, "the delayed replica to store everything", || async {
-            let s = Client::connect(&daddr)
-                .await
-                .unwrap()
-                .status()
-                .await
-                .unwrap();
-            s.logs
-                .iter()
-                .any(|l| l.name == "a" && l.stored_offset == end)
-                .then_some(())
-        })
+        let end = replicated(&paddr, &r.addr, "a", "a", 20).await;
+        wait_until(
+            "the delayed replica to store everything",
+            Duration::from_secs(30),
+            || async {
+                let s = common::status(&daddr).await;
+                s.logs
+                    .iter()
+                    .any(|l| l.name == "a" && l.stored_offset == end)
+                    .then_some(())
+            },
+        )
         .await;
     });
     p.stop();
@@ -295,17 +259,16 @@ fn a_cut_back_replica_is_not_counted_for_its_old_acks() {
     });
     run(60, async {
         common::reach_end(&r.addr, "a", 8).await;
-        until(30, "the replica attached to the new primary", || async {
-            let s = Client::connect(&daddr)
-                .await
-                .unwrap()
-                .status()
-                .await
-                .unwrap();
-            let rep = s.replicas.iter().find(|x| x.id == "r" && x.connected)?;
-            let acked = rep.logs.iter().find(|l| l.name == "a")?.acked_offset;
-            (acked == 8).then_some(())
-        })
+        wait_until(
+            "the replica attached to the new primary",
+            Duration::from_secs(30),
+            || async {
+                let s = common::status(&daddr).await;
+                let rep = s.replicas.iter().find(|x| x.id == "r" && x.connected)?;
+                let acked = rep.logs.iter().find(|l| l.name == "a")?.acked_offset;
+                (acked == 8).then_some(())
+            },
+        )
         .await;
     });
     common::signal(&r.child, libc::SIGSTOP);
@@ -313,13 +276,7 @@ fn a_cut_back_replica_is_not_counted_for_its_old_acks() {
         Client::connect(&daddr)
             .await
             .unwrap()
-            .append_with(pb::AppendRequest {
-                log: "a".into(),
-                records: vec![Bytes::from("needs a replica")],
-                ack: AckMode::SemiSync as i32,
-                semi_sync_replicas: 1,
-                ..Default::default()
-            })
+            .append_with(common::semi_sync("a", "needs a replica", 1))
             .await
     });
     common::signal(&r.child, libc::SIGCONT);
@@ -337,19 +294,11 @@ fn a_cut_back_replica_is_not_counted_for_its_old_acks() {
 #[test]
 fn a_log_recreated_while_a_replica_was_down_is_copied_anew() {
     let d = tempfile::tempdir().unwrap();
-    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
-    let p = Server::start(&pdir, &[]);
+    let (p, r) = primary_and_replica(d.path());
+    let rdir = r.data_dir.clone();
     let paddr = p.addr.clone();
-    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
     run(60, async {
-        Client::connect(&paddr)
-            .await
-            .unwrap()
-            .create_log("k", None)
-            .await
-            .unwrap();
-        let end = append_each(&paddr, "k", "old", 10).await;
-        common::reach_end(&r.addr, "k", end).await;
+        replicated(&paddr, &r.addr, "k", "old", 10).await;
     });
     r.stop();
     run(60, async {
@@ -361,11 +310,15 @@ fn a_log_recreated_while_a_replica_was_down_is_copied_anew() {
     let r = Server::start(&rdir, &replica_of(&paddr, &[]));
     run(60, async {
         let primary = describe(&paddr, "k").await;
-        until(30, "the replica to hold the new incarnation", || async {
-            let c = Client::connect(&r.addr).await.unwrap();
-            let info = c.describe_log("k").await.ok()?;
-            (info.incarnation == primary.incarnation && info.end_offset == 5).then_some(())
-        })
+        wait_until(
+            "the replica to hold the new incarnation",
+            Duration::from_secs(30),
+            || async {
+                let c = Client::connect(&r.addr).await.unwrap();
+                let info = c.describe_log("k").await.ok()?;
+                (info.incarnation == primary.incarnation && info.end_offset == 5).then_some(())
+            },
+        )
         .await;
         let (recs, err) = read_from(&r.addr, "k", 0).await;
         assert!(err.is_none());
@@ -373,9 +326,7 @@ fn a_log_recreated_while_a_replica_was_down_is_copied_anew() {
         let want: Vec<Bytes> = (0..5).map(|i| value("new", i)).collect();
         assert_eq!(values, want);
     });
-    r.stop();
-    p.stop();
-    assert_eq!(common::digests(&rdir), common::digests(&pdir));
+    common::stop_identical(r, p);
 }
 
 /// A replica pointed at a primary of another cluster is refused, says why, and keeps its
@@ -387,36 +338,19 @@ fn a_replica_refuses_a_primary_of_another_cluster() {
     let p1 = Server::start(&p1dir, &[]);
     let r = Server::start(&rdir, &replica_of(&p1.addr, &[]));
     run(60, async {
-        Client::connect(&p1.addr)
-            .await
-            .unwrap()
-            .create_log("k", None)
-            .await
-            .unwrap();
-        let end = append_each(&p1.addr, "k", "one", 10).await;
-        common::reach_end(&r.addr, "k", end).await;
+        replicated(&p1.addr, &r.addr, "k", "one", 10).await;
     });
     r.stop();
     p1.stop();
     let p2 = Server::start(&p2dir, &[]);
     run(60, async {
-        Client::connect(&p2.addr)
-            .await
-            .unwrap()
-            .create_log("k", None)
-            .await
-            .unwrap();
+        common::create_log(&p2.addr, "k").await;
         append_each(&p2.addr, "k", "two", 10).await;
     });
     let r = Server::start(&rdir, &replica_of(&p2.addr, &[]));
     run(60, async {
-        let err = until(30, "the refusal", || async {
-            let s = Client::connect(&r.addr)
-                .await
-                .unwrap()
-                .status()
-                .await
-                .unwrap();
+        let err = wait_until("the refusal", Duration::from_secs(30), || async {
+            let s = common::status(&r.addr).await;
             let e = s.upstream?.last_error;
             (!e.is_empty()).then_some(e)
         })
@@ -433,20 +367,11 @@ fn a_replica_refuses_a_primary_of_another_cluster() {
 #[test]
 fn a_promoted_node_restarted_with_its_old_replica_of_goes_on_as_primary() {
     let d = tempfile::tempdir().unwrap();
-    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
-    let p = Server::start(&pdir, &[]);
-    let paddr = p.addr.clone();
-    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
-    let raddr = r.addr.clone();
+    let (p, r) = primary_and_replica(d.path());
+    let (pdir, rdir) = (p.data_dir.clone(), r.data_dir.clone());
+    let (paddr, raddr) = (p.addr.clone(), r.addr.clone());
     run(60, async {
-        Client::connect(&paddr)
-            .await
-            .unwrap()
-            .create_log("k", None)
-            .await
-            .unwrap();
-        let end = append_each(&paddr, "k", "x", 5).await;
-        common::reach_end(&raddr, "k", end).await;
+        replicated(&paddr, &raddr, "k", "x", 5).await;
         Client::connect(&raddr)
             .await
             .unwrap()
@@ -462,20 +387,19 @@ fn a_promoted_node_restarted_with_its_old_replica_of_goes_on_as_primary() {
     r.stop();
     let r = Server::start_on(&raddr, &rdir, &replica_of(&paddr, &[]));
     run(60, async {
-        let at = until(30, "the promoted node to take writes", || async {
-            let c = Client::connect(&raddr).await.unwrap();
-            c.append("k", vec![Bytes::from("after")], AckMode::Async)
-                .await
-                .ok()
-        })
+        let at = wait_until(
+            "the promoted node to take writes",
+            Duration::from_secs(30),
+            || async {
+                let c = Client::connect(&raddr).await.unwrap();
+                c.append("k", vec![Bytes::from("after")], AckMode::Async)
+                    .await
+                    .ok()
+            },
+        )
         .await;
         assert_eq!(at.first_offset, 5);
-        let s = Client::connect(&paddr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
+        let s = common::status(&paddr).await;
         assert_eq!(s.role, "replica");
         common::reach_end(&paddr, "k", 6).await;
     });
@@ -489,11 +413,9 @@ fn a_promoted_node_restarted_with_its_old_replica_of_goes_on_as_primary() {
 #[test]
 fn scrub_finds_damage_in_a_sealed_segment_and_it_is_repaired_from_a_peer() {
     let d = tempfile::tempdir().unwrap();
-    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
-    let p = Server::start(&pdir, &[]);
-    let paddr = p.addr.clone();
-    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
-    let raddr = r.addr.clone();
+    let (p, r) = primary_and_replica(d.path());
+    let (pdir, rdir) = (p.data_dir.clone(), r.data_dir.clone());
+    let (paddr, raddr) = (p.addr.clone(), r.addr.clone());
     run(60, async {
         let c = Client::connect(&paddr).await.unwrap();
         let small = pb::LogConfig {
@@ -525,9 +447,11 @@ fn scrub_finds_damage_in_a_sealed_segment_and_it_is_repaired_from_a_peer() {
     run(60, async {
         let found = scrub(raddr.clone()).await;
         assert!(found.contains("1 damaged range(s) found"), "{found}");
-        until(30, "the repair from the upstream", || async {
-            describe(&raddr, "s").await.damaged.is_empty().then_some(())
-        })
+        wait_until(
+            "the repair from the upstream",
+            Duration::from_secs(30),
+            || async { describe(&raddr, "s").await.damaged.is_empty().then_some(()) },
+        )
         .await;
         let again = scrub(raddr.clone()).await;
         assert!(again.contains("0 damaged range(s) found"), "{again}");
@@ -535,14 +459,7 @@ fn scrub_finds_damage_in_a_sealed_segment_and_it_is_repaired_from_a_peer() {
     r.stop();
     // Offline: the stopped replica's directory, repaired from the running primary.
     flip(&first, 7_000);
-    let check = |extra: &[&str]| {
-        std::process::Command::new(common::spool_bin())
-            .arg("check")
-            .args(extra)
-            .arg(&rdir)
-            .output()
-            .unwrap()
-    };
+    let check = |extra: &[&str]| common::check(&rdir, extra);
     assert!(!check(&[]).status.success());
     let repaired = check(&["--repair-from", &paddr]);
     assert!(

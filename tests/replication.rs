@@ -5,18 +5,22 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
-use common::{free_port, load_records, run, wait_metrics, Server};
+use common::{free_port, load_records, replica_of, run, wait_metrics, wait_until, Server};
 use spool::client::{AckMode, Client};
 use spool_proto::v1 as pb;
 use tonic::Code;
 
-fn replica_args<'a>(upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut v = vec!["--replica-of", upstream];
-    v.extend_from_slice(extra);
-    v
+/// Replicas `r1` of `p` and `r2` of `r1`, under `d`.
+fn cascade(d: &std::path::Path, p: &Server) -> (Server, Server) {
+    let r1 = Server::start(&d.join("r1"), &replica_of(&p.addr, &["--replica-id", "r1"]));
+    let r2 = Server::start(
+        &d.join("r2"),
+        &replica_of(&r1.addr, &["--replica-id", "r2"]),
+    );
+    (r1, r2)
 }
 
 /// Wait (bounded) until `log` on the node at `addr` reaches `end`, and not past it.
@@ -46,17 +50,12 @@ async fn load(addr: &str, log: &str, batches: u64, tag: &str) -> u64 {
 #[test]
 fn async_replica_and_cascade_end_identical() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1000\n").unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
-    let r1 = Server::start(
-        &d.path().join("r1"),
-        &replica_args(&p.addr, &["--replica-id", "r1"]),
+    let p = Server::start_toml(
+        &d.path().join("p"),
+        "[replication]\nack_timeout_ms = 1000\n",
+        &[],
     );
-    let r2 = Server::start(
-        &d.path().join("r2"),
-        &replica_args(&r1.addr, &["--replica-id", "r2"]),
-    );
+    let (r1, r2) = cascade(d.path(), &p);
     run(120, async {
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("a", None).await.unwrap();
@@ -83,25 +82,14 @@ fn async_replica_and_cascade_end_identical() {
         // By default only direct replicas count for acks: semi-sync:2 cannot be met, and
         // is refused before anything is written.
         let e = c
-            .append_with(pb::AppendRequest {
-                log: "a".into(),
-                records: vec![Bytes::from("k2")],
-                ack: pb::AckMode::SemiSync as i32,
-                semi_sync_replicas: 2,
-                ..Default::default()
-            })
+            .append_with(common::semi_sync("a", "k2", 2))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
         for addr in [&r1.addr, &r2.addr] {
             wait_end(addr, "a", end_a).await;
         }
-        let s2 = Client::connect(&r2.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
+        let s2 = common::status(&r2.addr).await;
         assert_eq!(s2.role, "replica");
         assert_eq!(
             s2.primary_addr, p.addr,
@@ -110,11 +98,12 @@ fn async_replica_and_cascade_end_identical() {
         // Deleting a log replicates too.
         c.delete_log("z").await.unwrap();
         let r2c = Client::connect(&r2.addr).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r2c.describe_log("z").await.is_ok() {
-            assert!(Instant::now() < deadline, "deletion did not reach r2");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until(
+            "deletion did not reach r2",
+            Duration::from_secs(30),
+            || async { r2c.describe_log("z").await.is_err().then_some(()) },
+        )
+        .await;
     });
     r2.stop();
     r1.stop();
@@ -128,12 +117,14 @@ fn async_replica_and_cascade_end_identical() {
 #[test]
 fn semi_sync_waits_for_a_durable_replica_then_times_out() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1500\n").unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(
+        &d.path().join("p"),
+        "[replication]\nack_timeout_ms = 1500\n",
+        &[],
+    );
     let r = Server::start(
         &d.path().join("r"),
-        &replica_args(&p.addr, &["--sync-replica"]),
+        &replica_of(&p.addr, &["--sync-replica"]),
     );
     run(120, async {
         let c = Client::connect(&p.addr).await.unwrap();
@@ -180,13 +171,7 @@ fn semi_sync_waits_for_a_durable_replica_then_times_out() {
         assert_eq!(ok.replicas_confirmed, 1);
         // Asking for more replicas than are attached is refused at once.
         let e = c
-            .append_with(pb::AppendRequest {
-                log: "s".into(),
-                records: vec![Bytes::from("six")],
-                ack: pb::AckMode::SemiSync as i32,
-                semi_sync_replicas: 2,
-                ..Default::default()
-            })
+            .append_with(common::semi_sync("s", "six", 2))
             .await
             .unwrap_err();
         assert_eq!(e.code(), Some(Code::FailedPrecondition));
@@ -198,14 +183,12 @@ fn semi_sync_waits_for_a_durable_replica_then_times_out() {
 #[test]
 fn timeout_can_degrade_to_async() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
+    let p = Server::start_toml(
+        &d.path().join("p"),
         "[replication]\nack_timeout_ms = 500\nack_timeout_policy = \"degrade\"\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
-    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+        &[],
+    );
+    let r = Server::start(&d.path().join("r"), &replica_of(&p.addr, &[]));
     run(60, async {
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("g", None).await.unwrap();
@@ -230,7 +213,7 @@ fn killed_replica_resumes_partially_and_ends_identical() {
     let d = tempfile::tempdir().unwrap();
     let p = Server::start(&d.path().join("p"), &[]);
     let rdir = d.path().join("r");
-    let r = Server::start(&rdir, &replica_args(&p.addr, &["--replica-id", "r"]));
+    let r = Server::start(&rdir, &replica_of(&p.addr, &["--replica-id", "r"]));
     let paddr = p.addr.clone();
     let r = run(120, async move {
         let c = Client::connect(&paddr).await.unwrap();
@@ -247,15 +230,10 @@ fn killed_replica_resumes_partially_and_ends_identical() {
         tokio::time::sleep(Duration::from_millis(400)).await;
         r.kill9();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let r = Server::start(&rdir, &replica_args(&paddr, &["--replica-id", "r"]));
+        let r = Server::start(&rdir, &replica_of(&paddr, &["--replica-id", "r"]));
         let end = writer.await.unwrap();
         wait_end(&r.addr, "k", end).await;
-        let s = Client::connect(&r.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
+        let s = common::status(&r.addr).await;
         let up = s.upstream.unwrap();
         assert!(up.connected);
         assert!(
@@ -264,35 +242,23 @@ fn killed_replica_resumes_partially_and_ends_identical() {
         );
         r
     });
-    r.stop();
-    p.stop();
-    assert_eq!(
-        common::digests(&d.path().join("r")),
-        common::digests(&d.path().join("p"))
-    );
+    common::stop_identical(r, p);
 }
 
 #[test]
 fn replica_after_retention_gets_a_full_sync() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\ninitial_segment_bytes = 262144\nretention_bytes = 524288\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(&d.path().join("p"), "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\ninitial_segment_bytes = 262144\nretention_bytes = 524288\n", &[]);
     let r = run(120, async {
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("f", None).await.unwrap();
         let end = load(&p.addr, "f", 400, "f").await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.describe_log("f").await.unwrap().start_offset == 0 {
-            assert!(Instant::now() < deadline, "retention never ran");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        wait_until("retention never ran", Duration::from_secs(30), || async {
+            (c.describe_log("f").await.unwrap().start_offset > 0).then_some(())
+        })
+        .await;
         let start = c.describe_log("f").await.unwrap().start_offset;
-        let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+        let r = Server::start(&d.path().join("r"), &replica_of(&p.addr, &[]));
         wait_end(&r.addr, "f", end).await;
         let rc = Client::connect(&r.addr).await.unwrap();
         let info = rc.describe_log("f").await.unwrap();
@@ -333,7 +299,7 @@ fn divergent_tail_is_truncated_after_failover() {
     let d = tempfile::tempdir().unwrap();
     let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
     let p = Server::start(&pdir, &[]);
-    let r = Server::start(&rdir, &replica_args(&p.addr, &[]));
+    let r = Server::start(&rdir, &replica_of(&p.addr, &[]));
     let paddr = p.addr.clone();
     run(60, async {
         let c = Client::connect(&paddr).await.unwrap();
@@ -355,11 +321,9 @@ fn divergent_tail_is_truncated_after_failover() {
         load(&paddr, "d", 5, "after").await
     });
     assert!(rogue > 160 && end > 160);
-    let r = Server::start(&rdir, &replica_args(&paddr, &[]));
+    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
     run(60, async { wait_end(&r.addr, "d", end).await });
-    r.stop();
-    p.stop();
-    assert_eq!(common::digests(&rdir), common::digests(&pdir));
+    common::stop_identical(r, p);
 }
 
 /// A replica of a replica whose upstream then cuts its own divergent tail (it had run
@@ -372,8 +336,8 @@ fn a_cascaded_replica_follows_its_upstream_cutting_a_divergent_tail() {
     let (pdir, r1dir, r2dir) = (d.path().join("p"), d.path().join("r1"), d.path().join("r2"));
     let p = Server::start(&pdir, &[]);
     let mid = format!("127.0.0.1:{}", free_port());
-    let r1 = Server::start_on(&mid, &r1dir, &replica_args(&p.addr, &[]));
-    let r2 = Server::start(&r2dir, &replica_args(&mid, &[]));
+    let r1 = Server::start_on(&mid, &r1dir, &replica_of(&p.addr, &[]));
+    let r2 = Server::start(&r2dir, &replica_of(&mid, &[]));
     let paddr = p.addr.clone();
     let common_end = run(60, async {
         let c = Client::connect(&paddr).await.unwrap();
@@ -401,20 +365,8 @@ fn a_cascaded_replica_follows_its_upstream_cutting_a_divergent_tail() {
     // The middle node comes back as a replica of the frozen primary: its replica attaches
     // to it (and is told to continue, the tail still being there) before it can cut.
     common::signal(&p.child, libc::SIGSTOP);
-    let r1 = Server::start_on(&mid, &r1dir, &replica_args(&paddr, &[]));
-    run(60, async {
-        let c = Client::connect(&mid).await.unwrap();
-        while !c
-            .status()
-            .await
-            .unwrap()
-            .replicas
-            .iter()
-            .any(|r| r.connected)
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let r1 = Server::start_on(&mid, &r1dir, &replica_of(&paddr, &[]));
+    run(60, common::wait_connected(&mid, 1));
     common::signal(&p.child, libc::SIGCONT);
     run(60, async {
         wait_end(&r1.addr, "d", end).await;
@@ -422,14 +374,11 @@ fn a_cascaded_replica_follows_its_upstream_cutting_a_divergent_tail() {
         // Frames sent in a race with the cut may have reached it first: it is then told
         // at the next step and cuts them. Wait for the records to agree.
         let want = read_all(&paddr, "d").await;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while read_all(&r2.addr, "d").await != want {
-            assert!(
-                Instant::now() < deadline,
-                "the cascaded replica kept the cut tail"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let kept = "the cascaded replica kept the cut tail";
+        wait_until(kept, Duration::from_secs(20), || async {
+            (read_all(&r2.addr, "d").await == want).then_some(())
+        })
+        .await;
     });
     r2.stop();
     r1.stop();
@@ -447,7 +396,7 @@ fn a_cascaded_replica_follows_its_upstream_cutting_a_divergent_tail() {
 fn replicas_refuse_writes_and_the_client_follows() {
     let d = tempfile::tempdir().unwrap();
     let p = Server::start(&d.path().join("p"), &[]);
-    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    let r = Server::start(&d.path().join("r"), &replica_of(&p.addr, &[]));
     run(60, async {
         let pc = Client::connect(&p.addr).await.unwrap();
         pc.create_log("w", None).await.unwrap();
@@ -508,12 +457,7 @@ fn replicas_refuse_writes_and_the_client_follows() {
             assert_eq!(got.records[0].value, Bytes::from(format!("ryw {i}")));
         }
         // The CLI, pointed at the replica, lands its write on the primary too.
-        let out = common::cli(&r.addr, &["append", "w", "from-cli"], None);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::stdout(&common::cli(&r.addr, &["append", "w", "from-cli"], None));
         let last = pc.describe_log("w").await.unwrap().end_offset;
         let rec = pc.read("w", last - 1, 1).await.unwrap();
         assert_eq!(rec.records[0].value, Bytes::from("from-cli"));
@@ -525,27 +469,24 @@ fn replicas_refuse_writes_and_the_client_follows() {
 #[test]
 fn min_replicas_to_write_refuses_until_attached() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
+    let p = Server::start_toml(
+        &d.path().join("p"),
         "[replication]\nmin_replicas_to_write = 1\nmin_replicas_max_lag_ms = 3000\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+        &[],
+    );
     run(60, async {
         let c = Client::connect(&p.addr).await.unwrap();
         let e = c.create_log("m", None).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::FailedPrecondition));
         assert!(e.to_string().contains("min-replicas-to-write"), "{e}");
     });
-    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    let r = Server::start(&d.path().join("r"), &replica_of(&p.addr, &[]));
     run(60, async {
         let c = Client::connect(&p.addr).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while c.create_log("m", None).await.is_err() {
-            assert!(Instant::now() < deadline, "writes never resumed");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until("writes never resumed", Duration::from_secs(30), || async {
+            c.create_log("m", None).await.ok().map(drop)
+        })
+        .await;
         c.append("m", vec![Bytes::from("ok")], AckMode::Async)
             .await
             .unwrap();
@@ -558,12 +499,15 @@ fn min_replicas_to_write_refuses_until_attached() {
 fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
     use std::io::{BufRead, BufReader};
     let d = tempfile::tempdir().unwrap();
-    // A free port for the primary; the replica takes the next one.
-    let base = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    // A free port for the primary; the replica takes the next one, so it must be free too
+    // (another test's node may hold it).
+    let base = loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        if port < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            break port;
+        }
+    };
     let mut child = Command::new(common::spool_bin())
         .args([
             "dev-cluster",
@@ -596,19 +540,13 @@ fn dev_cluster_starts_replicates_and_stops_on_ctrl_c() {
     assert!(printed.iter().any(|l| l.contains(&replica)), "{printed:?}");
     run(60, async {
         // The nodes come up in the background: wait (bounded) until the replica is attached.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let c = loop {
-            if let Ok(c) = Client::connect(&primary).await {
-                if c.status()
-                    .await
-                    .is_ok_and(|s| s.replicas.iter().any(|r| r.connected))
-                {
-                    break c;
-                }
-            }
-            assert!(Instant::now() < deadline, "dev cluster did not come up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let came_up = "dev cluster did not come up";
+        let c = wait_until(came_up, Duration::from_secs(30), || async {
+            let c = Client::connect(&primary).await.ok()?;
+            let s = c.status().await.ok()?;
+            s.replicas.iter().any(|r| r.connected).then_some(c)
+        })
+        .await;
         c.create_log("demo", None).await.unwrap();
         let a = c
             .append("demo", vec![Bytes::from("hi")], AckMode::SemiSync)
@@ -674,15 +612,12 @@ fn full_sync_resumes_with(
     roll_while_frozen: bool,
 ) {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        format!("[log_defaults]\nsegment_bytes = {segment_bytes}\ninitial_segment_bytes = {segment_bytes}\n"),
-    )
-    .unwrap();
-    let rcfg = d.path().join("r.toml");
-    std::fs::write(&rcfg, format!("[replication]\nsegment_fetch = {fetch}\n")).unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let config = common::fixed_segments(segment_bytes);
+    let p = Server::start_toml(&d.path().join("p"), &config, &[]);
+    let rcfg = common::write_config(
+        &d.path().join("r"),
+        &format!("[replication]\nsegment_fetch = {fetch}\n"),
+    );
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");
     let plog = d.path().join("p/logs/s");
@@ -696,19 +631,14 @@ fn full_sync_resumes_with(
                 "never caught the replica in the first half of a segment"
             );
             let _ = std::fs::remove_dir_all(&rdir);
-            let rcfg = rcfg.to_str().unwrap();
             let r = Server::start(
                 &rdir,
-                &replica_args(&paddr, &["--replica-id", "seg", "--config", rcfg]),
+                &replica_of(&paddr, &["--replica-id", "seg", "--config", &rcfg]),
             );
             let rc = Client::connect(&r.addr).await.unwrap();
             // Freeze it early in a segment, so that the segment cannot finish meanwhile.
             let caught = loop {
-                let s = rc.status().await.unwrap();
-                let l = s
-                    .upstream
-                    .and_then(|u| u.logs.into_iter().find(|l| l.name == "s"));
-                match l {
+                match common::upstream_log(&rc, "s").await {
                     Some(l) if l.local_end >= end => break None,
                     Some(l)
                         if l.segment_next > 0
@@ -726,21 +656,12 @@ fn full_sync_resumes_with(
                 continue;
             };
             // The primary notices the silence and drops the session.
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while c
-                .status()
-                .await
-                .unwrap()
-                .replicas
-                .iter()
-                .any(|x| x.connected)
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "the primary never dropped the frozen replica"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let kept = "the primary never dropped the frozen replica";
+            wait_until(kept, Duration::from_secs(30), || async {
+                let s = c.status().await.unwrap();
+                (!s.replicas.iter().any(|x| x.connected)).then_some(())
+            })
+            .await;
             if roll_while_frozen {
                 let before = c.describe_log("s").await.unwrap().segments;
                 end = load_records(&paddr, "s", 150..166, 64 << 10, "s").await;
@@ -752,8 +673,7 @@ fn full_sync_resumes_with(
             }
             common::signal(&r.child, libc::SIGCONT);
             wait_end(&r.addr, "s", end).await;
-            let up = rc.status().await.unwrap().upstream.unwrap();
-            let l = up.logs.iter().find(|l| l.name == "s").unwrap();
+            let l = common::upstream_log(&rc, "s").await.unwrap();
             assert!(staged > 0 && l.segments_received >= min_segments, "{l:?}");
             // Sealed segments on the replica are exactly what it received.
             let mut sizes = common::segment_files(&rdir.join("logs/s"));
@@ -793,12 +713,7 @@ fn full_sync_resumes_with(
         }
         unreachable!()
     });
-    r.stop();
-    p.stop();
-    assert_eq!(
-        common::digests(&d.path().join("r")),
-        common::digests(&d.path().join("p"))
-    );
+    common::stop_identical(r, p);
 }
 
 /// A replica that stopped inside a segment the primary has since sealed fetches the rest of
@@ -807,15 +722,9 @@ fn full_sync_resumes_with(
 #[test]
 fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        "[log_defaults]\nsegment_bytes = 33554432\ninitial_segment_bytes = 33554432\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(33554432), &[]);
     let rdir = d.path().join("r");
-    let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
+    let mut r = Some(Server::start(&rdir, &replica_of(&p.addr, &[])));
     let (paddr, rd) = (p.addr.clone(), rdir.clone());
     let (stopped_at, r) = run(120, async move {
         let c = Client::connect(&paddr).await.unwrap();
@@ -825,21 +734,10 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
         wait_end(&r.as_ref().unwrap().addr, "m", end).await;
         r.take().unwrap().stop();
         let end2 = load_records(&paddr, "m", 16..112, 32 << 10, "m").await;
-        let r = Server::start(&rd, &replica_args(&paddr, &[]));
+        let r = Server::start(&rd, &replica_of(&paddr, &[]));
         wait_end(&r.addr, "m", end2).await;
-        let up = Client::connect(&r.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
-        let l = up
-            .upstream
-            .unwrap()
-            .logs
-            .into_iter()
-            .find(|l| l.name == "m")
-            .unwrap();
+        let rc = common::client(&r.addr).await;
+        let l = common::upstream_log(&rc, "m").await.unwrap();
         assert!(
             l.segments_received >= 1 && l.segment_bytes_fetched >= 16 << 20,
             "the rest of the sealed segment was not fetched: {l:?}"
@@ -863,15 +761,9 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
 #[test]
 fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        "[log_defaults]\nsegment_bytes = 67108864\ninitial_segment_bytes = 67108864\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(67108864), &[]);
     let rdir = d.path().join("r");
-    let mut r = Some(Server::start(&rdir, &replica_args(&p.addr, &[])));
+    let mut r = Some(Server::start(&rdir, &replica_of(&p.addr, &[])));
     let (paddr, rd) = (p.addr.clone(), rdir.clone());
     let (stopped_at, durable_at_restart, r) = run(120, async move {
         let c = Client::connect(&paddr).await.unwrap();
@@ -881,23 +773,12 @@ fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
         wait_end(&r.as_ref().unwrap().addr, "a", end).await;
         r.take().unwrap().stop();
         let end2 = load_records(&paddr, "a", 16..64, 32 << 10, "a").await;
-        let r = Server::start(&rd, &replica_args(&paddr, &[]));
+        let r = Server::start(&rd, &replica_of(&paddr, &[]));
         // Appends go on while it catches up.
         let end3 = load_records(&paddr, "a", 64..80, 32 << 10, "a").await;
         wait_end(&r.addr, "a", end3).await;
-        let status = Client::connect(&r.addr)
-            .await
-            .unwrap()
-            .status()
-            .await
-            .unwrap();
-        let l = status
-            .upstream
-            .unwrap()
-            .logs
-            .into_iter()
-            .find(|l| l.name == "a")
-            .unwrap();
+        let rc = common::client(&r.addr).await;
+        let l = common::upstream_log(&rc, "a").await.unwrap();
         assert!(
             l.segments_received >= 1 && l.segment_bytes_fetched >= 16 << 20,
             "the durable span of the active segment was not fetched: {l:?}"
@@ -938,21 +819,12 @@ fn a_replica_behind_inside_the_active_segment_fetches_the_durable_span() {
 #[test]
 fn cascaded_replicas_count_for_acks_when_configured() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
+    let p = Server::start_toml(
+        &d.path().join("p"),
         "[replication]\ncascaded_counts_for_acks = true\nack_timeout_ms = 2000\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
-    let r1 = Server::start(
-        &d.path().join("r1"),
-        &replica_args(&p.addr, &["--replica-id", "r1"]),
+        &[],
     );
-    let r2 = Server::start(
-        &d.path().join("r2"),
-        &replica_args(&r1.addr, &["--replica-id", "r2"]),
-    );
+    let (r1, r2) = cascade(d.path(), &p);
     run(120, async {
         let c = Client::connect(&p.addr).await.unwrap();
         c.create_log("c", None).await.unwrap();
@@ -960,13 +832,7 @@ fn cascaded_replicas_count_for_acks_when_configured() {
             .await
             .unwrap();
         wait_end(&r2.addr, "c", 1).await;
-        let semi2 = |value: &'static str| pb::AppendRequest {
-            log: "c".into(),
-            records: vec![Bytes::from(value)],
-            ack: pb::AckMode::SemiSync as i32,
-            semi_sync_replicas: 2,
-            ..Default::default()
-        };
+        let semi2 = |value| common::semi_sync("c", value, 2);
         let ok = c.append_with(semi2("one")).await.unwrap();
         assert_eq!(ok.replicas_confirmed, 2);
         common::signal(&r2.child, libc::SIGSTOP);
@@ -1002,7 +868,7 @@ fn replication_metrics_per_replica_and_upstream() {
     );
     let r = Server::start(
         &d.path().join("r"),
-        &replica_args(
+        &replica_of(
             &p.addr,
             &[
                 "--replica-id",
@@ -1049,13 +915,7 @@ fn replication_metrics_per_replica_and_upstream() {
 #[test]
 fn replica_killed_during_a_segment_transfer_recovers_identical() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(
-        &cfg,
-        "[log_defaults]\nsegment_bytes = 16777216\ninitial_segment_bytes = 16777216\n",
-    )
-    .unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(16777216), &[]);
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");
     let rd = rdir.clone();
@@ -1063,28 +923,26 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("k", None).await.unwrap();
         let end = load_records(&paddr, "k", 0..80, 64 << 10, "k").await;
-        let r = Server::start(&rd, &replica_args(&paddr, &["--replica-id", "k"]));
+        let r = Server::start(&rd, &replica_of(&paddr, &["--replica-id", "k"]));
         let rc = Client::connect(&r.addr).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let s = rc.status().await.unwrap();
-            let l = s
-                .upstream
-                .and_then(|u| u.logs.into_iter().find(|l| l.name == "k"));
+        let transfer = "never saw a segment in transfer";
+        let (limit, every) = (Duration::from_secs(60), Duration::from_millis(1));
+        common::wait_until_every(transfer, limit, every, || async {
+            let l = common::upstream_log(&rc, "k").await;
             if l.as_ref()
                 .is_some_and(|l| l.segments_received >= 1 && l.segment_next > 0)
             {
-                break;
+                return Some(());
             }
             assert!(
                 l.is_none_or(|l| l.local_end < end),
                 "caught up before the kill"
             );
-            assert!(Instant::now() < deadline, "never saw a segment in transfer");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+            None
+        })
+        .await;
         r.kill9();
-        let r = Server::start(&rd, &replica_args(&paddr, &["--replica-id", "k"]));
+        let r = Server::start(&rd, &replica_of(&paddr, &["--replica-id", "k"]));
         wait_end(&r.addr, "k", end).await;
         r
     });
@@ -1110,10 +968,12 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
 fn idempotent_retries_are_answered_after_a_failover() {
     use spool::client::IdempotentProducer;
     let d = tempfile::tempdir().unwrap();
-    let cfg = d.path().join("p.toml");
-    std::fs::write(&cfg, "[replication]\nack_timeout_ms = 1000\n").unwrap();
-    let p = Server::start(&d.path().join("p"), &["--config", cfg.to_str().unwrap()]);
-    let r = Server::start(&d.path().join("r"), &replica_args(&p.addr, &[]));
+    let p = Server::start_toml(
+        &d.path().join("p"),
+        "[replication]\nack_timeout_ms = 1000\n",
+        &[],
+    );
+    let r = Server::start(&d.path().join("r"), &replica_of(&p.addr, &[]));
     let req = |sequence: u64, ack: AckMode| pb::AppendRequest {
         log: "idem".into(),
         records: vec![Bytes::from(format!("batch {sequence}")), Bytes::from("x")],

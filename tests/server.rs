@@ -141,14 +141,8 @@ fn cli_idempotent_append_is_safe_to_run_again() {
 #[test]
 fn error_codes_fit_the_cause() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("spool.toml");
-    std::fs::write(
-        &cfg,
-        "[storage]\nrecord_bytes_max = 1000\n[replication]\nack_timeout_ms = 300\n",
-    )
-    .unwrap();
-    let data = dir.path().join("data");
-    let s = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
+    let config = "[storage]\nrecord_bytes_max = 1000\n[replication]\nack_timeout_ms = 300\n";
+    let s = Server::start_toml(&dir.path().join("data"), config, &[]);
     run(30, async {
         let c = Client::connect(&s.addr).await.unwrap();
         c.create_log("a", None).await.unwrap();
@@ -371,22 +365,13 @@ fn check_finds_planted_corruption() {
     let lines: String = (0..2000).map(|i| format!("record number {i}\n")).collect();
     stdout(&s.cli_stdin(&["append", "c"], &lines));
     s.stop();
-    let ok = Command::new(common::spool_bin())
-        .args(["check"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let out = stdout(&ok);
+    let out = stdout(&common::check(dir.path(), &[]));
     assert!(out.starts_with("ok"), "{out}");
     let seg = dir.path().join("logs/c/00000000000000000000.seg");
     let mut b = std::fs::read(&seg).unwrap();
     b[10_000] ^= 0x40;
     std::fs::write(&seg, b).unwrap();
-    let bad = Command::new(common::spool_bin())
-        .args(["check"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
+    let bad = common::check(dir.path(), &[]);
     assert!(!bad.status.success());
     let out = String::from_utf8_lossy(&bad.stdout);
     assert!(

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use clap::Args;
 use serde::Serialize;
 use spool::client::{AckMode, Client};
+use spool::config::IoBackend;
 use tokio::sync::Semaphore;
 
 use super::grpc::server::BenchServer;
@@ -44,9 +45,9 @@ pub struct CatchupArgs {
     /// Give up waiting for a catch-up after this many seconds.
     #[arg(long, default_value_t = 300.0)]
     pub timeout: f64,
-    /// Server IO backend: auto, std or uring.
-    #[arg(long, default_value = "auto")]
-    pub io_backend: String,
+    /// Server IO backend.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    pub io_backend: IoBackend,
     /// Directory under which a fresh temporary data directory is created (and removed).
     #[arg(long)]
     pub dir: Option<PathBuf>,
@@ -94,7 +95,7 @@ pub(super) fn run_catchup(args: &CatchupArgs) -> Result<()> {
     let rt = runtime(None)?;
     let tmp = fresh_data_dir(&args.dir)?;
     let mut primary =
-        BenchServer::start(false, &tmp.path().join("p"), tmp.path(), &args.io_backend)?;
+        BenchServer::start(false, &tmp.path().join("p"), tmp.path(), args.io_backend)?;
     let mut replica = None;
     let res = rt.block_on(drive(args, tmp.path(), &primary, &mut replica));
     if let Some(mut r) = replica {
@@ -221,7 +222,7 @@ impl CatchupPhase<'_> {
         let r = replica.insert(BenchServer::start_replica(
             self.rdir,
             self.work,
-            &self.args.io_backend,
+            self.args.io_backend,
             self.primary.addr,
             "r1",
             false,

@@ -97,7 +97,7 @@ pub(super) fn run_scan(args: &ScanArgs) -> Result<()> {
     }
     let rt = runtime(args.common.threads)?;
     let mut runs = Vec::new();
-    for &backend in &args.common.backends {
+    for backend in args.common.backends.iter().map(|&b| BackendChoice::from(b)) {
         let run = scan_run(&rt, args, backend)?;
         human(&args.common.json, &scan_lines(&run));
         runs.push(run);

@@ -116,7 +116,7 @@ pub(super) fn run_storage(args: &StorageArgs) -> Result<()> {
     let rt = runtime(args.common.threads)?;
     human(&args.common.json, &table_header());
     let mut runs = Vec::new();
-    for &backend in &args.common.backends {
+    for backend in args.common.backends.iter().map(|&b| BackendChoice::from(b)) {
         for &record_bytes in &args.record_bytes {
             let run = rt.block_on(storage_run(args, backend, record_bytes))?;
             human(&args.common.json, &table_line(&run));

@@ -11,31 +11,8 @@ pub struct ServeArgs {
     /// TOML config file (flags and environment override it).
     #[arg(long, env = "SPOOL_CONFIG")]
     pub config: Option<PathBuf>,
-    /// Data directory [default: ./spool-data].
-    #[arg(long, env = "SPOOL_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// gRPC listen address [default: 127.0.0.1:7070]; port 0 picks a free port.
-    #[arg(long, env = "SPOOL_LISTEN")]
-    pub listen: Option<String>,
-    /// Prometheus endpoint address (off unless set).
-    #[arg(long, env = "SPOOL_METRICS_LISTEN")]
-    pub metrics_listen: Option<String>,
-    /// IO backend: std (pwrite+fdatasync), uring, auto (io_uring, else std).
-    #[arg(long, env = "SPOOL_IO_BACKEND")]
-    pub io_backend: Option<String>,
-    /// Run as a replica of this upstream (a primary or another replica).
-    #[arg(long, env = "SPOOL_REPLICA_OF")]
-    pub replica_of: Option<String>,
-    /// This replica counts as synchronous for `sync` acks.
-    #[arg(long)]
-    pub sync_replica: bool,
-    /// Name shown in the upstream's status [default: the listen address].
-    #[arg(long, env = "SPOOL_REPLICA_ID")]
-    pub replica_id: Option<String>,
-    /// Delayed replica: expose only what the primary wrote at least this long ago
-    /// (500ms, 30s, 15m, 1h, 2d). Needs --replica-of.
-    #[arg(long, env = "SPOOL_DELAY")]
-    pub delay: Option<String>,
+    #[command(flatten)]
+    pub overrides: Overrides,
 }
 
 /// Raise the soft open-files limit to the hard one (logs hold descriptors, see
@@ -70,19 +47,7 @@ pub fn run(args: ServeArgs) -> Result<()> {
         Some(p) => FileConfig::load(p)?,
         None => FileConfig::default(),
     };
-    let config = ServerConfig::build(
-        file,
-        Overrides {
-            data_dir: args.data_dir,
-            listen: args.listen,
-            metrics_listen: args.metrics_listen,
-            io_backend: args.io_backend,
-            replica_of: args.replica_of,
-            sync_replica: args.sync_replica,
-            replica_id: args.replica_id,
-            delay: args.delay,
-        },
-    )?;
+    let config = ServerConfig::build(file, args.overrides)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("spool-grpc")

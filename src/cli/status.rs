@@ -58,34 +58,19 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
         println!(
             "  upstream {} {} (heard {} ms ago)",
             u.addr,
-            if u.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
+            connected(u.connected),
             u.last_heard_ms_ago
         );
         if !u.connected && !u.last_error.is_empty() {
             println!("    last error: {}", u.last_error);
         }
         for l in &u.logs {
-            let receiving = segment_progress(
-                "receiving a segment",
-                l.local_end,
-                l.staged_end,
-                l.segment_next,
+            let line = format!(
+                "{:<22} local {:>10}  upstream {:>10}  lag {:>8} records",
+                l.name, l.local_end, l.upstream_end, l.lag_records,
             );
-            println!(
-                "    {:<22} local {:>10}  upstream {:>10}  lag {:>8} records{}{receiving}",
-                l.name,
-                l.local_end,
-                l.upstream_end,
-                l.lag_records,
-                if l.full_sync { "  (full sync)" } else { "" }
-            );
-            if !l.blocked.is_empty() {
-                println!("      {}", l.blocked);
-            }
+            let receiving = Transfer("receiving", l.local_end, l.staged_end, l.segment_next);
+            print_replicated_log("    ", &line, l.full_sync, receiving, &l.blocked);
         }
     }
     println!("  logs:");
@@ -122,11 +107,7 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             "    {} at {} {}{}{} (connected {:.1}s, last ack {} ms ago)",
             r.id,
             r.addr,
-            if r.connected {
-                "connected"
-            } else {
-                "DISCONNECTED"
-            },
+            connected(r.connected),
             if r.sync { ", sync" } else { "" },
             if r.counts_for_acks {
                 ""
@@ -137,87 +118,86 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             r.last_ack_ms_ago
         );
         for l in &r.logs {
-            let sending = segment_progress(
-                "sending a segment",
+            let line = format!(
+                "{:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s",
+                l.name, l.acked_offset, l.lag_records, l.lag_bytes, l.lag_seconds,
+            );
+            let sending = Transfer(
+                "sending",
                 l.acked_offset,
                 l.segment_sent_offset,
                 l.segment_next,
             );
-            println!(
-                "      {:<20} acked {:>10}  lag {:>8} records {:>12} bytes {:>8.3} s{}{sending}",
-                l.name,
-                l.acked_offset,
-                l.lag_records,
-                l.lag_bytes,
-                l.lag_seconds,
-                if l.full_sync { "  (full sync)" } else { "" }
-            );
-            if !l.blocked.is_empty() {
-                println!("        {}", l.blocked);
-            }
+            print_replicated_log("      ", &line, l.full_sync, sending, &l.blocked);
         }
     }
     Ok(())
 }
 
-/// "  (WHAT: N of M records)" for a sealed segment in transfer from offset `from` to
-/// `next` (none when `next` is 0), `done` being how far it got.
-fn segment_progress(what: &str, from: u64, done: u64, next: u64) -> String {
-    if next == 0 {
-        return String::new();
+fn connected(yes: bool) -> &'static str {
+    if yes {
+        "connected"
+    } else {
+        "DISCONNECTED"
     }
-    format!(
-        "  ({what}: {} of {} records)",
-        done.saturating_sub(from),
-        next.saturating_sub(from)
-    )
+}
+
+/// A log's replication line as either end shows it (the upstream's replica list, the
+/// replica's upstream): the line, a full sync, a sealed segment in transfer, then on a
+/// line of its own why the log is blocked.
+fn print_replicated_log(indent: &str, line: &str, full_sync: bool, t: Transfer, blocked: &str) {
+    let full_sync = if full_sync { "  (full sync)" } else { "" };
+    println!("{indent}{line}{full_sync}{t}");
+    if !blocked.is_empty() {
+        println!("{indent}  {blocked}");
+    }
+}
+
+/// A sealed segment in transfer: (what is done to it, from offset, done up to, next
+/// segment's base). Shown as "  (receiving a segment: N of M records)"; nothing when
+/// the next base is 0 (none in transfer).
+struct Transfer(&'static str, u64, u64, u64);
+
+impl std::fmt::Display for Transfer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Transfer(what, from, done, next) = *self;
+        if next == 0 {
+            return Ok(());
+        }
+        let (done, all) = (done.saturating_sub(from), next.saturating_sub(from));
+        write!(f, "  ({what} a segment: {done} of {all} records)")
+    }
 }
 
 fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
-    let logs: Vec<_> = s
-        .logs
-        .iter()
-        .map(|l| {
-            serde_json::json!({"name": l.name, "start_offset": l.start_offset,
-                "end_offset": l.end_offset, "written_offset": l.written_offset,
-                "epoch": l.epoch, "size_bytes": l.size_bytes,
-                "horizon_offset": l.horizon_offset, "horizon_time_us": l.horizon_time_us,
-                "stored_offset": l.stored_offset, "pending_delete_at_us": l.pending_delete_at_us,
-                "incarnation": l.incarnation, "damaged": l.damaged.iter().map(damaged_json).collect::<Vec<_>>()})
-        })
-        .collect();
-    let replicas: Vec<_> = s
-        .replicas
-        .iter()
-        .map(|r| {
-            let logs: Vec<_> = r
-                .logs
-                .iter()
-                .map(|l| {
-                    serde_json::json!({"name": l.name, "acked_offset": l.acked_offset,
-                        "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
-                        "lag_seconds": l.lag_seconds, "full_sync": l.full_sync,
-                        "segment_sent_offset": l.segment_sent_offset,
-                        "segment_next": l.segment_next, "blocked": l.blocked})
-                })
-                .collect();
-            serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,
-                "connected": r.connected, "connected_for_ms": r.connected_for_ms,
-                "last_ack_ms_ago": r.last_ack_ms_ago, "counts_for_acks": r.counts_for_acks,
-                "logs": logs})
-        })
-        .collect();
+    let logs = json_each(&s.logs, |l| {
+        serde_json::json!({"name": l.name, "start_offset": l.start_offset,
+            "end_offset": l.end_offset, "written_offset": l.written_offset,
+            "epoch": l.epoch, "size_bytes": l.size_bytes,
+            "horizon_offset": l.horizon_offset, "horizon_time_us": l.horizon_time_us,
+            "stored_offset": l.stored_offset, "pending_delete_at_us": l.pending_delete_at_us,
+            "incarnation": l.incarnation, "damaged": json_each(&l.damaged, damaged_json)})
+    });
+    let replicas = json_each(&s.replicas, |r| {
+        let logs = json_each(&r.logs, |l| {
+            serde_json::json!({"name": l.name, "acked_offset": l.acked_offset,
+                "lag_records": l.lag_records, "lag_bytes": l.lag_bytes,
+                "lag_seconds": l.lag_seconds, "full_sync": l.full_sync,
+                "segment_sent_offset": l.segment_sent_offset,
+                "segment_next": l.segment_next, "blocked": l.blocked})
+        });
+        serde_json::json!({"id": r.id, "addr": r.addr, "sync": r.sync, "delayed": r.delayed,
+            "connected": r.connected, "connected_for_ms": r.connected_for_ms,
+            "last_ack_ms_ago": r.last_ack_ms_ago, "counts_for_acks": r.counts_for_acks,
+            "logs": logs})
+    });
     let upstream = s.upstream.as_ref().map(|u| {
-        let logs: Vec<_> = u
-            .logs
-            .iter()
-            .map(|l| {
-                serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
-                    "local_end": l.local_end, "lag_records": l.lag_records,
-                    "full_sync": l.full_sync, "staged_end": l.staged_end,
-                    "segment_next": l.segment_next, "blocked": l.blocked})
-            })
-            .collect();
+        let logs = json_each(&u.logs, |l| {
+            serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
+                "local_end": l.local_end, "lag_records": l.lag_records,
+                "full_sync": l.full_sync, "staged_end": l.staged_end,
+                "segment_next": l.segment_next, "blocked": l.blocked})
+        });
         serde_json::json!({"addr": u.addr, "connected": u.connected,
             "connected_for_ms": u.connected_for_ms, "last_heard_ms_ago": u.last_heard_ms_ago,
             "logs": logs})
@@ -233,6 +213,11 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "bytes_per_sec": sc.bytes_per_sec})),
         "logs": logs, "replicas": replicas, "upstream": upstream,
     })
+}
+
+/// `f` of each item: a JSON array's elements.
+fn json_each<T>(items: &[T], f: impl Fn(&T) -> serde_json::Value) -> Vec<serde_json::Value> {
+    items.iter().map(f).collect()
 }
 
 fn damaged_json(d: &pb::DamagedRange) -> serde_json::Value {

@@ -1,11 +1,15 @@
 //! Real `spool serve` processes on loopback ports for the end-to-end tests.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use spool::client::Client;
+use spool_proto::v1 as pb;
 
 pub mod raw_conn;
 
@@ -43,12 +47,19 @@ impl Server {
         Server::start_with("127.0.0.1:0", data_dir, extra, Some(nofile))
     }
 
+    /// Start with the TOML `config`, written beside the data dir (`DATA_DIR.toml`), and
+    /// the `extra` flags.
+    pub fn start_toml(data_dir: &Path, config: &str, extra: &[&str]) -> Server {
+        let path = write_config(data_dir, config);
+        let mut args = vec!["--config", path.as_str()];
+        args.extend_from_slice(extra);
+        Server::start(data_dir, &args)
+    }
+
     /// Start with the TOML `config` (written beside the data dir) and its log (stderr,
     /// WARN and above) going to `DATA_DIR.log`, which [`Server::log`] reads.
     pub fn start_configured(data_dir: &Path, config: &str, nofile: Option<u64>) -> Server {
-        let path = data_dir.with_extension("toml");
-        std::fs::write(&path, config).unwrap();
-        let path = path.display().to_string();
+        let path = write_config(data_dir, config);
         let log = std::fs::File::create(data_dir.with_extension("log")).unwrap();
         Server::start_logging(
             "127.0.0.1:0",
@@ -151,6 +162,13 @@ impl Drop for Server {
     }
 }
 
+/// Write the TOML `config` beside `data_dir` (`DATA_DIR.toml`); returns its path.
+pub fn write_config(data_dir: &Path, config: &str) -> String {
+    let path = data_dir.with_extension("toml");
+    std::fs::write(&path, config).unwrap();
+    path.display().to_string()
+}
+
 pub fn signal(child: &Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as i32, sig) };
@@ -220,11 +238,7 @@ pub fn run<F: std::future::Future>(secs: u64, f: F) -> F::Output {
 
 /// `spool check --json` of a stopped node: (log -> (start, end, digest)).
 pub fn digests(dir: &Path) -> Vec<(String, u64, u64, String)> {
-    let out = Command::new(spool_bin())
-        .args(["check", "--json"])
-        .arg(dir)
-        .output()
-        .unwrap();
+    let out = check(dir, &["--json"]);
     assert!(
         out.status.success(),
         "check failed: {}",
@@ -255,7 +269,7 @@ pub async fn load_records(
     record_bytes: usize,
     tag: &str,
 ) -> u64 {
-    let c = spool::client::Client::connect(addr).await.unwrap();
+    let c = client(addr).await;
     let mut app = c
         .appender(log, spool::client::AckMode::Async)
         .await
@@ -279,41 +293,133 @@ pub async fn load_records(
     end.unwrap()
 }
 
+/// Poll `check` every 20 ms until it gives `Some`, and return that; once `limit` has
+/// passed, fail with `what` (what did not happen). Every wait in these tests is bounded.
+pub async fn wait_until<T, F, Fut>(what: &str, limit: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until_every(what, limit, Duration::from_millis(20), check).await
+}
+
+/// [`wait_until`], polling every `every`.
+pub async fn wait_until_every<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Wait (bounded, 60 s) until `log` on the node at `addr` ends at `end` or past it; returns
 /// the end it has then.
 pub async fn reach_end(addr: &str, log: &str, end: u64) -> u64 {
-    let c = spool::client::Client::connect(addr).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(info) = c.describe_log(log).await {
-            if info.end_offset >= end {
-                return info.end_offset;
-            }
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{addr} did not reach {end} on {log}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let c = client(addr).await;
+    let what = format!("{addr} did not reach {end} on {log}");
+    wait_until(&what, Duration::from_secs(60), || async {
+        let info = c.describe_log(log).await.ok()?;
+        (info.end_offset >= end).then_some(info.end_offset)
+    })
+    .await
 }
 
 /// Wait (bounded, 60 s) until the primary at `addr` has `n` replicas connected, so that
 /// appends needing acks are not refused for want of them.
 pub async fn wait_connected(addr: &str, n: usize) {
-    let c = spool::client::Client::connect(addr).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    let c = client(addr).await;
+    let what = format!("{n} replica(s) did not connect to {addr}");
+    wait_until(&what, Duration::from_secs(60), || async {
         let status = c.status().await;
-        if status.is_ok_and(|s| s.replicas.iter().filter(|r| r.connected).count() >= n) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{n} replica(s) did not connect to {addr}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        status
+            .is_ok_and(|s| s.replicas.iter().filter(|r| r.connected).count() >= n)
+            .then_some(())
+    })
+    .await
+}
+
+/// `--replica-of UPSTREAM` followed by `extra`: a replica's flags.
+pub fn replica_of<'a>(upstream: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["--replica-of", upstream];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// A client of the node at `addr`.
+pub async fn client(addr: &str) -> Client {
+    Client::connect(addr).await.unwrap()
+}
+
+/// The status of the node at `addr`.
+pub async fn status(addr: &str) -> pb::StatusResponse {
+    client(addr).await.status().await.unwrap()
+}
+
+/// Create `log` (default config) on the node at `addr`.
+pub async fn create_log(addr: &str, log: &str) {
+    client(addr).await.create_log(log, None).await.unwrap();
+}
+
+/// `log` as the node at `addr` describes it.
+pub async fn describe(addr: &str, log: &str) -> pb::LogInfo {
+    client(addr).await.describe_log(log).await.unwrap()
+}
+
+/// What a replica (through its client `c`) reports of `log` from its upstream (None
+/// before it has it).
+pub async fn upstream_log(c: &Client, log: &str) -> Option<pb::UpstreamLogStatus> {
+    let up = c.status().await.unwrap().upstream?;
+    up.logs.into_iter().find(|l| l.name == log)
+}
+
+/// Stop `replica`, then `primary`, and check that they hold the same logs, record for
+/// record (`spool check`'s digests).
+pub fn stop_identical(replica: Server, primary: Server) {
+    let (rdir, pdir) = (replica.data_dir.clone(), primary.data_dir.clone());
+    replica.stop();
+    primary.stop();
+    assert_eq!(digests(&rdir), digests(&pdir));
+}
+
+/// A config whose logs' segments all have `bytes` (the first one too).
+pub fn fixed_segments(bytes: u64) -> String {
+    format!("[log_defaults]\nsegment_bytes = {bytes}\ninitial_segment_bytes = {bytes}\n")
+}
+
+/// An append of one record `value` to `log` that waits for `k` replicas (semi-sync:K).
+pub fn semi_sync(log: &str, value: &'static str, k: u32) -> pb::AppendRequest {
+    pb::AppendRequest {
+        log: log.into(),
+        records: vec![bytes::Bytes::from(value)],
+        ack: pb::AckMode::SemiSync as i32,
+        semi_sync_replicas: k,
+        ..Default::default()
     }
+}
+
+/// `spool check EXTRA... DIR` of a stopped node's directory.
+pub fn check(dir: &Path, extra: &[&str]) -> Output {
+    Command::new(spool_bin())
+        .arg("check")
+        .args(extra)
+        .arg(dir)
+        .output()
+        .unwrap()
 }
 
 /// The segment files of the log directory `dir` as (name, file length), by base offset.

@@ -25,6 +25,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool::client::Client;
+use spool::config::IoBackend;
 
 use super::{
     fresh_data_dir, human, round1, round3, runtime, rusage, write_json, LatencyUs, LOG_NAME,
@@ -141,9 +142,9 @@ pub struct GrpcArgs {
     /// subscribe: appends per second issued by the writer.
     #[arg(long, default_value_t = 2000.0)]
     pub rate: f64,
-    /// Server IO backend: auto, std or uring.
-    #[arg(long, default_value = "auto")]
-    pub io_backend: String,
+    /// Server IO backend.
+    #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
+    pub io_backend: IoBackend,
     /// Ack mode of every append: async, written, semi-sync:K or sync.
     #[arg(long, default_value = "async")]
     pub ack: AckArg,
@@ -389,7 +390,7 @@ pub(super) fn run_grpc(args: &GrpcArgs) -> Result<()> {
 async fn grpc_run(args: &GrpcArgs, mode: Mode) -> Result<GrpcRun> {
     let tmp = fresh_data_dir(&args.dir)?;
     let data_dir = tmp.path().join("data");
-    let mut server = BenchServer::start(args.in_process, &data_dir, tmp.path(), &args.io_backend)?;
+    let mut server = BenchServer::start(args.in_process, &data_dir, tmp.path(), args.io_backend)?;
     let replica_tmp = match &args.replica_dir {
         Some(_) if args.replicas > 0 => Some(fresh_data_dir(&args.replica_dir)?),
         _ => None,
@@ -403,7 +404,7 @@ async fn grpc_run(args: &GrpcArgs, mode: Mode) -> Result<GrpcRun> {
         match BenchServer::start_replica(
             &replica_base.join(&id),
             tmp.path(),
-            &args.io_backend,
+            args.io_backend,
             server.addr,
             &id,
             sync,

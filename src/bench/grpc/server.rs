@@ -10,9 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use spool::config::{FileConfig, Overrides, ServerConfig};
-
-use crate::bench::MIB;
+use spool::config::{FileConfig, IoBackend, Overrides, ServerConfig};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -41,7 +39,7 @@ impl BenchServer {
         in_process: bool,
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
     ) -> Result<BenchServer> {
         if in_process {
             Self::start_in_process(data_dir, io_backend)
@@ -54,7 +52,7 @@ impl BenchServer {
     pub fn start_replica(
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
         upstream: SocketAddr,
         id: &str,
         sync: bool,
@@ -74,7 +72,7 @@ impl BenchServer {
     fn start_process(
         data_dir: &Path,
         work_dir: &Path,
-        io_backend: &str,
+        io_backend: IoBackend,
         name: &str,
         extra: &[String],
     ) -> Result<BenchServer> {
@@ -89,7 +87,7 @@ impl BenchServer {
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--io-backend")
-            .arg(io_backend)
+            .arg(io_backend.name())
             .args(extra)
             // Nothing from the caller's environment may reconfigure the server under test.
             .env_remove("SPOOL_CONFIG")
@@ -132,14 +130,14 @@ impl BenchServer {
         }
     }
 
-    fn start_in_process(data_dir: &Path, io_backend: &str) -> Result<BenchServer> {
+    fn start_in_process(data_dir: &Path, io_backend: IoBackend) -> Result<BenchServer> {
         let config = ServerConfig::build(
             FileConfig::default(),
             Overrides {
                 data_dir: Some(data_dir.to_owned()),
                 listen: Some("127.0.0.1:0".into()),
                 metrics_listen: None,
-                io_backend: Some(io_backend.to_owned()),
+                io_backend: Some(io_backend),
                 ..Overrides::default()
             },
         )?;
@@ -190,15 +188,7 @@ impl BenchServer {
         let Kind::Process { child, .. } = &self.kind else {
             return None;
         };
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id())).ok()?;
-        // Fields after "(comm)": state is field 3, utime 14, stime 15 (clock ticks).
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let utime: f64 = f.get(11)?.parse().ok()?;
-        let stime: f64 = f.get(12)?.parse().ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-        Some((utime / hz, stime / hz))
+        spool::measure::process_cpu_s(child.id())
     }
 
     /// Server resident set (MiB) now; None when it shares our process.
@@ -206,11 +196,7 @@ impl BenchServer {
         let Kind::Process { child, .. } = &self.kind else {
             return None;
         };
-        let s = std::fs::read_to_string(format!("/proc/{}/statm", child.id())).ok()?;
-        let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
-        // SAFETY: sysconf has no memory-safety preconditions.
-        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
-        Some((pages * page) as f64 / MIB)
+        spool::measure::process_rss_mib(child.id())
     }
 
     pub fn log_tail(&self) -> String {
