@@ -31,9 +31,8 @@ use super::replication::segment_fetch::{self, MAGIC};
 use crate::config::ConnectionConfig;
 
 /// Connections the kernel completes and queues for `accept` (it caps this at
-/// net.core.somaxconn). std's 128 overflowed when a burst of new connections met a moment
-/// of the runtime busy elsewhere: their SYNs were dropped, and they waited 1 s, 3 s, 7 s
-/// for the retransmits.
+/// net.core.somaxconn): room for a burst of new connections while the runtime is busy,
+/// whose dropped SYNs would wait for retransmits (decision record 0010).
 const LISTEN_BACKLOG: u32 = 4096;
 /// Connections whose preface is whole, not yet taken by tonic (whose accept loop only
 /// spawns). A full queue holds back the connections' own tasks, never the accept loop.
@@ -104,7 +103,7 @@ struct Route {
 
 impl Route {
     async fn route(self, mut stream: TcpStream, peer: SocketAddr, permit: Permit) {
-        // Without it, Nagle + delayed ACK add ~40 ms to small replies.
+        // Small replies go out at once (Nagle and delayed ACK would hold them).
         let _ = stream.set_nodelay(true);
         let deadline = Instant::now() + self.handshake;
         let mut first = BytesMut::with_capacity(FIRST_READ_BYTES);

@@ -1,11 +1,9 @@
 //! Segment fetch: a replica catching up copies a sealed segment straight from the
 //! upstream's file, outside the gRPC stream, as Kafka's fetch path does with sendfile.
 //!
-//! Through the stream every byte was copied five times on the two nodes (the upstream's
-//! encode buffer and socket send, the replica's socket receive, tonic's decode buffer, the
-//! page cache). Here the upstream calls sendfile on the segment file (no copy of its own)
-//! and the replica receives into one buffer that it checks and writes: two copies, and no
-//! HTTP/2 framing, flow control or protobuf on the way.
+//! The upstream calls sendfile on the segment file (no copy of its own) and the replica
+//! receives into one buffer that it checks and writes: no HTTP/2 framing, flow control or
+//! protobuf on the way (why: decision record 0003).
 //!
 //! Wire format (the messages are in spool.proto, next to `SegmentFetchRequest`): a TCP
 //! connection to the upstream's gRPC port starts with [`MAGIC`] instead of the HTTP/2
