@@ -188,10 +188,15 @@ impl AckTracker {
         log: &str,
         durable_end: u64,
     ) -> Vec<Command> {
-        let mut out = Vec::new();
         if !self.replicas.ack(id, log, durable_end) {
-            return out;
+            return Vec::new();
         }
+        self.position_raised(log)
+    }
+
+    /// A replica's position in `log` went up: waiting appends may be satisfied now.
+    fn position_raised(&mut self, log: &str) -> Vec<Command> {
+        let mut out = Vec::new();
         if self.degraded {
             self.try_recover(Some(log), &mut out);
         } else {
@@ -213,18 +218,11 @@ impl AckTracker {
         log: &str,
         durable_end: u64,
     ) -> Vec<Command> {
-        let mut out = Vec::new();
         if !self.replicas.set(id, log, durable_end) {
             self.check_invariants();
-            return out;
+            return Vec::new();
         }
-        if self.degraded {
-            self.try_recover(Some(log), &mut out);
-        } else {
-            self.settle(log, &mut out);
-        }
-        self.check_invariants();
-        out
+        self.position_raised(log)
     }
 
     /// A request whose records end at `end_offset` (exclusive) is durable on the primary; decide now or keep it pending.
