@@ -60,15 +60,7 @@ pub fn fetch_frames(
         first_offset: req.from_offset,
         next_offset: next,
         end_offset: end,
-        epochs: log
-            .epochs()
-            .entries()
-            .iter()
-            .map(|&(epoch, start_offset)| pb::EpochStart {
-                epoch,
-                start_offset,
-            })
-            .collect(),
+        epochs: super::plan::epoch_starts(log.epochs().entries()),
         incarnation: ours,
     })
 }

@@ -161,25 +161,10 @@ pub fn hello(
             last_epoch: l.current_epoch(),
             end_offset: l.positions().durable,
             start_offset: l.positions().start,
-            epochs: l
-                .epochs()
-                .entries()
-                .iter()
-                .map(|&(epoch, start_offset)| pb::EpochStart {
-                    epoch,
-                    start_offset,
-                })
-                .collect(),
+            epochs: super::plan::epoch_starts(l.epochs().entries()),
             staged_end: staged(l.name()).map_or(0, |i| i.next_offset()),
-            staged_epochs: staged(l.name()).map_or_else(Vec::new, |i| {
-                i.staged_epochs()
-                    .into_iter()
-                    .map(|(epoch, start_offset)| pb::EpochStart {
-                        epoch,
-                        start_offset,
-                    })
-                    .collect()
-            }),
+            staged_epochs: staged(l.name())
+                .map_or_else(Vec::new, |i| super::plan::epoch_starts(&i.staged_epochs())),
         })
         .collect();
     pb::ReplicaMessage {

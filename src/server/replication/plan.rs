@@ -13,6 +13,17 @@ use crate::server::logs_service::config_to_pb;
 use crate::server::node::Node;
 use crate::server::visible::Visible;
 
+/// An epoch history as sent: `(epoch, start offset)` pairs as `EpochStart`s.
+pub fn epoch_starts(entries: &[(u64, u64)]) -> Vec<pb::EpochStart> {
+    entries
+        .iter()
+        .map(|&(epoch, start_offset)| pb::EpochStart {
+            epoch,
+            start_offset,
+        })
+        .collect()
+}
+
 /// What the replica reported of a log, as the handshake takes it.
 pub fn replica_log(s: &pb::ReplicaLogState) -> ReplicaLog {
     let pairs = |v: &[pb::EpochStart]| v.iter().map(|e| (e.epoch, e.start_offset)).collect();
