@@ -8,24 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// `fallocate(2)` on `f` over `[offset, offset + len)` (sizes up to a segment's, within
-/// off_t range).
-pub(crate) fn fallocate(f: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor `f` owns for the call's duration.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
+use crate::io::meta::fallocate;
 
 /// Give the blocks past `len` of an allocated-only segment sealed before it was full back
 /// to the filesystem: it may hold a few frames in a whole segment's file. Readers map the

@@ -266,6 +266,7 @@ impl SegmentImport {
         }
         let file = self.file.try_clone().at(&self.staged.path)?;
         let (path, len) = (self.staged.path.clone(), self.staged.len);
+        let io = self.log.storage.meta_io.clone();
         let mut sink = std::mem::replace(&mut self.sink, Sink::Buffered { writeback_from: 0 });
         tokio::task::spawn_blocking(move || {
             if let Sink::Direct(w) = &mut sink {
@@ -274,7 +275,7 @@ impl SegmentImport {
                 // received, no more (as a buffered import's does).
                 file.set_len(len).at(&path)?;
             }
-            file.sync_all().at(&path)
+            io.sync_file(&file).at(&path)
         })
         .await
         .map_err(|e| StorageError::InvalidInput(format!("sync task failed: {e}")))??;

@@ -28,6 +28,7 @@ use crate::error::{FormatError, IoContext, Result, StorageError};
 use crate::extents;
 use crate::format::{self, DurableMark, MARK_BYTES};
 use crate::index::{self, IndexEntry};
+use crate::io::MetaIo;
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
 use crate::producers::{self, Producers};
@@ -54,9 +55,6 @@ pub(crate) struct RecoveredLog {
     /// Idempotent appends' producers (see `producers`).
     pub producers: Producers,
 }
-
-/// How recovery makes a segment's data durable: the backend's `sync_at_open`.
-pub(crate) type SyncAtOpen<'a> = &'a (dyn Fn(&File) -> std::io::Result<()> + Sync);
 
 /// How recovery treats what it finds: torn tails by `mode`, damage by `on_corruption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,27 +93,28 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
 /// `fresh`: the log was just created (its segment is a zeroed spare, nothing was ever
 /// written): the zero-ahead check is skipped, as it would read tens of MiB of zeros that
 /// were written past the page cache. It is skipped too where a clean shutdown's record
-/// vouches for the active segment (see `sealed_record`). `sync` makes the active segment's
-/// data durable where the node cannot prove it is (see `recover_active`).
+/// vouches for the active segment (see `sealed_record`). Files change through `io`, whose
+/// `sync_at_open` makes the active segment's data durable where the node cannot prove it
+/// is (see `recover_active`).
 pub(crate) fn recover_log(
     id: u64,
     name: &str,
     dir: &Path,
     policy: Policy,
     fresh: bool,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<RecoveredLog> {
     let (config, incarnation): (LogConfig, u64) = meta::read_log_meta(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
     // Before the listing, which removes `.tmp` files, the record among them.
-    let record = sealed_record::take(dir)?;
+    let record = sealed_record::take(io, dir)?;
     let mut bases = list_segments(dir)?;
     if bases.is_empty() {
         // A log always has an active segment; a crash during creation can leave none.
-        let spare = spare::prepare(dir, config.first_segment_bytes(), None)?;
+        let spare = spare::prepare(io, dir, config.first_segment_bytes(), None)?;
         let path = dir.join(segment::segment_file_name(0));
-        fs::rename(&spare, &path).at(&path)?;
-        crate::crashsafe::fsync_dir(dir)?;
+        io.rename(&spare, &path).at(&path)?;
+        crate::crashsafe::sync_dir_with(io, dir)?;
         bases.push(0);
     }
     let last = bases.len() - 1;
@@ -137,7 +136,7 @@ pub(crate) fn recover_log(
     let file = File::open(&seg_path).at(&seg_path)?;
     let view = SegmentView::map(&seg_path, &file, base)?;
     let active = record.as_ref().and_then(|r| r.active);
-    let tail = recover_active(&view, &seg_path, active, &config, policy, fresh, sync)?;
+    let tail = recover_active(&view, &seg_path, active, &config, policy, fresh, io)?;
     drop(tail.seg_file);
     let idx_path = dir.join(segment::index_file_name(base));
     let idx_file = OpenOptions::new()
@@ -172,7 +171,7 @@ pub(crate) fn recover_log(
         let before = epochs.clone();
         epochs.truncate(next + 1);
         if epochs != before {
-            epochs.save(dir)?;
+            epochs.save(io, dir)?;
         }
     }
     let spare = spare::collect_spares(dir, config.segment_bytes)?;
@@ -434,7 +433,7 @@ fn recover_active(
     config: &LogConfig,
     policy: Policy,
     fresh: bool,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<ActiveTail> {
     let idx_path = seg_path.with_extension("idx");
     let (mut entries, from) = walk_start(view, &idx_path);
@@ -487,7 +486,7 @@ fn recover_active(
                 segment = %seg_path.display(), proven, end,
                 "frames past what was synced before the stop: syncing them"
             );
-            sync(&seg_file).at(seg_path)?;
+            io.sync_at_open(&seg_file).at(seg_path)?;
         }
         (ScanStop::Zero | ScanStop::Full, None) => {}
         (stop, _) => {
@@ -509,7 +508,7 @@ fn recover_active(
                 segment = %seg_path.display(), position, proven, %reason,
                 "torn tail past what was synced: truncating to the last whole batch at byte {end}"
             );
-            cut_tail(view, &seg_file, seg_path, end, next, zero_end, sync)?;
+            cut_tail(view, &seg_file, seg_path, end, next, zero_end, io)?;
         }
     }
     Ok(ActiveTail {
@@ -532,7 +531,7 @@ fn cut_tail(
     end: u64,
     next: u64,
     zero_end: u64,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<()> {
     let mut zeros = vec![0u8; (zero_end - end) as usize];
     if end + MARK_BYTES as u64 <= zero_end {
@@ -545,7 +544,7 @@ fn cut_tail(
         zeros[..MARK_BYTES].copy_from_slice(&mark.encode());
     }
     file.write_all_at(&zeros, end).at(path)?;
-    sync(file).at(path)
+    io.sync_at_open(file).at(path)
 }
 
 /// Timestamp of the frame that ends at `end`, found by walking from a trusted entry.

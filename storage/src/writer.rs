@@ -18,7 +18,7 @@ use crate::config::{Durability, StorageConfig};
 use crate::error::{Result, StorageError};
 use crate::format;
 use crate::import::StagedSegment;
-use crate::io::IoBackend;
+use crate::io::{IoBackend, MetaIo};
 use crate::log::{AppendAck, LogShared};
 use crate::log_writer::{LogWriter, Repaired};
 use crate::recovery::RecoveredLog;
@@ -174,6 +174,8 @@ pub(crate) struct WriterCtx {
     pub registry: Arc<Registry>,
     pub preparer: Arc<Preparer>,
     pub stats: Arc<Stats>,
+    /// The backend's metadata operations (shared with threads that do metadata work).
+    pub io: Arc<dyn MetaIo>,
 }
 
 pub(crate) fn now_us() -> u64 {
@@ -476,17 +478,7 @@ impl<B: IoBackend> Writer<B> {
                 let _ = reply.send(self.register(*log));
             }
             Cmd::Delete { log, reply } => {
-                self.open.closed(log.id);
-                let r = match self.logs.remove(&log.id) {
-                    Some(mut lw) => {
-                        // The log goes away whether or not its last group made it.
-                        let _ = lw.commit(true, &self.ctx.stats).await;
-                        self.ctx.registry.remove(&log.name, log.id);
-                        lw.delete_files()
-                    }
-                    None => Err(StorageError::LogNotFound(log.name.clone())),
-                };
-                let _ = reply.send(r);
+                let _ = reply.send(self.delete(&log).await);
             }
             Cmd::Truncate { log, end, reply } => {
                 let r = match self.logs.get_mut(&log.id) {
@@ -553,6 +545,21 @@ impl<B: IoBackend> Writer<B> {
                 unreachable!("handled by the loop")
             }
         }
+    }
+
+    /// Delete a log: its directory moved aside first; if that fails the log is kept as it
+    /// was, otherwise it is gone (an error then says the removal may not be durable).
+    async fn delete(&mut self, log: &LogShared) -> Result<()> {
+        let Some(lw) = self.logs.get_mut(&log.id) else {
+            return Err(StorageError::LogNotFound(log.name.clone()));
+        };
+        // The log goes away whether or not its last group made it.
+        let _ = lw.commit(true, &self.ctx.stats).await;
+        let trash = lw.move_to_trash()?;
+        let mut lw = self.logs.remove(&log.id).expect("found above");
+        self.open.closed(log.id);
+        self.ctx.registry.remove(&log.name, log.id);
+        lw.finish_delete(&trash)
     }
 
     async fn run_retention(&mut self) {

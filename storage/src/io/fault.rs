@@ -2,8 +2,9 @@
 //! and power-loss tests; selectable only through the library API, never from config. It
 //! can:
 //! - fail chosen operations: EIO, ENOSPC or a torn write (only a prefix reaches the file,
-//!   then EIO), or the opening of a file for writing (the last step of placing a new
-//!   segment, after its rename);
+//!   then EIO), the opening of a file for writing (the last step of placing a new
+//!   segment, after its rename), or any metadata operation ([`MetaIo`]: a rename, a
+//!   removal, a directory or small-file sync, a small file's write, a spare's zeroing);
 //! - model a power loss. With [`FaultInjector::track_unsynced`] it keeps, for every write
 //!   through it, what the write overwrote, until a sync of that file succeeds; then
 //!   [`FaultInjector::power_loss_copy`] copies a data directory as a disk could hold it if
@@ -21,15 +22,37 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::std_backend::{StdBackend, StdFile};
-use super::{BufResult, IoBackend, IoFile};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 use power_loss::{FileId, Unsynced, Writeback};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultOp {
+    /// A write of segment data.
     Write,
+    /// An fdatasync of segment data (also recovery's [`MetaIo::sync_at_open`]).
     Sync,
     /// [`IoBackend::wrap`]: a segment opened for writing (at open, and for each new one).
     Open,
+    /// [`MetaIo::rename`].
+    Rename,
+    /// [`MetaIo::remove_file`].
+    Remove,
+    /// [`MetaIo::sync_dir`].
+    SyncDir,
+    /// [`MetaIo::sync_file`]: metadata, an index, a spare or a staged segment.
+    SyncFile,
+    /// [`MetaIo::write_file`]: a small file (torn: only a prefix is written).
+    WriteFile,
+    /// [`MetaIo::zero_fill`] or [`MetaIo::allocate`]: a segment file prepared.
+    Prepare,
+}
+
+impl FaultOp {
+    const COUNT: usize = 9;
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,9 +75,10 @@ struct Rule {
 
 #[derive(Debug, Default)]
 struct State {
-    writes: u64,
-    syncs: u64,
-    opens: u64,
+    /// Operations seen so far, by [`FaultOp::index`].
+    seen: [u64; FaultOp::COUNT],
+    /// Faults injected so far.
+    fired: u64,
     rules: Vec<Rule>,
     /// Writes no successful sync of their file has covered yet, oldest first; `None` while
     /// not tracking (see [`FaultInjector::track_unsynced`]).
@@ -78,11 +102,7 @@ impl FaultInjector {
     pub fn fail_nth(&self, op: FaultOp, n: u64, kind: FaultKind) {
         assert!(n >= 1);
         let mut s = self.lock();
-        let base = match op {
-            FaultOp::Write => s.writes,
-            FaultOp::Sync => s.syncs,
-            FaultOp::Open => s.opens,
-        };
+        let base = s.seen[op.index()];
         s.rules.push(Rule {
             op,
             at: Some(base + n),
@@ -100,15 +120,28 @@ impl FaultInjector {
         self.lock().rules.clear();
     }
 
+    /// Faults injected so far.
+    pub fn fired(&self) -> u64 {
+        self.lock().fired
+    }
+
     /// (writes, syncs) seen so far.
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();
-        (s.writes, s.syncs)
+        (
+            s.seen[FaultOp::Write.index()],
+            s.seen[FaultOp::Sync.index()],
+        )
     }
 
     /// Files opened for writing so far.
     pub fn opens(&self) -> u64 {
-        self.lock().opens
+        self.seen(FaultOp::Open)
+    }
+
+    /// Operations of kind `op` seen so far.
+    pub fn seen(&self, op: FaultOp) -> u64 {
+        self.lock().seen[op.index()]
     }
 
     /// Keep what every write from now on overwrites, until a sync of its file: the
@@ -169,25 +202,14 @@ impl FaultInjector {
 
     fn next(&self, op: FaultOp) -> Option<FaultKind> {
         let mut s = self.lock();
-        let n = match op {
-            FaultOp::Write => {
-                s.writes += 1;
-                s.writes
-            }
-            FaultOp::Sync => {
-                s.syncs += 1;
-                s.syncs
-            }
-            FaultOp::Open => {
-                s.opens += 1;
-                s.opens
-            }
-        };
+        s.seen[op.index()] += 1;
+        let n = s.seen[op.index()];
         let i = s
             .rules
             .iter()
             .position(|r| r.op == op && r.at.is_none_or(|at| at == n))?;
         let kind = s.rules[i].kind;
+        s.fired += 1;
         if s.rules[i].at.is_some() {
             s.rules.remove(i);
         }
@@ -278,16 +300,69 @@ impl IoBackend for FaultBackend {
             id: (meta.dev(), meta.ino()),
         })
     }
+}
 
-    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
-        if let Some(kind) = self.injector.next(FaultOp::Sync) {
-            return Err(error(kind));
+impl FaultBackend {
+    /// Fail this operation if a rule says so.
+    fn check(&self, op: FaultOp) -> io::Result<()> {
+        match self.injector.next(op) {
+            Some(kind) => Err(error(kind)),
+            None => Ok(()),
         }
+    }
+}
+
+/// Metadata operations fail where a rule says so, else they are std's. The power-loss
+/// model keeps what they did (see [`power_loss`], "What it keeps as written").
+impl MetaIo for FaultBackend {
+    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
+        self.check(FaultOp::Sync)?;
         let meta = file.metadata()?;
         let upto = self.injector.last_write();
         file.sync_data()?;
         self.injector.synced((meta.dev(), meta.ino()), upto);
         Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultOp::Rename)?;
+        StdBackend.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::Remove)?;
+        StdBackend.remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(FaultOp::SyncDir)?;
+        StdBackend.sync_dir(dir)
+    }
+
+    fn sync_file(&self, file: &std::fs::File) -> io::Result<()> {
+        self.check(FaultOp::SyncFile)?;
+        StdBackend.sync_file(file)
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<std::fs::File> {
+        match self.injector.next(FaultOp::WriteFile) {
+            None => StdBackend.write_file(path, contents),
+            Some(FaultKind::Torn { keep }) => {
+                StdBackend.write_file(path, &contents[..keep.min(contents.len())])?;
+                Err(error(FaultKind::Eio))
+            }
+            Some(kind) => Err(error(kind)),
+        }
+    }
+
+    fn zero_fill(&self, path: &Path, size: u64) -> io::Result<()> {
+        self.check(FaultOp::Prepare)?;
+        StdBackend.zero_fill(path, size)
+    }
+
+    fn allocate(&self, path: &Path, size: u64) -> io::Result<()> {
+        self.check(FaultOp::Prepare)?;
+        StdBackend.allocate(path, size)
     }
 }
 

@@ -14,8 +14,7 @@
 //! A crash after 2 leaves the log ending at `base` (start-up removes `.tmp` files); after
 //! 3 the imported segment is the last one and full, so the first append rolls.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -45,15 +44,7 @@ impl<F: IoFile> LogWriter<F> {
                     self.shared.name, self.buf_next, seg.base
                 )));
             }
-            let mut epochs = self.shared.epochs.write();
-            let mut changed = false;
-            for &(epoch, start) in &seg.epochs {
-                changed |= epochs.begin(epoch, start)?;
-            }
-            if changed {
-                epochs.save(&self.shared.dir)?;
-            }
-            Ok(())
+            self.begin_epochs(&seg.epochs)
         }
         .await;
         if let Err(e) = checked {
@@ -66,7 +57,7 @@ impl<F: IoFile> LogWriter<F> {
                 self.producers
                     .table
                     .merge(std::mem::take(&mut seg.producers));
-                self.producers.save(seg.next);
+                self.producers.save(&*self.io, seg.next);
                 Ok(seg.next)
             }
             Err(e) => {
@@ -93,11 +84,11 @@ impl<F: IoFile> LogWriter<F> {
             (!reuse_active && !self.active_zeroed).then(|| (self.seg.path.clone(), self.write_pos));
         let zeroed = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
-            fs::rename(&self.seg.path, &aside).at(&aside)?;
+            self.io.rename(&self.seg.path, &aside).at(&aside)?;
             if self.active_zeroed {
                 Some(aside)
             } else if let Some(spare) = self.spare.try_take() {
-                let _ = fs::remove_file(&aside);
+                let _ = self.io.remove_file(&aside);
                 self.active_zeroed = true;
                 Some(spare)
             } else {
@@ -109,17 +100,13 @@ impl<F: IoFile> LogWriter<F> {
         };
 
         let seg_path = dir.join(segment::segment_file_name(seg.base));
-        fs::rename(&seg.path, &seg_path).at(&seg_path)?;
+        self.io.rename(&seg.path, &seg_path).at(&seg_path)?;
         let idx_path = self.idx_path(seg.base);
-        let idx = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&idx_path)
+        let idx = self
+            .io
+            .write_file(&idx_path, &index::encode(seg.base, &seg.entries))
             .at(&idx_path)?;
-        idx.write_all_at(&index::encode(seg.base, &seg.entries), 0)
-            .at(&idx_path)?;
-        idx.sync_all().at(&idx_path)?;
+        self.io.sync_file(&idx).at(&idx_path)?;
         let imported =
             SegmentView::map(&seg_path, &File::open(&seg_path).at(&seg_path)?, seg.base)?;
         imported.set_index(seg.entries.clone());

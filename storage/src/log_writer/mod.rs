@@ -19,12 +19,12 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::{Durability, GROUP_BYTES_CAP};
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
 use crate::extents;
 use crate::format::{self, BatchHeader};
 use crate::index::{self, IndexEntry};
-use crate::io::{IoBackend, IoFile};
+use crate::io::{IoBackend, IoFile, MetaIo};
 use crate::log::{AppendAck, LogShared};
 use crate::producers::{KeptBatch, ProducerLimits, Producers};
 use crate::recovery::RecoveredLog;
@@ -98,6 +98,8 @@ pub(crate) struct LogWriter<F: IoFile> {
     /// Idempotent appends: the last batches per producer, updated as frames are buffered
     /// (and forgotten again where they are cut or fail).
     producers: Producers,
+    /// The backend's metadata operations: every change to the log's directory.
+    io: Arc<dyn MetaIo>,
 }
 
 /// The active segment opened for writing and its index.
@@ -179,6 +181,7 @@ impl<F: IoFile> LogWriter<F> {
             mark_stale: true,
             damaged: r.damaged_tail,
             seg,
+            io: ctx.io.clone(),
         })
     }
 
@@ -332,7 +335,8 @@ impl<F: IoFile> LogWriter<F> {
                 epoch,
                 ts_us: ts,
             };
-            self.producers.record(p, batch, self.seg.base_offset);
+            self.producers
+                .record(&*self.io, p, batch, self.seg.base_offset);
         }
         self.start_group();
         self.note_index(self.buf_end(), offset);
@@ -376,16 +380,15 @@ impl<F: IoFile> LogWriter<F> {
         }
         if h.epoch > current {
             // The epoch history is durable before the first frame of the epoch is.
-            let mut epochs = self.shared.epochs.write();
-            epochs.begin(h.epoch, h.base_offset)?;
-            epochs.save(&self.shared.dir)?;
+            self.begin_epochs(&[(h.epoch, h.base_offset)])?;
         }
         self.start_group();
         self.note_index(self.buf_end(), h.base_offset);
         self.buf.extend_from_slice(frame);
         self.buf_next = h.next_offset();
         // A replica knows its primary's producers, to answer retries once promoted.
-        self.producers.observe(frame, h, self.seg.base_offset);
+        self.producers
+            .observe(&*self.io, frame, h, self.seg.base_offset);
         self.last_ts_us = self.last_ts_us.max(h.last_ts_us);
         self.sync_requested |= sync;
         Ok(())
@@ -631,7 +634,7 @@ impl<F: IoFile> LogWriter<F> {
         if self.shared.poisoned.lock().is_some() {
             return;
         }
-        self.producers.save(self.durable_next);
+        self.producers.save(&*self.io, self.durable_next);
         let sealed: Vec<Arc<SegmentView>> = {
             let segs = self.shared.segments.read();
             segs.split_last().map_or(Vec::new(), |(_, s)| s.to_vec())
@@ -661,7 +664,7 @@ impl<F: IoFile> LogWriter<F> {
                 let active = clean_tail.then(|| entry(&self.seg)).transpose()?;
                 Ok(sealed_record::Record { sealed, active })
             });
-        if let Err(e) = record.and_then(|r| sealed_record::write(&self.shared.dir, &r)) {
+        if let Err(e) = record.and_then(|r| sealed_record::write(&*self.io, &self.shared.dir, &r)) {
             tracing::warn!(log = %self.shared.name, error = %e, "recording the segments failed; the next open reads their tails");
         }
     }
@@ -696,7 +699,7 @@ impl<F: IoFile> LogWriter<F> {
         let fits = |p: &PathBuf| fs::metadata(p).is_ok_and(|m| m.len() >= need);
         let ready = match ready {
             Some(p) if !fits(&p) => {
-                let _ = fs::remove_file(&p);
+                let _ = self.io.remove_file(&p);
                 None
             }
             r => r,
@@ -704,7 +707,7 @@ impl<F: IoFile> LogWriter<F> {
         let (spare, zeroed) = match ready {
             Some(p) => (p, true),
             None => (
-                spare::prepare_now(&dir, self.next_segment_bytes(need))?,
+                spare::prepare_now(&*self.io, &dir, self.next_segment_bytes(need))?,
                 false,
             ),
         };
@@ -723,19 +726,13 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<(Arc<SegmentView>, F, File)> {
         let dir = self.shared.dir.clone();
         let path = dir.join(segment::segment_file_name(base));
-        if let Err(e) = fs::rename(zeroed, &path) {
-            let _ = fs::remove_file(zeroed);
+        if let Err(e) = self.io.rename(zeroed, &path) {
+            let _ = self.io.remove_file(zeroed);
             return Err(StorageError::io(&path, e));
         }
         let idx_path = self.idx_path(base);
-        let idx_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&idx_path)
-            .at(&idx_path)?;
-        fsync_dir(&dir)?;
+        let idx_file = self.io.write_file(&idx_path, &[]).at(&idx_path)?;
+        sync_dir_with(&*self.io, &dir)?;
         let file = open_rw(&path)?;
         let view = Arc::new(SegmentView::map(&path, &file, base)?);
         let file = backend.wrap(file, &path).at(&path)?;
@@ -752,12 +749,8 @@ impl<F: IoFile> LogWriter<F> {
                 std::io::Error::other("index entries could not be written"),
             ));
         }
-        self.files
-            .as_ref()
-            .expect("sealed while open")
-            .idx
-            .sync_all()
-            .at(&idx)
+        let files = self.files.as_ref().expect("sealed while open");
+        self.io.sync_file(&files.idx).at(&idx)
     }
 
     /// Make an empty segment the active one (the caller has put it in the segment list).
@@ -845,7 +838,7 @@ impl<F: IoFile> LogWriter<F> {
         let base = self.durable_next;
         // Before the new segment: a crash between the two still finds a snapshot that
         // covers the active segment, whichever one it is then.
-        self.producers.save(base);
+        self.producers.save(&*self.io, base);
         let (view, file, idx_file) = match self.new_segment(base, backend, true, need) {
             Ok(placed) => placed,
             Err(e) => {
@@ -866,13 +859,13 @@ impl<F: IoFile> LogWriter<F> {
     /// the log refuses writes until a restart.
     fn undo_new_segment(&self, base: u64) {
         let path = self.shared.dir.join(segment::segment_file_name(base));
-        let gone = |p: &Path| match fs::remove_file(p) {
+        let gone = |p: &Path| match self.io.remove_file(p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(StorageError::io(p, e)),
             _ => Ok(()),
         };
         let undone = gone(&path)
             .and_then(|()| gone(&self.idx_path(base)))
-            .and_then(|()| fsync_dir(&self.shared.dir));
+            .and_then(|()| sync_dir_with(&*self.io, &self.shared.dir));
         if let Err(e) = undone {
             tracing::error!(log = %self.shared.name, error = %e, "removing a half-made segment failed; log refuses writes until restart");
             self.poison(&e);
@@ -881,10 +874,32 @@ impl<F: IoFile> LogWriter<F> {
 
     pub fn begin_epoch(&mut self, epoch: u64) -> Result<()> {
         self.check_writable()?;
-        let mut epochs = self.shared.epochs.write();
-        if epochs.begin(epoch, self.buf_next)? {
-            epochs.save(&self.shared.dir)?;
+        self.begin_epochs(&[(epoch, self.buf_next)])
+    }
+
+    /// Begin each (epoch, first offset) of `epochs` in the log's history, durably, before
+    /// memory says so. A failed save leaves the history as it was, unless the new file may
+    /// have taken its name: memory and disk may then disagree, and the log is poisoned.
+    fn begin_epochs(&mut self, epochs: &[(u64, u64)]) -> Result<()> {
+        let mut next = self.shared.epochs.read().clone();
+        let mut changed = false;
+        for &(epoch, start) in epochs {
+            changed |= next.begin(epoch, start)?;
         }
-        Ok(())
+        if !changed {
+            return Ok(());
+        }
+        match next.try_save(&*self.io, &self.shared.dir) {
+            Ok(()) => {
+                *self.shared.epochs.write() = next;
+                Ok(())
+            }
+            Err(f) => {
+                if f.renamed {
+                    self.poison(&f.error);
+                }
+                Err(f.error)
+            }
+        }
     }
 }

@@ -177,7 +177,8 @@ impl<F: IoFile> LogWriter<F> {
         let mut at = 0usize;
         for h in headers {
             let frame = &frames[at..at + h.frame_len as usize];
-            self.producers.observe(frame, h, self.seg.base_offset);
+            self.producers
+                .observe(&*self.io, frame, h, self.seg.base_offset);
             at += h.frame_len as usize;
         }
     }

@@ -1,14 +1,13 @@
 //! Cutting a log: `truncate_to` (divergent tail, promote at a point) and `reset_to`
 //! (a replica's full sync).
 
-use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::{open_idx, LogWriter};
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
 use crate::extents;
 use crate::format::{self, BatchHeader, FrameBuilder};
@@ -65,14 +64,14 @@ impl<F: IoFile> LogWriter<F> {
             target.durable_len()
         };
         // Nothing is cut yet: a failure here leaves the log as it was.
-        self.producers.unsave()?;
+        self.producers.unsave(&*self.io)?;
         // From the first file removed on, disk and memory may disagree after an error:
         // the log then refuses writes until a restart recovers it from the disk.
         let applied: Result<()> = async {
             for s in segs[i + 1..].iter().rev() {
                 s.drop_deferred_index();
-                fs::remove_file(&s.path).at(&s.path)?;
-                let _ = fs::remove_file(self.idx_path(s.base_offset));
+                self.io.remove_file(&s.path).at(&s.path)?;
+                let _ = self.io.remove_file(&self.idx_path(s.base_offset));
             }
             if i + 1 < segs.len() {
                 let file = open_rw(&target.path)?;
@@ -113,7 +112,7 @@ impl<F: IoFile> LogWriter<F> {
             let idx = &self.files.as_ref().expect("opened for the cut").idx;
             idx.write_all_at(&index::encode(target.base_offset, &entries), 0)
                 .and_then(|_| idx.set_len((entries.len() * index::ENTRY_BYTES) as u64))
-                .and_then(|_| idx.sync_data())
+                .and_then(|_| self.io.sync_file(idx))
                 .at(&idx_path)?;
             target.cut(new_len, end);
             target.remove_holes_from(cut_pos);
@@ -124,7 +123,7 @@ impl<F: IoFile> LogWriter<F> {
                 let before = epochs.clone();
                 epochs.truncate(end);
                 if *epochs != before {
-                    epochs.save(&self.shared.dir)?;
+                    epochs.save(&*self.io, &self.shared.dir)?;
                 }
             }
             // `last_ts_us` is not rewound, on purpose: timestamps stay non-decreasing
@@ -144,7 +143,7 @@ impl<F: IoFile> LogWriter<F> {
             self.shared.written.store(end, Ordering::Release);
             self.shared.cuts.lock().record(end);
             self.shared.durable.send_replace(end);
-            fsync_dir(&self.shared.dir)?;
+            sync_dir_with(&*self.io, &self.shared.dir)?;
             Ok(())
         }
         .await;
@@ -152,7 +151,7 @@ impl<F: IoFile> LogWriter<F> {
             self.poison(e);
         }
         applied?;
-        self.producers.cut_at(end);
+        self.producers.cut_at(&*self.io, end);
         tracing::info!(log = %self.shared.name, end, "log truncated");
         Ok(())
     }
@@ -168,21 +167,21 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
-        self.producers.unsave()?;
+        self.producers.unsave(&*self.io)?;
         self.producers.table.clear();
         let dir = self.shared.dir.clone();
         let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
         let applied: Result<()> = async {
             for s in &old {
                 s.drop_deferred_index();
-                fs::remove_file(&s.path).at(&s.path)?;
-                let _ = fs::remove_file(self.idx_path(s.base_offset));
+                self.io.remove_file(&s.path).at(&s.path)?;
+                let _ = self.io.remove_file(&self.idx_path(s.base_offset));
             }
-            fsync_dir(&dir)?;
+            sync_dir_with(&*self.io, &dir)?;
             {
                 let mut epochs = self.shared.epochs.write();
                 *epochs = crate::meta::EpochHistory::default();
-                epochs.save(&dir)?;
+                epochs.save(&*self.io, &dir)?;
             }
             let (view, file, idx_file) = self.new_segment(start, backend, true, 0)?;
             *self.shared.segments.write() = vec![view.clone()];
