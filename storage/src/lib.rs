@@ -9,6 +9,7 @@
 //! This crate knows nothing of gRPC or replication; replication builds on
 //! [`Log::append_frames`], [`LogReader::read_frames`], epochs and the retention floor.
 
+mod catchup;
 pub mod config;
 pub mod crashsafe;
 pub mod damage;

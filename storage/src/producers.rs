@@ -385,17 +385,24 @@ impl Producers {
     }
 
     /// Write the snapshot covering the log up to `covers` (a durable frame boundary) if
-    /// the log has producers. A failure is logged, not returned: the next open then knows
-    /// fewer producers (as if expired), never wrong offsets.
+    /// the log has producers (see [`Producers::snapshot`]).
     pub fn save(&mut self, io: &dyn MetaIo, covers: u64) {
+        if let Some(s) = self.snapshot(covers) {
+            s.write(io);
+        }
+    }
+
+    /// The snapshot covering the log up to `covers`, to write now or off the storage
+    /// thread; `None` if the log never had producers.
+    pub fn snapshot(&mut self, covers: u64) -> Option<Snapshot> {
         if !self.tracked && self.table.is_empty() {
-            return;
+            return None;
         }
         self.tracked = true;
-        let path = self.dir.join(FILE);
-        if let Err(e) = replace_file_with(io, &path, &encode(&self.table, covers)) {
-            tracing::warn!(file = %path.display(), error = %e, "writing the producers snapshot failed; the next open may forget older producers");
-        }
+        Some(Snapshot {
+            path: self.dir.join(FILE),
+            bytes: encode(&self.table, covers),
+        })
     }
 
     /// Remove the snapshot before the log is cut: it may cover offsets that will hold
@@ -415,6 +422,23 @@ impl Producers {
     pub fn cut_at(&mut self, io: &dyn MetaIo, end: u64) {
         self.table.forget_from(end);
         self.save(io, end);
+    }
+}
+
+/// A producers snapshot, encoded, to be written.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Replace the snapshot file. A failure is logged, not returned: the next open then
+    /// knows fewer producers (as if expired), never wrong offsets.
+    pub fn write(&self, io: &dyn MetaIo) {
+        if let Err(e) = replace_file_with(io, &self.path, &self.bytes) {
+            tracing::warn!(file = %self.path.display(), error = %e, "writing the producers snapshot failed; the next open may forget older producers");
+        }
     }
 }
 

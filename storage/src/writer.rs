@@ -353,7 +353,7 @@ impl<B: IoBackend> Writer<B> {
         let flush = self
             .logs
             .values()
-            .filter_map(|l| l.unsynced_since)
+            .filter_map(|l| l.unsynced_since())
             .min()
             .map(|t| t + self.ctx.config.unsynced_flush_interval);
         match flush {
@@ -367,7 +367,7 @@ impl<B: IoBackend> Writer<B> {
         let interval = self.ctx.config.unsynced_flush_interval;
         let mut flushed = Vec::new();
         for (&id, lw) in self.logs.iter_mut() {
-            if lw.unsynced_since.is_some_and(|t| t + interval <= now) {
+            if lw.unsynced_since().is_some_and(|t| t + interval <= now) {
                 // A failure has been logged and poisons the log; nothing waits on it here.
                 let _ = lw.commit(true, &self.ctx.stats).await;
                 flushed.push(id);
@@ -403,7 +403,10 @@ impl<B: IoBackend> Writer<B> {
             let _ = reply.send(Err(StorageError::LogNotFound(log.name.clone())));
             return;
         };
-        if let Err(e) = lw.make_room(frame.len(), &self.backend, &self.ctx).await {
+        if let Err(e) = lw
+            .make_room_now(frame.len(), &self.backend, &self.ctx)
+            .await
+        {
             let _ = reply.send(Err(e));
             return;
         }
@@ -441,7 +444,10 @@ impl<B: IoBackend> Writer<B> {
             };
             let frame = frames.slice(pos..pos + h.frame_len as usize);
             pos += h.frame_len as usize;
-            if let Err(e) = lw.make_room(frame.len(), &self.backend, &self.ctx).await {
+            if let Err(e) = lw
+                .make_room_now(frame.len(), &self.backend, &self.ctx)
+                .await
+            {
                 let _ = reply.send(Err(e));
                 return;
             }

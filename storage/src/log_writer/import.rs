@@ -18,9 +18,12 @@ use std::fs::{self, File};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::active::ActiveFiles;
+use super::new_segment::{self, Source};
+use super::placement::Fill;
 use super::LogWriter;
+use crate::catchup;
 use crate::error::{IoContext, Result, StorageError};
-use crate::extents;
 use crate::import::StagedSegment;
 use crate::index;
 use crate::io::{IoBackend, IoFile};
@@ -38,10 +41,11 @@ impl<F: IoFile> LogWriter<F> {
         let checked = async {
             self.check_writable()?;
             self.commit(true, &ctx.stats).await?;
-            if self.durable_next != seg.base || self.buf_next != seg.base {
+            let end = self.active.buffered_next();
+            if self.active.durable_next() != seg.base || end != seg.base {
                 return Err(StorageError::InvalidInput(format!(
-                    "log {} ends at {}, the imported segment starts at {}",
-                    self.shared.name, self.buf_next, seg.base
+                    "log {} ends at {end}, the imported segment starts at {}",
+                    self.shared.name, seg.base
                 )));
             }
             self.begin_epochs(&seg.epochs)
@@ -76,27 +80,28 @@ impl<F: IoFile> LogWriter<F> {
         backend: &B,
     ) -> Result<()> {
         let dir = self.shared.dir.clone();
-        let reuse_active = self.write_pos == 0 && self.seg.base_offset == seg.base;
+        let reuse_active =
+            self.active.write_pos() == 0 && self.active.seg().base_offset == seg.base;
+        let zeroed_before = self.fill == Fill::Zeroed;
         // Sealed where the import begins, the active segment may hold a few frames in a
         // whole segment's file. Only an allocated-only tail is released: punching out
         // written zeros took ~110 ms per 120 MB here, on the thread every log writes from.
-        let sealed =
-            (!reuse_active && !self.active_zeroed).then(|| (self.seg.path.clone(), self.write_pos));
-        let zeroed = if reuse_active {
+        let sealed = (!reuse_active && !zeroed_before)
+            .then(|| (self.active.seg().path.clone(), self.active.write_pos()));
+        let source = if reuse_active {
             let aside = dir.join(format!("next-active-{:020}.tmp", seg.next));
-            self.io.rename(&self.seg.path, &aside).at(&aside)?;
-            if self.active_zeroed {
-                Some(aside)
+            self.io.rename(&self.active.seg().path, &aside).at(&aside)?;
+            if zeroed_before {
+                (Source::File(aside), true)
             } else if let Some(spare) = self.spare.try_take() {
                 let _ = self.io.remove_file(&aside);
-                self.active_zeroed = true;
-                Some(spare)
+                (Source::File(spare), true)
             } else {
-                Some(aside)
+                (Source::File(aside), false)
             }
         } else {
-            self.seal_index()?;
-            None
+            self.seal_index_now()?;
+            (Source::ReadySpare, false)
         };
 
         let seg_path = dir.join(segment::segment_file_name(seg.base));
@@ -112,10 +117,15 @@ impl<F: IoFile> LogWriter<F> {
         imported.set_index(seg.entries.clone());
         imported.publish(seg.len, seg.next, seg.last_ts_us, &[]);
 
-        let (view, file, idx_file) = match zeroed {
-            Some(aside) => self.place_segment(&aside, seg.next, backend)?,
-            None => self.new_segment(seg.next, backend, false, 0)?,
+        let size = self.next_segment_bytes(0);
+        let (file, zeroed) = match source {
+            (Source::File(p), zeroed) => (p, zeroed),
+            (source, _) => new_segment::file_for(&*self.io, &dir, &self.spare, source, 0, size)?,
         };
+        let placed = new_segment::place(&*self.io, &dir, &file, seg.next)?;
+        let path = placed.view.path.clone();
+        let io = backend.wrap(placed.file, &path).at(&path)?;
+        let view = Arc::new(placed.view);
         {
             let mut segs = self.shared.segments.write();
             if reuse_active {
@@ -124,21 +134,42 @@ impl<F: IoFile> LogWriter<F> {
             segs.push(Arc::new(imported));
             segs.push(view.clone());
         }
-        self.activate(view, file, idx_file);
-        self.pending_entries.clear();
-        self.written_next = seg.next;
-        self.buf_next = seg.next;
-        self.durable_next = seg.next;
+        self.active.place(
+            view,
+            ActiveFiles {
+                io,
+                idx: placed.idx,
+            },
+            0,
+            seg.next,
+        );
+        self.index.reset(&[]);
+        self.fill = Fill::of(zeroed);
+        self.mark_stale = true;
         self.last_ts_us = self.last_ts_us.max(seg.last_ts_us);
         self.shared.written.store(seg.next, Ordering::Release);
         self.shared.durable.send_replace(seg.next);
         if let Some((path, len)) = sealed {
-            extents::release_tail(&path, len);
+            catchup::release_tail(&path, len);
         }
         // No spare is asked for here, even for an allocated-only active segment: zeroing
         // one now would write a segment's worth on the disk while a catch-up's next fetch
         // writes. Its first append asks (`make_room`).
         tracing::debug!(log = %self.shared.name, base = seg.base, next = seg.next, bytes = seg.len, "imported a segment");
         Ok(())
+    }
+
+    /// Make the active segment's index complete and durable (it is being sealed).
+    fn seal_index_now(&mut self) -> Result<()> {
+        self.write_index_entries();
+        let idx_path = self.idx_path(self.active.seg().base_offset);
+        if !self.index.complete() {
+            return Err(StorageError::io(
+                idx_path,
+                std::io::Error::other("index entries could not be written"),
+            ));
+        }
+        let files = self.active.files().expect("sealed while open");
+        self.io.sync_file(&files.idx).at(&idx_path)
     }
 }
