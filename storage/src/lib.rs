@@ -23,6 +23,7 @@ pub mod io;
 mod log;
 mod log_writer;
 pub mod meta;
+mod meta_worker;
 mod producers;
 mod reader;
 mod recovery;

@@ -392,6 +392,21 @@ impl Producers {
         }
     }
 
+    /// Whether the log has had producers (see the field).
+    pub fn tracked(&self) -> bool {
+        self.tracked
+    }
+
+    /// The snapshot a log's first producer writes, covering the active segment's base
+    /// `covers` (see [`Producers::record`]); the log has producers from now on.
+    pub fn first_snapshot(&mut self, covers: u64) -> Snapshot {
+        self.tracked = true;
+        Snapshot {
+            path: self.dir.join(FILE),
+            bytes: encode(&self.table, covers),
+        }
+    }
+
     /// The snapshot covering the log up to `covers`, to write now or off the storage
     /// thread; `None` if the log never had producers.
     pub fn snapshot(&mut self, covers: u64) -> Option<Snapshot> {

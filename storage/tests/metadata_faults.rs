@@ -340,3 +340,141 @@ fn an_epoch_that_cannot_be_saved_is_not_begun() {
         verify(dir.path(), &expect, "epoch on a full disk").await;
     });
 }
+
+/// Storage over the fault backend with logs "slow" and "fast" (small segments).
+async fn slow_and_fast(dir: &std::path::Path) -> (Storage, FaultInjector, Log, Log) {
+    let backend = FaultBackend::default();
+    let inj = backend.injector.clone();
+    let s = Storage::open_with(config(dir), backend).unwrap();
+    let slow = s.create_log("slow").await.unwrap();
+    let fast = s.create_log("fast").await.unwrap();
+    (s, inj, slow, fast)
+}
+
+/// Wait (bounded) until an operation is held at a pause.
+async fn until_paused(inj: &FaultInjector) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while inj.paused() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing reached the pause"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
+/// While log "slow" waits: "fast" takes `n` appends (acked), and "slow" does not move.
+async fn fast_goes_on(slow: &Log, fast: &Log, n: u32) {
+    let held_at = slow.positions().durable;
+    let from = fast.positions().durable;
+    for i in 0..n {
+        let at = append(fast, i).await.unwrap();
+        assert_eq!(at, from + u64::from(i));
+    }
+    assert_eq!(slow.positions().durable, held_at, "the waiting log moved");
+}
+
+/// Reopen `dir` and check each (log, n): its records are `value(0..n)`.
+async fn reopened_holds(dir: &std::path::Path, logs: &[(&str, u32)]) {
+    let s = Storage::open_with(config(dir), StdBackend).unwrap();
+    for &(name, n) in logs {
+        let got = s
+            .log(name)
+            .unwrap()
+            .reader()
+            .read(0, usize::MAX, usize::MAX)
+            .unwrap();
+        assert_eq!(got.len() as u32, n, "{name}");
+        for (i, r) in got.iter().enumerate() {
+            assert_eq!(r.value, value(i as u32), "{name} offset {i}");
+        }
+    }
+    s.shutdown().await.unwrap();
+}
+
+/// A roll whose rename waits on the disk holds only its own log: another log's appends
+/// are acked meanwhile (the storage thread is not waiting with it), and the waiting log's
+/// appends go on, in order, once the rename is done.
+#[test]
+fn a_roll_waiting_on_the_disk_holds_only_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let (s, inj, slow, fast) = slow_and_fast(dir.path()).await;
+        // The roll's placement: a rename to `<base>.seg` (spares are `spare-*`).
+        inj.pause(FaultOp::Rename, "/logs/slow/000");
+        let writer = {
+            let slow = slow.clone();
+            tokio::spawn(async move {
+                for i in 0..60 {
+                    assert_eq!(append(&slow, i).await.unwrap(), u64::from(i));
+                }
+            })
+        };
+        until_paused(&inj).await;
+        fast_goes_on(&slow, &fast, 20).await;
+        assert!(!writer.is_finished());
+        inj.resume();
+        writer.await.unwrap();
+        assert!(slow.segment_count() >= 2, "no roll");
+        s.shutdown().await.unwrap();
+        drop(s);
+        reopened_holds(dir.path(), &[("slow", 60), ("fast", 20)]).await;
+    });
+}
+
+/// A new epoch whose history waits on the disk: other logs go on; the log's appends after
+/// it wait, and are written in the new epoch.
+#[test]
+fn an_epoch_waiting_on_the_disk_holds_only_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let (s, inj, slow, fast) = slow_and_fast(dir.path()).await;
+        append(&slow, 0).await.unwrap();
+        inj.pause(FaultOp::Rename, "/logs/slow/epochs");
+        let begin = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.begin_epoch(3).await })
+        };
+        until_paused(&inj).await;
+        let after = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.append(&[value(1)], Durability::Fsync).await })
+        };
+        fast_goes_on(&slow, &fast, 10).await;
+        assert!(!begin.is_finished() && !after.is_finished());
+        assert_eq!(slow.current_epoch(), 0, "in memory before it is on disk");
+        inj.resume();
+        begin.await.unwrap().unwrap();
+        let ack = after.await.unwrap().unwrap();
+        assert_eq!((ack.base_offset, ack.epoch), (1, 3));
+        s.shutdown().await.unwrap();
+        drop(s);
+        reopened_holds(dir.path(), &[("slow", 2), ("fast", 10)]).await;
+    });
+}
+
+/// Deleting a log whose directory's move waits on the disk: other logs go on; the delete
+/// answers once it is done.
+#[test]
+fn a_delete_waiting_on_the_disk_holds_only_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let (s, inj, slow, fast) = slow_and_fast(dir.path()).await;
+        append(&slow, 0).await.unwrap();
+        inj.pause(FaultOp::Rename, "/logs/.trash-slow");
+        let delete = {
+            let s = s.clone();
+            tokio::spawn(async move { s.delete_log("slow").await })
+        };
+        until_paused(&inj).await;
+        fast_goes_on(&slow, &fast, 10).await;
+        assert!(!delete.is_finished());
+        inj.resume();
+        delete.await.unwrap().unwrap();
+        assert!(matches!(s.log("slow"), Err(StorageError::LogNotFound(_))));
+        assert!(slow.is_deleted());
+        s.shutdown().await.unwrap();
+        drop(s);
+        reopened_holds(dir.path(), &[("fast", 10)]).await;
+    });
+}

@@ -5,6 +5,8 @@
 //!   then EIO), the opening of a file for writing (the last step of placing a new
 //!   segment, after its rename), or any metadata operation ([`MetaIo`]: a rename, a
 //!   removal, a directory or small-file sync, a small file's write, a spare's zeroing);
+//! - hold chosen metadata operations at a pause until resumed (a disk that is slow for
+//!   them), so that a test can see what goes on while they wait;
 //! - model a power loss. With [`FaultInjector::track_unsynced`] it keeps, for every write
 //!   through it, what the write overwrote, until a sync of that file succeeds; then
 //!   [`FaultInjector::power_loss_copy`] copies a data directory as a disk could hold it if
@@ -19,7 +21,7 @@ pub mod power_loss;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::std_backend::{StdBackend, StdFile};
 use super::{BufResult, IoBackend, IoFile, MetaIo};
@@ -85,12 +87,19 @@ struct State {
     unsynced: Option<Vec<Unsynced>>,
     /// Number of the last tracked write.
     unsynced_seq: u64,
+    /// Operations held until [`FaultInjector::resume`]: of this kind, on a path holding
+    /// this string.
+    pauses: Vec<(FaultOp, String)>,
+    /// Operations held at a pause now.
+    paused: usize,
 }
 
 /// Shared handle to arm faults while a storage instance runs.
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjector {
     state: Arc<Mutex<State>>,
+    /// Wakes operations held at a pause.
+    resumed: Arc<Condvar>,
 }
 
 impl FaultInjector {
@@ -118,6 +127,42 @@ impl FaultInjector {
 
     pub fn clear(&self) {
         self.lock().rules.clear();
+    }
+
+    /// Hold every operation of kind `op` on a path that contains `path_contains` (for a
+    /// rename, its destination; `""` matches every one) until [`FaultInjector::resume`].
+    pub fn pause(&self, op: FaultOp, path_contains: &str) {
+        self.lock().pauses.push((op, path_contains.to_owned()));
+    }
+
+    /// Let every held operation go on, and hold no more.
+    pub fn resume(&self) {
+        self.lock().pauses.clear();
+        self.resumed.notify_all();
+    }
+
+    /// Operations held at a pause now.
+    pub fn paused(&self) -> usize {
+        self.lock().paused
+    }
+
+    /// Wait while a pause holds `op` on `path`.
+    fn wait_if_paused(&self, op: FaultOp, path: &Path) {
+        let held = |s: &State| {
+            let path = path.to_string_lossy();
+            s.pauses
+                .iter()
+                .any(|(o, part)| *o == op && path.contains(part.as_str()))
+        };
+        let mut s = self.lock();
+        if !held(&s) {
+            return;
+        }
+        s.paused += 1;
+        while held(&s) {
+            s = self.resumed.wait(s).expect("fault state");
+        }
+        s.paused -= 1;
     }
 
     /// Faults injected so far.
@@ -303,8 +348,9 @@ impl IoBackend for FaultBackend {
 }
 
 impl FaultBackend {
-    /// Fail this operation if a rule says so.
-    fn check(&self, op: FaultOp) -> io::Result<()> {
+    /// Wait at a pause, then fail this operation (on `path`) if a rule says so.
+    fn check(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        self.injector.wait_if_paused(op, path);
         match self.injector.next(op) {
             Some(kind) => Err(error(kind)),
             None => Ok(()),
@@ -316,7 +362,7 @@ impl FaultBackend {
 /// model keeps what they did (see [`power_loss`], "What it keeps as written").
 impl MetaIo for FaultBackend {
     fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
-        self.check(FaultOp::Sync)?;
+        self.check(FaultOp::Sync, Path::new(""))?;
         let meta = file.metadata()?;
         let upto = self.injector.last_write();
         file.sync_data()?;
@@ -325,26 +371,27 @@ impl MetaIo for FaultBackend {
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.check(FaultOp::Rename)?;
+        self.check(FaultOp::Rename, to)?;
         StdBackend.rename(from, to)
     }
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
-        self.check(FaultOp::Remove)?;
+        self.check(FaultOp::Remove, path)?;
         StdBackend.remove_file(path)
     }
 
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        self.check(FaultOp::SyncDir)?;
+        self.check(FaultOp::SyncDir, dir)?;
         StdBackend.sync_dir(dir)
     }
 
     fn sync_file(&self, file: &std::fs::File) -> io::Result<()> {
-        self.check(FaultOp::SyncFile)?;
+        self.check(FaultOp::SyncFile, Path::new(""))?;
         StdBackend.sync_file(file)
     }
 
     fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<std::fs::File> {
+        self.injector.wait_if_paused(FaultOp::WriteFile, path);
         match self.injector.next(FaultOp::WriteFile) {
             None => StdBackend.write_file(path, contents),
             Some(FaultKind::Torn { keep }) => {
@@ -356,12 +403,12 @@ impl MetaIo for FaultBackend {
     }
 
     fn zero_fill(&self, path: &Path, size: u64) -> io::Result<()> {
-        self.check(FaultOp::Prepare)?;
+        self.check(FaultOp::Prepare, path)?;
         StdBackend.zero_fill(path, size)
     }
 
     fn allocate(&self, path: &Path, size: u64) -> io::Result<()> {
-        self.check(FaultOp::Prepare)?;
+        self.check(FaultOp::Prepare, path)?;
         StdBackend.allocate(path, size)
     }
 }

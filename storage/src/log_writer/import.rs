@@ -48,7 +48,7 @@ impl<F: IoFile> LogWriter<F> {
                     self.shared.name, seg.base
                 )));
             }
-            self.begin_epochs(&seg.epochs)
+            self.begin_epochs_now(&seg.epochs)
         }
         .await;
         if let Err(e) = checked {

@@ -17,6 +17,7 @@ mod health;
 mod idempotent;
 mod import;
 mod index_writer;
+mod job;
 mod mark;
 mod new_segment;
 pub(crate) mod placement;
@@ -26,6 +27,7 @@ mod roll;
 mod shutdown;
 mod truncate;
 
+pub(crate) use job::{Done, Finished, Job};
 pub use repair::Repaired;
 
 use std::fs::{File, OpenOptions};
@@ -211,9 +213,11 @@ impl<F: IoFile> LogWriter<F> {
         });
     }
 
-    /// `sync`: fdatasync with this group; otherwise the frames become durable with a later
-    /// group or the periodic sync (a replica nobody is waiting on).
-    pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader, sync: bool) -> Result<()> {
+    /// Whether a replicated frame continues the log exactly (its base offset the log's
+    /// end, its epoch not older), and what must be done before it is buffered: a new
+    /// epoch is durable in the history before its first frame is; a first producer is
+    /// preceded by its snapshot.
+    pub fn check_replicated(&mut self, frame: &[u8], h: &BatchHeader) -> Result<Option<Job>> {
         let reject = |reason: String| StorageError::FrameRejected {
             log: self.shared.name.clone(),
             reason,
@@ -233,9 +237,17 @@ impl<F: IoFile> LogWriter<F> {
             )));
         }
         if h.epoch > current {
-            // The epoch history is durable before the first frame of the epoch is.
-            self.begin_epochs(&[(h.epoch, h.base_offset)])?;
+            return self.epochs_job(&[(h.epoch, h.base_offset)]);
         }
+        Ok(self.snapshot_job(h.producer(frame).is_some()))
+    }
+
+    /// Buffer a replicated frame [`LogWriter::check_replicated`] passed with nothing to
+    /// do. `sync`: fdatasync with this group; otherwise the frames become durable with a
+    /// later group or the periodic sync (a replica nobody is waiting on).
+    pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader, sync: bool) {
+        assert_eq!(h.base_offset, self.active.buffered_next());
+        assert_eq!(h.epoch, self.shared.epochs.read().current());
         self.buffer(frame, h.base_offset, h.next_offset());
         // A replica knows its primary's producers, to answer retries once promoted.
         let base = self.active.seg().base_offset;
@@ -244,7 +256,6 @@ impl<F: IoFile> LogWriter<F> {
         if sync {
             self.group.request_sync();
         }
-        Ok(())
     }
 
     pub fn push_frames_waiter(&mut self, reply: oneshot::Sender<Result<u64>>) {
@@ -252,34 +263,9 @@ impl<F: IoFile> LogWriter<F> {
         self.group.wait(Waiter::Frames { reply, end });
     }
 
-    pub fn begin_epoch(&mut self, epoch: u64) -> Result<()> {
+    /// Start `epoch` at the log's end: the job that saves it, if it is new.
+    pub fn begin_epoch(&mut self, epoch: u64) -> Result<Option<Job>> {
         self.check_writable()?;
-        self.begin_epochs(&[(epoch, self.active.buffered_next())])
-    }
-
-    /// Begin each (epoch, first offset) of `epochs` in the log's history, durably, before
-    /// memory says so. A failed save leaves the history as it was, unless the new file may
-    /// have taken its name: memory and disk may then disagree, and the log is poisoned.
-    fn begin_epochs(&mut self, epochs: &[(u64, u64)]) -> Result<()> {
-        let mut next = self.shared.epochs.read().clone();
-        let mut changed = false;
-        for &(epoch, start) in epochs {
-            changed |= next.begin(epoch, start)?;
-        }
-        if !changed {
-            return Ok(());
-        }
-        match next.try_save(&*self.io, &self.shared.dir) {
-            Ok(()) => {
-                *self.shared.epochs.write() = next;
-                Ok(())
-            }
-            Err(f) => {
-                if f.renamed {
-                    self.poison(&f.error);
-                }
-                Err(f.error)
-            }
-        }
+        self.epochs_job(&[(epoch, self.active.buffered_next())])
     }
 }

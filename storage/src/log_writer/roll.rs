@@ -22,10 +22,6 @@ use crate::segment::SegmentView;
 use crate::spare::SpareSlot;
 use crate::writer::WriterCtx;
 
-/// Placements before one frame, at most: a replacement or an early seal, then a roll (the
-/// spare may be too small for the frame), then room.
-const PLACEMENTS_PER_FRAME_MAX: usize = 3;
-
 /// The file steps of a placement, off the storage thread.
 #[derive(Debug)]
 pub(crate) struct PlaceJob {
@@ -102,7 +98,8 @@ impl PlaceJob {
 impl<F: IoFile> LogWriter<F> {
     /// Make sure the next frame of `len` bytes has a place. `Some(job)`: a new segment
     /// must be placed first; run it, hand what it did to [`LogWriter::finish_place`], and
-    /// ask again.
+    /// ask again. A frame needs three placements at most: a replacement or an early seal,
+    /// then a roll (the spare may be too small for it); after a roll the frame fits.
     pub async fn make_room(&mut self, len: usize, ctx: &WriterCtx) -> Result<Option<PlaceJob>> {
         self.check_writable()?;
         let max = self.shared.config.frame_bytes_max();
@@ -128,28 +125,6 @@ impl<F: IoFile> LogWriter<F> {
                 self.commit(true, &ctx.stats).await?;
                 Ok(Some(self.seal_job(decision, len as u64)?))
             }
-        }
-    }
-
-    /// [`LogWriter::make_room`], running placements here (blocking) until the frame has a
-    /// place.
-    pub async fn make_room_now<B: IoBackend<File = F>>(
-        &mut self,
-        len: usize,
-        backend: &B,
-        ctx: &WriterCtx,
-    ) -> Result<()> {
-        for _ in 0..PLACEMENTS_PER_FRAME_MAX {
-            match self.make_room(len, ctx).await? {
-                None => return Ok(()),
-                Some(job) => self.finish_place(job.run(&*ctx.io), backend, ctx)?,
-            }
-        }
-        match self.make_room(len, ctx).await? {
-            None => Ok(()),
-            Some(job) => unreachable!(
-                "a frame needed more than {PLACEMENTS_PER_FRAME_MAX} placements: {job:?}"
-            ),
         }
     }
 
