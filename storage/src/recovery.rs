@@ -22,10 +22,10 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::catchup;
 use crate::config::{LogConfig, OnCorruption, RecoveryMode, ZERO_AHEAD_BYTES};
 use crate::damage::{self, Hole};
 use crate::error::{FormatError, IoContext, Result, StorageError};
-use crate::extents;
 use crate::format::{self, DurableMark, MARK_BYTES};
 use crate::index::{self, IndexEntry};
 use crate::io::MetaIo;
@@ -451,7 +451,7 @@ fn recover_active(
     // A segment placed only allocated (a catch-up's, or a roll's that found no spare)
     // keeps its unwritten tail across a restart: without this, it would take appends at
     // the slower rate until its roll instead of giving way to a zeroed spare.
-    let active_zeroed = extents::zero_filled(&seg_file, view.capacity());
+    let active_zeroed = !catchup::allocated_only(&seg_file, view.capacity());
     let (end, next) = (w.scan.end_pos, w.scan.next_offset);
     entries.extend(w.scan.entries.iter().copied());
     if let Some(hole) = &w.damaged {

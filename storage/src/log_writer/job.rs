@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use super::removal::{DeleteJob, RemoveJob};
 use super::roll::{PlaceDone, PlaceJob};
 use super::LogWriter;
+use crate::catchup::{InstallDone, InstallJob};
 use crate::crashsafe::ReplaceFailed;
 use crate::error::Result;
 use crate::io::{IoBackend, IoFile, MetaIo};
@@ -31,6 +32,8 @@ pub(crate) enum Job {
     Remove(RemoveJob),
     /// The whole log.
     Delete(DeleteJob),
+    /// An imported segment, put in place after the log's end (see `catchup`).
+    Install(Box<InstallJob>),
 }
 
 #[derive(Debug)]
@@ -46,6 +49,7 @@ pub(crate) enum Done {
         moved: bool,
         result: Result<()>,
     },
+    Install(Box<InstallDone>),
 }
 
 /// What finishing a job means for the command that waited on it.
@@ -55,6 +59,8 @@ pub(crate) enum Finished {
     Log(Result<()>),
     /// The log is gone; the delete's answer.
     Deleted(Result<()>),
+    /// The command was answered with what the job did.
+    Answered,
 }
 
 impl Job {
@@ -75,6 +81,7 @@ impl Job {
                 let (moved, result) = job.run(io);
                 Done::Delete { moved, result }
             }
+            Job::Install(job) => Done::Install(Box::new(job.run(io))),
         }
     }
 }
@@ -107,6 +114,10 @@ impl<F: IoFile> LogWriter<F> {
                 moved: false,
                 result,
             } => Finished::Log(result),
+            Done::Install(done) => {
+                self.finish_install(*done, backend, ctx);
+                Finished::Answered
+            }
         }
     }
 
@@ -127,7 +138,7 @@ impl<F: IoFile> LogWriter<F> {
     /// The new history is in memory once it is on disk. A failed save leaves it as it
     /// was, unless the new file may have taken its name: memory and disk may then
     /// disagree, and the log is poisoned.
-    fn epochs_saved(
+    pub(super) fn epochs_saved(
         &mut self,
         next: EpochHistory,
         result: std::result::Result<(), ReplaceFailed>,
@@ -154,16 +165,5 @@ impl<F: IoFile> LogWriter<F> {
         }
         let base = self.active.seg().base_offset;
         Some(Job::Snapshot(self.producers.first_snapshot(base)))
-    }
-
-    /// Begin epochs now, on this thread (for commands that run whole here: an import).
-    pub(super) fn begin_epochs_now(&mut self, epochs: &[(u64, u64)]) -> Result<()> {
-        match self.epochs_job(epochs)? {
-            Some(Job::Epochs { next, dir }) => {
-                let result = next.try_save(&*self.io, &dir);
-                self.epochs_saved(next, result)
-            }
-            _ => Ok(()),
-        }
     }
 }

@@ -15,11 +15,10 @@ mod commit;
 mod group;
 mod health;
 mod idempotent;
-mod import;
 mod index_writer;
+mod install;
 mod job;
 mod mark;
-mod new_segment;
 pub(crate) mod placement;
 mod removal;
 mod repair;
@@ -218,6 +217,7 @@ impl<F: IoFile> LogWriter<F> {
     /// epoch is durable in the history before its first frame is; a first producer is
     /// preceded by its snapshot.
     pub fn check_replicated(&mut self, frame: &[u8], h: &BatchHeader) -> Result<Option<Job>> {
+        self.check_writable()?;
         let reject = |reason: String| StorageError::FrameRejected {
             log: self.shared.name.clone(),
             reason,

@@ -11,12 +11,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use super::active::ActiveFiles;
-use super::new_segment::{self, Placed, Source};
 use super::placement::{decide, Decision, Fill, OnFailure, Situation, SpareState};
 use super::LogWriter;
 use crate::catchup;
 use crate::error::{IoContext, Result, StorageError};
 use crate::io::{IoBackend, IoFile, MetaIo};
+use crate::new_segment::{self, Placed, Source};
 use crate::producers::Snapshot;
 use crate::segment::SegmentView;
 use crate::spare::SpareSlot;
@@ -310,5 +310,5 @@ impl<F: IoFile> LogWriter<F> {
 
 /// Whether placement sees `fill` for a file of `capacity` bytes (see `catchup`).
 pub(super) fn fill_of(file: &File, capacity: u64) -> Fill {
-    Fill::of(catchup::zero_filled(file, capacity))
+    Fill::of(!catchup::allocated_only(file, capacity))
 }

@@ -7,7 +7,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::active::ActiveFiles;
-use super::new_segment;
 use super::placement::Fill;
 use super::roll::fill_of;
 use super::{open_idx, LogWriter};
@@ -16,6 +15,7 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::format::{self, BatchHeader, FrameBuilder};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile, MetaIo};
+use crate::new_segment;
 use crate::segment::{open_rw, SegmentView};
 use crate::writer::WriterCtx;
 

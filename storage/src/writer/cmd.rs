@@ -5,9 +5,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
+use crate::catchup::StagedSegment;
 use crate::config::Durability;
 use crate::error::{Result, StorageError};
-use crate::import::StagedSegment;
 use crate::log::{AppendAck, LogShared};
 use crate::log_writer::Repaired;
 use crate::recovery::RecoveredLog;

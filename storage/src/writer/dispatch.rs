@@ -67,16 +67,13 @@ impl<B: IoBackend> Writer<B> {
             let _ = reply.send(Err(StorageError::LogNotFound(log.name.clone())));
             return;
         };
-        let producer = format::frame_producer(&frame).is_some();
-        let job = match lw.snapshot_job(producer) {
-            Some(job) => Some(job),
-            None => match lw.make_room(frame.len(), &self.ctx).await {
-                Ok(place) => place.map(Job::Place),
-                Err(e) => {
-                    let _ = reply.send(Err(e));
-                    return;
-                }
-            },
+        let job = match lw.make_room(frame.len(), &self.ctx).await {
+            Ok(Some(place)) => Some(Job::Place(place)),
+            Ok(None) => lw.snapshot_job(format::frame_producer(&frame).is_some()),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                return;
+            }
         };
         if let Some(job) = job {
             let cmd = Cmd::Append {
@@ -176,6 +173,7 @@ impl<B: IoBackend> Writer<B> {
             (Finished::Log(Ok(())), Some(cause)) => self.dispatch(cause).await,
             (Finished::Log(Err(e)), Some(cause)) => cause.fail(e),
             (Finished::Log(r), None) => self.retained(id, r),
+            (Finished::Answered, cause) => assert!(cause.is_none(), "answered by its job"),
             (Finished::Deleted(r), cause) => {
                 self.forget(id);
                 if let Some(Cmd::Delete { reply, .. }) = cause {
@@ -245,8 +243,14 @@ impl<B: IoBackend> Writer<B> {
                     }
                 }
             }
-            Cmd::InstallSegment { segment, reply, .. } => {
-                let _ = reply.send(lw.install_segment(*segment, backend, ctx).await);
+            Cmd::InstallSegment {
+                log,
+                segment,
+                reply,
+            } => {
+                if let Some(job) = lw.install_job(*segment, reply, ctx).await {
+                    self.park(log.id, None, job);
+                }
                 return;
             }
             Cmd::BeginEpoch { log, epoch, reply } => match lw.begin_epoch(epoch) {

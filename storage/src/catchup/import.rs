@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use tokio::sync::oneshot;
 
-use crate::direct_write::DirectWriter;
+use super::direct_write::DirectWriter;
 use crate::error::{IoContext, Result, StorageError};
 use crate::format;
 use crate::index::IndexEntry;
