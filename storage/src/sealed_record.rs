@@ -2,9 +2,8 @@
 //! not have to read them.
 //!
 //! Recovery learns where a sealed segment ends by reading its index and the frames after
-//! the last index entry: cold reads for every segment, so a restart took longer the more
-//! data a log held (about 25 ms per segment here with a cold cache, as after a replica's
-//! direct-IO imports). At a clean shutdown the storage thread writes, for each log with
+//! the last index entry: cold reads for every segment, so a restart would take longer the
+//! more data a log held (figures: docs/decisions/segment-placement.md). At a clean shutdown the storage thread writes, for each log with
 //! sealed segments, [`FILE`]: every sealed segment's base, next base, length, last
 //! timestamp, and the file's inode number and modification time, under a CRC. The next
 //! open uses it only when it names exactly the sealed segments the directory holds, the
@@ -18,7 +17,7 @@
 //! the end that its zeroing could not remove). Opened unmodified, its tail past the end is
 //! then known to be zeros, and recovery skips reading `ZERO_AHEAD_BYTES` of it to make
 //! sure: 24 MiB per log, cold disk reads where the zeros were written past the page cache
-//! (a spare): ~25 ms per log and restart with a cold cache, ~6 ms warm.
+//! (a spare).
 //!
 //! The name ends in `.tmp` so that a version that does not know the file
 //! deletes it when it opens the log (every version removes `.tmp` files there), instead

@@ -5,9 +5,8 @@
 //! fresh file zero-filled to size, or a segment retention deleted, recycled (zeroed again in
 //! place: its blocks stay allocated). A spare is created as `spare-N.tmp`, synced, then
 //! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
-//! Zeros are written with O_DIRECT where possible: buffered, the zeroing cost as much CPU
-//! and page-cache churn as the appends it prepares for (and its writeback showed up as
-//! 80 ms p99 append latency under load).
+//! Zeros are written with O_DIRECT where possible, so that zeroing competes with the
+//! appends for no page cache (figures: docs/decisions/segment-placement.md).
 
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
@@ -98,10 +97,10 @@ impl SpareSlot {
     }
 
     /// The ready spare, waiting for one being zeroed (nearly done: it was requested half
-    /// a segment ago, and a zeroed segment is worth it: measured, appends into a fallocated
-    /// one reached half the rate). `None` if none is coming: the caller makes one now. A
-    /// job still queued behind other logs' is cancelled rather than waited for: the caller
-    /// is the storage thread, and every log's writes would wait with it.
+    /// a segment ago, and appends into a zero-filled segment sync faster). `None` if none
+    /// is coming: the caller makes one now. A job still queued behind other logs' is
+    /// cancelled rather than waited for: the caller (the metadata worker) would hold every
+    /// other log's jobs meanwhile.
     pub fn take(&self) -> Option<PathBuf> {
         let mut s = self.state.lock();
         while matches!(*s, State::Running) {

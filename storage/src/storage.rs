@@ -210,9 +210,8 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 /// Logs opened at once at start-up. Opening one waits mostly on cold reads (its metadata,
-/// index and tail) and on removing its shutdown record durably: 40 small logs took
-/// ~670 ms to open with a cold cache here one after another, ~420 ms 8 at a time
-/// (medians of six).
+/// index and tail) and on removing its shutdown record durably, which overlap across logs
+/// (figures: docs/decisions/segment-placement.md).
 const OPEN_THREADS: usize = 8;
 
 /// Recover the logs `found` (id, name, directory), a few at a time; in the same order.

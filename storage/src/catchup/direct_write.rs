@@ -3,10 +3,9 @@
 //! thread while the next one fills, the last one is padded with zeros to the block size.
 //!
 //! Why: a replica copying gigabytes in a catch-up would otherwise push all of them through
-//! the page cache: one more copy per byte (into freshly allocated cache pages, which on this
-//! kind of VM cost several times a copy into memory already in use), and eviction of what
-//! its readers had cached. The zero padding reads as the clean end of a segment, as in a
-//! pre-zeroed one.
+//! the page cache: one more copy per byte into freshly allocated cache pages, and eviction
+//! of what its readers had cached (figures: docs/decisions/segment-placement.md). The zero padding reads as
+//! the clean end of a segment, as in a pre-zeroed one.
 
 use std::fs::File;
 use std::io;
@@ -22,7 +21,7 @@ use crate::io::aligned::{Aligned, ALIGN};
 /// Bytes per write.
 const BLOCK_BYTES: usize = 4 << 20;
 /// Threads writing blocks at once: one pwrite at a time keeps a virtio disk at queue depth
-/// one (~400 MB/s here, against ~600 with two or more 4 MiB writes in flight).
+/// one, well below what it does with several writes in flight.
 const WRITERS: usize = 4;
 /// Blocks handed to the writers and not yet written, at most (besides the one filling).
 const IN_FLIGHT_MAX: usize = 2 * WRITERS;

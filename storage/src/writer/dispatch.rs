@@ -8,13 +8,13 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use super::cmd::Cmd;
-use super::Writer;
+use super::{Writer, WriterCtx};
 use crate::config::Durability;
 use crate::error::{Result, StorageError};
 use crate::format;
 use crate::io::IoBackend;
 use crate::log::{AppendAck, LogShared};
-use crate::log_writer::{Done, Finished, Job};
+use crate::log_writer::{Done, Finished, Job, LogWriter};
 use crate::retention;
 
 impl<B: IoBackend> Writer<B> {
@@ -204,79 +204,80 @@ impl<B: IoBackend> Writer<B> {
     }
 
     async fn control(&mut self, cmd: Cmd) {
-        let id = cmd.log().map(|l| l.id);
-        let lw = id.and_then(|id| self.logs.get_mut(&id));
-        let (lw, cmd) = match (lw, cmd) {
-            (_, Cmd::Register { log, reply }) => {
-                let _ = reply.send(self.register(*log));
-                return;
-            }
-            (None, cmd) => {
-                let name = cmd.log().map_or(String::new(), |l| l.name.clone());
-                return cmd.fail(StorageError::LogNotFound(name));
-            }
-            (Some(lw), cmd) => (lw, cmd),
+        if let Cmd::Register { log, reply } = cmd {
+            let _ = reply.send(self.register(*log));
+            return;
+        }
+        let log = cmd.log().expect("a log's control command").clone();
+        let Some(lw) = self.logs.get_mut(&log.id) else {
+            return cmd.fail(StorageError::LogNotFound(log.name.clone()));
         };
-        let (backend, ctx) = (&self.backend, &self.ctx);
-        let job = match cmd {
-            Cmd::Delete { log, reply } => {
-                // The log goes away whether or not its last group made it.
-                let _ = lw.commit(true, &ctx.stats).await;
-                let job = Job::Delete(lw.delete_job());
-                return self.park(log.id, Some(Cmd::Delete { log, reply }), job);
-            }
-            Cmd::Truncate { end, reply, .. } => {
-                let _ = reply.send(lw.truncate_to(end, backend, ctx).await);
-                return;
-            }
-            Cmd::Reset { start, reply, .. } => {
-                let _ = reply.send(lw.reset_to(start, backend, ctx).await);
-                return;
-            }
-            Cmd::DeleteBefore { log, offset, reply } => {
-                let n = retention::segments_below(&lw.shared, offset);
-                match lw.remove_front(n) {
-                    Some(job) => (Cmd::DeleteBefore { log, offset, reply }, Job::Remove(job)),
-                    None => {
-                        let _ = reply.send(Ok(lw.shared.positions().start));
-                        return;
-                    }
+        if let Some((cause, job)) = run_control(lw, cmd, &self.backend, &self.ctx).await {
+            self.park(log.id, cause, job);
+        }
+    }
+}
+
+/// Run a log's control command; `Some` when it needs a job first: the job, and the
+/// command to run again once it is done (none when the job answers it).
+async fn run_control<B: IoBackend>(
+    lw: &mut LogWriter<B::File>,
+    cmd: Cmd,
+    backend: &B,
+    ctx: &WriterCtx,
+) -> Option<(Option<Cmd>, Job)> {
+    match cmd {
+        Cmd::Delete { log, reply } => {
+            // The log goes away whether or not its last group made it.
+            let _ = lw.commit(true, &ctx.stats).await;
+            let job = Job::Delete(lw.delete_job());
+            Some((Some(Cmd::Delete { log, reply }), job))
+        }
+        Cmd::Truncate { end, reply, .. } => {
+            let _ = reply.send(lw.truncate_to(end, backend, ctx).await);
+            None
+        }
+        Cmd::Reset { start, reply, .. } => {
+            let _ = reply.send(lw.reset_to(start, backend, ctx).await);
+            None
+        }
+        Cmd::DeleteBefore { log, offset, reply } => {
+            let n = retention::segments_below(&lw.shared, offset);
+            match lw.remove_front(n) {
+                Some(job) => Some((
+                    Some(Cmd::DeleteBefore { log, offset, reply }),
+                    Job::Remove(job),
+                )),
+                None => {
+                    let _ = reply.send(Ok(lw.shared.positions().start));
+                    None
                 }
             }
-            Cmd::InstallSegment {
-                log,
-                segment,
-                reply,
-            } => {
-                if let Some(job) = lw.install_job(*segment, reply, ctx).await {
-                    self.park(log.id, None, job);
-                }
-                return;
+        }
+        Cmd::InstallSegment { segment, reply, .. } => {
+            let job = lw.install_job(*segment, reply, ctx).await?;
+            Some((None, job))
+        }
+        Cmd::BeginEpoch { log, epoch, reply } => match lw.begin_epoch(epoch) {
+            Ok(Some(job)) => Some((Some(Cmd::BeginEpoch { log, epoch, reply }), job)),
+            r => {
+                let _ = reply.send(r.map(|_| ()));
+                None
             }
-            Cmd::BeginEpoch { log, epoch, reply } => match lw.begin_epoch(epoch) {
-                Ok(Some(job)) => (Cmd::BeginEpoch { log, epoch, reply }, job),
-                r => {
-                    let _ = reply.send(r.map(|_| ()));
-                    return;
-                }
-            },
-            Cmd::Repair {
-                first_offset,
-                frames,
-                reply,
-                ..
-            } => {
-                let _ = reply.send(lw.repair(first_offset, frames, ctx).await);
-                return;
-            }
-            Cmd::Append { .. }
-            | Cmd::AppendFrames { .. }
-            | Cmd::Register { .. }
-            | Cmd::Retention { .. }
-            | Cmd::Shutdown { .. } => unreachable!("not a log's control command"),
-        };
-        let (cause, job) = job;
-        let id = cause.log().expect("a log's command").id;
-        self.park(id, Some(cause), job);
+        },
+        Cmd::Repair {
+            first_offset,
+            frames,
+            reply,
+            ..
+        } => {
+            let _ = reply.send(lw.repair(first_offset, frames, ctx).await);
+            None
+        }
+        Cmd::Append { .. }
+        | Cmd::AppendFrames { .. }
+        | Cmd::Register { .. }
+        | Cmd::Retention { .. }
+        | Cmd::Shutdown { .. } => unreachable!("not a log's control command"),
     }
 }
