@@ -9,19 +9,19 @@
 //! This crate knows nothing of gRPC or replication; replication builds on
 //! [`Log::append_frames`], [`LogReader::read_frames`], epochs and the retention floor.
 
+mod catchup;
 pub mod config;
 pub mod crashsafe;
 pub mod damage;
-mod direct_write;
 pub mod error;
-mod extents;
 pub mod format;
-mod import;
 pub mod index;
 pub mod io;
 mod log;
 mod log_writer;
 pub mod meta;
+mod meta_worker;
+mod new_segment;
 mod producers;
 mod reader;
 mod recovery;
@@ -36,10 +36,10 @@ mod writer;
 
 pub mod check;
 
+pub use catchup::SegmentImport;
 pub use config::{Compression, Durability, LogConfig, OnCorruption, RecoveryMode, StorageConfig};
 pub use error::{DataLoss, FormatError, Result, StorageError};
 pub use format::{ProducerSeq, Record};
-pub use import::SegmentImport;
 pub use io::BackendChoice;
 pub use log::{AppendAck, DamageReport, Log, Positions};
 pub use log_writer::Repaired;

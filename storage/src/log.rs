@@ -233,7 +233,8 @@ impl Log {
             )));
         }
         let (dir, config) = (self.shared.dir.clone(), self.shared.config.clone());
-        tokio::task::spawn_blocking(move || crate::meta::write_log_meta(&dir, &config, id))
+        let io = self.storage.meta_io.clone();
+        tokio::task::spawn_blocking(move || crate::meta::write_log_meta(&*io, &dir, &config, id))
             .await
             .map_err(|e| {
                 StorageError::InvalidInput(format!("writing the log's metadata: {e}"))

@@ -2,13 +2,15 @@
 //!
 //! Both are text, `key=value` per line, starting with `format=` and `version=` and ending
 //! with `crc=` (CRC32 of every byte before that line). Versioned from day one: an unknown
-//! version is refused with a clear error. Written only through [`crashsafe::replace_file`].
+//! version is refused with a clear error. Written only through [`crashsafe::replace_file_with`]
+//! (the backend's metadata operations) or, for files outside a log, [`crashsafe::replace_file`].
 
 use std::path::Path;
 
 use crate::config::{Compression, LogConfig};
 use crate::crashsafe;
 use crate::error::{Result, StorageError};
+use crate::io::MetaIo;
 
 pub const META_FILE: &str = "meta";
 pub const EPOCHS_FILE: &str = "epochs";
@@ -111,12 +113,12 @@ pub fn new_incarnation() -> u64 {
     id.max(1)
 }
 
-pub fn write_log_config(dir: &Path, c: &LogConfig) -> Result<()> {
-    write_log_meta(dir, c, INCARNATION_UNKNOWN)
+pub fn write_log_config(io: &dyn MetaIo, dir: &Path, c: &LogConfig) -> Result<()> {
+    write_log_meta(io, dir, c, INCARNATION_UNKNOWN)
 }
 
 /// Write a log's config and incarnation (0: not known, no line).
-pub fn write_log_meta(dir: &Path, c: &LogConfig, incarnation: u64) -> Result<()> {
+pub fn write_log_meta(io: &dyn MetaIo, dir: &Path, c: &LogConfig, incarnation: u64) -> Result<()> {
     let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
     let compression = match c.compression {
         Compression::None => "none".to_owned(),
@@ -135,7 +137,7 @@ pub fn write_log_meta(dir: &Path, c: &LogConfig, incarnation: u64) -> Result<()>
     if incarnation != INCARNATION_UNKNOWN {
         lines.push(format!("incarnation={incarnation:016x}"));
     }
-    crashsafe::replace_file(&dir.join(META_FILE), &encode(META_FORMAT, &lines))
+    crashsafe::replace_file_with(io, &dir.join(META_FILE), &encode(META_FORMAT, &lines))
 }
 
 pub fn read_log_config(dir: &Path) -> Result<LogConfig> {
@@ -253,13 +255,22 @@ impl EpochHistory {
             .map(|&(e, _)| e)
     }
 
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    pub fn save(&self, io: &dyn MetaIo, dir: &Path) -> Result<()> {
+        self.try_save(io, dir).map_err(|f| f.error)
+    }
+
+    /// [`EpochHistory::save`], saying whether a failure may have replaced the file.
+    pub fn try_save(
+        &self,
+        io: &dyn MetaIo,
+        dir: &Path,
+    ) -> std::result::Result<(), crashsafe::ReplaceFailed> {
         let lines: Vec<String> = self
             .entries
             .iter()
             .map(|(e, s)| format!("epoch={e},{s}"))
             .collect();
-        crashsafe::replace_file(&dir.join(EPOCHS_FILE), &encode(EPOCHS_FORMAT, &lines))
+        crashsafe::try_replace_with(io, &dir.join(EPOCHS_FILE), &encode(EPOCHS_FORMAT, &lines))
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
@@ -299,7 +310,7 @@ mod tests {
             compression: Compression::Zstd { level: 3 },
             ..LogConfig::default()
         };
-        write_log_config(d.path(), &c).unwrap();
+        write_log_config(&crate::io::std_backend::StdBackend, d.path(), &c).unwrap();
         assert_eq!(read_log_config(d.path()).unwrap(), c);
         let p = d.path().join(META_FILE);
         let mut b = std::fs::read(&p).unwrap();
@@ -333,7 +344,8 @@ mod tests {
         h.truncate(15);
         assert_eq!(h.entries(), &[(1, 0), (3, 10)]);
         let d = tempfile::tempdir().unwrap();
-        h.save(d.path()).unwrap();
+        h.save(&crate::io::std_backend::StdBackend, d.path())
+            .unwrap();
         assert_eq!(EpochHistory::load(d.path()).unwrap(), h);
     }
 }

@@ -37,9 +37,10 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::{StorageConfig, PRODUCERS_MAX_DEFAULT, PRODUCER_EXPIRY_MS_DEFAULT};
-use crate::crashsafe::{fsync_dir, replace_file};
+use crate::crashsafe::{replace_file_with, sync_dir_with};
 use crate::error::{Result, StorageError};
 use crate::format::{self, BatchHeader, ProducerSeq, RECORDS_PER_BATCH_MAX};
+use crate::io::MetaIo;
 use crate::segment::SegmentView;
 
 /// Batches kept per producer: how many pipelined requests a retry may reach back.
@@ -368,41 +369,63 @@ pub(crate) struct Producers {
 impl Producers {
     /// Note a batch the log now holds; the first a log ever records also writes the
     /// snapshot that makes the next open look for producers in the active segment.
-    pub fn record(&mut self, p: ProducerSeq, batch: KeptBatch, active_base: u64) {
+    pub fn record(&mut self, io: &dyn MetaIo, p: ProducerSeq, batch: KeptBatch, active_base: u64) {
         self.table.record(p, batch);
         if !self.tracked {
             self.tracked = true;
-            self.save(active_base);
+            self.save(io, active_base);
         }
     }
 
     /// [`Producers::record`] for the batch of a replicated `frame`, if it has a producer.
-    pub fn observe(&mut self, frame: &[u8], h: &BatchHeader, active_base: u64) {
+    pub fn observe(&mut self, io: &dyn MetaIo, frame: &[u8], h: &BatchHeader, active_base: u64) {
         if let Some(p) = h.producer(frame) {
-            self.record(p, KeptBatch::of_frame(p, h), active_base);
+            self.record(io, p, KeptBatch::of_frame(p, h), active_base);
         }
     }
 
     /// Write the snapshot covering the log up to `covers` (a durable frame boundary) if
-    /// the log has producers. A failure is logged, not returned: the next open then knows
-    /// fewer producers (as if expired), never wrong offsets.
-    pub fn save(&mut self, covers: u64) {
+    /// the log has producers (see [`Producers::snapshot`]).
+    pub fn save(&mut self, io: &dyn MetaIo, covers: u64) {
+        if let Some(s) = self.snapshot(covers) {
+            s.write(io);
+        }
+    }
+
+    /// Whether the log has had producers (see the field).
+    pub fn tracked(&self) -> bool {
+        self.tracked
+    }
+
+    /// The snapshot a log's first producer writes, covering the active segment's base
+    /// `covers` (see [`Producers::record`]); the log has producers from now on.
+    pub fn first_snapshot(&mut self, covers: u64) -> Snapshot {
+        self.tracked = true;
+        Snapshot {
+            path: self.dir.join(FILE),
+            bytes: encode(&self.table, covers),
+        }
+    }
+
+    /// The snapshot covering the log up to `covers`, to write now or off the storage
+    /// thread; `None` if the log never had producers.
+    pub fn snapshot(&mut self, covers: u64) -> Option<Snapshot> {
         if !self.tracked && self.table.is_empty() {
-            return;
+            return None;
         }
         self.tracked = true;
-        let path = self.dir.join(FILE);
-        if let Err(e) = replace_file(&path, &encode(&self.table, covers)) {
-            tracing::warn!(file = %path.display(), error = %e, "writing the producers snapshot failed; the next open may forget older producers");
-        }
+        Some(Snapshot {
+            path: self.dir.join(FILE),
+            bytes: encode(&self.table, covers),
+        })
     }
 
     /// Remove the snapshot before the log is cut: it may cover offsets that will hold
     /// other records. Saved again after the cut, or marked again by the next producer.
-    pub fn unsave(&mut self) -> Result<()> {
+    pub fn unsave(&mut self, io: &dyn MetaIo) -> Result<()> {
         let path = self.dir.join(FILE);
-        match fs::remove_file(&path) {
-            Ok(()) => fsync_dir(&self.dir)?,
+        match io.remove_file(&path) {
+            Ok(()) => sync_dir_with(io, &self.dir)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(StorageError::io(path, e)),
         }
@@ -411,9 +434,26 @@ impl Producers {
     }
 
     /// The log was cut to end at `end`: forget the batches cut, record the rest.
-    pub fn cut_at(&mut self, end: u64) {
+    pub fn cut_at(&mut self, io: &dyn MetaIo, end: u64) {
         self.table.forget_from(end);
-        self.save(end);
+        self.save(io, end);
+    }
+}
+
+/// A producers snapshot, encoded, to be written.
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl Snapshot {
+    /// Replace the snapshot file. A failure is logged, not returned: the next open then
+    /// knows fewer producers (as if expired), never wrong offsets.
+    pub fn write(&self, io: &dyn MetaIo) {
+        if let Err(e) = replace_file_with(io, &self.path, &self.bytes) {
+            tracing::warn!(file = %self.path.display(), error = %e, "writing the producers snapshot failed; the next open may forget older producers");
+        }
     }
 }
 

@@ -128,7 +128,7 @@ impl LogReader {
     /// offset `until` (a frame ending after it is left out). A chunk stops at the end of its
     /// segment, because its bytes are the segment's mapped pages, not a copy. Headers are
     /// checked here, CRCs are not: the receiver of shipped frames (a replica) checks every
-    /// one before it keeps it, and checking twice cost the upstream a tenth of its CPU.
+    /// one before it keeps it, so a check here would be a second one.
     pub fn read_frames_until(&self, from: u64, max_bytes: usize, until: u64) -> Result<FrameChunk> {
         let mut cursor = self.frames(from)?;
         let mut span: Option<(Arc<SegmentView>, u64, u64)> = None;

@@ -22,12 +22,13 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::catchup;
 use crate::config::{LogConfig, OnCorruption, RecoveryMode, ZERO_AHEAD_BYTES};
 use crate::damage::{self, Hole};
 use crate::error::{FormatError, IoContext, Result, StorageError};
-use crate::extents;
 use crate::format::{self, DurableMark, MARK_BYTES};
 use crate::index::{self, IndexEntry};
+use crate::io::MetaIo;
 use crate::log::LogShared;
 use crate::meta::{self, EpochHistory};
 use crate::producers::{self, Producers};
@@ -54,9 +55,6 @@ pub(crate) struct RecoveredLog {
     /// Idempotent appends' producers (see `producers`).
     pub producers: Producers,
 }
-
-/// How recovery makes a segment's data durable: the backend's `sync_at_open`.
-pub(crate) type SyncAtOpen<'a> = &'a (dyn Fn(&File) -> std::io::Result<()> + Sync);
 
 /// How recovery treats what it finds: torn tails by `mode`, damage by `on_corruption`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -95,49 +93,109 @@ fn first_nonzero(bytes: &[u8]) -> Option<usize> {
 /// `fresh`: the log was just created (its segment is a zeroed spare, nothing was ever
 /// written): the zero-ahead check is skipped, as it would read tens of MiB of zeros that
 /// were written past the page cache. It is skipped too where a clean shutdown's record
-/// vouches for the active segment (see `sealed_record`). `sync` makes the active segment's
-/// data durable where the node cannot prove it is (see `recover_active`).
+/// vouches for the active segment (see `sealed_record`). Files change through `io`, whose
+/// `sync_at_open` makes the active segment's data durable where the node cannot prove it
+/// is (see `recover_active`).
 pub(crate) fn recover_log(
     id: u64,
     name: &str,
     dir: &Path,
     policy: Policy,
     fresh: bool,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<RecoveredLog> {
     let (config, incarnation): (LogConfig, u64) = meta::read_log_meta(dir)?;
     let mut epochs = EpochHistory::load(dir)?;
     // Before the listing, which removes `.tmp` files, the record among them.
-    let record = sealed_record::take(dir)?;
-    let mut bases = list_segments(dir)?;
-    if bases.is_empty() {
-        // A log always has an active segment; a crash during creation can leave none.
-        let spare = spare::prepare(dir, config.first_segment_bytes(), None)?;
-        let path = dir.join(segment::segment_file_name(0));
-        fs::rename(&spare, &path).at(&path)?;
-        crate::crashsafe::fsync_dir(dir)?;
-        bases.push(0);
-    }
-    let last = bases.len() - 1;
+    let record = sealed_record::take(io, dir)?;
+    let bases = segment_bases(io, dir, &config)?;
     let record = record.filter(|r| sealed_record::matches(r, &bases));
+    let (last, sealed) = bases.split_last().expect("a log has a segment");
     let mut views = Vec::with_capacity(bases.len());
-    for (i, &base) in bases[..last].iter().enumerate() {
+    for (i, &base) in sealed.iter().enumerate() {
         let recorded = record.as_ref().map(|r| r.sealed[i]);
+        let next_base = bases[i + 1];
         views.push(open_sealed(
-            dir,
-            base,
-            bases[i + 1],
-            recorded,
-            &config,
-            policy,
+            dir, base, next_base, recorded, &config, policy,
         )?);
     }
-    let base = bases[last];
+    let active = record.as_ref().and_then(|r| r.active);
+    let (view, a) = open_active(dir, *last, active, &config, policy, fresh, io)?;
+    views.push(view);
+    // Epochs that start past the end were never written to (the tail was cut). A damaged
+    // end keeps them: a repair checks the records it gets back against them.
+    if a.damaged.is_none() {
+        let before = epochs.clone();
+        epochs.truncate(a.next + 1);
+        if epochs != before {
+            epochs.save(io, dir)?;
+        }
+    }
+    let spare = spare::collect_spares(dir, config.segment_bytes)?;
+    let producers = producers::rebuild(dir, views.last().expect("the active segment"), a.next);
+    let shared = Arc::new(LogShared::new(
+        id,
+        name.to_owned(),
+        dir.to_owned(),
+        config,
+        views.into_iter().map(Arc::new).collect(),
+        epochs,
+        a.next,
+    ));
+    shared
+        .incarnation
+        .store(incarnation, std::sync::atomic::Ordering::Release);
+    Ok(RecoveredLog {
+        shared,
+        write_pos: a.end,
+        idx_entries_on_disk: a.idx_entries_on_disk,
+        last_index_pos: a.last_index_pos,
+        spare,
+        active_zeroed: a.active_zeroed,
+        damaged_tail: a.damaged,
+        producers,
+    })
+}
+
+/// The base offsets of the log's segments, oldest first. A log always has an active
+/// segment; a crash during its creation can leave none, and one is made.
+fn segment_bases(io: &dyn MetaIo, dir: &Path, config: &LogConfig) -> Result<Vec<u64>> {
+    let bases = list_segments(dir)?;
+    if !bases.is_empty() {
+        return Ok(bases);
+    }
+    let spare = spare::prepare(io, dir, config.first_segment_bytes(), None)?;
+    let path = dir.join(segment::segment_file_name(0));
+    io.rename(&spare, &path).at(&path)?;
+    crate::crashsafe::sync_dir_with(io, dir)?;
+    Ok(vec![0])
+}
+
+/// The active segment as recovery leaves it, for the writer.
+struct OpenedActive {
+    end: u64,
+    next: u64,
+    idx_entries_on_disk: u64,
+    last_index_pos: Option<u64>,
+    active_zeroed: bool,
+    damaged: Option<(u64, u64)>,
+}
+
+/// Open the active segment `base`: its tail recovered (see [`recover_active`]), its index
+/// rewritten to the entries that check out, its view publishing the end.
+fn open_active(
+    dir: &Path,
+    base: u64,
+    recorded: Option<sealed_record::Sealed>,
+    config: &LogConfig,
+    policy: Policy,
+    fresh: bool,
+    io: &dyn MetaIo,
+) -> Result<(SegmentView, OpenedActive)> {
     let seg_path = dir.join(segment::segment_file_name(base));
     let file = File::open(&seg_path).at(&seg_path)?;
     let view = SegmentView::map(&seg_path, &file, base)?;
-    let active = record.as_ref().and_then(|r| r.active);
-    let tail = recover_active(&view, &seg_path, active, &config, policy, fresh, sync)?;
+    let tail = recover_active(&view, &seg_path, recorded, config, policy, fresh, io)?;
     drop(tail.seg_file);
     let idx_path = dir.join(segment::index_file_name(base));
     let idx_file = OpenOptions::new()
@@ -155,50 +213,21 @@ pub(crate) fn recover_log(
         .set_len((all.len() * index::ENTRY_BYTES) as u64)
         .at(&idx_path)?;
     let (end, next) = (tail.end, tail.next);
-    let last_ts = if end > 0 {
-        last_frame_ts(&view, end, tail.from).unwrap_or(0)
-    } else {
-        0
+    let last_ts = match end {
+        0 => 0,
+        _ => last_frame_ts(&view, end, tail.from).unwrap_or(0),
     };
-    let last_index_pos = all.last().map(|e| u64::from(e.pos));
-    let idx_entries_on_disk = all.len() as u64;
+    let opened = OpenedActive {
+        end,
+        next,
+        idx_entries_on_disk: all.len() as u64,
+        last_index_pos: all.last().map(|e| u64::from(e.pos)),
+        active_zeroed: tail.active_zeroed,
+        damaged: tail.damaged,
+    };
     view.set_index(all);
     view.publish(end, next, last_ts, &[]);
-    views.push(view);
-
-    // Epochs that start past the end were never written to (the tail was cut). A damaged
-    // end keeps them: a repair checks the records it gets back against them.
-    if tail.damaged.is_none() {
-        let before = epochs.clone();
-        epochs.truncate(next + 1);
-        if epochs != before {
-            epochs.save(dir)?;
-        }
-    }
-    let spare = spare::collect_spares(dir, config.segment_bytes)?;
-    let producers = producers::rebuild(dir, views.last().expect("the active segment"), next);
-    let shared = Arc::new(LogShared::new(
-        id,
-        name.to_owned(),
-        dir.to_owned(),
-        config,
-        views.into_iter().map(Arc::new).collect(),
-        epochs,
-        next,
-    ));
-    shared
-        .incarnation
-        .store(incarnation, std::sync::atomic::Ordering::Release);
-    Ok(RecoveredLog {
-        shared,
-        write_pos: end,
-        idx_entries_on_disk,
-        last_index_pos,
-        spare,
-        active_zeroed: tail.active_zeroed,
-        damaged_tail: tail.damaged,
-        producers,
-    })
+    Ok((view, opened))
 }
 
 /// Where the walk of a segment's tail starts: its last trusted index entry.
@@ -434,7 +463,7 @@ fn recover_active(
     config: &LogConfig,
     policy: Policy,
     fresh: bool,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<ActiveTail> {
     let idx_path = seg_path.with_extension("idx");
     let (mut entries, from) = walk_start(view, &idx_path);
@@ -452,7 +481,7 @@ fn recover_active(
     // A segment placed only allocated (a catch-up's, or a roll's that found no spare)
     // keeps its unwritten tail across a restart: without this, it would take appends at
     // the slower rate until its roll instead of giving way to a zeroed spare.
-    let active_zeroed = extents::zero_filled(&seg_file, view.capacity());
+    let active_zeroed = !catchup::allocated_only(&seg_file, view.capacity());
     let (end, next) = (w.scan.end_pos, w.scan.next_offset);
     entries.extend(w.scan.entries.iter().copied());
     if let Some(hole) = &w.damaged {
@@ -466,52 +495,16 @@ fn recover_active(
             damaged: Some((hole.first_offset, hole.extent_end)),
         });
     }
-    // A clean shutdown vouched for this file's tail, and the file is as it left it: only
-    // zeros past the end, so the zero-ahead check need not read them.
-    let clean_tail = active.is_some_and(|a| {
-        a.len == end
-            && a.next == next
-            && sealed_record::identity(&seg_file).is_ok_and(|id| id == (a.ino, a.mtime_ns))
-    });
-    let marked = DurableMark::read_at(view.raw(), end, view.base_offset).is_some();
-    let zeros_from = if marked { end + MARK_BYTES as u64 } else { end };
-    let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
-    let residue = if fresh || clean_tail || zeros_from >= zero_end {
-        None
-    } else {
-        first_nonzero(&view.raw()[zeros_from as usize..zero_end as usize])
+    let zeros = zero_ahead(view, &seg_file, active, end, next, fresh);
+    let tail = Tail {
+        view,
+        path: seg_path,
+        file: &seg_file,
+        end,
+        next,
+        proven,
     };
-    match (&w.scan.stop, residue) {
-        (ScanStop::Zero | ScanStop::Full, None) if end > proven => {
-            tracing::info!(
-                segment = %seg_path.display(), proven, end,
-                "frames past what was synced before the stop: syncing them"
-            );
-            sync(&seg_file).at(seg_path)?;
-        }
-        (ScanStop::Zero | ScanStop::Full, None) => {}
-        (stop, _) => {
-            let (position, reason) = match stop {
-                ScanStop::Invalid { pos, reason } => (*pos, reason.clone()),
-                _ => (
-                    zeros_from + residue.unwrap_or(0) as u64,
-                    FormatError::BadMagic(0),
-                ),
-            };
-            if policy.mode == RecoveryMode::Strict {
-                return Err(StorageError::Corrupt {
-                    path: seg_path.to_owned(),
-                    position,
-                    reason,
-                });
-            }
-            tracing::warn!(
-                segment = %seg_path.display(), position, proven, %reason,
-                "torn tail past what was synced: truncating to the last whole batch at byte {end}"
-            );
-            cut_tail(view, &seg_file, seg_path, end, next, zero_end, sync)?;
-        }
-    }
+    settle_tail(&tail, &w.scan.stop, &zeros, policy, io)?;
     Ok(ActiveTail {
         seg_file,
         entries,
@@ -523,6 +516,92 @@ fn recover_active(
     })
 }
 
+/// The bytes past the active segment's end that must be zeros (`from..end`), and the
+/// first that is not (`residue`).
+struct ZeroAhead {
+    from: u64,
+    end: u64,
+    residue: Option<u64>,
+}
+
+/// What lies past the end `end` (record `next`) of the active segment. Not read where a
+/// fresh log, or a clean shutdown's record of this very file ending there, vouches for
+/// the zeros.
+fn zero_ahead(
+    view: &SegmentView,
+    file: &File,
+    active: Option<sealed_record::Sealed>,
+    end: u64,
+    next: u64,
+    fresh: bool,
+) -> ZeroAhead {
+    let clean_tail = active.is_some_and(|a| {
+        a.len == end
+            && a.next == next
+            && sealed_record::identity(file).is_ok_and(|id| id == (a.ino, a.mtime_ns))
+    });
+    let marked = DurableMark::read_at(view.raw(), end, view.base_offset).is_some();
+    let from = if marked { end + MARK_BYTES as u64 } else { end };
+    let zero_end = (end + ZERO_AHEAD_BYTES).min(view.capacity());
+    let residue = if fresh || clean_tail || from >= zero_end {
+        None
+    } else {
+        first_nonzero(&view.raw()[from as usize..zero_end as usize]).map(|i| from + i as u64)
+    };
+    ZeroAhead {
+        from,
+        end: zero_end,
+        residue,
+    }
+}
+
+/// The active segment's tail as the walk left it.
+struct Tail<'a> {
+    view: &'a SegmentView,
+    path: &'a Path,
+    file: &'a File,
+    end: u64,
+    next: u64,
+    /// Bytes the node can prove it synced.
+    proven: u64,
+}
+
+/// A clean end past what was proven synced is synced now; a bad frame or residue past
+/// the end is a torn tail: cut (`TruncateTail`) or refused (`Strict`).
+fn settle_tail(
+    t: &Tail,
+    stop: &ScanStop,
+    zeros: &ZeroAhead,
+    policy: Policy,
+    io: &dyn MetaIo,
+) -> Result<()> {
+    let (end, proven, path) = (t.end, t.proven, t.path);
+    let (position, reason) = match (stop, zeros.residue) {
+        (ScanStop::Zero | ScanStop::Full, None) if end > proven => {
+            tracing::info!(
+                segment = %path.display(), proven, end,
+                "frames past what was synced before the stop: syncing them"
+            );
+            return io.sync_at_open(t.file).at(path);
+        }
+        (ScanStop::Zero | ScanStop::Full, None) => return Ok(()),
+        (ScanStop::Invalid { pos, reason }, _) => (*pos, reason.clone()),
+        (_, residue) => (residue.unwrap_or(zeros.from), FormatError::BadMagic(0)),
+    };
+    if policy.mode == RecoveryMode::Strict {
+        return Err(StorageError::Corrupt {
+            path: path.to_owned(),
+            position,
+            reason,
+        });
+    }
+    tracing::warn!(
+        segment = %path.display(), position, proven, %reason,
+        "torn tail past what was synced: truncating to the last whole batch at byte {end}"
+    );
+    cut_tail(t.view, t.file, path, end, t.next, zeros.end, io)
+}
+
 /// Zero a torn tail from `end` to `zero_end` and leave a durable mark claiming the frames
 /// before it, which the sync that follows makes true.
 fn cut_tail(
@@ -532,7 +611,7 @@ fn cut_tail(
     end: u64,
     next: u64,
     zero_end: u64,
-    sync: SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<()> {
     let mut zeros = vec![0u8; (zero_end - end) as usize];
     if end + MARK_BYTES as u64 <= zero_end {
@@ -545,7 +624,7 @@ fn cut_tail(
         zeros[..MARK_BYTES].copy_from_slice(&mark.encode());
     }
     file.write_all_at(&zeros, end).at(path)?;
-    sync(file).at(path)
+    io.sync_at_open(file).at(path)
 }
 
 /// Timestamp of the frame that ends at `end`, found by walking from a trusted entry.

@@ -14,10 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::damage::{self, Hole};
-use crate::direct_write::{Aligned, ALIGN};
 use crate::error::FormatError;
 use crate::format::{self, HEADER_BYTES};
 use crate::index::{self, IndexEntry};
+use crate::io::aligned::{Aligned, ALIGN};
 use crate::log::LogShared;
 use crate::segment::{self, SegmentView};
 use crate::storage::Registry;

@@ -2,9 +2,8 @@
 //! not have to read them.
 //!
 //! Recovery learns where a sealed segment ends by reading its index and the frames after
-//! the last index entry: cold reads for every segment, so a restart took longer the more
-//! data a log held (about 25 ms per segment here with a cold cache, as after a replica's
-//! direct-IO imports). At a clean shutdown the storage thread writes, for each log with
+//! the last index entry: cold reads for every segment, so a restart would take longer the
+//! more data a log held (figures: docs/decisions/0013-segment-placement-and-writer-split.md). At a clean shutdown the storage thread writes, for each log with
 //! sealed segments, [`FILE`]: every sealed segment's base, next base, length, last
 //! timestamp, and the file's inode number and modification time, under a CRC. The next
 //! open uses it only when it names exactly the sealed segments the directory holds, the
@@ -18,7 +17,7 @@
 //! the end that its zeroing could not remove). Opened unmodified, its tail past the end is
 //! then known to be zeros, and recovery skips reading `ZERO_AHEAD_BYTES` of it to make
 //! sure: 24 MiB per log, cold disk reads where the zeros were written past the page cache
-//! (a spare): ~25 ms per log and restart with a cold cache, ~6 ms warm.
+//! (a spare).
 //!
 //! The name ends in `.tmp` so that a version that does not know the file
 //! deletes it when it opens the log (every version removes `.tmp` files there), instead
@@ -27,8 +26,9 @@
 use std::fs;
 use std::path::Path;
 
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result};
+use crate::io::MetaIo;
 
 pub(crate) const FILE: &str = "sealed-at-shutdown.tmp";
 const WRITING: &str = "sealed-at-shutdown.writing.tmp";
@@ -123,19 +123,17 @@ fn decode(bytes: &[u8]) -> Option<Record> {
 }
 
 /// Record `record` in `dir`, durably.
-pub(crate) fn write(dir: &Path, record: &Record) -> Result<()> {
-    use std::io::Write;
+pub(crate) fn write(io: &dyn MetaIo, dir: &Path, record: &Record) -> Result<()> {
     let (tmp, path) = (dir.join(WRITING), dir.join(FILE));
-    let mut f = fs::File::create(&tmp).at(&tmp)?;
-    f.write_all(&encode(record)).at(&tmp)?;
-    f.sync_all().at(&tmp)?;
-    fs::rename(&tmp, &path).at(&path)?;
-    fsync_dir(dir)
+    let f = io.write_file(&tmp, &encode(record)).at(&tmp)?;
+    io.sync_file(&f).at(&tmp)?;
+    io.rename(&tmp, &path).at(&path)?;
+    sync_dir_with(io, dir)
 }
 
 /// The record left in `dir` by a clean shutdown, if any and intact; it is removed (durably)
 /// either way, since the log may change from now on.
-pub(crate) fn take(dir: &Path) -> Result<Option<Record>> {
+pub(crate) fn take(io: &dyn MetaIo, dir: &Path) -> Result<Option<Record>> {
     let path = dir.join(FILE);
     let bytes = match fs::read(&path) {
         Ok(b) => b,
@@ -146,8 +144,8 @@ pub(crate) fn take(dir: &Path) -> Result<Option<Record>> {
     if record.is_none() {
         tracing::warn!(file = %path.display(), "ignoring a damaged record of sealed segments");
     }
-    fs::remove_file(&path).at(&path)?;
-    fsync_dir(dir)?;
+    io.remove_file(&path).at(&path)?;
+    sync_dir_with(io, dir)?;
     Ok(record)
 }
 
@@ -169,6 +167,7 @@ pub(crate) fn matches(record: &Record, bases: &[u64]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::std_backend::StdBackend;
 
     fn sample() -> Record {
         Record {
@@ -266,12 +265,12 @@ mod tests {
     #[test]
     fn take_removes_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(take(dir.path()).unwrap(), None);
-        write(dir.path(), &sample()).unwrap();
-        assert_eq!(take(dir.path()).unwrap(), Some(sample()));
+        assert_eq!(take(&StdBackend, dir.path()).unwrap(), None);
+        write(&StdBackend, dir.path(), &sample()).unwrap();
+        assert_eq!(take(&StdBackend, dir.path()).unwrap(), Some(sample()));
         assert!(!dir.path().join(FILE).exists());
         fs::write(dir.path().join(FILE), b"garbage").unwrap();
-        assert_eq!(take(dir.path()).unwrap(), None);
+        assert_eq!(take(&StdBackend, dir.path()).unwrap(), None);
         assert!(!dir.path().join(FILE).exists());
     }
 

@@ -5,12 +5,10 @@
 //! fresh file zero-filled to size, or a segment retention deleted, recycled (zeroed again in
 //! place: its blocks stay allocated). A spare is created as `spare-N.tmp`, synced, then
 //! renamed to `spare-N.seg`, so a `.seg` spare found at start-up is always complete.
-//! Zeros are written with O_DIRECT where possible: buffered, the zeroing cost as much CPU
-//! and page-cache churn as the appends it prepares for (and its writeback showed up as
-//! 80 ms p99 append latency under load).
+//! Zeros are written with O_DIRECT where possible, so that zeroing competes with the
+//! appends for no page cache (figures: docs/decisions/0013-segment-placement-and-writer-split.md).
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -19,13 +17,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::crashsafe::fsync_dir;
-use crate::direct_write::{Aligned, ALIGN};
 use crate::error::{IoContext, Result, StorageError};
-use crate::extents::fallocate;
-
-const ZERO_CHUNK: usize = 1 << 20;
-const _: () = assert!(ZERO_CHUNK % ALIGN == 0);
+use crate::io::MetaIo;
 
 /// After a failed preparation (disk full, usually), wait this long before trying again,
 /// so that a full disk does not turn every append into a doomed zero-fill.
@@ -104,10 +97,10 @@ impl SpareSlot {
     }
 
     /// The ready spare, waiting for one being zeroed (nearly done: it was requested half
-    /// a segment ago, and a zeroed segment is worth it: measured, appends into a fallocated
-    /// one reached half the rate). `None` if none is coming: the caller makes one now. A
-    /// job still queued behind other logs' is cancelled rather than waited for: the caller
-    /// is the storage thread, and every log's writes would wait with it.
+    /// a segment ago, and appends into a zero-filled segment sync faster). `None` if none
+    /// is coming: the caller makes one now. A job still queued behind other logs' is
+    /// cancelled rather than waited for: the caller (the metadata worker) would hold every
+    /// other log's jobs meanwhile.
     pub fn take(&self) -> Option<PathBuf> {
         let mut s = self.state.lock();
         while matches!(*s, State::Running) {
@@ -138,7 +131,7 @@ pub(crate) struct Preparer {
 static SPARE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 impl Preparer {
-    pub fn start() -> Result<Arc<Self>> {
+    pub fn start(io: Arc<dyn MetaIo>) -> Result<Arc<Self>> {
         let (tx, rx) = mpsc::channel::<Job>();
         let thread = std::thread::Builder::new()
             .name("spool-prealloc".into())
@@ -150,7 +143,7 @@ impl Preparer {
                         }
                         continue;
                     }
-                    let r = prepare(&job.dir, job.size, job.recycle.as_deref());
+                    let r = prepare(&*io, &job.dir, job.size, job.recycle.as_deref());
                     if let Err(e) = &r {
                         tracing::warn!(dir = %job.dir.display(), error = %e, "preparing a spare segment failed");
                     }
@@ -197,7 +190,6 @@ impl Preparer {
     }
 }
 
-/// Prepare a zeroed spare of `size` bytes in `dir` now, on this thread.
 /// A fresh spare's temporary and final names in `dir`.
 fn spare_paths(dir: &Path) -> (PathBuf, PathBuf) {
     let n = SPARE_SEQ.fetch_add(1, Ordering::Relaxed);
@@ -208,111 +200,60 @@ fn spare_paths(dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-/// Make a prepared temporary spare durable under its final name.
-fn publish(f: &File, tmp: &Path, done: &Path, dir: &Path) -> Result<PathBuf> {
-    f.sync_all().at(tmp)?;
-    fs::rename(tmp, done).at(done)?;
-    fsync_dir(dir)?;
+/// Make the prepared temporary spare `tmp` durable under its final name `done`; `tmp` is
+/// removed if that fails.
+fn publish(io: &dyn MetaIo, tmp: &Path, done: &Path, dir: &Path) -> Result<PathBuf> {
+    let synced = File::open(tmp)
+        .and_then(|f| io.sync_file(&f))
+        .at(tmp)
+        .and_then(|()| io.rename(tmp, done).at(done));
+    if let Err(e) = synced {
+        let _ = fs::remove_file(tmp);
+        return Err(e);
+    }
+    crate::crashsafe::sync_dir_with(io, dir)?;
     Ok(done.to_owned())
 }
 
-pub(crate) fn prepare(dir: &Path, size: u64, recycle: Option<&Path>) -> Result<PathBuf> {
+/// Prepare a zero-filled spare of `size` bytes in `dir` now, on this thread: a fresh file,
+/// or `recycle` (a removed segment) zeroed in place, whose blocks stay allocated so that
+/// the zero writes change no extent metadata.
+pub(crate) fn prepare(
+    io: &dyn MetaIo,
+    dir: &Path,
+    size: u64,
+    recycle: Option<&Path>,
+) -> Result<PathBuf> {
     let (tmp, done) = spare_paths(dir);
-    let result = (|| {
-        if let Some(old) = recycle {
-            fs::rename(old, &tmp).at(&tmp)?;
-        }
-        // A recycled file is overwritten in place: its blocks stay allocated, so the zero
-        // writes change no extent metadata.
-        zero_fill(&tmp, size)?;
-        let f = OpenOptions::new().write(true).open(&tmp).at(&tmp)?;
-        f.set_len(size).at(&tmp)?;
-        publish(&f, &tmp, &done, dir)
-    })();
-    if result.is_err() {
+    let zeroed = match recycle {
+        Some(old) => io.rename(old, &tmp).at(&tmp),
+        None => Ok(()),
+    }
+    .and_then(|()| io.zero_fill(&tmp, size).at(&tmp));
+    if let Err(e) = zeroed {
         let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    result
-}
-
-/// Write zeros over the first `size` bytes of `path` (created if missing), with O_DIRECT
-/// where the filesystem allows: the zeros go from one buffer to the disk without passing
-/// through the page cache (buffered, this took a quarter of a replica's CPU). Pages the
-/// writer later fills are not in the cache then; it writes whole pages (see
-/// `LogWriter::commit`), so the kernel never reads one back to fill it partly.
-fn zero_fill(path: &Path, size: u64) -> Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let direct = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .custom_flags(libc::O_DIRECT)
-        .open(path);
-    let (f, mut direct) = match direct {
-        Ok(f) => (f, true),
-        // No O_DIRECT here (some tmpfs): through the page cache.
-        Err(_) => (
-            OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .at(path)?,
-            false,
-        ),
-    };
-    let mut backing = Aligned::new(ZERO_CHUNK);
-    let zeros = &*backing.bytes();
-    // Whole aligned blocks past `size` are fine: the caller sets the length after.
-    let end = size.next_multiple_of(ALIGN as u64);
-    let mut pos = 0u64;
-    while pos < end {
-        let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
-        match f.write_all_at(&zeros[..n], pos) {
-            Ok(()) => pos += n as u64,
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                // The filesystem refused the alignment after all: go on buffered.
-                direct = false;
-                let buffered = OpenOptions::new().write(true).open(path).at(path)?;
-                while pos < end {
-                    let n = (end - pos).min(ZERO_CHUNK as u64) as usize;
-                    buffered.write_all_at(&zeros[..n], pos).at(path)?;
-                    pos += n as u64;
-                }
-            }
-            Err(e) => return Err(StorageError::io(path, e)),
-        }
-    }
-    Ok(())
+    publish(io, &tmp, &done, dir)
 }
 
 /// Prepare a spare at once with fallocate: its extents are allocated but unwritten (they
 /// read as zeros, so recovery's invariants hold). Used when the writer needs a segment and
-/// no zero-filled one is coming (after a failed preparation, or a reset): fdatasyncs into
-/// it also commit extent conversions (measured: half the append rate of a zero-filled
-/// segment), but appends do not stall for a 128 MiB zero-fill. Falls back to zero-filling
-/// where fallocate is not supported.
-pub(crate) fn prepare_now(dir: &Path, size: u64) -> Result<PathBuf> {
+/// no zero-filled one is coming (after a failed preparation, or a reset): appends into it
+/// are correct, only its syncs are slower (see `catchup`), and they do not wait for a
+/// whole segment's zero-fill. Zero-fills where fallocate is not supported.
+pub(crate) fn prepare_now(io: &dyn MetaIo, dir: &Path, size: u64) -> Result<PathBuf> {
     let (tmp, done) = spare_paths(dir);
-    let f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .at(&tmp)?;
-    if let Err(err) = fallocate(&f, 0, 0, size) {
-        drop(f);
-        let _ = fs::remove_file(&tmp);
-        return match err.raw_os_error() {
-            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => prepare(dir, size, None),
-            _ => Err(StorageError::io(&tmp, err)),
-        };
+    match io.allocate(&tmp, size) {
+        Ok(()) => publish(io, &tmp, &done, dir),
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            match e.kind() {
+                std::io::ErrorKind::Unsupported => prepare(io, dir, size, None),
+                _ => Err(StorageError::io(&tmp, e)),
+            }
+        }
     }
-    let result = publish(&f, &tmp, &done, dir);
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
 }
 
 /// Spare files present in a log directory: one complete one of a segment's size (at most
@@ -377,7 +318,7 @@ mod tests {
     #[test]
     fn the_preparer_prepares_a_queued_spare() {
         let dir = tempfile::tempdir().unwrap();
-        let p = Preparer::start().unwrap();
+        let p = Preparer::start(Arc::new(crate::io::std_backend::StdBackend)).unwrap();
         let slot = SpareSlot::new(None);
         p.request(&slot, dir.path(), 64 << 10, None);
         let deadline = Instant::now() + Duration::from_secs(20);

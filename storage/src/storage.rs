@@ -22,10 +22,10 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{LogConfig, StorageConfig};
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
 use crate::io::std_backend::StdBackend;
-use crate::io::{BackendChoice, IoBackend};
+use crate::io::{BackendChoice, IoBackend, MetaIo};
 use crate::log::{Log, LogShared};
 use crate::meta;
 use crate::recovery::{self, RecoveredLog};
@@ -74,6 +74,9 @@ pub(crate) struct StorageInner {
     registry: Arc<Registry>,
     stats: Arc<Stats>,
     backend_name: &'static str,
+    /// The backend's metadata operations, for work done off the storage thread (creating
+    /// a log, its incarnation).
+    pub(crate) meta_io: Arc<dyn MetaIo>,
     logs_dir: PathBuf,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Released at shutdown, so the directory can be reopened while handles linger.
@@ -207,16 +210,15 @@ fn lock_data_dir(dir: &Path) -> Result<File> {
 }
 
 /// Logs opened at once at start-up. Opening one waits mostly on cold reads (its metadata,
-/// index and tail) and on removing its shutdown record durably: 40 small logs took
-/// ~670 ms to open with a cold cache here one after another, ~420 ms 8 at a time
-/// (medians of six).
+/// index and tail) and on removing its shutdown record durably, which overlap across logs
+/// (figures: docs/decisions/0013-segment-placement-and-writer-split.md).
 const OPEN_THREADS: usize = 8;
 
 /// Recover the logs `found` (id, name, directory), a few at a time; in the same order.
 fn recover_all(
     found: &[(u64, String, PathBuf)],
     policy: recovery::Policy,
-    sync: recovery::SyncAtOpen,
+    io: &dyn MetaIo,
 ) -> Result<Vec<RecoveredLog>> {
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut done: Vec<(usize, Result<RecoveredLog>)> = std::thread::scope(|scope| {
@@ -229,7 +231,7 @@ fn recover_all(
                         let Some((id, name, path)) = found.get(i) else {
                             return out;
                         };
-                        let r = recovery::recover_log(*id, name, path, policy, false, sync);
+                        let r = recovery::recover_log(*id, name, path, policy, false, io);
                         out.push((i, r));
                     }
                 })
@@ -265,9 +267,8 @@ impl Storage {
         config: StorageConfig,
         backend: B,
     ) -> Result<Storage> {
-        let opening = backend.clone();
-        let sync = |f: &File| opening.sync_at_open(f);
-        Self::start(config, &sync, move |rx, ctx, logs| {
+        let io: Arc<dyn MetaIo> = Arc::new(backend.clone());
+        Self::start(config, io, move |rx, ctx, logs| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
@@ -284,9 +285,10 @@ impl Storage {
     fn open_uring(config: StorageConfig) -> Result<Storage> {
         use crate::io::uring::{self, UringBackend};
         let forced = config.backend == BackendChoice::Uring;
-        let sync = |f: &File| UringBackend.sync_at_open(f);
-        Self::start(config, &sync, move |rx, ctx, logs| {
-            match uring::runtime(256) {
+        Self::start(
+            config,
+            Arc::new(UringBackend),
+            move |rx, ctx, logs| match uring::runtime(256) {
                 Ok(rt) => Ok((
                     "uring",
                     Box::new(move || rt.block_on(writer::run(UringBackend, rx, ctx, logs))),
@@ -303,15 +305,15 @@ impl Storage {
                         Box::new(move || rt.block_on(writer::run(StdBackend, rx, ctx, logs))),
                     ))
                 }
-            }
-        })
+            },
+        )
     }
 
-    /// Recover the logs here (syncing data through `sync`, the backend's), then build the
+    /// Recover the logs here (through `io`, the backend's metadata side), then build the
     /// storage thread's runtime on that thread (a tokio-uring runtime is !Send) through
     /// `make`, which returns the backend's name and the thread's body.
     #[allow(clippy::type_complexity)]
-    fn start<M>(config: StorageConfig, sync: recovery::SyncAtOpen, make: M) -> Result<Storage>
+    fn start<M>(config: StorageConfig, io: Arc<dyn MetaIo>, make: M) -> Result<Storage>
     where
         M: FnOnce(
                 mpsc::Receiver<Cmd>,
@@ -342,13 +344,13 @@ impl Storage {
             }
             found.push((registry.next_id(), name, path));
         }
-        let recovered = recover_all(&found, config.policy(), sync)?;
+        let recovered = recover_all(&found, config.policy(), &*io)?;
         for log in &recovered {
             // Visible to `log()` at once; the storage thread takes the write side over
             // before it serves its first command.
             registry.insert(log.shared.clone());
         }
-        let preparer = Preparer::start()?;
+        let preparer = Preparer::start(io.clone())?;
         let stats = Arc::new(Stats::default());
         let (tx, rx) = mpsc::channel(config.queue_depth);
         let ctx = WriterCtx {
@@ -356,6 +358,7 @@ impl Storage {
             registry: registry.clone(),
             preparer,
             stats: stats.clone(),
+            io: io.clone(),
         };
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
@@ -380,6 +383,7 @@ impl Storage {
                 registry,
                 stats,
                 backend_name,
+                meta_io: io,
                 logs_dir,
                 thread: Mutex::new(Some(thread)),
                 lock: Mutex::new(Some(lock)),
@@ -477,6 +481,7 @@ impl Storage {
         // off the async workers.
         let recovered = tokio::task::spawn_blocking(move || {
             create_log_dir(
+                &*inner.meta_io,
                 &inner.logs_dir,
                 &name_owned,
                 &config,
@@ -490,8 +495,7 @@ impl Storage {
                 &inner.logs_dir.join(&name_owned),
                 inner.config.policy(),
                 true,
-                // Fresh: nothing written yet, nothing to sync.
-                &File::sync_data,
+                &*inner.meta_io,
             )?;
             r.active_zeroed = zero_fill;
             Ok::<_, StorageError>(r)
@@ -586,6 +590,7 @@ impl Storage {
 
 /// Create `logs/NAME` atomically: build it under a hidden temporary name, then rename.
 fn create_log_dir(
+    io: &dyn MetaIo,
     logs_dir: &Path,
     name: &str,
     config: &LogConfig,
@@ -602,17 +607,18 @@ fn create_log_dir(
     let _ = fs::remove_dir_all(&tmp);
     fs::create_dir(&tmp).at(&tmp)?;
     let result = (|| {
-        meta::write_log_meta(&tmp, config, incarnation)?;
+        meta::write_log_meta(io, &tmp, config, incarnation)?;
         let spare = if zero_fill {
-            spare::prepare(&tmp, config.first_segment_bytes(), None)?
+            spare::prepare(io, &tmp, config.first_segment_bytes(), None)?
         } else {
-            spare::prepare_now(&tmp, config.segment_bytes)?
+            spare::prepare_now(io, &tmp, config.segment_bytes)?
         };
         let seg = tmp.join(segment::segment_file_name(0));
-        fs::rename(&spare, &seg).at(&seg)?;
-        File::create(tmp.join(segment::index_file_name(0))).at(&tmp)?;
-        fsync_dir(&tmp)?;
-        match fs::rename(&tmp, &final_dir) {
+        io.rename(&spare, &seg).at(&seg)?;
+        let idx = tmp.join(segment::index_file_name(0));
+        io.write_file(&idx, &[]).at(&idx)?;
+        sync_dir_with(io, &tmp)?;
+        match io.rename(&tmp, &final_dir) {
             Ok(()) => {}
             Err(e) if final_dir.exists() => {
                 let _ = e;
@@ -620,7 +626,12 @@ fn create_log_dir(
             }
             Err(e) => return Err(StorageError::io(&final_dir, e)),
         }
-        fsync_dir(logs_dir)
+        if let Err(e) = sync_dir_with(io, logs_dir) {
+            // In place but not durably: the create fails, so the log must not appear later.
+            let _ = fs::remove_dir_all(&final_dir);
+            return Err(e);
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_dir_all(&tmp);

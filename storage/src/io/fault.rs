@@ -2,8 +2,11 @@
 //! and power-loss tests; selectable only through the library API, never from config. It
 //! can:
 //! - fail chosen operations: EIO, ENOSPC or a torn write (only a prefix reaches the file,
-//!   then EIO), or the opening of a file for writing (the last step of placing a new
-//!   segment, after its rename);
+//!   then EIO), the opening of a file for writing (the last step of placing a new
+//!   segment, after its rename), or any metadata operation ([`MetaIo`]: a rename, a
+//!   removal, a directory or small-file sync, a small file's write, a spare's zeroing);
+//! - hold chosen metadata operations at a pause until resumed (a disk that is slow for
+//!   them), so that a test can see what goes on while they wait;
 //! - model a power loss. With [`FaultInjector::track_unsynced`] it keeps, for every write
 //!   through it, what the write overwrote, until a sync of that file succeeds; then
 //!   [`FaultInjector::power_loss_copy`] copies a data directory as a disk could hold it if
@@ -18,18 +21,40 @@ pub mod power_loss;
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::std_backend::{StdBackend, StdFile};
-use super::{BufResult, IoBackend, IoFile};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 use power_loss::{FileId, Unsynced, Writeback};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FaultOp {
+    /// A write of segment data.
     Write,
+    /// An fdatasync of segment data (also recovery's [`MetaIo::sync_at_open`]).
     Sync,
     /// [`IoBackend::wrap`]: a segment opened for writing (at open, and for each new one).
     Open,
+    /// [`MetaIo::rename`].
+    Rename,
+    /// [`MetaIo::remove_file`].
+    Remove,
+    /// [`MetaIo::sync_dir`].
+    SyncDir,
+    /// [`MetaIo::sync_file`]: metadata, an index, a spare or a staged segment.
+    SyncFile,
+    /// [`MetaIo::write_file`]: a small file (torn: only a prefix is written).
+    WriteFile,
+    /// [`MetaIo::zero_fill`] or [`MetaIo::allocate`]: a segment file prepared.
+    Prepare,
+}
+
+impl FaultOp {
+    const COUNT: usize = 9;
+
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,21 +77,29 @@ struct Rule {
 
 #[derive(Debug, Default)]
 struct State {
-    writes: u64,
-    syncs: u64,
-    opens: u64,
+    /// Operations seen so far, by [`FaultOp::index`].
+    seen: [u64; FaultOp::COUNT],
+    /// Faults injected so far.
+    fired: u64,
     rules: Vec<Rule>,
     /// Writes no successful sync of their file has covered yet, oldest first; `None` while
     /// not tracking (see [`FaultInjector::track_unsynced`]).
     unsynced: Option<Vec<Unsynced>>,
     /// Number of the last tracked write.
     unsynced_seq: u64,
+    /// Operations held until [`FaultInjector::resume`]: of this kind, on a path holding
+    /// this string.
+    pauses: Vec<(FaultOp, String)>,
+    /// Operations held at a pause now.
+    paused: usize,
 }
 
 /// Shared handle to arm faults while a storage instance runs.
 #[derive(Debug, Clone, Default)]
 pub struct FaultInjector {
     state: Arc<Mutex<State>>,
+    /// Wakes operations held at a pause.
+    resumed: Arc<Condvar>,
 }
 
 impl FaultInjector {
@@ -78,11 +111,7 @@ impl FaultInjector {
     pub fn fail_nth(&self, op: FaultOp, n: u64, kind: FaultKind) {
         assert!(n >= 1);
         let mut s = self.lock();
-        let base = match op {
-            FaultOp::Write => s.writes,
-            FaultOp::Sync => s.syncs,
-            FaultOp::Open => s.opens,
-        };
+        let base = s.seen[op.index()];
         s.rules.push(Rule {
             op,
             at: Some(base + n),
@@ -100,15 +129,64 @@ impl FaultInjector {
         self.lock().rules.clear();
     }
 
+    /// Hold every operation of kind `op` on a path that contains `path_contains` (for a
+    /// rename, its destination; `""` matches every one) until [`FaultInjector::resume`].
+    pub fn pause(&self, op: FaultOp, path_contains: &str) {
+        self.lock().pauses.push((op, path_contains.to_owned()));
+    }
+
+    /// Let every held operation go on, and hold no more.
+    pub fn resume(&self) {
+        self.lock().pauses.clear();
+        self.resumed.notify_all();
+    }
+
+    /// Operations held at a pause now.
+    pub fn paused(&self) -> usize {
+        self.lock().paused
+    }
+
+    /// Wait while a pause holds `op` on `path`.
+    fn wait_if_paused(&self, op: FaultOp, path: &Path) {
+        let held = |s: &State| {
+            let path = path.to_string_lossy();
+            s.pauses
+                .iter()
+                .any(|(o, part)| *o == op && path.contains(part.as_str()))
+        };
+        let mut s = self.lock();
+        if !held(&s) {
+            return;
+        }
+        s.paused += 1;
+        while held(&s) {
+            s = self.resumed.wait(s).expect("fault state");
+        }
+        s.paused -= 1;
+    }
+
+    /// Faults injected so far.
+    pub fn fired(&self) -> u64 {
+        self.lock().fired
+    }
+
     /// (writes, syncs) seen so far.
     pub fn counts(&self) -> (u64, u64) {
         let s = self.lock();
-        (s.writes, s.syncs)
+        (
+            s.seen[FaultOp::Write.index()],
+            s.seen[FaultOp::Sync.index()],
+        )
     }
 
     /// Files opened for writing so far.
     pub fn opens(&self) -> u64 {
-        self.lock().opens
+        self.seen(FaultOp::Open)
+    }
+
+    /// Operations of kind `op` seen so far.
+    pub fn seen(&self, op: FaultOp) -> u64 {
+        self.lock().seen[op.index()]
     }
 
     /// Keep what every write from now on overwrites, until a sync of its file: the
@@ -169,25 +247,14 @@ impl FaultInjector {
 
     fn next(&self, op: FaultOp) -> Option<FaultKind> {
         let mut s = self.lock();
-        let n = match op {
-            FaultOp::Write => {
-                s.writes += 1;
-                s.writes
-            }
-            FaultOp::Sync => {
-                s.syncs += 1;
-                s.syncs
-            }
-            FaultOp::Open => {
-                s.opens += 1;
-                s.opens
-            }
-        };
+        s.seen[op.index()] += 1;
+        let n = s.seen[op.index()];
         let i = s
             .rules
             .iter()
             .position(|r| r.op == op && r.at.is_none_or(|at| at == n))?;
         let kind = s.rules[i].kind;
+        s.fired += 1;
         if s.rules[i].at.is_some() {
             s.rules.remove(i);
         }
@@ -278,16 +345,71 @@ impl IoBackend for FaultBackend {
             id: (meta.dev(), meta.ino()),
         })
     }
+}
 
-    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
-        if let Some(kind) = self.injector.next(FaultOp::Sync) {
-            return Err(error(kind));
+impl FaultBackend {
+    /// Wait at a pause, then fail this operation (on `path`) if a rule says so.
+    fn check(&self, op: FaultOp, path: &Path) -> io::Result<()> {
+        self.injector.wait_if_paused(op, path);
+        match self.injector.next(op) {
+            Some(kind) => Err(error(kind)),
+            None => Ok(()),
         }
+    }
+}
+
+/// Metadata operations fail where a rule says so, else they are std's. The power-loss
+/// model keeps what they did (see [`power_loss`], "What it keeps as written").
+impl MetaIo for FaultBackend {
+    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
+        self.check(FaultOp::Sync, Path::new(""))?;
         let meta = file.metadata()?;
         let upto = self.injector.last_write();
         file.sync_data()?;
         self.injector.synced((meta.dev(), meta.ino()), upto);
         Ok(())
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.check(FaultOp::Rename, to)?;
+        StdBackend.rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.check(FaultOp::Remove, path)?;
+        StdBackend.remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.check(FaultOp::SyncDir, dir)?;
+        StdBackend.sync_dir(dir)
+    }
+
+    fn sync_file(&self, file: &std::fs::File) -> io::Result<()> {
+        self.check(FaultOp::SyncFile, Path::new(""))?;
+        StdBackend.sync_file(file)
+    }
+
+    fn write_file(&self, path: &Path, contents: &[u8]) -> io::Result<std::fs::File> {
+        self.injector.wait_if_paused(FaultOp::WriteFile, path);
+        match self.injector.next(FaultOp::WriteFile) {
+            None => StdBackend.write_file(path, contents),
+            Some(FaultKind::Torn { keep }) => {
+                StdBackend.write_file(path, &contents[..keep.min(contents.len())])?;
+                Err(error(FaultKind::Eio))
+            }
+            Some(kind) => Err(error(kind)),
+        }
+    }
+
+    fn zero_fill(&self, path: &Path, size: u64) -> io::Result<()> {
+        self.check(FaultOp::Prepare, path)?;
+        StdBackend.zero_fill(path, size)
+    }
+
+    fn allocate(&self, path: &Path, size: u64) -> io::Result<()> {
+        self.check(FaultOp::Prepare, path)?;
+        StdBackend.allocate(path, size)
     }
 }
 

@@ -1,19 +1,23 @@
 //! The owned-buffer IO trait the storage thread writes through, and its backends.
 //!
 //! Buffers go in and come back with the result (tokio-uring's `BufResult` shape) so that an
-//! io_uring backend can hold them while the kernel works. Only the write path goes through
-//! here, and the sync recovery makes of a segment's data at open: reads are served from
-//! mmap, and rare metadata work (create, rename, fsync dir) uses std directly because it is
-//! off the hot path.
+//! io_uring backend can hold them while the kernel works. Reads are served from mmap. The
+//! metadata side ([`MetaIo`]: renames, removals, directory syncs, small files, spares) is
+//! part of every backend too, so that the fault backend can fail any change to a log's
+//! directory.
 
 use std::future::Future;
 use std::io;
 use std::path::Path;
 
+pub(crate) mod aligned;
 pub mod fault;
+pub mod meta;
 pub mod std_backend;
 #[cfg(target_os = "linux")]
 pub mod uring;
+
+pub use meta::MetaIo;
 
 /// Result of an owned-buffer operation: the outcome and the buffer, handed back either way.
 pub type BufResult<T> = (io::Result<T>, Vec<u8>);
@@ -43,21 +47,15 @@ pub trait IoFile: 'static {
     }
 }
 
-/// Opens [`IoFile`]s. Cheap to clone; lives on the storage thread.
-pub trait IoBackend: Clone + 'static {
+/// Opens [`IoFile`]s, and does the metadata work ([`MetaIo`]). Cheap to clone; its files
+/// live on the storage thread.
+pub trait IoBackend: MetaIo + Clone {
     type File: IoFile;
 
     fn name(&self) -> &'static str;
 
     /// Wrap an already opened, writable std file.
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<Self::File>;
-
-    /// fdatasync a segment recovery opens, before the storage thread has it: blocking, on
-    /// the threads that open logs. Through the backend like every other sync of segment
-    /// data, so that the fault backend's power-loss model sees it.
-    fn sync_at_open(&self, file: &std::fs::File) -> io::Result<()> {
-        file.sync_data()
-    }
 }
 
 /// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log

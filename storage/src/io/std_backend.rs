@@ -4,7 +4,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::{BufResult, IoBackend, IoFile};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdBackend;
@@ -13,6 +13,9 @@ pub struct StdBackend;
 pub struct StdFile {
     file: std::fs::File,
 }
+
+/// Every metadata operation as std does it (the trait's defaults).
+impl MetaIo for StdBackend {}
 
 impl IoBackend for StdBackend {
     type File = StdFile;

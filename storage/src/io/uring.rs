@@ -16,7 +16,7 @@ use std::rc::Rc;
 use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::{BufResult, IoBackend, IoFile};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UringBackend;
@@ -27,6 +27,10 @@ pub struct UringBackend;
 pub struct UringFile {
     file: Rc<std::fs::File>,
 }
+
+/// Metadata work is rare and blocking (renames, directory syncs): done as std does it, on
+/// the threads that may wait, not through the ring.
+impl MetaIo for UringBackend {}
 
 impl IoBackend for UringBackend {
     type File = UringFile;

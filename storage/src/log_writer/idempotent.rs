@@ -51,15 +51,17 @@ impl<F: IoFile> LogWriter<F> {
             duplicate: true,
         };
         let end = original.next_offset();
-        if end <= self.durable_next {
+        if end <= self.active.durable_next() {
             ack.durability = Durability::Fsync;
             let _ = reply.send(Ok(ack));
-        } else if end <= self.written_next && durability == Durability::Unsynced {
+        } else if end <= self.active.written_next() && durability == Durability::Unsynced {
             let _ = reply.send(Ok(ack));
         } else {
             // In this group, or written and not yet synced: completes with the sync.
-            self.sync_requested |= durability == Durability::Fsync;
-            self.waiters.push(Waiter::Local { reply, ack });
+            if durability == Durability::Fsync {
+                self.group.request_sync();
+            }
+            self.group.wait(Waiter::Local { reply, ack });
         }
     }
 }

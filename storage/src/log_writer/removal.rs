@@ -1,22 +1,77 @@
-//! Removing segments (retention, delete_before) and whole logs.
+//! Removing segments (retention, `delete_before`) and whole logs, as jobs of file steps
+//! that touch no writer state (see `job`): memory changes first on the storage thread,
+//! then the files follow.
 
 use std::fs;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::LogWriter;
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result};
-use crate::io::IoFile;
+use crate::io::{IoFile, MetaIo};
 use crate::segment::SegmentView;
 use crate::writer::WriterCtx;
 
+/// Segments already gone from the log's list, whose files go next.
+#[derive(Debug)]
+pub(crate) struct RemoveJob {
+    dir: PathBuf,
+    /// Each segment's file, and whether it may be recycled as a spare (no reader maps it:
+    /// zeroing it under a reader would show that reader garbage).
+    segments: Vec<(PathBuf, bool)>,
+}
+
+impl RemoveJob {
+    /// Files are renamed out of the way and the directory synced before anything is
+    /// zeroed or deleted, so a crash leaves either the whole segment or none of it.
+    /// Returns the files to recycle.
+    pub fn run(self, io: &dyn MetaIo) -> Result<Vec<PathBuf>> {
+        let mut recyclable = Vec::new();
+        for (path, recycle) in self.segments {
+            let _ = io.remove_file(&path.with_extension("idx"));
+            let gone = path.with_extension("deleted.tmp");
+            io.rename(&path, &gone).at(&path)?;
+            if recycle {
+                recyclable.push(gone);
+            } else {
+                let _ = io.remove_file(&gone);
+            }
+        }
+        sync_dir_with(io, &self.dir)?;
+        Ok(recyclable)
+    }
+}
+
+/// A whole log's directory, to move aside and remove.
+#[derive(Debug)]
+pub(crate) struct DeleteJob {
+    dir: PathBuf,
+    trash: PathBuf,
+}
+
+impl DeleteJob {
+    /// Move the directory aside (to a `.trash-` name, which start-up removes), so that a
+    /// crash never leaves half a log, then make that durable and remove the files.
+    /// `moved`: the log is gone, whatever the result says of the rest.
+    pub fn run(self, io: &dyn MetaIo) -> (bool, Result<()>) {
+        if let Err(e) = io.rename(&self.dir, &self.trash).at(&self.dir) {
+            return (false, Err(e));
+        }
+        let parent = self.trash.parent().expect("trash has a parent");
+        let synced = sync_dir_with(io, parent);
+        if let Err(e) = fs::remove_dir_all(&self.trash) {
+            tracing::warn!(path = %self.trash.display(), error = %e, "could not remove a deleted log's files");
+        }
+        (true, synced)
+    }
+}
+
 impl<F: IoFile> LogWriter<F> {
-    /// Remove the `n` oldest segments (never the active one). Files are renamed out of the
-    /// way and the directory synced before anything is zeroed or deleted, so a crash leaves
-    /// either the whole segment or none of it. Returns the new start offset.
-    pub fn remove_front(&mut self, n: usize, ctx: &WriterCtx) -> Result<u64> {
-        let dir = self.shared.dir.clone();
+    /// Take the `n` oldest segments (never the active one) out of the log; `None` if there
+    /// are none. The new start is published at once.
+    pub fn remove_front(&mut self, n: usize) -> Option<RemoveJob> {
         let removed: Vec<Arc<SegmentView>> = {
             let mut segs = self.shared.segments.write();
             let n = n.min(segs.len() - 1);
@@ -27,47 +82,41 @@ impl<F: IoFile> LogWriter<F> {
             removed
         };
         if removed.is_empty() {
-            return Ok(self.shared.start.load(Ordering::Acquire));
+            return None;
         }
-        let mut recyclable = Vec::new();
-        for seg in removed {
-            seg.drop_deferred_index();
-            let _ = fs::remove_file(self.idx_path(seg.base_offset));
-            let path = seg.path.clone();
-            let gone = path.with_extension("deleted.tmp");
-            fs::rename(&path, &gone).at(&path)?;
-            // Reuse the file only if no reader still maps it: zeroing it under a reader
-            // would show that reader garbage.
-            match Arc::try_unwrap(seg) {
-                Ok(view) => {
-                    drop(view);
-                    recyclable.push(gone);
-                }
-                Err(_) => {
-                    let _ = fs::remove_file(&gone);
-                }
-            }
-        }
-        fsync_dir(&dir)?;
-        for gone in recyclable {
-            let size = self.shared.config.segment_bytes;
-            ctx.preparer.request(&self.spare, &dir, size, Some(gone));
-        }
-        Ok(self.shared.start.load(Ordering::Acquire))
+        let segments = removed
+            .into_iter()
+            .map(|seg| {
+                seg.drop_deferred_index();
+                (seg.path.clone(), Arc::try_unwrap(seg).is_ok())
+            })
+            .collect();
+        Some(RemoveJob {
+            dir: self.shared.dir.clone(),
+            segments,
+        })
     }
 
-    /// Remove the log's directory (renamed aside first, so a crash never leaves half a log).
-    pub fn delete_files(&mut self) -> Result<()> {
-        let dir = &self.shared.dir;
+    /// The files a [`RemoveJob`] renamed aside are zeroed as spares.
+    pub(super) fn removed(&mut self, recyclable: Vec<PathBuf>, ctx: &WriterCtx) {
+        let size = self.shared.config.segment_bytes;
+        for gone in recyclable {
+            ctx.preparer
+                .request(&self.spare, &self.shared.dir, size, Some(gone));
+        }
+    }
+
+    /// The job that deletes this log (after its last group is committed).
+    pub fn delete_job(&self) -> DeleteJob {
+        let dir = self.shared.dir.clone();
         let parent = dir.parent().expect("log dir has a parent");
         let trash = parent.join(format!(".trash-{}-{}", self.shared.name, self.shared.id));
-        fs::rename(dir, &trash).at(dir)?;
-        fsync_dir(parent)?;
+        DeleteJob { dir, trash }
+    }
+
+    /// The log's directory was moved aside: it is gone for readers too.
+    pub(super) fn deleted(&mut self) {
         self.shared.deleted.store(true, Ordering::Release);
         self.shared.durable.send_modify(|_| {});
-        if let Err(e) = fs::remove_dir_all(&trash) {
-            tracing::warn!(path = %trash.display(), error = %e, "could not remove a deleted log's files");
-        }
-        Ok(())
     }
 }

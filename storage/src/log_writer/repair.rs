@@ -39,7 +39,7 @@ impl<F: IoFile> LogWriter<F> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
         let (seg, hole) = self.find_hole(first_offset)?;
-        let active = Arc::ptr_eq(&seg, &self.seg);
+        let active = Arc::ptr_eq(&seg, self.active.seg());
         let next_base = self.next_base(&seg);
         let room = seg.capacity() - hole.pos;
         let headers = self.check_repair_frames(first_offset, &frames, room)?;
@@ -163,7 +163,7 @@ impl<F: IoFile> LogWriter<F> {
         data: Vec<u8>,
     ) -> Result<()> {
         if active {
-            let (r, _) = self.io().write_all_at_sync(data, pos).await;
+            let (r, _) = self.active.io().write_all_at_sync(data, pos).await;
             return r.at(&seg.path);
         }
         let f = open_rw(&seg.path)?;
@@ -175,28 +175,26 @@ impl<F: IoFile> LogWriter<F> {
     /// answered with their offsets, as for any frame this log holds.
     fn observe_producers(&mut self, frames: &[u8], headers: &[BatchHeader]) {
         let mut at = 0usize;
+        let base = self.active.seg().base_offset;
         for h in headers {
             let frame = &frames[at..at + h.frame_len as usize];
-            self.producers.observe(frame, h, self.seg.base_offset);
+            self.producers.observe(&*self.io, frame, h, base);
             at += h.frame_len as usize;
         }
     }
 
     /// A damaged end was repaired: the log goes on after the frames put back.
     fn continue_after_repair(&mut self, end_pos: u64, next: u64, headers: &[BatchHeader]) {
-        let pos = self.write_pos;
-        let mut at = pos;
+        let mut at = self.active.write_pos();
         for h in headers {
-            self.note_index(at, h.base_offset);
+            self.index.note(at, h.base_offset);
             at += u64::from(h.frame_len);
         }
         self.last_ts_us = headers
             .iter()
             .map(|h| h.last_ts_us)
             .fold(self.last_ts_us, u64::max);
-        self.write_pos = end_pos;
-        self.written_next = next;
-        self.buf_next = next;
+        self.active.wrote_in_place(end_pos, next);
         self.damaged = None;
         self.mark_stale = true;
         self.shared.written.store(next, Ordering::Release);

@@ -1,21 +1,37 @@
 //! Cutting a log: `truncate_to` (divergent tail, promote at a point) and `reset_to`
 //! (a replica's full sync).
 
-use std::fs;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use super::active::ActiveFiles;
+use super::placement::Fill;
+use super::roll::fill_of;
 use super::{open_idx, LogWriter};
-use crate::crashsafe::fsync_dir;
+use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
-use crate::extents;
 use crate::format::{self, BatchHeader, FrameBuilder};
 use crate::index::{self, IndexEntry};
-use crate::io::{IoBackend, IoFile};
+use crate::io::{IoBackend, IoFile, MetaIo};
+use crate::new_segment;
 use crate::segment::{open_rw, SegmentView};
 use crate::writer::WriterCtx;
+
+/// What a cut removes and rewrites, decided before anything changes.
+struct Cut {
+    end: u64,
+    /// The segment the log will end in, and its index in the list.
+    target: Arc<SegmentView>,
+    i: usize,
+    /// Where the cut frames begin in it, and the first records of a frame straddling
+    /// `end`, rewritten there.
+    cut_pos: u64,
+    rewrite: Option<Vec<u8>>,
+    /// Where data (and a mark vouching for it) may lie up to, to zero.
+    old_end: u64,
+}
 
 impl<F: IoFile> LogWriter<F> {
     /// Cut the log to end at `end`. See [`crate::Log::truncate_to`].
@@ -27,6 +43,25 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
+        let Some(cut) = self.plan_cut(end)? else {
+            return Ok(());
+        };
+        // Nothing is cut yet: a failure here leaves the log as it was.
+        self.producers.unsave(&*self.io)?;
+        // From the first file removed on, disk and memory may disagree after an error:
+        // the log then refuses writes until a restart recovers it from the disk.
+        let applied = self.apply_cut(cut, backend).await;
+        if let Err(e) = &applied {
+            self.poison(e);
+        }
+        applied?;
+        self.producers.cut_at(&*self.io, end);
+        tracing::info!(log = %self.shared.name, end, "log truncated");
+        Ok(())
+    }
+
+    /// What cutting to `end` takes; `None`: nothing (the log ends there).
+    fn plan_cut(&self, end: u64) -> Result<Option<Cut>> {
         let p = self.shared.positions();
         if end > p.durable {
             return Err(StorageError::InvalidInput(format!(
@@ -35,7 +70,7 @@ impl<F: IoFile> LogWriter<F> {
             )));
         }
         if end == p.durable {
-            return Ok(());
+            return Ok(None);
         }
         if end < p.start {
             return Err(StorageError::OffsetOutOfRange {
@@ -59,102 +94,86 @@ impl<F: IoFile> LogWriter<F> {
         let old_end = if i + 1 == segs.len() {
             // A damaged end may hold data (and a mark vouching for it) past the write
             // position: the cut clears it too.
-            self.write_pos
-                .max(self.damaged.map_or(0, |(_, extent)| extent))
+            let extent = self.damaged.map_or(0, |(_, extent)| extent);
+            self.active.write_pos().max(extent)
         } else {
             target.durable_len()
         };
-        // Nothing is cut yet: a failure here leaves the log as it was.
-        self.producers.unsave()?;
-        // From the first file removed on, disk and memory may disagree after an error:
-        // the log then refuses writes until a restart recovers it from the disk.
-        let applied: Result<()> = async {
-            for s in segs[i + 1..].iter().rev() {
-                s.drop_deferred_index();
-                fs::remove_file(&s.path).at(&s.path)?;
-                let _ = fs::remove_file(self.idx_path(s.base_offset));
-            }
-            if i + 1 < segs.len() {
-                let file = open_rw(&target.path)?;
-                // As in recovery: a segment sealed early to give way to a spare is only
-                // allocated past its end, and appends into it would be slow until it
-                // filled; it gives way again instead.
-                let zeroed = extents::zero_filled(&file, target.capacity());
-                let io = backend.wrap(file, &target.path).at(&target.path)?;
-                let idx = open_idx(&self.idx_path(target.base_offset))?;
-                self.files = Some(super::ActiveFiles { io, idx });
-                self.seg = target.clone();
-                self.active_zeroed = zeroed;
-                self.give_way_failed = false;
-            }
-            let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
-            let new_len = cut_pos + rewritten;
-            let mut data = rewrite.unwrap_or_default();
-            // Zeros over the cut frames and the durable mark after them: a mark left past
-            // the new end would vouch for bytes that are gone.
-            let zero_end = (old_end + format::MARK_BYTES as u64).min(target.capacity());
-            data.resize(zero_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
-            if !data.is_empty() {
-                let (r, _) = self.io().write_all_at_sync(data, cut_pos).await;
-                if let Err(e) = r {
-                    let err = StorageError::io(&target.path, e);
-                    *self.shared.poisoned.lock() = Some(err.to_string());
-                    return Err(err);
-                }
-            }
-            let entries: Vec<IndexEntry> = target
-                .index_snapshot()
-                .into_iter()
-                .filter(|e| {
-                    u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos)
-                })
-                .collect();
-            let idx_path = self.idx_path(target.base_offset);
-            let idx = &self.files.as_ref().expect("opened for the cut").idx;
-            idx.write_all_at(&index::encode(target.base_offset, &entries), 0)
-                .and_then(|_| idx.set_len((entries.len() * index::ENTRY_BYTES) as u64))
-                .and_then(|_| idx.sync_data())
-                .at(&idx_path)?;
-            target.cut(new_len, end);
-            target.remove_holes_from(cut_pos);
-            target.set_index(entries.clone());
-            self.shared.segments.write().truncate(i + 1);
-            {
-                let mut epochs = self.shared.epochs.write();
-                let before = epochs.clone();
-                epochs.truncate(end);
-                if *epochs != before {
-                    epochs.save(&self.shared.dir)?;
-                }
-            }
-            // `last_ts_us` is not rewound, on purpose: timestamps stay non-decreasing
-            // through the log across a cut, and a segment's last time only errs late,
-            // which keeps it from time-based retention longer, never shorter.
-            self.write_pos = new_len;
-            self.durable_pos = new_len;
-            self.written_next = end;
-            self.buf_next = end;
-            self.durable_next = end;
-            self.idx_entries_on_disk = entries.len() as u64;
-            self.unwritten_entries.clear();
-            self.pending_entries.clear();
-            self.last_index_pos = entries.last().map(|e| u64::from(e.pos));
-            self.mark_stale = true;
-            self.damaged = None;
-            self.shared.written.store(end, Ordering::Release);
-            self.shared.cuts.lock().record(end);
-            self.shared.durable.send_replace(end);
-            fsync_dir(&self.shared.dir)?;
-            Ok(())
+        Ok(Some(Cut {
+            end,
+            target,
+            i,
+            cut_pos,
+            rewrite,
+            old_end,
+        }))
+    }
+
+    async fn apply_cut<B: IoBackend<File = F>>(&mut self, cut: Cut, backend: &B) -> Result<()> {
+        let Cut { end, target, i, .. } = cut;
+        let segs = self.shared.segments.read().clone();
+        for s in segs[i + 1..].iter().rev() {
+            s.drop_deferred_index();
+            self.io.remove_file(&s.path).at(&s.path)?;
+            let _ = self.io.remove_file(&self.idx_path(s.base_offset));
         }
-        .await;
-        if let Err(e) = &applied {
-            self.poison(e);
+        // A sealed segment becomes the active one again. As in recovery: one sealed early
+        // to give way to a spare is only allocated past its end, and gives way again.
+        let reopened = match i + 1 < segs.len() {
+            true => Some(self.reopen(&target, backend)?),
+            false => None,
+        };
+        let files = reopened.as_ref().map(|(f, _)| f);
+        let files = files.or(self.active.files()).expect("opened for the cut");
+        let (new_len, entries) = rewrite_tail(
+            &cut.rewrite,
+            &target,
+            cut.cut_pos,
+            cut.old_end,
+            files,
+            &*self.io,
+        )
+        .await?;
+        target.cut(new_len, end);
+        target.remove_holes_from(cut.cut_pos);
+        target.set_index(entries.clone());
+        self.shared.segments.write().truncate(i + 1);
+        let mut epochs = self.shared.epochs.read().clone();
+        epochs.truncate(end);
+        if epochs != *self.shared.epochs.read() {
+            epochs.save(&*self.io, &self.shared.dir)?;
+            *self.shared.epochs.write() = epochs;
         }
-        applied?;
-        self.producers.cut_at(end);
-        tracing::info!(log = %self.shared.name, end, "log truncated");
-        Ok(())
+        // `last_ts_us` is not rewound, on purpose: timestamps stay non-decreasing
+        // through the log across a cut, and a segment's last time only errs late,
+        // which keeps it from time-based retention longer, never shorter.
+        match reopened {
+            Some((files, fill)) => {
+                self.active.place(target, files, new_len, end);
+                self.fill = fill;
+            }
+            None => self.active.cut(new_len, end),
+        }
+        self.index.reset(&entries);
+        self.mark_stale = true;
+        self.damaged = None;
+        self.shared.written.store(end, Ordering::Release);
+        self.shared.cuts.lock().record(end);
+        self.shared.durable.send_replace(end);
+        sync_dir_with(&*self.io, &self.shared.dir)
+    }
+
+    /// Open the sealed segment `target` for writing, and how its file was made.
+    fn reopen<B: IoBackend<File = F>>(
+        &self,
+        target: &SegmentView,
+        backend: &B,
+    ) -> Result<(ActiveFiles<F>, Fill)> {
+        let file = open_rw(&target.path)?;
+        let fill = fill_of(&file, target.capacity());
+        let io = backend.wrap(file, &target.path).at(&target.path)?;
+        let idx = open_idx(&self.idx_path(target.base_offset))?;
+        Ok((ActiveFiles { io, idx }, fill))
     }
 
     /// Drop every record and continue empty from `start` (a replica's full sync: the
@@ -168,47 +187,93 @@ impl<F: IoFile> LogWriter<F> {
     ) -> Result<()> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
-        self.producers.unsave()?;
+        self.producers.unsave(&*self.io)?;
         self.producers.table.clear();
-        let dir = self.shared.dir.clone();
-        let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
-        let applied: Result<()> = async {
-            for s in &old {
-                s.drop_deferred_index();
-                fs::remove_file(&s.path).at(&s.path)?;
-                let _ = fs::remove_file(self.idx_path(s.base_offset));
-            }
-            fsync_dir(&dir)?;
-            {
-                let mut epochs = self.shared.epochs.write();
-                *epochs = crate::meta::EpochHistory::default();
-                epochs.save(&dir)?;
-            }
-            let (view, file, idx_file) = self.new_segment(start, backend, true, 0)?;
-            *self.shared.segments.write() = vec![view.clone()];
-            self.activate(view, file, idx_file);
-            self.written_next = start;
-            self.buf_next = start;
-            self.durable_next = start;
-            self.unwritten_entries.clear();
-            self.pending_entries.clear();
-            // Every record went, not only those past `start`: a stream that sent any must
-            // end, so the cut is at the old start.
-            let old_start = self.shared.start.swap(start, Ordering::AcqRel);
-            self.shared.written.store(start, Ordering::Release);
-            self.shared.cuts.lock().record(old_start.min(start));
-            self.shared.durable.send_replace(start);
-            self.request_spare(ctx);
-            Ok(())
-        }
-        .await;
+        let applied = self.apply_reset(start, backend);
         if let Err(e) = &applied {
             self.poison(e);
         }
         applied?;
+        self.request_spare(ctx);
         tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
         Ok(())
     }
+
+    fn apply_reset<B: IoBackend<File = F>>(&mut self, start: u64, backend: &B) -> Result<()> {
+        let dir = self.shared.dir.clone();
+        let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
+        for s in &old {
+            s.drop_deferred_index();
+            self.io.remove_file(&s.path).at(&s.path)?;
+            let _ = self.io.remove_file(&self.idx_path(s.base_offset));
+        }
+        sync_dir_with(&*self.io, &dir)?;
+        let epochs = crate::meta::EpochHistory::default();
+        epochs.save(&*self.io, &dir)?;
+        *self.shared.epochs.write() = epochs;
+        let size = self.next_segment_bytes(0);
+        let source = new_segment::Source::WaitForSpare;
+        let (file, zeroed) = new_segment::file_for(&*self.io, &dir, &self.spare, source, 0, size)?;
+        let placed = new_segment::place(&*self.io, &dir, &file, start)?;
+        let path = placed.view.path.clone();
+        let io = backend.wrap(placed.file, &path).at(&path)?;
+        let view = Arc::new(placed.view);
+        *self.shared.segments.write() = vec![view.clone()];
+        self.active.place(
+            view,
+            ActiveFiles {
+                io,
+                idx: placed.idx,
+            },
+            0,
+            start,
+        );
+        self.index.reset(&[]);
+        self.fill = Fill::of(zeroed);
+        self.mark_stale = true;
+        // Every record went, not only those past `start`: a stream that sent any must
+        // end, so the cut is at the old start.
+        let old_start = self.shared.start.swap(start, Ordering::AcqRel);
+        self.shared.written.store(start, Ordering::Release);
+        self.shared.cuts.lock().record(old_start.min(start));
+        self.shared.durable.send_replace(start);
+        Ok(())
+    }
+}
+
+/// Write the first records of a straddling frame (`rewrite`) at `cut_pos` of `target`,
+/// zeros over the rest up to `old_end` and the mark after it (a mark left past the new
+/// end would vouch for bytes that are gone), synced; rewrite the index to the entries
+/// kept. Returns the new length and those entries.
+async fn rewrite_tail<F: IoFile>(
+    rewrite: &Option<Vec<u8>>,
+    target: &SegmentView,
+    cut_pos: u64,
+    old_end: u64,
+    files: &ActiveFiles<F>,
+    io: &dyn MetaIo,
+) -> Result<(u64, Vec<IndexEntry>)> {
+    let rewritten = rewrite.as_ref().map_or(0, |f| f.len() as u64);
+    let new_len = cut_pos + rewritten;
+    let mut data = rewrite.clone().unwrap_or_default();
+    let zero_end = (old_end + format::MARK_BYTES as u64).min(target.capacity());
+    data.resize(zero_end.max(new_len).saturating_sub(cut_pos) as usize, 0);
+    if !data.is_empty() {
+        let (r, _) = files.io.write_all_at_sync(data, cut_pos).await;
+        r.at(&target.path)?;
+    }
+    let entries: Vec<IndexEntry> = target
+        .index_snapshot()
+        .into_iter()
+        .filter(|e| u64::from(e.pos) < cut_pos || (rewritten > 0 && u64::from(e.pos) == cut_pos))
+        .collect();
+    let idx_path = target.path.with_extension("idx");
+    let idx = &files.idx;
+    idx.write_all_at(&index::encode(target.base_offset, &entries), 0)
+        .and_then(|_| idx.set_len((entries.len() * index::ENTRY_BYTES) as u64))
+        .and_then(|_| io.sync_file(idx))
+        .at(&idx_path)?;
+    Ok((new_len, entries))
 }
 
 /// The frame `bytes` cut down to its records below `end`, same epoch and time. Without

@@ -4,12 +4,35 @@
 use std::path::Path;
 use std::time::Duration;
 
+use spool_storage::io::fault::FaultBackend;
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{BackendChoice, Log, LogConfig, Storage, StorageConfig};
 
 /// Open storage with the std backend (pwrite + fdatasync).
 pub fn open_std(c: StorageConfig) -> Storage {
     Storage::open_with(c, StdBackend).unwrap()
+}
+
+/// Open storage with the fault backend, no fault armed.
+pub fn open_fault(c: StorageConfig) -> Storage {
+    Storage::open_with(c, FaultBackend::default()).unwrap()
+}
+
+/// Every record of log `name`, from its start.
+pub async fn read_all(s: &Storage, name: &str) -> Vec<spool_storage::Record> {
+    let log = s.log(name).unwrap();
+    let r = log.reader();
+    let mut out = Vec::new();
+    let mut from = r.start_offset();
+    loop {
+        let batch = r.read(from, 1000, 1 << 20).unwrap();
+        if batch.is_empty() {
+            break;
+        }
+        from = batch.last().unwrap().offset + 1;
+        out.extend(batch);
+    }
+    out
 }
 
 /// Open storage with the io_uring backend, refusing a fallback.

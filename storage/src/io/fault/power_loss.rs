@@ -24,17 +24,21 @@
 //! - `.idx` writes (not synced by design): entries are written once their frames are
 //!   durable, and recovery trusts an index only after checking that its last entry points
 //!   at a valid frame of the offset it names. Fewer entries only make recovery read more.
-//! - files created, renamed or removed, and metadata (`meta`, `epochs`, `producers`, the
-//!   shutdown record): replaced atomically (temp file synced, renamed, directory synced)
-//!   or synced before the storage relies on them; spares are zeroed and synced before
-//!   they are renamed into use.
+//! - the metadata operations ([`crate::io::MetaIo`]): files created, written, renamed or
+//!   removed, and directory syncs. The backend sees each (it counts them and can fail
+//!   them), and the model keeps what they did: a rename is taken as durable at once, not
+//!   only once its directory is synced. Every one the storage relies on is followed by a
+//!   directory sync before anything depends on it (metadata files are replaced atomically:
+//!   temp file synced, renamed, directory synced; spares are zeroed and synced before they
+//!   are renamed into use; a new segment's rename is synced before its first write), so
+//!   the states left out are the ones between a rename and that sync.
 //! - what recovery writes at open: a torn tail it cuts is zeroed and synced (through the
 //!   backend's `sync_at_open`, which the model sees) before the log is used; the index it
 //!   rewrites names only frames that sync made durable.
 //!
 //! Not modelled: a page torn inside (sectors of one page from different versions), a
-//! power loss between a rename and the directory sync that makes it durable, a disk that
-//! acknowledges a flush it did not do.
+//! power loss between a rename (or removal) and the directory sync that makes it durable
+//! (kept as done, above), a disk that acknowledges a flush it did not do.
 //!
 //! The copy is taken while the storage runs: writes through the backend wait for it, so
 //! each is in it whole or not at all; files that vanish while the directory is copied (a

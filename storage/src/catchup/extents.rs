@@ -1,36 +1,18 @@
-//! What the filesystem holds under a segment file: allocating without writing
-//! (fallocate), giving unused blocks back (a punched hole), and asking whether a block was
-//! ever written (FIEMAP). A segment is zero-filled (every block written) or only allocated
-//! (unwritten extents, which read as zeros but make each fdatasync into them also commit
-//! their conversion); these are the tools for the second kind.
+//! What the filesystem holds under a segment file: giving unused blocks back (a punched
+//! hole), and asking whether a block was ever written (FIEMAP). A segment is zero-filled
+//! (every block written) or only allocated (unwritten extents, which read as zeros but
+//! make each fdatasync into them also commit their conversion); these are the tools for
+//! the second kind.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// `fallocate(2)` on `f` over `[offset, offset + len)` (sizes up to a segment's, within
-/// off_t range).
-pub(crate) fn fallocate(f: &File, mode: libc::c_int, offset: u64, len: u64) -> std::io::Result<()> {
-    // SAFETY: a plain syscall on a descriptor `f` owns for the call's duration.
-    let r = unsafe {
-        libc::fallocate(
-            f.as_raw_fd(),
-            mode,
-            offset as libc::off_t,
-            len as libc::off_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
+use crate::io::meta::fallocate;
 
-/// Give the blocks past `len` of an allocated-only segment sealed before it was full back
-/// to the filesystem: it may hold a few frames in a whole segment's file. Readers map the
-/// file; a hole reads as zeros, as the tail did. (Unwritten extents go in about a
-/// millisecond; written ones took ~110 ms per 120 MB, so zeroed tails are kept.)
+/// Punch out the blocks of `path` past `len` (see `catchup::release_tail`). Only for
+/// allocated-only segments: unwritten extents go at once, written ones cost a write per
+/// block, so a zeroed tail is kept.
 pub(crate) fn release_tail(path: &Path, len: u64) {
     let from = len.next_multiple_of(4096);
     let released = OpenOptions::new().write(true).open(path).and_then(|f| {
@@ -44,14 +26,6 @@ pub(crate) fn release_tail(path: &Path, len: u64) {
     if let Err(e) = released {
         tracing::debug!(path = %path.display(), error = %e, "could not release a sealed segment's unused blocks");
     }
-}
-
-/// Whether a segment file of `capacity` bytes is zero-filled to its end, as a spare is,
-/// rather than only allocated (its last block never written). Where the filesystem cannot
-/// say, taken as zero-filled: appends are correct either way, only slower into unwritten
-/// extents.
-pub(crate) fn zero_filled(f: &File, capacity: u64) -> bool {
-    never_written(f, capacity - 1) != Some(true)
 }
 
 /// Whether the byte at `pos` of `f` was never written: it lies in a hole or in an extent

@@ -6,7 +6,7 @@
 //!
 //! The staging file is `import-<base>.tmp` in the log's directory; start-up removes such
 //! leftovers, so a crash at any point leaves either the log as it was or the segment in
-//! place (see `LogWriter::install_segment` for the order of renames).
+//! place (see `catchup::install` for the order of renames).
 
 use std::fs::{self, File, OpenOptions};
 use std::os::fd::AsRawFd;
@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use tokio::sync::oneshot;
 
-use crate::direct_write::DirectWriter;
+use super::direct_write::DirectWriter;
 use crate::error::{IoContext, Result, StorageError};
 use crate::format;
 use crate::index::IndexEntry;
@@ -61,6 +61,18 @@ enum Sink {
     /// Through the page cache, where O_DIRECT is refused (tmpfs, some filesystems).
     /// `writeback_from`: bytes already handed to writeback (see [`WRITEBACK_EVERY`]).
     Buffered { writeback_from: u64 },
+}
+
+/// What checked frames add to a staged segment.
+struct Checked {
+    next: u64,
+    last_epoch: u64,
+    last_index_pos: Option<u64>,
+    last_ts_us: u64,
+    entries: Vec<IndexEntry>,
+    /// Epochs they begin, as (epoch, first offset).
+    epochs: Vec<(u64, u64)>,
+    producers: Vec<(crate::format::ProducerSeq, KeptBatch)>,
 }
 
 /// Start writeback of staged bytes every this many, so the sync at install finds little
@@ -174,48 +186,7 @@ impl SegmentImport {
         if self.staged.len + frames.len() as u64 > u64::from(u32::MAX) {
             return Err(self.reject("imported segment larger than 4 GiB".into()));
         }
-        let interval = u64::from(self.log.config().index_interval_bytes);
-        let mut pos = 0usize;
-        let (mut next, mut last_epoch, mut last_index) =
-            (self.staged.next, self.last_epoch, self.last_index_pos);
-        let mut entries = Vec::new();
-        let mut epochs = Vec::new();
-        let mut producers = Vec::new();
-        let mut last_ts = self.staged.last_ts_us;
-        while pos < frames.len() {
-            let h = format::check_frame(&frames[pos..])
-                .map_err(|e| self.reject(format!("frame at byte {pos}: {e}")))?;
-            if h.base_offset != next {
-                return Err(self.reject(format!(
-                    "frame starts at offset {}, the segment is at {next}",
-                    h.base_offset
-                )));
-            }
-            if h.epoch < last_epoch {
-                return Err(self.reject(format!(
-                    "frame from epoch {} after epoch {last_epoch}",
-                    h.epoch
-                )));
-            }
-            if h.epoch > last_epoch {
-                epochs.push((h.epoch, h.base_offset));
-                last_epoch = h.epoch;
-            }
-            let at = self.staged.len + pos as u64;
-            if last_index.is_none_or(|l| at - l >= interval) {
-                entries.push(IndexEntry {
-                    offset: h.base_offset,
-                    pos: at as u32,
-                });
-                last_index = Some(at);
-            }
-            if let Some(p) = h.producer(&frames[pos..]) {
-                producers.push((p, KeptBatch::of_frame(p, &h)));
-            }
-            last_ts = last_ts.max(h.last_ts_us);
-            next = h.next_offset();
-            pos += h.frame_len as usize;
-        }
+        let checked = self.check(frames)?;
         let path = &self.staged.path;
         let written = match &mut self.sink {
             Sink::Direct(w) => w.write(frames),
@@ -223,35 +194,93 @@ impl SegmentImport {
         };
         written.at(path)?;
         self.staged.len += frames.len() as u64;
-        self.staged.next = next;
-        self.staged.last_ts_us = last_ts;
-        self.staged.entries.extend(entries);
-        self.staged.epochs.extend(epochs);
-        for (p, batch) in producers {
+        self.staged.next = checked.next;
+        self.staged.last_ts_us = checked.last_ts_us;
+        self.staged.entries.extend(checked.entries);
+        self.staged.epochs.extend(checked.epochs);
+        for (p, batch) in checked.producers {
             self.staged.producers.record(p, batch);
         }
-        self.last_epoch = last_epoch;
-        self.last_index_pos = last_index;
-        let Sink::Buffered { writeback_from } = &mut self.sink else {
-            return Ok(());
-        };
-        if self.staged.len - *writeback_from >= WRITEBACK_EVERY {
-            let (from, len) = (*writeback_from, self.staged.len - *writeback_from);
-            // SAFETY: a descriptor we own; the range lies within the file. Only starts
-            // writeback (no wait, no durability promise): install still syncs.
-            let r = unsafe {
-                libc::sync_file_range(
-                    self.file.as_raw_fd(),
-                    from as libc::off64_t,
-                    len as libc::off64_t,
-                    libc::SYNC_FILE_RANGE_WRITE,
-                )
-            };
-            if r == 0 {
-                *writeback_from = self.staged.len;
-            }
-        }
+        self.last_epoch = checked.last_epoch;
+        self.last_index_pos = checked.last_index_pos;
+        self.start_writeback();
         Ok(())
+    }
+
+    /// What whole frames that continue the segment add to it; an error if one does not
+    /// check out or continue it (offsets dense, epochs not going back).
+    fn check(&self, frames: &[u8]) -> Result<Checked> {
+        let interval = u64::from(self.log.config().index_interval_bytes);
+        let mut c = Checked {
+            next: self.staged.next,
+            last_epoch: self.last_epoch,
+            last_index_pos: self.last_index_pos,
+            last_ts_us: self.staged.last_ts_us,
+            entries: Vec::new(),
+            epochs: Vec::new(),
+            producers: Vec::new(),
+        };
+        let mut pos = 0usize;
+        while pos < frames.len() {
+            let h = format::check_frame(&frames[pos..])
+                .map_err(|e| self.reject(format!("frame at byte {pos}: {e}")))?;
+            if h.base_offset != c.next {
+                return Err(self.reject(format!(
+                    "frame starts at offset {}, the segment is at {}",
+                    h.base_offset, c.next
+                )));
+            }
+            if h.epoch < c.last_epoch {
+                return Err(self.reject(format!(
+                    "frame from epoch {} after epoch {}",
+                    h.epoch, c.last_epoch
+                )));
+            }
+            if h.epoch > c.last_epoch {
+                c.epochs.push((h.epoch, h.base_offset));
+                c.last_epoch = h.epoch;
+            }
+            let at = self.staged.len + pos as u64;
+            if c.last_index_pos.is_none_or(|l| at - l >= interval) {
+                c.entries.push(IndexEntry {
+                    offset: h.base_offset,
+                    pos: at as u32,
+                });
+                c.last_index_pos = Some(at);
+            }
+            if let Some(p) = h.producer(&frames[pos..]) {
+                c.producers.push((p, KeptBatch::of_frame(p, &h)));
+            }
+            c.last_ts_us = c.last_ts_us.max(h.last_ts_us);
+            c.next = h.next_offset();
+            pos += h.frame_len as usize;
+        }
+        Ok(c)
+    }
+
+    /// Buffered: start writeback of what was staged since the last time, every
+    /// [`WRITEBACK_EVERY`] bytes.
+    fn start_writeback(&mut self) {
+        let Sink::Buffered { writeback_from } = &mut self.sink else {
+            return;
+        };
+        if self.staged.len - *writeback_from < WRITEBACK_EVERY {
+            return;
+        }
+        let (from, len) = (*writeback_from, self.staged.len - *writeback_from);
+        // SAFETY: a descriptor we own; the range lies within the file. Only starts
+        // writeback (no wait, no durability promise): install still syncs.
+        let r = unsafe {
+            libc::sync_file_range(
+                self.file.as_raw_fd(),
+                from as libc::off64_t,
+                len as libc::off64_t,
+                libc::SYNC_FILE_RANGE_WRITE,
+            )
+        };
+        if r == 0 {
+            *writeback_from = self.staged.len;
+        }
     }
 
     /// Sync the staged segment and have the storage thread put it in place after the log's
@@ -266,6 +295,7 @@ impl SegmentImport {
         }
         let file = self.file.try_clone().at(&self.staged.path)?;
         let (path, len) = (self.staged.path.clone(), self.staged.len);
+        let io = self.log.storage.meta_io.clone();
         let mut sink = std::mem::replace(&mut self.sink, Sink::Buffered { writeback_from: 0 });
         tokio::task::spawn_blocking(move || {
             if let Sink::Direct(w) = &mut sink {
@@ -274,7 +304,7 @@ impl SegmentImport {
                 // received, no more (as a buffered import's does).
                 file.set_len(len).at(&path)?;
             }
-            file.sync_all().at(&path)
+            io.sync_file(&file).at(&path)
         })
         .await
         .map_err(|e| StorageError::InvalidInput(format!("sync task failed: {e}")))??;

@@ -3,10 +3,9 @@
 //! thread while the next one fills, the last one is padded with zeros to the block size.
 //!
 //! Why: a replica copying gigabytes in a catch-up would otherwise push all of them through
-//! the page cache: one more copy per byte (into freshly allocated cache pages, which on this
-//! kind of VM cost several times a copy into memory already in use), and eviction of what
-//! its readers had cached. The zero padding reads as the clean end of a segment, as in a
-//! pre-zeroed one.
+//! the page cache: one more copy per byte into freshly allocated cache pages, and eviction
+//! of what its readers had cached (figures: docs/decisions/0013-segment-placement-and-writer-split.md). The zero padding reads as
+//! the clean end of a segment, as in a pre-zeroed one.
 
 use std::fs::File;
 use std::io;
@@ -17,38 +16,16 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
-/// O_DIRECT alignment of offsets, lengths and memory (the largest logical block size in
-/// common use; 512-byte devices accept it too).
-pub const ALIGN: usize = 4096;
+use crate::io::aligned::{Aligned, ALIGN};
+
 /// Bytes per write.
 const BLOCK_BYTES: usize = 4 << 20;
 /// Threads writing blocks at once: one pwrite at a time keeps a virtio disk at queue depth
-/// one (~400 MB/s here, against ~600 with two or more 4 MiB writes in flight).
+/// one, well below what it does with several writes in flight.
 const WRITERS: usize = 4;
 /// Blocks handed to the writers and not yet written, at most (besides the one filling).
 const IN_FLIGHT_MAX: usize = 2 * WRITERS;
 const _: () = assert!(BLOCK_BYTES % ALIGN == 0 && IN_FLIGHT_MAX >= WRITERS);
-
-/// A zeroed heap buffer whose usable part starts on an [`ALIGN`] boundary (the Vec's heap
-/// block does not move when the buffer is sent to another thread, so the offset stays
-/// right). Also the source of the zeros `spare` writes with O_DIRECT.
-pub(crate) struct Aligned {
-    v: Vec<u8>,
-    off: usize,
-    len: usize,
-}
-
-impl Aligned {
-    pub(crate) fn new(len: usize) -> Aligned {
-        let v = vec![0u8; len + ALIGN];
-        let off = v.as_ptr().align_offset(ALIGN);
-        Aligned { v, off, len }
-    }
-
-    pub(crate) fn bytes(&mut self) -> &mut [u8] {
-        &mut self.v[self.off..self.off + self.len]
-    }
-}
 
 /// A full (or final, padded) buffer and where it goes.
 struct Block {
