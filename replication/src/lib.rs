@@ -13,6 +13,8 @@
 //! - [`divergence`]: where a connecting replica continues in a log (continue, truncate its
 //!   divergent tail first, full sync, or keep what is ahead), decided by epoch history as
 //!   with Kafka's leader epochs.
+//! - [`failover`]: on a coordinator, how long a primary may ack on its lease, who may and
+//!   who should become primary, and which tails it takes from peers first.
 //! - [`follow`]: the replica side of a session (whom to follow, segment imports, delayed
 //!   deletions, gathered acks, liveness, reconnect backoff).
 //! - [`handshake`]: the upstream's plan for one log of a connecting replica (identity,
@@ -23,6 +25,7 @@
 pub mod ack;
 pub mod delay;
 pub mod divergence;
+pub mod failover;
 pub mod follow;
 pub mod handshake;
 pub mod sender;
