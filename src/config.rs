@@ -11,9 +11,11 @@ use serde::Deserialize;
 use spool_storage::{Compression, LogConfig, StorageConfig};
 
 mod choices;
+mod cluster;
 mod connections;
 mod replication;
 pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, IoBackend, Recovery};
+pub use cluster::{parse_cluster_url, ClusterConfig, ClusterSection};
 pub use connections::{ConnectionConfig, ServerSection};
 pub use replication::{parse_duration, DurationError, ReplicationConfig};
 
@@ -77,6 +79,8 @@ pub struct FileConfig {
     pub replication: ReplicationConfig,
     #[serde(default)]
     pub server: ServerSection,
+    #[serde(default)]
+    pub cluster: ClusterSection,
 }
 
 impl FileConfig {
@@ -99,6 +103,8 @@ pub struct ServerConfig {
     pub storage: StorageConfig,
     pub replication: ReplicationConfig,
     pub connections: ConnectionConfig,
+    /// Failover on a coordinator (`--cluster`, `[cluster]`).
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// Values given on the command line or through the environment (they override the file):
@@ -130,6 +136,12 @@ pub struct Overrides {
     /// (500ms, 30s, 15m, 1h, 2d). Needs --replica-of.
     #[arg(long, env = "SPOOL_DELAY")]
     pub delay: Option<String>,
+    /// Fail over automatically through etcd: etcd://HOST:PORT[,HOST:PORT...].
+    #[arg(long, env = "SPOOL_CLUSTER")]
+    pub cluster: Option<String>,
+    /// The cluster's name in etcd [default: spool].
+    #[arg(long, env = "SPOOL_CLUSTER_NAME")]
+    pub cluster_name: Option<String>,
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -205,8 +217,10 @@ impl ServerConfig {
         if listen.ip().is_unspecified() {
             tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
         }
-        let replication = file.replication.with_overrides(&o)?;
-        if replication.replica_of.is_some() && s.unsynced_flush_ms.is_none() {
+        let cluster = file.cluster.build(&o).context("in [cluster]")?;
+        let replication = file.replication.with_overrides(&o, cluster.is_some())?;
+        let may_replicate = replication.replica_of.is_some() || cluster.is_some();
+        if may_replicate && s.unsynced_flush_ms.is_none() {
             // Frames nobody waits on are synced by this timer on a replica: keep its acks
             // and its readers a few ms behind, not a tenth of a second.
             storage.unsynced_flush_interval = REPLICA_UNSYNCED_FLUSH;
@@ -219,6 +233,7 @@ impl ServerConfig {
             storage,
             replication,
             connections,
+            cluster,
         })
     }
 }

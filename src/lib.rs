@@ -3,6 +3,7 @@
 //! The `spool` binary (CLI) is built on these.
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod measure;
 pub mod server;

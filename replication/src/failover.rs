@@ -23,6 +23,17 @@ pub struct Policy {
     pub max_lag: u64,
 }
 
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            ttl: DEFAULT_TTL,
+            safety_margin: Policy::margin_for(DEFAULT_TTL),
+            failover: true,
+            max_lag: 1_000_000,
+        }
+    }
+}
+
 impl Policy {
     /// The margin for `ttl`: a quarter of it, at least 200 ms, at most 2 s.
     pub fn margin_for(ttl: Duration) -> Duration {
@@ -87,6 +98,9 @@ pub struct Member {
     pub sync: bool,
     pub priority: i32,
     pub logs: BTreeMap<String, LogEnd>,
+    /// Bumped at every publication: a candidate waits for one from each member after the
+    /// leader went, so the ends it compares include every record an ack counted.
+    pub seq: u64,
 }
 
 /// Why a member may not become primary.
@@ -217,6 +231,30 @@ pub fn next_epoch(cluster_epoch: u64, members: &[Member]) -> u64 {
         + 1
 }
 
+/// Tracks a vacancy of the leader key: the members' publications seen when it began.
+/// Ends published after it began are final: the old primary stopped acknowledging before
+/// its lease (and the key) could expire, and members publish only durable ends.
+#[derive(Debug, Clone, Default)]
+pub struct Vacancy {
+    since: Option<BTreeMap<String, u64>>,
+}
+
+impl Vacancy {
+    /// Record this look; true when every live member has published since the vacancy began.
+    pub fn fresh(&mut self, leader_present: bool, members: &[Member]) -> bool {
+        if leader_present {
+            self.since = None;
+            return false;
+        }
+        let since = self
+            .since
+            .get_or_insert_with(|| members.iter().map(|m| (m.id.clone(), m.seq)).collect());
+        members
+            .iter()
+            .all(|m| since.get(&m.id).is_none_or(|&s| m.seq > s))
+    }
+}
+
 /// What a node does after looking at the coordinator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
@@ -243,6 +281,8 @@ pub struct View<'a> {
     pub cluster_epoch: u64,
     /// This node holds the leader key now (its own lease).
     pub i_lead: bool,
+    /// Every member published since the leader key went ([`Vacancy::fresh`]).
+    pub fresh: bool,
 }
 
 /// The decision at one look.
@@ -266,6 +306,9 @@ pub fn decide(view: &View<'_>, policy: &Policy) -> Step {
         None if !policy.failover => Step::Wait {
             why: "no primary and automatic failover is off: `spool admin failover --to NODE`"
                 .into(),
+        },
+        None if !view.fresh => Step::Wait {
+            why: "no primary; waiting for every member to publish its ends".into(),
         },
         None => match choose(view.members, view.cluster_epoch, policy) {
             Some(m) if m.id == view.me.id => Step::Campaign {

@@ -44,6 +44,9 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             &s.cluster_id
         }
     );
+    if let Some(c) = &s.cluster {
+        print_cluster(c);
+    }
     if let Some(sc) = &s.scrub {
         println!(
             "  scrub: {} pass(es), {} segments, {} bytes, {} damaged found{}",
@@ -212,7 +215,50 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
             "last_pass_end_ms": sc.last_pass_end_ms, "running": sc.running,
             "bytes_per_sec": sc.bytes_per_sec})),
         "logs": logs, "replicas": replicas, "upstream": upstream,
+        "coordinator": s.cluster.as_ref().map(cluster_json),
     })
+}
+
+/// The coordinator's view: leader, epoch, lease age, each member and its eligibility.
+fn print_cluster(c: &pb::ClusterStatus) {
+    let leader = if c.leader.is_empty() {
+        "none".to_owned()
+    } else {
+        format!("{} at {}", c.leader, c.leader_addr)
+    };
+    let lease = if c.lease_age_ms > 0 || c.leader == c.node {
+        format!(", lease renewed {} ms ago", c.lease_age_ms)
+    } else {
+        String::new()
+    };
+    println!(
+        "  coordinator: cluster {:?}, this node {:?}, leader {leader}, epoch {}{lease}",
+        c.name, c.node, c.epoch
+    );
+    for m in &c.members {
+        let eligible = if m.eligible {
+            "eligible".to_owned()
+        } else {
+            format!("not eligible: {}", m.why)
+        };
+        println!(
+            "    {:<20} {:<22} {:<8} epoch {:<4} {eligible}",
+            m.node, m.addr, m.role, m.epoch
+        );
+    }
+    if !c.note.is_empty() {
+        println!("    note: {}", c.note);
+    }
+}
+
+fn cluster_json(c: &pb::ClusterStatus) -> serde_json::Value {
+    let members = json_each(&c.members, |m| {
+        serde_json::json!({"node": m.node, "addr": m.addr, "role": m.role, "epoch": m.epoch,
+            "eligible": m.eligible, "why": m.why})
+    });
+    serde_json::json!({"name": c.name, "node": c.node, "leader": c.leader,
+        "leader_addr": c.leader_addr, "epoch": c.epoch, "lease_age_ms": c.lease_age_ms,
+        "members": members, "note": c.note})
 }
 
 /// `f` of each item: a JSON array's elements.

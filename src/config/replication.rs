@@ -77,7 +77,9 @@ impl ReplicationConfig {
     }
 
     /// The command line's replica settings over the file's, then checked.
-    pub(super) fn with_overrides(mut self, o: &Overrides) -> Result<Self> {
+    /// `clustered`: a coordinator finds the upstream (`--cluster`), so `replica_of` is refused
+    /// and a delay needs none.
+    pub(super) fn with_overrides(mut self, o: &Overrides, clustered: bool) -> Result<Self> {
         if let Some(up) = &o.replica_of {
             self.replica_of = Some(up.clone());
         }
@@ -93,7 +95,13 @@ impl ReplicationConfig {
                 bail!("replica_of is empty: give the upstream as HOST:PORT");
             }
         }
-        if let (Some(delay), None) = (self.delay, &self.replica_of) {
+        if clustered && self.replica_of.is_some() {
+            bail!(
+                "replica_of (--replica-of) with a coordinator (--cluster): the coordinator says \
+                 whom to follow; leave replica_of out"
+            );
+        }
+        if let (Some(delay), None, false) = (self.delay, &self.replica_of, clustered) {
             bail!(
                 "a delay ({}) needs replica_of (--replica-of HOST:PORT): only a replica can \
                  be delayed",

@@ -38,7 +38,7 @@ impl pb::admin_server::Admin for AdminService {
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
         let at = PromoteAt::from_pb(req.into_inner().at);
-        Ok(Response::new(promote(&self.node, at).await?))
+        Ok(Response::new(promote(&self.node, at, None).await?))
     }
 
     async fn scrub(

@@ -166,6 +166,16 @@ async fn finish_append(
             }
         }
     }
+    if node.role().check_lease().is_err() {
+        // Acknowledged past the lease, a write could be cut by a primary elected meanwhile.
+        return Err(Status::unavailable(format!(
+            "records {}..{} were written here, but this primary's coordinator lease lapsed \
+             before they were acknowledged: a new primary may not hold them; retry (an \
+             idempotent producer's retry is safe)",
+            ack.base_offset,
+            ack.next_offset()
+        )));
+    }
     metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
     if ack.duplicate {
         metrics::counter!("spool_append_duplicates_total").increment(1);

@@ -6,13 +6,14 @@ mod admin_service;
 pub(crate) mod catalog;
 mod codes;
 mod conn_caps;
+pub mod failover;
 mod idle;
 mod log_service;
 pub(crate) mod logs_service;
 mod metrics_export;
 pub(crate) mod node;
 mod preface;
-mod promote;
+pub(crate) mod promote;
 pub mod repair;
 pub mod replication;
 pub mod role;
@@ -39,7 +40,7 @@ pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
 
 /// Logs written by a version without incarnation ids get one on the primary (replicas
 /// copy it at their next handshake).
-async fn give_incarnations(node: &Node) -> Result<()> {
+pub(crate) async fn give_incarnations(node: &Node) -> Result<()> {
     for name in node.storage().list_logs() {
         let log = node.storage().log(&name)?;
         if log.incarnation() == spool_storage::meta::INCARNATION_UNKNOWN {
@@ -116,6 +117,7 @@ pub async fn serve(
             sync: repl.sync_replica,
             delayed: repl.delay.is_some(),
             segment_fetch: repl.segment_fetch,
+            coordinated: false,
         };
         node.follower_running().send_replace(true);
         let n = node.clone();

@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::catalog::Catalog;
+use super::failover::ClusterStatus;
 use super::replication::acks::AckRuntime;
 use super::replication::delay::Delay;
 use super::replication::follower::UpstreamView;
@@ -46,6 +47,8 @@ pub struct Node {
     /// Logs this primary is taking back records for from a replica (see `repair`): no
     /// writes until it has them. The value: why the last attempt failed, if it did.
     taking_back: Mutex<HashMap<String, TakeBack>>,
+    /// The cluster agent's view (with a coordinator only).
+    cluster: std::sync::OnceLock<Arc<Mutex<ClusterStatus>>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -81,6 +84,7 @@ impl Node {
             subscribers: AtomicI64::new(0),
             sync_requested_until_ms: AtomicU64::new(0),
             taking_back: Mutex::new(HashMap::new()),
+            cluster: std::sync::OnceLock::new(),
         }
     }
 
@@ -164,6 +168,19 @@ impl Node {
 
     pub fn mark_promoted(&self) {
         self.promoted.send_replace(true);
+    }
+
+    pub fn set_cluster_status(&self, s: Arc<Mutex<ClusterStatus>>) {
+        let _ = self.cluster.set(s);
+    }
+
+    pub fn cluster_status(&self) -> Option<&Arc<Mutex<ClusterStatus>>> {
+        self.cluster.get()
+    }
+
+    /// A primary stepped down to follow another: a follower may run again.
+    pub fn mark_demoted(&self) {
+        self.promoted.send_replace(false);
     }
 
     pub async fn promoted(&self) {

@@ -98,8 +98,13 @@ fn last_ts_before(log: &Log, end: u64) -> u64 {
         .unwrap_or(0)
 }
 
-/// Promote `node`. A promotion at a point is for delayed replicas only.
-pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteResponse, Status> {
+/// Promote `node` into `epoch` (None: the next after its own; the cluster agent passes the
+/// epoch it won the leader key with). A promotion at a point is for delayed replicas only.
+pub async fn promote(
+    node: &Arc<Node>,
+    at: PromoteAt,
+    epoch: Option<u64>,
+) -> Result<pb::PromoteResponse, Status> {
     node.check_accepting()?;
     let delay = node.active_delay().cloned();
     let mut deleted = Vec::new();
@@ -147,7 +152,7 @@ pub async fn promote(node: &Arc<Node>, at: PromoteAt) -> Result<pb::PromoteRespo
             .map_err(|e| internal("dropping deletions", e))?;
     }
     let role = &node.role();
-    let epoch = role.epoch() + 1;
+    let epoch = epoch.unwrap_or(role.epoch() + 1);
     node.forget_take_backs();
     role.begin_leading(epoch)
         .await

@@ -75,6 +75,17 @@ fn same_epochs(log: &Log, peer: &[pb::EpochStart], from: u64, to: u64) -> bool {
     )
 }
 
+/// Whether the peer's history is ours below `end` (our records are a prefix of its): its
+/// frames past our end may then begin epochs ours has not seen yet.
+fn same_history_below(log: &Log, peer: &[pb::EpochStart], end: u64) -> bool {
+    let below = |h: Vec<(u64, u64)>| -> Vec<(u64, u64)> {
+        h.into_iter().filter(|&(_, s)| s < end).collect()
+    };
+    let theirs = below(peer.iter().map(|e| (e.epoch, e.start_offset)).collect());
+    let ours = below(log.epochs().entries().to_vec());
+    theirs == ours
+}
+
 /// A history as it applies from `from` on: the epoch at `from` first.
 fn theirs_from(history: &[(u64, u64)], from: u64) -> Vec<(u64, u64)> {
     let at = history
@@ -238,15 +249,28 @@ async fn take_back(node: &Node, log: &Log, addr: &str, from: u64, to: u64) -> Re
             return Ok(());
         }
     }
+    append_from_peer(node, log, addr, to, epoch).await
+}
+
+/// Append the frames the peer at `addr` holds past this log's end, up to `to`, if they are
+/// of epochs up to `max_epoch` and its history agrees with ours over them (a new primary
+/// taking the tails acked records may be on, or a primary taking back what it lost).
+pub async fn append_from_peer(
+    node: &Node,
+    log: &Log,
+    addr: &str,
+    to: u64,
+    max_epoch: u64,
+) -> Result<()> {
     let cluster = node.role().cluster_id();
     let mut at = log.positions().durable;
     while at < to {
         let r = fetch_frames(addr, &cluster, log, at, to).await?;
-        if !same_epochs(log, &r.epochs, at, r.next_offset)
-            || r.epochs.last().map(|e| e.epoch) > Some(epoch)
-        {
+        let agrees = same_epochs(log, &r.epochs, at, r.next_offset)
+            || (at == log.positions().durable && same_history_below(log, &r.epochs, at));
+        if !agrees || r.epochs.last().map(|e| e.epoch) > Some(max_epoch) {
             bail!(
-                "the replica's records {at}..{} are not of this log's epoch {epoch}",
+                "the peer's records {at}..{} are not of this log's history up to epoch {max_epoch}",
                 r.next_offset
             );
         }

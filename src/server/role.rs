@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use parking_lot::RwLock;
@@ -89,7 +90,7 @@ fn read_old_epoch(path: &Path) -> Result<u64> {
 }
 
 /// A fresh cluster id: 128 random bits as 32 hex digits.
-fn new_cluster_id() -> String {
+pub fn new_cluster_id() -> String {
     let (a, b) = (
         spool_storage::meta::new_incarnation(),
         spool_storage::meta::new_incarnation(),
@@ -110,6 +111,7 @@ pub struct RoleState {
     /// Where writes go, as told by the upstream (the root of the tree).
     primary_addr: RwLock<Option<String>>,
     fenced: AtomicBool,
+    lease: LeaseGate,
     /// This node's own gRPC address, once bound.
     pub listen_addr: RwLock<String>,
 }
@@ -125,6 +127,7 @@ impl RoleState {
             changing: tokio::sync::Mutex::new(()),
             primary_addr: RwLock::new(None),
             fenced: AtomicBool::new(false),
+            lease: LeaseGate::default(),
             listen_addr: RwLock::new(String::new()),
         };
         if role == Role::Primary {
@@ -245,6 +248,15 @@ impl RoleState {
         }
     }
 
+    /// Become a replica of `upstream` (a primary that saw another leader steps down).
+    pub fn become_replica(&self, upstream: &str) {
+        *self.role.write() = Role::Replica {
+            upstream: upstream.to_owned(),
+        };
+        self.set_primary_addr(Some(upstream.to_owned()));
+        self.fenced.store(false, Ordering::Release);
+    }
+
     /// Become primary (promotion): the caller has stopped following.
     pub fn become_primary(&self) {
         *self.role.write() = Role::Primary;
@@ -265,6 +277,27 @@ impl RoleState {
         self.fenced.load(Ordering::Acquire)
     }
 
+    /// From now on a primary acknowledges writes only while its coordinator lease holds.
+    pub fn require_lease(&self) {
+        self.lease.required.store(true, Ordering::Release);
+    }
+
+    /// The lease allows acknowledgements until `until` (None: not at all).
+    pub fn set_lease_until(&self, until: Option<Instant>) {
+        self.lease.set(until);
+    }
+
+    /// UNAVAILABLE when a lease is required and does not hold now.
+    pub fn check_lease(&self) -> Result<(), Status> {
+        if self.lease.holds(Instant::now()) {
+            return Ok(());
+        }
+        Err(Status::unavailable(
+            "this primary's lease in the coordinator is not renewed: it acknowledges no \
+             writes until it is, or another node leads; retry (the client finds the primary)",
+        ))
+    }
+
     /// FAILED_PRECONDITION unless this node may take writes; names the primary.
     pub fn check_writable(&self) -> Result<(), Status> {
         if self.is_fenced() {
@@ -274,10 +307,16 @@ impl RoleState {
             ));
         }
         match &*self.role.read() {
-            Role::Primary => Ok(()),
+            Role::Primary => self.check_lease(),
             Role::Replica { upstream } => {
                 let primary = self.primary_addr.read().clone();
                 let target = primary.clone().unwrap_or_else(|| upstream.clone());
+                if target.is_empty() {
+                    return Err(Status::unavailable(
+                        "this node is a replica and no primary is known yet (the cluster is \
+                         electing one): retry",
+                    ));
+                }
                 let mut s = Status::failed_precondition(format!(
                     "this node is a replica; send writes to the primary at {target}"
                 ));
@@ -287,5 +326,42 @@ impl RoleState {
                 Err(s)
             }
         }
+    }
+}
+
+/// Whether a primary's coordinator lease lets it acknowledge now. Not required (no
+/// coordinator): always. Read on every append, so atomics against a fixed base instant.
+#[derive(Debug)]
+struct LeaseGate {
+    required: AtomicBool,
+    base: Instant,
+    /// Nanoseconds past `base` until which acks are allowed (0: none).
+    until_ns: AtomicU64,
+}
+
+impl Default for LeaseGate {
+    fn default() -> Self {
+        LeaseGate {
+            required: AtomicBool::new(false),
+            base: Instant::now(),
+            until_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+impl LeaseGate {
+    fn set(&self, until: Option<Instant>) {
+        let ns = until.map_or(0, |u| {
+            u.saturating_duration_since(self.base).as_nanos() as u64
+        });
+        self.until_ns.store(ns, Ordering::Release);
+    }
+
+    fn holds(&self, now: Instant) -> bool {
+        if !self.required.load(Ordering::Acquire) {
+            return true;
+        }
+        let now_ns = now.saturating_duration_since(self.base).as_nanos() as u64;
+        now_ns < self.until_ns.load(Ordering::Acquire)
     }
 }

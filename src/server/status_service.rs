@@ -186,6 +186,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
             .is_some_and(|d| d.paused_cutoff_us().is_some()),
         cluster_id: node.role().cluster_id(),
         scrub: Some(scrub_status(node)),
+        cluster: node.cluster_status().map(|c| cluster_status(&c.lock())),
     }
 }
 
@@ -208,5 +209,47 @@ fn scrub_status(node: &Node) -> pb::ScrubStatus {
         last_pass_end_ms: s.last_pass_end_ms.load(Relaxed),
         running: s.running.load(Relaxed),
         bytes_per_sec: node.storage().config().scrub_bytes_per_sec,
+    }
+}
+
+/// The cluster agent's view, with each member's eligibility as the election would judge it.
+fn cluster_status(c: &crate::server::failover::ClusterStatus) -> pb::ClusterStatus {
+    use spool_replication::failover::eligibility;
+    let members: Vec<_> = c.members.iter().map(|m| m.to_member()).collect();
+    let policy = &c.policy;
+    pb::ClusterStatus {
+        name: c.name.clone(),
+        node: c.node.clone(),
+        leader: c
+            .leader
+            .as_ref()
+            .map(|l| l.node.clone())
+            .unwrap_or_default(),
+        leader_addr: c
+            .leader
+            .as_ref()
+            .map(|l| l.addr.clone())
+            .unwrap_or_default(),
+        epoch: c.cluster_epoch,
+        lease_age_ms: c
+            .lease_renewed
+            .map_or(0, |t| t.elapsed().as_millis() as u64),
+        members: c
+            .members
+            .iter()
+            .zip(&members)
+            .map(|(r, m)| {
+                let e = eligibility(m, &members, c.cluster_epoch, policy);
+                pb::ClusterMember {
+                    node: r.node.clone(),
+                    addr: r.addr.clone(),
+                    role: r.role.clone(),
+                    epoch: r.epoch,
+                    eligible: e.is_ok(),
+                    why: e.err().map(|e| e.to_string()).unwrap_or_default(),
+                }
+            })
+            .collect(),
+        note: c.note.clone(),
     }
 }

@@ -162,6 +162,7 @@ fn decisions_follow_the_leader_or_elect_the_chosen_one() {
         leader,
         cluster_epoch: 3,
         i_lead,
+        fresh: true,
     };
     assert_eq!(
         decide(&view(&a, None, false), &p),
@@ -202,4 +203,25 @@ fn the_next_epoch_is_past_every_member_and_the_cluster() {
     a.epoch = 9;
     assert_eq!(next_epoch(3, &[a.clone()]), 10);
     assert_eq!(next_epoch(12, &[a]), 13);
+}
+
+#[test]
+fn a_vacancy_waits_for_a_publication_from_every_live_member() {
+    let mut a = member("a", &[]);
+    let mut b = member("b", &[]);
+    let mut v = Vacancy::default();
+    assert!(!v.fresh(true, &[a.clone(), b.clone()]));
+    assert!(!v.fresh(false, &[a.clone(), b.clone()]), "nothing new yet");
+    a.seq += 1;
+    assert!(
+        !v.fresh(false, &[a.clone(), b.clone()]),
+        "b has not published"
+    );
+    b.seq += 1;
+    assert!(v.fresh(false, &[a.clone(), b.clone()]));
+    // A member that joined during the vacancy counts as fresh; a leader resets it.
+    let c = member("c", &[]);
+    assert!(v.fresh(false, &[a.clone(), b.clone(), c]));
+    assert!(!v.fresh(true, &[a.clone()]));
+    assert!(!v.fresh(false, &[a]));
 }

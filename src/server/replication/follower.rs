@@ -53,6 +53,8 @@ pub struct FollowerConfig {
     pub delayed: bool,
     /// Fetch sealed segments over a segment-fetch connection when the upstream offers it.
     pub segment_fetch: bool,
+    /// A coordinator decides who leads: a refused upstream never makes this node primary.
+    pub coordinated: bool,
 }
 
 /// Follow `cfg.upstream` until the node shuts down or is promoted.
@@ -105,6 +107,9 @@ fn leads_upstream(node: &Node, cfg: &FollowerConfig, result: &Result<()>) -> boo
     let Some(Refusal::WeLead { led, up_epoch }) = refusal else {
         return false;
     };
+    if cfg.coordinated {
+        return false;
+    }
     tracing::warn!(
         upstream = %cfg.upstream,
         "this node began epoch {led} as the primary and the upstream is at epoch {up_epoch}: \
@@ -200,6 +205,7 @@ pub fn acks(node: &Node, gate: &AckGate) -> pb::ReplicaMessage {
         msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
             acks,
             downstream: node.replicas().descendants(),
+            node_epoch: node.role().epoch(),
         })),
     }
 }
@@ -248,7 +254,7 @@ async fn session(
         v.last_heard = Some(Instant::now());
     }
     tracing::info!(upstream = %cfg.upstream, epoch = up.node_epoch, "following upstream");
-    Session::new(node, cfg, view, imports, fetch, tx)
+    Session::new(node, cfg, view, imports, fetch, tx, up.node_epoch)
         .run(inbound)
         .await
 }

@@ -47,6 +47,8 @@ pub struct Session<'a> {
     gate: AckGate,
     last_heard: tokio::time::Instant,
     beat: tokio::time::Interval,
+    /// The upstream's epoch as it last said: a node behind ours is not followed.
+    up_epoch: u64,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -74,6 +76,7 @@ impl<'a> Session<'a> {
         imports: &'a mut Imports,
         fetch: &'a mut bool,
         tx: mpsc::Sender<pb::ReplicaMessage>,
+        up_epoch: u64,
     ) -> Self {
         Session {
             node,
@@ -88,6 +91,7 @@ impl<'a> Session<'a> {
             gate: AckGate::default(),
             last_heard: tokio::time::Instant::now(),
             beat: tokio::time::interval(HEARTBEAT_EVERY),
+            up_epoch,
         }
     }
 
@@ -174,6 +178,7 @@ impl<'a> Session<'a> {
             msg: Some(pb::replica_message::Msg::Acks(pb::ReplicaAcks {
                 acks,
                 downstream: self.node.replicas().descendants(),
+                node_epoch: self.node.role().epoch(),
             })),
         })
         .await
@@ -190,6 +195,14 @@ impl<'a> Session<'a> {
     /// Handle one message; false when the session should end to reconnect.
     async fn on_message(&mut self, m: pb::UpstreamMessage) -> Result<bool> {
         use pb::upstream_message::Msg;
+        let ours = self.node.role().epoch();
+        if ours > self.up_epoch {
+            bail!(
+                "the upstream is at epoch {}, this node at {ours}: a newer primary leads; \
+                 nothing more is taken from this one",
+                self.up_epoch
+            );
+        }
         match m.msg {
             Some(Msg::Frames(f)) if !self.ignored.contains(&f.log) => self.on_frames(f).await?,
             Some(Msg::Segment(c)) if !self.ignored.contains(&c.log) => self.on_segment(c).await?,
@@ -436,6 +449,7 @@ impl<'a> Session<'a> {
 
     async fn on_heartbeat(&mut self, h: pb::Heartbeat) -> Result<()> {
         let node = self.node;
+        self.up_epoch = self.up_epoch.max(h.node_epoch);
         node.role()
             .set_epoch(h.node_epoch.max(node.role().epoch()))
             .await?;

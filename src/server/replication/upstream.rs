@@ -266,7 +266,7 @@ async fn run_session(
                     match m {
                         None => return Ok(()),
                         Some(Err(s)) => return Err(s),
-                        Some(Ok(m)) => session.on_message(m),
+                        Some(Ok(m)) => session.on_message(m)?,
                     }
                 }
                 // The replica acks at least every heartbeat; silence means it is gone (or
@@ -311,9 +311,20 @@ async fn run_session(
 }
 
 impl Session {
-    fn on_message(&mut self, m: pb::ReplicaMessage) {
+    fn on_message(&mut self, m: pb::ReplicaMessage) -> Result<(), Status> {
         match m.msg {
             Some(pb::replica_message::Msg::Acks(acks)) => {
+                let ours = self.node.role().epoch();
+                if acks.node_epoch > ours {
+                    // The replica follows a newer primary's epoch: its acks say nothing of
+                    // this node's records, and this node no longer leads.
+                    self.node.role().fence(acks.node_epoch);
+                    return Err(Status::failed_precondition(format!(
+                        "the replica is at epoch {}, this node at {ours}: a newer primary \
+                         leads; this node counts no ack of it",
+                        acks.node_epoch
+                    )));
+                }
                 self.node.replicas().heard(&self.id);
                 for a in acks.acks {
                     self.node.replicas().ack(&self.id, &a.log, a.durable_end);
@@ -330,6 +341,7 @@ impl Session {
             }
             Some(pb::replica_message::Msg::Hello(_)) | None => {}
         }
+        Ok(())
     }
 }
 

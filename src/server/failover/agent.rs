@@ -1,0 +1,373 @@
+//! The agent's loop: one round per tick against the coordinator.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use spool_replication::failover::{decide, LeaseClock, Member, Step, Vacancy, View};
+
+use super::follower_ctl::FollowerCtl;
+use super::member::{self, Identity};
+use super::takeover;
+use crate::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op};
+use crate::cluster::keys::{self, Keys, LeaderRecord, MemberRecord, DEFAULT_GROUP};
+use crate::config::ClusterConfig;
+use crate::server::replication::follower::FollowerConfig;
+use crate::server::Node;
+
+/// What the agent last saw, for status.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterStatus {
+    pub name: String,
+    pub node: String,
+    pub leader: Option<LeaderRecord>,
+    pub cluster_epoch: u64,
+    pub members: Vec<MemberRecord>,
+    /// Why this node waits (no leader), or the last coordinator error.
+    pub note: String,
+    pub lease_renewed: Option<Instant>,
+    pub policy: spool_replication::failover::Policy,
+}
+
+/// What one look at the coordinator found.
+struct Look {
+    leader: Option<LeaderRecord>,
+    members: Vec<MemberRecord>,
+    /// The epoch key's value and mod revision (0, 0: absent).
+    epoch: (u64, i64),
+}
+
+struct Agent<C> {
+    node: Arc<Node>,
+    coord: C,
+    cfg: ClusterConfig,
+    keys: Keys,
+    id: Identity,
+    follower: FollowerCtl,
+    lease: Option<LeaseId>,
+    clock: LeaseClock,
+    /// The epoch this node holds the leader key for, and whether it began it yet.
+    leading: Option<(u64, bool)>,
+    vacancy: Vacancy,
+    seq: u64,
+    status: Arc<Mutex<ClusterStatus>>,
+}
+
+/// Join the coordinator's cluster: adopt its cluster id, or create it with ours (a new
+/// id if this node has none) when this node is the cluster's first.
+pub async fn join_cluster<C: Coordinator>(
+    node: &Node,
+    coord: &C,
+    cfg: &ClusterConfig,
+) -> anyhow::Result<()> {
+    let key = Keys::new(&cfg.name).cluster_id();
+    let ours = node.role().cluster_id();
+    let proposed = if ours.is_empty() {
+        crate::server::role::new_cluster_id()
+    } else {
+        ours
+    };
+    coord
+        .txn(
+            vec![Compare::Absent(key.clone())],
+            vec![Op::Put {
+                key: key.clone(),
+                value: proposed.into_bytes(),
+                lease: None,
+            }],
+        )
+        .await?;
+    let Some(entry) = coord.get(&key).await? else {
+        anyhow::bail!("the coordinator lost {key} just after it was written");
+    };
+    let id = String::from_utf8_lossy(&entry.value).into_owned();
+    node.role().join_cluster(&id).await.map_err(|e| {
+        e.context(format!(
+            "cluster {:?} in the coordinator has id {id}",
+            cfg.name
+        ))
+    })
+}
+
+/// Run the agent until the node shuts down. `follower` is the follower's configuration
+/// (its upstream is filled in as leaders come and go).
+pub fn spawn<C: Coordinator>(
+    node: Arc<Node>,
+    coord: C,
+    cfg: ClusterConfig,
+    id: Identity,
+    follower: FollowerConfig,
+) -> Arc<Mutex<ClusterStatus>> {
+    let status = Arc::new(Mutex::new(ClusterStatus {
+        name: cfg.name.clone(),
+        node: id.node.clone(),
+        policy: cfg.policy.clone(),
+        ..ClusterStatus::default()
+    }));
+    node.set_cluster_status(status.clone());
+    node.role().require_lease();
+    let agent = Agent {
+        keys: Keys::new(&cfg.name),
+        node,
+        coord,
+        cfg,
+        id,
+        follower: FollowerCtl::new(follower),
+        lease: None,
+        clock: LeaseClock::default(),
+        leading: None,
+        vacancy: Vacancy::default(),
+        seq: 0,
+        status: status.clone(),
+    };
+    tokio::spawn(agent.run());
+    status
+}
+
+impl<C: Coordinator> Agent<C> {
+    async fn run(mut self) {
+        let tick = self.cfg.policy.tick();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.node.shutdown_started() => break,
+            }
+            if let Err(e) = self.round().await {
+                let note = format!("{e:#}");
+                if self.status.lock().note != note {
+                    tracing::warn!(error = %note, "cluster round failed");
+                }
+                self.status.lock().note = note;
+            }
+        }
+        self.resign().await;
+    }
+
+    /// One round: lease, publication, leadership, look, decision.
+    async fn round(&mut self) -> anyhow::Result<()> {
+        let sent = Instant::now();
+        self.renew_lease().await?;
+        self.publish().await?;
+        if self.leading.is_some() {
+            self.renew_leadership(sent).await?;
+        }
+        let look = self.look().await?;
+        let members: Vec<Member> = look.members.iter().map(MemberRecord::to_member).collect();
+        let me = member::record(&self.node, &self.id, &self.cfg, self.seq).to_member();
+        let fresh = self.vacancy.fresh(look.leader.is_some(), &members);
+        let view = View {
+            me: &me,
+            members: &members,
+            leader: look
+                .leader
+                .as_ref()
+                .map(|l| (l.node.as_str(), l.addr.as_str(), l.epoch)),
+            cluster_epoch: look.epoch.0,
+            i_lead: self.leading.is_some(),
+            fresh,
+        };
+        let step = decide(&view, &self.cfg.policy);
+        self.show(&look);
+        self.execute(step, &me, &members, look.epoch.1, sent).await
+    }
+
+    async fn renew_lease(&mut self) -> anyhow::Result<()> {
+        if let Some(lease) = self.lease {
+            match self.coord.keep_alive(lease).await {
+                Ok(_) => return Ok(()),
+                Err(CoordError::LeaseExpired(_)) => {
+                    tracing::warn!("this node's coordinator lease expired");
+                    self.lease = None;
+                    self.lose_leadership("the lease expired");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.lease = Some(self.coord.grant(self.cfg.policy.ttl).await?);
+        Ok(())
+    }
+
+    async fn publish(&mut self) -> anyhow::Result<()> {
+        self.seq += 1;
+        let rec = member::record(&self.node, &self.id, &self.cfg, self.seq);
+        let key = self.keys.member(&self.id.node);
+        self.coord.put(&key, keys::encode(&rec), self.lease).await?;
+        Ok(())
+    }
+
+    /// The leader key is still ours (on our lease): acks may go on until TTL minus margin
+    /// from `sent`, when the lease's renewal was sent.
+    async fn renew_leadership(&mut self, sent: Instant) -> anyhow::Result<()> {
+        let lease = self.lease.expect("renewed first");
+        let leader = self.keys.leader(DEFAULT_GROUP);
+        if self
+            .coord
+            .txn(vec![Compare::LeaseIs(leader, lease)], vec![])
+            .await?
+        {
+            self.clock.renewed(&self.cfg.policy, sent);
+            self.node.role().set_lease_until(self.clock.valid_until());
+            self.status.lock().lease_renewed = Some(sent);
+        } else {
+            self.lose_leadership("the leader key is no longer this node's");
+        }
+        Ok(())
+    }
+
+    fn lose_leadership(&mut self, why: &str) {
+        self.status.lock().lease_renewed = None;
+        if self.leading.take().is_some() {
+            tracing::error!(why, "lost the leadership: no more acknowledgements");
+        }
+        self.clock.lost();
+        self.node.role().set_lease_until(None);
+    }
+
+    async fn look(&self) -> anyhow::Result<Look> {
+        let leader = self.coord.get(&self.keys.leader(DEFAULT_GROUP)).await?;
+        let epoch = self.coord.get(&self.keys.epoch(DEFAULT_GROUP)).await?;
+        let members = self.coord.get_prefix(&self.keys.members()).await?;
+        Ok(Look {
+            leader: leader.and_then(|e| keys::decode(&e.value)),
+            members: members
+                .iter()
+                .filter_map(|e| keys::decode(&e.value))
+                .collect(),
+            epoch: epoch.map_or((0, 0), |e| {
+                let n = String::from_utf8_lossy(&e.value)
+                    .trim()
+                    .parse()
+                    .unwrap_or(0);
+                (n, e.mod_revision)
+            }),
+        })
+    }
+
+    fn show(&self, look: &Look) {
+        let mut s = self.status.lock();
+        s.leader = look.leader.clone();
+        s.cluster_epoch = look.epoch.0;
+        s.members = look.members.clone();
+    }
+
+    async fn execute(
+        &mut self,
+        step: Step,
+        me: &Member,
+        members: &[Member],
+        epoch_rev: i64,
+        sent: Instant,
+    ) -> anyhow::Result<()> {
+        match step {
+            Step::Stay => self.finish_takeover(me, members).await,
+            Step::Follow { addr, epoch } => self.follow(&addr, epoch).await,
+            Step::Campaign { epoch } => {
+                if self.campaign(epoch, epoch_rev, sent).await? {
+                    self.finish_takeover(me, members).await?;
+                }
+                Ok(())
+            }
+            Step::Wait { why } => {
+                let mut s = self.status.lock();
+                if s.note != why {
+                    tracing::info!(%why, "cluster: waiting");
+                    s.note = why;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Try to take the leader key for `epoch` (create if absent, epoch key unchanged since
+    /// we read it) with the epoch in the same transaction.
+    async fn campaign(
+        &mut self,
+        epoch: u64,
+        epoch_rev: i64,
+        sent: Instant,
+    ) -> anyhow::Result<bool> {
+        let lease = self.lease.expect("renewed first");
+        let (leader_key, epoch_key) = (
+            self.keys.leader(DEFAULT_GROUP),
+            self.keys.epoch(DEFAULT_GROUP),
+        );
+        let epoch_unchanged = if epoch_rev == 0 {
+            Compare::Absent(epoch_key.clone())
+        } else {
+            Compare::ModRevision(epoch_key.clone(), epoch_rev)
+        };
+        let rec = LeaderRecord {
+            node: self.id.node.clone(),
+            addr: self.id.addr.clone(),
+            epoch,
+        };
+        let won = self
+            .coord
+            .txn(
+                vec![Compare::Absent(leader_key.clone()), epoch_unchanged],
+                vec![
+                    Op::Put {
+                        key: leader_key,
+                        value: keys::encode(&rec),
+                        lease: Some(lease),
+                    },
+                    Op::Put {
+                        key: epoch_key,
+                        value: epoch.to_string().into_bytes(),
+                        lease: None,
+                    },
+                ],
+            )
+            .await?;
+        if won {
+            tracing::warn!(epoch, "won the leader key");
+            self.leading = Some((epoch, false));
+            self.clock.renewed(&self.cfg.policy, sent);
+            self.node.role().set_lease_until(self.clock.valid_until());
+        }
+        Ok(won)
+    }
+
+    /// Leading but not primary yet: take the tails, then begin the epoch.
+    async fn finish_takeover(&mut self, me: &Member, members: &[Member]) -> anyhow::Result<()> {
+        let Some((epoch, false)) = self.leading else {
+            return Ok(());
+        };
+        self.follower.stop(&self.node).await;
+        let limit = self.cfg.policy.ttl;
+        takeover::take_tails(&self.node, me, members, epoch, limit).await?;
+        takeover::begin(&self.node, epoch).await?;
+        self.leading = Some((epoch, true));
+        tracing::warn!(epoch, "leading the cluster");
+        Ok(())
+    }
+
+    /// Follow the leader at `addr` in `epoch`, stepping down first if this node led.
+    async fn follow(&mut self, addr: &str, epoch: u64) -> anyhow::Result<()> {
+        if self.node.role().is_primary() {
+            tracing::warn!(leader = addr, epoch, "another node leads: stepping down");
+            self.lose_leadership("another node leads");
+            self.node.role().become_replica(addr);
+            self.node.mark_demoted();
+        }
+        self.node.role().set_primary_addr(Some(addr.to_owned()));
+        if epoch > self.node.role().epoch() {
+            // Persisted first: from now on this node refuses the old primary's frames, and
+            // its acks tell the old primary it was superseded.
+            self.node.role().set_epoch(epoch).await?;
+        }
+        self.follower.follow(&self.node, addr).await;
+        self.status.lock().note.clear();
+        Ok(())
+    }
+
+    /// At shutdown: give the leader key up at once (the next primary need not wait for
+    /// the lease) and revoke the lease.
+    async fn resign(&mut self) {
+        self.lose_leadership("shutting down");
+        self.follower.stop(&self.node).await;
+        if let Some(lease) = self.lease.take() {
+            let _ = self.coord.revoke(lease).await;
+        }
+    }
+}
