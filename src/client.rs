@@ -277,6 +277,7 @@ impl Client {
             log: log.to_owned(),
             start,
             max_records_per_message: 0,
+            last_epoch: 0,
         };
         let stream = self.conn().log.subscribe(req).await?.into_inner();
         Ok(stream.flat_map(|msg| {

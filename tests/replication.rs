@@ -311,7 +311,11 @@ fn divergent_tail_is_truncated_after_failover() {
     // The replica's data dir runs alone as a primary and takes writes nobody else has
     // (in the old epoch): a divergent tail.
     let alone = Server::start(&rdir, &[]);
-    let rogue = run(30, async { load(&alone.addr, "d", 3, "rogue").await });
+    let (rogue, rogue_epoch) = run(30, async {
+        let end = load(&alone.addr, "d", 3, "rogue").await;
+        let c = Client::connect(&alone.addr).await.unwrap();
+        (end, c.read("d", end - 1, 1).await.unwrap().last_epoch)
+    });
     alone.stop();
     // Meanwhile the primary moves to a new epoch and writes on.
     let end = run(30, async {
@@ -322,7 +326,37 @@ fn divergent_tail_is_truncated_after_failover() {
     });
     assert!(rogue > 160 && end > 160);
     let r = Server::start(&rdir, &replica_of(&paddr, &[]));
-    run(60, async { wait_end(&r.addr, "d", end).await });
+    run(60, async {
+        wait_end(&r.addr, "d", end).await;
+        // A reader that saw the rogue tail is told where its history and the log's part.
+        let c = Client::connect(&r.addr).await.unwrap();
+        let seen = pb::ReadRequest {
+            log: "d".into(),
+            from_offset: rogue,
+            last_epoch: rogue_epoch,
+            ..Default::default()
+        };
+        let err = c.read_with(seen.clone()).await.unwrap_err();
+        let spool::client::ClientError::Rpc(status) = err else {
+            panic!("an RPC status: {err:?}");
+        };
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        let parted = status
+            .metadata()
+            .get("spool-log-end")
+            .unwrap()
+            .to_str()
+            .unwrap();
+        assert_eq!(parted, "160", "{status:?}");
+        let fresh = pb::ReadRequest {
+            last_epoch: 0,
+            ..seen
+        };
+        assert!(
+            c.read_with(fresh).await.is_ok(),
+            "an unchecked read goes on"
+        );
+    });
     common::stop_identical(r, p);
 }
 

@@ -320,6 +320,7 @@ impl pb::log_server::Log for LogService {
         } else {
             req.max_bytes.min(READ_BYTES_MAX)
         };
+        check_last_epoch(&log, reader.end(), req.from_offset, req.last_epoch)?;
         let records = reader
             .read(req.from_offset, max_records as usize, max_bytes as usize)
             .map_err(to_status)?;
@@ -328,6 +329,7 @@ impl pb::log_server::Log for LogService {
             records: records.into_iter().map(to_pb).collect(),
             next_offset,
             end_offset: reader.end(),
+            last_epoch: epoch_before(&log, next_offset),
         }))
     }
 
@@ -347,6 +349,7 @@ impl pb::log_server::Log for LogService {
             Some(pb::subscribe_request::Start::FromEnd(_)) | None => reader.end(),
         };
         // Validate the start now, so a bad offset fails the call rather than the stream.
+        check_last_epoch(&log, reader.end(), next, req.last_epoch)?;
         reader.read(next, 0, 0).map_err(to_status)?;
         let per_msg = if req.max_records_per_message == 0 {
             READ_RECORDS_DEFAULT
@@ -397,6 +400,7 @@ impl pb::log_server::Log for LogService {
                         next = records.last().map_or(next, |r| r.offset + 1);
                         let msg = pb::SubscribeResponse {
                             records: records.into_iter().map(to_pb).collect(),
+                            last_epoch: epoch_before(&log, next),
                         };
                         // Waits while the client is slow: flow control, not buffering.
                         if tx.send(Ok(msg)).await.is_err() {
@@ -413,6 +417,54 @@ impl pb::log_server::Log for LogService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+/// The epoch of the record at `next - 1` (0: none before `next`).
+fn epoch_before(log: &Log, next: u64) -> u64 {
+    next.checked_sub(1)
+        .and_then(|o| log.epochs().epoch_at(o))
+        .unwrap_or(0)
+}
+
+/// A reader that saw the record at `from - 1` in `last_epoch` continues at `from` only if
+/// this log's history agrees: else (it was cut in a failover) FAILED_PRECONDITION names
+/// where the histories part, as Kafka fences fetches by leader epoch.
+fn check_last_epoch(log: &Log, end: u64, from: u64, last_epoch: u64) -> Result<(), Status> {
+    if last_epoch == 0 || from == 0 {
+        return Ok(());
+    }
+    let history = log.epochs();
+    if last_epoch > history.current() {
+        return Err(Status::unavailable(format!(
+            "this node has not reached epoch {last_epoch} of log {:?} yet (it is at {}): \
+             retry, or read from the primary",
+            log.name(),
+            history.current()
+        )));
+    }
+    if from > end && history.current() == last_epoch {
+        // Behind in the same epoch (a lagging replica): nothing was cut; the read says so.
+        return Ok(());
+    }
+    let ours = (from <= end).then(|| history.epoch_at(from - 1)).flatten();
+    if ours == Some(last_epoch) {
+        return Ok(());
+    }
+    let parted = history.end_of(last_epoch, end).unwrap_or(0).min(from - 1);
+    let mut s = Status::failed_precondition(format!(
+        "log {:?} no longer holds the record at {} of epoch {last_epoch} (cut in a failover): \
+         the history you read parts from the log's at offset {parted}; read on from there \
+         (records you had past it were replaced)",
+        log.name(),
+        from - 1
+    ));
+    if let Ok(v) = parted.to_string().parse() {
+        s.metadata_mut().insert(LOG_END_METADATA, v);
+    }
+    Err(s)
+}
+
+/// Metadata key naming where a reader's history and the log's part.
+pub const LOG_END_METADATA: &str = "spool-log-end";
 
 /// A subscriber was sent records at or past `cut`, and the log was cut back there (a
 /// divergent tail removed after a failover, or a promotion at a point): those offsets will

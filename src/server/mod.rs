@@ -74,11 +74,15 @@ pub async fn serve(
             ))
         })?;
     let repl = config.replication.clone();
-    let initial_role = match &repl.replica_of {
-        Some(up) => Role::Replica {
+    let initial_role = match (&repl.replica_of, &config.cluster) {
+        // The coordinator says whom to follow, or elects this node.
+        (_, Some(_)) => Role::Replica {
+            upstream: String::new(),
+        },
+        (Some(up), None) => Role::Replica {
             upstream: up.clone(),
         },
-        None => Role::Primary,
+        (None, None) => Role::Primary,
     };
     let role = RoleState::open(&config.storage.data_dir, initial_role)?;
     let delay = match repl.delay {
@@ -109,6 +113,9 @@ pub async fn serve(
     }
     if let Some(delay) = node.visibility().delay().cloned() {
         replication::delay::spawn(node.clone(), delay);
+    }
+    if let Some(cluster) = &config.cluster {
+        let _ = (cluster, bound); // PENDING etcd
     }
     if let Some(upstream) = repl.replica_of.clone() {
         let cfg = replication::follower::FollowerConfig {

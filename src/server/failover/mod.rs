@@ -7,6 +7,7 @@
 mod agent;
 mod follower_ctl;
 mod member;
+
 mod takeover;
 
 pub use agent::{join_cluster, spawn, ClusterStatus};
