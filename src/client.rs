@@ -343,6 +343,26 @@ impl Client {
             .into_inner())
     }
 
+    /// Tails the node cut when it followed a new primary (of `log`, or all if empty).
+    pub async fn quarantine_list(&self, log: &str) -> Result<Vec<pb::QuarantinedTail>> {
+        let req = pb::QuarantineListRequest { log: log.into() };
+        Ok(self
+            .conn()
+            .admin
+            .quarantine_list(req)
+            .await?
+            .into_inner()
+            .tails)
+    }
+
+    /// Records of the quarantined tail of `log` that starts at `first`, from `from` on.
+    pub async fn quarantine_read(
+        &self,
+        req: pb::QuarantineReadRequest,
+    ) -> Result<pb::QuarantineReadResponse> {
+        Ok(self.conn().admin.quarantine_read(req).await?.into_inner())
+    }
+
     /// Repair damaged records from a peer (its upstream or replicas unless `from` names one).
     pub async fn repair(&self, log: &str, from: &str) -> Result<pb::RepairResponse> {
         Ok(self

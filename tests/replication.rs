@@ -357,6 +357,13 @@ fn divergent_tail_is_truncated_after_failover() {
             "an unchecked read goes on"
         );
     });
+    // What was cut is kept, and readable.
+    let list = common::stdout(&r.cli(&["admin", "quarantine", "list"]));
+    let want = format!("records 160..{rogue} ({} records", rogue - 160);
+    assert!(list.contains(&want), "{list}");
+    let read = common::stdout(&r.cli(&["admin", "quarantine", "read", "d", "160"]));
+    assert_eq!(read.lines().count() as u64, rogue - 160, "{read}");
+    assert!(read.lines().all(|l| l.contains("rogue-")), "{read}");
     common::stop_identical(r, p);
 }
 

@@ -30,6 +30,29 @@ pub enum AdminCommand {
         #[arg(long, value_name = "ADDR")]
         from: Option<String>,
     },
+    /// Tails this node cut when it followed a new primary, kept instead of thrown away.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
+}
+
+/// `spool admin quarantine ...`
+#[derive(Debug, Subcommand)]
+pub enum QuarantineCommand {
+    /// Every cut tail: log, offsets, epochs, records.
+    List {
+        /// Only this log.
+        log: Option<String>,
+    },
+    /// The records of one cut tail, one per line (offset, then the value as text).
+    Read {
+        /// The log.
+        log: String,
+        /// The tail's first offset (as `list` shows it).
+        first: u64,
+        /// Start at this offset inside the tail.
+        #[arg(long)]
+        from: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -188,6 +211,7 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
                 println!("  {}", finding(f));
             }
         }
+        AdminCommand::Quarantine(q) => quarantine(client, q).await?,
         AdminCommand::Repair { log, from } => {
             let r = client
                 .repair(log.as_deref().unwrap_or(""), from.as_deref().unwrap_or(""))
@@ -209,6 +233,44 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
             }
             if r.repaired.is_empty() {
                 println!("nothing to repair");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn quarantine(client: &Client, cmd: QuarantineCommand) -> Result<()> {
+    match cmd {
+        QuarantineCommand::List { log } => {
+            let tails = client.quarantine_list(log.as_deref().unwrap_or("")).await?;
+            if tails.is_empty() {
+                println!("no quarantined tail");
+            }
+            for t in tails {
+                println!(
+                    "{:<22} records {}..{} ({} records, {} bytes, epochs {:?})",
+                    t.log, t.first_offset, t.next_offset, t.records, t.bytes, t.epochs
+                );
+            }
+        }
+        QuarantineCommand::Read { log, first, from } => {
+            let mut at = from.unwrap_or(first);
+            loop {
+                let r = client
+                    .quarantine_read(pb::QuarantineReadRequest {
+                        log: log.clone(),
+                        first_offset: first,
+                        from_offset: at,
+                        max_records: 0,
+                    })
+                    .await?;
+                for rec in &r.records {
+                    println!("{}\t{}", rec.offset, String::from_utf8_lossy(&rec.value));
+                }
+                if r.records.is_empty() || r.next_offset <= at {
+                    break;
+                }
+                at = r.next_offset;
             }
         }
     }

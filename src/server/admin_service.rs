@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::node::Node;
 use super::promote::{promote, PromoteAt};
+use super::quarantine;
 use super::repair::repair_log;
 use super::replication::delay::Delay;
 use super::status_map::to_status;
@@ -119,5 +120,26 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map_err(|e| Status::internal(format!("resuming: {e}")))?;
         Ok(Response::new(pb::ResumeResponse {}))
+    }
+
+    async fn quarantine_list(
+        &self,
+        req: Request<pb::QuarantineListRequest>,
+    ) -> Result<Response<pb::QuarantineListResponse>, Status> {
+        let log = req.into_inner().log;
+        let tails = quarantine::list(&self.node, (!log.is_empty()).then_some(log))
+            .await
+            .map_err(|e| Status::internal(format!("{e:#}")))?;
+        Ok(Response::new(pb::QuarantineListResponse { tails }))
+    }
+
+    async fn quarantine_read(
+        &self,
+        req: Request<pb::QuarantineReadRequest>,
+    ) -> Result<Response<pb::QuarantineReadResponse>, Status> {
+        quarantine::read(&self.node, req.into_inner())
+            .await
+            .map(Response::new)
+            .map_err(|e| Status::not_found(format!("{e:#}")))
     }
 }

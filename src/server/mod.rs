@@ -14,6 +14,7 @@ mod metrics_export;
 pub(crate) mod node;
 mod preface;
 pub(crate) mod promote;
+pub(crate) mod quarantine;
 pub mod repair;
 pub mod replication;
 pub mod role;

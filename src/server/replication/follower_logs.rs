@@ -110,6 +110,7 @@ pub async fn apply_start(
         }
         Action::Truncate => {
             tracing::warn!(log = %s.name, from = end, to = s.offset, "divergent tail: truncating");
+            crate::server::quarantine::keep(node, &log, s.offset).await?;
             log.truncate_to(s.offset).await?;
             false
         }
