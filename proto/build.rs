@@ -1,4 +1,5 @@
-//! Generates the spool.v1 code with a vendored protoc: a fresh machine needs only cargo.
+//! Generates the spool.v1 code, and the client side of the subset of etcd's API the
+//! coordinator uses, with a vendored protoc: a fresh machine needs only cargo.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
@@ -8,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("spool_descriptor.bin"))
         .bytes(".spool.v1")
         .compile_protos(&["proto/spool/v1/spool.proto"], &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/etcd/rpc.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

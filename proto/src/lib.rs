@@ -1,9 +1,22 @@
-//! spool.v1: the gRPC API's messages and services, generated from `proto/spool/v1/spool.proto`.
+//! spool.v1: the gRPC API's messages and services, generated from `proto/spool/v1/spool.proto`;
+//! and [`etcd`], the client side of the part of etcd's API the coordinator uses.
 
 #![allow(missing_debug_implementations, clippy::all)]
 
 pub mod v1 {
     tonic::include_proto!("spool.v1");
+}
+
+/// A subset of etcd's v3 API (KV, leases, Authenticate), generated from
+/// `proto/etcd/{rpc,kv}.proto` with etcd's own names and field numbers, so it talks to a
+/// real etcd. Generated here because the `etcd-client` crate's build needs a system protoc.
+pub mod etcd {
+    pub mod mvccpb {
+        tonic::include_proto!("mvccpb");
+    }
+    pub mod etcdserverpb {
+        tonic::include_proto!("etcdserverpb");
+    }
 }
 
 /// Encoded file descriptor set, for server reflection.

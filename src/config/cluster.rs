@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
 use super::Overrides;
@@ -51,26 +51,15 @@ pub struct ClusterConfig {
 const DEFAULT_NAME: &str = "spool";
 const TTL_MIN: Duration = Duration::from_millis(500);
 
-/// "etcd://h1:p1,h2:p2" into ["h1:p1", "h2:p2"].
+/// "etcd://h1:p1,h2:p2" into ["h1:p1", "h2:p2"], each checked.
 pub fn parse_cluster_url(url: &str) -> Result<Vec<String>> {
-    let Some(rest) = url.trim().strip_prefix("etcd://") else {
-        bail!("--cluster {url:?}: give the coordinator as etcd://HOST:PORT[,HOST:PORT...]");
-    };
-    let rest = rest.trim_end_matches('/');
-    let endpoints: Vec<String> = rest.split(',').map(|s| s.trim().to_owned()).collect();
-    check_endpoints(&endpoints)?;
-    Ok(endpoints)
+    crate::cluster::etcd::parse_cluster_url(url.trim().trim_end_matches('/'))
+        .with_context(|| format!("--cluster {url:?}: give etcd://HOST:PORT[,HOST:PORT...]"))
 }
 
 fn check_endpoints(endpoints: &[String]) -> Result<()> {
-    if endpoints.is_empty() || endpoints.iter().all(String::is_empty) {
-        bail!("no etcd endpoint: give at least one HOST:PORT");
-    }
     for e in endpoints {
-        match e.rsplit_once(':') {
-            Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => {}
-            _ => bail!("etcd endpoint {e:?} is not HOST:PORT (for example 127.0.0.1:2379)"),
-        }
+        crate::cluster::etcd::parse_endpoint(e)?;
     }
     Ok(())
 }
@@ -88,7 +77,7 @@ impl ClusterSection {
                 return Ok(None);
             }
             (None, list) => {
-                check_endpoints(list)?;
+                check_endpoints(list).context("[cluster] endpoints")?;
                 list.to_vec()
             }
         };

@@ -116,7 +116,7 @@ pub async fn serve(
         replication::delay::spawn(node.clone(), delay);
     }
     if let Some(cluster) = &config.cluster {
-        let _ = (cluster, bound); // PENDING etcd
+        failover::start(&node, cluster, &repl, bound).await?;
     }
     if let Some(upstream) = repl.replica_of.clone() {
         let cfg = replication::follower::FollowerConfig {

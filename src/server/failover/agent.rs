@@ -32,6 +32,8 @@ pub struct ClusterStatus {
 /// What one look at the coordinator found.
 struct Look {
     leader: Option<LeaderRecord>,
+    /// The lease the leader key is on.
+    leader_lease: LeaseId,
     members: Vec<MemberRecord>,
     /// The epoch key's value and mod revision (0, 0: absent).
     epoch: (u64, i64),
@@ -152,6 +154,7 @@ impl<C: Coordinator> Agent<C> {
             self.renew_leadership(sent).await?;
         }
         let look = self.look().await?;
+        self.adopt_own_key(&look);
         let members: Vec<Member> = look.members.iter().map(MemberRecord::to_member).collect();
         let me = member::record(&self.node, &self.id, &self.cfg, self.seq).to_member();
         let fresh = self.vacancy.fresh(look.leader.is_some(), &members);
@@ -228,6 +231,7 @@ impl<C: Coordinator> Agent<C> {
         let epoch = self.coord.get(&self.keys.epoch(DEFAULT_GROUP)).await?;
         let members = self.coord.get_prefix(&self.keys.members()).await?;
         Ok(Look {
+            leader_lease: leader.as_ref().map_or(0, |e| e.lease),
             leader: leader.and_then(|e| keys::decode(&e.value)),
             members: members
                 .iter()
@@ -241,6 +245,17 @@ impl<C: Coordinator> Agent<C> {
                 (n, e.mod_revision)
             }),
         })
+    }
+
+    /// The leader key names this node on its current lease but the agent did not know it
+    /// won (a campaign whose answer was lost): it leads.
+    fn adopt_own_key(&mut self, look: &Look) {
+        let Some(l) = &look.leader else { return };
+        if self.leading.is_none() && l.node == self.id.node && Some(look.leader_lease) == self.lease
+        {
+            tracing::warn!(epoch = l.epoch, "the leader key is this node's: leading");
+            self.leading = Some((l.epoch, false));
+        }
     }
 
     fn show(&self, look: &Look) {

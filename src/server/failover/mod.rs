@@ -7,8 +7,9 @@
 mod agent;
 mod follower_ctl;
 mod member;
-
+mod start;
 mod takeover;
 
 pub use agent::{join_cluster, spawn, ClusterStatus};
 pub use member::Identity;
+pub use start::start;
