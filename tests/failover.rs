@@ -1,36 +1,51 @@
-//! Automatic failover on a real etcd: three nodes with `--cluster`, a semi-sync writer
-//! recording every ack, faults to the primary; afterwards every acked record is on the new
-//! primary at its offset with its bytes, and the old primary rejoins byte-identical.
+//! Automatic failover on a real etcd: three nodes with `--cluster`, writers recording every
+//! ack, a fault to the primary; afterwards every acked record is on the new primary at its
+//! offset with its bytes, no two nodes acked in one epoch, and the nodes end identical.
+//! Each node reaches etcd, and its peers reach it, through a proxy a test can cut.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::etcd::{etcd_bin, Etcd};
-use common::{client, free_port, run, semi_sync, wait_until, write_config, Server};
+use common::etcd::{etcd_bin, url_of, Etcd};
+use common::proxy::Proxy;
+use common::{client, free_port, run, wait_until, write_config, Server};
 use spool_proto::v1 as pb;
 
-const CONFIG: &str = "[cluster]\nlease_ttl_ms = 2000\n";
 const LOG: &str = "f";
+const ELECTION_MAX: Duration = Duration::from_secs(20);
 
-/// Three nodes on fixed ports (a restarted node comes back at its address).
+/// Three nodes on fixed ports (a restarted node comes back at its address), each behind
+/// two proxies: to etcd, and from its peers.
 struct Nodes {
-    url: String,
+    etcd_url: String,
     dirs: Vec<PathBuf>,
     ports: Vec<u16>,
+    to_etcd: Vec<Proxy>,
+    from_peers: Vec<Proxy>,
     servers: Vec<Option<Server>>,
     _tmp: tempfile::TempDir,
 }
 
 impl Nodes {
-    fn start(etcd: &Etcd, n: usize) -> Nodes {
+    fn start(etcd_url: &str, n: usize) -> Nodes {
         let tmp = tempfile::tempdir().unwrap();
-        let dirs: Vec<PathBuf> = (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let first_etcd = etcd_url
+            .trim_start_matches("etcd://")
+            .split(',')
+            .next()
+            .unwrap();
         let mut nodes = Nodes {
-            url: etcd.url(),
-            dirs,
+            etcd_url: etcd_url.to_owned(),
+            dirs: (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect(),
+            to_etcd: (0..n).map(|_| Proxy::start(first_etcd)).collect(),
+            from_peers: ports
+                .iter()
+                .map(|p| Proxy::start(&format!("127.0.0.1:{p}")))
+                .collect(),
             ports,
             servers: Vec::new(),
             _tmp: tmp,
@@ -39,13 +54,29 @@ impl Nodes {
         nodes
     }
 
+    /// Node `i` with a 2 s lease, reaching etcd through its proxy (the other members, if
+    /// any, directly), advertising its peers' proxy.
     fn spawn(&self, i: usize) -> Server {
-        let cfg = write_config(&self.dirs[i], CONFIG);
+        let config = format!(
+            "[cluster]\nlease_ttl_ms = 2000\nadvertise = \"{}\"\nnode_name = \"n{i}\"\n",
+            self.from_peers[i].addr()
+        );
+        let cfg = write_config(&self.dirs[i], &config);
+        let others = self
+            .etcd_url
+            .trim_start_matches("etcd://")
+            .split(',')
+            .skip(1);
+        let url = std::iter::once(self.to_etcd[i].addr())
+            .chain(others.map(str::to_owned))
+            .collect::<Vec<_>>()
+            .join(",");
         let listen = format!("127.0.0.1:{}", self.ports[i]);
+        let cluster = format!("etcd://{url}");
         Server::start_on(
             &listen,
             &self.dirs[i],
-            &["--config", &cfg, "--cluster", &self.url],
+            &["--config", &cfg, "--cluster", &cluster],
         )
     }
 
@@ -53,10 +84,25 @@ impl Nodes {
         format!("127.0.0.1:{}", self.ports[i])
     }
 
-    fn live(&self) -> Vec<usize> {
+    fn others(&self, i: usize) -> Vec<usize> {
         (0..self.servers.len())
-            .filter(|&i| self.servers[i].is_some())
+            .filter(|&j| j != i && self.servers[j].is_some())
             .collect()
+    }
+
+    fn signal(&self, i: usize, sig: i32) {
+        common::signal(&self.servers[i].as_ref().unwrap().child, sig);
+    }
+
+    /// Stop every node (replicas first: a primary stopping first would hand over), and
+    /// return each one's `spool check` digests.
+    fn stop_all(mut self, primary: usize) -> Vec<Vec<(String, u64, u64, String)>> {
+        let mut order = self.others(primary);
+        order.push(primary);
+        for &i in &order {
+            self.servers[i].take().unwrap().stop();
+        }
+        self.dirs.iter().map(|d| common::digests(d)).collect()
     }
 }
 
@@ -75,54 +121,116 @@ async fn primary_among(nodes: &Nodes, candidates: &[usize]) -> Option<usize> {
     None
 }
 
-async fn wait_primary(nodes: &Nodes, candidates: &[usize], limit: Duration) -> usize {
-    wait_until("a primary is elected", limit, || {
+async fn wait_primary(nodes: &Nodes, candidates: &[usize]) -> usize {
+    wait_until("a primary is elected", ELECTION_MAX, || {
         primary_among(nodes, candidates)
     })
     .await
 }
 
-/// Semi-sync (k = 1) appends of `tag-i` to the node at `addr`; the acked (offset, value).
-async fn write_acked(addr: &str, tag: &str, n: usize) -> Vec<(u64, String)> {
-    let c = client(addr).await;
-    let mut acked = Vec::new();
-    for i in 0..n {
-        let v: &'static str = Box::leak(format!("{tag}-{i}").into_boxed_str());
-        if let Ok(r) = c.append_with(semi_sync(LOG, v, 1)).await {
-            acked.push((r.first_offset, v.to_owned()));
+/// Every ack: (node, epoch) -> (offset -> value).
+#[derive(Default)]
+struct Acks(BTreeMap<(usize, u64), BTreeMap<u64, String>>);
+
+impl Acks {
+    /// Appends (`ack`, one record each) of `tag-i` to node `i`, recording the acked ones.
+    async fn write(&mut self, nodes: &Nodes, i: usize, tag: &str, n: usize, ack: pb::AckMode) {
+        let c = client(&nodes.addr(i)).await;
+        for k in 0..n {
+            let v = format!("{tag}-{k}");
+            if let Ok(r) = c.append_with(request(&v, ack)).await {
+                self.0
+                    .entry((i, r.epoch))
+                    .or_default()
+                    .insert(r.first_offset, v);
+            }
         }
     }
-    acked
-}
 
-/// Every acked record is at its offset with its bytes on the node at `addr`.
-async fn assert_holds(addr: &str, acked: &[(u64, String)]) {
-    let c = client(addr).await;
-    for (off, v) in acked {
-        let r = c.read(LOG, *off, 1).await.unwrap();
-        let got = r.records.first().map(|r| r.value.clone());
-        assert_eq!(
-            got.as_deref(),
-            Some(v.as_bytes()),
-            "acked record {v} at {off} missing on the new primary {addr}"
-        );
+    fn count(&self) -> usize {
+        self.0.values().map(BTreeMap::len).sum()
+    }
+
+    /// No two nodes acknowledged writes in the same epoch.
+    fn assert_one_writer_per_epoch(&self) {
+        let mut by_epoch: BTreeMap<u64, usize> = BTreeMap::new();
+        for &(node, epoch) in self.0.keys() {
+            let first = *by_epoch.entry(epoch).or_insert(node);
+            assert_eq!(
+                first, node,
+                "nodes {first} and {node} both acked in epoch {epoch}"
+            );
+        }
+    }
+
+    /// Every acked record is at its offset with its bytes on node `i`.
+    async fn assert_held_by(&self, nodes: &Nodes, i: usize) {
+        let c = client(&nodes.addr(i)).await;
+        for (off, v) in self.0.values().flatten() {
+            let r = c.read(LOG, *off, 1).await.unwrap();
+            let got = r.records.first().map(|r| r.value.clone());
+            assert_eq!(
+                got.as_deref(),
+                Some(v.as_bytes()),
+                "acked {v} at {off} not on node {i}"
+            );
+        }
     }
 }
 
-/// The first write a node other than `old` acknowledges after the kill: (node, time).
+fn request(value: &str, ack: pb::AckMode) -> pb::AppendRequest {
+    pb::AppendRequest {
+        log: LOG.into(),
+        records: vec![bytes::Bytes::from(value.to_owned())],
+        ack: ack as i32,
+        semi_sync_replicas: 1,
+        ..Default::default()
+    }
+}
+
+/// The first write another node acknowledges after `since`: (node, time).
 async fn first_ack_elsewhere(nodes: &Nodes, old: usize, since: Instant) -> (usize, Duration) {
-    let others: Vec<usize> = nodes.live().into_iter().filter(|&i| i != old).collect();
-    wait_until(
-        "a write is acked after failover",
-        Duration::from_secs(20),
-        || async {
-            let p = primary_among(nodes, &others).await?;
-            let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
-            c.append_with(semi_sync(LOG, "after", 1)).await.ok()?;
-            Some((p, since.elapsed()))
-        },
-    )
+    let others = nodes.others(old);
+    wait_until("a write is acked after failover", ELECTION_MAX, || async {
+        let p = primary_among(nodes, &others).await?;
+        let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
+        c.append_with(request("probe", pb::AckMode::SemiSync))
+            .await
+            .ok()?;
+        Some((p, since.elapsed()))
+    })
     .await
+}
+
+/// A cluster with log `f` and both replicas attached; the primary's index.
+async fn ready(nodes: &Nodes) -> usize {
+    let p = wait_primary(nodes, &[0, 1, 2]).await;
+    client(&nodes.addr(p))
+        .await
+        .create_log(LOG, None)
+        .await
+        .unwrap();
+    common::wait_connected(&nodes.addr(p), 2).await;
+    p
+}
+
+/// Node `old` rejoins (restarted or resumed) and catches up with the primary `new`.
+async fn rejoined(nodes: &Nodes, old: usize, new: usize) {
+    let end = common::describe(&nodes.addr(new), LOG).await.end_offset;
+    common::reach_end(&nodes.addr(old), LOG, end).await;
+    let what = format!("node {old} follows as a replica");
+    wait_until(&what, ELECTION_MAX, || async {
+        let s = client(&nodes.addr(old)).await.status().await.ok()?;
+        (s.role == "replica").then_some(())
+    })
+    .await;
+}
+
+fn assert_identical(digests: &[Vec<(String, u64, u64, String)>]) {
+    assert!(
+        digests.windows(2).all(|w| w[0] == w[1]),
+        "nodes end identical: {digests:?}"
+    );
 }
 
 #[test]
@@ -131,46 +239,192 @@ fn a_killed_primary_is_replaced_without_losing_a_semi_sync_ack() {
         return;
     };
     let etcd = Etcd::start(&bin);
-    let mut nodes = Nodes::start(&etcd, 3);
-    run(120, async {
-        let p = wait_primary(&nodes, &[0, 1, 2], Duration::from_secs(30)).await;
-        let c = client(&nodes.addr(p)).await;
-        c.create_log(LOG, None).await.unwrap();
-        common::wait_connected(&nodes.addr(p), 2).await;
-        let mut acked = write_acked(&nodes.addr(p), "before", 200).await;
-        assert_eq!(acked.len(), 200, "every write before the fault is acked");
-
+    let mut nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 200, pb::AckMode::SemiSync)
+            .await;
+        assert_eq!(acks.count(), 200, "every write before the fault is acked");
         nodes.servers[p].take().unwrap().kill9();
-        let killed = Instant::now();
-        let (q, took) = first_ack_elsewhere(&nodes, p, killed).await;
+        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
         eprintln!("failover: node {p} killed, node {q} acked a write after {took:?}");
-        acked.extend(write_acked(&nodes.addr(q), "after", 100).await);
-        assert_holds(&nodes.addr(q), &acked).await;
-
-        // The old primary comes back and follows the new one.
+        acks.write(&nodes, q, "after", 100, pb::AckMode::SemiSync)
+            .await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
         nodes.servers[p] = Some(nodes.spawn(p));
-        let end = c_end(&nodes.addr(q)).await;
-        common::reach_end(&nodes.addr(p), LOG, end).await;
-        let s = client(&nodes.addr(p)).await.status().await.unwrap();
-        assert_eq!(s.role, "replica", "the old primary rejoins as a replica");
+        rejoined(&nodes, p, q).await;
+        q
     });
-    let q_dir = nodes.dirs.clone();
-    let digests: Vec<_> = nodes
-        .servers
-        .iter_mut()
-        .zip(&q_dir)
-        .map(|(s, dir)| {
-            s.take().unwrap().stop();
-            common::digests(dir)
-        })
-        .collect();
-    assert!(
-        digests.windows(2).all(|w| w[0] == w[1]),
-        "nodes end identical: {digests:?}"
-    );
+    assert_identical(&nodes.stop_all(q));
 }
 
-async fn c_end(addr: &str) -> u64 {
-    let info: pb::LogInfo = common::describe(addr, LOG).await;
-    info.end_offset
+/// SIGSTOP past the lease, then SIGCONT: the old primary (a zombie) acknowledges nothing
+/// sent to it meanwhile, follows the new primary, and keeps what it cut in quarantine.
+#[test]
+fn a_paused_primary_acks_nothing_after_the_others_moved_on() {
+    let Some(bin) = etcd_bin("a_paused_primary_acks_nothing") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        let zombie_epoch = client(&nodes.addr(p)).await.status().await.unwrap().epoch;
+        // Connected before the pause: a stopped node cannot complete a handshake.
+        let conns = [client(&nodes.addr(p)).await, client(&nodes.addr(p)).await];
+        nodes.signal(p, libc::SIGSTOP);
+        let zombie_writes = tokio::spawn(zombie_writer(conns));
+        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
+        eprintln!("pause: node {p} stopped, node {q} acked after {took:?}");
+        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.signal(p, libc::SIGCONT);
+        // An answer is an error, or an ack in a later epoch: the client followed the
+        // zombie's redirect to the new primary (which must then hold the record).
+        for (value, answer) in zombie_writes.await.unwrap() {
+            if let Ok(r) = answer {
+                assert!(
+                    r.epoch > zombie_epoch,
+                    "the zombie acked {value} in epoch {}",
+                    r.epoch
+                );
+                acks.0
+                    .entry((q, r.epoch))
+                    .or_default()
+                    .insert(r.first_offset, value);
+            }
+        }
+        rejoined(&nodes, p, q).await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// Appends sent to a stopped node: each one's answer once it runs again (async and
+/// semi-sync, on separate connections, so neither waits behind the other).
+async fn zombie_writer(
+    conns: [spool::client::Client; 2],
+) -> Vec<(String, Result<pb::AppendResponse, String>)> {
+    let modes = [pb::AckMode::Async, pb::AckMode::SemiSync];
+    let calls = conns
+        .into_iter()
+        .zip(modes)
+        .enumerate()
+        .map(|(k, (c, ack))| async move {
+            let value = format!("zombie-{k}");
+            let answer = c.append_with(request(&value, ack)).await;
+            (value, answer.map_err(|e| e.to_string()))
+        });
+    futures::future::join_all(calls).await
+}
+
+/// The primary loses etcd but not its peers: it stops acknowledging before its lease can
+/// expire, another node leads, and once etcd is back the old one follows.
+#[test]
+fn a_primary_cut_off_from_etcd_stops_acking_and_follows() {
+    let Some(bin) = etcd_bin("a_primary_cut_off_from_etcd") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.to_etcd[p].cut();
+        let cut = Instant::now();
+        let (q, took) = first_ack_elsewhere(&nodes, p, cut).await;
+        eprintln!("etcd cut: node {q} acked after {took:?}");
+        // Meanwhile the old primary, still reachable, acks nothing.
+        acks.write(&nodes, p, "cut-off", 5, pb::AckMode::Async)
+            .await;
+        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.to_etcd[p].restore();
+        rejoined(&nodes, p, q).await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// etcd restarts under a running cluster: the primary keeps (or regains) the lead, writes
+/// go on afterwards, nothing acked is lost.
+#[test]
+fn an_etcd_restart_loses_nothing() {
+    let Some(bin) = etcd_bin("an_etcd_restart_loses_nothing") else {
+        return;
+    };
+    let mut etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        etcd.restart();
+        let (q, took) = first_ack_after_restart(&nodes).await;
+        eprintln!("etcd restarted: node {q} (was {p}) acked after {took:?}");
+        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
+            .await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+async fn first_ack_after_restart(nodes: &Nodes) -> (usize, Duration) {
+    let since = Instant::now();
+    wait_until(
+        "a write is acked after the etcd restart",
+        ELECTION_MAX,
+        || async {
+            let p = primary_among(nodes, &[0, 1, 2]).await?;
+            let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
+            c.append_with(request("probe", pb::AckMode::SemiSync))
+                .await
+                .ok()?;
+            Some((p, since.elapsed()))
+        },
+    )
+    .await
+}
+
+/// A three-member etcd loses the member the primary talks to, and then the primary dies:
+/// the nodes go on through the other members.
+#[test]
+fn one_etcd_member_down_does_not_stop_failover() {
+    let Some(bin) = etcd_bin("one_etcd_member_down") else {
+        return;
+    };
+    let mut members = Etcd::start_members(&bin, 3);
+    let mut nodes = Nodes::start(&url_of(&members), 3);
+    let q = run(150, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        members[0].kill();
+        acks.write(&nodes, p, "one-down", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.servers[p].take().unwrap().kill9();
+        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
+        eprintln!("etcd member down, primary killed: node {q} acked after {took:?}");
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        nodes.servers[p] = Some(nodes.spawn(p));
+        rejoined(&nodes, p, q).await;
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
 }

@@ -2,17 +2,20 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::free_port;
 
-/// A running single-member etcd, killed on drop.
+/// One running etcd member, killed on drop; [`Etcd::restart`] brings it back on its
+/// ports and data.
 pub struct Etcd {
-    child: Child,
+    child: Option<Child>,
+    bin: PathBuf,
+    args: Vec<String>,
     pub client_port: u16,
-    _dir: tempfile::TempDir,
+    _dir: std::sync::Arc<tempfile::TempDir>,
 }
 
 /// The etcd binary; `None` (the test prints why and passes) only outside CI: under
@@ -34,38 +37,87 @@ pub fn etcd_bin(test: &str) -> Option<PathBuf> {
 }
 
 impl Etcd {
-    pub fn start(bin: &PathBuf) -> Etcd {
-        let dir = tempfile::tempdir().unwrap();
-        let (client_port, peer_port) = (free_port(), free_port());
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let child = Command::new(bin)
-            .args(["--name", "t", "--data-dir"])
-            .arg(dir.path().join("etcd"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
-            .args(["--initial-cluster", &format!("t={peer}")])
+    pub fn start(bin: &Path) -> Etcd {
+        Etcd::start_members(bin, 1).pop().unwrap()
+    }
+
+    /// An etcd cluster of `n` members on loopback ports.
+    pub fn start_members(bin: &Path, n: usize) -> Vec<Etcd> {
+        let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect();
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, &(client, peer))| {
+                let client_url = format!("http://127.0.0.1:{client}");
+                let peer_url = format!("http://127.0.0.1:{peer}");
+                let data = dir.path().join(format!("m{i}"));
+                let args = vec![
+                    "--name".into(),
+                    format!("m{i}"),
+                    "--data-dir".into(),
+                    data.display().to_string(),
+                    "--listen-client-urls".into(),
+                    client_url.clone(),
+                    "--advertise-client-urls".into(),
+                    client_url,
+                    "--listen-peer-urls".into(),
+                    peer_url.clone(),
+                    "--initial-advertise-peer-urls".into(),
+                    peer_url,
+                    "--initial-cluster".into(),
+                    initial.join(","),
+                    // A short heartbeat, so leases and elections run at test speed.
+                    "--heartbeat-interval".into(),
+                    "50".into(),
+                    "--election-timeout".into(),
+                    "500".into(),
+                ];
+                Etcd {
+                    child: None,
+                    bin: bin.to_owned(),
+                    args,
+                    client_port: client,
+                    _dir: dir.clone(),
+                }
+            })
+            .collect();
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30));
+        }
+        members
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args(&self.args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn etcd");
-        let etcd = Etcd {
-            child,
-            client_port,
-            _dir: dir,
-        };
-        etcd.wait_healthy(Duration::from_secs(30));
-        etcd
+        self.child = Some(child);
+    }
+
+    /// kill -9, then start again on the same ports and data.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+        self.wait_healthy(Duration::from_secs(30));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 
     /// `etcd://127.0.0.1:PORT`, as `--cluster` takes it.
@@ -99,7 +151,15 @@ impl Etcd {
 
 impl Drop for Etcd {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
+}
+
+/// `etcd://` with every member's client port.
+pub fn url_of(members: &[Etcd]) -> String {
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| format!("127.0.0.1:{}", m.client_port))
+        .collect();
+    format!("etcd://{}", list.join(","))
 }

@@ -12,6 +12,7 @@ use spool::client::Client;
 use spool_proto::v1 as pb;
 
 pub mod etcd;
+pub mod proxy;
 pub mod raw_conn;
 
 /// The `spool` binary under test: this build's, or `SPOOL_TEST_BIN` (to show that a test
