@@ -343,6 +343,22 @@ impl Client {
             .into_inner())
     }
 
+    /// Hand the primary's role to the member `to` (planned; sent to the primary).
+    pub async fn switchover(&self, to: &str) -> Result<pb::SwitchoverResponse> {
+        let req = pb::SwitchoverRequest { to: to.into() };
+        Ok(self.conn().admin.switchover(req).await?.into_inner())
+    }
+
+    /// Name `to` the next primary while there is none (`force`: even if not eligible).
+    pub async fn failover(&self, to: &str, force: bool) -> Result<()> {
+        let req = pb::FailoverRequest {
+            to: to.into(),
+            force,
+        };
+        self.conn().admin.failover(req).await?;
+        Ok(())
+    }
+
     /// Tails the node cut when it followed a new primary (of `log`, or all if empty).
     pub async fn quarantine_list(&self, log: &str) -> Result<Vec<pb::QuarantinedTail>> {
         let req = pb::QuarantineListRequest { log: log.into() };

@@ -21,6 +21,8 @@ const ELECTION_MAX: Duration = Duration::from_secs(20);
 /// two proxies: to etcd, and from its peers.
 struct Nodes {
     etcd_url: String,
+    /// More `[cluster]` settings for every node.
+    extra: String,
     dirs: Vec<PathBuf>,
     ports: Vec<u16>,
     to_etcd: Vec<Proxy>,
@@ -31,6 +33,10 @@ struct Nodes {
 
 impl Nodes {
     fn start(etcd_url: &str, n: usize) -> Nodes {
+        Nodes::start_with(etcd_url, n, "")
+    }
+
+    fn start_with(etcd_url: &str, n: usize, extra: &str) -> Nodes {
         let tmp = tempfile::tempdir().unwrap();
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let first_etcd = etcd_url
@@ -40,6 +46,7 @@ impl Nodes {
             .unwrap();
         let mut nodes = Nodes {
             etcd_url: etcd_url.to_owned(),
+            extra: extra.to_owned(),
             dirs: (0..n).map(|i| tmp.path().join(format!("n{i}"))).collect(),
             to_etcd: (0..n).map(|_| Proxy::start(first_etcd)).collect(),
             from_peers: ports
@@ -58,8 +65,9 @@ impl Nodes {
     /// any, directly), advertising its peers' proxy.
     fn spawn(&self, i: usize) -> Server {
         let config = format!(
-            "[cluster]\nlease_ttl_ms = 2000\nadvertise = \"{}\"\nnode_name = \"n{i}\"\n",
-            self.from_peers[i].addr()
+            "[cluster]\nlease_ttl_ms = 2000\nadvertise = \"{}\"\nnode_name = \"n{i}\"\n{}",
+            self.from_peers[i].addr(),
+            self.extra
         );
         let cfg = write_config(&self.dirs[i], &config);
         let others = self
@@ -384,19 +392,19 @@ fn an_etcd_restart_loses_nothing() {
 }
 
 async fn first_ack_after_restart(nodes: &Nodes) -> (usize, Duration) {
-    let since = Instant::now();
-    wait_until(
-        "a write is acked after the etcd restart",
-        ELECTION_MAX,
-        || async {
-            let p = primary_among(nodes, &[0, 1, 2]).await?;
-            let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
-            c.append_with(request("probe", pb::AckMode::SemiSync))
-                .await
-                .ok()?;
-            Some((p, since.elapsed()))
-        },
-    )
+    first_ack_after(nodes, Instant::now()).await
+}
+
+/// The first write any node acknowledges after `since`: (node, time).
+async fn first_ack_after(nodes: &Nodes, since: Instant) -> (usize, Duration) {
+    wait_until("a write is acked", ELECTION_MAX, || async {
+        let p = primary_among(nodes, &[0, 1, 2]).await?;
+        let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
+        c.append_with(request("probe", pb::AckMode::SemiSync))
+            .await
+            .ok()?;
+        Some((p, since.elapsed()))
+    })
     .await
 }
 
@@ -422,6 +430,89 @@ fn one_etcd_member_down_does_not_stop_failover() {
         eprintln!("etcd member down, primary killed: node {q} acked after {took:?}");
         acks.assert_held_by(&nodes, q).await;
         acks.assert_one_writer_per_epoch();
+        nodes.servers[p] = Some(nodes.spawn(p));
+        rejoined(&nodes, p, q).await;
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// A planned switchover: writes pause briefly, the named node leads, nothing is lost.
+#[test]
+fn a_switchover_hands_over_without_losing_a_write() {
+    let Some(bin) = etcd_bin("a_switchover_hands_over") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let q = nodes.others(p)[0];
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        let since = Instant::now();
+        let out = nodes.servers[p].as_ref().unwrap().cli(&[
+            "admin",
+            "switchover",
+            "--to",
+            &format!("n{q}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (new, took) = first_ack_after(&nodes, since).await;
+        assert_eq!(new, q, "the named node leads");
+        eprintln!(
+            "switchover: {} ; first ack on n{q} after {took:?}",
+            common::stdout(&out).trim()
+        );
+        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
+            .await;
+        rejoined(&nodes, p, q).await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// With automatic failover off, a dead primary is replaced only when the operator names
+/// the next one.
+#[test]
+fn with_failover_off_the_operator_names_the_next_primary() {
+    let Some(bin) = etcd_bin("with_failover_off") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let mut nodes = Nodes::start_with(&etcd.url(), 3, "failover = false\n");
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.servers[p].take().unwrap().kill9();
+        let q = nodes.others(p)[0];
+        wait_until("the replicas say failover is off", ELECTION_MAX, || async {
+            let s = client(&nodes.addr(q)).await.status().await.ok()?;
+            s.cluster?.note.contains("failover is off").then_some(())
+        })
+        .await;
+        let out = nodes.servers[q].as_ref().unwrap().cli(&[
+            "admin",
+            "failover",
+            "--to",
+            &format!("n{q}"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(wait_primary(&nodes, &nodes.others(p)).await, q);
+        acks.assert_held_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
         q

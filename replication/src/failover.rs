@@ -283,6 +283,19 @@ pub struct View<'a> {
     pub i_lead: bool,
     /// Every member published since the leader key went ([`Vacancy::fresh`]).
     pub fresh: bool,
+    /// An operator's choice of the next primary (switchover, or failover `--force`).
+    pub designated: Option<Designated<'a>>,
+}
+
+/// The next primary an operator named: only it campaigns while the leader key is absent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Designated<'a> {
+    pub node: &'a str,
+    /// Even if not eligible (failover `--force`: the operator's decision).
+    pub force: bool,
+    /// A switchover: the old primary handed over once this node held all it had, so the
+    /// members' ends need not be published again first.
+    pub handover: bool,
 }
 
 /// The decision at one look.
@@ -303,7 +316,9 @@ pub fn decide(view: &View<'_>, policy: &Policy) -> Step {
                 }
             }
         }
-        None if !policy.failover => Step::Wait {
+        None if view.designated.is_some() => designated(view, policy),
+        // A new cluster elects its first primary even with failover off.
+        None if !policy.failover && view.cluster_epoch > 0 => Step::Wait {
             why: "no primary and automatic failover is off: `spool admin failover --to NODE`"
                 .into(),
         },
@@ -320,6 +335,30 @@ pub fn decide(view: &View<'_>, policy: &Policy) -> Step {
             None => Step::Wait {
                 why: "no primary and no eligible member".into(),
             },
+        },
+    }
+}
+
+/// No leader, and an operator named the next primary.
+fn designated(view: &View<'_>, policy: &Policy) -> Step {
+    let d = view.designated.expect("called with a designated node");
+    if d.node != view.me.id {
+        return Step::Wait {
+            why: format!("no primary; the operator named {}", d.node),
+        };
+    }
+    if !(view.fresh || d.force || d.handover) {
+        return Step::Wait {
+            why: "named the next primary; waiting for every member to publish its ends".into(),
+        };
+    }
+    let cluster_epoch = view.cluster_epoch;
+    match eligibility(view.me, view.members, cluster_epoch, policy) {
+        Err(e) if !d.force => Step::Wait {
+            why: format!("named the next primary but not eligible ({e}): use --force"),
+        },
+        _ => Step::Campaign {
+            epoch: next_epoch(cluster_epoch, view.members),
         },
     }
 }

@@ -30,6 +30,23 @@ pub enum AdminCommand {
         #[arg(long, value_name = "ADDR")]
         from: Option<String>,
     },
+    /// With --cluster: hand the primary's role to another member (send it to the primary).
+    /// Writes pause until the member holds every record; nothing is lost.
+    Switchover {
+        /// The member's node name (as `spool status` lists it).
+        #[arg(long)]
+        to: String,
+    },
+    /// With --cluster and no primary: make this member the next one. Without --force it
+    /// must be eligible; with it, records only other members hold may be lost.
+    Failover {
+        /// The member's node name.
+        #[arg(long)]
+        to: String,
+        /// Even if it is not eligible (lagging, never-promote): the operator's decision.
+        #[arg(long)]
+        force: bool,
+    },
     /// Tails this node cut when it followed a new primary, kept instead of thrown away.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
@@ -212,6 +229,14 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Quarantine(q) => quarantine(client, q).await?,
+        AdminCommand::Switchover { to } => {
+            let r = client.switchover(&to).await?;
+            println!("{to} takes over; writes paused {} ms here", r.paused_ms);
+        }
+        AdminCommand::Failover { to, force } => {
+            client.failover(&to, force).await?;
+            println!("{to} is named the next primary; `spool status` shows when it leads");
+        }
         AdminCommand::Repair { log, from } => {
             let r = client
                 .repair(log.as_deref().unwrap_or(""), from.as_deref().unwrap_or(""))

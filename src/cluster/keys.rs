@@ -5,6 +5,7 @@
 //! /spool/<cluster>/members/<node>              a member record, on the node's lease
 //! /spool/<cluster>/groups/<group>/leader       the group's primary, on its lease
 //! /spool/<cluster>/groups/<group>/epoch        the latest epoch a primary of the group began
+//! /spool/<cluster>/groups/<group>/designated   the next primary an operator named
 //! ```
 //! Every log belongs to the group `default` today. Logs placed on several primary groups
 //! later add `/spool/<cluster>/placement/<log>` naming a group; leader, epoch and election
@@ -50,6 +51,18 @@ impl Keys {
     pub fn epoch(&self, group: &str) -> String {
         format!("{}/groups/{group}/epoch", self.root)
     }
+
+    pub fn designated(&self, group: &str) -> String {
+        format!("{}/groups/{group}/designated", self.root)
+    }
+}
+
+/// The designated key's value: a switchover (`handover`) or a failover `--to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesignatedRecord {
+    pub node: String,
+    pub force: bool,
+    pub handover: bool,
 }
 
 /// The leader key's value.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use spool_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
+use super::failover::AdminOp;
 use super::node::Node;
 use super::promote::{promote, PromoteAt};
 use super::quarantine;
@@ -141,5 +142,39 @@ impl pb::admin_server::Admin for AdminService {
             .await
             .map(Response::new)
             .map_err(|e| Status::not_found(format!("{e:#}")))
+    }
+
+    async fn switchover(
+        &self,
+        req: Request<pb::SwitchoverRequest>,
+    ) -> Result<Response<pb::SwitchoverResponse>, Status> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let to = req.into_inner().to;
+        self.node
+            .cluster_op(AdminOp::Switchover { to, reply })
+            .await?;
+        let paused = rx
+            .await
+            .map_err(|_| Status::unavailable("the cluster agent stopped"))??;
+        Ok(Response::new(pb::SwitchoverResponse {
+            paused_ms: paused.as_millis() as u64,
+        }))
+    }
+
+    async fn failover(
+        &self,
+        req: Request<pb::FailoverRequest>,
+    ) -> Result<Response<pb::FailoverResponse>, Status> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let r = req.into_inner();
+        let op = AdminOp::Failover {
+            to: r.to,
+            force: r.force,
+            reply,
+        };
+        self.node.cluster_op(op).await?;
+        rx.await
+            .map_err(|_| Status::unavailable("the cluster agent stopped"))??;
+        Ok(Response::new(pb::FailoverResponse {}))
     }
 }

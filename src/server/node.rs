@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::Status;
 
 use super::catalog::Catalog;
-use super::failover::ClusterStatus;
+use super::failover::{AdminOp, ClusterStatus};
 use super::replication::acks::AckRuntime;
 use super::replication::delay::Delay;
 use super::replication::follower::UpstreamView;
@@ -49,6 +49,8 @@ pub struct Node {
     taking_back: Mutex<HashMap<String, TakeBack>>,
     /// The cluster agent's view (with a coordinator only).
     cluster: std::sync::OnceLock<Arc<Mutex<ClusterStatus>>>,
+    /// Requests for the cluster agent (switchover, failover).
+    cluster_ops: std::sync::OnceLock<tokio::sync::mpsc::Sender<AdminOp>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -85,6 +87,7 @@ impl Node {
             sync_requested_until_ms: AtomicU64::new(0),
             taking_back: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
+            cluster_ops: std::sync::OnceLock::new(),
         }
     }
 
@@ -176,6 +179,20 @@ impl Node {
 
     pub fn cluster_status(&self) -> Option<&Arc<Mutex<ClusterStatus>>> {
         self.cluster.get()
+    }
+
+    pub fn set_cluster_ops(&self, tx: tokio::sync::mpsc::Sender<AdminOp>) {
+        let _ = self.cluster_ops.set(tx);
+    }
+
+    /// Hand `op` to the cluster agent; FAILED_PRECONDITION without a coordinator.
+    pub async fn cluster_op(&self, op: AdminOp) -> Result<(), Status> {
+        let tx = self.cluster_ops.get().ok_or_else(|| {
+            Status::failed_precondition("this node runs without a coordinator (--cluster)")
+        })?;
+        tx.send(op)
+            .await
+            .map_err(|_| Status::unavailable("the cluster agent stopped"))
     }
 
     /// A primary stepped down to follow another: a follower may run again.

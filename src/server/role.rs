@@ -112,6 +112,8 @@ pub struct RoleState {
     primary_addr: RwLock<Option<String>>,
     fenced: AtomicBool,
     lease: LeaseGate,
+    /// A switchover is handing the leadership over: no new writes.
+    handing_over: AtomicBool,
     /// This node's own gRPC address, once bound.
     pub listen_addr: RwLock<String>,
 }
@@ -128,6 +130,7 @@ impl RoleState {
             primary_addr: RwLock::new(None),
             fenced: AtomicBool::new(false),
             lease: LeaseGate::default(),
+            handing_over: AtomicBool::new(false),
             listen_addr: RwLock::new(String::new()),
         };
         if role == Role::Primary {
@@ -287,6 +290,10 @@ impl RoleState {
         self.lease.set(until);
     }
 
+    pub fn set_handing_over(&self, on: bool) {
+        self.handing_over.store(on, Ordering::Release);
+    }
+
     /// UNAVAILABLE when a lease is required and does not hold now.
     pub fn check_lease(&self) -> Result<(), Status> {
         if self.lease.holds(Instant::now()) {
@@ -304,6 +311,12 @@ impl RoleState {
             return Err(Status::failed_precondition(
                 "this node is fenced: a node with a higher epoch was promoted; \
                  write to the new primary",
+            ));
+        }
+        if self.handing_over.load(Ordering::Acquire) {
+            return Err(Status::unavailable(
+                "a switchover is handing this primary's role to another node: retry (the \
+                 client finds the new primary)",
             ));
         }
         match &*self.role.read() {

@@ -163,6 +163,7 @@ fn decisions_follow_the_leader_or_elect_the_chosen_one() {
         cluster_epoch: 3,
         i_lead,
         fresh: true,
+        designated: None,
     };
     assert_eq!(
         decide(&view(&a, None, false), &p),
@@ -224,4 +225,44 @@ fn a_vacancy_waits_for_a_publication_from_every_live_member() {
     assert!(v.fresh(false, &[a.clone(), b.clone(), c]));
     assert!(!v.fresh(true, &[a.clone()]));
     assert!(!v.fresh(false, &[a]));
+}
+
+#[test]
+fn a_designated_node_campaigns_alone_and_force_overrides_eligibility() {
+    let p = policy();
+    let a = member("a", &[("x", 100)]);
+    let mut b = member("b", &[("x", 90)]);
+    let all = vec![a.clone(), b.clone()];
+    let view = |me, force| View {
+        me,
+        members: &all,
+        leader: None,
+        cluster_epoch: 3,
+        i_lead: false,
+        fresh: false,
+        designated: Some(Designated {
+            node: "b",
+            force,
+            handover: true,
+        }),
+    };
+    assert!(matches!(decide(&view(&a, false), &p), Step::Wait { .. }));
+    assert_eq!(decide(&view(&b, false), &p), Step::Campaign { epoch: 4 });
+    b.never_promote = true;
+    let all = vec![a, b.clone()];
+    let view = |force| View {
+        me: &b,
+        members: &all,
+        leader: None,
+        cluster_epoch: 3,
+        i_lead: false,
+        fresh: true,
+        designated: Some(Designated {
+            node: "b",
+            force,
+            handover: false,
+        }),
+    };
+    assert!(matches!(decide(&view(false), &p), Step::Wait { .. }));
+    assert_eq!(decide(&view(true), &p), Step::Campaign { epoch: 4 });
 }

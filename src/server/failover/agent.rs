@@ -1,19 +1,29 @@
 //! The agent's loop: one round per tick against the coordinator.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tonic::Status;
 
 use parking_lot::Mutex;
-use spool_replication::failover::{decide, LeaseClock, Member, Step, Vacancy, View};
+use spool_replication::failover::{decide, Designated, LeaseClock, Member, Step, Vacancy, View};
+use tokio::sync::mpsc;
+
+use super::admin::{self, AdminOp};
 
 use super::follower_ctl::FollowerCtl;
 use super::member::{self, Identity};
 use super::takeover;
 use crate::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op};
-use crate::cluster::keys::{self, Keys, LeaderRecord, MemberRecord, DEFAULT_GROUP};
+use crate::cluster::keys::{
+    self, DesignatedRecord, Keys, LeaderRecord, MemberRecord, DEFAULT_GROUP,
+};
 use crate::config::ClusterConfig;
 use crate::server::replication::follower::FollowerConfig;
 use crate::server::Node;
+
+/// How often the agent looks while no node holds the leader key.
+const VACANT_TICK: Duration = Duration::from_millis(25);
 
 /// What the agent last saw, for status.
 #[derive(Debug, Clone, Default)]
@@ -37,6 +47,7 @@ struct Look {
     members: Vec<MemberRecord>,
     /// The epoch key's value and mod revision (0, 0: absent).
     epoch: (u64, i64),
+    designated: Option<DesignatedRecord>,
 }
 
 struct Agent<C> {
@@ -107,6 +118,8 @@ pub fn spawn<C: Coordinator>(
         ..ClusterStatus::default()
     }));
     node.set_cluster_status(status.clone());
+    let (ops_tx, ops) = mpsc::channel(4);
+    node.set_cluster_ops(ops_tx);
     node.role().require_lease();
     let agent = Agent {
         keys: Keys::new(&cfg.name),
@@ -122,16 +135,25 @@ pub fn spawn<C: Coordinator>(
         seq: 0,
         status: status.clone(),
     };
-    tokio::spawn(agent.run());
+    tokio::spawn(agent.run(ops));
     status
 }
 
 impl<C: Coordinator> Agent<C> {
-    async fn run(mut self) {
-        let tick = self.cfg.policy.tick();
+    async fn run(mut self, mut ops: mpsc::Receiver<AdminOp>) {
         loop {
+            // Without a leader every round counts: look again soon.
+            let tick = if self.status.lock().leader.is_none() {
+                VACANT_TICK
+            } else {
+                self.cfg.policy.tick()
+            };
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
+                Some(op) = ops.recv() => {
+                    self.admin(op).await;
+                    continue;
+                }
                 _ = self.node.shutdown_started() => break,
             }
             if let Err(e) = self.round().await {
@@ -168,6 +190,11 @@ impl<C: Coordinator> Agent<C> {
             cluster_epoch: look.epoch.0,
             i_lead: self.leading.is_some(),
             fresh,
+            designated: look.designated.as_ref().map(|d| Designated {
+                node: &d.node,
+                force: d.force,
+                handover: d.handover,
+            }),
         };
         let step = decide(&view, &self.cfg.policy);
         self.show(&look);
@@ -229,6 +256,7 @@ impl<C: Coordinator> Agent<C> {
     async fn look(&self) -> anyhow::Result<Look> {
         let leader = self.coord.get(&self.keys.leader(DEFAULT_GROUP)).await?;
         let epoch = self.coord.get(&self.keys.epoch(DEFAULT_GROUP)).await?;
+        let designated = self.coord.get(&self.keys.designated(DEFAULT_GROUP)).await?;
         let members = self.coord.get_prefix(&self.keys.members()).await?;
         Ok(Look {
             leader_lease: leader.as_ref().map_or(0, |e| e.lease),
@@ -244,6 +272,7 @@ impl<C: Coordinator> Agent<C> {
                     .unwrap_or(0);
                 (n, e.mod_revision)
             }),
+            designated: designated.and_then(|e| keys::decode(&e.value)),
         })
     }
 
@@ -336,6 +365,7 @@ impl<C: Coordinator> Agent<C> {
             .await?;
         if won {
             tracing::warn!(epoch, "won the leader key");
+            self.status.lock().leader = Some(rec.clone());
             self.leading = Some((epoch, false));
             self.clock.renewed(&self.cfg.policy, sent);
             self.node.role().set_lease_until(self.clock.valid_until());
@@ -376,6 +406,106 @@ impl<C: Coordinator> Agent<C> {
         Ok(())
     }
 
+    async fn admin(&mut self, op: AdminOp) {
+        match op {
+            AdminOp::Switchover { to, reply } => {
+                let _ = reply.send(self.switchover(&to).await);
+            }
+            AdminOp::Failover { to, force, reply } => {
+                let _ = reply.send(self.failover_to(&to, force).await);
+            }
+        }
+    }
+
+    /// A live member named `to` (its record), or NOT_FOUND naming the members.
+    async fn member_named(&self, to: &str) -> Result<MemberRecord, Status> {
+        let look = self.look().await.map_err(unavailable)?;
+        let names: Vec<&str> = look.members.iter().map(|m| m.node.as_str()).collect();
+        look.members
+            .iter()
+            .find(|m| m.node == to)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("no live member {to:?}; members: {names:?}")))
+    }
+
+    /// Hand the leadership to `to`: refuse writes, wait until it holds everything, then
+    /// give the key up naming it. Returns how long writes were refused.
+    async fn switchover(&mut self, to: &str) -> Result<Duration, Status> {
+        if !matches!(self.leading, Some((_, true))) {
+            return Err(Status::failed_precondition(
+                "this node is not the primary: send switchover to the primary",
+            ));
+        }
+        let target = self.member_named(to).await?;
+        if target.node == self.id.node || target.delayed || target.never_promote {
+            return Err(Status::failed_precondition(format!(
+                "{to} cannot take over (itself, delayed or never-promote)"
+            )));
+        }
+        let paused = Instant::now();
+        self.node.role().set_handing_over(true);
+        let handed = self.hand_over(to).await;
+        self.node.role().set_handing_over(false);
+        handed.map(|()| paused.elapsed())
+    }
+
+    async fn hand_over(&mut self, to: &str) -> Result<(), Status> {
+        // Rounds wait meanwhile: the lease must not lapse before the handover.
+        let valid = self.clock.valid_until().unwrap_or_else(Instant::now);
+        let deadline = (Instant::now() + admin::CATCH_UP_MAX).min(valid);
+        admin::wait_caught_up(&self.node, to, deadline).await?;
+        let lease = self.lease.expect("a leader has a lease");
+        let next = DesignatedRecord {
+            node: to.to_owned(),
+            force: false,
+            handover: true,
+        };
+        let leader = self.keys.leader(DEFAULT_GROUP);
+        let ops = vec![
+            Op::Delete(leader.clone()),
+            Op::Put {
+                key: self.keys.designated(DEFAULT_GROUP),
+                value: keys::encode(&next),
+                lease: None,
+            },
+        ];
+        if !self
+            .coord
+            .txn(vec![Compare::LeaseIs(leader, lease)], ops)
+            .await
+            .map_err(unavailable)?
+        {
+            return Err(Status::aborted("the leader key is no longer this node's"));
+        }
+        self.lose_leadership("switched over");
+        tracing::warn!(to, "switchover: leadership handed over");
+        Ok(())
+    }
+
+    /// Name `to` the next primary while there is none.
+    async fn failover_to(&mut self, to: &str, force: bool) -> Result<(), Status> {
+        let look = self.look().await.map_err(unavailable)?;
+        if let Some(l) = &look.leader {
+            return Err(Status::failed_precondition(format!(
+                "{} leads: use switchover",
+                l.node
+            )));
+        }
+        self.member_named(to).await?;
+        let next = DesignatedRecord {
+            node: to.to_owned(),
+            force,
+            handover: false,
+        };
+        let key = self.keys.designated(DEFAULT_GROUP);
+        self.coord
+            .put(&key, keys::encode(&next), None)
+            .await
+            .map_err(unavailable)?;
+        tracing::warn!(to, force, "failover: next primary named");
+        Ok(())
+    }
+
     /// At shutdown: give the leader key up at once (the next primary need not wait for
     /// the lease) and revoke the lease.
     async fn resign(&mut self) {
@@ -385,4 +515,8 @@ impl<C: Coordinator> Agent<C> {
             let _ = self.coord.revoke(lease).await;
         }
     }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Status {
+    Status::unavailable(format!("coordinator: {e:#}"))
 }

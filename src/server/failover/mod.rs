@@ -4,12 +4,14 @@
 //! promote, step down). The primary's lease gate (`RoleState::check_lease`) turns the
 //! lease into "no acknowledgement past TTL minus the margin" without the agent's help.
 
+mod admin;
 mod agent;
 mod follower_ctl;
 mod member;
 mod start;
 mod takeover;
 
+pub use admin::AdminOp;
 pub use agent::{join_cluster, spawn, ClusterStatus};
 pub use member::Identity;
 pub use start::start;
