@@ -143,10 +143,27 @@ struct Acks(BTreeMap<(usize, u64), BTreeMap<u64, String>>);
 impl Acks {
     /// Appends (`ack`, one record each) of `tag-i` to node `i`, recording the acked ones.
     async fn write(&mut self, nodes: &Nodes, i: usize, tag: &str, n: usize, ack: pb::AckMode) {
+        self.write_k(nodes, i, tag, n, ack, 1).await
+    }
+
+    /// As [`Acks::write`], semi-sync needing `k` replicas.
+    async fn write_k(
+        &mut self,
+        nodes: &Nodes,
+        i: usize,
+        tag: &str,
+        n: usize,
+        ack: pb::AckMode,
+        k: u32,
+    ) {
         let c = client(&nodes.addr(i)).await;
-        for k in 0..n {
-            let v = format!("{tag}-{k}");
-            if let Ok(r) = c.append_with(request(&v, ack)).await {
+        for j in 0..n {
+            let v = format!("{tag}-{j}");
+            let req = pb::AppendRequest {
+                semi_sync_replicas: k,
+                ..request(&v, ack)
+            };
+            if let Ok(r) = c.append_with(req).await {
                 self.0
                     .entry((i, r.epoch))
                     .or_default()
@@ -515,6 +532,70 @@ fn with_failover_off_the_operator_names_the_next_primary() {
         acks.assert_held_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// The primary loses etcd and its peers at once: the others elect a new primary; once
+/// the network heals the old one follows and what it held alone is cut (kept aside).
+#[test]
+fn a_primary_cut_off_from_everyone_rejoins_as_a_replica() {
+    let Some(bin) = etcd_bin("a_primary_cut_off_from_everyone") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(120, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.to_etcd[p].cut();
+        nodes.from_peers[p].cut();
+        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
+        eprintln!("isolated: node {q} acked after {took:?}");
+        // Semi-sync writes to the isolated node find no replica; async ones no lease.
+        acks.write(&nodes, p, "isolated", 5, pb::AckMode::Async)
+            .await;
+        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
+            .await;
+        nodes.to_etcd[p].restore();
+        nodes.from_peers[p].restore();
+        rejoined(&nodes, p, q).await;
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        q
+    });
+    assert_identical(&nodes.stop_all(q));
+}
+
+/// A replica dies while the primary's replacement is being elected: the survivor takes
+/// over with every record acked by both replicas (semi-sync k = 2).
+#[test]
+fn a_replica_killed_during_failover_loses_no_ack() {
+    let Some(bin) = etcd_bin("a_replica_killed_during_failover") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let mut nodes = Nodes::start(&etcd.url(), 3);
+    let q = run(150, async {
+        let p = ready(&nodes).await;
+        let mut acks = Acks::default();
+        acks.write_k(&nodes, p, "before", 100, pb::AckMode::SemiSync, 2)
+            .await;
+        let r = nodes.others(p)[1];
+        nodes.servers[p].take().unwrap().kill9();
+        std::thread::sleep(Duration::from_millis(1500));
+        nodes.servers[r].take().unwrap().kill9();
+        let q = wait_primary(&nodes, &nodes.others(p)).await;
+        eprintln!("primary {p} and replica {r} killed: node {q} leads");
+        acks.assert_held_by(&nodes, q).await;
+        acks.assert_one_writer_per_epoch();
+        nodes.servers[p] = Some(nodes.spawn(p));
+        nodes.servers[r] = Some(nodes.spawn(r));
+        rejoined(&nodes, p, q).await;
+        rejoined(&nodes, r, q).await;
         q
     });
     assert_identical(&nodes.stop_all(q));

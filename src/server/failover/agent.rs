@@ -365,7 +365,9 @@ impl<C: Coordinator> Agent<C> {
             .await?;
         if won {
             tracing::warn!(epoch, "won the leader key");
-            self.status.lock().leader = Some(rec.clone());
+            let mut st = self.status.lock();
+            st.leader = Some(rec.clone());
+            st.note.clear();
             self.leading = Some((epoch, false));
             self.clock.renewed(&self.cfg.policy, sent);
             self.node.role().set_lease_until(self.clock.valid_until());
