@@ -1,9 +1,12 @@
 //! Clients that follow a failover: the Rust client and the CLI given every node's address
-//! find the primary, retry what is safe to retry, and say why when there is no primary.
+//! find the primary, retry what is safe to retry, and say why when there is no primary;
+//! `spool dev-cluster --etcd` runs such a cluster.
 
 mod common;
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -128,4 +131,93 @@ fn no_reachable_primary_is_unavailable_with_what_each_address_said() {
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("Unavailable: no primary found"), "{err}");
+}
+
+#[test]
+fn dev_cluster_with_etcd_fails_clearly_without_etcd() {
+    let d = tempfile::tempdir().unwrap();
+    let o = Command::new(common::spool_bin())
+        .args(["dev-cluster", "--etcd", "--dir"])
+        .arg(d.path())
+        .env("PATH", "")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("etcd-server"), "{err}");
+}
+
+/// `count` consecutive free loopback ports.
+fn free_ports(count: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = first.local_addr().unwrap().port();
+        let rest_free = (1..count).all(|i| {
+            base.checked_add(i)
+                .is_some_and(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok())
+        });
+        if rest_free {
+            return base;
+        }
+    }
+}
+
+#[test]
+fn dev_cluster_with_etcd_takes_writes_through_every_address_and_stops_on_ctrl_c() {
+    if etcd_bin("dev_cluster_with_etcd").is_none() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let base = free_ports(3);
+    let mut child = Command::new(common::spool_bin())
+        .args(["dev-cluster", "--etcd", "--base-port", &base.to_string()])
+        .arg("--dir")
+        .arg(d.path())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("Ctrl-C");
+        printed.push(line);
+        if done {
+            break;
+        }
+    }
+    std::thread::spawn(move || lines.for_each(drop));
+    let addrs = (0..3)
+        .map(|i| format!("127.0.0.1:{}", base + i))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(
+        printed
+            .iter()
+            .any(|l| l.contains(&format!("--addr {addrs}"))),
+        "{printed:?}"
+    );
+    let etcd_port: u16 = printed
+        .iter()
+        .find_map(|l| l.split("etcd://127.0.0.1:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no etcd address in {printed:?}"));
+    // The nodes may still be electing: the CLI waits for the primary.
+    let create = common::cli(&addrs, &["logs", "create", "demo"], None);
+    common::stdout(&create);
+    let append = ["append", "demo", "--ack", "semi-sync:1", "hi"];
+    let out = common::stdout(&common::cli(&addrs, &append, None));
+    assert!(out.contains("1 replica(s) confirmed"), "{out}");
+
+    common::signal(&child, libc::SIGINT);
+    let status = common::wait_timeout(&mut child, Duration::from_secs(30));
+    assert!(status.success(), "dev-cluster exited with {status}");
+    let every = (0..3).map(|i| base + i).chain([etcd_port]);
+    for port in every {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
+            "port {port} still open"
+        );
+    }
 }
