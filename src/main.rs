@@ -7,7 +7,7 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
-use spool::client::Client;
+use spool::client::{Client, ClientOptions};
 use tracing_subscriber::EnvFilter;
 
 // Every request allocates (h2 streams, headers, buffers): mimalloc makes that cheaper than
@@ -22,9 +22,19 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Disk-persistent replicated log store"
 )]
 struct Cli {
-    /// Address of the node that client commands talk to.
+    /// Address of the node that client commands talk to, or several comma-separated
+    /// (a cluster's nodes: commands find the primary and follow a failover).
     #[arg(long, global = true, env = "SPOOL_ADDR", default_value = spool::config::DEFAULT_LISTEN)]
     addr: String,
+    /// With several addresses, how long a command may look for the primary through a
+    /// failover before it fails with UNAVAILABLE (default 10000; 0: no retries).
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_FAILOVER_TIMEOUT_MS",
+        value_name = "MS"
+    )]
+    failover_timeout_ms: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -59,13 +69,13 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-fn client_command(addr: &str, cmd: Command) -> anyhow::Result<()> {
+fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let client = Client::connect(addr).await?;
+        let client = Client::connect_with(addr, options).await?;
         match cmd {
             Command::Logs(c) => cli::client_cmds::logs(&client, c).await,
             Command::Append(a) => cli::client_cmds::append(&client, a).await,
@@ -109,6 +119,13 @@ fn run() -> anyhow::Result<()> {
         Command::Check(a) => cli::check::run(a),
         Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
-        cmd => client_command(&cli.addr, cmd),
+        cmd => {
+            let options = ClientOptions {
+                failover_timeout: cli
+                    .failover_timeout_ms
+                    .map(std::time::Duration::from_millis),
+            };
+            client_command(&cli.addr, options, cmd)
+        }
     }
 }

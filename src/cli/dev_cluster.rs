@@ -1,5 +1,6 @@
 //! `spool dev-cluster`: a primary and replicas on loopback, each its own `spool serve`
-//! process with its own data dir, stopped together on Ctrl-C.
+//! process with its own data dir, stopped together on Ctrl-C. With `--etcd`, an etcd and
+//! three nodes that elect their primary through it (automatic failover on).
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
@@ -8,9 +9,11 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use super::dev_etcd::DevEtcd;
+
 #[derive(Debug, Args)]
 pub struct DevClusterArgs {
-    /// Number of replicas of the primary.
+    /// Number of replicas of the primary (with --etcd: nodes beyond the first).
     #[arg(long, default_value_t = 2)]
     pub replicas: u16,
     /// The primary listens on this port, replica i on port + i.
@@ -20,8 +23,15 @@ pub struct DevClusterArgs {
     #[arg(long, default_value = "spool-dev")]
     pub dir: PathBuf,
     /// The first replica is synchronous (for `--ack sync`).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "etcd")]
     pub sync_first: bool,
+    /// Start an etcd (the `etcd` binary, from Debian's etcd-server) and nodes with
+    /// `--cluster` on it: they elect the primary and fail over by themselves.
+    #[arg(long)]
+    pub etcd: bool,
+    /// etcd's client port with --etcd [default: a free one].
+    #[arg(long, requires = "etcd")]
+    pub etcd_port: Option<u16>,
 }
 
 struct Nodes(Vec<Child>);
@@ -38,29 +48,36 @@ impl Drop for Nodes {
     }
 }
 
-pub fn run(a: DevClusterArgs) -> Result<()> {
+/// `spool serve` for node `name` on `port`, with its data in `dir/name`.
+fn spawn(a: &DevClusterArgs, name: &str, port: u16, extra: &[String]) -> Result<Child> {
     let exe = std::env::current_exe().context("locating the spool binary")?;
+    let dir = a.dir.join(name);
+    std::fs::create_dir_all(&dir)?;
+    Command::new(&exe)
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        // dev-cluster prints the addresses itself; the nodes log to stderr.
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))
+}
+
+fn print_node(a: &DevClusterArgs, name: &str, port: u16) {
+    let data = a.dir.join(name);
+    println!("{name:<10} 127.0.0.1:{port}  (data {})", data.display());
+}
+
+pub fn run(a: DevClusterArgs) -> Result<()> {
+    if a.etcd {
+        return run_etcd(a);
+    }
     let mut nodes = Nodes(Vec::new());
     let primary = format!("127.0.0.1:{}", a.base_port);
-    let spawn = |name: &str, port: u16, extra: &[String]| -> Result<Child> {
-        let dir = a.dir.join(name);
-        std::fs::create_dir_all(&dir)?;
-        Command::new(&exe)
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(&dir)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(extra)
-            // dev-cluster prints the addresses itself; the nodes log to stderr.
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {name}"))
-    };
-    nodes.0.push(spawn("primary", a.base_port, &[])?);
-    println!(
-        "primary    {primary}  (data {})",
-        a.dir.join("primary").display()
-    );
+    nodes.0.push(spawn(&a, "primary", a.base_port, &[])?);
+    print_node(&a, "primary", a.base_port);
     for i in 1..=a.replicas {
         let port = a.base_port + i;
         let name = format!("replica-{i}");
@@ -73,29 +90,79 @@ pub fn run(a: DevClusterArgs) -> Result<()> {
         if a.sync_first && i == 1 {
             extra.push("--sync-replica".into());
         }
-        nodes.0.push(spawn(&name, port, &extra)?);
-        println!(
-            "{name:<10} 127.0.0.1:{port}  (data {})",
-            a.dir.join(&name).display()
-        );
+        nodes.0.push(spawn(&a, &name, port, &extra)?);
+        print_node(&a, &name, port);
     }
     println!(
         "try: spool logs create demo && spool append demo --ack semi-sync:1 hello && spool status"
     );
     println!("Ctrl-C stops them all");
+    supervise(&mut nodes, Exit::StopAll)
+}
+
+/// An etcd, then `1 + replicas` nodes on it; the etcd stops after the nodes.
+fn run_etcd(a: DevClusterArgs) -> Result<()> {
+    let etcd = DevEtcd::start(&a.dir, a.etcd_port)?;
+    println!(
+        "etcd       {}  (data {})",
+        etcd.url(),
+        a.dir.join("etcd").display()
+    );
+    let cluster = ["--cluster".to_string(), etcd.url()];
+    let mut nodes = Nodes(Vec::new());
+    let mut addrs = Vec::new();
+    for i in 0..=a.replicas {
+        let port = a.base_port + i;
+        let name = format!("node-{}", i + 1);
+        nodes.0.push(spawn(&a, &name, port, &cluster)?);
+        print_node(&a, &name, port);
+        addrs.push(format!("127.0.0.1:{port}"));
+    }
+    let addrs = addrs.join(",");
+    println!("the nodes elect a primary through etcd; clients given every address follow it:");
+    println!("connect with: spool --addr {addrs} ...  (or export SPOOL_ADDR={addrs})");
+    println!(
+        "try: spool logs create demo && spool append demo --ack semi-sync:1 hello && spool status"
+    );
+    println!("Ctrl-C stops them all");
+    let result = supervise(&mut nodes, Exit::Tolerate);
+    drop(nodes);
+    drop(etcd);
+    result
+}
+
+/// What a node exiting on its own does to the dev cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Exit {
+    /// Stop the others (a primary with replicas has no one to take over).
+    StopAll,
+    /// Say so and go on (with --etcd: the others fail over), until none is left.
+    Tolerate,
+}
+
+/// Until Ctrl-C (or a node exits, per `on_exit`); dropping `nodes` then stops the rest.
+fn supervise(nodes: &mut Nodes, on_exit: Exit) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let mut exited = vec![false; nodes.0.len()];
     rt.block_on(async {
         let mut watch = tokio::time::interval(Duration::from_millis(500));
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => return Ok(()),
                 _ = watch.tick() => {
-                    for c in &mut nodes.0 {
-                        if let Some(status) = c.try_wait()? {
+                    for (i, c) in nodes.0.iter_mut().enumerate() {
+                        let Some(status) = c.try_wait()? else { continue };
+                        if on_exit == Exit::StopAll {
                             anyhow::bail!("a node exited ({status}); stopping the others");
                         }
+                        if !std::mem::replace(&mut exited[i], true) {
+                            println!("node-{} exited ({status}); the others go on", i + 1);
+                        }
+                    }
+                    if exited.iter().all(|&e| e) {
+                        anyhow::bail!("every node exited");
                     }
                 }
             }

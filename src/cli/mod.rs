@@ -4,5 +4,6 @@ pub mod admin;
 pub mod check;
 pub mod client_cmds;
 pub mod dev_cluster;
+pub mod dev_etcd;
 pub mod serve;
 pub mod status;

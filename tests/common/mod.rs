@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use spool::client::Client;
 use spool_proto::v1 as pb;
 
+pub mod cluster;
 pub mod etcd;
 pub mod proxy;
 pub mod raw_conn;
