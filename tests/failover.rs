@@ -354,7 +354,20 @@ async fn zombie_writer(
 /// expire, another node leads, and once etcd is back the old one follows.
 #[test]
 fn a_primary_cut_off_from_etcd_stops_acking_and_follows() {
-    let Some(bin) = etcd_bin("a_primary_cut_off_from_etcd") else {
+    cut_off_primary("a_primary_cut_off_from_etcd", false);
+}
+
+/// The primary loses etcd and its peers at once: the others elect a new primary; once
+/// the network heals the old one follows and what it held alone is cut (kept aside).
+#[test]
+fn a_primary_cut_off_from_everyone_rejoins_as_a_replica() {
+    cut_off_primary("a_primary_cut_off_from_everyone", true);
+}
+
+/// Cut the primary off from etcd (and from its peers if `peers_too`), write through the
+/// new primary, heal, check.
+fn cut_off_primary(test: &str, peers_too: bool) {
+    let Some(bin) = etcd_bin(test) else {
         return;
     };
     let etcd = Etcd::start(&bin);
@@ -365,15 +378,18 @@ fn a_primary_cut_off_from_etcd_stops_acking_and_follows() {
         acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
             .await;
         nodes.to_etcd[p].cut();
-        let cut = Instant::now();
-        let (q, took) = first_ack_elsewhere(&nodes, p, cut).await;
-        eprintln!("etcd cut: node {q} acked after {took:?}");
-        // Meanwhile the old primary, still reachable, acks nothing.
+        if peers_too {
+            nodes.from_peers[p].cut();
+        }
+        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
+        eprintln!("{test}: node {q} acked after {took:?}");
+        // Meanwhile the old primary, still reachable by this test, acks nothing.
         acks.write(&nodes, p, "cut-off", 5, pb::AckMode::Async)
             .await;
         acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
             .await;
         nodes.to_etcd[p].restore();
+        nodes.from_peers[p].restore();
         rejoined(&nodes, p, q).await;
         acks.assert_held_by(&nodes, q).await;
         acks.assert_one_writer_per_epoch();
@@ -532,39 +548,6 @@ fn with_failover_off_the_operator_names_the_next_primary() {
         acks.assert_held_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
-        q
-    });
-    assert_identical(&nodes.stop_all(q));
-}
-
-/// The primary loses etcd and its peers at once: the others elect a new primary; once
-/// the network heals the old one follows and what it held alone is cut (kept aside).
-#[test]
-fn a_primary_cut_off_from_everyone_rejoins_as_a_replica() {
-    let Some(bin) = etcd_bin("a_primary_cut_off_from_everyone") else {
-        return;
-    };
-    let etcd = Etcd::start(&bin);
-    let nodes = Nodes::start(&etcd.url(), 3);
-    let q = run(120, async {
-        let p = ready(&nodes).await;
-        let mut acks = Acks::default();
-        acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
-            .await;
-        nodes.to_etcd[p].cut();
-        nodes.from_peers[p].cut();
-        let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
-        eprintln!("isolated: node {q} acked after {took:?}");
-        // Semi-sync writes to the isolated node find no replica; async ones no lease.
-        acks.write(&nodes, p, "isolated", 5, pb::AckMode::Async)
-            .await;
-        acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
-            .await;
-        nodes.to_etcd[p].restore();
-        nodes.from_peers[p].restore();
-        rejoined(&nodes, p, q).await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
         q
     });
     assert_identical(&nodes.stop_all(q));
