@@ -14,10 +14,12 @@ mod choices;
 mod cluster;
 mod connections;
 mod replication;
+mod tls;
 pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, IoBackend, Recovery};
 pub use cluster::{parse_cluster_url, ClusterConfig, ClusterSection};
 pub use connections::{ConnectionConfig, ServerSection};
 pub use replication::{parse_duration, DurationError, ReplicationConfig};
+pub use tls::{TlsConfig, TlsOverrides, TlsSection};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "spool-data";
@@ -81,6 +83,8 @@ pub struct FileConfig {
     pub server: ServerSection,
     #[serde(default)]
     pub cluster: ClusterSection,
+    #[serde(default)]
+    pub tls: TlsSection,
 }
 
 impl FileConfig {
@@ -105,6 +109,8 @@ pub struct ServerConfig {
     pub connections: ConnectionConfig,
     /// Failover on a coordinator (`--cluster`, `[cluster]`).
     pub cluster: Option<ClusterConfig>,
+    /// TLS on the node's port and on the connections it dials (`[tls]`, `--tls-*`).
+    pub tls: Option<TlsConfig>,
 }
 
 /// Values given on the command line or through the environment (they override the file):
@@ -142,6 +148,8 @@ pub struct Overrides {
     /// The cluster's name in etcd [default: spool].
     #[arg(long, env = "SPOOL_CLUSTER_NAME")]
     pub cluster_name: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsOverrides,
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -234,6 +242,7 @@ impl ServerConfig {
             replication,
             connections,
             cluster,
+            tls: file.tls.build(&o.tls).context("in [tls]")?,
         })
     }
 }

@@ -7,3 +7,4 @@ pub mod cluster;
 pub mod config;
 pub mod measure;
 pub mod server;
+pub mod tls;

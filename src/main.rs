@@ -35,6 +35,18 @@ struct Cli {
         value_name = "MS"
     )]
     failover_timeout_ms: Option<u64>,
+    /// TLS: the CA (PEM) that signed the nodes' certificates. Any --tls-* option, or an
+    /// https:// address, makes client commands use TLS. For `serve`: the CA its upstream
+    /// and peers are verified against [default: --tls-client-ca].
+    #[arg(long, global = true, env = "SPOOL_TLS_CA", value_name = "PEM")]
+    tls_ca: Option<std::path::PathBuf>,
+    /// TLS: this client's certificate (PEM), for nodes that require one. For `serve`: the
+    /// node's certificate (its client identity too when it dials a peer).
+    #[arg(long, global = true, env = "SPOOL_TLS_CERT", value_name = "PEM")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "SPOOL_TLS_KEY", value_name = "PEM")]
+    tls_key: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,7 +127,12 @@ fn run() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match cli.command {
-        Command::Serve(a) => cli::serve::run(a),
+        Command::Serve(mut a) => {
+            // The global TLS options name the node's own certificate, key and peer CA.
+            let tls = &mut a.overrides.tls;
+            (tls.tls_cert, tls.tls_key, tls.tls_ca) = (cli.tls_cert, cli.tls_key, cli.tls_ca);
+            cli::serve::run(a)
+        }
         Command::Check(a) => cli::check::run(a),
         Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
@@ -124,6 +141,7 @@ fn run() -> anyhow::Result<()> {
                 failover_timeout: cli
                     .failover_timeout_ms
                     .map(std::time::Duration::from_millis),
+                tls: spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key),
             };
             client_command(&cli.addr, options, cmd)
         }

@@ -27,6 +27,7 @@ const KILL_AFTER: usize = 50;
 async fn cluster_client(nodes: &EtcdNodes) -> Client {
     let options = ClientOptions {
         failover_timeout: Some(Duration::from_secs(30)),
+        ..ClientOptions::default()
     };
     Client::connect_with(&nodes.addr_list(), options)
         .await
@@ -118,6 +119,7 @@ fn no_reachable_primary_is_unavailable_with_what_each_address_said() {
     run(30, async {
         let options = ClientOptions {
             failover_timeout: Some(Duration::from_millis(500)),
+            ..ClientOptions::default()
         };
         let e = Client::connect_with(&addrs, options).await.unwrap_err();
         assert_eq!(e.code(), Some(Code::Unavailable), "{e}");

@@ -54,6 +54,38 @@ pub struct CatchupArgs {
     /// Write the JSON results to this file ("-" for stdout; the table then goes to stderr).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Primary and replica serve TLS (certificates made for the run): the replica's
+    /// stream and its segment fetches are encrypted (no sendfile).
+    #[arg(long)]
+    pub tls: bool,
+}
+
+/// The client options of the run: TLS with the run's CA when `--tls`.
+fn client_options(work: &std::path::Path, tls: bool) -> spool::client::ClientOptions {
+    spool::client::ClientOptions {
+        tls: tls.then(|| spool::tls::TlsOptions {
+            ca: Some(work.join("tls/ca.pem")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// With `--tls`: a CA and a node certificate in `work/tls`, named to the nodes through
+/// SPOOL_TLS_* (the `spool serve` children inherit them; every node uses the one
+/// certificate, which is also the replica's client identity).
+fn make_certs(work: &std::path::Path) -> Result<()> {
+    let dir = work.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let ca = spool::tls::dev_certs::DevCa::new("bench CA")?;
+    ca.write(&dir.join("ca.pem"))?;
+    let node = ca
+        .issue("node", &["127.0.0.1", "localhost"])?
+        .write(&dir, "node")?;
+    std::env::set_var("SPOOL_TLS_CERT", &node.cert);
+    std::env::set_var("SPOOL_TLS_KEY", &node.key);
+    std::env::set_var("SPOOL_TLS_CA", dir.join("ca.pem"));
+    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -92,8 +124,12 @@ pub(super) fn run_catchup(args: &CatchupArgs) -> Result<()> {
     if !valid || args.record_bytes < 8 || args.records_per_append == 0 || args.inflight == 0 {
         bail!("--gib must be positive, --partial-fraction not negative, --record-bytes >= 8");
     }
-    let rt = runtime(None)?;
     let tmp = fresh_data_dir(&args.dir)?;
+    if args.tls {
+        // Before any thread: the environment is the process's.
+        make_certs(tmp.path())?;
+    }
+    let rt = runtime(None)?;
     let mut primary =
         BenchServer::start(false, &tmp.path().join("p"), tmp.path(), args.io_backend)?;
     let mut replica = None;
@@ -155,6 +191,7 @@ async fn fill(args: &CatchupArgs, client: &Client, bytes: u64) -> Result<()> {
 
 /// Poll the replica until its end of the log equals `target`.
 async fn wait_caught_up(
+    options: &spool::client::ClientOptions,
     replica: &BenchServer,
     target: u64,
     t0: Instant,
@@ -164,7 +201,9 @@ async fn wait_caught_up(
     let mut saw_full_sync = false;
     loop {
         if client.is_none() {
-            client = Client::connect(&replica.addr.to_string()).await.ok();
+            client = Client::connect_with(&replica.addr.to_string(), options.clone())
+                .await
+                .ok();
         }
         if let Some(c) = &client {
             if let Ok(s) = c.status().await {
@@ -227,7 +266,8 @@ impl CatchupPhase<'_> {
             "r1",
             false,
         )?);
-        let (d, full) = wait_caught_up(r, to.1, t0, self.timeout).await?;
+        let options = client_options(self.work, self.args.tls);
+        let (d, full) = wait_caught_up(&options, r, to.1, t0, self.timeout).await?;
         let bytes = to.0 - from.0;
         Ok(Phase {
             phase: name,
@@ -248,7 +288,8 @@ async fn drive(
     primary: &BenchServer,
     replica: &mut Option<BenchServer>,
 ) -> Result<CatchupRun> {
-    let client = Client::connect(&primary.addr.to_string()).await?;
+    let options = client_options(work, args.tls);
+    let client = Client::connect_with(&primary.addr.to_string(), options).await?;
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let timeout = Duration::from_secs_f64(args.timeout);

@@ -35,7 +35,7 @@ fn repair_from(dir: &Path, addr: &str) -> Result<()> {
             for name in storage.list_logs() {
                 let log = storage.log(&name)?;
                 for d in log.damage() {
-                    match spool::server::repair::repair_run(&cluster, &log, &d, addr).await {
+                    match spool::server::repair::repair_run(&cluster, None, &log, &d, addr).await {
                         Ok(next) => println!(
                             "repaired {name} records {}..{next} from {addr}",
                             d.first_offset

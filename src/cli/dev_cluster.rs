@@ -32,6 +32,10 @@ pub struct DevClusterArgs {
     /// etcd's client port with --etcd [default: a free one].
     #[arg(long, requires = "etcd")]
     pub etcd_port: Option<u16>,
+    /// Mutual TLS everywhere: a CA, a certificate per node and one for the client are
+    /// generated into DIR/tls, and the nodes require client certificates.
+    #[arg(long)]
+    pub tls: bool,
 }
 
 struct Nodes(Vec<Child>);
@@ -53,8 +57,25 @@ fn spawn(a: &DevClusterArgs, name: &str, port: u16, extra: &[String]) -> Result<
     let exe = std::env::current_exe().context("locating the spool binary")?;
     let dir = a.dir.join(name);
     std::fs::create_dir_all(&dir)?;
+    let tls = match a.tls {
+        true => {
+            let t = a.dir.join("tls");
+            let f = |n: &str| t.join(n).display().to_string();
+            vec![
+                "--tls-cert".to_string(),
+                f(&format!("{name}.pem")),
+                "--tls-key".into(),
+                f(&format!("{name}.key")),
+                "--tls-client-ca".into(),
+                f("ca.pem"),
+                "--tls-require-client-cert".into(),
+            ]
+        }
+        false => Vec::new(),
+    };
     Command::new(&exe)
         .arg("serve")
+        .args(tls)
         .arg("--data-dir")
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -70,10 +91,58 @@ fn print_node(a: &DevClusterArgs, name: &str, port: u16) {
     println!("{name:<10} 127.0.0.1:{port}  (data {})", data.display());
 }
 
-pub fn run(a: DevClusterArgs) -> Result<()> {
-    if a.etcd {
-        return run_etcd(a);
+/// DIR/tls: a CA, a certificate for each of `nodes` (for 127.0.0.1 and localhost) and one
+/// for the client. Returns the client's flags.
+fn make_certs(a: &DevClusterArgs, nodes: &[String]) -> Result<String> {
+    use spool::tls::dev_certs::DevCa;
+    let dir = a.dir.join("tls");
+    std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+    let ca = DevCa::new("spool dev-cluster CA")?;
+    ca.write(&dir.join("ca.pem"))?;
+    for n in nodes {
+        ca.issue(n, &["127.0.0.1", "localhost"])?.write(&dir, n)?;
     }
+    let client = ca.issue("client", &["client"])?.write(&dir, "client")?;
+    Ok(format!(
+        "--tls-ca {} --tls-cert {} --tls-key {}",
+        dir.join("ca.pem").display(),
+        client.cert.display(),
+        client.key.display()
+    ))
+}
+
+/// What `connect with` says: the address flag, with the TLS flags when --tls.
+fn connect_flags(a: &DevClusterArgs, addr_flag: String) -> Result<String> {
+    if !a.tls {
+        return Ok(addr_flag);
+    }
+    let mut names = vec!["primary".to_string()];
+    names.extend((1..=a.replicas).map(|i| format!("replica-{i}")));
+    names.extend((0..=a.replicas).map(|i| format!("node-{}", i + 1)));
+    Ok(format!("{addr_flag} {}", make_certs(a, &names)?))
+}
+
+pub fn run(a: DevClusterArgs) -> Result<()> {
+    let connect = connect_flags(
+        &a,
+        match a.etcd {
+            false => format!("--addr 127.0.0.1:{}", a.base_port),
+            true => format!(
+                "--addr {}",
+                (0..=a.replicas)
+                    .map(|i| format!("127.0.0.1:{}", a.base_port + i))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        },
+    )?;
+    if a.etcd {
+        return run_etcd(a, &connect);
+    }
+    run_plain(a, &connect)
+}
+
+fn run_plain(a: DevClusterArgs, connect: &str) -> Result<()> {
     let mut nodes = Nodes(Vec::new());
     let primary = format!("127.0.0.1:{}", a.base_port);
     nodes.0.push(spawn(&a, "primary", a.base_port, &[])?);
@@ -93,6 +162,7 @@ pub fn run(a: DevClusterArgs) -> Result<()> {
         nodes.0.push(spawn(&a, &name, port, &extra)?);
         print_node(&a, &name, port);
     }
+    println!("connect with: spool {connect} ...");
     println!(
         "try: spool logs create demo && spool append demo --ack semi-sync:1 hello && spool status"
     );
@@ -101,7 +171,7 @@ pub fn run(a: DevClusterArgs) -> Result<()> {
 }
 
 /// An etcd, then `1 + replicas` nodes on it; the etcd stops after the nodes.
-fn run_etcd(a: DevClusterArgs) -> Result<()> {
+fn run_etcd(a: DevClusterArgs, connect: &str) -> Result<()> {
     let etcd = DevEtcd::start(&a.dir, a.etcd_port)?;
     println!(
         "etcd       {}  (data {})",
@@ -120,7 +190,7 @@ fn run_etcd(a: DevClusterArgs) -> Result<()> {
     }
     let addrs = addrs.join(",");
     println!("the nodes elect a primary through etcd; clients given every address follow it:");
-    println!("connect with: spool --addr {addrs} ...  (or export SPOOL_ADDR={addrs})");
+    println!("connect with: spool {connect} ...  (or export SPOOL_ADDR={addrs})");
     println!(
         "try: spool logs create demo && spool append demo --ack semi-sync:1 hello && spool status"
     );

@@ -5,9 +5,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use spool_proto::v1 as pb;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::{ClientError, Result};
+use crate::tls::TlsOptions;
 
 /// Replies the client accepts (reads can be large).
 const MESSAGE_BYTES_MAX: usize = 64 << 20;
@@ -51,10 +52,17 @@ pub(super) struct Conn {
     pub admin: pb::admin_client::AdminClient<Channel>,
 }
 
-pub(super) async fn dial(addr: &str) -> Result<Conn> {
-    let uri = endpoint_uri(addr);
-    let endpoint = Endpoint::from_shared(uri.clone())
-        .map_err(|_| ClientError::BadAddress(addr.to_owned()))?
+/// How every connection of a client is dialed (the same for each node it moves to).
+#[derive(Debug, Clone, Default)]
+pub(super) struct DialOptions {
+    /// TLS (`--tls-*`, or an `https://` address).
+    pub tls: Option<TlsOptions>,
+}
+
+pub(super) async fn dial(addr: &str, opts: &DialOptions) -> Result<Conn> {
+    let uri = crate::tls::uri(addr, opts.tls.is_some());
+    let endpoint = crate::tls::endpoint(&uri, opts.tls.as_ref())
+        .map_err(|e| ClientError::Tls(format!("{e:#}")))?
         .tcp_nodelay(true);
     let channel = endpoint
         .connect()
@@ -110,8 +118,8 @@ enum Probe {
 }
 
 /// Dial `addr` and ask its status, each step bounded.
-async fn probe(addr: &str, limit: Duration) -> Result<Probe, String> {
-    let conn = match tokio::time::timeout(limit, dial(addr)).await {
+async fn probe(addr: &str, opts: &DialOptions, limit: Duration) -> Result<Probe, String> {
+    let conn = match tokio::time::timeout(limit, dial(addr, opts)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return Err(short_error(&e)),
         Err(_) => return Err(format!("no connection within {limit:?}")),
@@ -146,6 +154,7 @@ fn short_error(e: &ClientError) -> String {
 /// One pass: `hint` first, then `seeds`, then any primary a node names on the way.
 async fn round(
     seeds: &[String],
+    opts: &DialOptions,
     hint: Option<String>,
     want: Want,
     reasons: &mut Reasons,
@@ -162,7 +171,7 @@ async fn round(
         let limit = deadline
             .saturating_duration_since(Instant::now())
             .clamp(ROUND_PAUSE_MIN, PROBE_TIMEOUT);
-        match probe(&addr, limit).await {
+        match probe(&addr, opts, limit).await {
             Ok(Probe::Primary(conn)) => return Some(conn),
             Ok(Probe::Other(conn, primary)) => {
                 let why = match &primary {
@@ -183,6 +192,7 @@ async fn round(
 /// round; UNAVAILABLE with what each address said when there is none.
 pub(super) async fn find(
     seeds: &[String],
+    opts: &DialOptions,
     mut hint: Option<String>,
     want: Want,
     reasons: &mut Reasons,
@@ -191,7 +201,7 @@ pub(super) async fn find(
     let started = Instant::now();
     let mut pause = ROUND_PAUSE_MIN;
     loop {
-        if let Some(conn) = round(seeds, hint.take(), want, reasons, deadline).await {
+        if let Some(conn) = round(seeds, opts, hint.take(), want, reasons, deadline).await {
             return Ok(conn);
         }
         if Instant::now() + pause >= deadline {

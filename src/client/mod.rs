@@ -24,7 +24,7 @@ pub use connect::endpoint_uri;
 pub use pb::{AckMode, AppendResponse, LogInfo, Record, StatusResponse};
 pub use producer::IdempotentProducer;
 
-use connect::{dial, Conn, Reasons, Want};
+use connect::{dial, Conn, DialOptions, Reasons, Want};
 use retry::{Next, Safety};
 
 /// How long a client with several addresses keeps looking for the primary by default.
@@ -40,6 +40,8 @@ pub enum ClientError {
     },
     #[error("invalid address {0:?}: expected HOST:PORT or http://HOST:PORT, comma-separated")]
     BadAddress(String),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(Status),
     #[error("the append stream closed before replying")]
@@ -56,8 +58,26 @@ pub enum ClientError {
 
 impl From<Status> for ClientError {
     fn from(s: Status) -> Self {
-        ClientError::Rpc(s)
+        ClientError::Rpc(with_transport_cause(s))
     }
+}
+
+/// A status the transport made (it has a source; a node's own have none) with its
+/// innermost cause added to the message: "operation was canceled" says nothing, the TLS
+/// alert under it does ("received fatal alert: CertificateRequired"), as does a node's
+/// GOAWAY saying it requires TLS.
+fn with_transport_cause(s: Status) -> Status {
+    let Some(mut cause) = std::error::Error::source(&s) else {
+        return s;
+    };
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    let cause = cause.to_string();
+    if s.message().contains(&cause) {
+        return s;
+    }
+    Status::new(s.code(), format!("{}: {cause}", s.message()))
 }
 
 impl ClientError {
@@ -80,6 +100,9 @@ pub struct ClientOptions {
     /// [`FAILOVER_TIMEOUT_DEFAULT`] with several addresses; with one, none at all (a
     /// replica's refusal is followed once, other failures are returned as they come).
     pub failover_timeout: Option<Duration>,
+    /// TLS: the CA to verify nodes with, and a client certificate if they ask for one.
+    /// An `https://` address means TLS too.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 /// A connection to a Spool node, and the addresses it may move to. Cheap to clone (one
@@ -92,6 +115,7 @@ pub struct Client {
     seeds: Arc<Vec<String>>,
     /// Zero: no failover (one address, as before there were several).
     failover_timeout: Duration,
+    dial: Arc<DialOptions>,
 }
 
 impl Client {
@@ -104,22 +128,29 @@ impl Client {
     /// the failover timeout, else to the first node that does.
     pub async fn connect_with(addrs: &str, options: ClientOptions) -> Result<Client> {
         let seeds = connect::parse_addrs(addrs)?;
+        let https = seeds.iter().any(|s| s.starts_with("https://"));
+        let dial_opts = DialOptions {
+            tls: options.tls.or_else(|| https.then(Default::default)),
+        };
+        let tls = dial_opts.tls.is_some();
+        let seeds: Vec<String> = seeds.iter().map(|s| crate::tls::uri(s, tls)).collect();
         let failover_timeout = match (options.failover_timeout, seeds.len()) {
             (Some(t), _) => t,
             (None, 1) => Duration::ZERO,
             (None, _) => FAILOVER_TIMEOUT_DEFAULT,
         };
         let conn = if seeds.len() == 1 {
-            dial(&seeds[0]).await?
+            dial(&seeds[0], &dial_opts).await?
         } else {
             let deadline = Instant::now() + failover_timeout;
             let mut reasons = Reasons::default();
-            connect::find(&seeds, None, Want::Any, &mut reasons, deadline).await?
+            connect::find(&seeds, &dial_opts, None, Want::Any, &mut reasons, deadline).await?
         };
         Ok(Client {
             conn: Arc::new(parking_lot::RwLock::new(conn)),
             seeds: Arc::new(seeds),
             failover_timeout,
+            dial: Arc::new(dial_opts),
         })
     }
 
@@ -173,7 +204,8 @@ impl Client {
                     .await;
                 pause = (pause * 2).min(Duration::from_millis(500));
             }
-            let next = connect::find(&self.seeds, hint, want, &mut reasons, deadline).await?;
+            let next =
+                connect::find(&self.seeds, &self.dial, hint, want, &mut reasons, deadline).await?;
             *self.conn.write() = next;
         }
     }
@@ -191,7 +223,7 @@ impl Client {
         };
         match retry::named_primary(&status) {
             Some(primary) if primary != self.addr() => {
-                *self.conn.write() = dial(&primary).await?;
+                *self.conn.write() = dial(&primary, &self.dial).await?;
                 Ok(f(self.conn()).await?.into_inner())
             }
             _ => Err(status.into()),
@@ -307,14 +339,21 @@ impl Client {
         if self.failover_timeout.is_zero() {
             let s = self.status().await?;
             if s.role == "replica" && !s.primary_addr.is_empty() {
-                *self.conn.write() = dial(&s.primary_addr).await?;
+                *self.conn.write() = dial(&s.primary_addr, &self.dial).await?;
             }
         } else {
             let deadline = Instant::now() + self.failover_timeout;
             let mut reasons = Reasons::default();
             let hint = Some(self.addr());
-            *self.conn.write() =
-                connect::find(&self.seeds, hint, Want::Primary, &mut reasons, deadline).await?;
+            *self.conn.write() = connect::find(
+                &self.seeds,
+                &self.dial,
+                hint,
+                Want::Primary,
+                &mut reasons,
+                deadline,
+            )
+            .await?;
         }
         Appender::open(self.conn().log, log, ack, semi_sync_replicas).await
     }

@@ -24,12 +24,12 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tonic::transport::server::Connected;
 
 use super::conn_caps::Permit;
 use super::node::Node;
+use crate::tls::stream::ServerStream;
 
 /// Idle timeout of a connection with nothing open once the node is shutting down: enough
 /// for the last response's bytes, which hyper flushes after the stream is counted ended.
@@ -87,6 +87,10 @@ impl Drop for StreamOpen {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The client's TLS certificate (leaf), verified against the client CA: for
+    /// authentication by certificate identity.
+    #[allow(dead_code)]
+    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     activity: Arc<Activity>,
 }
 
@@ -95,7 +99,7 @@ pub struct ConnInfo {
 #[derive(Debug)]
 pub struct Conn {
     received: Bytes,
-    stream: TcpStream,
+    stream: ServerStream,
     info: ConnInfo,
     idle_timeout: Duration,
     idle_timer: Pin<Box<Sleep>>,
@@ -107,7 +111,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(
-        stream: TcpStream,
+        stream: ServerStream,
         received: Bytes,
         peer: SocketAddr,
         idle_timeout: Duration,
@@ -115,11 +119,16 @@ impl Conn {
         permit: Permit,
     ) -> Conn {
         let activity = Activity::new();
+        let peer_cert = stream.peer_cert();
         let first_deadline = activity.born + idle_timeout;
         Conn {
             received,
             stream,
-            info: ConnInfo { peer, activity },
+            info: ConnInfo {
+                peer,
+                peer_cert,
+                activity,
+            },
             idle_timeout,
             idle_timer: Box::pin(tokio::time::sleep_until(first_deadline)),
             node,

@@ -100,6 +100,15 @@ pub async fn serve(
     if let Some(addr) = config.metrics_listen {
         metrics_export::install(addr, node.clone())?;
     }
+    let tls = config
+        .tls
+        .clone()
+        .map(crate::tls::server::ServerTls::load)
+        .transpose()?;
+    if let (Some(t), Some(c)) = (&tls, &config.tls) {
+        t.spawn_reloader()?;
+        node.set_peer_tls(crate::tls::TlsOptions::for_node(c));
+    }
     let listener =
         accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
@@ -183,7 +192,7 @@ pub async fn serve(
         .add_service(admin)
         // Connections come through `accept` (caps, preface deadline), which keeps segment
         // fetches for itself.
-        .serve_with_incoming_shutdown(accept::spawn(listener, node.clone(), conns), signal)
+        .serve_with_incoming_shutdown(accept::spawn(listener, node.clone(), conns, tls), signal)
         .await
         .context("grpc server")?;
     storage.shutdown().await?;

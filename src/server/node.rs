@@ -51,6 +51,8 @@ pub struct Node {
     cluster: std::sync::OnceLock<Arc<Mutex<ClusterStatus>>>,
     /// Requests for the cluster agent (switchover, failover).
     cluster_ops: std::sync::OnceLock<tokio::sync::mpsc::Sender<AdminOp>>,
+    /// With `[tls]`: how this node dials its peers (upstream, segment fetch, repair).
+    peer_tls: std::sync::OnceLock<crate::tls::TlsOptions>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -88,6 +90,7 @@ impl Node {
             taking_back: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
             cluster_ops: std::sync::OnceLock::new(),
+            peer_tls: std::sync::OnceLock::new(),
         }
     }
 
@@ -103,6 +106,15 @@ impl Node {
     /// The role and epoch store.
     pub fn role(&self) -> &RoleState {
         &self.role
+    }
+
+    /// How this node dials its peers: TLS with its own certificate, when it serves TLS.
+    pub fn peer_tls(&self) -> Option<&crate::tls::TlsOptions> {
+        self.peer_tls.get()
+    }
+
+    pub fn set_peer_tls(&self, tls: crate::tls::TlsOptions) {
+        let _ = self.peer_tls.set(tls);
     }
 
     pub fn config(&self) -> &ReplicationConfig {

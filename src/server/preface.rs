@@ -77,6 +77,45 @@ pub fn classify(first: &[u8]) -> Preface {
     }
 }
 
+/// HTTP/2 GOAWAY (RFC 9113 §6.8) and its INADEQUATE_SECURITY error code.
+const FRAME_TYPE_GOAWAY: u8 = 0x7;
+const INADEQUATE_SECURITY: u32 = 0xc;
+
+/// What a node answers an HTTP/2 client it refuses on security grounds (plaintext to a
+/// TLS node, a client certificate refused): the server preface (an empty SETTINGS frame),
+/// then a GOAWAY with INADEQUATE_SECURITY and `why` as its debug data, which the client's
+/// failed call shows. Sent once the client's first request is in (see [`opens_a_stream`]):
+/// h2 fails a request it has sent with the GOAWAY's reason, one still queued only as
+/// "connection closed".
+pub fn goaway(why: &str) -> Vec<u8> {
+    let debug = why.as_bytes();
+    let mut out = vec![0, 0, 0, FRAME_TYPE_SETTINGS, 0, 0, 0, 0, 0];
+    let len = 8 + debug.len();
+    out.extend_from_slice(&[(len >> 16) as u8, (len >> 8) as u8, len as u8]);
+    out.extend_from_slice(&[FRAME_TYPE_GOAWAY, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none was processed
+    out.extend_from_slice(&INADEQUATE_SECURITY.to_be_bytes());
+    out.extend_from_slice(debug);
+    out
+}
+
+/// Whether the frames after a whole preface include a HEADERS frame (a request).
+pub fn opens_a_stream(mut frames: &[u8]) -> bool {
+    const FRAME_TYPE_HEADERS: u8 = 0x1;
+    while frames.len() >= FRAME_HEADER_BYTES {
+        if frames[3] == FRAME_TYPE_HEADERS {
+            return true;
+        }
+        let len =
+            usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        let Some(rest) = frames.get(FRAME_HEADER_BYTES + len..) else {
+            return false;
+        };
+        frames = rest;
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,6 +153,39 @@ mod tests {
         let mut fetch = MAGIC.to_vec();
         fetch.extend_from_slice(&[9, 0, 0, 0]);
         assert_eq!(classify(&fetch), Preface::SegmentFetch);
+    }
+
+    #[test]
+    fn a_request_is_seen_among_the_frames_after_the_preface() {
+        let settings = [
+            0,
+            0,
+            6,
+            FRAME_TYPE_SETTINGS,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            3,
+            0,
+            0,
+            0,
+            100,
+        ];
+        let window = [0, 0, 4, 0x8, 0, 0, 0, 0, 0, 0, 1, 0, 0];
+        let headers = [0, 0, 1, 0x1, 4, 0, 0, 0, 1, 0x83];
+        assert!(!opens_a_stream(&[]));
+        assert!(!opens_a_stream(&settings[..7]));
+        assert!(!opens_a_stream(&[&settings[..], &window[..]].concat()));
+        assert!(opens_a_stream(
+            &[&settings[..], &window[..], &headers[..]].concat()
+        ));
+        assert!(opens_a_stream(&headers[..9]));
+        let goaway = goaway("why");
+        assert_eq!(goaway.len(), 9 + 9 + 8 + 3);
+        assert_eq!(goaway[9 + 3], FRAME_TYPE_GOAWAY);
     }
 
     #[test]

@@ -13,18 +13,20 @@ use spool_storage::{DamageReport, Log};
 
 use super::node::Node;
 use super::role::Role;
+use crate::tls::TlsOptions;
 
 /// Bytes asked for per fetch.
 const FETCH_BYTES: u32 = 4 << 20;
 /// How often the node looks for damage to repair by itself.
 const AUTO_REPAIR_EVERY: Duration = Duration::from_secs(5);
 
-/// A connection to a peer's Replication service.
+/// A connection to a peer's Replication service, over TLS with `tls` (a node's own
+/// certificate as its identity).
 async fn connect(
     addr: &str,
+    tls: Option<&TlsOptions>,
 ) -> Result<pb::replication_client::ReplicationClient<tonic::transport::Channel>> {
-    let uri = crate::client::endpoint_uri(addr);
-    let channel = tonic::transport::Endpoint::from_shared(uri.clone())?
+    let channel = crate::tls::endpoint(addr, tls)?
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(30))
         .connect()
@@ -38,12 +40,13 @@ async fn connect(
 /// with its epoch history, as its FetchFrames answers.
 pub async fn fetch_frames(
     addr: &str,
+    tls: Option<&TlsOptions>,
     cluster_id: &str,
     log: &Log,
     from: u64,
     to: u64,
 ) -> Result<pb::FetchFramesResponse> {
-    let mut client = connect(addr).await?;
+    let mut client = connect(addr, tls).await?;
     let r = client
         .fetch_frames(pb::FetchFramesRequest {
             log: log.name().to_owned(),
@@ -99,12 +102,18 @@ fn theirs_from(history: &[(u64, u64)], from: u64) -> Vec<(u64, u64)> {
 }
 
 /// Put back one damaged run of `log` from the peer at `addr`, a node of cluster `cluster`.
-pub async fn repair_run(cluster: &str, log: &Log, d: &DamageReport, addr: &str) -> Result<u64> {
+pub async fn repair_run(
+    cluster: &str,
+    tls: Option<&TlsOptions>,
+    log: &Log,
+    d: &DamageReport,
+    addr: &str,
+) -> Result<u64> {
     let mut from = d.first_offset;
     let end = d.next_offset.unwrap_or(u64::MAX);
     loop {
         let to = if end == u64::MAX { 0 } else { end };
-        let r = fetch_frames(addr, cluster, log, from, to).await?;
+        let r = fetch_frames(addr, tls, cluster, log, from, to).await?;
         if !same_epochs(log, &r.epochs, from, r.next_offset) {
             bail!(
                 "{addr} holds offsets {from}..{} of {} in other epochs: not the same records",
@@ -146,7 +155,7 @@ pub async fn repair_log(node: &Node, log: &Log, from_addr: Option<&str>) -> pb::
     for d in log.damage() {
         let mut done = false;
         for addr in &peers {
-            match repair_run(&node.role().cluster_id(), log, &d, addr).await {
+            match repair_run(&node.role().cluster_id(), node.peer_tls(), log, &d, addr).await {
                 Ok(next) => {
                     out.repaired.push(pb::RepairedRange {
                         log: log.name().to_owned(),
@@ -244,7 +253,7 @@ async fn take_back(node: &Node, log: &Log, addr: &str, from: u64, to: u64) -> Re
         .into_iter()
         .find(|d| d.first_offset == from && d.next_offset.is_none())
     {
-        let reached = repair_run(&node.role().cluster_id(), log, &d, addr).await?;
+        let reached = repair_run(&node.role().cluster_id(), node.peer_tls(), log, &d, addr).await?;
         if reached >= to {
             return Ok(());
         }
@@ -265,7 +274,7 @@ pub async fn append_from_peer(
     let cluster = node.role().cluster_id();
     let mut at = log.positions().durable;
     while at < to {
-        let r = fetch_frames(addr, &cluster, log, at, to).await?;
+        let r = fetch_frames(addr, node.peer_tls(), &cluster, log, at, to).await?;
         let agrees = same_epochs(log, &r.epochs, at, r.next_offset)
             || (at == log.positions().durable && same_history_below(log, &r.epochs, at));
         if !agrees || r.epochs.last().map(|e| e.epoch) > Some(max_epoch) {

@@ -14,7 +14,6 @@ use spool_storage::{Log, SegmentImport};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
-use tonic::transport::Endpoint;
 
 use super::follower_session::Session;
 use crate::server::node::Node;
@@ -218,8 +217,9 @@ async fn session(
     imports: &mut Imports,
     fetch: &mut bool,
 ) -> Result<()> {
-    let uri = crate::client::endpoint_uri(&cfg.upstream);
-    let channel = Endpoint::from_shared(uri.clone())?
+    let tls = node.peer_tls();
+    let uri = crate::tls::uri(&cfg.upstream, tls.is_some());
+    let channel = crate::tls::endpoint(&cfg.upstream, tls)?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)
         // Room for several frame messages in flight while a catch-up runs at disk speed.

@@ -313,6 +313,7 @@ impl<'a> Session<'a> {
         let fetched = {
             let fetching = segment_fetch::fetch(
                 &self.cfg.upstream,
+                self.node.peer_tls(),
                 &self.cfg.replica_id,
                 segment,
                 imp,

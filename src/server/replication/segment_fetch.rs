@@ -3,7 +3,10 @@
 //!
 //! The upstream calls sendfile on the segment file (no copy of its own) and the replica
 //! receives into one buffer that it checks and writes: no HTTP/2 framing, flow control or
-//! protobuf on the way (why: decision record 0003).
+//! protobuf on the way (why: decision record 0003). Over TLS (`[tls]`: `server::accept`
+//! ends TLS before it reads the magic) the bytes must be encrypted in user space, so the
+//! upstream reads the file in chunks and writes them through the TLS stream instead; the
+//! replica dials with its own certificate. The wire format inside is the same.
 //!
 //! Wire format (the messages are in spool.proto, next to `SegmentFetchRequest`): a TCP
 //! connection to the upstream's gRPC port starts with [`MAGIC`] instead of the HTTP/2
@@ -22,12 +25,14 @@ use bytes::Bytes;
 use prost::Message;
 use spool_proto::v1 as pb;
 use spool_storage::{format, SegmentImport};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::upstream::DEAD_AFTER;
 use crate::server::node::Node;
+use crate::tls::stream::ServerStream;
+use crate::tls::TlsOptions;
 
 /// What a segment-fetch connection sends first, where HTTP/2 sends "PRI * HT".
 pub const MAGIC: &[u8; 8] = b"SPOOLSF1";
@@ -37,6 +42,13 @@ const MESSAGE_BYTES_MAX: u32 = 64 << 10;
 /// then checks and stages the whole frames in it: big enough that staging is rare per byte.
 const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
 const _: () = assert!(RECEIVE_BUFFER_BYTES >= 2 * format::HEADER_BYTES);
+/// Over TLS the upstream reads the file in chunks this large (one read ahead of the one
+/// being encrypted and written) instead of sendfile.
+const TLS_CHUNK_BYTES: usize = 1 << 20;
+
+/// A replica's fetch connection: TCP, or TLS over it.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// `m` as sent: its length, then its bytes, after `prefix`.
 fn framed(prefix: &[u8], m: &impl Message) -> Vec<u8> {
@@ -46,6 +58,15 @@ fn framed(prefix: &[u8], m: &impl Message) -> Vec<u8> {
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
     out
+}
+
+/// A reply refusing the fetch with `error` (as sent, framed).
+pub fn refusal(error: &str) -> Vec<u8> {
+    let reply = pb::SegmentFetchReply {
+        error: error.to_owned(),
+        ..Default::default()
+    };
+    framed(&[], &reply)
 }
 
 async fn read_msg<M: Message + Default>(stream: &mut (impl AsyncRead + Unpin)) -> Result<M> {
@@ -65,8 +86,8 @@ async fn read_msg<M: Message + Default>(stream: &mut (impl AsyncRead + Unpin)) -
 /// Upstream side: answer one fetch on a connection that began with [`MAGIC`]. `received`
 /// is what `server::accept` read after the magic (the request, or its start); the whole
 /// request must be in by `request_by` (the handshake deadline).
-pub async fn serve(node: Arc<Node>, stream: TcpStream, received: Bytes, request_by: Instant) {
-    let peer = stream.peer_addr().ok();
+pub async fn serve(node: Arc<Node>, stream: ServerStream, received: Bytes, request_by: Instant) {
+    let peer = stream.tcp().peer_addr().ok();
     if let Err(e) = serve_one(&node, stream, received, request_by).await {
         tracing::warn!(?peer, error = %format!("{e:#}"), "segment fetch failed");
     }
@@ -74,7 +95,7 @@ pub async fn serve(node: Arc<Node>, stream: TcpStream, received: Bytes, request_
 
 async fn serve_one(
     node: &Node,
-    mut stream: TcpStream,
+    mut stream: ServerStream,
     received: Bytes,
     request_by: Instant,
 ) -> Result<()> {
@@ -133,12 +154,30 @@ async fn serve_one(
         byte_len: span.end - span.start,
     };
     stream.write_all(&framed(&[], &reply)).await?;
+    let (start, end) = (span.start, span.end);
+    let stream = match stream {
+        ServerStream::Plain(tcp) => tcp,
+        ServerStream::Tls(mut tls) => {
+            send_chunks(&mut tls, file, start, end)
+                .await
+                .with_context(|| {
+                    format!(
+                        "sending {} bytes of {} over TLS",
+                        end - start,
+                        span.path.display()
+                    )
+                })?;
+            node.replicas()
+                .segment_sent(&req.replica_id, &req.log, None);
+            tracing::debug!(log = %req.log, base = req.segment_base, bytes = end - start, "segment fetched over TLS");
+            return Ok(());
+        }
+    };
     // sendfile reads the file, which may wait for the disk: on a blocking thread, which
     // owns the socket (if this task is dropped meanwhile, the descriptor stays the
     // socket's until sendfile is done), made blocking with a send timeout standing for a
     // replica that stopped reading.
     let sock = stream.into_std()?;
-    let (start, end) = (span.start, span.end);
     tokio::task::spawn_blocking(move || send_file(sock, &file, start, end))
         .await
         .context("sendfile task")?
@@ -185,12 +224,50 @@ fn send_file(
     Ok(())
 }
 
+/// `[pos, end)` of `file` written through TLS (no sendfile: the bytes are encrypted in
+/// user space), read in [`TLS_CHUNK_BYTES`] chunks on blocking threads, the next chunk
+/// read while the last one is written. Ends with the TLS close_notify.
+async fn send_chunks(
+    stream: &mut (impl AsyncWrite + Unpin),
+    file: File,
+    mut pos: u64,
+    end: u64,
+) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = Arc::new(file);
+    let read = |pos: u64| {
+        let file = file.clone();
+        let len = (end - pos).min(TLS_CHUNK_BYTES as u64) as usize;
+        tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, pos).map(|()| buf)
+        })
+    };
+    let mut next = (pos < end).then(|| read(pos));
+    while let Some(reading) = next.take() {
+        let chunk = reading.await.context("file read task")??;
+        assert!(!chunk.is_empty() && pos + chunk.len() as u64 <= end);
+        pos += chunk.len() as u64;
+        next = (pos < end).then(|| read(pos));
+        tokio::time::timeout(DEAD_AFTER, stream.write_all(&chunk))
+            .await
+            .map_err(|_| anyhow!("replica read nothing for {DEAD_AFTER:?}"))??;
+    }
+    assert_eq!(pos, end);
+    tokio::time::timeout(DEAD_AFTER, stream.shutdown())
+        .await
+        .map_err(|_| anyhow!("replica read nothing for {DEAD_AFTER:?}"))??;
+    Ok(())
+}
+
 /// Replica side: fetch `[imp.next_offset(), segment_next)` of the upstream's sealed segment
 /// `(segment_base, segment_next)` of `imp`'s log from `upstream` and stage it in `imp`
 /// (which starts at the segment's base, or inside it). `progress` hears the bytes staged
-/// each time. On error, what was staged stays staged (a later fetch resumes there).
+/// each time. On error, what was staged stays staged (a later fetch resumes there). With
+/// `tls`, the connection is TLS (the node's own certificate as client identity).
 pub async fn fetch(
     upstream: &str,
+    tls: Option<&TlsOptions>,
     replica_id: &str,
     (segment_base, segment_next): (u64, u64),
     imp: &mut SegmentImport,
@@ -201,10 +278,24 @@ pub async fn fetch(
         .split_once("://")
         .map_or(upstream, |(_, rest)| rest);
     let upstream = upstream.trim_end_matches('/');
-    let mut stream = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
+    let tcp = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
         .await
         .map_err(|_| anyhow!("connecting to {upstream}: timed out"))?
         .with_context(|| format!("connecting to {upstream}"))?;
+    let mut stream: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let _ = tcp.set_nodelay(true);
+            let name = crate::tls::server_name(upstream)?;
+            let handshake = tls.connector()?.connect(name, tcp);
+            Box::new(
+                tokio::time::timeout(DEAD_AFTER, handshake)
+                    .await
+                    .map_err(|_| anyhow!("TLS handshake with {upstream}: timed out"))?
+                    .with_context(|| format!("TLS handshake with {upstream}"))?,
+            )
+        }
+    };
     let req = pb::SegmentFetchRequest {
         log: imp.log_name().to_owned(),
         segment_base,
@@ -216,6 +307,7 @@ pub async fn fetch(
     };
     // One write: with Nagle on, a second small one would wait for the first one's ack.
     stream.write_all(&framed(MAGIC, &req)).await?;
+    stream.flush().await?;
     let reply: pb::SegmentFetchReply = read_msg(&mut stream).await.context("reading the reply")?;
     if !reply.error.is_empty() {
         bail!("upstream refused the fetch: {}", reply.error);
