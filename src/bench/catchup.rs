@@ -60,34 +60,6 @@ pub struct CatchupArgs {
     pub tls: bool,
 }
 
-/// The client options of the run: TLS with the run's CA when `--tls`.
-fn client_options(work: &std::path::Path, tls: bool) -> spool::client::ClientOptions {
-    spool::client::ClientOptions {
-        tls: tls.then(|| spool::tls::TlsOptions {
-            ca: Some(work.join("tls/ca.pem")),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// With `--tls`: a CA and a node certificate in `work/tls`, named to the nodes through
-/// SPOOL_TLS_* (the `spool serve` children inherit them; every node uses the one
-/// certificate, which is also the replica's client identity).
-fn make_certs(work: &std::path::Path) -> Result<()> {
-    let dir = work.join("tls");
-    std::fs::create_dir_all(&dir)?;
-    let ca = spool::tls::dev_certs::DevCa::new("bench CA")?;
-    ca.write(&dir.join("ca.pem"))?;
-    let node = ca
-        .issue("node", &["127.0.0.1", "localhost"])?
-        .write(&dir, "node")?;
-    std::env::set_var("SPOOL_TLS_CERT", &node.cert);
-    std::env::set_var("SPOOL_TLS_KEY", &node.key);
-    std::env::set_var("SPOOL_TLS_CA", dir.join("ca.pem"));
-    Ok(())
-}
-
 #[derive(Debug, Serialize)]
 struct Phase {
     phase: &'static str,
@@ -127,7 +99,7 @@ pub(super) fn run_catchup(args: &CatchupArgs) -> Result<()> {
     let tmp = fresh_data_dir(&args.dir)?;
     if args.tls {
         // Before any thread: the environment is the process's.
-        make_certs(tmp.path())?;
+        super::tls_setup(tmp.path())?;
     }
     let rt = runtime(None)?;
     let mut primary =
@@ -191,7 +163,6 @@ async fn fill(args: &CatchupArgs, client: &Client, bytes: u64) -> Result<()> {
 
 /// Poll the replica until its end of the log equals `target`.
 async fn wait_caught_up(
-    options: &spool::client::ClientOptions,
     replica: &BenchServer,
     target: u64,
     t0: Instant,
@@ -201,9 +172,7 @@ async fn wait_caught_up(
     let mut saw_full_sync = false;
     loop {
         if client.is_none() {
-            client = Client::connect_with(&replica.addr.to_string(), options.clone())
-                .await
-                .ok();
+            client = super::connect(&replica.addr.to_string()).await.ok();
         }
         if let Some(c) = &client {
             if let Ok(s) = c.status().await {
@@ -266,8 +235,7 @@ impl CatchupPhase<'_> {
             "r1",
             false,
         )?);
-        let options = client_options(self.work, self.args.tls);
-        let (d, full) = wait_caught_up(&options, r, to.1, t0, self.timeout).await?;
+        let (d, full) = wait_caught_up(r, to.1, t0, self.timeout).await?;
         let bytes = to.0 - from.0;
         Ok(Phase {
             phase: name,
@@ -288,8 +256,7 @@ async fn drive(
     primary: &BenchServer,
     replica: &mut Option<BenchServer>,
 ) -> Result<CatchupRun> {
-    let options = client_options(work, args.tls);
-    let client = Client::connect_with(&primary.addr.to_string(), options).await?;
+    let client = super::connect(&primary.addr.to_string()).await?;
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let timeout = Duration::from_secs_f64(args.timeout);

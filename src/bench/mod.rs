@@ -44,6 +44,42 @@ use spool::measure::{
 
 const LOG_NAME: &str = "bench";
 
+/// The client options of this run: TLS with `--tls` (set by [`tls_setup`]).
+static CLIENT_OPTIONS: std::sync::OnceLock<spool::client::ClientOptions> =
+    std::sync::OnceLock::new();
+
+/// `--tls`: a CA and a node certificate in `work/tls`, named to the `spool serve` children
+/// through SPOOL_TLS_* (inherited; every node uses the one certificate, which is also a
+/// replica's client identity), and this run's clients told the CA. Call before any thread
+/// starts: the environment is the process's.
+fn tls_setup(work: &Path) -> Result<()> {
+    let dir = work.join("tls");
+    std::fs::create_dir_all(&dir)?;
+    let ca = spool::tls::dev_certs::DevCa::new("bench CA")?;
+    ca.write(&dir.join("ca.pem"))?;
+    let node = ca
+        .issue("node", &["127.0.0.1", "localhost"])?
+        .write(&dir, "node")?;
+    std::env::set_var("SPOOL_TLS_CERT", &node.cert);
+    std::env::set_var("SPOOL_TLS_KEY", &node.key);
+    std::env::set_var("SPOOL_TLS_CA", dir.join("ca.pem"));
+    let options = spool::client::ClientOptions {
+        tls: Some(spool::tls::TlsOptions {
+            ca: Some(dir.join("ca.pem")),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let _ = CLIENT_OPTIONS.set(options);
+    Ok(())
+}
+
+/// A client of the node at `addr`, with this run's options.
+async fn connect(addr: &str) -> Result<spool::client::Client> {
+    let options = CLIENT_OPTIONS.get().cloned().unwrap_or_default();
+    Ok(spool::client::Client::connect_with(addr, options).await?)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Concurrent appenders with group commit: throughput, latency, CPU, fsync shape.

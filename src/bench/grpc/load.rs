@@ -98,7 +98,7 @@ pub(super) async fn pipelined(
 async fn connect_n(addr: &str, n: usize) -> Result<Vec<Client>> {
     let mut v = Vec::with_capacity(n);
     for _ in 0..n {
-        v.push(Client::connect(addr).await?);
+        v.push(crate::bench::connect(addr).await?);
     }
     Ok(v)
 }
@@ -179,8 +179,8 @@ pub(super) async fn subscribe(
         Arc::new(Marks::new(total)),
     );
     // Subscriber and writer on connections of their own, like separate processes.
-    let sub_client = Client::connect(addr).await?;
-    let writer = Client::connect(addr).await?;
+    let sub_client = crate::bench::connect(addr).await?;
+    let writer = crate::bench::connect(addr).await?;
     let mut stream = Box::pin(sub_client.subscribe(LOG_NAME, None).await?);
     let received = Arc::new(AtomicU64::new(0));
     let subscriber = {

@@ -157,6 +157,10 @@ pub struct GrpcArgs {
     /// (CPU is then reported only as the total).
     #[arg(long)]
     pub in_process: bool,
+    /// The server (and replicas) serve TLS, certificates made for the run; the clients
+    /// connect over TLS.
+    #[arg(long, conflicts_with = "in_process")]
+    pub tls: bool,
     /// Directory under which a fresh temporary data directory is created (and removed).
     /// Default: ./target if it exists (same disk as the repository), else $TMPDIR.
     #[arg(long)]
@@ -342,6 +346,14 @@ pub(super) fn run_grpc(args: &GrpcArgs) -> Result<()> {
         AckArg::Sync if args.replicas == 0 => bail!("--ack sync needs --replicas 1 or more"),
         _ => {}
     }
+    // Kept to the end of the run: the nodes read the certificates from it.
+    let certs = match args.tls {
+        true => Some(fresh_data_dir(&args.dir)?),
+        false => None,
+    };
+    if let Some(c) = &certs {
+        super::tls_setup(c.path())?;
+    }
     let rt = runtime(args.threads)?;
     human(&args.json, &table_header());
     let mut runs = Vec::new();
@@ -500,14 +512,14 @@ async fn drive(
     replica_servers: &[BenchServer],
 ) -> Result<GrpcRun> {
     let addr = server.addr.to_string();
-    let client = Client::connect(&addr).await?;
+    let client = crate::bench::connect(&addr).await?;
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let mut replicas = Vec::new();
     for (i, r) in replica_servers.iter().enumerate() {
         replicas.push((
             format!("r{}", i + 1),
-            Client::connect(&r.addr.to_string()).await?,
+            crate::bench::connect(&r.addr.to_string()).await?,
         ));
     }
     if !replicas.is_empty() {
