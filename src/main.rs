@@ -133,7 +133,10 @@ fn run() -> anyhow::Result<()> {
             (tls.tls_cert, tls.tls_key, tls.tls_ca) = (cli.tls_cert, cli.tls_key, cli.tls_ca);
             cli::serve::run(a)
         }
-        Command::Check(a) => cli::check::run(a),
+        Command::Check(mut a) => {
+            a.tls = spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key);
+            cli::check::run(a)
+        }
         Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
         cmd => {

@@ -17,10 +17,13 @@ pub struct CheckArgs {
     /// ADDR (HOST:PORT, a running node of the same cluster holding the same records).
     #[arg(long, value_name = "ADDR")]
     pub repair_from: Option<String>,
+    /// TLS to the peer (the global --tls-ca/--tls-cert/--tls-key; set by `main`).
+    #[arg(skip)]
+    pub tls: Option<spool::tls::TlsOptions>,
 }
 
 /// Open the stopped node's storage, scrub it, and put damaged records back from `addr`.
-fn repair_from(dir: &Path, addr: &str) -> Result<()> {
+fn repair_from(dir: &Path, addr: &str, tls: Option<&spool::tls::TlsOptions>) -> Result<()> {
     let cluster = NodeIdentity::load(dir)?.cluster_id;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -35,7 +38,7 @@ fn repair_from(dir: &Path, addr: &str) -> Result<()> {
             for name in storage.list_logs() {
                 let log = storage.log(&name)?;
                 for d in log.damage() {
-                    match spool::server::repair::repair_run(&cluster, None, &log, &d, addr).await {
+                    match spool::server::repair::repair_run(&cluster, tls, &log, &d, addr).await {
                         Ok(next) => println!(
                             "repaired {name} records {}..{next} from {addr}",
                             d.first_offset
@@ -63,7 +66,7 @@ fn repair_from(dir: &Path, addr: &str) -> Result<()> {
 
 pub fn run(a: CheckArgs) -> Result<()> {
     if let Some(addr) = &a.repair_from {
-        repair_from(&a.data_dir, addr)?;
+        repair_from(&a.data_dir, addr, a.tls.as_ref())?;
     }
     let cluster = NodeIdentity::load(&a.data_dir)
         .map(|n| n.cluster_id)
