@@ -117,7 +117,7 @@ impl Route {
         // Small replies go out at once (Nagle and delayed ACK would hold them).
         let _ = stream.set_nodelay(true);
         let deadline = Instant::now() + self.handshake;
-        let stream = match self.tls.clone() {
+        let mut stream = match self.tls.clone() {
             None => ServerStream::Plain(stream),
             Some(tls) => match self
                 .tls_handshake(&tls, stream, peer, &permit, deadline)
@@ -127,7 +127,6 @@ impl Route {
                 None => return,
             },
         };
-        let mut stream = stream;
         let Some((kind, mut first)) =
             read_preface(&mut stream, peer, &permit, deadline, self.handshake).await
         else {
@@ -148,7 +147,7 @@ impl Route {
             }
             Preface::Unknown => {
                 let tls_hello = first.first() == Some(&TLS_HANDSHAKE_RECORD);
-                if tls_hello {
+                if tls_hello && self.tls.is_none() {
                     tracing::debug!(%peer, "closing a TLS connection: this node serves plaintext");
                     // A TLS alert, so the client says more than "connection closed".
                     let _ = stream.write_all(&TLS_ALERT_PROTOCOL_VERSION).await;
