@@ -119,6 +119,7 @@ fn run() -> anyhow::Result<()> {
         Command::Check(a) => cli::check::run(a),
         Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {
             let options = ClientOptions {
                 failover_timeout: cli

@@ -45,14 +45,14 @@ pub async fn fetch_frames(
 ) -> Result<pb::FetchFramesResponse> {
     let mut client = connect(addr).await?;
     let r = client
-        .fetch_frames(pb::FetchFramesRequest {
+        .fetch_frames(crate::server::auth::as_node(pb::FetchFramesRequest {
             log: log.name().to_owned(),
             incarnation: log.incarnation(),
             from_offset: from,
             to_offset: to,
             max_bytes: FETCH_BYTES,
             cluster_id: cluster_id.to_owned(),
-        })
+        }))
         .await
         .map_err(|s| anyhow!("{addr}: {}", s.message()))?
         .into_inner();
