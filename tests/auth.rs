@@ -368,3 +368,74 @@ fn only_a_replica_with_the_replica_role_follows() {
         );
     });
 }
+
+/// An authenticated replica that claims more than it was sent is counted only for what it
+/// was sent: a forged ack (durable_end 2^40) does not acknowledge a later semi-sync append.
+#[test]
+fn a_forged_ack_counts_only_up_to_what_was_sent() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let cfg = format!("[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 1000\n");
+    let p = Server::start_toml(&d.path().join("p"), &cfg, &[]);
+    run(60, async {
+        let ch = channel(&p.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        let c = pb::CreateLogRequest {
+            name: "l".into(),
+            ..Default::default()
+        };
+        logs.create(with_token(c, Some("spool_admin")))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = pb::ReplicaHello {
+            replica_id: "forger".into(),
+            ..Default::default()
+        };
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut inbound = rep
+            .replicate(with_token(stream, Some("spool_replica")))
+            .await
+            .unwrap()
+            .into_inner();
+        // Once its plan for "l" is made, claim far more than exists.
+        use tokio_stream::StreamExt;
+        while let Some(m) = inbound.next().await {
+            if let Some(pb::upstream_message::Msg::Start(s)) = m.unwrap().msg {
+                if s.name == "l" {
+                    break;
+                }
+            }
+        }
+        let forged = pb::ReplicaAck {
+            log: "l".into(),
+            durable_end: 1 << 40,
+        };
+        let acks = pb::ReplicaAcks {
+            acks: vec![forged],
+            ..Default::default()
+        };
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Acks(acks)),
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the ack is read before the append
+        let mut log = pb::log_client::LogClient::new(ch);
+        let append = common::semi_sync("l", "needs a real replica", 1);
+        let r = log.append(with_token(append, Some("spool_writer"))).await;
+        let code = r.as_ref().err().map(|s| s.code());
+        assert_eq!(
+            code,
+            Some(Code::DeadlineExceeded),
+            "acked by a forged ack: {r:?}"
+        );
+        drop(tx);
+    });
+}

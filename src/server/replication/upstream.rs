@@ -33,6 +33,9 @@ pub struct ReplicationService {
     pub node: Arc<Node>,
 }
 
+/// How far each log was sent to one replica, shared by its senders and its session.
+pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, u64>>>;
+
 struct Session {
     node: Arc<Node>,
     id: String,
@@ -50,6 +53,9 @@ struct Session {
     cascaded: HashSet<String>,
     /// What the replica fetches itself (its hello said so).
     fetch: Fetch,
+    /// Per log, how far this replica was sent (or held at its plan): its acks count up to
+    /// there, never beyond, whatever it claims.
+    sent: SentTo,
 }
 
 impl Session {
@@ -122,6 +128,7 @@ impl Session {
             out: self.out.clone(),
             fetch: self.fetch,
             cuts,
+            sent: self.sent.clone(),
         };
         Ok(match (&plan, plan.continue_from()) {
             (
@@ -147,6 +154,7 @@ impl Session {
 
     /// The replica holds `log` up to `end` once it applied its plan.
     fn hold(&mut self, log: &str, end: u64) {
+        self.sent.lock().insert(log.to_owned(), end);
         self.node.replicas().set_acked(&self.id, log, end);
         if self.node.role().is_primary() {
             self.node.acks().holds(&self.id, log, end);
@@ -229,6 +237,7 @@ async fn run_session(
             .map(|l| (l.name.clone(), l))
             .collect(),
         cascaded: HashSet::new(),
+        sent: SentTo::default(),
         fetch: Fetch {
             sealed: hello.segment_fetch,
             active: hello.segment_fetch && hello.fetch_active_spans,
@@ -326,7 +335,12 @@ impl Session {
                     )));
                 }
                 self.node.replicas().heard(&self.id);
-                for a in acks.acks {
+                for mut a in acks.acks {
+                    let sent = self.sent.lock().get(&a.log).copied().unwrap_or(0);
+                    if a.durable_end > sent {
+                        tracing::warn!(replica = %self.id, log = %a.log, acked = a.durable_end, sent, "a replica acked past what it was sent: counted up to what was sent");
+                        a.durable_end = sent;
+                    }
                     self.node.replicas().ack(&self.id, &a.log, a.durable_end);
                     if self.node.role().is_primary() {
                         self.node.acks().acked(&self.id, &a.log, a.durable_end);
