@@ -583,3 +583,44 @@ fn a_replica_killed_during_failover_loses_no_ack() {
     });
     assert_identical(&nodes.stop_all(q));
 }
+
+/// A peer claiming an epoch the coordinator never began does not fence the primary.
+#[test]
+fn a_claimed_epoch_past_the_coordinators_fences_nothing() {
+    let Some(bin) = etcd_bin("a_claimed_epoch_past_the_coordinators") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let p = run(60, async {
+        let p = ready(&nodes).await;
+        let s = client(&nodes.addr(p)).await.status().await.unwrap();
+        let hello = pb::ReplicaHello {
+            replica_id: "liar".into(),
+            node_epoch: 1 << 40,
+            cluster_id: s.cluster_id,
+            ..Default::default()
+        };
+        let first = pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        };
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", nodes.addr(p)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch);
+        let refused = rep
+            .replicate(futures::stream::iter([first]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "still", 5, pb::AckMode::SemiSync)
+            .await;
+        assert_eq!(acks.count(), 5, "the primary still takes writes");
+        assert!(!client(&nodes.addr(p)).await.status().await.unwrap().fenced);
+        p
+    });
+    assert_identical(&nodes.stop_all(p));
+}

@@ -325,6 +325,7 @@ impl Session {
             Some(pb::replica_message::Msg::Acks(acks)) => {
                 let ours = self.node.role().epoch();
                 if acks.node_epoch > ours {
+                    check_claimed_epoch(&self.node, acks.node_epoch)?;
                     // The replica follows a newer primary's epoch: its acks say nothing of
                     // this node's records, and this node no longer leads.
                     self.node.role().fence(acks.node_epoch);
@@ -449,6 +450,7 @@ impl pb::replication_server::Replication for ReplicationService {
         check_cluster(&self.node, &hello.cluster_id)?;
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
+            check_claimed_epoch(&self.node, hello.node_epoch)?;
             // Someone was promoted past us: we must not lead anyone, nor take writes.
             self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
@@ -467,4 +469,24 @@ impl pb::replication_server::Replication for ReplicationService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// With a coordinator, a peer's claim of a newer epoch is believed only if the coordinator
+/// began it: a claim past the cluster's epoch key is refused instead of fencing this node.
+fn check_claimed_epoch(node: &Node, claimed: u64) -> Result<(), Status> {
+    let Some(status) = node.cluster_status() else {
+        return Ok(());
+    };
+    let known = status.lock().cluster_epoch;
+    if claimed > known {
+        tracing::warn!(
+            claimed,
+            known,
+            "a peer claims an epoch the coordinator never began: refused"
+        );
+        return Err(Status::permission_denied(format!(
+            "epoch {claimed} was never begun in the coordinator (its latest is {known})"
+        )));
+    }
+    Ok(())
 }
