@@ -167,6 +167,19 @@ async fn finish_append(
             }
         }
     }
+    let epoch_now = node.role().epoch();
+    if !ack.duplicate && epoch_now != ack.epoch {
+        // Written in an epoch this node left while the append waited (it stepped down,
+        // maybe led again since): its records may have been cut. Never acknowledge them.
+        return Err(Status::unavailable(format!(
+            "records {}..{} were written in epoch {}, but the primary changed while they \
+             waited (now epoch {epoch_now}): they may not be in the log; retry (an \
+             idempotent producer's retry is safe)",
+            ack.base_offset,
+            ack.next_offset(),
+            ack.epoch
+        )));
+    }
     if node.role().check_lease().is_err() {
         // Acknowledged past the lease, a write could be cut by a primary elected meanwhile.
         return Err(Status::unavailable(format!(

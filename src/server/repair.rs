@@ -62,6 +62,25 @@ pub async fn fetch_frames(
     Ok(r)
 }
 
+/// The peer's epoch history of `log` and its end (a FetchFrames past its end: no frames).
+pub async fn peer_history(node: &Node, log: &Log, addr: &str) -> Result<(Vec<(u64, u64)>, u64)> {
+    let mut client = connect(addr).await?;
+    let r = client
+        .fetch_frames(crate::server::auth::as_node(pb::FetchFramesRequest {
+            log: log.name().to_owned(),
+            incarnation: log.incarnation(),
+            from_offset: u64::MAX,
+            to_offset: 0,
+            max_bytes: 0,
+            cluster_id: node.role().cluster_id(),
+        }))
+        .await
+        .map_err(|s| anyhow!("{addr}: {}", s.message()))?
+        .into_inner();
+    let epochs = r.epochs.iter().map(|e| (e.epoch, e.start_offset)).collect();
+    Ok((epochs, r.end_offset))
+}
+
 /// Whether the peer's history gives `from..to` the epochs ours does (the same records).
 fn same_epochs(log: &Log, peer: &[pb::EpochStart], from: u64, to: u64) -> bool {
     let theirs: Vec<(u64, u64)> = peer.iter().map(|e| (e.epoch, e.start_offset)).collect();

@@ -10,16 +10,16 @@ use crate::log::Rec;
 use crate::net::{Addr, Body};
 use crate::world::{instant, World, CALL_TIMEOUT_MS};
 
-/// The takeover begins the epoch only while the node's `LeaseClock` holds. The server's
-/// `finish_takeover` does not check it yet: with `false` the model does what the server
-/// does, and seeds 3 and 1_000_016 find a node that began a stale epoch (a campaign answered
-/// after a pause, another primary acked meanwhile). See docs/decisions/0014.
+/// The takeover begins the epoch only while the node's `LeaseClock` holds, as the server's
+/// `finish_takeover` does. With `false` (the server before that check) seeds 3 and
+/// 1_000_016 find a node that began a stale epoch (a campaign answered after a pause,
+/// another primary acked meanwhile). See docs/decisions/0014.
 pub const BEGIN_CHECKS_LEASE: bool = true;
 
 /// The takeover begins an epoch this node learnt already (from a replica of its own that
-/// followed it first) if it never led it. The server's `role.begin_leading` refuses any
-/// epoch not past the node's: with `false` the model does that, and seed 1_000_145 finds
-/// a node holding the leader key that never begins (the cluster has no primary).
+/// followed it first) if it never led it, as the server's `role.begin_leading` allows.
+/// With `false` (the server before) seed 1_000_145 finds a node holding the leader key
+/// that never begins (the cluster has no primary).
 pub const BEGIN_AT_LEARNT_EPOCH: bool = true;
 
 impl World {
