@@ -14,9 +14,12 @@
 #   replica-kill kill -9 of the primary, then at TTL + 200 ms (the election under way)
 #                kill -9 of a replica, restarted 1 s later; the old primary restarted
 #                once another node acked a write
-# Failover time: from the fault to the first ack from another node than the old primary
-# (kill/pause/cut of the primary; the writer's ack times, the script's fault time, both
-# the wall clock). The round then waits for the cluster to heal (a leader with both
+# Failover time: from the fault to the first ack after it from another node than the old
+# primary, or from the old primary in a later epoch (restarted and elected again); the
+# writer's ack times and the script's fault time
+# are both the wall clock. "elected" is the fault to the new leader's "won the leader
+# key" in its log. The writer abandons a call after 500 ms but records its ack if it
+# comes later (marked late): a deposed primary's ack must be counted. The round then waits for the cluster to heal (a leader with both
 # replicas connected) and `spool-loadgen failover-check` checks every ack so far: each
 # acked record on the current primary at its offset with its bytes, and no epoch in which
 # two nodes acked. At the end the writer stops, the replicas catch up, all nodes stop
@@ -32,7 +35,7 @@
 #
 # Output: a table per system, target/bench/failover_rounds.json, and summary lines
 # (p50/max failover time, totals). Exits non-zero on a lost acked Spool record, a
-# split-brain epoch, a round without failover, or digests that differ.
+# split-brain epoch, a round without failover within 30 s, or digests that differ.
 #
 # Usage: bash benches/failover_rounds.sh            (50 rounds)
 #        ROUNDS=3 bash benches/failover_rounds.sh   (CI: one of each fault but the last)
@@ -207,15 +210,22 @@ WRITER=$!
 PIDS+=($WRITER)
 wait_for 30 "first acks" test -s "$ACKS"
 
-# An ack after byte SIZE of the ack file from another node than OLD (awk reads to the
-# end: an early exit would fail the pipeline on SIGPIPE).
-acked_elsewhere() { # size old
-    tail -c +$(($1 + 1)) "$ACKS" |
-        awk -v old="\"node\":$2," 'index($0, old) == 0 && /"node":[0-9]/ { found = 1 }
-                                    END { exit !found }'
+# An ack after byte SIZE of the ack file from another node than OLD, or from OLD in a
+# later epoch than EPOCH (restarted and elected again). awk reads to the end: an early
+# exit would fail the pipeline on SIGPIPE.
+acked_elsewhere() { # size old epoch
+    tail -c +$(($1 + 1)) "$ACKS" | awk -v old="$2" -v ep="$3" '
+        match($0, /"node":[0-9]+/) {
+            n = substr($0, RSTART + 7, RLENGTH - 7)
+            match($0, /"epoch":[0-9]+/)
+            e = substr($0, RSTART + 8, RLENGTH - 8)
+            if (n != old || e + 0 > ep + 0) found = 1
+        }
+        END { exit !found }'
 }
-wait_failover() { # size old
-    wait_for "$FAILOVER_WAIT_S" "an ack from another node than $2" acked_elsewhere "$1" "$2"
+wait_failover() { # size old epoch
+    wait_for "$FAILOVER_WAIT_S" "an ack after the fault (not from node $2 in epoch $3)" \
+        acked_elsewhere "$1" "$2" "$3"
 }
 
 ROUND_DIR="$BENCH_DIR/rounds"
@@ -228,24 +238,25 @@ for r in $(seq 1 "$ROUNDS"); do
     since=$(now_ms)
     sleep 1 # a second of steady writes before the fault
     size=$(stat -c %s "$ACKS")
+    epoch="$(tail -n 1 "$ACKS" | jq .epoch)" # the primary's, from its latest ack
     fault_ms=$(now_ms)
     ok=1
     case "$fault" in
     kill9)
         kill9_pid "${NODE_PID[p]}"
         NODE_PID[p]=""
-        wait_failover "$size" "$p" || ok=0
+        wait_failover "$size" "$p" "$epoch" || ok=0
         start_node "$p"
         ;;
     pause)
         kill -STOP "${NODE_PID[p]}"
         sleep "$PAUSE_S"
         kill -CONT "${NODE_PID[p]}"
-        wait_failover "$size" "$p" || ok=0
+        wait_failover "$size" "$p" "$epoch" || ok=0
         ;;
     etcd-cut)
         kill -USR1 "${PROXY_PID[p]}"
-        wait_failover "$size" "$p" || ok=0
+        wait_failover "$size" "$p" "$epoch" || ok=0
         kill -USR2 "${PROXY_PID[p]}"
         ;;
     replica-kill)
@@ -257,7 +268,7 @@ for r in $(seq 1 "$ROUNDS"); do
         NODE_PID[q]=""
         sleep 1
         start_node "$q"
-        wait_failover "$size" "$p" || ok=0
+        wait_failover "$size" "$p" "$epoch" || ok=0
         start_node "$p"
         ;;
     esac
@@ -274,7 +285,8 @@ for r in $(seq 1 "$ROUNDS"); do
               failed_over: ($failed_over == 1),
               healed: ($healed == 1)}' "$ROUND_DIR/$r.json" >"$ROUND_DIR/$r.tmp"
     mv "$ROUND_DIR/$r.tmp" "$ROUND_DIR/$r.json"
-    log "round $r $fault: $(jq -c '{failover_ms, new_node, acked_round, lost, split_brain}' "$ROUND_DIR/$r.json")"
+    log "round $r $fault: $(jq -c '{failover_ms, new_node, acked_round, lost, split_brain,
+        stale_epoch_acks}' "$ROUND_DIR/$r.json")"
     [ "$ok" = 1 ] && [ "$healed_ok" = 1 ] || FAILED_ROUNDS=$((FAILED_ROUNDS + 1))
 done
 
@@ -455,7 +467,8 @@ def summary(rows):
 print()
 print(f"Spool, 3 nodes on etcd, lease_ttl_ms 2000 (commit {commit})")
 print(f"{'round':>5} {'fault':<13} {'failover_ms':>11} {'elected_ms':>10} {'old->new':>8} "
-      f"{'acked':>7} {'lost':>5} {'split-brain':>11}")
+      f"{'acked':>7} {'lost':>5} {'split-brain':>11} {'stale-epoch':>11}")
+prev_stale = 0
 prev_lost = 0
 for r in rounds:
     lost = r.get("lost", 0)
@@ -466,7 +479,9 @@ for r in rounds:
     el = r.get("elected_ms")
     print(f"{r['round']:>5} {r['fault']:<13} {fo if fo is not None else 'NONE':>11} "
           f"{el if el is not None else '-':>10} {moved:>8} {r.get('acked_round', 0):>7} "
-          f"{r['lost_in_round']:>5} {len(r.get('split_brain', [])):>11}")
+          f"{r['lost_in_round']:>5} {len(r.get('split_brain', [])):>11} "
+          f"{r.get('stale_epoch_acks', 0) - prev_stale:>11}")
+    prev_stale = r.get("stale_epoch_acks", 0)
 s = summary(rounds)
 by_fault = {f: summary([r for r in rounds if r["fault"] == f])
             for f in dict.fromkeys(r["fault"] for r in rounds)}
@@ -475,7 +490,8 @@ split = final.get("split_brain", [])
 print(f"spool: {s['rounds']} rounds, failover p50 {s['failover_ms_p50']} ms, max "
       f"{s['failover_ms_max']} ms (goal: max < 3000); {final.get('acked_total')} acked "
       f"(semi-sync:1 + sync; {final.get('late_acks', 0)} late), {lost_total} lost, "
-      f"{len(split)} split-brain epochs; "
+      f"{len(split)} split-brain epochs, {final.get('stale_epoch_acks')} acks in a deposed "
+      f"epoch; "
       f"digests {'identical' if identical else 'DIFFER'}")
 for f, fs in by_fault.items():
     print(f"  {f:<13} p50 {fs['failover_ms_p50']} ms, max {fs['failover_ms_max']} ms "

@@ -11,8 +11,9 @@
 //!
 //! The check reads the acks written so far and the current primary's log, and reports
 //! acked records not on the primary at their offset with their bytes (lost), epochs in
-//! which two nodes acknowledged writes (split-brain), and the failover time: from the
-//! fault to the first ack from another node than the one that was primary.
+//! which two nodes acknowledged writes (split-brain), acks in an epoch older than one
+//! already acked (a deposed primary's), and the failover time: from the fault to the
+//! first ack after it from another node, or from the old primary in a later epoch.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -73,10 +74,13 @@ pub struct CheckArgs {
     /// The writer's ack file.
     #[arg(long)]
     pub acks: PathBuf,
-    /// The fault's instant (Unix ms); with --old-node, the failover time is measured.
+    /// The fault's instant (Unix ms): the failover time is measured from it to the first
+    /// ack after it.
     #[arg(long)]
     pub fault_ms: Option<u64>,
-    /// The node that was primary at the fault.
+    /// The node that was primary at the fault: its acks in the epoch it held then do not
+    /// end the failover (one may land just after the fault; a paused or cut-off primary
+    /// must not ack at all), its acks in a later epoch (restarted, elected again) do.
     #[arg(long)]
     pub old_node: Option<usize>,
     /// Acks from this instant (Unix ms) on are the round's.
@@ -320,6 +324,8 @@ pub struct CheckReport {
     lost_examples: Vec<(u64, String, Option<String>)>,
     /// Epochs in which more than one node acked, with those nodes.
     split_brain: Vec<(u64, Vec<Option<usize>>)>,
+    /// Acks in an epoch lower than one already acked before them: a deposed primary's.
+    stale_epoch_acks: usize,
     failover_ms: Option<u64>,
     /// The node that acked first after the fault, and in which epoch.
     new_node: Option<usize>,
@@ -382,14 +388,27 @@ async fn check(args: &CheckArgs, acks: &[Ack]) -> Result<CheckReport> {
         .filter(|(_, n)| n.len() > 1)
         .map(|(e, n)| (e, n.into_iter().collect()))
         .collect();
-    let first_after = match (args.fault_ms, args.old_node) {
-        (Some(t), Some(old)) => acks
+    let first_after = args.fault_ms.and_then(|t| {
+        let old = args.old_node;
+        let old_epoch = acks
             .iter()
-            .filter(|a| a.t_ms >= t && a.node != Some(old))
+            .filter(|a| a.t_ms < t && old.is_some() && a.node == old)
+            .map(|a| a.epoch)
+            .max()
+            .unwrap_or(0);
+        acks.iter()
+            .filter(|a| a.t_ms >= t && (a.node != old || a.epoch > old_epoch))
             .min_by_key(|a| a.t_ms)
-            .map(|a| (a.t_ms - t, a.node, a.epoch)),
-        _ => None,
-    };
+            .map(|a| (a.t_ms - t, a.node, a.epoch))
+    });
+    let mut by_time: Vec<&Ack> = acks.iter().collect();
+    by_time.sort_by_key(|a| a.t_ms);
+    let mut epoch_max = 0;
+    let mut stale_epoch_acks = 0;
+    for a in by_time {
+        stale_epoch_acks += usize::from(a.epoch < epoch_max);
+        epoch_max = epoch_max.max(a.epoch);
+    }
     Ok(CheckReport {
         primary,
         primary_epoch,
@@ -400,6 +419,7 @@ async fn check(args: &CheckArgs, acks: &[Ack]) -> Result<CheckReport> {
         lost,
         lost_examples,
         split_brain,
+        stale_epoch_acks,
         failover_ms: first_after.map(|f| f.0),
         new_node: first_after.and_then(|f| f.1),
         new_epoch: first_after.map(|f| f.2),
