@@ -10,11 +10,13 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use spool_storage::{Compression, LogConfig, StorageConfig};
 
+mod auth;
 mod choices;
 mod cluster;
 mod connections;
 mod replication;
 mod tls;
+pub use auth::AuthConfig;
 pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, IoBackend, Recovery};
 pub use cluster::{parse_cluster_url, ClusterConfig, ClusterSection};
 pub use connections::{ConnectionConfig, ServerSection};
@@ -85,6 +87,8 @@ pub struct FileConfig {
     pub cluster: ClusterSection,
     #[serde(default)]
     pub tls: TlsSection,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 impl FileConfig {
@@ -111,6 +115,9 @@ pub struct ServerConfig {
     pub cluster: Option<ClusterConfig>,
     /// TLS on the node's port and on the connections it dials (`[tls]`, `--tls-*`).
     pub tls: Option<TlsConfig>,
+    pub auth: AuthConfig,
+    /// Listen beyond loopback without authentication (`--insecure`).
+    pub insecure: bool,
 }
 
 /// Values given on the command line or through the environment (they override the file):
@@ -150,6 +157,12 @@ pub struct Overrides {
     pub cluster_name: Option<String>,
     #[command(flatten)]
     pub tls: TlsOverrides,
+    /// Tokens file: every call then needs a token with the role its RPC needs.
+    #[arg(long, env = "SPOOL_TOKENS_FILE")]
+    pub tokens_file: Option<PathBuf>,
+    /// Listen on a non-loopback address without authentication.
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 fn parse_addr(what: &str, s: &str) -> Result<SocketAddr> {
@@ -222,9 +235,11 @@ impl ServerConfig {
         storage.default_log =
             log_config(&file.log_defaults, LogConfig::default()).context("in [log_defaults]")?;
         storage.validate().context("invalid storage settings")?;
-        if listen.ip().is_unspecified() {
-            tracing::warn!(%listen, "listening on all interfaces: Spool has no authentication yet");
+        let mut auth = file.auth.clone();
+        if let Some(t) = &o.tokens_file {
+            auth.tokens_file = Some(t.clone());
         }
+        check_exposure(listen, &auth, o.insecure)?;
         let cluster = file.cluster.build(&o).context("in [cluster]")?;
         let replication = file.replication.with_overrides(&o, cluster.is_some())?;
         let may_replicate = replication.replica_of.is_some() || cluster.is_some();
@@ -243,8 +258,26 @@ impl ServerConfig {
             connections,
             cluster,
             tls: file.tls.build(&o.tls).context("in [tls]")?,
+            auth,
+            insecure: o.insecure,
         })
     }
+}
+
+/// A node reachable beyond loopback must authenticate its callers, unless told otherwise.
+fn check_exposure(listen: SocketAddr, auth: &AuthConfig, insecure: bool) -> Result<()> {
+    if listen.ip().is_loopback() || auth.tokens_file.is_some() {
+        return Ok(());
+    }
+    if insecure {
+        tracing::warn!(%listen, "listening beyond loopback without authentication (--insecure)");
+        return Ok(());
+    }
+    bail!(
+        "refusing to listen on {listen} without authentication: anyone who reaches it could \
+         read, write and delete every log. Give [auth] tokens_file (--tokens-file; see `spool \
+         admin token create`), listen on 127.0.0.1, or pass --insecure on a trusted network"
+    )
 }
 
 /// Apply the set fields of `d` over `base`, then validate.

@@ -139,6 +139,7 @@ fn run() -> anyhow::Result<()> {
         }
         Command::DevCluster(a) => cli::dev_cluster::run(a),
         Command::Bench(cmd) => bench::run(cmd),
+        Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {
             let options = ClientOptions {
                 failover_timeout: cli

@@ -105,6 +105,18 @@ impl Nodes {
     /// Stop every node (replicas first: a primary stopping first would hand over), and
     /// return each one's `spool check` digests.
     fn stop_all(mut self, primary: usize) -> Vec<Vec<(String, u64, u64, String)>> {
+        // Semi-sync k = 1 leaves one replica behind: every node catches up first.
+        let live: Vec<usize> = (0..self.servers.len())
+            .filter(|&i| self.servers[i].is_some())
+            .collect();
+        let addrs: Vec<String> = live.iter().map(|&i| self.addr(i)).collect();
+        let primary_addr = self.addr(primary);
+        run(60, async move {
+            let end = common::describe(&primary_addr, LOG).await.end_offset;
+            for a in &addrs {
+                common::reach_end(a, LOG, end).await;
+            }
+        });
         let mut order = self.others(primary);
         order.push(primary);
         for &i in &order {
@@ -112,6 +124,20 @@ impl Nodes {
         }
         self.dirs.iter().map(|d| common::digests(d)).collect()
     }
+}
+
+/// One semi-sync append acked by the node at `addr` itself (no redirect followed).
+async fn probe(addr: &str) -> Option<()> {
+    let ch = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
+    let mut log = pb::log_client::LogClient::new(ch);
+    log.append(request("probe", pb::AckMode::SemiSync))
+        .await
+        .ok()?;
+    Some(())
 }
 
 /// The node that is primary and holds the leader key, among `candidates`.
@@ -218,10 +244,7 @@ async fn first_ack_elsewhere(nodes: &Nodes, old: usize, since: Instant) -> (usiz
     let others = nodes.others(old);
     wait_until("a write is acked after failover", ELECTION_MAX, || async {
         let p = primary_among(nodes, &others).await?;
-        let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
-        c.append_with(request("probe", pb::AckMode::SemiSync))
-            .await
-            .ok()?;
+        probe(&nodes.addr(p)).await?;
         Some((p, since.elapsed()))
     })
     .await
@@ -432,10 +455,7 @@ async fn first_ack_after_restart(nodes: &Nodes) -> (usize, Duration) {
 async fn first_ack_after(nodes: &Nodes, since: Instant) -> (usize, Duration) {
     wait_until("a write is acked", ELECTION_MAX, || async {
         let p = primary_among(nodes, &[0, 1, 2]).await?;
-        let c = spool::client::Client::connect(&nodes.addr(p)).await.ok()?;
-        c.append_with(request("probe", pb::AckMode::SemiSync))
-            .await
-            .ok()?;
+        probe(&nodes.addr(p)).await?;
         Some((p, since.elapsed()))
     })
     .await
@@ -582,4 +602,45 @@ fn a_replica_killed_during_failover_loses_no_ack() {
         q
     });
     assert_identical(&nodes.stop_all(q));
+}
+
+/// A peer claiming an epoch the coordinator never began does not fence the primary.
+#[test]
+fn a_claimed_epoch_past_the_coordinators_fences_nothing() {
+    let Some(bin) = etcd_bin("a_claimed_epoch_past_the_coordinators") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = Nodes::start(&etcd.url(), 3);
+    let p = run(60, async {
+        let p = ready(&nodes).await;
+        let s = client(&nodes.addr(p)).await.status().await.unwrap();
+        let hello = pb::ReplicaHello {
+            replica_id: "liar".into(),
+            node_epoch: 1 << 40,
+            cluster_id: s.cluster_id,
+            ..Default::default()
+        };
+        let first = pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        };
+        let ch = tonic::transport::Channel::from_shared(format!("http://{}", nodes.addr(p)))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch);
+        let refused = rep
+            .replicate(futures::stream::iter([first]))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        let mut acks = Acks::default();
+        acks.write(&nodes, p, "still", 5, pb::AckMode::SemiSync)
+            .await;
+        assert_eq!(acks.count(), 5, "the primary still takes writes");
+        assert!(!client(&nodes.addr(p)).await.status().await.unwrap().fenced);
+        p
+    });
+    assert_identical(&nodes.stop_all(p));
 }

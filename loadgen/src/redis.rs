@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 
 use crate::peer::{check, measured, report, PeerArgs};
 
-fn resp_command(parts: &[&[u8]]) -> Vec<u8> {
+pub(crate) fn resp_command(parts: &[&[u8]]) -> Vec<u8> {
     let mut v = format!("*{}\r\n", parts.len()).into_bytes();
     for p in parts {
         v.extend_from_slice(format!("${}\r\n", p.len()).as_bytes());

@@ -166,18 +166,32 @@ pub fn eligibility(
     Ok(())
 }
 
-/// The order candidates are preferred in (smaller first): synchronous replicas first, then
-/// those furthest on the most logs, higher priority, most records, and the id to break ties.
+/// Whether `ours` lacks records `far` holds: it ends before `far` in the same epoch, or its
+/// last epoch is older (records past where that epoch ended in `far`'s history are not
+/// `far`'s, however far they reach: a longer log of an older epoch is not ahead).
+fn lacks(ours: LogEnd, far: LogEnd) -> bool {
+    (ours.last_epoch, ours.end) < (far.last_epoch, far.end)
+}
+
+/// The order candidates are preferred in (smaller first): those whose logs are all of
+/// their latest epoch first (a log of an older epoch may hold records that epoch's
+/// successor cut, past which no tail can be appended), then synchronous replicas, those
+/// furthest on the most logs, higher priority, most records, and the id to break ties.
 fn rank<'a>(
     m: &'a Member,
     far: &BTreeMap<String, (LogEnd, &str)>,
-) -> (bool, usize, i32, u64, &'a str) {
+) -> (usize, bool, usize, i32, u64, &'a str) {
+    let ours = |name: &String| m.logs.get(name).copied().unwrap_or_default();
+    let older = far
+        .iter()
+        .filter(|(name, (e, _))| ours(name).last_epoch < e.last_epoch)
+        .count();
     let lacking = far
         .iter()
-        .filter(|(name, (e, _))| m.logs.get(*name).map_or(0, |l| l.end) < e.end)
+        .filter(|(name, (e, _))| lacks(ours(name), *e))
         .count();
     let held: u64 = m.logs.values().map(|e| e.end).sum();
-    (!m.sync, lacking, -m.priority, u64::MAX - held, &m.id)
+    (older, !m.sync, lacking, -m.priority, u64::MAX - held, &m.id)
 }
 
 /// Which member should become primary now: the best-ranked eligible one, or none.
@@ -204,15 +218,17 @@ pub struct TailFetch {
 }
 
 /// The tails `me` lacks that other non-delayed members hold: the records an ack under sync
-/// or semi-sync may have counted.
+/// or semi-sync may have counted. A log whose last epoch is older than the furthest one's
+/// is lacking even if it reaches further: from `from` on its records may not be the
+/// peer's, so the executor must cut them where the two histories part before appending.
 pub fn tails_to_fetch(me: &Member, members: &[Member]) -> Vec<TailFetch> {
     furthest(members)
         .into_iter()
         .filter_map(|(log, (far, addr))| {
             let ours = me.logs.get(&log).copied().unwrap_or_default();
-            (far.end > ours.end && addr != me.addr).then(|| TailFetch {
+            (lacks(ours, far) && addr != me.addr).then(|| TailFetch {
                 log,
-                from: ours.end,
+                from: ours.end.min(far.end),
                 to: far.end,
                 addr: addr.to_owned(),
             })

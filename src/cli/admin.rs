@@ -50,6 +50,59 @@ pub enum AdminCommand {
     /// Tails this node cut when it followed a new primary, kept instead of thrown away.
     #[command(subcommand)]
     Quarantine(QuarantineCommand),
+    /// Tokens for [auth] tokens_file (made here; no server is asked).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `spool admin token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a new token and the entry to add to the tokens file (which keeps only its
+    /// SHA-256: the token itself is shown once, here).
+    Create {
+        /// What it may do: read, write (includes read), admin (includes write), replica.
+        #[arg(long, value_enum)]
+        role: Vec<spool::server::auth::Role>,
+        /// Who holds it (shown in denials and logs).
+        #[arg(long, default_value = "client")]
+        principal: String,
+        /// Read and write only logs starting with this (repeatable; default: every log).
+        #[arg(long = "log-prefix", value_name = "PREFIX")]
+        log_prefixes: Vec<String>,
+        /// Expires this many seconds from now.
+        #[arg(long, value_name = "SECONDS")]
+        expires_in: Option<u64>,
+    },
+}
+
+/// `spool admin token create`: local, no connection.
+pub fn token(cmd: TokenCommand) -> Result<()> {
+    let TokenCommand::Create {
+        role,
+        principal,
+        log_prefixes,
+        expires_in,
+    } = cmd;
+    if role.is_empty() {
+        anyhow::bail!("give at least one --role (read, write, admin, replica)");
+    }
+    use spool::server::auth::tokens;
+    let token = tokens::new_token();
+    let roles: Vec<&str> = role.iter().map(|r| r.name()).collect();
+    println!("token (give it to {principal}; it is not stored anywhere): {token}");
+    println!("\n# add to the tokens file:\n[[token]]");
+    println!("principal = {principal:?}");
+    println!("sha256 = {:?}", tokens::hex(&tokens::hash(&token)));
+    println!("roles = {roles:?}");
+    if !log_prefixes.is_empty() {
+        println!("logs = {log_prefixes:?}");
+    }
+    if let Some(s) = expires_in {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?;
+        println!("expires_unix_s = {}", now.as_secs() + s);
+    }
+    Ok(())
 }
 
 /// `spool admin quarantine ...`
@@ -229,6 +282,7 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
             }
         }
         AdminCommand::Quarantine(q) => quarantine(client, q).await?,
+        AdminCommand::Token(_) => unreachable!("made locally, before connecting"),
         AdminCommand::Switchover { to } => {
             let r = client.switchover(&to).await?;
             println!("{to} takes over; writes paused {} ms here", r.paused_ms);

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::auth;
 use super::node::Node;
 use super::replication::acks::Outcome;
 use super::status_map::to_status;
@@ -166,6 +167,19 @@ async fn finish_append(
             }
         }
     }
+    let epoch_now = node.role().epoch();
+    if !ack.duplicate && epoch_now != ack.epoch {
+        // Written in an epoch this node left while the append waited (it stepped down,
+        // maybe led again since): its records may have been cut. Never acknowledge them.
+        return Err(Status::unavailable(format!(
+            "records {}..{} were written in epoch {}, but the primary changed while they \
+             waited (now epoch {epoch_now}): they may not be in the log; retry (an \
+             idempotent producer's retry is safe)",
+            ack.base_offset,
+            ack.next_offset(),
+            ack.epoch
+        )));
+    }
     if node.role().check_lease().is_err() {
         // Acknowledged past the lease, a write could be cut by a primary elected meanwhile.
         return Err(Status::unavailable(format!(
@@ -219,6 +233,7 @@ impl pb::log_server::Log for LogService {
         &self,
         req: Request<pb::AppendRequest>,
     ) -> Result<Response<pb::AppendResponse>, Status> {
+        auth::check_log(&req, &req.get_ref().log)?;
         let req = req.into_inner();
         let log = log_to_append_to(&self.node, &req.log)?;
         Ok(Response::new(append_one(&self.node, &log, req).await?))
@@ -230,6 +245,7 @@ impl pb::log_server::Log for LogService {
         &self,
         req: Request<Streaming<pb::AppendRequest>>,
     ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let principal = req.extensions().get::<auth::Principal>().cloned();
         let mut incoming = req.into_inner();
         let node = self.node.clone();
         let (tx, rx) = mpsc::channel(STREAM_INFLIGHT_MAX);
@@ -249,7 +265,8 @@ impl pb::log_server::Log for LogService {
                                 }
                                 let found = match &log {
                                     Some(l) => Ok(l.clone()),
-                                    None => log_to_append_to(&node, &r.log),
+                                    None => auth::check_log_of(principal.as_ref(), &r.log)
+                                        .and_then(|()| log_to_append_to(&node, &r.log)),
                                 };
                                 // Queued here, in stream order; only the waits overlap.
                                 let reply: ReplyFuture = match found {
@@ -291,6 +308,7 @@ impl pb::log_server::Log for LogService {
         let wait = deadline_of(&req).map_or(MIN_OFFSET_WAIT_DEFAULT, |d| {
             d.saturating_sub((d / 5).min(Duration::from_millis(200)))
         });
+        auth::check_log(&req, &req.get_ref().log)?;
         let req = req.into_inner();
         let log = self.node.storage().log(&req.log).map_err(to_status)?;
         // On a delayed replica everything below is bounded by the horizon, not the durable end.
@@ -339,6 +357,7 @@ impl pb::log_server::Log for LogService {
         &self,
         req: Request<pb::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        auth::check_log(&req, &req.get_ref().log)?;
         let req = req.into_inner();
         let log = self.node.storage().log(&req.log).map_err(to_status)?;
         let reader = self.node.visible(&log);

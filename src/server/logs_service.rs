@@ -6,6 +6,7 @@ use spool_proto::v1 as pb;
 use spool_storage::{Compression, Log, LogConfig};
 use tonic::{Request, Response, Status};
 
+use super::auth;
 use super::node::Node;
 use super::status_map::to_status;
 
@@ -97,6 +98,7 @@ impl pb::logs_server::Logs for LogsService {
         req: Request<pb::CreateLogRequest>,
     ) -> Result<Response<pb::LogInfo>, Status> {
         self.node.check_writable()?;
+        auth::check_log(&req, &req.get_ref().name)?;
         let req = req.into_inner();
         let storage = &self.node.storage();
         let config = config_from_pb(req.config, &storage.config().default_log)?;
@@ -111,12 +113,13 @@ impl pb::logs_server::Logs for LogsService {
 
     async fn list(
         &self,
-        _req: Request<pb::ListLogsRequest>,
+        req: Request<pb::ListLogsRequest>,
     ) -> Result<Response<pb::ListLogsResponse>, Status> {
         let storage = &self.node.storage();
         let logs = storage
             .list_logs()
             .iter()
+            .filter(|n| auth::sees_log(&req, n))
             .filter_map(|n| storage.log(n).ok())
             .map(|l| log_info(&self.node, &l))
             .collect();
@@ -127,6 +130,7 @@ impl pb::logs_server::Logs for LogsService {
         &self,
         req: Request<pb::DescribeLogRequest>,
     ) -> Result<Response<pb::LogInfo>, Status> {
+        auth::check_log(&req, &req.get_ref().name)?;
         let log = self
             .node
             .storage()

@@ -3,6 +3,7 @@
 
 mod accept;
 mod admin_service;
+pub mod auth;
 pub(crate) mod catalog;
 mod codes;
 mod conn_caps;
@@ -59,6 +60,18 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_bound: impl FnOnce(SocketAddr),
 ) -> Result<()> {
+    // Data files are the node's alone: directories 0700, files 0600.
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe { libc::umask(0o077) };
+    let auth = config
+        .auth
+        .tokens_file
+        .clone()
+        .map(auth::Auth::open)
+        .transpose()?;
+    if let Some(path) = &config.auth.node_token_file {
+        auth::load_node_token(path)?;
+    }
     let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
         .await?
@@ -74,6 +87,7 @@ pub async fn serve(
                 config.storage.data_dir.display()
             ))
         })?;
+    restrict_data_dir(&config.storage.data_dir)?;
     let repl = config.replication.clone();
     let initial_role = match (&repl.replica_of, &config.cluster) {
         // The coordinator says whom to follow, or elects this node.
@@ -144,6 +158,10 @@ pub async fn serve(
         });
     }
 
+    if let Some(a) = &auth {
+        a.spawn_reload();
+        node.set_auth(a.clone());
+    }
     let (health_reporter, health) = tonic_health::server::health_reporter();
     health_reporter
         .set_serving::<pb::log_server::LogServer<log_service::LogService>>()
@@ -182,6 +200,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(conns.keepalive_timeout))
         // Outermost: every request counts against its connection's idle timeout.
         .layer(idle::CountStreamsLayer)
+        .layer(auth::layer::AuthLayer(auth.clone()))
         .layer(tower::util::MapResponseLayer::new(codes::fix_decode_errors))
         .add_service(health)
         .add_service(reflection)
@@ -198,4 +217,12 @@ pub async fn serve(
     storage.shutdown().await?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// The data dir of a node is readable by its user alone (one made by an earlier version,
+/// or by hand, is closed too).
+fn restrict_data_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private (0700)", dir.display()))
 }

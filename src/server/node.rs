@@ -11,6 +11,7 @@ use spool_storage::Storage;
 use tokio::sync::watch;
 use tonic::Status;
 
+use super::auth::{Auth, Role};
 use super::catalog::Catalog;
 use super::failover::{AdminOp, ClusterStatus};
 use super::replication::acks::AckRuntime;
@@ -49,6 +50,8 @@ pub struct Node {
     taking_back: Mutex<HashMap<String, TakeBack>>,
     /// The cluster agent's view (with a coordinator only).
     cluster: std::sync::OnceLock<Arc<Mutex<ClusterStatus>>>,
+    /// The tokens this node checks (`[auth]`), for what the gRPC layer does not see.
+    auth: std::sync::OnceLock<Arc<Auth>>,
     /// Requests for the cluster agent (switchover, failover).
     cluster_ops: std::sync::OnceLock<tokio::sync::mpsc::Sender<AdminOp>>,
     /// With `[tls]`: how this node dials its peers (upstream, segment fetch, repair).
@@ -91,6 +94,7 @@ impl Node {
             cluster: std::sync::OnceLock::new(),
             cluster_ops: std::sync::OnceLock::new(),
             peer_tls: std::sync::OnceLock::new(),
+            auth: std::sync::OnceLock::new(),
         }
     }
 
@@ -191,6 +195,22 @@ impl Node {
 
     pub fn cluster_status(&self) -> Option<&Arc<Mutex<ClusterStatus>>> {
         self.cluster.get()
+    }
+
+    pub fn set_auth(&self, auth: Arc<Auth>) {
+        let _ = self.auth.set(auth);
+    }
+
+    /// A segment fetch's token must name a principal with the replica role (auth on).
+    pub fn check_replica_token(&self, token: &str) -> Result<(), Status> {
+        let Some(auth) = self.auth.get() else {
+            return Ok(());
+        };
+        let p = auth.authenticate(Some(&format!("Bearer {token}")))?;
+        if !p.has(Role::Replica) {
+            return Err(super::auth::denied(&p, Role::Replica, "segment fetch"));
+        }
+        Ok(())
     }
 
     pub fn set_cluster_ops(&self, tx: tokio::sync::mpsc::Sender<AdminOp>) {

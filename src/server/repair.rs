@@ -48,14 +48,14 @@ pub async fn fetch_frames(
 ) -> Result<pb::FetchFramesResponse> {
     let mut client = connect(addr, tls).await?;
     let r = client
-        .fetch_frames(pb::FetchFramesRequest {
+        .fetch_frames(crate::server::auth::as_node(pb::FetchFramesRequest {
             log: log.name().to_owned(),
             incarnation: log.incarnation(),
             from_offset: from,
             to_offset: to,
             max_bytes: FETCH_BYTES,
             cluster_id: cluster_id.to_owned(),
-        })
+        }))
         .await
         .map_err(|s| anyhow!("{addr}: {}", s.message()))?
         .into_inner();
@@ -63,6 +63,25 @@ pub async fn fetch_frames(
         bail!("{addr} holds no frame of {} starting at {from}", log.name());
     }
     Ok(r)
+}
+
+/// The peer's epoch history of `log` and its end (a FetchFrames past its end: no frames).
+pub async fn peer_history(node: &Node, log: &Log, addr: &str) -> Result<(Vec<(u64, u64)>, u64)> {
+    let mut client = connect(addr, node.peer_tls()).await?;
+    let r = client
+        .fetch_frames(crate::server::auth::as_node(pb::FetchFramesRequest {
+            log: log.name().to_owned(),
+            incarnation: log.incarnation(),
+            from_offset: u64::MAX,
+            to_offset: 0,
+            max_bytes: 0,
+            cluster_id: node.role().cluster_id(),
+        }))
+        .await
+        .map_err(|s| anyhow!("{addr}: {}", s.message()))?
+        .into_inner();
+    let epochs = r.epochs.iter().map(|e| (e.epoch, e.start_offset)).collect();
+    Ok((epochs, r.end_offset))
 }
 
 /// Whether the peer's history gives `from..to` the epochs ours does (the same records).

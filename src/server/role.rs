@@ -230,7 +230,9 @@ impl RoleState {
     /// Persist `epoch` as a new epoch this node leads (a promotion), before its first write.
     pub async fn begin_leading(&self, epoch: u64) -> Result<()> {
         let current = self.epoch();
-        if epoch <= current {
+        // An epoch this node only learnt (from a peer that followed it first) and never
+        // led may still be begun: the coordinator gave it to this node alone.
+        if epoch < current || (epoch == current && self.led_epoch() >= epoch) {
             bail!("epoch {epoch} is not past this node's epoch {current}");
         }
         self.update(|id| {

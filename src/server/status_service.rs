@@ -48,9 +48,14 @@ fn lag(log: &Log, acked: u64) -> pb::ReplicaLogLag {
 impl pb::status_server::Status for StatusService {
     async fn get(
         &self,
-        _req: Request<pb::StatusRequest>,
+        req: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        Ok(Response::new(status(&self.node)))
+        let mut s = status(&self.node);
+        if !crate::server::auth::is_admin(&req) {
+            // Where the data lives is for operators only.
+            s.data_dir.clear();
+        }
+        Ok(Response::new(s))
     }
 }
 

@@ -150,6 +150,56 @@ fn a_later_epoch_wins_over_a_longer_log_in_an_earlier_one() {
     assert_eq!(far["x"].1, "b:7070");
 }
 
+/// Found by the failover simulation (seed 1_000_750, there in epochs 4 and 5): a zombie
+/// primary of epoch 2 wrote on while cut off, then followed epoch 3's primary without
+/// receiving anything; its longer log of epoch 2 made it the candidate over a replica
+/// holding epoch 3's acked records, and it took no tail (its end was past the furthest
+/// one's): the acked records were lost.
+#[test]
+fn a_longer_log_of_an_older_epoch_is_not_ahead() {
+    let p = policy();
+    let mut zombie = member("a", &[("x", 29)]);
+    zombie.logs.get_mut("x").unwrap().last_epoch = 2;
+    let acked = member("b", &[("x", 22)]);
+    let mut short = member("c", &[("x", 22)]);
+    short.logs.get_mut("x").unwrap().last_epoch = 2;
+    let all = [zombie.clone(), acked.clone(), short.clone()];
+    assert_eq!(choose(&all, 3, &p).unwrap().id, "b");
+    let tail = |m: &Member| tails_to_fetch(m, &all);
+    assert_eq!(tail(&acked), vec![]);
+    // Even at the same end, or reaching past it, an older epoch takes the tail.
+    for m in [&zombie, &short] {
+        assert_eq!(
+            tail(m),
+            vec![TailFetch {
+                log: "x".into(),
+                from: 22,
+                to: 22,
+                addr: "b:7070".into()
+            }]
+        );
+    }
+}
+
+/// Found by the failover simulation (seed 1_000_032): the sync replica, a former primary that
+/// wrote on in epoch 1 while cut off, was preferred over a replica of epoch 2; its log
+/// reached past the furthest end, so no tail was taken and epoch 2's acked records lost.
+#[test]
+fn a_sync_replica_of_an_older_epoch_is_not_preferred() {
+    let p = policy();
+    let mut sync = member("s", &[("x", 207)]);
+    sync.sync = true;
+    sync.logs.get_mut("x").unwrap().last_epoch = 1;
+    let newer = member("n", &[("x", 190)]);
+    let all = [sync.clone(), newer];
+    assert_eq!(choose(&all, 3, &p).unwrap().id, "n");
+    // In the latest epoch, the sync replica is preferred even if it lacks records.
+    sync.logs.get_mut("x").unwrap().last_epoch = 3;
+    sync.logs.get_mut("x").unwrap().end = 150;
+    let all = [sync, all[1].clone()];
+    assert_eq!(choose(&all, 3, &p).unwrap().id, "s");
+}
+
 #[test]
 fn decisions_follow_the_leader_or_elect_the_chosen_one() {
     let p = policy();

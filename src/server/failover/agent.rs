@@ -132,7 +132,11 @@ pub fn spawn<C: Coordinator>(
         clock: LeaseClock::default(),
         leading: None,
         vacancy: Vacancy::default(),
-        seq: 0,
+        // Past any publication of an earlier run of this node (a restart during a
+        // vacancy must not look stale to the others).
+        seq: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
         status: status.clone(),
     };
     tokio::spawn(agent.run(ops));
@@ -382,11 +386,23 @@ impl<C: Coordinator> Agent<C> {
         };
         self.follower.stop(&self.node).await;
         let limit = self.cfg.policy.ttl;
+        self.check_still_leading("taking tails")?;
         takeover::take_tails(&self.node, me, members, epoch, limit).await?;
+        // A pause (or slow tails) may have outlived the lease: another node may lead now.
+        self.check_still_leading("beginning the epoch")?;
         takeover::begin(&self.node, epoch).await?;
         self.leading = Some((epoch, true));
         tracing::warn!(epoch, "leading the cluster");
         Ok(())
+    }
+
+    /// The lease still holds (by this node's clock, with the margin): the key is ours.
+    fn check_still_leading(&mut self, doing: &str) -> anyhow::Result<()> {
+        if self.clock.may_ack(Instant::now()) {
+            return Ok(());
+        }
+        self.lose_leadership("the lease may have lapsed");
+        anyhow::bail!("not {doing}: the lease may have lapsed since the key was won")
     }
 
     /// Follow the leader at `addr` in `epoch`, stepping down first if this node led.

@@ -233,7 +233,7 @@ async fn session(
     let (tx, rx) = mpsc::channel(64);
     tx.send(hello(node, cfg, imports, *fetch)).await?;
     let mut inbound = client
-        .replicate(ReceiverStream::new(rx))
+        .replicate(crate::server::auth::as_node(ReceiverStream::new(rx)))
         .await
         .context("opening the replication stream")?
         .into_inner();

@@ -108,6 +108,7 @@ async fn serve_one(
     };
     let span = node
         .check_accepting()
+        .and_then(|()| node.check_replica_token(&req.token))
         .map_err(|s| anyhow!("{}", s.message()))
         .and_then(|()| {
             let log = node.storage().log(&req.log)?;
@@ -304,6 +305,7 @@ pub async fn fetch(
         // An upstream that predates spans of the active segment ignores it, and offers
         // only sealed segments, whose end it is.
         to_offset: segment_next,
+        token: crate::server::auth::node_token().unwrap_or_default(),
     };
     // One write: with Nagle on, a second small one would wait for the first one's ack.
     stream.write_all(&framed(MAGIC, &req)).await?;

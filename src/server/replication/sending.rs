@@ -71,6 +71,8 @@ pub struct LogStream {
     pub fetch: Fetch,
     /// Cuts of the log seen when the plan was made (see `LogReader::cut_count`).
     pub cuts: u64,
+    /// How far each log was sent to this replica (its acks count up to there).
+    pub sent: super::upstream::SentTo,
 }
 
 impl LogStream {
@@ -96,10 +98,18 @@ impl LogStream {
                     return;
                 }
             };
+            // Recorded before the replica can see it, so its ack never outruns it.
+            self.record_sent(sender.sent_to());
             if self.out.send(msg(m)).await.is_err() {
                 return;
             }
         }
+    }
+
+    fn record_sent(&self, to: u64) {
+        let mut sent = self.sent.lock();
+        let at = sent.entry(self.log.name().to_owned()).or_insert(0);
+        *at = (*at).max(to);
     }
 
     /// Wait until the log holds `from`. False when the stream must end: the log was cut

@@ -33,6 +33,9 @@ pub struct ReplicationService {
     pub node: Arc<Node>,
 }
 
+/// How far each log was sent to one replica, shared by its senders and its session.
+pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, u64>>>;
+
 struct Session {
     node: Arc<Node>,
     id: String,
@@ -50,6 +53,9 @@ struct Session {
     cascaded: HashSet<String>,
     /// What the replica fetches itself (its hello said so).
     fetch: Fetch,
+    /// Per log, how far this replica was sent (or held at its plan): its acks count up to
+    /// there, never beyond, whatever it claims.
+    sent: SentTo,
 }
 
 impl Session {
@@ -122,6 +128,7 @@ impl Session {
             out: self.out.clone(),
             fetch: self.fetch,
             cuts,
+            sent: self.sent.clone(),
         };
         Ok(match (&plan, plan.continue_from()) {
             (
@@ -147,6 +154,7 @@ impl Session {
 
     /// The replica holds `log` up to `end` once it applied its plan.
     fn hold(&mut self, log: &str, end: u64) {
+        self.sent.lock().insert(log.to_owned(), end);
         self.node.replicas().set_acked(&self.id, log, end);
         if self.node.role().is_primary() {
             self.node.acks().holds(&self.id, log, end);
@@ -229,6 +237,7 @@ async fn run_session(
             .map(|l| (l.name.clone(), l))
             .collect(),
         cascaded: HashSet::new(),
+        sent: SentTo::default(),
         fetch: Fetch {
             sealed: hello.segment_fetch,
             active: hello.segment_fetch && hello.fetch_active_spans,
@@ -316,6 +325,7 @@ impl Session {
             Some(pb::replica_message::Msg::Acks(acks)) => {
                 let ours = self.node.role().epoch();
                 if acks.node_epoch > ours {
+                    check_claimed_epoch(&self.node, acks.node_epoch)?;
                     // The replica follows a newer primary's epoch: its acks say nothing of
                     // this node's records, and this node no longer leads.
                     self.node.role().fence(acks.node_epoch);
@@ -326,7 +336,12 @@ impl Session {
                     )));
                 }
                 self.node.replicas().heard(&self.id);
-                for a in acks.acks {
+                for mut a in acks.acks {
+                    let sent = self.sent.lock().get(&a.log).copied().unwrap_or(0);
+                    if a.durable_end > sent {
+                        tracing::warn!(replica = %self.id, log = %a.log, acked = a.durable_end, sent, "a replica acked past what it was sent: counted up to what was sent");
+                        a.durable_end = sent;
+                    }
                     self.node.replicas().ack(&self.id, &a.log, a.durable_end);
                     if self.node.role().is_primary() {
                         self.node.acks().acked(&self.id, &a.log, a.durable_end);
@@ -435,6 +450,7 @@ impl pb::replication_server::Replication for ReplicationService {
         check_cluster(&self.node, &hello.cluster_id)?;
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
+            check_claimed_epoch(&self.node, hello.node_epoch)?;
             // Someone was promoted past us: we must not lead anyone, nor take writes.
             self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
@@ -453,4 +469,24 @@ impl pb::replication_server::Replication for ReplicationService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// With a coordinator, a peer's claim of a newer epoch is believed only if the coordinator
+/// began it: a claim past the cluster's epoch key is refused instead of fencing this node.
+fn check_claimed_epoch(node: &Node, claimed: u64) -> Result<(), Status> {
+    let Some(status) = node.cluster_status() else {
+        return Ok(());
+    };
+    let known = status.lock().cluster_epoch;
+    if claimed > known {
+        tracing::warn!(
+            claimed,
+            known,
+            "a peer claims an epoch the coordinator never began: refused"
+        );
+        return Err(Status::permission_denied(format!(
+            "epoch {claimed} was never begun in the coordinator (its latest is {known})"
+        )));
+    }
+    Ok(())
 }

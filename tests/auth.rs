@@ -1,0 +1,441 @@
+//! Tokens and roles: every RPC with every role (allowed, or PERMISSION_DENIED), missing,
+//! wrong, expired and revoked tokens, log-prefix grants, and the safe defaults (no
+//! exposure beyond loopback without auth, a private data dir).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{run, wait_until, Server};
+use spool_proto::v1 as pb;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+
+/// One token per role, one limited to logs "orders", one expired.
+const TOKENS: [(&str, &str, &str); 6] = [
+    ("reader", "spool_reader", "roles = [\"read\"]"),
+    ("writer", "spool_writer", "roles = [\"write\"]"),
+    ("admin", "spool_admin", "roles = [\"admin\"]"),
+    ("replica", "spool_replica", "roles = [\"replica\"]"),
+    (
+        "orders",
+        "spool_orders",
+        "roles = [\"write\"]\nlogs = [\"orders\"]",
+    ),
+    (
+        "old",
+        "spool_old",
+        "roles = [\"admin\"]\nexpires_unix_s = 1",
+    ),
+];
+
+fn sha256_hex(token: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn tokens_file(dir: &Path, which: &[(&str, &str, &str)]) -> String {
+    let path = dir.join("tokens.toml");
+    let body: String = which
+        .iter()
+        .map(|(p, t, rest)| {
+            format!(
+                "[[token]]\nprincipal = \"{p}\"\nsha256 = \"{}\"\n{rest}\n\n",
+                sha256_hex(t)
+            )
+        })
+        .collect();
+    std::fs::write(&path, body).unwrap();
+    path.display().to_string()
+}
+
+async fn channel(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+fn with_token<T>(msg: T, token: Option<&str>) -> Request<T> {
+    let mut r = Request::new(msg);
+    if let Some(t) = token {
+        let v: MetadataValue<_> = format!("Bearer {t}").parse().unwrap();
+        r.metadata_mut().insert("authorization", v);
+    }
+    r
+}
+
+/// The code `rpc` gets with `token` (Ok as `Code::Ok`).
+async fn call(ch: &Channel, rpc: &str, token: Option<&str>) -> Code {
+    let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
+    let mut log = pb::log_client::LogClient::new(ch.clone());
+    let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+    let mut admin = pb::admin_client::AdminClient::new(ch.clone());
+    let mut status = pb::status_client::StatusClient::new(ch.clone());
+    let append = pb::AppendRequest {
+        log: "orders".into(),
+        records: vec!["r".into()],
+        ..Default::default()
+    };
+    code(match rpc {
+        "Append" => log.append(with_token(append, token)).await.map(|_| ()),
+        "Read" => {
+            let r = pb::ReadRequest {
+                log: "orders".into(),
+                ..Default::default()
+            };
+            log.read(with_token(r, token)).await.map(|_| ())
+        }
+        "List" => logs
+            .list(with_token(pb::ListLogsRequest {}, token))
+            .await
+            .map(|_| ()),
+        "Create" => {
+            let r = pb::CreateLogRequest {
+                name: "orders-2".into(),
+                ..Default::default()
+            };
+            logs.create(with_token(r, token)).await.map(|_| ())
+        }
+        "Delete" => {
+            let r = pb::DeleteLogRequest {
+                name: "scratch".into(),
+            };
+            logs.delete(with_token(r, token)).await.map(|_| ())
+        }
+        "Status" => status
+            .get(with_token(pb::StatusRequest {}, token))
+            .await
+            .map(|_| ()),
+        "Scrub" => {
+            let r = pb::ScrubRequest {
+                log: "orders".into(),
+            };
+            admin.scrub(with_token(r, token)).await.map(|_| ())
+        }
+        "FetchFrames" => {
+            let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+            let r = pb::FetchFramesRequest {
+                log: "orders".into(),
+                ..Default::default()
+            };
+            rep.fetch_frames(with_token(r, token)).await.map(|_| ())
+        }
+        other => panic!("no rpc {other}"),
+    })
+}
+
+/// Whether a call with this role reaches its handler (any code but the two auth ones).
+fn reached(c: Code) -> bool {
+    !matches!(c, Code::Unauthenticated | Code::PermissionDenied)
+}
+
+#[test]
+fn every_rpc_needs_its_role() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        // (rpc, roles that reach it)
+        let matrix: [(&str, &[&str]); 8] = [
+            ("Append", &["writer", "admin", "orders"]),
+            ("Read", &["reader", "writer", "admin", "orders"]),
+            ("List", &["reader", "writer", "admin", "orders"]),
+            ("Create", &["writer", "admin", "orders"]),
+            ("Delete", &["admin"]),
+            ("Status", &["reader", "writer", "admin", "orders"]),
+            ("Scrub", &["admin"]),
+            ("FetchFrames", &["replica"]),
+        ];
+        assert_eq!(call(&ch, "Create", Some("spool_admin")).await, Code::Ok);
+        for (rpc, allowed) in matrix {
+            for (principal, token, _) in &TOKENS[..5] {
+                let got = call(&ch, rpc, Some(token)).await;
+                let want = allowed.contains(principal);
+                assert_eq!(reached(got), want, "{rpc} as {principal}: {got:?}");
+                if !want {
+                    assert_eq!(got, Code::PermissionDenied, "{rpc} as {principal}");
+                }
+            }
+            assert_eq!(
+                call(&ch, rpc, None).await,
+                Code::Unauthenticated,
+                "{rpc} without a token"
+            );
+            assert_eq!(
+                call(&ch, rpc, Some("spool_nope")).await,
+                Code::Unauthenticated
+            );
+            assert_eq!(
+                call(&ch, rpc, Some("spool_old")).await,
+                Code::Unauthenticated,
+                "expired"
+            );
+        }
+    });
+}
+
+#[test]
+fn a_log_prefix_grant_stops_at_other_logs_and_denials_name_no_token() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        for name in ["orders", "payments"] {
+            let r = pb::CreateLogRequest {
+                name: name.into(),
+                ..Default::default()
+            };
+            logs.create(with_token(r, Some("spool_admin")))
+                .await
+                .unwrap();
+        }
+        let mut log = pb::log_client::LogClient::new(ch.clone());
+        let to = |l: &str| pb::AppendRequest {
+            log: l.into(),
+            records: vec!["x".into()],
+            ..Default::default()
+        };
+        log.append(with_token(to("orders"), Some("spool_orders")))
+            .await
+            .unwrap();
+        let denied = log
+            .append(with_token(to("payments"), Some("spool_orders")))
+            .await
+            .unwrap_err();
+        assert_eq!(denied.code(), Code::PermissionDenied);
+        assert!(
+            denied.message().contains("orders") && !denied.message().contains("spool_"),
+            "{denied:?}"
+        );
+        let listed = logs
+            .list(with_token(pb::ListLogsRequest {}, Some("spool_orders")))
+            .await
+            .unwrap();
+        let names: Vec<String> = listed
+            .into_inner()
+            .logs
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        assert_eq!(names, vec!["orders".to_owned()]);
+        let role = call(&ch, "Scrub", Some("spool_writer")).await;
+        assert_eq!(role, Code::PermissionDenied);
+    });
+}
+
+#[test]
+fn a_revoked_token_stops_working_without_a_restart() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        assert_eq!(call(&ch, "Status", Some("spool_reader")).await, Code::Ok);
+        // A later mtime, so the reload sees the change even within one second.
+        std::thread::sleep(Duration::from_millis(1100));
+        tokens_file(d.path(), &TOKENS[1..]);
+        wait_until(
+            "the revoked token is refused",
+            Duration::from_secs(15),
+            || async {
+                (call(&ch, "Status", Some("spool_reader")).await == Code::Unauthenticated)
+                    .then_some(())
+            },
+        )
+        .await;
+        assert_eq!(call(&ch, "Status", Some("spool_writer")).await, Code::Ok);
+    });
+}
+
+#[test]
+fn serve_refuses_exposure_without_auth_and_keeps_its_files_private() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("n");
+    let out = std::process::Command::new(common::spool_bin())
+        .args(["serve", "--listen", "0.0.0.0:0", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without authentication") && err.contains("--insecure"),
+        "{err}"
+    );
+    let node = Server::start(&dir, &[]);
+    run(30, async { common::create_log(&node.addr, "p").await });
+    node.stop();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700);
+    for entry in walk(&dir) {
+        let m = mode(&entry);
+        assert_eq!(m & 0o077, 0, "{} is {m:o}", entry.display());
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// A replica holding the replica role follows (frames and whole segments); one without a
+/// token gets nothing and says why.
+#[test]
+fn only_a_replica_with_the_replica_role_follows() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let auth = format!(
+        "[auth]\ntokens_file = \"{tokens}\"\n{}",
+        common::fixed_segments(1 << 20)
+    );
+    let p = Server::start_toml(&d.path().join("p"), &auth, &[]);
+    let token_file = d.path().join("node-token");
+    std::fs::write(&token_file, "spool_replica\n").unwrap();
+    let with = format!("[auth]\nnode_token_file = \"{}\"\n", token_file.display());
+    run(60, async {
+        let ch = channel(&p.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        let c = pb::CreateLogRequest {
+            name: "l".into(),
+            ..Default::default()
+        };
+        logs.create(with_token(c, Some("spool_admin")))
+            .await
+            .unwrap();
+        let mut log = pb::log_client::LogClient::new(ch);
+        let value = vec![bytes::Bytes::from(vec![7u8; 1000]); 64];
+        for _ in 0..40 {
+            let a = pb::AppendRequest {
+                log: "l".into(),
+                records: value.clone(),
+                ..Default::default()
+            };
+            log.append(with_token(a, Some("spool_writer")))
+                .await
+                .unwrap();
+        }
+    });
+    // Started after the writes: sealed segments come whole, by segment fetch.
+    let r = Server::start_toml(
+        &d.path().join("r"),
+        &with,
+        &common::replica_of(&p.addr, &[]),
+    );
+    let stranger = Server::start(&d.path().join("s"), &common::replica_of(&p.addr, &[]));
+    run(60, async {
+        common::reach_end(&r.addr, "l", 40 * 64).await;
+        let up = common::upstream_log(&common::client(&r.addr).await, "l")
+            .await
+            .unwrap();
+        assert!(
+            up.segment_bytes_fetched > 0,
+            "segments came by fetch: {up:?}"
+        );
+        let s = spool::client::Client::connect(&stranger.addr)
+            .await
+            .unwrap();
+        wait_until(
+            "the stranger says it was refused",
+            Duration::from_secs(20),
+            || async {
+                let st = s.status().await.ok()?;
+                let e = st.upstream?.last_error;
+                e.to_lowercase().contains("token").then_some(())
+            },
+        )
+        .await;
+        assert!(
+            s.list_logs().await.unwrap().is_empty(),
+            "the stranger got no log"
+        );
+    });
+}
+
+/// An authenticated replica that claims more than it was sent is counted only for what it
+/// was sent: a forged ack (durable_end 2^40) does not acknowledge a later semi-sync append.
+#[test]
+fn a_forged_ack_counts_only_up_to_what_was_sent() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let cfg = format!("[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 1000\n");
+    let p = Server::start_toml(&d.path().join("p"), &cfg, &[]);
+    run(60, async {
+        let ch = channel(&p.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        let c = pb::CreateLogRequest {
+            name: "l".into(),
+            ..Default::default()
+        };
+        logs.create(with_token(c, Some("spool_admin")))
+            .await
+            .unwrap();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let hello = pb::ReplicaHello {
+            replica_id: "forger".into(),
+            ..Default::default()
+        };
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut inbound = rep
+            .replicate(with_token(stream, Some("spool_replica")))
+            .await
+            .unwrap()
+            .into_inner();
+        // Once its plan for "l" is made, claim far more than exists.
+        use tokio_stream::StreamExt;
+        while let Some(m) = inbound.next().await {
+            if let Some(pb::upstream_message::Msg::Start(s)) = m.unwrap().msg {
+                if s.name == "l" {
+                    break;
+                }
+            }
+        }
+        let forged = pb::ReplicaAck {
+            log: "l".into(),
+            durable_end: 1 << 40,
+        };
+        let acks = pb::ReplicaAcks {
+            acks: vec![forged],
+            ..Default::default()
+        };
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Acks(acks)),
+        })
+        .await
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await; // the ack is read before the append
+        let mut log = pb::log_client::LogClient::new(ch);
+        let append = common::semi_sync("l", "needs a real replica", 1);
+        let r = log.append(with_token(append, Some("spool_writer"))).await;
+        let code = r.as_ref().err().map(|s| s.code());
+        assert_eq!(
+            code,
+            Some(Code::DeadlineExceeded),
+            "acked by a forged ack: {r:?}"
+        );
+        drop(tx);
+    });
+}
