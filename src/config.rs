@@ -239,7 +239,8 @@ impl ServerConfig {
         if let Some(t) = &o.tokens_file {
             auth.tokens_file = Some(t.clone());
         }
-        check_exposure(listen, &auth, o.insecure)?;
+        let tls = file.tls.build(&o.tls).context("in [tls]")?;
+        check_exposure(listen, &auth, tls.is_some(), o.insecure)?;
         let cluster = file.cluster.build(&o).context("in [cluster]")?;
         let replication = file.replication.with_overrides(&o, cluster.is_some())?;
         let may_replicate = replication.replica_of.is_some() || cluster.is_some();
@@ -257,7 +258,7 @@ impl ServerConfig {
             replication,
             connections,
             cluster,
-            tls: file.tls.build(&o.tls).context("in [tls]")?,
+            tls,
             auth,
             insecure: o.insecure,
         })
@@ -265,18 +266,25 @@ impl ServerConfig {
 }
 
 /// A node reachable beyond loopback must authenticate its callers, unless told otherwise.
-fn check_exposure(listen: SocketAddr, auth: &AuthConfig, insecure: bool) -> Result<()> {
-    if listen.ip().is_loopback() || auth.tokens_file.is_some() {
+fn check_exposure(listen: SocketAddr, auth: &AuthConfig, tls: bool, insecure: bool) -> Result<()> {
+    let authed = auth.tokens_file.is_some();
+    if listen.ip().is_loopback() || (authed && tls) {
         return Ok(());
     }
     if insecure {
-        tracing::warn!(%listen, "listening beyond loopback without authentication (--insecure)");
+        tracing::warn!(%listen, tls, authed, "listening beyond loopback without TLS and tokens (--insecure)");
         return Ok(());
     }
+    let missing = match (tls, authed) {
+        (false, false) => "TLS and authentication",
+        (false, true) => "TLS (tokens would cross the network in clear)",
+        _ => "authentication",
+    };
     bail!(
-        "refusing to listen on {listen} without authentication: anyone who reaches it could \
-         read, write and delete every log. Give [auth] tokens_file (--tokens-file; see `spool \
-         admin token create`), listen on 127.0.0.1, or pass --insecure on a trusted network"
+        "refusing to listen on {listen} without {missing}: anyone who reaches it could \
+         read, write and delete every log. Give [tls] cert/key and [auth] tokens_file \
+         (--tokens-file; see `spool admin token create`), listen on 127.0.0.1, or pass \
+         --insecure on a trusted network"
     )
 }
 

@@ -47,6 +47,12 @@ struct Cli {
     /// TLS: the private key (PEM) of --tls-cert.
     #[arg(long, global = true, env = "SPOOL_TLS_KEY", value_name = "PEM")]
     tls_key: Option<std::path::PathBuf>,
+    /// Bearer token for nodes with [auth] (prefer the environment: a flag shows in `ps`).
+    #[arg(long, global = true, env = "SPOOL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// A file holding the bearer token (its first line).
+    #[arg(long, global = true, env = "SPOOL_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -102,6 +108,19 @@ fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::R
     })
 }
 
+/// The token given, or the first line of the token file.
+fn token(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Result<Option<String>> {
+    match (given, file) {
+        (Some(t), _) => Ok(Some(t)),
+        (None, Some(f)) => {
+            let text = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("reading token file {}: {e}", f.display()))?;
+            Ok(Some(text.lines().next().unwrap_or("").trim().to_owned()))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -146,6 +165,7 @@ fn run() -> anyhow::Result<()> {
                     .failover_timeout_ms
                     .map(std::time::Duration::from_millis),
                 tls: spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key),
+                token: token(cli.token, cli.token_file.as_deref())?,
             };
             client_command(&cli.addr, options, cmd)
         }

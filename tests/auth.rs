@@ -270,7 +270,7 @@ fn serve_refuses_exposure_without_auth_and_keeps_its_files_private() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("without authentication") && err.contains("--insecure"),
+        err.contains("without TLS and authentication") && err.contains("--insecure"),
         "{err}"
     );
     let node = Server::start(&dir, &[]);
@@ -438,4 +438,51 @@ fn a_forged_ack_counts_only_up_to_what_was_sent() {
         );
         drop(tx);
     });
+}
+
+/// The CLI sends SPOOL_TOKEN (or --token-file) with every call.
+#[test]
+fn the_cli_sends_its_token() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    let spool = |env: Option<&str>, args: &[&str]| {
+        let mut c = std::process::Command::new(common::spool_bin());
+        c.args(["--addr", &node.addr])
+            .args(args)
+            .env_remove("SPOOL_TOKEN");
+        if let Some(t) = env {
+            c.env("SPOOL_TOKEN", t);
+        }
+        c.output().unwrap()
+    };
+    let out = spool(Some("spool_admin"), &["logs", "create", "t"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = spool(None, &["append", "t", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Unauthenticated"),
+        "{err}"
+    );
+    let file = d.path().join("tok");
+    std::fs::write(&file, "spool_writer\n").unwrap();
+    let out = spool(
+        None,
+        &["--token-file", file.to_str().unwrap(), "append", "t", "x"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = spool(Some("spool_reader"), &["append", "t", "x"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PermissionDenied") && err.contains("write"),
+        "{err}"
+    );
 }

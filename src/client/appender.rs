@@ -8,7 +8,6 @@ use parking_lot::Mutex;
 use spool_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
 use tonic::Status;
 
 use super::{AckMode, AppendResponse, ClientError, Result};
@@ -48,7 +47,7 @@ pub struct Appender {
 
 impl Appender {
     pub(super) async fn open(
-        mut client: pb::log_client::LogClient<Channel>,
+        mut client: pb::log_client::LogClient<super::connect::Transport>,
         log: &str,
         ack: AckMode,
         semi_sync_replicas: u32,

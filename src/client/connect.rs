@@ -43,13 +43,29 @@ pub(super) fn parse_addrs(list: &str) -> Result<Vec<String>> {
     Ok(addrs)
 }
 
+/// Adds `authorization: Bearer TOKEN` to every call when the client has a token.
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// What the generated clients talk through: the channel, with the token added.
+pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
 #[derive(Debug, Clone)]
 pub(super) struct Conn {
     pub addr: String,
-    pub logs: pb::logs_client::LogsClient<Channel>,
-    pub log: pb::log_client::LogClient<Channel>,
-    pub status: pb::status_client::StatusClient<Channel>,
-    pub admin: pb::admin_client::AdminClient<Channel>,
+    pub logs: pb::logs_client::LogsClient<Transport>,
+    pub log: pb::log_client::LogClient<Transport>,
+    pub status: pb::status_client::StatusClient<Transport>,
+    pub admin: pb::admin_client::AdminClient<Transport>,
 }
 
 /// How every connection of a client is dialed (the same for each node it moves to).
@@ -57,6 +73,19 @@ pub(super) struct Conn {
 pub(super) struct DialOptions {
     /// TLS (`--tls-*`, or an `https://` address).
     pub tls: Option<TlsOptions>,
+    /// The bearer token sent with every call (`SPOOL_TOKEN`, `--token-file`).
+    pub token: Bearer,
+}
+
+impl DialOptions {
+    /// A token that cannot go in a header is refused here, not at the first call.
+    pub fn bearer(token: Option<&str>) -> Result<Bearer> {
+        token
+            .map(|t| format!("Bearer {}", t.trim()).parse())
+            .transpose()
+            .map(Bearer)
+            .map_err(|_| ClientError::BadToken)
+    }
 }
 
 pub(super) async fn dial(addr: &str, opts: &DialOptions) -> Result<Conn> {
@@ -71,14 +100,15 @@ pub(super) async fn dial(addr: &str, opts: &DialOptions) -> Result<Conn> {
             addr: uri.clone(),
             source,
         })?;
+    let t = &opts.token;
     Ok(Conn {
         addr: uri,
-        logs: pb::logs_client::LogsClient::new(channel.clone()),
-        log: pb::log_client::LogClient::new(channel.clone())
+        logs: pb::logs_client::LogsClient::with_interceptor(channel.clone(), t.clone()),
+        log: pb::log_client::LogClient::with_interceptor(channel.clone(), t.clone())
             .max_decoding_message_size(MESSAGE_BYTES_MAX)
             .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        status: pb::status_client::StatusClient::new(channel.clone()),
-        admin: pb::admin_client::AdminClient::new(channel),
+        status: pb::status_client::StatusClient::with_interceptor(channel.clone(), t.clone()),
+        admin: pb::admin_client::AdminClient::with_interceptor(channel, t.clone()),
     })
 }
 

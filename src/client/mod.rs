@@ -42,6 +42,8 @@ pub enum ClientError {
     BadAddress(String),
     #[error("TLS: {0}")]
     Tls(String),
+    #[error("the token has characters a header cannot carry (copy it again)")]
+    BadToken,
     #[error("{:?}: {}", .0.code(), .0.message())]
     Rpc(Status),
     #[error("the append stream closed before replying")]
@@ -103,6 +105,8 @@ pub struct ClientOptions {
     /// TLS: the CA to verify nodes with, and a client certificate if they ask for one.
     /// An `https://` address means TLS too.
     pub tls: Option<crate::tls::TlsOptions>,
+    /// Bearer token sent with every call (nodes with `[auth]` need one).
+    pub token: Option<String>,
 }
 
 /// A connection to a Spool node, and the addresses it may move to. Cheap to clone (one
@@ -131,6 +135,7 @@ impl Client {
         let https = seeds.iter().any(|s| s.starts_with("https://"));
         let dial_opts = DialOptions {
             tls: options.tls.or_else(|| https.then(Default::default)),
+            token: DialOptions::bearer(options.token.as_deref())?,
         };
         let tls = dial_opts.tls.is_some();
         let seeds: Vec<String> = seeds.iter().map(|s| crate::tls::uri(s, tls)).collect();

@@ -42,7 +42,10 @@ fn outcome_unknown(e: &ClientError) -> bool {
         ClientError::Connect { .. } | ClientError::StreamClosed => true,
         // The client looked for a new primary as long as it may: tried on no node since.
         ClientError::NoPrimary { .. } => true,
-        ClientError::BadAddress(_) | ClientError::Tls(_) | ClientError::Unsettled { .. } => false,
+        ClientError::BadAddress(_)
+        | ClientError::Tls(_)
+        | ClientError::BadToken
+        | ClientError::Unsettled { .. } => false,
     }
 }
 
