@@ -361,3 +361,47 @@ fn certificate_reload_under_load_loses_no_append() {
     });
     s.stop();
 }
+
+/// The Python grpcio client of the README over mutual TLS with a bearer token.
+#[test]
+fn python_grpc_client_over_tls_with_a_token() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyvenv/bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must create target/pyvenv"
+        );
+        eprintln!("SKIPPED: no target/pyvenv");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&d.path().join("pki"), "py-ca");
+    let (node, me) = (pki.issue("node"), pki.issue("py"));
+    let token = spool::server::auth::tokens::new_token();
+    let hash = spool::server::auth::tokens::hex(&spool::server::auth::tokens::hash(&token));
+    let tokens = d.path().join("tokens.toml");
+    let entry =
+        format!("[[token]]\nprincipal = \"py\"\nsha256 = \"{hash}\"\nroles = [\"write\"]\n");
+    std::fs::write(&tokens, entry).unwrap();
+    let mut flags = pki.serve_flags(&node, true);
+    flags.extend(["--tokens-file".to_string(), tokens.display().to_string()]);
+    let s = Server::start(&d.path().join("data"), &refs(&flags));
+    let out = std::process::Command::new(&python)
+        .arg(root.join("tests/python/client_test.py"))
+        .arg(&s.addr)
+        .arg(root.join("proto/proto"))
+        .arg(d.path().join("gen"))
+        .env("SPOOL_TLS_CA", pki.ca())
+        .env("SPOOL_TLS_CERT", &me.cert)
+        .env("SPOOL_TLS_KEY", &me.key)
+        .env("SPOOL_TOKEN", &token)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("python client ok"),
+        "python client failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

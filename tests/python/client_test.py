@@ -24,6 +24,54 @@ def append_idempotent(grpc, log, req, attempts=5):
             time.sleep(0.05 * 2 ** attempt)
 
 
+def open_channel(grpc, addr):
+    """TLS when SPOOL_TLS_CA is set (with a client certificate if SPOOL_TLS_CERT/KEY are),
+    and a bearer token on every call when SPOOL_TOKEN is: the README's secure client."""
+    ca = os.environ.get("SPOOL_TLS_CA")
+    if ca:
+        read = lambda v: open(os.environ[v], "rb").read() if os.environ.get(v) else None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=read("SPOOL_TLS_CA"), private_key=read("SPOOL_TLS_KEY"),
+            certificate_chain=read("SPOOL_TLS_CERT"))
+        channel = grpc.secure_channel(addr, creds)
+    else:
+        channel = grpc.insecure_channel(addr)
+    grpc.channel_ready_future(channel).result(timeout=10)
+    token = os.environ.get("SPOOL_TOKEN")
+    return grpc.intercept_channel(channel, bearer(grpc, token)) if token else channel
+
+
+def bearer(grpc, token):
+    """A client interceptor adding `authorization: Bearer TOKEN` to every call."""
+    import collections
+
+    class Details(collections.namedtuple(
+            "Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                        "compression")), grpc.ClientCallDetails):
+        pass
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        def _add(self, d):
+            md = list(d.metadata or []) + [("authorization", "Bearer " + token)]
+            return Details(d.method, d.timeout, md, d.credentials, d.wait_for_ready,
+                           d.compression)
+
+        def intercept_unary_unary(self, cont, d, req):
+            return cont(self._add(d), req)
+
+        def intercept_unary_stream(self, cont, d, req):
+            return cont(self._add(d), req)
+
+        def intercept_stream_unary(self, cont, d, reqs):
+            return cont(self._add(d), reqs)
+
+        def intercept_stream_stream(self, cont, d, reqs):
+            return cont(self._add(d), reqs)
+
+    return Bearer()
+
+
 def main():
     addr, proto_dir, out_dir = sys.argv[1:4]
     os.makedirs(out_dir, exist_ok=True)
@@ -37,8 +85,7 @@ def main():
     from spool.v1 import spool_pb2 as pb
     from spool.v1 import spool_pb2_grpc as rpc
 
-    channel = grpc.insecure_channel(addr)
-    grpc.channel_ready_future(channel).result(timeout=10)
+    channel = open_channel(grpc, addr)
     logs = rpc.LogsStub(channel)
     log = rpc.LogStub(channel)
 
