@@ -644,3 +644,54 @@ fn a_claimed_epoch_past_the_coordinators_fences_nothing() {
     });
     assert_identical(&nodes.stop_all(p));
 }
+
+/// etcd over mutual TLS: a node with `[cluster] etcd_ca/etcd_cert/etcd_key` joins and
+/// leads; one without them cannot reach etcd and says so.
+#[test]
+fn a_node_reaches_etcd_over_tls() {
+    let Some(bin) = etcd_bin("a_node_reaches_etcd_over_tls") else {
+        return;
+    };
+    let d = tempfile::tempdir().unwrap();
+    let ca = spool::tls::dev_certs::DevCa::new("etcd-ca").unwrap();
+    ca.write(&d.path().join("ca.pem")).unwrap();
+    let issue = |name: &str| {
+        let issued = ca.issue(name, &["127.0.0.1", "localhost"]).unwrap();
+        issued.write(d.path(), name).unwrap()
+    };
+    let (server, node) = (issue("etcd"), issue("node"));
+    let etcd = Etcd::start_tls(&bin, &server.cert, &server.key, &d.path().join("ca.pem"));
+    let url = format!("etcd://127.0.0.1:{}", etcd.client_port);
+    let tls = format!(
+        "[cluster]\netcd_ca = \"{}\"\netcd_cert = \"{}\"\netcd_key = \"{}\"\n",
+        d.path().join("ca.pem").display(),
+        node.cert.display(),
+        node.key.display()
+    );
+    let n = Server::start_toml(&d.path().join("n"), &tls, &["--cluster", &url]);
+    run(60, async {
+        wait_until("the node leads over TLS to etcd", ELECTION_MAX, || async {
+            let s = client(&n.addr).await.status().await.ok()?;
+            let c = s.cluster?;
+            (s.role == "primary" && c.leader == c.node).then_some(())
+        })
+        .await;
+    });
+    let plain = std::process::Command::new(common::spool_bin())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            &url,
+            "--data-dir",
+        ])
+        .arg(d.path().join("plain"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && err.contains("cannot reach etcd"),
+        "{err}"
+    );
+}

@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 use spool_proto::etcd::etcdserverpb as pb;
 use spool_proto::etcd::mvccpb;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
 use super::coordinator::{ttl_seconds, Compare, CoordError, Coordinator, Entry, LeaseId, Op};
@@ -57,6 +57,7 @@ struct Inner {
     endpoints: Vec<String>,
     credentials: Option<(String, String)>,
     timeout: Duration,
+    tls: Option<crate::tls::TlsOptions>,
     state: Mutex<State>,
 }
 
@@ -145,6 +146,7 @@ impl EtcdCoordinator {
                 endpoints,
                 credentials,
                 timeout: cfg.timeout,
+                tls: cfg.tls.clone(),
                 state: Mutex::new(State {
                     preferred: 0,
                     session: None,
@@ -248,8 +250,8 @@ impl EtcdCoordinator {
             }
         }
         let endpoint = &self.inner.endpoints[index];
-        let channel = Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| Failure::Transport(format!("bad endpoint: {}", error_chain(&e))))?
+        let channel = crate::tls::endpoint(endpoint, self.inner.tls.as_ref())
+            .map_err(|e| Failure::Transport(format!("bad endpoint: {e:#}")))?
             .connect_timeout(self.inner.timeout)
             .tcp_nodelay(true)
             .connect()

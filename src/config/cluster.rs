@@ -32,6 +32,11 @@ pub struct ClusterSection {
     pub never_promote: bool,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
+    /// TLS to etcd: the CA that signed etcd's certificate (PEM)...
+    pub etcd_ca: Option<std::path::PathBuf>,
+    /// ...and this node's client certificate and key, when etcd requires one.
+    pub etcd_cert: Option<std::path::PathBuf>,
+    pub etcd_key: Option<std::path::PathBuf>,
 }
 
 /// Validated cluster settings.
@@ -46,6 +51,7 @@ pub struct ClusterConfig {
     pub never_promote: bool,
     pub etcd_username: Option<String>,
     pub etcd_password: Option<String>,
+    pub etcd_tls: Option<crate::tls::TlsOptions>,
 }
 
 const DEFAULT_NAME: &str = "spool";
@@ -111,6 +117,7 @@ impl ClusterSection {
             never_promote: self.never_promote,
             etcd_username: self.etcd_username,
             etcd_password: self.etcd_password,
+            etcd_tls: crate::tls::TlsOptions::given(self.etcd_ca, self.etcd_cert, self.etcd_key),
         }))
     }
 }

@@ -41,8 +41,47 @@ impl Etcd {
         Etcd::start_members(bin, 1).pop().unwrap()
     }
 
+    /// One member serving clients over TLS only, requiring client certificates signed by
+    /// `ca` (PEM paths: etcd's certificate and key, the CA).
+    pub fn start_tls(bin: &Path, cert: &Path, key: &Path, ca: &Path) -> Etcd {
+        let mut m = Etcd::configure(bin, 1).pop().unwrap();
+        for a in m.args.iter_mut() {
+            if a.starts_with("http://") && a.contains(&m.client_port.to_string()) {
+                *a = a.replacen("http://", "https://", 1);
+            }
+        }
+        let files = [
+            ("--cert-file", cert),
+            ("--key-file", key),
+            ("--trusted-ca-file", ca),
+        ];
+        for (flag, path) in files {
+            m.args.extend([flag.to_owned(), path.display().to_string()]);
+        }
+        m.args.push("--client-cert-auth".into());
+        m.spawn();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", m.client_port)).is_err() {
+            assert!(Instant::now() < deadline, "etcd (TLS) did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        m
+    }
+
     /// An etcd cluster of `n` members on loopback ports.
     pub fn start_members(bin: &Path, n: usize) -> Vec<Etcd> {
+        let mut members = Etcd::configure(bin, n);
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_healthy(Duration::from_secs(30));
+        }
+        members
+    }
+
+    /// `n` members' arguments, not started.
+    fn configure(bin: &Path, n: usize) -> Vec<Etcd> {
         let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
@@ -50,7 +89,7 @@ impl Etcd {
             .enumerate()
             .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
             .collect();
-        let mut members: Vec<Etcd> = ports
+        ports
             .iter()
             .enumerate()
             .map(|(i, &(client, peer))| {
@@ -86,14 +125,7 @@ impl Etcd {
                     _dir: dir.clone(),
                 }
             })
-            .collect();
-        for m in &mut members {
-            m.spawn();
-        }
-        for m in &members {
-            m.wait_healthy(Duration::from_secs(30));
-        }
-        members
+            .collect()
     }
 
     fn spawn(&mut self) {

@@ -18,6 +18,8 @@ pub struct EtcdConfig {
     pub password: Option<String>,
     /// The bound on one attempt on one endpoint.
     pub timeout: Duration,
+    /// TLS to etcd: its CA, and a client certificate if etcd requires one.
+    pub tls: Option<crate::tls::TlsOptions>,
 }
 
 impl EtcdConfig {
@@ -28,6 +30,7 @@ impl EtcdConfig {
             username: None,
             password: None,
             timeout: DEFAULT_TIMEOUT,
+            tls: None,
         }
     }
 }

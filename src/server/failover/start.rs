@@ -25,6 +25,7 @@ pub async fn start(
     let etcd = EtcdConfig {
         username: cfg.etcd_username.clone(),
         password: cfg.etcd_password.clone(),
+        tls: cfg.etcd_tls.clone(),
         ..EtcdConfig::new(cfg.endpoints.clone())
     };
     let coord = reach(&etcd).await?;
