@@ -405,3 +405,55 @@ fn python_grpc_client_over_tls_with_a_token() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A client certificate named in the tokens file is a principal: no token needed; its
+/// roles hold as a token's would.
+#[test]
+fn a_client_certificate_names_a_principal() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&d.path().join("pki"), "id-ca");
+    let node = pki.issue("node");
+    let (writer, reader, stranger) = (
+        pki.issue("writer-svc"),
+        pki.issue("reader-svc"),
+        pki.issue("nobody"),
+    );
+    let tokens = d.path().join("tokens.toml");
+    let body = "[[cert]]\nname = \"writer-svc\"\nroles = [\"admin\"]\n\n[[cert]]\nname = \"reader-svc\"\nroles = [\"read\"]\n";
+    std::fs::write(&tokens, body).unwrap();
+    let mut flags = pki.serve_flags(&node, true);
+    flags.extend(["--tokens-file".to_string(), tokens.display().to_string()]);
+    let s = Server::start(&d.path().join("data"), &refs(&flags));
+    run(60, async {
+        let as_ = |id: &IssuedFiles| {
+            let options = ClientOptions {
+                tls: Some(pki.client(Some(id))),
+                ..Default::default()
+            };
+            Client::connect_with(&s.addr, options)
+        };
+        let w = as_(&writer).await.unwrap();
+        w.create_log("c", None).await.unwrap();
+        w.append("c", vec![Bytes::from_static(b"x")], AckMode::Async)
+            .await
+            .unwrap();
+        let r = as_(&reader).await.unwrap();
+        assert_eq!(r.read("c", 0, 10).await.unwrap().records.len(), 1);
+        let denied = r
+            .append("c", vec![Bytes::from_static(b"y")], AckMode::Async)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            denied.code(),
+            Some(tonic::Code::PermissionDenied),
+            "{denied}"
+        );
+        let nobody = as_(&stranger).await.unwrap();
+        let refused = nobody.read("c", 0, 10).await.unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Some(tonic::Code::Unauthenticated),
+            "{refused}"
+        );
+    });
+}

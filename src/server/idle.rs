@@ -89,7 +89,6 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// The client's TLS certificate (leaf), verified against the client CA: for
     /// authentication by certificate identity.
-    #[allow(dead_code)]
     pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
     activity: Arc<Activity>,
 }

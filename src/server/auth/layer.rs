@@ -69,7 +69,13 @@ fn admit<B>(auth: &Auth, req: &mut http::Request<B>) -> Result<(), tonic::Status
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let principal = auth.authenticate(header)?;
+    let cert = req
+        .extensions()
+        .get::<crate::server::idle::ConnInfo>()
+        .and_then(|c| c.peer_cert.as_ref())
+        .map(|der| super::certs::names(der))
+        .unwrap_or_default();
+    let principal = auth.authenticate_with(header, &cert)?;
     if !principal.has(role) {
         return Err(denied(&principal, role, &path));
     }

@@ -3,6 +3,7 @@
 //! the handlers that know the log ([`check_log`]). Without `[auth]` every call is allowed
 //! (the quick start on loopback; `serve` refuses other addresses without it).
 
+pub mod certs;
 pub mod layer;
 pub mod rules;
 pub mod tokens;
@@ -116,9 +117,23 @@ impl Auth {
 
     /// The principal behind `authorization: Bearer TOKEN`, or UNAUTHENTICATED.
     pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, Status> {
+        self.authenticate_with(header, &[])
+    }
+
+    /// The principal behind the token or, without one, behind the verified client
+    /// certificate with these names (a `[[cert]]` entry); else UNAUTHENTICATED.
+    pub fn authenticate_with(
+        &self,
+        header: Option<&str>,
+        cert: &[String],
+    ) -> Result<Principal, Status> {
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
+            if let Some(p) = self.tokens.read().0.by_cert(cert) {
+                return Ok(p);
+            }
             return Err(Status::unauthenticated(
-                "no token: send `authorization: Bearer TOKEN` (SPOOL_TOKEN for the CLI)",
+                "no token: send `authorization: Bearer TOKEN` (SPOOL_TOKEN for the CLI), or a \
+                 client certificate the node's tokens file names",
             ));
         };
         let now = SystemTime::now()

@@ -8,6 +8,11 @@
 //! roles = ["write"]             # read, write, admin, replica
 //! logs = ["orders"]             # optional: read/write only logs starting with these
 //! expires_unix_s = 1830297600   # optional
+//!
+//! [[cert]]                      # a client certificate (mutual TLS) instead of a token
+//! name = "orders-service"       # its subject CN, or a DNS/URI subject alternative name
+//! roles = ["write"]
+//! logs = ["orders"]
 //! ```
 
 use std::path::Path;
@@ -27,6 +32,17 @@ pub const TOKEN_PREFIX: &str = "spool_";
 struct File {
     #[serde(default)]
     token: Vec<Entry>,
+    #[serde(default)]
+    cert: Vec<CertEntry>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CertEntry {
+    name: String,
+    roles: Vec<Role>,
+    #[serde(default)]
+    logs: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -44,6 +60,8 @@ struct Entry {
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     entries: Vec<([u8; 32], Principal, Option<u64>)>,
+    /// Client certificate names and who they are.
+    certs: Vec<(String, Principal)>,
 }
 
 /// Why a token was not accepted (the message names no token).
@@ -95,7 +113,28 @@ impl Tokens {
             };
             entries.push((h, p, e.expires_unix_s));
         }
-        Ok(Tokens { entries })
+        let certs = file
+            .cert
+            .into_iter()
+            .map(|c| {
+                let p = Principal {
+                    name: c.name.clone(),
+                    roles: c.roles,
+                    logs: c.logs,
+                };
+                (c.name, p)
+            })
+            .collect();
+        Ok(Tokens { entries, certs })
+    }
+
+    /// The principal a client certificate with these names is (the first entry that
+    /// names one of them).
+    pub fn by_cert(&self, names: &[String]) -> Option<Principal> {
+        self.certs
+            .iter()
+            .find(|(n, _)| names.contains(n))
+            .map(|(_, p)| p.clone())
     }
 
     /// The principal holding `token` at unix time `now_s`. Every entry is compared, in
