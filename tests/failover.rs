@@ -616,7 +616,7 @@ fn a_claimed_epoch_past_the_coordinators_fences_nothing() {
         let p = ready(&nodes).await;
         let s = client(&nodes.addr(p)).await.status().await.unwrap();
         let hello = pb::ReplicaHello {
-            replica_id: "liar".into(),
+            replica_id: format!("n{}", nodes.others(p)[0]),
             node_epoch: 1 << 40,
             cluster_id: s.cluster_id,
             ..Default::default()
@@ -630,11 +630,24 @@ fn a_claimed_epoch_past_the_coordinators_fences_nothing() {
             .await
             .unwrap();
         let mut rep = pb::replication_client::ReplicationClient::new(ch);
+        let stranger = pb::ReplicaHello {
+            replica_id: "stranger".into(),
+            ..hello_of(&first)
+        };
+        let msg = pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(stranger)),
+        };
+        let refused = rep
+            .replicate(futures::stream::iter([msg]))
+            .await
+            .unwrap_err();
+        assert!(refused.message().contains("not a member"), "{refused:?}");
         let refused = rep
             .replicate(futures::stream::iter([first]))
             .await
             .unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("never begun"), "{refused:?}");
         let mut acks = Acks::default();
         acks.write(&nodes, p, "still", 5, pb::AckMode::SemiSync)
             .await;
@@ -694,4 +707,11 @@ fn a_node_reaches_etcd_over_tls() {
         !plain.status.success() && err.contains("cannot reach etcd"),
         "{err}"
     );
+}
+
+fn hello_of(m: &pb::ReplicaMessage) -> pb::ReplicaHello {
+    match &m.msg {
+        Some(pb::replica_message::Msg::Hello(h)) => h.clone(),
+        _ => unreachable!("a hello"),
+    }
 }

@@ -448,6 +448,7 @@ impl pb::replication_server::Replication for ReplicationService {
             }
         };
         check_cluster(&self.node, &hello.cluster_id)?;
+        check_member(&self.node, &hello.replica_id)?;
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
             check_claimed_epoch(&self.node, hello.node_epoch)?;
@@ -489,4 +490,21 @@ fn check_claimed_epoch(node: &Node, claimed: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// With a coordinator, only the cluster's members replicate: a peer whose name is not
+/// among the members the agent last saw is refused (it retries once it is registered).
+fn check_member(node: &Node, replica_id: &str) -> Result<(), Status> {
+    let Some(status) = node.cluster_status() else {
+        return Ok(());
+    };
+    let status = status.lock();
+    if status.members.iter().any(|m| m.node == replica_id) {
+        return Ok(());
+    }
+    Err(Status::permission_denied(format!(
+        "{replica_id:?} is not a member of cluster {:?}: start it with --cluster (the same \
+         coordinator and cluster name) to replicate",
+        status.name
+    )))
 }
