@@ -120,6 +120,71 @@ async fn call(ch: &Channel, rpc: &str, token: Option<&str>) -> Code {
             };
             admin.scrub(with_token(r, token)).await.map(|_| ())
         }
+        "Describe" => {
+            let r = pb::DescribeLogRequest {
+                name: "orders".into(),
+            };
+            logs.describe(with_token(r, token)).await.map(|_| ())
+        }
+        "Subscribe" => {
+            let r = pb::SubscribeRequest {
+                log: "orders".into(),
+                ..Default::default()
+            };
+            log.subscribe(with_token(r, token)).await.map(|_| ())
+        }
+        "AppendStream" => {
+            let reqs = futures::stream::iter(Vec::<pb::AppendRequest>::new());
+            log.append_stream(with_token(reqs, token)).await.map(|_| ())
+        }
+        "Replicate" => {
+            let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+            let msgs = futures::stream::iter(Vec::<pb::ReplicaMessage>::new());
+            rep.replicate(with_token(msgs, token)).await.map(|_| ())
+        }
+        "Pause" => admin
+            .pause(with_token(pb::PauseRequest {}, token))
+            .await
+            .map(|_| ()),
+        "Resume" => admin
+            .resume(with_token(pb::ResumeRequest {}, token))
+            .await
+            .map(|_| ()),
+        "Repair" => {
+            let r = pb::RepairRequest {
+                log: "orders".into(),
+                ..Default::default()
+            };
+            admin.repair(with_token(r, token)).await.map(|_| ())
+        }
+        "Switchover" => {
+            let r = pb::SwitchoverRequest { to: "n".into() };
+            admin.switchover(with_token(r, token)).await.map(|_| ())
+        }
+        "Failover" => {
+            let r = pb::FailoverRequest {
+                to: "n".into(),
+                force: false,
+            };
+            admin.failover(with_token(r, token)).await.map(|_| ())
+        }
+        "QuarantineList" => {
+            let r = pb::QuarantineListRequest::default();
+            admin
+                .quarantine_list(with_token(r, token))
+                .await
+                .map(|_| ())
+        }
+        "QuarantineRead" => {
+            let r = pb::QuarantineReadRequest {
+                log: "orders".into(),
+                ..Default::default()
+            };
+            admin
+                .quarantine_read(with_token(r, token))
+                .await
+                .map(|_| ())
+        }
         "FetchFrames" => {
             let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
             let r = pb::FetchFramesRequest {
@@ -145,10 +210,23 @@ fn every_rpc_needs_its_role() {
     run(60, async {
         let ch = channel(&node.addr).await;
         // (rpc, roles that reach it)
-        let matrix: [(&str, &[&str]); 8] = [
+        let readers: &[&str] = &["reader", "writer", "admin", "orders"];
+        let admins: &[&str] = &["admin"];
+        let matrix: Vec<(&str, &[&str])> = vec![
             ("Append", &["writer", "admin", "orders"]),
-            ("Read", &["reader", "writer", "admin", "orders"]),
-            ("List", &["reader", "writer", "admin", "orders"]),
+            ("AppendStream", &["writer", "admin", "orders"]),
+            ("Read", readers),
+            ("Subscribe", readers),
+            ("Describe", readers),
+            ("List", readers),
+            ("Pause", admins),
+            ("Resume", admins),
+            ("Repair", admins),
+            ("Switchover", admins),
+            ("Failover", admins),
+            ("QuarantineList", admins),
+            ("QuarantineRead", admins),
+            ("Replicate", &["replica"]),
             ("Create", &["writer", "admin", "orders"]),
             ("Delete", &["admin"]),
             ("Status", &["reader", "writer", "admin", "orders"]),
