@@ -160,6 +160,9 @@ pub struct Overrides {
     /// Tokens file: every call then needs a token with the role its RPC needs.
     #[arg(long, env = "SPOOL_TOKENS_FILE")]
     pub tokens_file: Option<PathBuf>,
+    /// This node's own token (a file), sent when it replicates from a peer with tokens.
+    #[arg(long, env = "SPOOL_NODE_TOKEN_FILE")]
+    pub node_token_file: Option<PathBuf>,
     /// Listen on a non-loopback address without authentication.
     #[arg(long)]
     pub insecure: bool,
@@ -238,6 +241,9 @@ impl ServerConfig {
         let mut auth = file.auth.clone();
         if let Some(t) = &o.tokens_file {
             auth.tokens_file = Some(t.clone());
+        }
+        if let Some(t) = &o.node_token_file {
+            auth.node_token_file = Some(t.clone());
         }
         let tls = file.tls.build(&o.tls).context("in [tls]")?;
         check_exposure(listen, &auth, tls.is_some(), o.insecure)?;

@@ -99,7 +99,7 @@ pub(super) fn run_catchup(args: &CatchupArgs) -> Result<()> {
     let tmp = fresh_data_dir(&args.dir)?;
     if args.tls {
         // Before any thread: the environment is the process's.
-        super::tls_setup(tmp.path())?;
+        super::secure_setup(tmp.path(), true, false)?;
     }
     let rt = runtime(None)?;
     let mut primary =

@@ -44,15 +44,29 @@ use spool::measure::{
 
 const LOG_NAME: &str = "bench";
 
-/// The client options of this run: TLS with `--tls` (set by [`tls_setup`]).
+/// The client options of this run: TLS with `--tls`, a token with `--auth` (set by
+/// [`secure_setup`]).
 static CLIENT_OPTIONS: std::sync::OnceLock<spool::client::ClientOptions> =
     std::sync::OnceLock::new();
 
-/// `--tls`: a CA and a node certificate in `work/tls`, named to the `spool serve` children
-/// through SPOOL_TLS_* (inherited; every node uses the one certificate, which is also a
-/// replica's client identity), and this run's clients told the CA. Call before any thread
-/// starts: the environment is the process's.
-fn tls_setup(work: &Path) -> Result<()> {
+/// `--tls` and `--auth`, files in `work`, named to the `spool serve` children through the
+/// environment (inherited). Call before any thread starts: the environment is the
+/// process's.
+fn secure_setup(work: &Path, tls: bool, auth: bool) -> Result<()> {
+    let mut options = spool::client::ClientOptions::default();
+    if tls {
+        options.tls = Some(tls_setup(work)?);
+    }
+    if auth {
+        options.token = Some(auth_setup(work)?);
+    }
+    let _ = CLIENT_OPTIONS.set(options);
+    Ok(())
+}
+
+/// A CA and a node certificate in `work/tls` (every node uses the one certificate, which
+/// is also a replica's client identity); the clients' TLS options.
+fn tls_setup(work: &Path) -> Result<spool::tls::TlsOptions> {
     let dir = work.join("tls");
     std::fs::create_dir_all(&dir)?;
     let ca = spool::tls::dev_certs::DevCa::new("bench CA")?;
@@ -63,15 +77,26 @@ fn tls_setup(work: &Path) -> Result<()> {
     std::env::set_var("SPOOL_TLS_CERT", &node.cert);
     std::env::set_var("SPOOL_TLS_KEY", &node.key);
     std::env::set_var("SPOOL_TLS_CA", dir.join("ca.pem"));
-    let options = spool::client::ClientOptions {
-        tls: Some(spool::tls::TlsOptions {
-            ca: Some(dir.join("ca.pem")),
-            ..Default::default()
-        }),
+    Ok(spool::tls::TlsOptions {
+        ca: Some(dir.join("ca.pem")),
         ..Default::default()
-    };
-    let _ = CLIENT_OPTIONS.set(options);
-    Ok(())
+    })
+}
+
+/// One token with the admin and replica roles, used by the clients and by the nodes
+/// towards each other; the tokens file every node checks.
+fn auth_setup(work: &Path) -> Result<String> {
+    use spool::server::auth::tokens;
+    let token = tokens::new_token();
+    let entry = format!(
+        "[[token]]\nprincipal = \"bench\"\nsha256 = \"{}\"\nroles = [\"admin\", \"replica\"]\n",
+        tokens::hex(&tokens::hash(&token))
+    );
+    std::fs::write(work.join("tokens.toml"), entry)?;
+    std::fs::write(work.join("node-token"), &token)?;
+    std::env::set_var("SPOOL_TOKENS_FILE", work.join("tokens.toml"));
+    std::env::set_var("SPOOL_NODE_TOKEN_FILE", work.join("node-token"));
+    Ok(token)
 }
 
 /// A client of the node at `addr`, with this run's options.

@@ -161,6 +161,9 @@ pub struct GrpcArgs {
     /// connect over TLS.
     #[arg(long, conflicts_with = "in_process")]
     pub tls: bool,
+    /// The nodes check tokens (one made for the run); the clients send it.
+    #[arg(long, conflicts_with = "in_process")]
+    pub auth: bool,
     /// Directory under which a fresh temporary data directory is created (and removed).
     /// Default: ./target if it exists (same disk as the repository), else $TMPDIR.
     #[arg(long)]
@@ -347,12 +350,12 @@ pub(super) fn run_grpc(args: &GrpcArgs) -> Result<()> {
         _ => {}
     }
     // Kept to the end of the run: the nodes read the certificates from it.
-    let certs = match args.tls {
+    let certs = match args.tls || args.auth {
         true => Some(fresh_data_dir(&args.dir)?),
         false => None,
     };
     if let Some(c) = &certs {
-        super::tls_setup(c.path())?;
+        super::secure_setup(c.path(), args.tls, args.auth)?;
     }
     let rt = runtime(args.threads)?;
     human(&args.json, &table_header());
