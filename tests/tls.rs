@@ -205,15 +205,30 @@ fn a_client_certificate_from_another_ca_is_refused() {
 
 #[test]
 fn a_replica_follows_over_mutual_tls_with_segment_fetch() {
+    replica_over_mutual_tls(false);
+}
+
+/// The same with tokens checked on the primary and no token anywhere: the replica (for
+/// the stream and its segment fetches) and the client are who their certificates say.
+#[test]
+fn a_replica_authenticated_by_its_certificate_follows_with_segment_fetch() {
+    replica_over_mutual_tls(true);
+}
+
+fn replica_over_mutual_tls(cert_principals: bool) {
     let d = tempfile::tempdir().unwrap();
     let pki = Pki::new(&d.path().join("pki"), "test CA");
     let (pcert, rcert, client) = (pki.issue("primary"), pki.issue("replica"), pki.issue("c"));
     let config = common::fixed_segments(1 << 20);
-    let p = Server::start_toml(
-        &d.path().join("p"),
-        &config,
-        &refs(&pki.serve_flags(&pcert, true)),
-    );
+    let mut pflags = pki.serve_flags(&pcert, true);
+    if cert_principals {
+        let tokens = d.path().join("tokens.toml");
+        let body = "[[cert]]\nname = \"replica\"\nroles = [\"replica\"]\n\n\
+                    [[cert]]\nname = \"c\"\nroles = [\"admin\"]\n";
+        std::fs::write(&tokens, body).unwrap();
+        pflags.extend(["--tokens-file".to_string(), tokens.display().to_string()]);
+    }
+    let p = Server::start_toml(&d.path().join("p"), &config, &refs(&pflags));
     let tls = pki.client(Some(&client));
     let (paddr, t) = (p.addr.clone(), tls.clone());
     // 4 MiB before the replica exists: it catches up on sealed 1 MiB segments.

@@ -201,12 +201,14 @@ impl Node {
         let _ = self.auth.set(auth);
     }
 
-    /// A segment fetch's token must name a principal with the replica role (auth on).
-    pub fn check_replica_token(&self, token: &str) -> Result<(), Status> {
+    /// A segment fetch's token, or else its client certificate, must name a principal
+    /// with the replica role (auth on).
+    pub fn check_replica(&self, token: &str, cert: &[String]) -> Result<(), Status> {
         let Some(auth) = self.auth.get() else {
             return Ok(());
         };
-        let p = auth.authenticate(Some(&format!("Bearer {token}")))?;
+        let header = (!token.is_empty()).then(|| format!("Bearer {token}"));
+        let p = auth.authenticate_with(header.as_deref(), cert)?;
         if !p.has(Role::Replica) {
             return Err(super::auth::denied(&p, Role::Replica, "segment fetch"));
         }

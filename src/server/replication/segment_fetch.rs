@@ -93,6 +93,14 @@ pub async fn serve(node: Arc<Node>, stream: ServerStream, received: Bytes, reque
     }
 }
 
+/// The verified client certificate's names (TLS with client certificates), else none.
+fn cert_names(stream: &ServerStream) -> Vec<String> {
+    stream
+        .peer_cert()
+        .map(|der| crate::server::auth::certs::names(&der))
+        .unwrap_or_default()
+}
+
 async fn serve_one(
     node: &Node,
     mut stream: ServerStream,
@@ -108,7 +116,7 @@ async fn serve_one(
     };
     let span = node
         .check_accepting()
-        .and_then(|()| node.check_replica_token(&req.token))
+        .and_then(|()| node.check_replica(&req.token, &cert_names(&stream)))
         .map_err(|s| anyhow!("{}", s.message()))
         .and_then(|()| {
             let log = node.storage().log(&req.log)?;
