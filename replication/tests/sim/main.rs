@@ -17,6 +17,8 @@ mod faults;
 mod model;
 mod net;
 mod node;
+#[path = "../support/outcome.rs"]
+mod outcome;
 mod replica;
 mod upstream;
 mod world;
@@ -64,18 +66,7 @@ fn run(seed: u64) -> Result<world::Stats, (String, Vec<String>)> {
         w.converged()
     }));
     let trace = std::mem::take(&mut w.trace);
-    match r {
-        Ok(Ok(())) => Ok(w.stats),
-        Ok(Err(e)) => Err((format!("did not converge: {e}"), trace)),
-        Err(p) => {
-            let msg = p
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err((msg, trace))
-        }
-    }
+    outcome::outcome(r, w.stats, trace)
 }
 
 fn run_seeds(seeds: impl Iterator<Item = u64>) {
