@@ -87,7 +87,7 @@ pub async fn serve(
                 config.storage.data_dir.display()
             ))
         })?;
-    restrict_data_dir(&config.storage.data_dir)?;
+    warn_if_data_dir_open(&config.storage.data_dir);
     let repl = config.replication.clone();
     let initial_role = match (&repl.replica_of, &config.cluster) {
         // The coordinator says whom to follow, or elects this node.
@@ -219,10 +219,14 @@ pub async fn serve(
     Ok(())
 }
 
-/// The data dir of a node is readable by its user alone (one made by an earlier version,
-/// or by hand, is closed too).
-fn restrict_data_dir(dir: &std::path::Path) -> Result<()> {
+/// A data dir others can read (made before this version, or by hand) is reported, not
+/// changed: it may be shared on purpose, and a chmod of the wrong directory would be worse.
+fn warn_if_data_dir_open(dir: &std::path::Path) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("making {} private (0700)", dir.display()))
+    if let Ok(m) = std::fs::metadata(dir) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(dir = %dir.display(), mode = format!("{mode:o}"), "the data directory is open to other users: chmod 700 it");
+        }
+    }
 }
