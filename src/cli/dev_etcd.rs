@@ -1,8 +1,6 @@
 //! The etcd of `spool dev-cluster --etcd`: the `etcd` binary (Debian's etcd-server) on
 //! loopback ports, its data and log under the dev cluster's dir, stopped after the nodes.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,15 +91,7 @@ impl DevEtcd {
 
     /// GET /health answers `"health":"true"`.
     fn healthy(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-        let req = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-        let mut body = String::new();
-        s.write_all(req.as_bytes()).is_ok()
-            && s.read_to_string(&mut body).is_ok()
-            && body.contains("\"health\":\"true\"")
+        spool::cluster::etcd::local_http_healthy(self.client_port)
     }
 }
 

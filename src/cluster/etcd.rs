@@ -551,6 +551,21 @@ impl Coordinator for EtcdCoordinator {
     }
 }
 
+/// Whether the etcd serving clients in plain HTTP on 127.0.0.1:`port` answers its
+/// `/health` with `"health":"true"` (for `dev-cluster --etcd` and tests that start one).
+pub fn local_http_healthy(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let req = "GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut body = String::new();
+    s.write_all(req.as_bytes()).is_ok()
+        && s.read_to_string(&mut body).is_ok()
+        && body.contains("\"health\":\"true\"")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -208,7 +208,7 @@ impl Node {
             return Ok(());
         };
         let header = (!token.is_empty()).then(|| format!("Bearer {token}"));
-        let p = auth.authenticate_with(header.as_deref(), cert)?;
+        let p = auth.authenticate(header.as_deref(), cert)?;
         if !p.has(Role::Replica) {
             return Err(super::auth::denied(&p, Role::Replica, "segment fetch"));
         }

@@ -75,7 +75,7 @@ fn admit<B>(auth: &Auth, req: &mut http::Request<B>) -> Result<(), tonic::Status
         .and_then(|c| c.peer_cert.as_ref())
         .map(|der| super::certs::names(der))
         .unwrap_or_default();
-    let principal = auth.authenticate_with(header, &cert)?;
+    let principal = auth.authenticate(header, &cert)?;
     if !principal.has(role) {
         return Err(denied(&principal, role, &path));
     }

@@ -115,18 +115,10 @@ impl Auth {
         });
     }
 
-    /// The principal behind `authorization: Bearer TOKEN`, or UNAUTHENTICATED.
-    pub fn authenticate(&self, header: Option<&str>) -> Result<Principal, Status> {
-        self.authenticate_with(header, &[])
-    }
-
-    /// The principal behind the token or, without one, behind the verified client
-    /// certificate with these names (a `[[cert]]` entry); else UNAUTHENTICATED.
-    pub fn authenticate_with(
-        &self,
-        header: Option<&str>,
-        cert: &[String],
-    ) -> Result<Principal, Status> {
+    /// The principal behind `authorization: Bearer TOKEN` or, without one, behind the
+    /// verified client certificate with these names (a `[[cert]]` entry); else
+    /// UNAUTHENTICATED.
+    pub fn authenticate(&self, header: Option<&str>, cert: &[String]) -> Result<Principal, Status> {
         let Some(token) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
             if let Some(p) = self.tokens.read().0.by_cert(cert) {
                 return Ok(p);

@@ -175,14 +175,14 @@ impl<C: Coordinator> Agent<C> {
     async fn round(&mut self) -> anyhow::Result<()> {
         let sent = Instant::now();
         self.renew_lease().await?;
-        self.publish().await?;
+        // What this node decides with is what it just told the others.
+        let me = self.publish().await?.to_member();
         if self.leading.is_some() {
             self.renew_leadership(sent).await?;
         }
         let look = self.look().await?;
         self.adopt_own_key(&look);
         let members: Vec<Member> = look.members.iter().map(MemberRecord::to_member).collect();
-        let me = member::record(&self.node, &self.id, &self.cfg, self.seq).to_member();
         let fresh = self.vacancy.fresh(look.leader.is_some(), &members);
         let view = View {
             me: &me,
@@ -221,12 +221,13 @@ impl<C: Coordinator> Agent<C> {
         Ok(())
     }
 
-    async fn publish(&mut self) -> anyhow::Result<()> {
+    /// Put this node's member record on its lease; returns the record.
+    async fn publish(&mut self) -> anyhow::Result<MemberRecord> {
         self.seq += 1;
         let rec = member::record(&self.node, &self.id, &self.cfg, self.seq);
         let key = self.keys.member(&self.id.node);
         self.coord.put(&key, keys::encode(&rec), self.lease).await?;
-        Ok(())
+        Ok(rec)
     }
 
     /// The leader key is still ours (on our lease): acks may go on until TTL minus margin
