@@ -44,10 +44,17 @@ async fn produce(client: Client, acked: Acked) {
     for i in 0..BATCHES {
         let v = format!("v-{i}");
         let mut r = p.append(vec![Bytes::from(v.clone())]).await;
-        for _ in 0..3 {
+        for attempt in 0..20u32 {
             let Err(e) = &r else { break };
-            eprintln!("batch {i}: {e}; resending");
-            r = p.resend().await.map(|r| r.expect("an unsettled batch"));
+            eprintln!("batch {i}: {e}; trying again");
+            // A refusal (e.g. no replica reconnected to a new primary yet) settles the
+            // batch as not written: it is appended anew, an unknown outcome resent.
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(5)))).await;
+            r = match p.resend().await {
+                Ok(Some(ok)) => Ok(ok),
+                Ok(None) => p.append(vec![Bytes::from(v.clone())]).await,
+                Err(e) => Err(e),
+            };
         }
         let r = r.unwrap_or_else(|e| panic!("batch {i} was never acked: {e}"));
         acked.lock().unwrap().push((r.first_offset, v, r.epoch));
