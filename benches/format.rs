@@ -1,4 +1,5 @@
-//! Micro-benchmarks of the batch frame: encoding, CRC check, decoding, zstd.
+//! Micro-benchmarks of the hot CPU paths: batch frame encoding, the group buffer fill, CRC
+//! check, decoding, zstd.
 //!
 //! `cargo bench --bench format -- --quick` for a fast pass.
 
@@ -119,6 +120,26 @@ fn bench_encode(c: &mut Criterion) {
     g.finish();
 }
 
+/// The storage thread's part of a group commit, without the IO: carry the page head, push
+/// 64 one-record frames with their waiters, take and give back the buffer, answer them.
+fn bench_group_fill(c: &mut Criterion) {
+    let mut g = c.benchmark_group("group_fill");
+    let segment = random_bytes(8192, 3);
+    for (count, size) in [(64usize, 100usize), (64, 1024)] {
+        let frames: Vec<Vec<u8>> = (0..count)
+            .map(|i| build(&[random_bytes(size, i as u64 + 1)], None))
+            .collect();
+        let mut fill = spool_storage::bench_support::GroupFill::default();
+        g.throughput(Throughput::Elements(count as u64));
+        g.bench_with_input(
+            BenchmarkId::from_parameter(format!("{count}x{}", label(size))),
+            &frames,
+            |b, frames| b.iter(|| fill.commit(black_box(&segment), 6000, black_box(frames))),
+        );
+    }
+    g.finish();
+}
+
 /// Header bounds + CRC over the whole frame.
 fn bench_check(c: &mut Criterion) {
     let mut g = c.benchmark_group("check_frame");
@@ -212,5 +233,12 @@ fn bench_zstd(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_encode, bench_check, bench_decode, bench_zstd);
+criterion_group!(
+    benches,
+    bench_encode,
+    bench_group_fill,
+    bench_check,
+    bench_decode,
+    bench_zstd
+);
 criterion_main!(benches);

@@ -166,6 +166,8 @@ fn run() -> anyhow::Result<()> {
                     .map(std::time::Duration::from_millis),
                 tls: spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key),
                 token: token(cli.token, cli.token_file.as_deref())?,
+                // One command, one call or one stream at a time: one connection.
+                connections: Some(1),
             };
             client_command(&cli.addr, options, cmd)
         }

@@ -428,3 +428,62 @@ fn sigterm_right_after_start_is_a_clean_stop() {
         assert!(record.exists(), "round {round}: no clean stop");
     }
 }
+
+/// This process's established TCP connections to `port` (its client side).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().unwrap();
+            u16::from_str_radix(remote_port, 16).unwrap() == port && f[3] == "01"
+        })
+        .count()
+}
+
+/// A client's pool: concurrent unary calls are spread over the connections it was given,
+/// and a one-connection client keeps to one.
+#[test]
+fn client_pool_spreads_calls_over_its_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path(), &[]);
+    let port: u16 = s.addr.rsplit(':').next().unwrap().parse().unwrap();
+    run(60, async {
+        for (n, log) in [(3usize, "pool3"), (1, "pool1")] {
+            let options = spool::client::ClientOptions {
+                connections: Some(n),
+                ..Default::default()
+            };
+            let c = Client::connect_with(&s.addr, options).await.unwrap();
+            c.create_log(log, None).await.unwrap();
+            let calls = (0..32).map(|i| {
+                let c = c.clone();
+                async move {
+                    let v = Bytes::from(format!("r{i}"));
+                    c.append(log, vec![v], AckMode::Async).await.unwrap()
+                }
+            });
+            let acks = futures::future::join_all(calls).await;
+            let mut offsets: Vec<u64> = acks.iter().map(|a| a.first_offset).collect();
+            offsets.sort_unstable();
+            assert_eq!(
+                offsets,
+                (0..32).collect::<Vec<u64>>(),
+                "every call appended once"
+            );
+            assert_eq!(connections_to(port), n, "connections of a pool of {n}");
+            drop(c);
+            common::wait_until(
+                "the pool's connections closed",
+                Duration::from_secs(10),
+                || {
+                    let open = connections_to(port);
+                    async move { (open == 0).then_some(()) }
+                },
+            )
+            .await;
+        }
+    });
+}

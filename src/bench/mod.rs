@@ -105,6 +105,13 @@ async fn connect(addr: &str) -> Result<spool::client::Client> {
     Ok(spool::client::Client::connect_with(addr, options).await?)
 }
 
+/// A client of `addr` whose pool holds `connections` HTTP/2 connections.
+async fn connect_pooled(addr: &str, connections: usize) -> Result<spool::client::Client> {
+    let mut options = CLIENT_OPTIONS.get().cloned().unwrap_or_default();
+    options.connections = Some(connections);
+    Ok(spool::client::Client::connect_with(addr, options).await?)
+}
+
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Concurrent appenders with group commit: throughput, latency, CPU, fsync shape.

@@ -2,6 +2,8 @@
 //! the one that leads, moving on when one is down or names another as the primary.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spool_proto::v1 as pb;
@@ -59,22 +61,65 @@ impl tonic::service::Interceptor for Bearer {
 /// What the generated clients talk through: the channel, with the token added.
 pub type Transport = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
+/// A node's connections: `n` HTTP/2 connections that calls take in turn, because one
+/// connection's task (on either side) bounds how many small calls it carries.
 #[derive(Debug, Clone)]
 pub(super) struct Conn {
     pub addr: String,
-    pub logs: pb::logs_client::LogsClient<Transport>,
-    pub log: pb::log_client::LogClient<Transport>,
-    pub status: pb::status_client::StatusClient<Transport>,
-    pub admin: pb::admin_client::AdminClient<Transport>,
+    pool: Arc<Pool>,
+}
+
+#[derive(Debug)]
+struct Pool {
+    channels: Vec<Transport>,
+    next: AtomicUsize,
+}
+
+impl Conn {
+    /// The next connection, round robin.
+    fn channel(&self) -> Transport {
+        let n = self.pool.next.fetch_add(1, Ordering::Relaxed);
+        self.pool.channels[n % self.pool.channels.len()].clone()
+    }
+
+    pub fn log(&self) -> pb::log_client::LogClient<Transport> {
+        pb::log_client::LogClient::new(self.channel())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX)
+    }
+
+    pub fn logs(&self) -> pb::logs_client::LogsClient<Transport> {
+        pb::logs_client::LogsClient::new(self.channel())
+    }
+
+    pub fn status(&self) -> pb::status_client::StatusClient<Transport> {
+        pb::status_client::StatusClient::new(self.channel())
+    }
+
+    pub fn admin(&self) -> pb::admin_client::AdminClient<Transport> {
+        pb::admin_client::AdminClient::new(self.channel())
+    }
 }
 
 /// How every connection of a client is dialed (the same for each node it moves to).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(super) struct DialOptions {
     /// TLS (`--tls-*`, or an `https://` address).
     pub tls: Option<TlsOptions>,
     /// The bearer token sent with every call (`SPOOL_TOKEN`, `--token-file`).
     pub token: Bearer,
+    /// HTTP/2 connections per node (at least 1).
+    pub connections: usize,
+}
+
+impl Default for DialOptions {
+    fn default() -> Self {
+        DialOptions {
+            tls: None,
+            token: Bearer::default(),
+            connections: 1,
+        }
+    }
 }
 
 impl DialOptions {
@@ -88,27 +133,31 @@ impl DialOptions {
     }
 }
 
+/// Connect to `addr`: the first connection now (so a dead node fails here), the rest of
+/// the pool on first use (a probed node that is not kept costs one connection).
 pub(super) async fn dial(addr: &str, opts: &DialOptions) -> Result<Conn> {
     let uri = crate::tls::uri(addr, opts.tls.is_some());
     let endpoint = crate::tls::endpoint(&uri, opts.tls.as_ref())
         .map_err(|e| ClientError::Tls(format!("{e:#}")))?
         .tcp_nodelay(true);
-    let channel = endpoint
+    let first = endpoint
         .connect()
         .await
         .map_err(|source| ClientError::Connect {
             addr: uri.clone(),
             source,
         })?;
-    let t = &opts.token;
+    let lazy = (1..opts.connections).map(|_| endpoint.connect_lazy());
+    let channels = std::iter::once(first)
+        .chain(lazy)
+        .map(|c| Transport::new(c, opts.token.clone()))
+        .collect();
     Ok(Conn {
         addr: uri,
-        logs: pb::logs_client::LogsClient::with_interceptor(channel.clone(), t.clone()),
-        log: pb::log_client::LogClient::with_interceptor(channel.clone(), t.clone())
-            .max_decoding_message_size(MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(MESSAGE_BYTES_MAX),
-        status: pb::status_client::StatusClient::with_interceptor(channel.clone(), t.clone()),
-        admin: pb::admin_client::AdminClient::with_interceptor(channel, t.clone()),
+        pool: Arc::new(Pool {
+            channels,
+            next: AtomicUsize::new(0),
+        }),
     })
 }
 
@@ -154,7 +203,7 @@ async fn probe(addr: &str, opts: &DialOptions, limit: Duration) -> Result<Probe,
         Ok(Err(e)) => return Err(short_error(&e)),
         Err(_) => return Err(format!("no connection within {limit:?}")),
     };
-    let mut status = conn.status.clone();
+    let mut status = conn.status();
     let s = match tokio::time::timeout(limit, status.get(pb::StatusRequest {})).await {
         Ok(Ok(s)) => s.into_inner(),
         Ok(Err(s)) => return Err(format!("{:?}: {}", s.code(), s.message())),

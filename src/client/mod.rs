@@ -107,10 +107,19 @@ pub struct ClientOptions {
     pub tls: Option<crate::tls::TlsOptions>,
     /// Bearer token sent with every call (nodes with `[auth]` need one).
     pub token: Option<String>,
+    /// HTTP/2 connections to the node, taken in turn by calls. `None`: one per core of
+    /// this machine ([`default_connections`]).
+    pub connections: Option<usize>,
 }
 
-/// A connection to a Spool node, and the addresses it may move to. Cheap to clone (one
-/// HTTP/2 connection underneath). Writes refused by a replica go to the primary it names,
+/// The pool size when none is given: one connection per core, so that neither side's
+/// per-connection task bounds many concurrent unary calls.
+pub fn default_connections() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// A connection to a Spool node, and the addresses it may move to. Cheap to clone (the
+/// clones share one pool of HTTP/2 connections). Writes refused by a replica go to the primary it names,
 /// and the client stays connected there (reads then go to the primary too).
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -136,6 +145,10 @@ impl Client {
         let dial_opts = DialOptions {
             tls: options.tls.or_else(|| https.then(Default::default)),
             token: DialOptions::bearer(options.token.as_deref())?,
+            connections: options
+                .connections
+                .unwrap_or_else(default_connections)
+                .max(1),
         };
         let tls = dial_opts.tls.is_some();
         let seeds: Vec<String> = seeds.iter().map(|s| crate::tls::uri(s, tls)).collect();
@@ -258,16 +271,16 @@ impl Client {
             name: name.to_owned(),
             config,
         };
-        self.write(|mut c| {
+        self.write(|c| {
             let req = req.clone();
-            async move { c.logs.create(req).await }
+            async move { c.logs().create(req).await }
         })
         .await
     }
 
     pub async fn list_logs(&self) -> Result<Vec<LogInfo>> {
         let r = self
-            .read_call(|mut c| async move { c.logs.list(pb::ListLogsRequest {}).await })
+            .read_call(|c| async move { c.logs().list(pb::ListLogsRequest {}).await })
             .await?;
         Ok(r.logs)
     }
@@ -276,9 +289,9 @@ impl Client {
         let req = pb::DescribeLogRequest {
             name: name.to_owned(),
         };
-        self.read_call(|mut c| {
+        self.read_call(|c| {
             let req = req.clone();
-            async move { c.logs.describe(req).await }
+            async move { c.logs().describe(req).await }
         })
         .await
     }
@@ -287,9 +300,9 @@ impl Client {
         let req = pb::DeleteLogRequest {
             name: name.to_owned(),
         };
-        self.write(|mut c| {
+        self.write(|c| {
             let req = req.clone();
-            async move { c.logs.delete(req).await }
+            async move { c.logs().delete(req).await }
         })
         .await?;
         Ok(())
@@ -321,9 +334,9 @@ impl Client {
         } else {
             Safety::IfRefused
         };
-        self.call(safety, Want::Primary, |mut c| {
+        self.call(safety, Want::Primary, |c| {
             let req = req.clone();
-            async move { c.log.append(req).await }
+            async move { c.log().append(req).await }
         })
         .await
     }
@@ -360,7 +373,7 @@ impl Client {
             )
             .await?;
         }
-        Appender::open(self.conn().log, log, ack, semi_sync_replicas).await
+        Appender::open(self.conn().log(), log, ack, semi_sync_replicas).await
     }
 
     pub async fn read(&self, log: &str, from: u64, max_records: u32) -> Result<pb::ReadResponse> {
@@ -374,9 +387,9 @@ impl Client {
     }
 
     pub async fn read_with(&self, req: pb::ReadRequest) -> Result<pb::ReadResponse> {
-        self.read_call(|mut c| {
+        self.read_call(|c| {
             let req = req.clone();
-            async move { c.log.read(req).await }
+            async move { c.log().read(req).await }
         })
         .await
     }
@@ -397,7 +410,7 @@ impl Client {
             max_records_per_message: 0,
             last_epoch: 0,
         };
-        let stream = self.conn().log.subscribe(req).await?.into_inner();
+        let stream = self.conn().log().subscribe(req).await?.into_inner();
         Ok(stream.flat_map(|msg| {
             let items: Vec<Result<Record>> = match msg {
                 Ok(m) => m.records.into_iter().map(Ok).collect(),
@@ -409,7 +422,7 @@ impl Client {
 
     /// The status of the node this client talks to (another one after a failover).
     pub async fn status(&self) -> Result<StatusResponse> {
-        self.read_call(|mut c| async move { c.status.get(pb::StatusRequest {}).await })
+        self.read_call(|c| async move { c.status().get(pb::StatusRequest {}).await })
             .await
     }
 
@@ -425,7 +438,7 @@ impl Client {
     ) -> Result<pb::PromoteResponse> {
         Ok(self
             .conn()
-            .admin
+            .admin()
             .promote(pb::PromoteRequest { at })
             .await?
             .into_inner())
@@ -435,7 +448,7 @@ impl Client {
     pub async fn pause(&self) -> Result<u64> {
         Ok(self
             .conn()
-            .admin
+            .admin()
             .pause(pb::PauseRequest {})
             .await?
             .into_inner()
@@ -444,7 +457,7 @@ impl Client {
 
     /// Let a delayed replica's horizon follow now - delay again.
     pub async fn resume(&self) -> Result<()> {
-        self.conn().admin.resume(pb::ResumeRequest {}).await?;
+        self.conn().admin().resume(pb::ResumeRequest {}).await?;
         Ok(())
     }
 
@@ -452,7 +465,7 @@ impl Client {
     pub async fn scrub(&self, log: &str) -> Result<pb::ScrubResponse> {
         Ok(self
             .conn()
-            .admin
+            .admin()
             .scrub(pb::ScrubRequest { log: log.into() })
             .await?
             .into_inner())
@@ -461,7 +474,7 @@ impl Client {
     /// Hand the primary's role to the member `to` (planned; sent to the primary).
     pub async fn switchover(&self, to: &str) -> Result<pb::SwitchoverResponse> {
         let req = pb::SwitchoverRequest { to: to.into() };
-        Ok(self.conn().admin.switchover(req).await?.into_inner())
+        Ok(self.conn().admin().switchover(req).await?.into_inner())
     }
 
     /// Name `to` the next primary while there is none (`force`: even if not eligible).
@@ -470,7 +483,7 @@ impl Client {
             to: to.into(),
             force,
         };
-        self.conn().admin.failover(req).await?;
+        self.conn().admin().failover(req).await?;
         Ok(())
     }
 
@@ -479,7 +492,7 @@ impl Client {
         let req = pb::QuarantineListRequest { log: log.into() };
         Ok(self
             .conn()
-            .admin
+            .admin()
             .quarantine_list(req)
             .await?
             .into_inner()
@@ -491,14 +504,14 @@ impl Client {
         &self,
         req: pb::QuarantineReadRequest,
     ) -> Result<pb::QuarantineReadResponse> {
-        Ok(self.conn().admin.quarantine_read(req).await?.into_inner())
+        Ok(self.conn().admin().quarantine_read(req).await?.into_inner())
     }
 
     /// Repair damaged records from a peer (its upstream or replicas unless `from` names one).
     pub async fn repair(&self, log: &str, from: &str) -> Result<pb::RepairResponse> {
         Ok(self
             .conn()
-            .admin
+            .admin()
             .repair(pb::RepairRequest {
                 log: log.into(),
                 from_addr: from.into(),

@@ -87,9 +87,10 @@ impl Drop for StreamOpen {
 #[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// The client's TLS certificate (leaf), verified against the client CA: for
-    /// authentication by certificate identity.
-    pub peer_cert: Option<rustls::pki_types::CertificateDer<'static>>,
+    /// The names (SANs, CN) of the client's TLS certificate, verified against the client
+    /// CA: for authentication by certificate identity. Parsed once per connection, not
+    /// per request.
+    pub peer_names: Arc<[String]>,
     activity: Arc<Activity>,
 }
 
@@ -118,14 +119,18 @@ impl Conn {
         permit: Permit,
     ) -> Conn {
         let activity = Activity::new();
-        let peer_cert = stream.peer_cert();
+        let peer_names = stream
+            .peer_cert()
+            .map(|der| crate::server::auth::certs::names(&der))
+            .unwrap_or_default()
+            .into();
         let first_deadline = activity.born + idle_timeout;
         Conn {
             received,
             stream,
             info: ConnInfo {
                 peer,
-                peer_cert,
+                peer_names,
                 activity,
             },
             idle_timeout,

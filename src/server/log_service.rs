@@ -119,6 +119,25 @@ async fn submit_one(
     }))
 }
 
+/// The append path's metric handles, registered at the first append (the exporter is
+/// installed before the node serves): a lookup by name per append costs a hash and a lock.
+struct AppendMetrics {
+    seconds: metrics::Histogram,
+    duplicates: metrics::Counter,
+    records: metrics::Counter,
+    bytes: metrics::Counter,
+}
+
+fn append_metrics() -> &'static AppendMetrics {
+    static HANDLES: std::sync::OnceLock<AppendMetrics> = std::sync::OnceLock::new();
+    HANDLES.get_or_init(|| AppendMetrics {
+        seconds: metrics::histogram!("spool_append_seconds"),
+        duplicates: metrics::counter!("spool_append_duplicates_total"),
+        records: metrics::counter!("spool_appended_records_total"),
+        bytes: metrics::counter!("spool_appended_bytes_total"),
+    })
+}
+
 async fn finish_append(
     node: &Node,
     log: &Log,
@@ -190,13 +209,14 @@ async fn finish_append(
             ack.next_offset()
         )));
     }
-    metrics::histogram!("spool_append_seconds").record(started.elapsed().as_secs_f64());
+    let m = append_metrics();
+    m.seconds.record(started.elapsed().as_secs_f64());
     if ack.duplicate {
-        metrics::counter!("spool_append_duplicates_total").increment(1);
+        m.duplicates.increment(1);
         return Ok(out);
     }
-    metrics::counter!("spool_appended_records_total").increment(u64::from(ack.record_count));
-    metrics::counter!("spool_appended_bytes_total")
+    m.records.increment(u64::from(ack.record_count));
+    m.bytes
         .increment(req.records.iter().map(|r| r.len() as u64).sum());
     Ok(out)
 }

@@ -34,6 +34,8 @@ pub mod stats;
 mod storage;
 mod writer;
 
+#[doc(hidden)]
+pub mod bench_support;
 pub mod check;
 
 pub use catchup::SegmentImport;

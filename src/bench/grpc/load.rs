@@ -95,27 +95,20 @@ pub(super) async fn pipelined(
     })
 }
 
-async fn connect_n(addr: &str, n: usize) -> Result<Vec<Client>> {
-    let mut v = Vec::with_capacity(n);
-    for _ in 0..n {
-        v.push(crate::bench::connect(addr).await?);
-    }
-    Ok(v)
-}
-
 pub(super) async fn unary(
     args: &GrpcArgs,
     addr: &str,
     w: Window,
     counters: &Arc<Counters>,
 ) -> Result<ModeResult> {
-    let clients = connect_n(addr, args.connections).await?;
+    // One client: its pool spreads the calls over the connections.
+    let client = crate::bench::connect_pooled(addr, args.connections).await?;
     let recs = records(args.clients, args.record_bytes, 0xB0B);
     let ack = args.ack;
     let min_confirmed = ack.min_confirmed();
     let mut tasks = Vec::with_capacity(args.clients);
-    for (i, rec) in recs.into_iter().enumerate() {
-        let client = clients[i % clients.len()].clone();
+    for rec in recs {
+        let client = client.clone();
         let c = counters.clone();
         tasks.push(tokio::spawn(async move {
             let mut hist = new_histogram();

@@ -5,7 +5,7 @@
 //! - `pipelined`: one connection, one AppendStream, `--inflight` batches of
 //!   `--records-per-append` records in flight; latency is per batch, send to ack.
 //! - `unary`: `--clients` tasks, each one unary Append of one record at a time, spread over
-//!   `--connections` HTTP/2 connections.
+//!   the `--connections` HTTP/2 connections of one client's pool (default: one per core).
 //! - `subscribe`: a subscriber from the end and a writer issuing one-record unary appends at
 //!   `--rate` per second (open loop); the figure is, per record, the instant the subscriber
 //!   got it minus the instant its append's ack reached the writer.
@@ -136,8 +136,8 @@ pub struct GrpcArgs {
     /// unary: concurrent tasks, one append of one record at a time each.
     #[arg(long, default_value_t = 64)]
     pub clients: usize,
-    /// unary: HTTP/2 connections the tasks are spread over (round robin).
-    #[arg(long, default_value_t = 1)]
+    /// unary: HTTP/2 connections in the client's pool, taken in turn by the calls.
+    #[arg(long, default_value_t = spool::client::default_connections())]
     pub connections: usize,
     /// subscribe: appends per second issued by the writer.
     #[arg(long, default_value_t = 2000.0)]

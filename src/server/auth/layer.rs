@@ -72,8 +72,7 @@ fn admit<B>(auth: &Auth, req: &mut http::Request<B>) -> Result<(), tonic::Status
     let cert = req
         .extensions()
         .get::<crate::server::idle::ConnInfo>()
-        .and_then(|c| c.peer_cert.as_ref())
-        .map(|der| super::certs::names(der))
+        .map(|c| c.peer_names.clone())
         .unwrap_or_default();
     let principal = auth.authenticate(header, &cert)?;
     if !principal.has(role) {

@@ -17,7 +17,7 @@ use crate::log::AppendAck;
 /// Page size for whole-page group writes.
 pub(super) const PAGE: u64 = 4096;
 
-pub(super) enum Waiter {
+pub(crate) enum Waiter {
     Local {
         reply: oneshot::Sender<Result<AppendAck>>,
         ack: AppendAck,
@@ -29,7 +29,7 @@ pub(super) enum Waiter {
 }
 
 #[derive(Default)]
-pub(super) struct Group {
+pub(crate) struct Group {
     buf: Vec<u8>,
     head: usize,
     waiters: Vec<Waiter>,

@@ -12,7 +12,7 @@
 
 mod active;
 mod commit;
-mod group;
+pub(crate) mod group;
 mod health;
 mod idempotent;
 mod index_writer;
