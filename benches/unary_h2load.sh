@@ -10,8 +10,10 @@
 # Environment (defaults in brackets):
 #   REQUESTS [200000]  RECORD_BYTES [1024]  RUNS [3]  BUILD [1]
 #   BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  OUT_DIR [target/bench]  PORT [7460]
-#   REDIS_PORT [6391]
-# Output: a table on stdout and OUT_DIR/unary_h2load.json (every run; medians).
+#   REDIS_PORT [6391]  RUST_SECONDS [10]
+# Output: a table on stdout, OUT_DIR/unary_h2load.json (every run; medians; a `plot`
+# entry for `spool-loadgen plot`) and OUT_DIR/unary_h2load_latency.json. Beside h2load, the
+# Rust client with its pool (`spool bench grpc --mode unary --clients 64`).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +25,7 @@ BIN_DIR="${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 OUT_DIR="${OUT_DIR:-$ROOT/target/bench}"
 PORT="${PORT:-7460}"
 REDIS_PORT="${REDIS_PORT:-6391}"
+RUST_SECONDS="${RUST_SECONDS:-10}"
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/spool-h2load.XXXXXX")"
 mkdir -p "$OUT_DIR"
 RESULT="$OUT_DIR/unary_h2load.json"
@@ -112,12 +115,30 @@ redis_run() {
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
   local before out after
   before=$(cpu_ticks "$pid")
-  out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -d "$RECORD_BYTES" -n "$REQUESTS" -t set -q)
+  # CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms",
+  # "p99_latency_ms","max_latency_ms".
+  out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -d "$RECORD_BYTES" -n "$REQUESTS" -t set --csv)
   after=$(cpu_ticks "$pid")
   redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$pid"
   wait "$pid" 2>/dev/null || true
   rm -rf "$dir"
-  echo "$(echo "$out" | tr '\r' '\n' | awk '/requests per second/ {print $2}') $(awk -v t="$((after - before))" -v k="$TICK" -v n="$REQUESTS" 'BEGIN {printf "%.1f", t / k * 1e6 / n}')"
+  local row
+  row=$(echo "$out" | tr -d '"' | awk -F, '$1 == "SET" {print $2, $5 * 1000, $7 * 1000}')
+  set -- $row
+  echo "$1 $(awk -v t="$((after - before))" -v k="$TICK" -v n="$REQUESTS" 'BEGIN {printf "%.1f", t / k * 1e6 / n}') $2 $3"
+}
+
+# The Rust client with its pool (one connection per core), 64 concurrent unary callers,
+# against a node of its own: "req_per_s server_cpu_us_per_req p50_us p99_us".
+rust_run() {
+  "$SPOOL" bench grpc --mode unary --clients 64 --io-backend std --seconds "$RUST_SECONDS" \
+    --dir "$WORK" --record-bytes "$RECORD_BYTES" --json "$WORK/rust.json" >/dev/null 2>&1
+  python3 - "$WORK/rust.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))[0]
+l = r["latency_us"]
+print(r["requests_per_s"], r["server_cpu_s_per_million_records"], l["p50"], l["p99"])
+PY
 }
 
 log "commit $(git rev-parse --short HEAD), $RUNS runs of $REQUESTS requests, ${RECORD_BYTES} B, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -126,10 +147,11 @@ for r in $(seq "$RUNS"); do
   results[one,$r]=$(spool_run 1 64)
   results[many,$r]=$(spool_run 64 1)
   results[redis,$r]=$(redis_run)
-  log "run $r: 1 conn ${results[one,$r]}, 64 conns ${results[many,$r]}, redis ${results[redis,$r]} (req/s, server CPU us/req)"
+  results[rust,$r]=$(rust_run)
+  log "run $r: 1 conn ${results[one,$r]}, 64 conns ${results[many,$r]}, redis ${results[redis,$r]}, rust client ${results[rust,$r]} (req/s, server CPU us/req[, p50 p99 us])"
 done
 
-for k in one many redis; do
+for k in one many redis rust; do
   for r in $(seq "$RUNS"); do echo "$k ${results[$k,$r]}"; done
 done >"$WORK/results.txt"
 python3 - "$RESULT" "$(git rev-parse --short HEAD)" "$RECORD_BYTES" "$WORK/results.txt" <<'PY'
@@ -137,16 +159,28 @@ import json, statistics, sys
 out, commit, nbytes, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 lines = [l.split() for l in open(path) if l.strip()]
 rows = {}
-for kind, rps, cpu in lines:
-    rows.setdefault(kind, []).append((float(rps), float(cpu)))
-med = {k: (statistics.median(r for r, _ in v), statistics.median(c for _, c in v)) for k, v in rows.items()}
+for kind, *vals in lines:
+    rows.setdefault(kind, []).append([float(v) for v in vals])
+med = {k: [statistics.median(r[i] for r in v) for i in range(len(v[0]))] for k, v in rows.items()}
 names = {"one": "spool, h2load, 1 connection x 64 streams",
          "many": "spool, h2load, 64 connections x 1 stream",
-         "redis": "redis SET appendfsync always, 64 clients"}
+         "redis": "redis SET appendfsync always, 64 clients",
+         "rust": "spool, Rust client pool, 64 callers"}
 print(f"{'shape':<44} {'req/s (median)':>15} {'CPU us/req':>11} {'vs redis':>9}")
-for k in ("one", "many", "redis"):
-    r, c = med[k]
+for k in ("one", "many", "redis", "rust"):
+    r, c = med[k][0], med[k][1]
     print(f"{names[k]:<44} {r:>15,.0f} {c:>11.1f} {r / med['redis'][0]:>9.2f}")
-json.dump({"commit": commit, "record_bytes": nbytes, "runs": rows, "medians": med}, open(out, "w"), indent=1)
+print(f"Rust client pool vs h2load 64 connections: {med['rust'][0] / med['many'][0]:.2f}")
+plot = {"title": f"Unary one-record appends, {nbytes} B, fsync before ack (medians)",
+        "unit": "requests/s",
+        "series": {"spool h2load 1 conn": med["one"][0], "spool h2load 64 conns": med["many"][0],
+                   "spool Rust client pool": med["rust"][0], "redis SET always": med["redis"][0]}}
+lat = {"title": f"Unary append latency, 64 in flight, {nbytes} B (medians)", "unit": "us",
+       "percentiles": {"spool Rust client": {"p50": med["rust"][2], "p99": med["rust"][3]},
+                       "redis-benchmark": {"p50": med["redis"][2], "p99": med["redis"][3]}}}
+json.dump({"commit": commit, "record_bytes": nbytes, "runs": rows, "medians": med, "plot": plot},
+          open(out, "w"), indent=1)
+json.dump({"commit": commit, "record_bytes": nbytes, "plot": lat},
+          open(out.replace(".json", "_latency.json"), "w"), indent=1)
 print(f"\nwrote {out}")
 PY

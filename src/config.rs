@@ -17,7 +17,7 @@ mod connections;
 mod replication;
 mod tls;
 pub use auth::AuthConfig;
-pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, IoBackend, Recovery};
+pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, ImportIo, IoBackend, Recovery};
 pub use cluster::{parse_cluster_url, ClusterConfig, ClusterSection};
 pub use connections::{ConnectionConfig, ServerSection};
 pub use replication::{parse_duration, DurationError, ReplicationConfig};
@@ -31,6 +31,8 @@ pub const DEFAULT_DATA_DIR: &str = "spool-data";
 #[serde(deny_unknown_fields)]
 pub struct StorageSection {
     pub io_backend: Option<IoBackend>,
+    /// How segments received whole (catch-up, full sync) are written.
+    pub import_io: Option<ImportIo>,
     /// A torn tail at open.
     pub recovery: Option<Recovery>,
     /// Damage found in synced data (never cut either way).
@@ -136,6 +138,9 @@ pub struct Overrides {
     /// IO backend [default: std].
     #[arg(long, env = "SPOOL_IO_BACKEND", value_enum)]
     pub io_backend: Option<IoBackend>,
+    /// How a replica writes segments it receives whole [default: threads].
+    #[arg(long, env = "SPOOL_IMPORT_IO", value_enum)]
+    pub import_io: Option<ImportIo>,
     /// Run as a replica of this upstream (a primary or another replica).
     #[arg(long, env = "SPOOL_REPLICA_OF")]
     pub replica_of: Option<String>,
@@ -198,6 +203,9 @@ impl ServerConfig {
         let s = &file.storage;
         if let Some(b) = o.io_backend.or(s.io_backend) {
             storage.backend = b.into();
+        }
+        if let Some(i) = o.import_io.or(s.import_io) {
+            storage.import_io = i.into();
         }
         if let Some(r) = s.recovery {
             storage.recovery = r.into();
@@ -478,12 +486,14 @@ mod tests {
 
         let file: FileConfig = toml::from_str(
             "default_ack = \"written\"\n[storage]\nio_backend = \"io_uring\"\n\
+             import_io = \"io_uring\"\n\
              recovery = \"strict\"\non_corruption = \"refuse\"\n\
              [replication]\nack_timeout_policy = \"degrade-to-async\"\n",
         )
         .unwrap();
         let f = ServerConfig::build(file.clone(), flags(&[]).unwrap()).unwrap();
         assert_eq!(f.storage.backend, BackendChoice::Uring);
+        assert_eq!(f.storage.import_io, spool_storage::ImportIo::Uring);
         assert_eq!(f.storage.recovery, RecoveryMode::Strict);
         assert_eq!(f.storage.on_corruption, OnCorruption::Refuse);
         assert!(matches!(

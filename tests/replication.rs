@@ -633,7 +633,20 @@ fn full_sync_fetches_the_active_span_and_resumes_it() {
 /// now lies in a sealed segment, and the fetch resumes from there to that segment's end.
 #[test]
 fn an_active_span_fetch_resumes_after_the_upstream_rolled() {
-    full_sync_resumes_with(true, 160 << 20, 1, true);
+    full_sync_resumes_with(true, 160 << 20, 1, true, "");
+}
+
+/// The same as the fetch above with the replica writing what it receives through io_uring
+/// (`[storage] import_io = "uring"`) instead of its default.
+#[test]
+fn full_sync_through_io_uring_imports_resumes_mid_segment() {
+    full_sync_resumes_with(
+        true,
+        32 << 20,
+        3,
+        false,
+        "[storage]\nimport_io = \"uring\"\n",
+    );
 }
 
 fn full_sync_resumes_mid_segment(fetch: bool) {
@@ -641,23 +654,25 @@ fn full_sync_resumes_mid_segment(fetch: bool) {
 }
 
 fn full_sync_resumes(fetch: bool, segment_bytes: u64, min_segments: u64) {
-    full_sync_resumes_with(fetch, segment_bytes, min_segments, false);
+    full_sync_resumes_with(fetch, segment_bytes, min_segments, false, "");
 }
 
 /// `roll_while_frozen`: 16 MiB more are appended while the replica is frozen, which rolls
-/// a 160 MiB segment holding the first 150 MiB.
+/// a 160 MiB segment holding the first 150 MiB. `replica_config`: more of the replica's
+/// TOML.
 fn full_sync_resumes_with(
     fetch: bool,
     segment_bytes: u64,
     min_segments: u64,
     roll_while_frozen: bool,
+    replica_config: &str,
 ) {
     let d = tempfile::tempdir().unwrap();
     let config = common::fixed_segments(segment_bytes);
     let p = Server::start_toml(&d.path().join("p"), &config, &[]);
     let rcfg = common::write_config(
         &d.path().join("r"),
-        &format!("[replication]\nsegment_fetch = {fetch}\n"),
+        &format!("[replication]\nsegment_fetch = {fetch}\n{replica_config}"),
     );
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");

@@ -7,6 +7,8 @@
 //! round, a TCP proxy that can be cut, and `spool-append` against a node the script
 //! started (`benches/cluster_overhead.sh`).
 //!
+//! `plot` draws the committed bench results (`benches/results/`) as SVG charts.
+//!
 //! Both report records/s, p50/p99/p99.9 of send-to-ack and the load generator's CPU (the
 //! servers' CPU too when `--server-pid` is given), as `spool bench` does
 //! (`spool::measure`).
@@ -15,6 +17,7 @@ mod cut_proxy;
 mod failover;
 mod nats;
 mod peer;
+mod plot;
 mod redis;
 mod sentinel;
 mod spool_append;
@@ -50,6 +53,8 @@ enum Command {
     SentinelCheck(sentinel::SentinelCheckArgs),
     /// A TCP forwarder: SIGUSR1 cuts every connection and refuses new ones, SIGUSR2 restores.
     CutProxy(cut_proxy::ProxyArgs),
+    /// SVG charts of the bench results committed under benches/results (per commit).
+    Plot(plot::PlotArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -62,6 +67,7 @@ fn main() -> std::process::ExitCode {
         Command::SentinelWriter(args) => sentinel::run_writer(&args),
         Command::SentinelCheck(args) => sentinel::run_check(&args),
         Command::CutProxy(args) => cut_proxy::run_proxy(&args),
+        Command::Plot(args) => plot::run(&args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -51,6 +51,29 @@ impl From<IoBackend> for BackendChoice {
     }
 }
 
+/// `[storage] import_io`: how segments received whole (catch-up) are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum ImportIo {
+    /// io_uring, blocks registered, several writes queued (threads where no ring).
+    #[serde(alias = "io_uring", alias = "io-uring")]
+    #[value(alias = "io_uring", alias = "io-uring")]
+    Uring,
+    /// pwrite from helper threads.
+    #[default]
+    Threads,
+}
+
+impl From<ImportIo> for spool_storage::ImportIo {
+    fn from(i: ImportIo) -> Self {
+        match i {
+            ImportIo::Uring => spool_storage::ImportIo::Uring,
+            ImportIo::Threads => spool_storage::ImportIo::Threads,
+        }
+    }
+}
+
 /// `[storage] recovery`: what a torn tail at open does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]

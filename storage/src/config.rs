@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Result, StorageError};
 use crate::format::{FRAME_BYTES_MAX, FRAME_OVERHEAD_MAX, HEADER_BYTES, RECORD_PREFIX_BYTES};
-use crate::io::BackendChoice;
+use crate::io::{BackendChoice, ImportIo};
 
 /// What to do when the tail of the last segment is torn or corrupt on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -212,6 +212,8 @@ pub fn open_logs_default() -> usize {
 pub struct StorageConfig {
     pub data_dir: PathBuf,
     pub backend: BackendChoice,
+    /// How segments received whole are written.
+    pub import_io: ImportIo,
     pub recovery: RecoveryMode,
     pub on_corruption: OnCorruption,
     /// Bound of the queue in front of the storage thread; appenders wait when it is full.
@@ -246,6 +248,7 @@ impl StorageConfig {
         StorageConfig {
             data_dir: data_dir.into(),
             backend: BackendChoice::default(),
+            import_io: ImportIo::default(),
             recovery: RecoveryMode::default(),
             on_corruption: OnCorruption::default(),
             queue_depth: 4096,

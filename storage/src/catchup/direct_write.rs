@@ -1,6 +1,7 @@
 //! Sequential O_DIRECT writing of a file that is written once, front to back (a segment
-//! received whole): bytes gather in an aligned buffer, full buffers are written by a helper
-//! thread while the next one fills, the last one is padded with zeros to the block size.
+//! received whole): bytes gather in an aligned buffer, full buffers are written (through
+//! io_uring, `uring_write`, or by helper threads here) while the next one fills, the last
+//! one is padded with zeros to the block size.
 //!
 //! Why: a replica copying gigabytes in a catch-up would otherwise push all of them through
 //! the page cache: one more copy per byte into freshly allocated cache pages, and eviction
@@ -17,6 +18,7 @@ use parking_lot::Mutex;
 use std::thread::JoinHandle;
 
 use crate::io::aligned::{Aligned, ALIGN};
+use crate::io::ImportIo;
 
 /// Bytes per write.
 const BLOCK_BYTES: usize = 4 << 20;
@@ -34,8 +36,52 @@ struct Block {
     len: usize,
 }
 
+/// The O_DIRECT writer of one staged segment: through io_uring, or helper threads.
 #[derive(Debug)]
-pub(crate) struct DirectWriter {
+pub(crate) enum DirectWriter {
+    /// Boxed: the ring's state is large beside the threads' handle.
+    Uring(Box<super::uring_write::UringWriter>),
+    Threads(ThreadWriter),
+}
+
+impl DirectWriter {
+    /// `file` must be open with O_DIRECT and empty. io_uring falls back to the threads
+    /// where no ring can be created.
+    pub fn new(file: File, how: ImportIo) -> io::Result<DirectWriter> {
+        if how == ImportIo::Uring {
+            match super::uring_write::UringWriter::new(file.try_clone()?) {
+                Ok(w) => return Ok(DirectWriter::Uring(Box::new(w))),
+                Err(e) => tracing::debug!(error = %e, "no io_uring for imports: threads"),
+            }
+        }
+        ThreadWriter::new(file).map(DirectWriter::Threads)
+    }
+
+    pub fn is_closed(&self) -> bool {
+        match self {
+            DirectWriter::Uring(w) => w.is_closed(),
+            DirectWriter::Threads(w) => w.is_closed(),
+        }
+    }
+
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        match self {
+            DirectWriter::Uring(w) => w.write(data),
+            DirectWriter::Threads(w) => w.write(data),
+        }
+    }
+
+    pub fn finish(&mut self) -> io::Result<()> {
+        match self {
+            DirectWriter::Uring(w) => w.finish(),
+            DirectWriter::Threads(w) => w.finish(),
+        }
+    }
+}
+
+/// Full blocks written by a pool of helper threads, one pwrite each.
+#[derive(Debug)]
+pub(crate) struct ThreadWriter {
     inner: Option<Inner>,
 }
 
@@ -60,9 +106,9 @@ impl std::fmt::Debug for Inner {
     }
 }
 
-impl DirectWriter {
+impl ThreadWriter {
     /// `file` must be open with O_DIRECT and empty.
-    pub fn new(file: File) -> io::Result<DirectWriter> {
+    pub fn new(file: File) -> io::Result<ThreadWriter> {
         let (to_writer, blocks) = mpsc::sync_channel::<Block>(IN_FLIGHT_MAX);
         let (back, done) = mpsc::sync_channel(IN_FLIGHT_MAX);
         let (file, blocks) = (Arc::new(file), Arc::new(Mutex::new(blocks)));
@@ -82,7 +128,7 @@ impl DirectWriter {
                     })
             })
             .collect::<io::Result<Vec<_>>>()?;
-        Ok(DirectWriter {
+        Ok(ThreadWriter {
             inner: Some(Inner {
                 fill: Aligned::new(BLOCK_BYTES),
                 filled: 0,
@@ -106,7 +152,7 @@ impl DirectWriter {
             .ok_or_else(|| io::Error::other("direct writer already finished"))
     }
 
-    /// Append `data` (written once a buffer is full, or by [`DirectWriter::finish`]). After
+    /// Append `data` (written once a buffer is full, or by [`ThreadWriter::finish`]). After
     /// an error every later call fails: a block that was not written leaves a hole.
     pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         let w = self.inner()?;
@@ -210,7 +256,7 @@ mod tests {
                 return;
             }
         };
-        let mut w = DirectWriter::new(file.try_clone().unwrap()).unwrap();
+        let mut w = ThreadWriter::new(file.try_clone().unwrap()).unwrap();
         // Crosses several blocks with every remainder: more than IN_FLIGHT_MAX blocks.
         let want: Vec<u8> = (0..(BLOCK_BYTES * (IN_FLIGHT_MAX + 2) + 12_345))
             .map(|i| (i * 31 + i / 4099) as u8)

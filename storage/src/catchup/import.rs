@@ -104,7 +104,11 @@ impl Log {
         };
         let (file, sink) = match open(libc::O_DIRECT) {
             Ok(f) => {
-                let w = f.try_clone().and_then(DirectWriter::new).at(&path)?;
+                let how = self.storage.config.import_io;
+                let w = f
+                    .try_clone()
+                    .and_then(|f| DirectWriter::new(f, how))
+                    .at(&path)?;
                 (f, Sink::Direct(w))
             }
             Err(_) => (open(0).at(&path)?, Sink::Buffered { writeback_from: 0 }),

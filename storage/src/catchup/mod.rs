@@ -3,7 +3,8 @@
 //!
 //! The rest of storage sees it through a narrow interface:
 //! - [`SegmentImport`] (public): a segment received whole, its frames checked and staged
-//!   in one file (`import`, written with O_DIRECT by `direct_write`);
+//!   in one file (`import`, written with O_DIRECT by `direct_write`: through io_uring,
+//!   `uring_write`, or helper threads, as [`crate::ImportIo`] says);
 //! - [`InstallJob`]: putting a staged segment in place after a log's end, as a metadata
 //!   job; the log writer makes it and takes what it did (`log_writer::install`);
 //! - [`allocated_only`]: whether a segment file was only allocated, not zero-filled (a log
@@ -19,6 +20,7 @@ mod direct_write;
 mod extents;
 mod import;
 mod install;
+mod uring_write;
 
 use std::fs::File;
 

@@ -58,6 +58,20 @@ pub trait IoBackend: MetaIo + Clone {
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<Self::File>;
 }
 
+/// How a segment received whole (catch-up, full sync) is written with O_DIRECT: both keep
+/// several 4 MiB writes in flight and sync once at the end.
+/// The default is the one that won the same-run A/B (benches/RESULTS.md, "io_uring on
+/// the direct paths").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ImportIo {
+    /// One io_uring per import, its blocks registered, writes queued by the importing
+    /// thread; the threads where no ring can be created.
+    Uring,
+    /// pwrite from a pool of helper threads.
+    #[default]
+    Threads,
+}
+
 /// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log
 /// line when a ring cannot be created (seccomp, `kernel.io_uring_disabled`, old kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
