@@ -952,7 +952,7 @@ fn replication_metrics_per_replica_and_upstream() {
             on_primary.contains("spool_replica_lag_seconds"),
             "{on_primary}"
         );
-        wait_metrics(
+        let on_replica = wait_metrics(
             rm.parse().unwrap(),
             &[
                 "spool_upstream_connected 1",
@@ -960,9 +960,66 @@ fn replication_metrics_per_replica_and_upstream() {
             ],
         )
         .await;
+        // A refused call and a read, so that every family the dashboard uses has samples.
+        let missing = c.append("nolog", vec![Bytes::from_static(b"x")], AckMode::Async);
+        assert!(missing.await.is_err());
+        c.read("m", 0, 10).await.unwrap();
+        let on_primary = wait_metrics(
+            pm.parse().unwrap(),
+            &["spool_grpc_errors_total{method=\"spool.v1.Log/Append\",code=\"NotFound\"} 1"],
+        )
+        .await;
+        check_dashboard(&format!("{on_primary}\n{on_replica}"));
     });
     r.stop();
     p.stop();
+}
+
+/// Every query of the Grafana dashboard in deploy/ names only metric families the nodes
+/// export, each with HELP text; histograms are histograms, not summaries.
+fn check_dashboard(metrics: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/spool.json");
+    let dash: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap())
+        .expect("the dashboard is JSON");
+    let panels = dash["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 10, "a dashboard worth the name");
+    for panel in panels {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("a PromQL expr");
+            let names = expr
+                .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|w| w.starts_with("spool_"));
+            for name in names {
+                let sampled = metrics.lines().any(|l| {
+                    l.strip_prefix(name)
+                        .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+                });
+                assert!(
+                    sampled,
+                    "panel {:?}: {name} has no samples:\n{metrics}",
+                    panel["title"]
+                );
+                let family = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    metrics.contains(&format!("# HELP {family} ")),
+                    "{family} has no HELP line"
+                );
+            }
+        }
+    }
+    for h in [
+        "spool_group_commit_bytes",
+        "spool_append_seconds",
+        "spool_fsync_seconds",
+    ] {
+        assert!(
+            metrics.contains(&format!("# TYPE {h} histogram")),
+            "{h} is not a histogram"
+        );
+    }
 }
 
 /// A replica killed (SIGKILL) while it receives a sealed segment whole, or installs one,

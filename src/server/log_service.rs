@@ -363,6 +363,7 @@ impl pb::log_server::Log for LogService {
             .read(req.from_offset, max_records as usize, max_bytes as usize)
             .map_err(to_status)?;
         let next_offset = records.last().map_or(req.from_offset, |r| r.offset + 1);
+        metrics::counter!("spool_read_records_total").increment(records.len() as u64);
         Ok(Response::new(pb::ReadResponse {
             records: records.into_iter().map(to_pb).collect(),
             next_offset,
@@ -437,6 +438,8 @@ impl pb::log_server::Log for LogService {
                     Ok(records) if records.is_empty() => continue,
                     Ok(records) => {
                         next = records.last().map_or(next, |r| r.offset + 1);
+                        metrics::counter!("spool_subscribed_records_total")
+                            .increment(records.len() as u64);
                         let msg = pb::SubscribeResponse {
                             records: records.into_iter().map(to_pb).collect(),
                             last_epoch: epoch_before(&log, next),

@@ -16,6 +16,11 @@ const LATENCY_BUCKETS_S: &[f64] = &[
     102.4e-3, 0.5, 1.0,
 ];
 const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+/// Powers of four from one page to 16 MiB: histograms (not summaries) aggregate across
+/// nodes.
+const GROUP_BYTES_BUCKETS: &[f64] = &[
+    4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
+];
 
 pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
     PrometheusBuilder::new()
@@ -25,10 +30,14 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
             Matcher::Full("spool_group_commit_appends".into()),
             GROUP_BUCKETS,
         )?
+        .set_buckets_for_metric(
+            Matcher::Full("spool_group_commit_bytes".into()),
+            GROUP_BYTES_BUCKETS,
+        )?
         .install()
         .with_context(|| format!("starting the metrics endpoint on {addr}"))?;
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
-    register_families();
+    super::metrics_catalog::register();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -47,36 +56,10 @@ pub fn install(addr: SocketAddr, node: Arc<Node>) -> Result<()> {
                 metrics::gauge!("spool_log_disk_bytes", &labels).set(disk as f64);
             }
             replication_gauges(&node);
+            node_gauges(&node);
         }
     });
     Ok(())
-}
-
-/// The node-wide families exist from the start (at zero), not from their first event, so
-/// that dashboards and alerts see them on an idle node.
-fn register_families() {
-    for c in [
-        "spool_appended_records_total",
-        "spool_appended_bytes_total",
-        "spool_append_duplicates_total",
-        "spool_storage_bytes_written_total",
-        "spool_ack_degraded_total",
-        "spool_ack_recovered_total",
-        "spool_scrub_bytes_total",
-        "spool_scrub_damage_found_total",
-        "spool_scrub_passes_total",
-    ] {
-        metrics::counter!(c).increment(0);
-    }
-    for h in [
-        "spool_append_seconds",
-        "spool_fsync_seconds",
-        "spool_group_commit_appends",
-        "spool_group_commit_bytes",
-    ] {
-        let _ = metrics::histogram!(h);
-    }
-    metrics::gauge!("spool_subscribers").set(0.0);
 }
 
 /// Per replica (on an upstream) and per upstream log (on a replica): what `spool status`
@@ -106,12 +89,21 @@ fn replication_gauges(node: &Node) {
                 .set(f64::from(u8::from(l.full_sync)));
             metrics::gauge!("spool_upstream_segment_staged_records", &labels)
                 .set(l.staged_end.saturating_sub(l.local_end) as f64);
-            metrics::gauge!("spool_upstream_segments_received", &labels)
-                .set(l.segments_received as f64);
-            metrics::gauge!("spool_upstream_segment_bytes_received", &labels)
-                .set(l.segment_bytes_received as f64);
-            metrics::gauge!("spool_upstream_segment_bytes_fetched", &labels)
-                .set(l.segment_bytes_fetched as f64);
+            // Cumulative since the node started: counters, set from the status's totals.
+            metrics::counter!("spool_upstream_segments_received_total", &labels)
+                .absolute(l.segments_received);
+            metrics::counter!("spool_upstream_segment_bytes_received_total", &labels)
+                .absolute(l.segment_bytes_received);
+            metrics::counter!("spool_upstream_segment_bytes_fetched_total", &labels)
+                .absolute(l.segment_bytes_fetched);
         }
     }
+}
+
+/// The node's role, epoch and fencing, as the status shows them.
+fn node_gauges(node: &Node) {
+    let role = node.role();
+    metrics::gauge!("spool_is_primary").set(f64::from(u8::from(role.is_primary())));
+    metrics::gauge!("spool_epoch").set(role.epoch() as f64);
+    metrics::gauge!("spool_fenced").set(f64::from(u8::from(role.is_fenced())));
 }

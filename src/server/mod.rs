@@ -11,6 +11,7 @@ pub mod failover;
 mod idle;
 mod log_service;
 pub(crate) mod logs_service;
+mod metrics_catalog;
 mod metrics_export;
 pub(crate) mod node;
 mod preface;
@@ -19,6 +20,7 @@ pub(crate) mod quarantine;
 pub mod repair;
 pub mod replication;
 pub mod role;
+mod rpc_metrics;
 pub(crate) mod status_map;
 mod status_service;
 pub(crate) mod visible;
@@ -200,6 +202,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(conns.keepalive_timeout))
         // Outermost: every request counts against its connection's idle timeout.
         .layer(idle::CountStreamsLayer)
+        .layer(rpc_metrics::RpcMetricsLayer)
         .layer(auth::layer::AuthLayer(auth.clone()))
         .layer(tower::util::MapResponseLayer::new(codes::fix_decode_errors))
         .add_service(health)
