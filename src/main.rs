@@ -8,7 +8,6 @@ mod cli;
 use clap::{Parser, Subcommand};
 use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
 use spool::client::{Client, ClientOptions};
-use tracing_subscriber::EnvFilter;
 
 // Every request allocates (h2 streams, headers, buffers): mimalloc makes that cheaper than
 // glibc malloc (docs/decisions/0002-mimalloc-global-allocator.md).
@@ -53,6 +52,16 @@ struct Cli {
     /// A file holding the bearer token (its first line).
     #[arg(long, global = true, env = "SPOOL_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Log lines on stderr: text (coloured only on a terminal, never with NO_COLOR) or
+    /// one JSON object per line. RUST_LOG sets the level (serve: info, others: warn).
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_LOG_FORMAT",
+        value_enum,
+        default_value_t = cli::logging::LogFormat::Text
+    )]
+    log_format: cli::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -139,12 +148,11 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_label = match &cli.command {
+        Command::Serve(a) => a.log_label.clone(),
+        _ => None,
+    };
+    cli::logging::init(cli.log_format, log_label, default_level);
     match cli.command {
         Command::Serve(mut a) => {
             // The global TLS options name the node's own certificate, key and peer CA.

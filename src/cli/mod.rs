@@ -5,5 +5,6 @@ pub mod check;
 pub mod client_cmds;
 pub mod dev_cluster;
 pub mod dev_etcd;
+pub mod logging;
 pub mod serve;
 pub mod status;
