@@ -164,7 +164,7 @@ fn run() -> anyhow::Result<()> {
             a.tls = spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key);
             cli::check::run(a)
         }
-        Command::DevCluster(a) => cli::dev_cluster::run(a),
+        Command::DevCluster(a) => cli::dev_cluster::run(a, cli.log_format),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {

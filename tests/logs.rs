@@ -1,5 +1,6 @@
 //! Log output of the real binary: `--log-format json`, colours only on a terminal and
-//! never with NO_COLOR, node labels.
+//! never with NO_COLOR, node labels, and `spool dev-cluster` starting its nodes in order
+//! with labelled logs and a hint that reaches them.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// `spool GLOBAL... serve SERVE...` on a free port with `env` set (RUST_LOG, NO_COLOR and
 /// SPOOL_LOG_FORMAT unset otherwise) and its stderr in a file: waits (bounded) until it
@@ -144,4 +145,124 @@ fn colours_on_a_terminal_unless_no_color_is_set() {
         !plain.contains("\u{1b}["),
         "colours despite NO_COLOR: {plain:?}"
     );
+}
+
+/// A port `p` with `p..p + n` free now on loopback.
+fn free_ports(n: u16) -> u16 {
+    loop {
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = first.local_addr().unwrap().port();
+        if p.checked_add(n).is_none() {
+            continue;
+        }
+        if (1..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn dev_cluster_starts_the_primary_first_labels_logs_and_hints_at_its_port() {
+    let d = tempfile::tempdir().unwrap();
+    let base = free_ports(3);
+    let stderr_path = d.path().join("stderr");
+    let mut child = Command::new(common::spool_bin())
+        .args(["dev-cluster", "--replicas", "2", "--base-port"])
+        .arg(base.to_string())
+        .arg("--dir")
+        .arg(d.path().join("nodes"))
+        .env_remove("RUST_LOG")
+        .env_remove("SPOOL_LOG_FORMAT")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr_path).unwrap())
+        .spawn()
+        .unwrap();
+    // Its stdout, line by line, until the last line of its hint (bounded).
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut printed = Vec::new();
+    while !printed.iter().any(|l: &String| l.contains("Ctrl-C")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => printed.push(line),
+            Err(e) => panic!(
+                "dev-cluster did not print its hint ({e}): {printed:?}\n{}",
+                std::fs::read_to_string(&stderr_path).unwrap()
+            ),
+        }
+    }
+    // The hint's `export` names this cluster (not the default port) and its commands work.
+    let exports = printed
+        .iter()
+        .find_map(|l| l.strip_prefix("try: export "))
+        .unwrap_or_else(|| panic!("no export in the hint: {printed:?}"));
+    let env: Vec<(String, String)> = exports
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    let primary = format!("127.0.0.1:{base}");
+    assert!(
+        env.contains(&("SPOOL_ADDR".to_owned(), primary.clone())),
+        "{printed:?}"
+    );
+    common::run(60, common::wait_connected(&primary, 2));
+    let commands = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("try: export "))
+        .nth(1)
+        .expect("commands after the export")
+        .trim()
+        .to_owned();
+    for step in commands.split("&&") {
+        let words: Vec<&str> = step.split_whitespace().collect();
+        assert_eq!(words[0], "spool", "{commands}");
+        let out = Command::new(common::spool_bin())
+            .args(&words[1..])
+            .env_remove("SPOOL_ADDR")
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "`{step}` with the hint's environment failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    common::signal(&child, libc::SIGINT);
+    let status = common::wait_timeout(&mut child, Duration::from_secs(60));
+    assert!(status.success(), "dev-cluster exited with {status}");
+    let log = std::fs::read_to_string(&stderr_path).unwrap();
+    // Replicas start once the primary listens, and stop before it.
+    assert!(
+        !log.to_lowercase().contains("refused"),
+        "a node was refused:\n{log}"
+    );
+    // Nothing to warn about in a fresh dev cluster (its data dirs are private too).
+    assert!(!log.contains(" WARN "), "warnings:\n{log}");
+    // Every line says which node wrote it, and each node wrote some.
+    for line in log.lines() {
+        assert!(
+            ["[primary] ", "[replica-1] ", "[replica-2] "]
+                .iter()
+                .any(|p| line.starts_with(p)),
+            "an unlabelled line: {line:?}"
+        );
+    }
+    for name in ["primary", "replica-1", "replica-2"] {
+        let prefix = format!("[{name}] ");
+        assert!(
+            log.lines().any(|l| l.starts_with(&prefix)),
+            "nothing from {name}:\n{log}"
+        );
+    }
 }
