@@ -5,7 +5,7 @@
 mod bench;
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
 use spool::client::{Client, ClientOptions};
 
@@ -94,6 +94,10 @@ enum Command {
     /// Load generators: measure the storage engine on this machine's disk.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Shell completions on stdout (e.g. `spool completions bash > /etc/bash_completion.d/spool`).
+    Completions(cli::docs::CompletionsArgs),
+    /// The manual page (roff) on stdout (`spool man | man -l -`), or every page into a dir.
+    Man(cli::docs::ManArgs),
 }
 
 fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::Result<()> {
@@ -110,7 +114,12 @@ fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::R
             Command::Tail(a) => cli::client_cmds::tail(&client, a).await,
             Command::Status { json } => cli::status::status(&client, json).await,
             Command::Admin(c) => cli::admin::admin(&client, c).await,
-            Command::Serve(_) | Command::Check(_) | Command::Bench(_) | Command::DevCluster(_) => {
+            Command::Serve(_)
+            | Command::Check(_)
+            | Command::Bench(_)
+            | Command::DevCluster(_)
+            | Command::Completions(_)
+            | Command::Man(_) => {
                 unreachable!("not a client command")
             }
         }
@@ -165,6 +174,8 @@ fn run() -> anyhow::Result<()> {
             cli::check::run(a)
         }
         Command::DevCluster(a) => cli::dev_cluster::run(a, cli.log_format),
+        Command::Completions(a) => cli::docs::completions(Cli::command(), a),
+        Command::Man(a) => cli::docs::man(Cli::command(), a),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {
