@@ -4,7 +4,196 @@
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use spool::config::{FileConfig, Overrides, ServerConfig};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example() -> PathBuf {
+    repo().join("deploy/spool.toml")
+}
+
+/// The keys serde expects where `probe` (a TOML text with one unknown key `__probe__`)
+/// puts it, read from the "unknown field `__probe__`, expected one of `a`, `b`" error;
+/// `None` when the place is not a table (its error is another one).
+fn expected_keys(probe: &str) -> Option<BTreeSet<String>> {
+    let e = match toml::from_str::<FileConfig>(probe) {
+        Ok(_) => panic!("{probe:?} parsed: a table without deny_unknown_fields accepts typos"),
+        Err(e) => e.to_string(),
+    };
+    let (_, expected) = e.split_once("unknown field `__probe__`, expected")?;
+    let keys: BTreeSet<String> = expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_owned)
+        .collect();
+    assert!(!keys.is_empty(), "no keys in {e}");
+    Some(keys)
+}
+
+/// Every key the loader accepts, by table ("" for the top level), found by asking serde.
+fn loader_keys() -> BTreeMap<String, BTreeSet<String>> {
+    let top = expected_keys("__probe__ = 1").expect("the top level is a table");
+    let mut tables = BTreeMap::new();
+    let mut scalars = BTreeSet::new();
+    for key in top {
+        match expected_keys(&format!("[{key}]\n__probe__ = 1\n")) {
+            Some(keys) => {
+                tables.insert(key, keys);
+            }
+            None => {
+                scalars.insert(key);
+            }
+        }
+    }
+    tables.insert(String::new(), scalars);
+    tables
+}
+
+/// The keys the example names, set or in a `# key = value` comment, by table; and the
+/// text with every such comment made a setting.
+fn example_keys(text: &str) -> (BTreeMap<String, BTreeSet<String>>, String) {
+    let mut keys: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut table = String::new();
+    let mut uncommented = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        if let Some(name) = t.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            table = name.to_owned();
+        }
+        let setting = t.strip_prefix("# ").unwrap_or(t);
+        if let Some((key, _)) = setting.split_once(" = ") {
+            let is_key = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if is_key {
+                let new = keys
+                    .entry(table.clone())
+                    .or_default()
+                    .insert(key.to_owned());
+                assert!(new, "[{table}] {key} is named twice in the example");
+                uncommented.push_str(setting);
+                uncommented.push('\n');
+                continue;
+            }
+        }
+        uncommented.push_str(line);
+        uncommented.push('\n');
+    }
+    keys.entry(String::new()).or_default();
+    (keys, uncommented)
+}
+
+#[test]
+fn the_example_config_names_every_key_the_loader_takes_and_no_other() {
+    let text = std::fs::read_to_string(example()).unwrap();
+    let (named, uncommented) = example_keys(&text);
+    let accepted = loader_keys();
+    // The probe itself must see the tables, or the comparison proves nothing.
+    for t in [
+        "storage",
+        "log_defaults",
+        "replication",
+        "server",
+        "cluster",
+        "tls",
+    ] {
+        assert!(accepted.contains_key(t), "no [{t}] found in {accepted:?}");
+    }
+    assert!(accepted[""].contains("data_dir"), "{accepted:?}");
+    for (table, keys) in &accepted {
+        let have = named.get(table).cloned().unwrap_or_default();
+        let missing: Vec<_> = keys.difference(&have).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/spool.toml [{table}] lacks {missing:?}: add each with its default and a comment"
+        );
+        let unknown: Vec<_> = have.difference(keys).collect();
+        assert!(
+            unknown.is_empty(),
+            "deploy/spool.toml [{table}] names {unknown:?}, which the server does not take"
+        );
+    }
+    let extra: Vec<_> = named
+        .keys()
+        .filter(|t| !accepted.contains_key(*t))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "tables the server does not take: {extra:?}"
+    );
+    // The values shown in comments are valid ones too.
+    toml::from_str::<FileConfig>(&uncommented)
+        .unwrap_or_else(|e| panic!("the example with its comments set does not load: {e}"));
+}
+
+/// Flags as `spool serve` would get them: the data dir in a scratch place, and a
+/// coordinator when `cluster` (its settings are only built with one).
+fn overrides(data_dir: &Path, cluster: bool) -> Overrides {
+    Overrides {
+        data_dir: Some(data_dir.to_owned()),
+        cluster: cluster.then(|| "etcd://127.0.0.1:2379".to_owned()),
+        ..Overrides::default()
+    }
+}
+
+#[test]
+fn the_example_config_loads_and_what_it_sets_are_the_defaults() {
+    let d = tempfile::tempdir().unwrap();
+    let file = FileConfig::load(&example()).expect("deploy/spool.toml loads");
+    assert_eq!(
+        file.data_dir.as_deref(),
+        Some(Path::new("/var/lib/spool")),
+        "the unit's ReadWritePaths"
+    );
+    for cluster in [false, true] {
+        let built = ServerConfig::build(file.clone(), overrides(d.path(), cluster))
+            .expect("deploy/spool.toml builds");
+        let default = ServerConfig::build(FileConfig::default(), overrides(d.path(), cluster))
+            .expect("the defaults build");
+        assert_eq!(
+            format!("{built:#?}"),
+            format!("{default:#?}"),
+            "a value set in deploy/spool.toml is not the default (cluster: {cluster})"
+        );
+    }
+}
+
+#[test]
+fn the_unit_runs_serve_with_the_packaged_config_and_a_graceful_stop() {
+    let unit = std::fs::read_to_string(repo().join("deploy/spool.service")).unwrap();
+    let settings: BTreeMap<&str, &str> = unit
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .collect();
+    let want = [
+        ("User", "spool"),
+        (
+            "ExecStart",
+            "/usr/bin/spool serve --config /etc/spool/spool.toml",
+        ),
+        ("ProtectSystem", "strict"),
+        ("ReadWritePaths", "/var/lib/spool"),
+        ("NoNewPrivileges", "true"),
+        ("PrivateTmp", "true"),
+        ("Restart", "on-failure"),
+        ("KillSignal", "SIGTERM"),
+    ];
+    for (key, value) in want {
+        assert_eq!(settings.get(key), Some(&value), "{key} in spool.service");
+    }
+    for key in ["LimitNOFILE", "TimeoutStopSec"] {
+        assert!(settings.contains_key(key), "{key} in spool.service");
+    }
+}
 
 /// `cmd`'s stdout, after checking that it succeeded.
 fn run_ok(cmd: &mut Command) -> String {
