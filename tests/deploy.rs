@@ -5,8 +5,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 use spool::config::{FileConfig, Overrides, ServerConfig};
 
@@ -206,6 +209,145 @@ fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
+}
+
+fn gunzip(path: &Path) -> String {
+    run_ok(Command::new("gzip").arg("-dc").arg(path))
+}
+
+fn on_path(bin: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(bin).is_file())
+}
+
+#[test]
+fn the_debian_package_installs_into_a_scratch_root_and_runs_from_there() {
+    if !on_path("dpkg-deb") {
+        eprintln!("SKIPPED: no dpkg-deb (not a Debian system)");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    // The debug binary under test, packaged as the release one would be.
+    let printed = run_ok(
+        Command::new("bash")
+            .arg(repo().join("scripts/package-deb.sh"))
+            .arg(d.path().join("out"))
+            .env("SPOOL_BIN", common::spool_bin())
+            .env("DEB_COMPRESSION", "none"),
+    );
+    let deb = PathBuf::from(printed.lines().last().expect("the script prints the .deb"));
+    let version = env!("CARGO_PKG_VERSION");
+    let name = deb.file_name().unwrap().to_str().unwrap();
+    assert!(name.starts_with(&format!("spool_{version}_")), "{name}");
+
+    let field = |f: &str| run_ok(Command::new("dpkg-deb").args(["-f"]).arg(&deb).arg(f));
+    assert_eq!(field("Package").trim(), "spool");
+    assert_eq!(field("Version").trim(), version);
+    let ctrl = d.path().join("ctrl");
+    run_ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&ctrl));
+    let conffiles = std::fs::read_to_string(ctrl.join("conffiles")).unwrap();
+    assert_eq!(conffiles.trim(), "/etc/spool/spool.toml");
+    for script in ["postinst", "prerm", "postrm"] {
+        run_ok(Command::new("sh").arg("-n").arg(ctrl.join(script)));
+    }
+
+    let root = d.path().join("root");
+    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let bin = root.join("usr/bin/spool");
+    let v = run_ok(Command::new(&bin).arg("--version"));
+    assert_eq!(v.trim(), format!("spool {version}"));
+    let same = |installed: &str, source: &str| {
+        let a = std::fs::read(root.join(installed)).unwrap();
+        assert_eq!(
+            a,
+            std::fs::read(repo().join(source)).unwrap(),
+            "{installed}"
+        );
+    };
+    same("lib/systemd/system/spool.service", "deploy/spool.service");
+    same("etc/spool/spool.toml", "deploy/spool.toml");
+    let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
+    assert!(read("usr/share/bash-completion/completions/spool").contains("_spool()"));
+    assert!(read("usr/share/zsh/vendor-completions/_spool").starts_with("#compdef spool"));
+    assert!(read("usr/share/fish/vendor_completions.d/spool.fish").contains("complete -c spool"));
+    let man = root.join("usr/share/man/man1");
+    assert!(gunzip(&man.join("spool.1.gz")).contains(".TH spool 1"));
+    assert!(gunzip(&man.join("spool-serve.1.gz")).contains("\\-\\-config"));
+    assert!(man.join("spool-logs-create.1.gz").exists());
+    assert!(root.join("usr/share/doc/spool/copyright").exists());
+
+    // The installed binary serves with the installed config (its data dir moved to the
+    // scratch root: /var/lib/spool is the unit's), then stops cleanly on SIGTERM.
+    serve_and_stop(
+        &bin,
+        &root.join("etc/spool/spool.toml"),
+        &root.join("var/lib/spool"),
+    );
+
+    if on_path("systemd-analyze") {
+        // The unit as systemd reads it, pointed at the scratch root's binary.
+        let unit = read("lib/systemd/system/spool.service").replace(
+            "ExecStart=/usr/bin/spool",
+            &format!("ExecStart={}", bin.display()),
+        );
+        let unit_path = d.path().join("spool.service");
+        std::fs::write(&unit_path, unit).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&unit_path)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !said.contains("spool.service:"),
+            "systemd-analyze verify found problems in the unit:\n{said}"
+        );
+    }
+}
+
+/// Start `bin serve --config config --data-dir data` on a free port, wait (bounded) for it
+/// to listen, SIGTERM it and check that it stops cleanly.
+fn serve_and_stop(bin: &Path, config: &Path, data: &Path) {
+    let mut child = Command::new(bin)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", "127.0.0.1:0"])
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("spool listening on ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let listening = rx.recv_timeout(Duration::from_secs(30));
+    common::signal(&child, libc::SIGTERM);
+    let status = common::wait_timeout(&mut child, Duration::from_secs(30));
+    let mut log = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+    assert!(
+        listening.is_ok(),
+        "the packaged node did not listen:\n{log}"
+    );
+    assert!(
+        status.success(),
+        "the packaged node exited {status}:\n{log}"
+    );
+    assert!(log.contains("stopped cleanly"), "{log}");
 }
 
 #[test]
