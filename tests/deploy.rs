@@ -400,3 +400,34 @@ fn man_prints_spool_1_or_writes_a_page_per_subcommand() {
         "spool-serve.1 lacks its flags"
     );
 }
+
+#[test]
+fn the_python_example_runs_against_a_node() {
+    let python = repo().join("target/pyvenv/bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must create target/pyvenv with grpcio (see scripts/test.sh)"
+        );
+        eprintln!("SKIPPED: no target/pyvenv (python3 -m venv target/pyvenv && target/pyvenv/bin/pip install grpcio grpcio-tools)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let s = common::Server::start(&dir.path().join("data"), &[]);
+    let run = || {
+        run_ok(
+            Command::new(&python)
+                .arg(repo().join("examples/python/client.py"))
+                .arg(&s.addr),
+        )
+    };
+    let out = run();
+    assert!(out.contains("created example-py"), "{out}");
+    assert!(out.contains("     0  hello"), "{out}");
+    assert!(out.contains("subscription delivered 12 record(s)"), "{out}");
+    // Again: the log is there and grows.
+    let out = run();
+    assert!(out.contains("example-py exists"), "{out}");
+    assert!(out.contains("the log ends at 24"), "{out}");
+    s.stop();
+}
