@@ -170,7 +170,7 @@ fn the_example_config_loads_and_what_it_sets_are_the_defaults() {
 }
 
 #[test]
-fn the_unit_runs_serve_with_the_packaged_config_and_a_graceful_stop() {
+fn the_unit_is_hardened_and_runs_serve_with_the_packaged_config() {
     let unit = std::fs::read_to_string(repo().join("deploy/spool.service")).unwrap();
     let settings: BTreeMap<&str, &str> = unit
         .lines()
