@@ -161,12 +161,34 @@ fn free_ports(n: u16) -> u16 {
     }
 }
 
+/// A `spool dev-cluster` child, stopped by SIGINT (which stops its nodes too) if the test
+/// fails while it runs, so that no node outlives the test.
+struct DevCluster(std::process::Child);
+
+impl Drop for DevCluster {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        common::signal(&self.0, libc::SIGINT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if !matches!(self.0.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn dev_cluster_starts_the_primary_first_labels_logs_and_hints_at_its_port() {
     let d = tempfile::tempdir().unwrap();
     let base = free_ports(3);
     let stderr_path = d.path().join("stderr");
-    let mut child = Command::new(common::spool_bin())
+    let child = Command::new(common::spool_bin())
         .args(["dev-cluster", "--replicas", "2", "--base-port"])
         .arg(base.to_string())
         .arg("--dir")
@@ -177,9 +199,10 @@ fn dev_cluster_starts_the_primary_first_labels_logs_and_hints_at_its_port() {
         .stderr(std::fs::File::create(&stderr_path).unwrap())
         .spawn()
         .unwrap();
+    let mut cluster = DevCluster(child);
     // Its stdout, line by line, until the last line of its hint (bounded).
     let (tx, rx) = mpsc::channel();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = cluster.0.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
             let _ = tx.send(line);
@@ -238,8 +261,8 @@ fn dev_cluster_starts_the_primary_first_labels_logs_and_hints_at_its_port() {
         );
     }
 
-    common::signal(&child, libc::SIGINT);
-    let status = common::wait_timeout(&mut child, Duration::from_secs(60));
+    common::signal(&cluster.0, libc::SIGINT);
+    let status = common::wait_timeout(&mut cluster.0, Duration::from_secs(60));
     assert!(status.success(), "dev-cluster exited with {status}");
     let log = std::fs::read_to_string(&stderr_path).unwrap();
     // Replicas start once the primary listens, and stop before it.
