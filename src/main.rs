@@ -5,10 +5,9 @@
 mod bench;
 mod cli;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
 use spool::client::{Client, ClientOptions};
-use tracing_subscriber::EnvFilter;
 
 // Every request allocates (h2 streams, headers, buffers): mimalloc makes that cheaper than
 // glibc malloc (docs/decisions/0002-mimalloc-global-allocator.md).
@@ -53,6 +52,16 @@ struct Cli {
     /// A file holding the bearer token (its first line).
     #[arg(long, global = true, env = "SPOOL_TOKEN_FILE", value_name = "FILE")]
     token_file: Option<std::path::PathBuf>,
+    /// Log lines on stderr: text (coloured only on a terminal, never with NO_COLOR) or
+    /// one JSON object per line. RUST_LOG sets the level (serve: info, others: warn).
+    #[arg(
+        long,
+        global = true,
+        env = "SPOOL_LOG_FORMAT",
+        value_enum,
+        default_value_t = cli::logging::LogFormat::Text
+    )]
+    log_format: cli::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -85,6 +94,10 @@ enum Command {
     /// Load generators: measure the storage engine on this machine's disk.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Shell completions on stdout (e.g. `spool completions bash > /etc/bash_completion.d/spool`).
+    Completions(cli::docs::CompletionsArgs),
+    /// The manual page (roff) on stdout (`spool man | man -l -`), or every page into a dir.
+    Man(cli::docs::ManArgs),
 }
 
 fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::Result<()> {
@@ -101,7 +114,12 @@ fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::R
             Command::Tail(a) => cli::client_cmds::tail(&client, a).await,
             Command::Status { json } => cli::status::status(&client, json).await,
             Command::Admin(c) => cli::admin::admin(&client, c).await,
-            Command::Serve(_) | Command::Check(_) | Command::Bench(_) | Command::DevCluster(_) => {
+            Command::Serve(_)
+            | Command::Check(_)
+            | Command::Bench(_)
+            | Command::DevCluster(_)
+            | Command::Completions(_)
+            | Command::Man(_) => {
                 unreachable!("not a client command")
             }
         }
@@ -139,12 +157,11 @@ fn run() -> anyhow::Result<()> {
         Command::Serve(_) => "info",
         _ => "warn",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let log_label = match &cli.command {
+        Command::Serve(a) => a.log_label.clone(),
+        _ => None,
+    };
+    cli::logging::init(cli.log_format, log_label, default_level);
     match cli.command {
         Command::Serve(mut a) => {
             // The global TLS options name the node's own certificate, key and peer CA.
@@ -156,7 +173,9 @@ fn run() -> anyhow::Result<()> {
             a.tls = spool::tls::TlsOptions::given(cli.tls_ca, cli.tls_cert, cli.tls_key);
             cli::check::run(a)
         }
-        Command::DevCluster(a) => cli::dev_cluster::run(a),
+        Command::DevCluster(a) => cli::dev_cluster::run(a, cli.log_format),
+        Command::Completions(a) => cli::docs::completions(Cli::command(), a),
+        Command::Man(a) => cli::docs::man(Cli::command(), a),
         Command::Bench(cmd) => bench::run(cmd),
         Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {

@@ -5,5 +5,7 @@ pub mod check;
 pub mod client_cmds;
 pub mod dev_cluster;
 pub mod dev_etcd;
+pub mod docs;
+pub mod logging;
 pub mod serve;
 pub mod status;

@@ -1,4 +1,6 @@
-//! `spool serve`: run a node until SIGINT/SIGTERM.
+//! `spool serve`: run a node until SIGINT/SIGTERM. Either signal stops it cleanly: no new
+//! requests (UNAVAILABLE), streams ended, in-flight appends finished and acked, logs
+//! fsync'd and closed, then exit 0 (deploy/spool.service relies on it).
 
 use std::path::PathBuf;
 
@@ -11,6 +13,10 @@ pub struct ServeArgs {
     /// TOML config file (flags and environment override it).
     #[arg(long, env = "SPOOL_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A name put on every log line ("[NAME] " in text, "node": NAME in JSON), to tell
+    /// nodes apart when their logs are interleaved (as `spool dev-cluster` does).
+    #[arg(long, env = "SPOOL_LOG_LABEL", value_name = "NAME")]
+    pub log_label: Option<String>,
     #[command(flatten)]
     pub overrides: Overrides,
 }
