@@ -11,6 +11,8 @@
 #   REQUESTS [200000]  RECORD_BYTES [1024]  RUNS [3]  BUILD [1]
 #   BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  OUT_DIR [target/bench]  PORT [7460]
 #   REDIS_PORT [6391]  RUST_SECONDS [10]
+#   BASE_BIN_DIR [unset]: a directory holding another build's `spool`, measured in the same
+#   runs (h2load shapes only) for an A/B
 # Output: a table on stdout, OUT_DIR/unary_h2load.json (every run; medians; a `plot`
 # entry for `spool-loadgen plot`) and OUT_DIR/unary_h2load_latency.json. Beside h2load, the
 # Rust client with its pool (`spool bench grpc --mode unary --clients 64`).
@@ -74,7 +76,7 @@ TICK=$(getconf CLK_TCK)
 
 # One h2load run against a fresh node: prints "req_per_s cpu_us_per_req".
 spool_run() {
-  local conns="$1" streams="$2" dir="$WORK/data-$RANDOM"
+  local conns="$1" streams="$2" dir="$WORK/data-$RANDOM" SPOOL="${3:-$SPOOL}"
   "$SPOOL" serve --data-dir "$dir" --listen "127.0.0.1:$PORT" >"$WORK/serve.log" 2>&1 &
   local pid=$!
   pids+=("$pid")
@@ -144,14 +146,20 @@ PY
 log "commit $(git rev-parse --short HEAD), $RUNS runs of $REQUESTS requests, ${RECORD_BYTES} B, load $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A results
 for r in $(seq "$RUNS"); do
+  # With a base build, each of its shapes runs right beside the same shape of this one.
   results[one,$r]=$(spool_run 1 64)
+  [ -n "${BASE_BIN_DIR:-}" ] && results[base_one,$r]=$(spool_run 1 64 "$BASE_BIN_DIR/spool")
   results[many,$r]=$(spool_run 64 1)
+  [ -n "${BASE_BIN_DIR:-}" ] && results[base_many,$r]=$(spool_run 64 1 "$BASE_BIN_DIR/spool")
   results[redis,$r]=$(redis_run)
   results[rust,$r]=$(rust_run)
+  [ -n "${BASE_BIN_DIR:-}" ] && log "run $r: base 1 conn ${results[base_one,$r]}, 64 conns ${results[base_many,$r]}"
   log "run $r: 1 conn ${results[one,$r]}, 64 conns ${results[many,$r]}, redis ${results[redis,$r]}, rust client ${results[rust,$r]} (req/s, server CPU us/req[, p50 p99 us])"
 done
 
-for k in one many redis rust; do
+kinds="one many redis rust"
+[ -n "${BASE_BIN_DIR:-}" ] && kinds="$kinds base_one base_many"
+for k in $kinds; do
   for r in $(seq "$RUNS"); do echo "$k ${results[$k,$r]}"; done
 done >"$WORK/results.txt"
 python3 - "$RESULT" "$(git rev-parse --short HEAD)" "$RECORD_BYTES" "$WORK/results.txt" <<'PY'
@@ -171,6 +179,11 @@ for k in ("one", "many", "redis", "rust"):
     r, c = med[k][0], med[k][1]
     print(f"{names[k]:<44} {r:>15,.0f} {c:>11.1f} {r / med['redis'][0]:>9.2f}")
 print(f"Rust client pool vs h2load 64 connections: {med['rust'][0] / med['many'][0]:.2f}")
+for k in ("one", "many"):
+    if f"base_{k}" in med:
+        b = med[f"base_{k}"]
+        print(f"{names[k]}: this build / base build: {med[k][0] / b[0]:.2f} req/s, "
+              f"{med[k][1] / b[1]:.2f} CPU/req (base {b[0]:,.0f} req/s, {b[1]:.1f} us)")
 plot = {"title": f"Unary one-record appends, {nbytes} B, fsync before ack (medians)",
         "unit": "requests/s",
         "series": {"spool h2load 1 conn": med["one"][0], "spool h2load 64 conns": med["many"][0],
