@@ -46,8 +46,8 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = method_label(req.uri().path());
-        requests(method).increment(1);
+        let (method, calls) = method_of(req.uri().path());
+        calls.increment(1);
         let response = self.inner.call(req);
         Box::pin(async move {
             let response = response.await?;
@@ -68,38 +68,35 @@ where
     }
 }
 
+/// A method's label and its calls counter, registered once: one map lookup per call.
 /// `/spool.v1.Log/Append` → `spool.v1.Log/Append`; paths of no service the node serves
-/// share one label, so that junk requests cannot grow the label set without bound.
-fn method_label(path: &str) -> &'static str {
-    static KNOWN: LazyLock<RwLock<HashMap<String, &'static str>>> = LazyLock::new(Default::default);
+/// share the label `other`, so that junk requests cannot grow the label set without bound.
+fn method_of(path: &str) -> (&'static str, metrics::Counter) {
+    type Known = HashMap<String, (&'static str, metrics::Counter)>;
+    static KNOWN: LazyLock<RwLock<Known>> = LazyLock::new(Default::default);
     let name = path.trim_start_matches('/');
-    if let Some(m) = KNOWN.read().get(name) {
-        return m;
+    if let Some((label, calls)) = KNOWN.read().get(name) {
+        return (label, calls.clone());
     }
     let served = ["spool.", "grpc.health.", "grpc.reflection."]
         .iter()
         .any(|p| name.starts_with(p));
-    let parts = name.split('/').count() == 2 && name.len() <= 96;
-    if !(served && parts) || KNOWN.read().len() >= 256 {
-        return "other";
-    }
-    // Each distinct method is leaked once: a bounded set of static labels.
-    let label: &'static str = Box::leak(name.to_owned().into_boxed_str());
-    KNOWN.write().entry(name.to_owned()).or_insert(label)
-}
-
-/// The requests counter of a method, registered once (not looked up per call).
-fn requests(method: &'static str) -> metrics::Counter {
-    static HANDLES: LazyLock<RwLock<HashMap<&'static str, metrics::Counter>>> =
-        LazyLock::new(Default::default);
-    if let Some(c) = HANDLES.read().get(method) {
-        return c.clone();
-    }
-    HANDLES
-        .write()
-        .entry(method)
-        .or_insert_with(|| metrics::counter!("spool_grpc_requests_total", "method" => method))
-        .clone()
+    let shaped = name.split('/').count() == 2 && name.len() <= 96;
+    let mut known = KNOWN.write();
+    let key = if served && shaped && known.len() < 256 {
+        name
+    } else {
+        "other"
+    };
+    let (label, calls) = known.entry(key.to_owned()).or_insert_with(|| {
+        // Each distinct method is leaked once: a bounded set of static labels.
+        let label: &'static str = Box::leak(key.to_owned().into_boxed_str());
+        (
+            label,
+            metrics::counter!("spool_grpc_requests_total", "method" => label),
+        )
+    });
+    (label, calls.clone())
 }
 
 #[cfg(test)]
@@ -108,17 +105,22 @@ mod tests {
 
     #[test]
     fn methods_are_labelled_and_junk_paths_share_one_label() {
-        assert_eq!(method_label("/spool.v1.Log/Append"), "spool.v1.Log/Append");
+        let label = |p: &str| method_of(p).0;
+        assert_eq!(label("/spool.v1.Log/Append"), "spool.v1.Log/Append");
         assert_eq!(
-            method_label("/grpc.health.v1.Health/Check"),
+            label("/grpc.health.v1.Health/Check"),
             "grpc.health.v1.Health/Check"
         );
-        assert_eq!(method_label("/evil/../x/y"), "other");
-        assert_eq!(method_label("/index.html"), "other");
-        let first = method_label("/spool.v1.Log/Read");
+        assert_eq!(label("/evil/../x/y"), "other");
+        assert_eq!(label("/index.html"), "other");
+        let first = label("/spool.v1.Log/Read");
         assert!(
-            std::ptr::eq(first, method_label("/spool.v1.Log/Read")),
+            std::ptr::eq(first, label("/spool.v1.Log/Read")),
             "leaked once"
+        );
+        assert!(
+            std::ptr::eq(label("/a/b/c"), label("/x")),
+            "junk shares one entry"
         );
     }
 }
