@@ -72,6 +72,9 @@ pub async fn serve(
     if let Some(path) = &config.auth.node_token_file {
         auth::load_node_token(path)?;
     }
+    // Bind first: a port in use is refused before the data directory is made or opened.
+    let listener =
+        accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
         .await?
@@ -123,8 +126,6 @@ pub async fn serve(
         t.spawn_reloader()?;
         node.set_peer_tls(crate::tls::TlsOptions::for_node(c));
     }
-    let listener =
-        accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
     *node.role().listen_addr.write() = bound.to_string();
     tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role().role(), epoch = node.role().epoch(), "spool serving");
