@@ -3,7 +3,9 @@
 pub mod admin;
 pub mod check;
 pub mod client_cmds;
+pub mod client_only;
 pub mod dev_cluster;
 pub mod dev_etcd;
+pub mod errors;
 pub mod serve;
 pub mod status;
