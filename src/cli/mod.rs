@@ -9,3 +9,4 @@ pub mod dev_etcd;
 pub mod errors;
 pub mod serve;
 pub mod status;
+pub mod times;
