@@ -4,6 +4,7 @@ pub mod admin;
 pub mod check;
 pub mod client_cmds;
 pub mod client_only;
+pub mod confirm;
 pub mod dev_cluster;
 pub mod dev_etcd;
 pub mod errors;
