@@ -461,9 +461,16 @@ fn an_interrupted_bulk_append_says_what_was_acknowledged() {
     let d = tempfile::tempdir().unwrap();
     let node = Server::start(&d.path().join("n"), &[]);
     common::stdout(&node.cli(&["logs", "create", "bulk"]));
+    // Uninterrupted: every record acknowledged, the command ends at the end of its input.
+    let lines: String = (0..250).map(|i| format!("r{i}\n")).collect();
+    let out = common::stdout(&node.cli_stdin(&["append", "bulk", "--batch", "100"], &lines));
+    assert!(
+        out.contains("appended 250 record(s) at offsets 0..250"),
+        "{out}"
+    );
 
     // Ctrl-C: 3 batches of 100 were sent and acknowledged, 50 lines wait for more.
-    let mut child = bulk_append(&node, 350, 300);
+    let mut child = bulk_append(&node, 350, 550);
     // Held open until the command exits: its input never ends.
     let input = child.stdin.take();
     common::signal(&child, libc::SIGINT);
@@ -472,19 +479,19 @@ fn an_interrupted_bulk_append_says_what_was_acknowledged() {
     let err = failed(&o);
     assert!(err.contains("interrupted"), "{err}");
     assert!(
-        err.contains("300 record(s) of bulk acknowledged at offsets 0..300"),
+        err.contains("300 record(s) of bulk acknowledged at offsets 250..550"),
         "{err}"
     );
 
     // The node stops: what it acknowledged is told.
-    let mut child = bulk_append(&node, 250, 500);
+    let mut child = bulk_append(&node, 250, 750);
     let dir = node.data_dir.clone();
     node.stop();
     drop(child.stdin.take());
     let o = child.wait_with_output().unwrap();
     let err = failed(&o);
     assert!(
-        err.contains("200 record(s) of bulk acknowledged at offsets 300..500"),
+        err.contains("200 record(s) of bulk acknowledged at offsets 550..750"),
         "{err}"
     );
     drop(dir);

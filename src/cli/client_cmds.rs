@@ -428,6 +428,9 @@ async fn append_stdin(client: &Client, a: AppendArgs) -> Result<()> {
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     let stopped: Option<anyhow::Error> = loop {
+        if eof && waiting.is_empty() {
+            break None;
+        }
         tokio::select! {
             // Ctrl-C first: nothing more is sent once it came.
             biased;
@@ -465,7 +468,6 @@ async fn append_stdin(client: &Client, a: AppendArgs) -> Result<()> {
                 Some(Err(e)) => break Some(anyhow::Error::new(e).context("reading stdin")),
                 None => eof = true,
             },
-            else => break None,
         }
     };
     bar.finish_and_clear();
