@@ -39,7 +39,7 @@ pub enum LogsCommand {
 
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// The log's name: 1 to 255 characters of A-Z a-z 0-9 . _ - (not starting with . or -).
+    /// The log's name: 1 to 200 characters of A-Z a-z 0-9 . _ - (not starting with . or -).
     pub name: String,
     /// Segment file size in bytes.
     #[arg(long)]
