@@ -8,7 +8,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("spool_descriptor.bin"))
         .bytes(".spool.v1")
-        .compile_protos(&["proto/spool/v1/spool.proto"], &["proto"])?;
+        // The public API, and the internal replication protocol in its own file (same
+        // package: one generated module).
+        .compile_protos(
+            &[
+                "proto/spool/v1/spool.proto",
+                "proto/spool/v1/replication.proto",
+            ],
+            &["proto"],
+        )?;
     tonic_prost_build::configure()
         .build_server(false)
         .compile_protos(&["proto/etcd/rpc.proto"], &["proto"])?;

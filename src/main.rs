@@ -5,7 +5,7 @@
 mod bench;
 mod cli;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use cli::client_cmds::{AppendArgs, LogsCommand, ReadArgs, TailArgs};
 use spool::client::{Client, ClientOptions};
 
@@ -81,6 +81,7 @@ enum Command {
     Tail(TailArgs),
     /// Role, epoch and per-log offsets of the node.
     Status {
+        /// Print the status as JSON (every field, for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -101,6 +102,9 @@ enum Command {
 }
 
 fn client_command(addr: &str, options: ClientOptions, cmd: Command) -> anyhow::Result<()> {
+    if let Some(e) = cli::errors::missing_port(addr) {
+        anyhow::bail!(e);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,18 +144,25 @@ fn token(given: Option<String>, file: Option<&std::path::Path>) -> anyhow::Resul
 }
 
 fn main() -> std::process::ExitCode {
-    match run() {
+    let matches = cli::client_only::hide_in_local_commands(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some(why) = cli::client_only::misplaced(&matches) {
+        eprintln!("error: {why}");
+        return std::process::ExitCode::from(2);
+    }
+    let given = cli.addr.clone();
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // The whole cause chain on one line, without a backtrace: people read this.
-            eprintln!("error: {e:#}");
+            // The cause chain on one line, each cause once, without a backtrace: people
+            // read this.
+            eprintln!("error: {}", cli::errors::describe(&e, &given));
             std::process::ExitCode::FAILURE
         }
     }
 }
 
-fn run() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+fn run(cli: Cli) -> anyhow::Result<()> {
     // The server logs its life at info; client commands only speak up on problems.
     let default_level = match cli.command {
         Command::Serve(_) => "info",
@@ -174,8 +185,13 @@ fn run() -> anyhow::Result<()> {
             cli::check::run(a)
         }
         Command::DevCluster(a) => cli::dev_cluster::run(a, cli.log_format),
-        Command::Completions(a) => cli::docs::completions(Cli::command(), a),
-        Command::Man(a) => cli::docs::man(Cli::command(), a),
+        // The same command tree as parsed: client-only flags hidden in local commands.
+        Command::Completions(a) => {
+            cli::docs::completions(cli::client_only::hide_in_local_commands(Cli::command()), a)
+        }
+        Command::Man(a) => {
+            cli::docs::man(cli::client_only::hide_in_local_commands(Cli::command()), a)
+        }
         Command::Bench(cmd) => bench::run(cmd),
         Command::Admin(cli::admin::AdminCommand::Token(t)) => cli::admin::token(t),
         cmd => {
@@ -190,5 +206,40 @@ fn run() -> anyhow::Result<()> {
             };
             client_command(&cli.addr, options, cmd)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument and subcommand a person can see, without help text.
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for a in cmd.get_arguments() {
+            let builtin = matches!(a.get_id().as_str(), "help" | "version");
+            if !a.is_hide_set() && !builtin && a.get_help().is_none() {
+                missing.push(format!("{path} <{}>", a.get_id()));
+            }
+        }
+        for s in cmd.get_subcommands() {
+            let name = format!("{path} {}", s.get_name());
+            if s.get_about().is_none() && s.get_name() != "help" {
+                missing.push(format!("{name} (no about)"));
+            }
+            without_help(s, &name, missing);
+        }
+    }
+
+    #[test]
+    fn every_argument_and_command_has_help() {
+        let cmd = cli::client_only::hide_in_local_commands(Cli::command());
+        let mut missing = Vec::new();
+        without_help(&cmd, "spool", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        cli::client_only::hide_in_local_commands(Cli::command()).debug_assert();
     }
 }

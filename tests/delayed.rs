@@ -335,7 +335,7 @@ fn promote_then_follow(at: &str, expect_end: impl FnOnce(u64) -> u64) {
         point
     });
     let at_arg = at.replace("POINT", &point.to_string());
-    let mut args = vec!["admin", "promote"];
+    let mut args = vec!["admin", "promote", "--yes"];
     args.extend(at_arg.split(' '));
     common::stdout(&r.cli(&args));
     let want = expect_end(10);
@@ -462,7 +462,7 @@ fn a_subscriber_past_a_promotion_point_is_told() {
                 .unwrap();
             assert_eq!(rec.offset, i);
         }
-        common::stdout(&r.cli(&["admin", "promote", "--at-offset", "6"]));
+        common::stdout(&r.cli(&["admin", "promote", "--at-offset", "6", "--yes"]));
         let e = tokio::time::timeout(Duration::from_secs(10), sub.next())
             .await
             .expect("the subscriber hears of the cut")

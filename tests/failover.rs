@@ -510,6 +510,7 @@ fn a_switchover_hands_over_without_losing_a_write() {
             "switchover",
             "--to",
             &format!("n{q}"),
+            "--yes",
         ]);
         assert!(
             out.status.success(),

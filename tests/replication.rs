@@ -24,6 +24,21 @@ fn cascade(d: &std::path::Path, p: &Server) -> (Server, Server) {
 }
 
 /// Wait (bounded) until `log` on the node at `addr` reaches `end`, and not past it.
+/// Move the primary `p` to a new epoch, as a failover elsewhere would (a primary refuses
+/// a plain promotion): restarted on its address as a replica of an address nothing
+/// listens on, then promoted. Returns it and the epoch it leads in.
+fn into_next_epoch(p: Server) -> (Server, u64) {
+    let (dir, addr) = (p.data_dir.clone(), p.addr.clone());
+    p.stop();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let p = Server::start_on(&addr, &dir, &replica_of(&nowhere, &[]));
+    let epoch = run(30, async {
+        let c = Client::connect(&addr).await.unwrap();
+        c.promote().await.unwrap()
+    });
+    (p, epoch)
+}
+
 async fn wait_end(addr: &str, log: &str, end: u64) {
     let got = common::reach_end(addr, log, end).await;
     assert_eq!(got, end, "{addr} went past the primary");
@@ -318,12 +333,9 @@ fn divergent_tail_is_truncated_after_failover() {
     });
     alone.stop();
     // Meanwhile the primary moves to a new epoch and writes on.
-    let end = run(30, async {
-        let c = Client::connect(&paddr).await.unwrap();
-        let epoch = c.promote().await.unwrap();
-        assert!(epoch >= 2);
-        load(&paddr, "d", 5, "after").await
-    });
+    let (p, epoch) = into_next_epoch(p);
+    assert!(epoch >= 2);
+    let end = run(30, async { load(&paddr, "d", 5, "after").await });
     assert!(rogue > 160 && end > 160);
     let r = Server::start(&rdir, &replica_of(&paddr, &[]));
     run(60, async {
@@ -397,11 +409,9 @@ fn a_cascaded_replica_follows_its_upstream_cutting_a_divergent_tail() {
         end
     });
     alone.stop();
-    let end = run(30, async {
-        let c = Client::connect(&paddr).await.unwrap();
-        assert!(c.promote().await.unwrap() >= 2);
-        load(&paddr, "d", 5, "after").await
-    });
+    let (p, epoch) = into_next_epoch(p);
+    assert!(epoch >= 2);
+    let end = run(30, async { load(&paddr, "d", 5, "after").await });
     assert!(common_end < rogue && rogue < end);
     // The middle node comes back as a replica of the frozen primary: its replica attaches
     // to it (and is told to continue, the tail still being there) before it can cut.

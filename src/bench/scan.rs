@@ -23,6 +23,7 @@ pub struct ScanArgs {
     /// GiB of record payload to write and scan (fractions allowed).
     #[arg(long, default_value_t = 1.0)]
     pub gib: f64,
+    /// Size of each record in bytes.
     #[arg(long, default_value_t = 1024)]
     pub record_bytes: usize,
     /// Records per append while filling the log.

@@ -36,6 +36,7 @@ pub struct StorageArgs {
     /// Warm-up seconds per run, excluded from every figure.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
+    /// What each append waits for: fdatasync (fsync) or the page cache (unsynced).
     #[arg(long, value_enum, default_value_t = DurabilityArg::Fsync)]
     pub durability: DurabilityArg,
     /// Scrub sealed segments during the run at this rate, pass after pass (0: no scrub):

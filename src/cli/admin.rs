@@ -8,8 +8,9 @@ use spool_proto::v1 as pb;
 /// `spool admin ...`
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
-    /// Make the node at --addr a primary in a new epoch (a replica stops following).
-    /// On a delayed replica, --at-offset/--at-time first cut every log at that point.
+    /// Make the replica at --addr a primary in a new epoch (it stops following). On a
+    /// delayed replica, --at-offset/--at-time first cut the logs at that point: what
+    /// would be cut is shown, and done only with --yes or when confirmed.
     Promote(PromoteArgs),
     /// Delayed replica: freeze the visible horizon (data keeps arriving and is stored).
     Pause,
@@ -36,6 +37,9 @@ pub enum AdminCommand {
         /// The member's node name (as `spool status` lists it).
         #[arg(long)]
         to: String,
+        /// Hand over without asking (scripts; without a terminal, the command refuses).
+        #[arg(long)]
+        yes: bool,
     },
     /// With --cluster and no primary: make this member the next one. Without --force it
     /// must be eligible; with it, records only other members hold may be lost.
@@ -126,10 +130,10 @@ pub enum QuarantineCommand {
 }
 
 #[derive(Debug, Args)]
-#[group(multiple = false)]
 pub struct PromoteArgs {
-    /// Delayed replica: every log ends at min(N, its end) (records from N on are cut off).
-    #[arg(long, value_name = "N")]
+    /// Delayed replica: every log (or each --log) ends at min(N, its end): records from
+    /// N on are cut off.
+    #[arg(long, value_name = "N", conflicts_with = "at_time")]
     pub at_offset: Option<u64>,
     /// Delayed replica: every log ends before its first record written after T. T is
     /// RFC 3339 (2024-05-01T12:00:00Z, 2024-05-01T14:00:00.5+02:00) or unix time with a
@@ -137,6 +141,17 @@ pub struct PromoteArgs {
     /// microseconds, as `spool read --format json` prints timestamp_us).
     #[arg(long, value_name = "T", value_parser = parse_time_us)]
     pub at_time: Option<u64>,
+    /// With --at-offset/--at-time: cut only this log (repeatable); the others keep
+    /// everything received, as a plain promotion keeps it.
+    #[arg(long = "log", value_name = "NAME")]
+    pub logs: Vec<String>,
+    /// With --at-offset/--at-time: show what would be cut, change nothing.
+    #[arg(long, conflicts_with = "yes")]
+    pub dry_run: bool,
+    /// Cut and promote without asking (scripts; without a terminal and without --yes,
+    /// only what would be cut is shown).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// Why `--at-time` was refused.
@@ -232,32 +247,13 @@ pub fn parse_time_us(t: &str) -> Result<u64, TimeError> {
 
 pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
     match cmd {
-        AdminCommand::Promote(a) => {
-            let at = match (a.at_offset, a.at_time) {
-                (Some(n), _) => Some(pb::promote_request::At::AtOffset(n)),
-                (None, Some(t)) => Some(pb::promote_request::At::AtTimeUs(t)),
-                (None, None) => None,
-            };
-            let cut = at.is_some();
-            let r = client.promote_at(at).await?;
-            println!("{} is now primary in epoch {}", client.addr(), r.epoch);
-            if cut {
-                for e in &r.ends {
-                    println!(
-                        "  {:<22} start {:>10}  end {:>10}",
-                        e.name, e.start_offset, e.end_offset
-                    );
-                }
-            }
-            for d in &r.deleted {
-                println!("  {d:<22} deleted (its deletion upstream came before the point)");
-            }
-        }
+        AdminCommand::Promote(a) => promote(client, a).await?,
         AdminCommand::Pause => {
             let cutoff = client.pause().await?;
             println!(
-                "{} paused: records written up to {cutoff} us (unix) stay visible, nothing newer appears",
-                client.addr()
+                "{} paused: records written up to {} stay visible, nothing newer appears",
+                client.addr(),
+                super::times::with_age(cutoff)
             );
         }
         AdminCommand::Resume => {
@@ -283,7 +279,13 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
         }
         AdminCommand::Quarantine(q) => quarantine(client, q).await?,
         AdminCommand::Token(_) => unreachable!("made locally, before connecting"),
-        AdminCommand::Switchover { to } => {
+        AdminCommand::Switchover { to, yes } => {
+            super::confirm::confirm(
+                &format!(
+                    "hand the primary's role to {to} (writes pause until it holds every record)"
+                ),
+                yes,
+            )?;
             let r = client.switchover(&to).await?;
             println!("{to} takes over; writes paused {} ms here", r.paused_ms);
         }
@@ -314,6 +316,89 @@ pub async fn admin(client: &Client, cmd: AdminCommand) -> Result<()> {
                 println!("nothing to repair");
             }
         }
+    }
+    Ok(())
+}
+
+/// The cuts of a promotion at a point, one line per log.
+fn print_cuts(cuts: &[pb::PromoteCut], verb: &str) {
+    if cuts.is_empty() {
+        println!("  no log {verb} records");
+    }
+    for c in cuts {
+        println!(
+            "  {:<22} {verb} records {}..{} ({} record(s); the log ends at {})",
+            c.log,
+            c.from_offset,
+            c.end_offset,
+            c.end_offset - c.from_offset,
+            c.from_offset
+        );
+    }
+}
+
+/// `spool admin promote`: plain, or at a point after showing what it cuts and asking.
+async fn promote(client: &Client, a: PromoteArgs) -> Result<()> {
+    let at = match (a.at_offset, a.at_time) {
+        (Some(n), _) => Some(pb::promote_request::At::AtOffset(n)),
+        (None, Some(t)) => Some(pb::promote_request::At::AtTimeUs(t)),
+        (None, None) => None,
+    };
+    let addr = client.addr();
+    let addr = addr.strip_prefix("http://").unwrap_or(&addr);
+    let point = match (a.at_offset, a.at_time) {
+        (Some(n), _) => format!("offset {n}"),
+        (None, Some(t)) => super::times::rfc3339(t),
+        (None, None) if !a.logs.is_empty() || a.dry_run => {
+            anyhow::bail!("--log and --dry-run go with --at-offset or --at-time")
+        }
+        (None, None) => String::new(),
+    };
+    let req = pb::PromoteRequest {
+        at,
+        logs: a.logs.clone(),
+        dry_run: false,
+    };
+    if at.is_some() && !a.yes {
+        let plan = client
+            .promote_with(pb::PromoteRequest {
+                dry_run: true,
+                ..req.clone()
+            })
+            .await?;
+        if !plan.dry_run {
+            anyhow::bail!(
+                "{addr} does not know dry runs (an older version) and may have been promoted: \
+                 check `spool status`"
+            );
+        }
+        println!("promoting {addr} at {point} would cut:");
+        print_cuts(&plan.cuts, "would lose");
+        if a.dry_run {
+            return Ok(());
+        }
+        let records: u64 = plan.cuts.iter().map(|c| c.end_offset - c.from_offset).sum();
+        super::confirm::confirm(
+            &format!(
+                "promote {addr}, cutting {records} record(s) from {} log(s)",
+                plan.cuts.len()
+            ),
+            false,
+        )?;
+    }
+    let r = client.promote_with(req).await?;
+    println!("{addr} is now primary in epoch {}", r.epoch);
+    if at.is_some() {
+        print_cuts(&r.cuts, "lost");
+        for e in &r.ends {
+            println!(
+                "  {:<22} start {:>10}  end {:>10}",
+                e.name, e.start_offset, e.end_offset
+            );
+        }
+    }
+    for d in &r.deleted {
+        println!("  {d:<22} deleted (its deletion upstream came before the point)");
     }
     Ok(())
 }

@@ -11,8 +11,13 @@ use spool::server::role::NodeIdentity;
 pub struct CheckArgs {
     /// The data directory of a stopped node.
     pub data_dir: PathBuf,
+    /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Check even while a running node holds the directory (its newest records may then
+    /// look torn or missing: what it has not written yet).
+    #[arg(long)]
+    pub force: bool,
     /// Before checking, scrub the directory and repair damaged records from the node at
     /// ADDR (HOST:PORT, a running node of the same cluster holding the same records).
     #[arg(long, value_name = "ADDR")]
@@ -64,7 +69,49 @@ fn repair_from(dir: &Path, addr: &str, tls: Option<&spool::tls::TlsOptions>) -> 
     })
 }
 
+/// A shared flock on `DATA_DIR/LOCK`, which a running node holds exclusively: `Ok(None)`
+/// when a node holds it, the lock (kept while checking, so that no node starts on the
+/// directory meanwhile) otherwise. No LOCK file: no node ever ran there.
+fn lock_shared(dir: &Path) -> Result<Option<Option<std::fs::File>>> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join("LOCK");
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(None)),
+        Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+    };
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            return Ok(None);
+        }
+        return Err(e).with_context(|| format!("locking {}", path.display()));
+    }
+    Ok(Some(Some(f)))
+}
+
 pub fn run(a: CheckArgs) -> Result<()> {
+    let meta = std::fs::metadata(&a.data_dir)
+        .with_context(|| format!("data directory {}", a.data_dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", a.data_dir.display());
+    }
+    let held = lock_shared(&a.data_dir)?;
+    if held.is_none() {
+        if !a.force {
+            bail!(
+                "{} is in use by a running spool node: stop it first (or add --force to check \
+                 anyway; its newest records may then look torn)",
+                a.data_dir.display()
+            );
+        }
+        eprintln!(
+            "warning: {} is in use by a running spool node: its newest records may look torn",
+            a.data_dir.display()
+        );
+    }
+    drop(held);
     if let Some(addr) = &a.repair_from {
         repair_from(&a.data_dir, addr, a.tls.as_ref())?;
     }
@@ -76,6 +123,8 @@ pub fn run(a: CheckArgs) -> Result<()> {
     bar.set_style(indicatif::ProgressStyle::with_template(
         "checking {bar:30} {bytes}/{total_bytes} ({bytes_per_sec})",
     )?);
+    // Held while checking (unless a node holds the directory): no node starts on it meanwhile.
+    let _lock = lock_shared(&a.data_dir)?;
     let report = spool_storage::check::check_data_dir(&a.data_dir, &mut |n| bar.inc(n))?;
     bar.finish_and_clear();
     if a.json {

@@ -4,6 +4,8 @@ use anyhow::Result;
 use spool::client::Client;
 use spool_proto::v1 as pb;
 
+use super::times;
+
 pub async fn status(client: &Client, json: bool) -> Result<()> {
     let s = client.status().await?;
     if json {
@@ -68,10 +70,17 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             println!("    last error: {}", u.last_error);
         }
         for l in &u.logs {
-            let line = format!(
-                "{:<22} local {:>10}  upstream {:>10}  lag {:>8} records",
-                l.name, l.local_end, l.upstream_end, l.lag_records,
-            );
+            let line = if l.upstream_end_known {
+                format!(
+                    "{:<22} local {:>10}  upstream {:>10}  lag {:>8} records",
+                    l.name, l.local_end, l.upstream_end, l.lag_records,
+                )
+            } else {
+                format!(
+                    "{:<22} local {:>10}  upstream unknown (waiting for the first heartbeat)",
+                    l.name, l.local_end,
+                )
+            };
             let receiving = Transfer("receiving", l.local_end, l.staged_end, l.segment_next);
             print_replicated_log("    ", &line, l.full_sync, receiving, &l.blocked);
         }
@@ -89,13 +98,20 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
             println!("      DAMAGED: {}", super::admin::damaged(d));
         }
         if s.delay_ms > 0 {
+            let written = if l.horizon_time_us == 0 {
+                "nothing visible yet".to_owned()
+            } else {
+                format!("written up to {}", times::with_age(l.horizon_time_us))
+            };
             println!(
-                "      horizon {:>10} (written up to {} us)  stored {:>10}{}",
+                "      horizon {:>10} ({written})  stored {:>10}{}",
                 l.horizon_offset,
-                l.horizon_time_us,
                 l.stored_offset,
                 if l.pending_delete_at_us > 0 {
-                    format!("  DELETED upstream: goes at {} us", l.pending_delete_at_us)
+                    format!(
+                        "  DELETED upstream: goes at {}",
+                        times::with_age(l.pending_delete_at_us)
+                    )
                 } else {
                     String::new()
                 }
@@ -107,11 +123,12 @@ pub async fn status(client: &Client, json: bool) -> Result<()> {
     }
     for r in &s.replicas {
         println!(
-            "    {} at {} {}{}{} (connected {:.1}s, last ack {} ms ago)",
+            "    {} at {} {}{}{}{} (connected {:.1}s, last ack {} ms ago)",
             r.id,
             r.addr,
             connected(r.connected),
             if r.sync { ", sync" } else { "" },
+            if r.delayed { ", delayed" } else { "" },
             if r.counts_for_acks {
                 ""
             } else {
@@ -198,6 +215,7 @@ fn status_json(s: &pb::StatusResponse) -> serde_json::Value {
         let logs = json_each(&u.logs, |l| {
             serde_json::json!({"name": l.name, "upstream_end": l.upstream_end,
                 "local_end": l.local_end, "lag_records": l.lag_records,
+                "upstream_end_known": l.upstream_end_known,
                 "full_sync": l.full_sync, "staged_end": l.staged_end,
                 "segment_next": l.segment_next, "blocked": l.blocked})
         });

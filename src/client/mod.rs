@@ -436,12 +436,16 @@ impl Client {
         &self,
         at: Option<pb::promote_request::At>,
     ) -> Result<pb::PromoteResponse> {
-        Ok(self
-            .conn()
-            .admin()
-            .promote(pb::PromoteRequest { at })
-            .await?
-            .into_inner())
+        self.promote_with(pb::PromoteRequest {
+            at,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Promote with every field of the request (only some logs, a dry run).
+    pub async fn promote_with(&self, req: pb::PromoteRequest) -> Result<pb::PromoteResponse> {
+        Ok(self.conn().admin().promote(req).await?.into_inner())
     }
 
     /// Freeze a delayed replica's horizon; returns the frozen cutoff (unix microseconds).

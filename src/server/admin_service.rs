@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::failover::AdminOp;
 use super::node::Node;
-use super::promote::{promote, PromoteAt};
+use super::promote::{promote_scoped, PromoteAt, Scope};
 use super::quarantine;
 use super::repair::repair_log;
 use super::replication::delay::Delay;
@@ -39,8 +39,28 @@ impl pb::admin_server::Admin for AdminService {
         &self,
         req: Request<pb::PromoteRequest>,
     ) -> Result<Response<pb::PromoteResponse>, Status> {
-        let at = PromoteAt::from_pb(req.into_inner().at);
-        Ok(Response::new(promote(&self.node, at, None).await?))
+        let req = req.into_inner();
+        let at = PromoteAt::from_pb(req.at);
+        let role = self.node.role();
+        if at == PromoteAt::Everything && role.is_primary() && !role.is_fenced() {
+            return Err(Status::failed_precondition(format!(
+                "this node is already the primary (epoch {}): nothing to promote (a new epoch \
+                 would only drop its replicas); promote a replica instead",
+                role.epoch()
+            )));
+        }
+        let scope = Scope {
+            logs: req.logs,
+            dry_run: req.dry_run,
+        };
+        if at == PromoteAt::Everything && scope.dry_run {
+            return Err(Status::invalid_argument(
+                "a dry run needs a point (at_offset or at_time_us): a plain promotion cuts nothing",
+            ));
+        }
+        Ok(Response::new(
+            promote_scoped(&self.node, at, None, &scope).await?,
+        ))
     }
 
     async fn scrub(

@@ -275,8 +275,16 @@ impl pb::log_server::Log for LogService {
             let mut inflight = FuturesOrdered::new();
             let mut log: Option<Log> = None;
             let mut open = true;
+            let mut stopping = false;
             loop {
                 tokio::select! {
+                    // A shutdown takes no more requests from the stream (an idle one would
+                    // hold the server's stop forever), finishes those in flight, then ends
+                    // the stream saying why.
+                    _ = node.shutdown_started(), if open => {
+                        open = false;
+                        stopping = true;
+                    }
                     next = incoming.next(), if open && inflight.len() < STREAM_INFLIGHT_MAX => {
                         match next {
                             Some(Ok(r)) => {
@@ -315,6 +323,11 @@ impl pb::log_server::Log for LogService {
                     }
                     else => break,
                 }
+            }
+            if stopping {
+                let why =
+                    "server is shutting down: appends sent after the last reply were not taken";
+                let _ = tx.send(Err(Status::unavailable(why))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

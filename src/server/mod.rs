@@ -42,6 +42,16 @@ pub use status_map::to_status;
 /// that oversized records get the storage's clear error, not a transport one.
 pub const MESSAGE_BYTES_MAX: usize = 32 << 20;
 
+/// Services the health service reports on (besides "", the whole server), each SERVING
+/// until shutdown begins: the public API and the replication stream replicas dial.
+pub const HEALTH_SERVICES: [&str; 5] = [
+    "spool.v1.Logs",
+    "spool.v1.Log",
+    "spool.v1.Status",
+    "spool.v1.Admin",
+    "spool.v1.Replication",
+];
+
 /// Logs written by a version without incarnation ids get one on the primary (replicas
 /// copy it at their next handshake).
 pub(crate) async fn give_incarnations(node: &Node) -> Result<()> {
@@ -74,6 +84,9 @@ pub async fn serve(
     if let Some(path) = &config.auth.node_token_file {
         auth::load_node_token(path)?;
     }
+    // Bind first: a port in use is refused before the data directory is made or opened.
+    let listener =
+        accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let storage_config = config.storage.clone();
     let storage = tokio::task::spawn_blocking(move || Storage::open(storage_config))
         .await?
@@ -125,8 +138,6 @@ pub async fn serve(
         t.spawn_reloader()?;
         node.set_peer_tls(crate::tls::TlsOptions::for_node(c));
     }
-    let listener =
-        accept::bind(config.listen).with_context(|| format!("binding {}", config.listen))?;
     let bound = listener.local_addr()?;
     *node.role().listen_addr.write() = bound.to_string();
     tracing::info!(listen = %bound, backend = storage.backend_name(), role = ?node.role().role(), epoch = node.role().epoch(), "spool serving");
@@ -165,12 +176,18 @@ pub async fn serve(
         node.set_auth(a.clone());
     }
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_serving::<pb::log_server::LogServer<log_service::LogService>>()
-        .await;
+    for service in HEALTH_SERVICES {
+        health_reporter
+            .set_service_status(service, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    // Both reflection versions: grpcurl speaks v1, stock grpcio-reflection v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(spool_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
 
     let logs = pb::logs_server::LogsServer::new(logs_service::LogsService { node: node.clone() });
     let log = pb::log_server::LogServer::new(log_service::LogService { node: node.clone() })
@@ -190,9 +207,11 @@ pub async fn serve(
         shutdown.await;
         tracing::info!("shutting down: no new requests, finishing in-flight appends");
         stop_node.begin_shutdown();
-        health_reporter
-            .set_not_serving::<pb::log_server::LogServer<log_service::LogService>>()
-            .await;
+        for service in HEALTH_SERVICES {
+            health_reporter
+                .set_service_status(service, tonic_health::ServingStatus::NotServing)
+                .await;
+        }
     };
     let conns = &config.connections;
     tonic::transport::Server::builder()
@@ -207,6 +226,7 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(codes::fix_decode_errors))
         .add_service(health)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(logs)
         .add_service(log)
         .add_service(status)

@@ -98,6 +98,21 @@ fn last_ts_before(log: &Log, end: u64) -> u64 {
         .unwrap_or(0)
 }
 
+/// Which logs a promotion at a point cuts, and whether it only says what it would cut.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Only these logs are cut (the others are kept whole); empty: every log.
+    pub logs: Vec<String>,
+    /// Change nothing: answer with the cuts the promotion would make.
+    pub dry_run: bool,
+}
+
+impl Scope {
+    fn cuts(&self, name: &str) -> bool {
+        self.logs.is_empty() || self.logs.iter().any(|l| l == name)
+    }
+}
+
 /// Promote `node` into `epoch` (None: the next after its own; the cluster agent passes the
 /// epoch it won the leader key with). A promotion at a point is for delayed replicas only.
 pub async fn promote(
@@ -105,9 +120,44 @@ pub async fn promote(
     at: PromoteAt,
     epoch: Option<u64>,
 ) -> Result<pb::PromoteResponse, Status> {
+    promote_scoped(node, at, epoch, &Scope::default()).await
+}
+
+/// What a promotion at `at` would cut from each log in `scope` now: no change.
+fn plan_cuts(
+    node: &Node,
+    delay: &Delay,
+    at: PromoteAt,
+    scope: &Scope,
+) -> Result<Vec<pb::PromoteCut>, Status> {
+    let storage = &node.storage();
+    let mut cuts = Vec::new();
+    for name in storage.list_logs().into_iter().filter(|n| scope.cuts(n)) {
+        let log = storage.log(&name).map_err(to_status)?;
+        let end = cut_point(&log, delay, at)?;
+        let durable = log.positions().durable;
+        if end < durable {
+            cuts.push(pb::PromoteCut {
+                log: name,
+                from_offset: end,
+                end_offset: durable,
+            });
+        }
+    }
+    Ok(cuts)
+}
+
+/// [`promote`], cutting only the logs `scope` names, or only saying what it would cut.
+pub async fn promote_scoped(
+    node: &Arc<Node>,
+    at: PromoteAt,
+    epoch: Option<u64>,
+    scope: &Scope,
+) -> Result<pb::PromoteResponse, Status> {
     node.check_accepting()?;
     let delay = node.active_delay().cloned();
     let mut deleted = Vec::new();
+    let mut cuts = Vec::new();
     if at != PromoteAt::Everything {
         let Some(delay) = &delay else {
             return Err(Status::failed_precondition(
@@ -115,6 +165,19 @@ pub async fn promote(
                  that was not promoted yet; use plain `promote` here",
             ));
         };
+        let held = node.storage().list_logs();
+        if let Some(missing) = scope.logs.iter().find(|l| !held.contains(l)) {
+            return Err(Status::not_found(format!(
+                "this node holds no log {missing:?}: nothing was done"
+            )));
+        }
+        if scope.dry_run {
+            return Ok(pb::PromoteResponse {
+                cuts: plan_cuts(node, delay, at, scope)?,
+                dry_run: true,
+                ..Default::default()
+            });
+        }
         // Stop following first, and wait until it stopped: no frame may land after the cut.
         node.mark_promoted();
         let mut running = node.follower_running().subscribe();
@@ -127,24 +190,34 @@ pub async fn promote(
             PromoteAt::Time(t) => t,
             _ => 0,
         };
-        for name in storage.list_logs() {
+        for name in storage.list_logs().into_iter().filter(|n| scope.cuts(n)) {
             let log = storage.log(&name).map_err(to_status)?;
             let end = cut_point(&log, delay, at)?;
             if let PromoteAt::Offset(_) = at {
                 point_ts = point_ts.max(last_ts_before(&log, end));
             }
-            if end < log.positions().durable {
+            let durable = log.positions().durable;
+            if end < durable {
                 let _guard = delay
                     .cut(&log, end, false)
                     .await
                     .map_err(|e| internal("saving the horizon", e))?;
                 log.truncate_to(end).await.map_err(to_status)?;
                 tracing::warn!(log = %name, end, "promotion at a point: log cut");
+                cuts.push(pb::PromoteCut {
+                    log: name,
+                    from_offset: end,
+                    end_offset: durable,
+                });
             }
         }
         // Deletions that happened upstream before the point are applied; later ones never
-        // happened in the recovered history.
-        let (due, later) = delay.split_deletions(point_ts);
+        // happened in the recovered history. Logs outside the scope keep everything
+        // received, their deletions included (as a plain promotion does).
+        let (mut due, later) = delay.split_deletions(point_ts);
+        let (later, kept_whole): (Vec<String>, Vec<String>) =
+            later.into_iter().partition(|n| scope.cuts(n));
+        due.extend(kept_whole);
         apply_deletions(delay, node, due, &mut deleted).await?;
         delay
             .drop_deletions(&later)
@@ -189,5 +262,7 @@ pub async fn promote(
         epoch,
         ends,
         deleted,
+        cuts,
+        dry_run: false,
     })
 }

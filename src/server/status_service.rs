@@ -151,6 +151,7 @@ pub fn status(node: &Node) -> pb::StatusResponse {
                         segments_received: f.segments_received,
                         segment_bytes_received: f.segment_bytes_received,
                         segment_bytes_fetched: f.segment_bytes_fetched,
+                        upstream_end_known: f.upstream_end_known,
                         blocked: if connected {
                             f.blocked
                         } else {

@@ -125,6 +125,7 @@ pub struct GrpcArgs {
     /// Warm-up seconds per mode, excluded from every figure.
     #[arg(long, default_value_t = 1.0)]
     pub warmup: f64,
+    /// Size of each record in bytes.
     #[arg(long, default_value_t = 1024)]
     pub record_bytes: usize,
     /// pipelined: records per AppendStream request.

@@ -23,6 +23,8 @@ const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 #[derive(Debug, Clone, Default)]
 pub struct LogFollow {
     pub upstream_end: u64,
+    /// A heartbeat has said where the log ends upstream (`upstream_end` is meaningful).
+    pub upstream_end_known: bool,
     pub full_sync: bool,
     /// A sealed segment being received: (staged end, segment end).
     pub staged: Option<(u64, u64)>,

@@ -459,7 +459,8 @@ impl<'a> Session<'a> {
         }
         let mut v = self.view.lock();
         for e in h.ends {
-            v.logs.entry(e.name).or_default().upstream_end = e.end_offset;
+            let f = v.logs.entry(e.name).or_default();
+            (f.upstream_end, f.upstream_end_known) = (e.end_offset, true);
         }
         Ok(())
     }
