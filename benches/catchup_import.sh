@@ -71,7 +71,8 @@ for r in $(seq "$RUNS"); do
 done
 
 python3 - "$OUT_DIR/catchup_import.json" "$(git rev-parse --short HEAD)" "$GIB" "$WORK/results.txt" <<'PY'
-import json, statistics, sys
+import datetime, json, statistics, sys
+NOW = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 out, commit, gib, path = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 rows = {}
 for line in open(path):
@@ -90,7 +91,7 @@ plot = {"title": f"Replica catch-up of {gib:g} GiB beside fio 1 MiB O_DIRECT + e
                    "full sync, threads import": med["import-threads"][0],
                    "partial, io_uring import": med["import-uring"][1],
                    "partial, threads import": med["import-threads"][1]}}
-json.dump({"commit": commit, "gib": gib, "runs": rows, "medians": med, "fio_best_mb_per_s": fio_best,
+json.dump({"commit": commit, "date": NOW, "gib": gib, "runs": rows, "medians": med, "fio_best_mb_per_s": fio_best,
            "plot": plot}, open(out, "w"), indent=1)
 print(f"\nwrote {out}")
 PY

@@ -163,7 +163,8 @@ for k in $kinds; do
   for r in $(seq "$RUNS"); do echo "$k ${results[$k,$r]}"; done
 done >"$WORK/results.txt"
 python3 - "$RESULT" "$(git rev-parse --short HEAD)" "$RECORD_BYTES" "$WORK/results.txt" <<'PY'
-import json, statistics, sys
+import datetime, json, statistics, sys
+NOW = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 out, commit, nbytes, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 lines = [l.split() for l in open(path) if l.strip()]
 rows = {}
@@ -191,9 +192,9 @@ plot = {"title": f"Unary one-record appends, {nbytes} B, fsync before ack (media
 lat = {"title": f"Unary append latency, 64 in flight, {nbytes} B (medians)", "unit": "us",
        "percentiles": {"spool Rust client": {"p50": med["rust"][2], "p99": med["rust"][3]},
                        "redis-benchmark": {"p50": med["redis"][2], "p99": med["redis"][3]}}}
-json.dump({"commit": commit, "record_bytes": nbytes, "runs": rows, "medians": med, "plot": plot},
+json.dump({"commit": commit, "date": NOW, "record_bytes": nbytes, "runs": rows, "medians": med, "plot": plot},
           open(out, "w"), indent=1)
-json.dump({"commit": commit, "record_bytes": nbytes, "plot": lat},
+json.dump({"commit": commit, "date": NOW, "record_bytes": nbytes, "plot": lat},
           open(out.replace(".json", "_latency.json"), "w"), indent=1)
 print(f"\nwrote {out}")
 PY

@@ -27,6 +27,9 @@ pub struct PlotArgs {
 #[derive(Debug, Deserialize)]
 struct ResultFile {
     commit: String,
+    /// When it was measured (RFC 3339): commits are drawn in this order.
+    #[serde(default)]
+    date: String,
     plot: Option<Plot>,
 }
 
@@ -40,7 +43,7 @@ struct Plot {
     percentiles: BTreeMap<String, BTreeMap<String, f64>>,
 }
 
-/// One bench's results: (commit, plot) in file-name order.
+/// One bench's results: (commit, plot), oldest first.
 type Bench = Vec<(String, Plot)>;
 
 pub fn run(args: &PlotArgs) -> Result<()> {
@@ -66,7 +69,7 @@ fn load(dir: &Path) -> Result<BTreeMap<String, Bench>> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     files.sort();
-    let mut out: BTreeMap<String, Bench> = BTreeMap::new();
+    let mut dated: BTreeMap<String, Vec<(String, String, Plot)>> = BTreeMap::new();
     for path in files {
         let stem = path.file_stem().unwrap_or_default().to_string_lossy();
         let name = stem.rsplit_once('-').map_or(&*stem, |(n, _)| n).to_owned();
@@ -74,9 +77,15 @@ fn load(dir: &Path) -> Result<BTreeMap<String, Bench>> {
         let f: ResultFile =
             serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         match f.plot {
-            Some(p) => out.entry(name).or_default().push((f.commit, p)),
+            Some(p) => dated.entry(name).or_default().push((f.date, f.commit, p)),
             None => eprintln!("skipped {}: no plot entry", path.display()),
         }
+    }
+    let mut out = BTreeMap::new();
+    for (name, mut runs) in dated {
+        // Stable: undated files keep their file-name order.
+        runs.sort_by(|a, b| a.0.cmp(&b.0));
+        out.insert(name, runs.into_iter().map(|(_, c, p)| (c, p)).collect());
     }
     Ok(out)
 }
@@ -126,8 +135,12 @@ fn draw(path: &Path, first: &Plot, bars: &[Bar]) -> Result<()> {
     let groups = distinct(bars, |b| &b.group);
     let keys = distinct(bars, |b| &b.key);
     let slots = groups.len() * (keys.len() + 1);
-    let top = bars.iter().map(|b| b.value).fold(0.0, f64::max) * 1.15;
-    let width = (160 + slots as u32 * 28).max(640);
+    // Head room above the bars for the legend.
+    let top = bars.iter().map(|b| b.value).fold(0.0, f64::max) * 1.4;
+    // Wide enough for each group's label under its bars.
+    let label_px = groups.iter().map(|g| g.len()).max().unwrap_or(0) as u32 * 7 + 16;
+    let slot_px = (label_px / (keys.len() as u32 + 1)).max(28);
+    let width = (160 + slots as u32 * slot_px).max(640);
     let root = SVGBackend::new(path, (width, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -186,8 +199,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let results = dir.path().join("results");
         std::fs::create_dir(&results).unwrap();
-        for (commit, v) in [("aaaaaaa", 100.0), ("bbbbbbb", 150.0)] {
-            let f = serde_json::json!({"commit": commit, "plot": {"title": "unary", "unit": "req/s",
+        // Named against their dates: drawn by date.
+        for (commit, date, v) in [
+            ("bbbbbbb", "2026-01-01", 100.0),
+            ("aaaaaaa", "2026-02-01", 150.0),
+        ] {
+            let f = serde_json::json!({"commit": commit, "date": date, "plot": {"title": "unary", "unit": "req/s",
                 "series": {"spool": v, "redis": 120.0}}});
             std::fs::write(results.join(format!("unary-{commit}.json")), f.to_string()).unwrap();
         }
@@ -202,14 +219,18 @@ mod tests {
         })
         .unwrap();
         let svg = std::fs::read_to_string(out.join("unary.svg")).unwrap();
-        assert!(svg.contains("<svg") && svg.contains("aaaaaaa") && svg.contains("bbbbbbb"));
+        let (a, b) = (svg.find("aaaaaaa"), svg.find("bbbbbbb"));
+        assert!(svg.contains("<svg") && a.is_some() && b.is_some(), "{svg}");
+        assert!(b < a, "the older commit is drawn first");
         assert!(
             svg.contains("redis") && svg.contains("spool"),
             "legend names the series"
         );
-        // Two commits x two series: four bars, two legend swatches, the legend box and
-        // the background.
-        assert_eq!(svg.matches("<rect").count(), 4 + 2 + 2, "{svg}");
+        // Each series' colour fills its two bars and its legend swatch.
+        for colour in ["#E6194B", "#3CB44B"] {
+            let filled = format!("fill=\"{colour}\"");
+            assert_eq!(svg.matches(&filled).count(), 3, "{colour}: {svg}");
+        }
         let lat = std::fs::read_to_string(out.join("lat.svg")).unwrap();
         assert!(lat.contains("p99") && lat.contains("spool @ bbbbbbb"));
         assert!(!out.join("other.svg").exists());
