@@ -8,8 +8,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("spool_descriptor.bin"))
         .bytes(".spool.v1")
-        // The public API, and the internal replication protocol in its own file (same
-        // package: one generated module).
+        .bytes(".spool.replication.v1")
+        // The public API, and the internal replication protocol in its own file and
+        // package.
         .compile_protos(
             &[
                 "proto/spool/v1/spool.proto",

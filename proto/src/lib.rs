@@ -1,11 +1,21 @@
 //! spool.v1: the gRPC API's messages and services, generated from `proto/spool/v1/spool.proto`
-//! (the public API) and `proto/spool/v1/replication.proto` (the internal protocol between
-//! nodes, same package); and [`etcd`], the client side of the part of etcd's API the coordinator uses.
+//! (the public API) and [`replication`] from `proto/spool/v1/replication.proto` (the
+//! internal protocol between nodes, package spool.replication.v1); and [`etcd`], the client side of the part of etcd's API the coordinator uses.
 
 #![allow(missing_debug_implementations, clippy::all)]
 
 pub mod v1 {
     tonic::include_proto!("spool.v1");
+    // The nodes' code names both packages' types through `v1` (message names are unique
+    // across the two).
+    pub use crate::replication::v1::*;
+}
+
+/// spool.replication.v1: the internal protocol between nodes (`replication.proto`).
+pub mod replication {
+    pub mod v1 {
+        tonic::include_proto!("spool.replication.v1");
+    }
 }
 
 /// A subset of etcd's v3 API (KV, leases, Authenticate), generated from
@@ -37,6 +47,13 @@ mod tests {
             assert!(!public.contains(internal), "spool.proto has {internal}");
         }
         let internal = include_str!("../proto/spool/v1/replication.proto");
-        assert!(internal.contains("service Replication") && internal.contains("package spool.v1;"));
+        assert!(
+            internal.contains("service Replication")
+                && internal.contains("package spool.replication.v1;"),
+            "the internal protocol is its own package"
+        );
+        // Reflection describes both files (package names appear in the encoded set).
+        let set = String::from_utf8_lossy(super::FILE_DESCRIPTOR_SET);
+        assert!(set.contains("spool.replication.v1") && set.contains("replication.proto"));
     }
 }

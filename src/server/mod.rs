@@ -49,7 +49,7 @@ pub const HEALTH_SERVICES: [&str; 5] = [
     "spool.v1.Log",
     "spool.v1.Status",
     "spool.v1.Admin",
-    "spool.v1.Replication",
+    "spool.replication.v1.Replication",
 ];
 
 /// Logs written by a version without incarnation ids get one on the primary (replicas

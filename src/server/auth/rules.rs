@@ -24,7 +24,7 @@ pub fn needs(path: &str) -> Needs {
         ("spool.v1.Logs", "List" | "Describe") => Role::Read,
         ("spool.v1.Logs", "Delete") => Role::Admin,
         ("spool.v1.Status", _) => Role::Read,
-        ("spool.v1.Replication", _) => Role::Replica,
+        ("spool.replication.v1.Replication", _) => Role::Replica,
         (s, _) if s.starts_with("grpc.reflection.") => Role::Read,
         _ => Role::Admin,
     };
@@ -42,7 +42,7 @@ mod tests {
         assert_eq!(needs("/spool.v1.Logs/Delete"), Needs::Role(Role::Admin));
         assert_eq!(needs("/spool.v1.Admin/Promote"), Needs::Role(Role::Admin));
         assert_eq!(
-            needs("/spool.v1.Replication/Replicate"),
+            needs("/spool.replication.v1.Replication/Replicate"),
             Needs::Role(Role::Replica)
         );
         assert_eq!(needs("/grpc.health.v1.Health/Check"), Needs::Nothing);
