@@ -5,10 +5,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use spool::config::{FileConfig, Overrides, ServerConfig};
@@ -320,16 +319,7 @@ fn serve_and_stop(bin: &Path, config: &Path, data: &Path) {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("spool listening on ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let listening = rx.recv_timeout(Duration::from_secs(30));
+    let listening = common::wait_listening(&mut child, Duration::from_secs(30));
     common::signal(&child, libc::SIGTERM);
     let status = common::wait_timeout(&mut child, Duration::from_secs(30));
     let mut log = String::new();
@@ -339,10 +329,7 @@ fn serve_and_stop(bin: &Path, config: &Path, data: &Path) {
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    assert!(
-        listening.is_ok(),
-        "the packaged node did not listen:\n{log}"
-    );
+    assert!(listening, "the packaged node did not listen:\n{log}");
     assert!(
         status.success(),
         "the packaged node exited {status}:\n{log}"

@@ -29,20 +29,11 @@ fn serve_log(dir: &Path, global: &[&str], serve: &[&str], env: &[(&str, &str)]) 
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log_path).unwrap());
     let mut child = cmd.spawn().unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("spool listening on ") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let listening = rx.recv_timeout(Duration::from_secs(30));
+    let listening = common::wait_listening(&mut child, Duration::from_secs(30));
     common::signal(&child, libc::SIGTERM);
     let status = common::wait_timeout(&mut child, Duration::from_secs(30));
     let log = std::fs::read_to_string(&log_path).unwrap();
-    assert!(listening.is_ok(), "spool serve did not listen:\n{log}");
+    assert!(listening, "spool serve did not listen:\n{log}");
     assert!(status.success(), "spool serve exited {status}:\n{log}");
     log
 }

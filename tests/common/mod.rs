@@ -166,6 +166,25 @@ impl Drop for Server {
 }
 
 /// Write the TOML `config` beside `data_dir` (`DATA_DIR.toml`); returns its path.
+/// Whether `child` printed `spool listening on ...` on its stdout within `limit` (its
+/// stdout must be piped; it is read on a thread until the child closes it).
+pub fn wait_listening(child: &mut Child, limit: Duration) -> bool {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("a piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines = std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok);
+        for line in lines {
+            if line.starts_with("spool listening on ") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(limit).is_ok()
+}
+
 pub fn write_config(data_dir: &Path, config: &str) -> String {
     let path = data_dir.with_extension("toml");
     std::fs::write(&path, config).unwrap();

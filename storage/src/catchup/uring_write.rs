@@ -231,40 +231,6 @@ mod tests {
     }
 
     #[test]
-    fn writes_in_order_and_pads_the_last_block() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("seg");
-        let Some(file) = open_direct(&path) else {
-            return;
-        };
-        let mut w = match UringWriter::new(file) {
-            Ok(w) => w,
-            Err(e) => {
-                eprintln!("skipped: io_uring unavailable: {e}");
-                return;
-            }
-        };
-        // Crosses more blocks than are in flight, with every remainder.
-        let want: Vec<u8> = (0..(BLOCK_BYTES * (IN_FLIGHT_MAX + 3) + 12_345))
-            .map(|i| (i * 31 + i / 4099) as u8)
-            .collect();
-        let mut rest = &want[..];
-        let mut step = 1usize;
-        while !rest.is_empty() {
-            let n = step.min(rest.len());
-            w.write(&rest[..n]).unwrap();
-            rest = &rest[n..];
-            step = step * 7 % 3_000_017 + 1;
-        }
-        w.finish().unwrap();
-        assert!(w.write(b"late").is_err(), "a finished writer takes no more");
-        let got = std::fs::read(&path).unwrap();
-        assert_eq!(got.len(), want.len().next_multiple_of(ALIGN));
-        assert!(got[..want.len()] == want[..], "bytes differ");
-        assert!(got[want.len()..].iter().all(|&b| b == 0));
-    }
-
-    #[test]
     fn a_failed_write_is_reported_and_closes_the_writer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("seg");
