@@ -10,11 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::package::{build_deb, extract, on_path, repo, run_ok};
 use spool::config::{FileConfig, Overrides, ServerConfig};
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn example() -> PathBuf {
     repo().join("deploy/spool.toml")
@@ -197,26 +194,8 @@ fn the_unit_is_hardened_and_runs_serve_with_the_packaged_config() {
     }
 }
 
-/// `cmd`'s stdout, after checking that it succeeded.
-fn run_ok(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 fn gunzip(path: &Path) -> String {
     run_ok(Command::new("gzip").arg("-dc").arg(path))
-}
-
-fn on_path(bin: &str) -> bool {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).any(|d| d.join(bin).is_file())
 }
 
 #[test]
@@ -227,14 +206,7 @@ fn the_debian_package_installs_into_a_scratch_root_and_runs_from_there() {
     }
     let d = tempfile::tempdir().unwrap();
     // The debug binary under test, packaged as the release one would be.
-    let printed = run_ok(
-        Command::new("bash")
-            .arg(repo().join("scripts/package-deb.sh"))
-            .arg(d.path().join("out"))
-            .env("SPOOL_BIN", common::spool_bin())
-            .env("DEB_COMPRESSION", "none"),
-    );
-    let deb = PathBuf::from(printed.lines().last().expect("the script prints the .deb"));
+    let deb = build_deb(&d.path().join("out"));
     let version = env!("CARGO_PKG_VERSION");
     let name = deb.file_name().unwrap().to_str().unwrap();
     assert!(name.starts_with(&format!("spool_{version}_")), "{name}");
@@ -251,7 +223,7 @@ fn the_debian_package_installs_into_a_scratch_root_and_runs_from_there() {
     }
 
     let root = d.path().join("root");
-    run_ok(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    extract(&deb, &root);
     let bin = root.join("usr/bin/spool");
     let v = run_ok(Command::new(&bin).arg("--version"));
     assert_eq!(v.trim(), format!("spool {version}"));

@@ -13,6 +13,7 @@ use spool_proto::v1 as pb;
 
 pub mod cluster;
 pub mod etcd;
+pub mod package;
 pub mod proxy;
 pub mod raw_conn;
 
