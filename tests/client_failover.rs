@@ -230,3 +230,40 @@ fn dev_cluster_with_etcd_takes_writes_through_every_address_and_stops_on_ctrl_c(
         );
     }
 }
+
+/// A primary that semi-sync acks need more replicas of than it has refuses before writing;
+/// a client given several addresses tries again while the failover timeout lasts (replicas
+/// reconnect after a failover), then returns the refusal: it does not wait forever.
+#[test]
+fn a_primary_short_of_replicas_is_retried_until_the_failover_timeout() {
+    let d = tempfile::tempdir().unwrap();
+    let s = common::Server::start(d.path(), &[]);
+    let dead = common::free_port();
+    let addrs = format!("{},127.0.0.1:{dead}", s.addr);
+    run(60, async {
+        let options = ClientOptions {
+            failover_timeout: Some(Duration::from_millis(1500)),
+            ..ClientOptions::default()
+        };
+        let c = Client::connect_with(&addrs, options).await.unwrap();
+        c.create_log("short", None).await.unwrap();
+        let started = std::time::Instant::now();
+        let e = c
+            .append("short", vec![Bytes::from_static(b"x")], AckMode::SemiSync)
+            .await
+            .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.code(), Some(Code::FailedPrecondition), "{e}");
+        assert!(e.to_string().contains("counted for acks"), "{e}");
+        assert!(
+            took >= Duration::from_millis(1000),
+            "tried again meanwhile: {took:?}"
+        );
+        assert!(
+            took < Duration::from_secs(10),
+            "gave up at the timeout: {took:?}"
+        );
+        let log = c.describe_log("short").await.unwrap();
+        assert_eq!(log.end_offset, 0, "nothing was written");
+    });
+}

@@ -208,6 +208,8 @@ impl Client {
             };
             let hint = match retry::next_step(&status, safety) {
                 Next::Fail => return Err(status.into()),
+                // Out of time: the same answer may go on (a primary short of replicas).
+                _ if Instant::now() >= deadline => return Err(status.into()),
                 Next::Redirect(primary) => Some(primary),
                 Next::Rediscover => None,
             };

@@ -54,11 +54,16 @@ pub(super) fn named_primary(s: &Status) -> Option<String> {
 }
 
 /// Refusals a node gives before it writes anything: a replica that knows no primary yet
-/// (an election is on), or an old primary fenced by a newer epoch.
+/// (an election is on), an old primary fenced by a newer epoch, or a new primary that
+/// semi-sync or sync acks need more replicas of than have reconnected to it yet.
 fn refused_before_writing(s: &Status) -> bool {
     match s.code() {
         Code::Unavailable => s.message().contains("no primary is known yet"),
-        Code::FailedPrecondition => s.message().starts_with("this node is fenced"),
+        Code::FailedPrecondition => {
+            s.message().starts_with("this node is fenced")
+                || s.message().contains("replica(s) counted for acks")
+                || s.message().contains("needs a synchronous replica")
+        }
         _ => false,
     }
 }
@@ -105,6 +110,23 @@ mod tests {
         assert_eq!(next_step(&s, Safety::Always), Next::Rediscover);
         let s = Status::deadline_exceeded("only 0 of 1 required replica(s) confirmed");
         assert_eq!(next_step(&s, Safety::Always), Next::Fail);
+    }
+
+    /// Just after a failover the new primary refuses semi-sync and sync appends until its
+    /// replicas reconnect: refused before writing, so any write is tried again (within the
+    /// failover timeout). The messages are the server's own.
+    #[test]
+    fn a_primary_short_of_replicas_is_retried_for_any_write() {
+        use spool_replication::ack::{AckConfig, AckMode, AckTracker, TimeoutPolicy};
+        let acks = AckTracker::new(AckConfig {
+            timeout: std::time::Duration::from_secs(1),
+            policy: TimeoutPolicy::Fail,
+        });
+        for mode in [AckMode::SemiSync(1), AckMode::Sync] {
+            let why = acks.cannot_satisfy(mode).expect("no replica: refused");
+            let s = Status::failed_precondition(why);
+            assert_eq!(next_step(&s, Safety::IfRefused), Next::Rediscover, "{s:?}");
+        }
     }
 
     #[test]
