@@ -267,3 +267,46 @@ fn a_primary_short_of_replicas_is_retried_until_the_failover_timeout() {
         assert_eq!(log.end_offset, 0, "nothing was written");
     });
 }
+
+/// A node started once on its own (as the Debian package's first start does) has a cluster
+/// id of its own: with no logs it takes the coordinator's cluster when it joins one; with
+/// logs it still refuses, because its records belong to another cluster.
+#[test]
+fn a_node_with_no_logs_leaves_its_own_cluster_for_the_coordinators() {
+    let Some(bin) = etcd_bin("a_node_with_no_logs_leaves_its_own_cluster") else {
+        return;
+    };
+    let etcd = Etcd::start(&bin);
+    let nodes = EtcdNodes::start(&etcd, 1, CONFIG);
+    let d = tempfile::tempdir().unwrap();
+    let (empty, with_log) = (d.path().join("empty"), d.path().join("with-log"));
+    for dir in [&empty, &with_log] {
+        let s = common::Server::start(dir, &[]);
+        if dir == &with_log {
+            run(30, common::create_log(&s.addr, "mine"));
+        }
+        s.stop();
+    }
+    let cfg = common::write_config(&empty, CONFIG);
+    let joined = common::Server::start(&empty, &["--config", &cfg, "--cluster", &etcd.url()]);
+    run(60, common::wait_connected(&nodes.addr(0), 1));
+    joined.stop();
+
+    let cfg = common::write_config(&with_log, CONFIG);
+    let mut refused = Command::new(common::spool_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&with_log)
+        .args(["--config", &cfg, "--cluster", &etcd.url()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_timeout(&mut refused, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut refused.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(
+        !status.success(),
+        "a node holding logs of its own cluster must not join"
+    );
+    assert!(err.contains("in the coordinator has id"), "{err}");
+}

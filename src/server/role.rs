@@ -215,6 +215,18 @@ impl RoleState {
         Ok(())
     }
 
+    /// Take the coordinator's cluster id in place of this node's own, and forget the epochs
+    /// of that other cluster (it led none of this one's): only for a node that holds no
+    /// logs (the caller checks), so nothing it stores belongs to another cluster.
+    pub async fn adopt_cluster(&self, id: &str) -> Result<()> {
+        self.update(|n| {
+            n.cluster_id = id.to_owned();
+            n.epoch = 0;
+            n.led_epoch = 0;
+        })
+        .await
+    }
+
     /// Persist, then adopt, a higher epoch.
     pub async fn set_epoch(&self, epoch: u64) -> Result<()> {
         let current = self.epoch();

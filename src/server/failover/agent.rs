@@ -94,6 +94,18 @@ pub async fn join_cluster<C: Coordinator>(
         anyhow::bail!("the coordinator lost {key} just after it was written");
     };
     let id = String::from_utf8_lossy(&entry.value).into_owned();
+    let ours = node.role().cluster_id();
+    if !ours.is_empty() && ours != id && node.storage().list_logs().is_empty() {
+        // A node that never held a log (e.g. started once standalone by its package) has
+        // nothing that could diverge: it takes the coordinator's cluster instead of
+        // refusing to start.
+        tracing::warn!(
+            ours = %ours,
+            cluster_id = %id,
+            "this node holds no logs: it leaves its own cluster for the coordinator's"
+        );
+        node.role().adopt_cluster(&id).await?;
+    }
     node.role().join_cluster(&id).await.map_err(|e| {
         e.context(format!(
             "cluster {:?} in the coordinator has id {id}",
