@@ -172,7 +172,7 @@ async fn wait_caught_up(
     let mut saw_full_sync = false;
     loop {
         if client.is_none() {
-            client = super::connect(&replica.addr.to_string()).await.ok();
+            client = super::connect(&replica.addr.to_string(), None).await.ok();
         }
         if let Some(c) = &client {
             if let Ok(s) = c.status().await {
@@ -256,7 +256,7 @@ async fn drive(
     primary: &BenchServer,
     replica: &mut Option<BenchServer>,
 ) -> Result<CatchupRun> {
-    let client = super::connect(&primary.addr.to_string()).await?;
+    let client = super::connect(&primary.addr.to_string(), None).await?;
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let timeout = Duration::from_secs_f64(args.timeout);

@@ -99,16 +99,11 @@ fn auth_setup(work: &Path) -> Result<String> {
     Ok(token)
 }
 
-/// A client of the node at `addr`, with this run's options.
-async fn connect(addr: &str) -> Result<spool::client::Client> {
-    let options = CLIENT_OPTIONS.get().cloned().unwrap_or_default();
-    Ok(spool::client::Client::connect_with(addr, options).await?)
-}
-
-/// A client of `addr` whose pool holds `connections` HTTP/2 connections.
-async fn connect_pooled(addr: &str, connections: usize) -> Result<spool::client::Client> {
+/// A client of the node at `addr`, with this run's options; `connections` sets the size of
+/// its pool (default: one per core).
+async fn connect(addr: &str, connections: Option<usize>) -> Result<spool::client::Client> {
     let mut options = CLIENT_OPTIONS.get().cloned().unwrap_or_default();
-    options.connections = Some(connections);
+    options.connections = connections.or(options.connections);
     Ok(spool::client::Client::connect_with(addr, options).await?)
 }
 

@@ -75,19 +75,16 @@ fn method_of(path: &str) -> (&'static str, metrics::Counter) {
     type Known = HashMap<String, (&'static str, metrics::Counter)>;
     static KNOWN: LazyLock<RwLock<Known>> = LazyLock::new(Default::default);
     let name = path.trim_start_matches('/');
-    if let Some((label, calls)) = KNOWN.read().get(name) {
-        return (label, calls.clone());
-    }
     let served = ["spool.", "grpc.health.", "grpc.reflection."]
         .iter()
         .any(|p| name.starts_with(p));
     let shaped = name.split('/').count() == 2 && name.len() <= 96;
+    let key = if served && shaped { name } else { "other" };
+    if let Some((label, calls)) = KNOWN.read().get(key) {
+        return (label, calls.clone());
+    }
     let mut known = KNOWN.write();
-    let key = if served && shaped && known.len() < 256 {
-        name
-    } else {
-        "other"
-    };
+    let key = if known.len() < 256 { key } else { "other" };
     let (label, calls) = known.entry(key.to_owned()).or_insert_with(|| {
         // Each distinct method is leaked once: a bounded set of static labels.
         let label: &'static str = Box::leak(key.to_owned().into_boxed_str());

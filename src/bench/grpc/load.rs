@@ -102,7 +102,7 @@ pub(super) async fn unary(
     counters: &Arc<Counters>,
 ) -> Result<ModeResult> {
     // One client: its pool spreads the calls over the connections.
-    let client = crate::bench::connect_pooled(addr, args.connections).await?;
+    let client = crate::bench::connect(addr, Some(args.connections)).await?;
     let recs = records(args.clients, args.record_bytes, 0xB0B);
     let ack = args.ack;
     let min_confirmed = ack.min_confirmed();
@@ -172,8 +172,8 @@ pub(super) async fn subscribe(
         Arc::new(Marks::new(total)),
     );
     // Subscriber and writer on connections of their own, like separate processes.
-    let sub_client = crate::bench::connect(addr).await?;
-    let writer = crate::bench::connect(addr).await?;
+    let sub_client = crate::bench::connect(addr, None).await?;
+    let writer = crate::bench::connect(addr, None).await?;
     let mut stream = Box::pin(sub_client.subscribe(LOG_NAME, None).await?);
     let received = Arc::new(AtomicU64::new(0));
     let subscriber = {

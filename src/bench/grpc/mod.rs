@@ -516,14 +516,14 @@ async fn drive(
     replica_servers: &[BenchServer],
 ) -> Result<GrpcRun> {
     let addr = server.addr.to_string();
-    let client = crate::bench::connect(&addr).await?;
+    let client = crate::bench::connect(&addr, None).await?;
     client.create_log(LOG_NAME, None).await?;
     let io_backend = client.status().await?.io_backend;
     let mut replicas = Vec::new();
     for (i, r) in replica_servers.iter().enumerate() {
         replicas.push((
             format!("r{}", i + 1),
-            crate::bench::connect(&r.addr.to_string()).await?,
+            crate::bench::connect(&r.addr.to_string(), None).await?,
         ));
     }
     if !replicas.is_empty() {
