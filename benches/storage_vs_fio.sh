@@ -6,7 +6,7 @@
 # 3. per spool run, fio with io_uring writing the same bytes per fdatasync that spool's group
 #    commit reached (mean bytes per sync, rounded to 512 B, at least 4 KiB), overwriting an
 #    already written file (like spool's pre-zeroed segments): the physical limit for that
-#    flush size.
+#    flush size; and the same with O_DIRECT + O_DSYNC (the reference of uring-direct).
 # 4. a table: spool vs fio MB/s and their ratio, spool records/s and latency percentiles.
 #
 # Usage: bash benches/storage_vs_fio.sh
@@ -14,7 +14,7 @@
 #   SECONDS_PER_RUN [10]  measured seconds per spool run and per fio run
 #   BENCH_DIR [target/bench-data]  where data files go (must be on the disk under test)
 #   OUT_DIR [target/bench]  where JSON results go
-#   BACKENDS [std,uring]  WRITERS [64]  RECORD_SIZES [100,1024]  FIO_SIZE [1G]
+#   BACKENDS [std,uring,uring-direct]  WRITERS [64]  RECORD_SIZES [100,1024]  FIO_SIZE [1G]
 #   DURABILITY [fsync]  RECORDS_PER_APPEND [1]
 set -euo pipefail
 
@@ -24,7 +24,7 @@ cd "$ROOT"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 BENCH_DIR="${BENCH_DIR:-$ROOT/target/bench-data}"
 OUT_DIR="${OUT_DIR:-$ROOT/target/bench}"
-BACKENDS="${BACKENDS:-std,uring}"
+BACKENDS="${BACKENDS:-std,uring,uring-direct}"
 WRITERS="${WRITERS:-64}"
 RECORD_SIZES="${RECORD_SIZES:-100,1024}"
 FIO_SIZE="${FIO_SIZE:-1G}"
@@ -126,9 +126,14 @@ while IFS=$'\t' read -r backend rb bps pay_mb disk_mb recs p50 p99 p999; do
         --runtime="$SECONDS_PER_RUN" --time_based --filename="$FIO_FILE" \
         --output-format=json --output="$out" >/dev/null
     IFS=$'\t' read -r fio_mb fio_iops fio_p50 fio_p99 < <(fio_fields "$out")
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
+    dout="$OUT_DIR/fio-direct-$backend-$rb.json"
+    fio --name=ref --ioengine=io_uring --rw=write --direct=1 --sync=dsync --bs="$bs" \
+        --size="$FIO_SIZE" --runtime="$SECONDS_PER_RUN" --time_based --filename="$FIO_FILE" \
+        --output-format=json --output="$dout" >/dev/null
+    IFS=$'\t' read -r fio_direct_mb _ _ _ < <(fio_fields "$dout")
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$backend" "$rb" "$bps" "$bs" "$pay_mb" "$disk_mb" "$fio_mb" "$fio_iops" \
-        "$fio_p50" "$fio_p99" "$recs" "$p50" "$p99" "$p999" >>"$ROWS"
+        "$fio_p50" "$fio_p99" "$recs" "$p50" "$p99" "$p999" "$fio_direct_mb" >>"$ROWS"
 done < <(spool_runs)
 rm -f "$FIO_FILE"
 
@@ -138,14 +143,15 @@ echo "spool (group commit, $WRITERS writers, $DURABILITY) vs fio (io_uring, writ
 echo "MB = 10^6 bytes. spool disk MB/s counts frame bytes (headers, length prefixes) as fio counts its blocks; ratio = spool disk / fio."
 awk -F'\t' '
 BEGIN {
-    printf "%-6s %6s %9s %7s | %10s %10s %9s %6s | %9s %7s | %10s %8s %8s %8s\n",
+    printf "%-12s %6s %9s %7s | %10s %10s %9s %6s %9s %6s | %9s %7s | %10s %8s %8s %8s\n",
         "io", "rec_B", "B/sync", "fio_bs", "spool_MB/s", "disk_MB/s", "fio_MB/s", "ratio",
-        "fio_iops", "fio_p50", "spool_r/s", "p50_us", "p99_us", "p999_us"
+        "fio_dio", "ratio", "fio_iops", "fio_p50", "spool_r/s", "p50_us", "p99_us", "p999_us"
 }
 {
     ratio = ($7 > 0) ? $6 / $7 : 0
-    printf "%-6s %6d %9.0f %7d | %10.1f %10.1f %9.1f %6.2f | %9.0f %7.0f | %10.0f %8.0f %8.0f %8.0f\n",
-        $1, $2, $3, $4, $5, $6, $7, ratio, $8, $9, $11, $12, $13, $14
+    dratio = ($15 > 0) ? $6 / $15 : 0
+    printf "%-12s %6d %9.0f %7d | %10.1f %10.1f %9.1f %6.2f %9.1f %6.2f | %9.0f %7.0f | %10.0f %8.0f %8.0f %8.0f\n",
+        $1, $2, $3, $4, $5, $6, $7, ratio, $15, dratio, $8, $9, $11, $12, $13, $14
 }' "$ROWS"
 
 # Combined JSON next to the raw outputs.
@@ -154,13 +160,16 @@ import json, sys
 rows, out, layout, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 keys = ["backend", "record_bytes", "spool_bytes_per_sync", "fio_bs", "spool_payload_mb_per_s",
         "spool_disk_mb_per_s", "fio_mb_per_s", "fio_iops", "fio_sync_p50_us", "fio_sync_p99_us",
-        "spool_records_per_s", "spool_p50_us", "spool_p99_us", "spool_p999_us"]
+        "spool_records_per_s", "spool_p50_us", "spool_p99_us", "spool_p999_us",
+        "fio_direct_dsync_mb_per_s"]
 res = []
 for line in open(rows):
     v = line.rstrip("\n").split("\t")
     d = {k: (x if k == "backend" else float(x)) for k, x in zip(keys, v)}
     d["ratio_disk_vs_fio"] = round(d["spool_disk_mb_per_s"] / d["fio_mb_per_s"], 3) if d["fio_mb_per_s"] else None
     d["ratio_payload_vs_fio"] = round(d["spool_payload_mb_per_s"] / d["fio_mb_per_s"], 3) if d["fio_mb_per_s"] else None
+    fd = d["fio_direct_dsync_mb_per_s"]
+    d["ratio_disk_vs_fio_direct"] = round(d["spool_disk_mb_per_s"] / fd, 3) if fd else None
     d["fio_layout"] = layout
     d["seconds"] = secs
     res.append(d)

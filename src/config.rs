@@ -17,7 +17,9 @@ mod connections;
 mod replication;
 mod tls;
 pub use auth::AuthConfig;
-pub use choices::{AckTimeoutPolicy, CorruptionPolicy, DefaultAck, ImportIo, IoBackend, Recovery};
+pub use choices::{
+    AckTimeoutPolicy, AppendIo, CorruptionPolicy, DefaultAck, ImportIo, IoBackend, Recovery,
+};
 pub use cluster::{parse_cluster_url, ClusterConfig, ClusterSection};
 pub use connections::{ConnectionConfig, ServerSection};
 pub use replication::{parse_duration, DurationError, ReplicationConfig};
@@ -33,6 +35,8 @@ pub struct StorageSection {
     pub io_backend: Option<IoBackend>,
     /// How segments received whole (catch-up, full sync) are written.
     pub import_io: Option<ImportIo>,
+    /// How the io_uring backend writes group commits.
+    pub append_io: Option<AppendIo>,
     /// A torn tail at open.
     pub recovery: Option<Recovery>,
     /// Damage found in synced data (never cut either way).
@@ -141,6 +145,9 @@ pub struct Overrides {
     /// How a replica writes segments it receives whole [default: threads].
     #[arg(long, env = "SPOOL_IMPORT_IO", value_enum)]
     pub import_io: Option<ImportIo>,
+    /// How the io_uring backend writes group commits [default: buffered].
+    #[arg(long, env = "SPOOL_APPEND_IO", value_enum)]
+    pub append_io: Option<AppendIo>,
     /// Run as a replica of this upstream (a primary or another replica).
     #[arg(long, env = "SPOOL_REPLICA_OF")]
     pub replica_of: Option<String>,
@@ -206,6 +213,12 @@ impl ServerConfig {
         }
         if let Some(i) = o.import_io.or(s.import_io) {
             storage.import_io = i.into();
+        }
+        if let Some(a) = o.append_io.or(s.append_io) {
+            if a == AppendIo::Direct && storage.backend == spool_storage::BackendChoice::Std {
+                bail!("append_io = \"direct\" needs io_backend = \"uring\" or \"auto\"");
+            }
+            storage.append_io = a.into();
         }
         if let Some(r) = s.recovery {
             storage.recovery = r.into();
@@ -494,6 +507,12 @@ mod tests {
         let f = ServerConfig::build(file.clone(), flags(&[]).unwrap()).unwrap();
         assert_eq!(f.storage.backend, BackendChoice::Uring);
         assert_eq!(f.storage.import_io, spool_storage::ImportIo::Uring);
+        let o = flags(&["--io-backend", "uring", "--append-io", "direct"]).unwrap();
+        let d = ServerConfig::build(FileConfig::default(), o).unwrap();
+        assert_eq!(d.storage.append_io, spool_storage::AppendIo::Direct);
+        let o = flags(&["--append-io", "direct"]).unwrap();
+        let err = ServerConfig::build(FileConfig::default(), o).unwrap_err();
+        assert!(err.to_string().contains("needs io_backend"), "{err}");
         assert_eq!(f.storage.recovery, RecoveryMode::Strict);
         assert_eq!(f.storage.on_corruption, OnCorruption::Refuse);
         assert!(matches!(

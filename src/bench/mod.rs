@@ -29,8 +29,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
-use spool::config::IoBackend;
-use spool_storage::{BackendChoice, Durability, StorageConfig};
+use spool_storage::{AppendIo, BackendChoice, Durability, StorageConfig};
 
 pub use catchup::CatchupArgs;
 pub use grpc::GrpcArgs;
@@ -137,6 +136,27 @@ impl From<DurabilityArg> for Durability {
     }
 }
 
+/// A storage backend as the load generators name it: the server's `io_backend`, and
+/// `uring-direct` for io_uring with `append_io = "direct"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "kebab-case")]
+pub enum BenchBackend {
+    Auto,
+    #[value(alias = "io_uring", alias = "io-uring")]
+    Uring,
+    UringDirect,
+    #[value(alias = "pwrite")]
+    Std,
+}
+
+impl std::fmt::Display for BenchBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use clap::ValueEnum;
+        let v = self.to_possible_value().expect("no variant is skipped");
+        f.write_str(v.get_name())
+    }
+}
+
 /// Options shared by the storage and scan load generators.
 #[derive(Debug, Clone, Args)]
 pub struct CommonArgs {
@@ -152,7 +172,7 @@ pub struct CommonArgs {
         value_delimiter = ',',
         default_value = "auto"
     )]
-    pub backends: Vec<IoBackend>,
+    pub backends: Vec<BenchBackend>,
     /// Segment file size in bytes.
     #[arg(long, default_value_t = 128 << 20)]
     pub segment_bytes: u64,
@@ -204,9 +224,14 @@ fn fresh_data_dir(dir: &Option<PathBuf>) -> Result<tempfile::TempDir> {
         .with_context(|| format!("creating a temporary directory in {}", base.display()))
 }
 
-fn storage_config(data_dir: &Path, backend: BackendChoice, common: &CommonArgs) -> StorageConfig {
+fn storage_config(data_dir: &Path, backend: BenchBackend, common: &CommonArgs) -> StorageConfig {
     let mut config = StorageConfig::new(data_dir);
-    config.backend = backend;
+    (config.backend, config.append_io) = match backend {
+        BenchBackend::Auto => (BackendChoice::Auto, AppendIo::Buffered),
+        BenchBackend::Uring => (BackendChoice::Uring, AppendIo::Buffered),
+        BenchBackend::UringDirect => (BackendChoice::Uring, AppendIo::Direct),
+        BenchBackend::Std => (BackendChoice::Std, AppendIo::Buffered),
+    };
     config.default_log.segment_bytes = common.segment_bytes;
     config.default_log.initial_segment_bytes = common.initial_segment_bytes;
     config

@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
-use spool_storage::{BackendChoice, Durability, Storage, StorageConfig};
+use spool_storage::{Durability, Storage, StorageConfig};
 
 use super::{
     current_rss_mib, fresh_data_dir, human, record_payload, round1, round3, runtime, rusage,
@@ -98,7 +98,7 @@ pub(super) fn run_scan(args: &ScanArgs) -> Result<()> {
     }
     let rt = runtime(args.common.threads)?;
     let mut runs = Vec::new();
-    for backend in args.common.backends.iter().map(|&b| BackendChoice::from(b)) {
+    for &backend in &args.common.backends {
         let run = scan_run(&rt, args, backend)?;
         human(&args.common.json, &scan_lines(&run));
         runs.push(run);
@@ -109,7 +109,7 @@ pub(super) fn run_scan(args: &ScanArgs) -> Result<()> {
 fn scan_run(
     rt: &tokio::runtime::Runtime,
     args: &ScanArgs,
-    backend: BackendChoice,
+    backend: super::BenchBackend,
 ) -> Result<ScanRun> {
     let tmp = fresh_data_dir(&args.common.dir)?;
     let config = storage_config(tmp.path(), backend, &args.common);

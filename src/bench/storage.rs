@@ -10,7 +10,7 @@ use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool_storage::stats::StatsSnapshot;
-use spool_storage::{BackendChoice, Durability, Log, Storage};
+use spool_storage::{Durability, Log, Storage};
 
 use super::{
     current_rss_mib, fresh_data_dir, human, new_histogram, record_payload, round1, round3, runtime,
@@ -117,7 +117,7 @@ pub(super) fn run_storage(args: &StorageArgs) -> Result<()> {
     let rt = runtime(args.common.threads)?;
     human(&args.common.json, &table_header());
     let mut runs = Vec::new();
-    for backend in args.common.backends.iter().map(|&b| BackendChoice::from(b)) {
+    for &backend in &args.common.backends {
         for &record_bytes in &args.record_bytes {
             let run = rt.block_on(storage_run(args, backend, record_bytes))?;
             human(&args.common.json, &table_line(&run));
@@ -129,7 +129,7 @@ pub(super) fn run_storage(args: &StorageArgs) -> Result<()> {
 
 async fn storage_run(
     args: &StorageArgs,
-    backend: BackendChoice,
+    backend: super::BenchBackend,
     record_bytes: usize,
 ) -> Result<StorageRun> {
     let tmp = fresh_data_dir(&args.common.dir)?;
@@ -272,7 +272,7 @@ async fn writer_task(
 
 fn table_header() -> String {
     format!(
-        "{:<6} {:>7} {:>5} {:>4} {:>8} | {:>10} {:>8} {:>10} | {:>8} {:>8} {:>8} {:>9} | {:>9} {:>5} | {:>7} {:>8} {:>9} {:>8} {:>8} | {:>7}",
+        "{:<12} {:>7} {:>5} {:>4} {:>8} | {:>10} {:>8} {:>10} | {:>8} {:>8} {:>8} {:>9} | {:>9} {:>5} | {:>7} {:>8} {:>9} {:>8} {:>8} | {:>7}",
         "io", "rec_B", "wrtrs", "rpa", "durab",
         "rec/s", "MB/s", "appends/s",
         "p50_us", "p99_us", "p999_us", "max_us",
@@ -284,7 +284,7 @@ fn table_header() -> String {
 
 fn table_line(r: &StorageRun) -> String {
     format!(
-        "{:<6} {:>7} {:>5} {:>4} {:>8} | {:>10.0} {:>8.1} {:>10.0} | {:>8.0} {:>8.0} {:>8.0} {:>9.0} | {:>9.2} {:>5.2} | {:>7} {:>8.1} {:>9.0} {:>8.0} {:>8} | {:>7.1}",
+        "{:<12} {:>7} {:>5} {:>4} {:>8} | {:>10.0} {:>8.1} {:>10.0} | {:>8.0} {:>8.0} {:>8.0} {:>9.0} | {:>9.2} {:>5.2} | {:>7} {:>8.1} {:>9.0} {:>8.0} {:>8} | {:>7.1}",
         r.backend,
         r.record_bytes,
         r.writers,

@@ -74,6 +74,27 @@ impl From<ImportIo> for spool_storage::ImportIo {
     }
 }
 
+/// `[storage] append_io`: how the io_uring backend writes group commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+#[value(rename_all = "kebab-case")]
+pub enum AppendIo {
+    /// Through the page cache, each write linked to an fdatasync.
+    #[default]
+    Buffered,
+    /// Whole pages with O_DIRECT and RWF_DSYNC (io_uring backend only).
+    Direct,
+}
+
+impl From<AppendIo> for spool_storage::AppendIo {
+    fn from(a: AppendIo) -> Self {
+        match a {
+            AppendIo::Buffered => spool_storage::AppendIo::Buffered,
+            AppendIo::Direct => spool_storage::AppendIo::Direct,
+        }
+    }
+}
+
 /// `[storage] recovery`: what a torn tail at open does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]

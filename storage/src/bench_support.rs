@@ -25,7 +25,9 @@ impl GroupFill {
     /// (what a write would get), give it back, and complete the waiters as synced.
     /// Returns the bytes the write would have covered.
     pub fn commit(&mut self, segment: &[u8], write_pos: u64, frames: &[Vec<u8>]) -> usize {
-        self.group.start(segment, write_pos);
+        let from = (write_pos - write_pos % 4096) as usize;
+        self.group
+            .start(&segment[from..write_pos as usize], write_pos);
         let mut replies = Vec::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
             self.group.push(f);
@@ -42,7 +44,7 @@ impl GroupFill {
                 },
             });
         }
-        let (buf, _head) = self.group.take();
+        let (buf, _lead, _head) = self.group.take();
         let len = buf.len();
         self.group.give_back(buf);
         self.group.written(len as u64, true);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::error::{Result, StorageError};
 use crate::format::{FRAME_BYTES_MAX, FRAME_OVERHEAD_MAX, HEADER_BYTES, RECORD_PREFIX_BYTES};
-use crate::io::{BackendChoice, ImportIo};
+use crate::io::{AppendIo, BackendChoice, ImportIo};
 
 /// What to do when the tail of the last segment is torn or corrupt on open.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -214,6 +214,8 @@ pub struct StorageConfig {
     pub backend: BackendChoice,
     /// How segments received whole are written.
     pub import_io: ImportIo,
+    /// How the io_uring backend writes group commits (the std backend always buffers).
+    pub append_io: AppendIo,
     pub recovery: RecoveryMode,
     pub on_corruption: OnCorruption,
     /// Bound of the queue in front of the storage thread; appenders wait when it is full.
@@ -249,6 +251,7 @@ impl StorageConfig {
             data_dir: data_dir.into(),
             backend: BackendChoice::default(),
             import_io: ImportIo::default(),
+            append_io: AppendIo::default(),
             recovery: RecoveryMode::default(),
             on_corruption: OnCorruption::default(),
             queue_depth: 4096,

@@ -42,7 +42,7 @@ pub use catchup::SegmentImport;
 pub use config::{Compression, Durability, LogConfig, OnCorruption, RecoveryMode, StorageConfig};
 pub use error::{DataLoss, FormatError, Result, StorageError};
 pub use format::{ProducerSeq, Record};
-pub use io::{BackendChoice, ImportIo};
+pub use io::{AppendIo, BackendChoice, ImportIo};
 pub use log::{AppendAck, DamageReport, Log, Positions};
 pub use log_writer::Repaired;
 pub use meta::EpochHistory;

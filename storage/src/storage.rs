@@ -25,7 +25,7 @@ use crate::config::{LogConfig, StorageConfig};
 use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
 use crate::io::std_backend::StdBackend;
-use crate::io::{BackendChoice, IoBackend, MetaIo};
+use crate::io::{AppendIo, BackendChoice, IoBackend, MetaIo};
 use crate::log::{Log, LogShared};
 use crate::meta;
 use crate::recovery::{self, RecoveredLog};
@@ -285,13 +285,14 @@ impl Storage {
     fn open_uring(config: StorageConfig) -> Result<Storage> {
         use crate::io::uring::{self, UringBackend};
         let forced = config.backend == BackendChoice::Uring;
+        let backend = UringBackend::direct_appends(config.append_io == AppendIo::Direct);
         Self::start(
             config,
-            Arc::new(UringBackend),
+            Arc::new(backend),
             move |rx, ctx, logs| match uring::runtime(256) {
                 Ok(rt) => Ok((
-                    "uring",
-                    Box::new(move || rt.block_on(writer::run(UringBackend, rx, ctx, logs))),
+                    backend.name(),
+                    Box::new(move || rt.block_on(writer::run(backend, rx, ctx, logs))),
                 )),
                 Err(e) if forced => Err(StorageError::io("io_uring setup", e)),
                 Err(e) => {

@@ -1,5 +1,6 @@
-//! One conformance suite, run against every IO backend: std (pwrite+fdatasync), io_uring,
-//! and the fault-injecting backend with no fault armed. Catch-up (imported segments,
+//! One conformance suite, run against every IO backend: std (pwrite+fdatasync), io_uring
+//! (buffered, and with direct group commits), and the fault-injecting backend with no
+//! fault armed. Catch-up (imported segments,
 //! allocated-only segments) has its own suite, in `catchup.rs`.
 
 mod common;
@@ -7,7 +8,9 @@ mod common;
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use common::{config, open_fault, open_std, open_uring, read_all, record, run, small_log};
+use common::{
+    config, open_fault, open_std, open_uring, open_uring_direct, read_all, record, run, small_log,
+};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Compression, Durability, LogConfig, Storage, StorageConfig, StorageError};
 
@@ -552,4 +555,9 @@ macro_rules! suite {
     )*};
 }
 
-suite!(std_backend => open_std, uring_backend => open_uring, fault_backend => open_fault);
+suite!(
+    std_backend => open_std,
+    uring_backend => open_uring,
+    uring_direct_backend => open_uring_direct,
+    fault_backend => open_fault
+);

@@ -1,8 +1,8 @@
 //! Crash test: a child process appends with many concurrent writers and reports every
 //! acknowledged (durable) offset on stdout; the parent SIGKILLs it at a random moment,
 //! reopens the log and checks that every reported record is there, intact, and that
-//! offsets continue densely. Rounds alternate between the std and io_uring backends and
-//! keep appending to the same log, so every round also recovers the previous crash.
+//! offsets continue densely. Rounds take the std backend, io_uring and io_uring with direct
+//! group commits in turn and keep appending to the same log, so every round also recovers the previous crash.
 
 mod common;
 
@@ -16,14 +16,15 @@ use bytes::Bytes;
 use common::{record, run};
 use rand::{Rng, SeedableRng};
 use spool_storage::io::std_backend::StdBackend;
-use spool_storage::{BackendChoice, Durability, Storage, StorageConfig};
+use spool_storage::{AppendIo, BackendChoice, Durability, Storage, StorageConfig};
 
 const ROUNDS: u32 = 20;
 const WRITERS: u32 = 48;
 
-fn child_config(dir: &str, backend: BackendChoice) -> StorageConfig {
+fn child_config(dir: &str, backend: BackendChoice, append_io: AppendIo) -> StorageConfig {
     let mut c = common::config(std::path::Path::new(dir));
     c.backend = backend;
+    c.append_io = append_io;
     // Small segments: crashes land around rolls too.
     c.default_log.segment_bytes = 256 << 10;
     c
@@ -39,13 +40,13 @@ fn record_len(seq: u32) -> usize {
 fn crash_child() {
     let dir = std::env::var("SPOOL_CRASH_DIR").expect("run by crash_rounds");
     let round: u32 = std::env::var("SPOOL_CRASH_ROUND").unwrap().parse().unwrap();
-    let backend = if round % 2 == 0 {
-        BackendChoice::Std
-    } else {
-        BackendChoice::Uring
+    let (backend, append_io) = match round % 3 {
+        0 => (BackendChoice::Std, AppendIo::Buffered),
+        1 => (BackendChoice::Uring, AppendIo::Buffered),
+        _ => (BackendChoice::Uring, AppendIo::Direct),
     };
     run(3600, async move {
-        let s = Storage::open(child_config(&dir, backend)).unwrap();
+        let s = Storage::open(child_config(&dir, backend, append_io)).unwrap();
         let log = match s.log("crash") {
             Ok(l) => l,
             Err(_) => s.create_log("crash").await.unwrap(),
@@ -133,7 +134,11 @@ fn crash_rounds() {
         // Reopen in this process and check every acknowledged record.
         let (end, n) = run(60, async {
             let s = Storage::open_with(
-                child_config(dir.path().to_str().unwrap(), BackendChoice::Std),
+                child_config(
+                    dir.path().to_str().unwrap(),
+                    BackendChoice::Std,
+                    AppendIo::Buffered,
+                ),
                 StdBackend,
             )
             .unwrap();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use bytes::Bytes;
 use common::{config, record, run};
-use spool_storage::{BackendChoice, Durability, LogConfig, Storage};
+use spool_storage::{AppendIo, BackendChoice, Durability, LogConfig, Storage};
 
 struct Tmpfs(PathBuf);
 
@@ -50,7 +50,7 @@ fn mount_or_skip(dir: &Path) -> Option<Tmpfs> {
 /// directory "in use by another spool process" (about one run in twenty under load).
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-fn disk_full_then_recovers(backend: BackendChoice) {
+fn disk_full_then_recovers(backend: BackendChoice, append_io: AppendIo) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let Some(_mnt) = mount_or_skip(dir.path()) else {
@@ -59,6 +59,7 @@ fn disk_full_then_recovers(backend: BackendChoice) {
     run(60, async {
         let mut c = config(dir.path());
         c.backend = backend;
+        c.append_io = append_io;
         let s = Storage::open(c.clone()).unwrap();
         let cfg = LogConfig {
             segment_bytes: 256 << 10,
@@ -124,10 +125,17 @@ fn disk_full_then_recovers(backend: BackendChoice) {
 
 #[test]
 fn disk_full_std() {
-    disk_full_then_recovers(BackendChoice::Std);
+    disk_full_then_recovers(BackendChoice::Std, AppendIo::Buffered);
 }
 
 #[test]
 fn disk_full_uring() {
-    disk_full_then_recovers(BackendChoice::Uring);
+    disk_full_then_recovers(BackendChoice::Uring, AppendIo::Buffered);
+}
+
+/// tmpfs takes O_DIRECT on recent kernels and refuses it on older ones: either way the
+/// appends go on (buffered where refused) and the full disk is survived.
+#[test]
+fn disk_full_uring_direct() {
+    disk_full_then_recovers(BackendChoice::Uring, AppendIo::Direct);
 }

@@ -418,17 +418,19 @@ impl IoFile for FaultFile {
         self.inner.std_file()
     }
 
-    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
+    async fn write_at(&self, buf: Vec<u8>, skip: usize, pos: u64, sync: bool) -> BufResult<()> {
+        let bytes = &buf[skip..];
         let fault = self.injector.next(FaultOp::Write);
         let len = match fault {
-            None => buf.len(),
-            Some(FaultKind::Torn { keep }) => keep.min(buf.len()),
+            None => bytes.len(),
+            Some(FaultKind::Torn { keep }) => keep.min(bytes.len()),
             Some(kind) => return (Err(error(kind)), buf),
         };
-        let res = self.injector.write(self, &buf[..len], pos);
-        match fault {
-            None => (res, buf),
-            Some(_) => (Err(error(FaultKind::Eio)), buf),
+        let res = self.injector.write(self, &bytes[..len], pos);
+        match (fault, res) {
+            (None, Ok(())) if sync => (self.sync_data().await, buf),
+            (None, res) => (res, buf),
+            (Some(_), _) => (Err(error(FaultKind::Eio)), buf),
         }
     }
 

@@ -24,8 +24,16 @@ pub type BufResult<T> = (io::Result<T>, Vec<u8>);
 
 /// A file opened for writing by a backend. Futures are polled on the storage thread only.
 pub trait IoFile: 'static {
-    /// Write all of `buf` at `pos`.
-    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>>;
+    /// Write all of `buf[skip..]` at `pos`, then fdatasync when `sync`. Backends that can
+    /// chain the two in one submission (io_uring linked SQEs, `RWF_DSYNC`) do. `skip` lets a
+    /// caller put the bytes on an O_DIRECT boundary of its own buffer.
+    fn write_at(
+        &self,
+        buf: Vec<u8>,
+        skip: usize,
+        pos: u64,
+        sync: bool,
+    ) -> impl Future<Output = BufResult<()>>;
 
     /// fdatasync.
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
@@ -34,16 +42,14 @@ pub trait IoFile: 'static {
     /// mark's idle rewrite, see `LogWriter::refresh_mark`).
     fn std_file(&self) -> &std::fs::File;
 
-    /// Write all of `buf` at `pos`, then fdatasync. Backends that can chain the two in one
-    /// submission (io_uring linked SQEs) override this.
+    /// Write all of `buf` at `pos`.
+    fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {
+        self.write_at(buf, 0, pos, false)
+    }
+
+    /// Write all of `buf` at `pos`, then fdatasync.
     fn write_all_at_sync(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {
-        async move {
-            let (res, buf) = self.write_all_at(buf, pos).await;
-            if let Err(e) = res {
-                return (Err(e), buf);
-            }
-            (self.sync_data().await, buf)
-        }
+        self.write_at(buf, 0, pos, true)
     }
 }
 
@@ -70,6 +76,19 @@ pub enum ImportIo {
     /// pwrite from a pool of helper threads.
     #[default]
     Threads,
+}
+
+/// How the io_uring backend writes a log's group commits.
+/// The default is the one that won the same-run A/B (benches/RESULTS.md, "Direct group
+/// commits").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppendIo {
+    /// Through the page cache, the write linked to an fdatasync.
+    #[default]
+    Buffered,
+    /// Whole pages with O_DIRECT, synced by `RWF_DSYNC` on the write (pre-zeroed segments
+    /// need no metadata at the sync); tail readers fault the written pages in from disk.
+    Direct,
 }
 
 /// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log

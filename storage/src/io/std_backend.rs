@@ -38,8 +38,11 @@ impl StdFile {
 }
 
 impl IoFile for StdFile {
-    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
-        let res = self.file.write_all_at(&buf, pos);
+    async fn write_at(&self, buf: Vec<u8>, skip: usize, pos: u64, sync: bool) -> BufResult<()> {
+        let mut res = self.file.write_all_at(&buf[skip..], pos);
+        if res.is_ok() && sync {
+            res = self.file.sync_data();
+        }
         (res, buf)
     }
 

@@ -16,16 +16,35 @@ use std::rc::Rc;
 use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
+use super::aligned::ALIGN;
 use super::{BufResult, IoBackend, IoFile, MetaIo};
 
+/// `direct`: group writes go to the segment through a second descriptor opened with
+/// O_DIRECT, synced by `RWF_DSYNC` on the write itself (see [`UringFile`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct UringBackend;
+pub struct UringBackend {
+    direct: bool,
+}
+
+impl UringBackend {
+    /// A backend whose whole-page writes bypass the page cache.
+    pub fn direct_appends(direct: bool) -> UringBackend {
+        UringBackend { direct }
+    }
+}
 
 /// The std file is kept alive by every in-flight op (the `Rc` in its stable data), so its
 /// descriptor cannot be closed and reused while the kernel still refers to it.
+///
+/// With `direct`, a write whose offset, length and memory are all [`ALIGN`]ed goes through
+/// the O_DIRECT descriptor; any other write (a mark, a zeroing, a group whose buffer moved)
+/// through the buffered one. The kernel keeps the two coherent: a direct write first writes
+/// back dirty cached pages of its range and drops them from the cache after, so mmap
+/// readers fault the new bytes in.
 #[derive(Debug)]
 pub struct UringFile {
     file: Rc<std::fs::File>,
+    direct: Option<Rc<std::fs::File>>,
 }
 
 /// Metadata work is rare and blocking (renames, directory syncs): done as std does it, on
@@ -36,14 +55,45 @@ impl IoBackend for UringBackend {
     type File = UringFile;
 
     fn name(&self) -> &'static str {
-        "uring"
+        if self.direct {
+            "uring-direct"
+        } else {
+            "uring"
+        }
     }
 
-    fn wrap(&self, file: std::fs::File, _path: &Path) -> io::Result<UringFile> {
+    fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<UringFile> {
+        let direct = match self.direct.then(|| open_direct(path)) {
+            Some(Ok(f)) => Some(Rc::new(f)),
+            // A file system without O_DIRECT: this file's writes stay buffered.
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::warn!(path = %path.display(), "O_DIRECT refused; appends stay buffered");
+                None
+            }
+            Some(Err(e)) => return Err(e),
+            None => None,
+        };
         Ok(UringFile {
             file: Rc::new(file),
+            direct,
         })
     }
+}
+
+fn open_direct(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+}
+
+/// Whether `bytes` at `pos` meet O_DIRECT's alignment of offset, length and memory.
+fn direct_aligned(bytes: &[u8], pos: u64) -> bool {
+    pos % ALIGN as u64 == 0
+        && bytes.len() % ALIGN == 0
+        && !bytes.is_empty()
+        && (bytes.as_ptr() as usize) % ALIGN == 0
 }
 
 /// Create the storage thread's ring, or say why not (the caller falls back to std).
@@ -88,11 +138,10 @@ fn cqe_result(cqe: &cqueue::Entry) -> io::Result<usize> {
 }
 
 impl UringFile {
-    fn write_sqe(&self, buf: &[u8], done: usize, pos: u64) -> squeue::Entry {
-        let rest = &buf[done..];
+    fn write_sqe(fd: &std::fs::File, rest: &[u8], pos: u64) -> squeue::Entry {
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
-        opcode::Write::new(types::Fd(self.file.as_raw_fd()), rest.as_ptr(), len)
-            .offset(pos + done as u64)
+        opcode::Write::new(types::Fd(fd.as_raw_fd()), rest.as_ptr(), len)
+            .offset(pos)
             .build()
     }
 
@@ -102,50 +151,59 @@ impl UringFile {
             .build()
     }
 
-    async fn write_from(&self, mut buf: Vec<u8>, mut done: usize, pos: u64) -> BufResult<()> {
-        while done < buf.len() {
+    /// Write `buf[from..]` at `pos` through `fd`, each write with `rw_flags`.
+    async fn write_through(
+        fd: &Rc<std::fs::File>,
+        mut buf: Vec<u8>,
+        mut from: usize,
+        mut pos: u64,
+        rw_flags: i32,
+    ) -> BufResult<()> {
+        while from < buf.len() {
             // The Vec's heap block does not move when the Vec itself is moved into the op.
-            let sqe = self.write_sqe(&buf, done, pos);
+            let sqe = opcode::Write::new(
+                types::Fd(fd.as_raw_fd()),
+                buf[from..].as_ptr(),
+                u32::try_from(buf.len() - from).unwrap_or(u32::MAX),
+            )
+            .offset(pos)
+            .rw_flags(rw_flags as _)
+            .build();
             let data = WriteData {
                 buf,
-                _file: self.file.clone(),
+                _file: fd.clone(),
             };
             let (res, b) = UnsubmittedOneshot::new(data, WriteOut, sqe).submit().await;
             buf = b;
             match res {
                 Ok(0) => return (Err(io::ErrorKind::WriteZero.into()), buf),
-                Ok(n) => done += n,
+                Ok(n) => {
+                    from += n;
+                    pos += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return (Err(e), buf),
             }
         }
         (Ok(()), buf)
     }
-}
 
-impl IoFile for UringFile {
-    fn std_file(&self) -> &std::fs::File {
-        &self.file
-    }
-
-    async fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
-        self.write_from(buf, 0, pos).await
-    }
-
-    async fn sync_data(&self) -> io::Result<()> {
-        let sqe = self.sync_sqe();
-        UnsubmittedOneshot::new(self.file.clone(), SyncOut, sqe)
-            .submit()
-            .await
-            .map(|_| ())
-    }
-
-    async fn write_all_at_sync(&self, buf: Vec<u8>, pos: u64) -> BufResult<()> {
-        if buf.is_empty() {
+    /// The buffered write, chained to its fdatasync when `sync`.
+    async fn write_buffered(
+        &self,
+        buf: Vec<u8>,
+        skip: usize,
+        pos: u64,
+        sync: bool,
+    ) -> BufResult<()> {
+        if !sync {
+            return Self::write_through(&self.file, buf, skip, pos, 0).await;
+        }
+        if buf.len() == skip {
             return (self.sync_data().await, buf);
         }
-        let total = buf.len();
-        let write = self.write_sqe(&buf, 0, pos).flags(squeue::Flags::IO_LINK);
+        let total = buf.len() - skip;
+        let write = Self::write_sqe(&self.file, &buf[skip..], pos).flags(squeue::Flags::IO_LINK);
         let data = WriteData {
             buf,
             _file: self.file.clone(),
@@ -158,7 +216,8 @@ impl IoFile for UringFile {
             Err(e) => (Err(e), buf),
             Ok(n) if n < total => {
                 // Short write: the chain was cut, finish by hand and sync again.
-                let (res, buf) = self.write_from(buf, n, pos).await;
+                let (res, buf) =
+                    Self::write_through(&self.file, buf, skip + n, pos + n as u64, 0).await;
                 if let Err(e) = res {
                     return (Err(e), buf);
                 }
@@ -166,5 +225,37 @@ impl IoFile for UringFile {
             }
             Ok(_) => (sres.map(|_| ()), buf),
         }
+    }
+}
+
+impl IoFile for UringFile {
+    fn std_file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    async fn write_at(&self, buf: Vec<u8>, skip: usize, pos: u64, sync: bool) -> BufResult<()> {
+        if let Some(direct) = self
+            .direct
+            .as_ref()
+            .filter(|_| direct_aligned(&buf[skip..], pos))
+        {
+            let flags = if sync { libc::RWF_DSYNC } else { 0 };
+            let (res, buf) = Self::write_through(direct, buf, skip, pos, flags).await;
+            match res {
+                // A file system or device that wants more than ALIGN: the buffered path.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+                res => return (res, buf),
+            }
+            return self.write_buffered(buf, skip, pos, sync).await;
+        }
+        self.write_buffered(buf, skip, pos, sync).await
+    }
+
+    async fn sync_data(&self) -> io::Result<()> {
+        let sqe = self.sync_sqe();
+        UnsubmittedOneshot::new(self.file.clone(), SyncOut, sqe)
+            .submit()
+            .await
+            .map(|_| ())
     }
 }

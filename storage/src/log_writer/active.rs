@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::sync::Arc;
 
+use super::group::PAGE;
 use crate::io::IoFile;
 use crate::segment::SegmentView;
 
@@ -34,6 +35,10 @@ pub(super) struct Active<F> {
     write_pos: u64,
     /// Bytes of the segment fdatasync covered.
     durable_pos: u64,
+    /// The bytes from `write_pos`'s page start to `write_pos`, as the last group write
+    /// left them; empty when unknown (then read from the segment). Kept so that the next
+    /// group need not read a page a direct write dropped from the cache.
+    page_head: Vec<u8>,
 }
 
 impl<F: IoFile> Active<F> {
@@ -48,6 +53,7 @@ impl<F: IoFile> Active<F> {
             durable_next: next,
             write_pos: len,
             durable_pos: len,
+            page_head: Vec::new(),
         };
         a.check();
         a
@@ -140,10 +146,31 @@ impl<F: IoFile> Active<F> {
         self.check();
     }
 
-    /// `len` bytes holding every buffered record reached the OS.
-    pub fn wrote(&mut self, len: u64) {
+    /// The segment's bytes from `write_pos`'s page start up to `write_pos`.
+    pub fn page_head(&self) -> &[u8] {
+        let from = self.write_pos - self.write_pos % PAGE;
+        if self.write_pos > from && self.page_head.len() as u64 == self.write_pos - from {
+            return &self.page_head;
+        }
+        &self.seg.raw()[from as usize..self.write_pos as usize]
+    }
+
+    /// `len` bytes holding every buffered record reached the OS, in a write of `written`
+    /// at `at` (which covers the new `write_pos`'s page).
+    pub fn wrote(&mut self, len: u64, written: &[u8], at: u64) {
         self.write_pos += len;
         self.written_next = self.buffered_next;
+        if len == 0 {
+            // A sync alone: the page head is what it was.
+            self.check();
+            return;
+        }
+        let from = self.write_pos - self.write_pos % PAGE;
+        self.page_head.clear();
+        if from >= at {
+            let (a, b) = ((from - at) as usize, (self.write_pos - at) as usize);
+            self.page_head.extend_from_slice(&written[a..b]);
+        }
         self.check();
     }
 
@@ -164,6 +191,7 @@ impl<F: IoFile> Active<F> {
         self.write_pos = end_pos;
         self.written_next = next;
         self.buffered_next = next;
+        self.page_head.clear();
     }
 
     /// The log now ends at byte `len`, record `next`, of `seg` (opened as `files`), which
@@ -176,6 +204,7 @@ impl<F: IoFile> Active<F> {
 
     /// The log now ends at byte `len`, record `next`, of the active segment (a cut).
     pub fn cut(&mut self, len: u64, next: u64) {
+        self.page_head.clear();
         self.write_pos = len;
         self.durable_pos = len;
         self.buffered_next = next;

@@ -22,7 +22,7 @@ impl<F: IoFile> LogWriter<F> {
             return Ok(());
         }
         let pos = self.active.write_pos();
-        let (mut buf, head) = self.group.take();
+        let (mut buf, lead, head) = self.group.take();
         let at = pos - head as u64;
         if len > 0 {
             let data_end = pos + len + self.push_mark(&mut buf, pos + len);
@@ -30,25 +30,24 @@ impl<F: IoFile> LogWriter<F> {
             let end = data_end
                 .next_multiple_of(PAGE)
                 .min(self.active.seg().capacity());
-            buf.resize((end - at) as usize, 0);
+            buf.resize(lead + (end - at) as usize, 0);
         }
         let started = std::time::Instant::now();
         let io = self.active.io();
         let (res, buf) = if len == 0 {
             (io.sync_data().await, buf)
-        } else if need_sync {
-            io.write_all_at_sync(buf, at).await
         } else {
-            io.write_all_at(buf, at).await
+            io.write_at(buf, lead, at, need_sync).await
         };
         if need_sync {
             stats.record_sync(started.elapsed());
         }
-        self.group.give_back(buf);
         if let Err(e) = res {
+            self.group.give_back(buf);
             return Err(self.fail_write(e, pos, len).await);
         }
-        self.active.wrote(len);
+        self.active.wrote(len, &buf[lead..], at);
+        self.group.give_back(buf);
         self.shared
             .written
             .store(self.active.written_next(), Ordering::Release);

@@ -5,17 +5,23 @@
 //! bytes already in the segment's partial first page, then the group's frames, then zero
 //! padding to the page's end. Writes cover whole pages because spares are zeroed past the
 //! page cache, and a partial write into an uncached page would make the kernel read it
-//! first.
+//! first. Before the head, `lead` unwritten bytes put the written part on an O_DIRECT
+//! boundary of the buffer's memory, so a direct backend needs no copy.
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::{Durability, GROUP_BYTES_CAP};
 use crate::error::{Result, StorageError};
+use crate::io::aligned::ALIGN;
 use crate::log::AppendAck;
 
 /// Page size for whole-page group writes.
 pub(super) const PAGE: u64 = 4096;
+
+/// Room a group's buffer is given at its start, so that most groups never move it (a
+/// moved buffer loses its O_DIRECT alignment until the next group).
+const GROUP_RESERVE: usize = 256 << 10;
 
 pub(crate) enum Waiter {
     Local {
@@ -31,6 +37,7 @@ pub(crate) enum Waiter {
 #[derive(Default)]
 pub(crate) struct Group {
     buf: Vec<u8>,
+    lead: usize,
     head: usize,
     waiters: Vec<Waiter>,
     /// Replicated frames written but not yet synced: their waiters hear at the next sync.
@@ -45,7 +52,7 @@ pub(crate) struct Group {
 impl Group {
     /// Bytes of frames in the buffer (the carried page head not counted).
     pub fn frame_bytes(&self) -> u64 {
-        (self.buf.len() - self.head) as u64
+        (self.buf.len() - self.lead - self.head) as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,18 +67,18 @@ impl Group {
             && self.unsynced_since.is_none()
     }
 
-    /// Before a group's first frame: carry the written bytes of the partial page that
-    /// `write_pos` ends in (`segment` holds the segment's bytes), so that the group's write
-    /// starts on a page boundary.
-    pub fn start(&mut self, segment: &[u8], write_pos: u64) {
+    /// Before a group's first frame: carry `head`, the written bytes of the partial page
+    /// that `write_pos` ends in, so that the group's write starts on a page boundary.
+    pub fn start(&mut self, head: &[u8], write_pos: u64) {
         if !self.buf.is_empty() {
             return;
         }
-        let head = (write_pos % PAGE) as usize;
-        let from = (write_pos - head as u64) as usize;
-        self.buf
-            .extend_from_slice(&segment[from..write_pos as usize]);
-        self.head = head;
+        debug_assert_eq!(head.len() as u64, write_pos % PAGE);
+        self.buf.reserve(GROUP_RESERVE);
+        self.lead = self.buf.as_ptr().align_offset(ALIGN);
+        self.buf.resize(self.lead, 0);
+        self.buf.extend_from_slice(head);
+        self.head = head.len();
     }
 
     pub fn push(&mut self, frame: &[u8]) {
@@ -98,10 +105,12 @@ impl Group {
         self.frame_bytes() == 0 && !(sync && self.unsynced_bytes > 0)
     }
 
-    /// The buffer to write and its carried head; the group starts afresh.
-    pub fn take(&mut self) -> (Vec<u8>, usize) {
+    /// The buffer, its unwritten lead and its carried head (the bytes to write are
+    /// `buf[lead..]`, from the head's page start); the group starts afresh.
+    pub fn take(&mut self) -> (Vec<u8>, usize, usize) {
+        let lead = std::mem::replace(&mut self.lead, 0);
         let head = std::mem::replace(&mut self.head, 0);
-        (std::mem::take(&mut self.buf), head)
+        (std::mem::take(&mut self.buf), lead, head)
     }
 
     /// The written buffer back, emptied, to be reused (unless it grew far too large).

@@ -48,7 +48,8 @@ impl<F: IoFile> LogWriter<F> {
             return;
         }
         let at = pos - pos % PAGE;
-        let mut page = self.active.seg().raw()[at as usize..pos as usize].to_vec();
+        // Idle: the durable end is the write position, whose page head the writer keeps.
+        let mut page = self.active.page_head().to_vec();
         let data_end = pos + self.push_mark(&mut page, pos);
         page.resize(
             (data_end.next_multiple_of(PAGE).min(capacity) - at) as usize,

@@ -158,7 +158,7 @@ impl<F: IoFile> LogWriter<F> {
     /// Put `frame` in the group (after its record `offset`'s index entry is noted).
     fn buffer(&mut self, frame: &[u8], offset: u64, next: u64) {
         self.group
-            .start(self.active.seg().raw(), self.active.write_pos());
+            .start(self.active.page_head(), self.active.write_pos());
         self.index.note(self.buf_end(), offset);
         self.group.push(frame);
         self.active.buffered(next);

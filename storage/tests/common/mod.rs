@@ -43,6 +43,15 @@ pub fn open_uring(mut c: StorageConfig) -> Storage {
     s
 }
 
+/// Open storage with io_uring and direct group commits, refusing a fallback.
+pub fn open_uring_direct(mut c: StorageConfig) -> Storage {
+    c.backend = BackendChoice::Uring;
+    c.append_io = spool_storage::AppendIo::Direct;
+    let s = Storage::open(c).unwrap();
+    assert_eq!(s.backend_name(), "uring-direct");
+    s
+}
+
 /// Copy `src` into `dst` from `from` up to `until` as appended frames (a replica's path).
 pub async fn copy_frames(src: &Log, dst: &Log, mut from: u64, until: u64) {
     while from < until {
