@@ -35,7 +35,7 @@ pub struct StorageSection {
     pub io_backend: Option<IoBackend>,
     /// How segments received whole (catch-up, full sync) are written.
     pub import_io: Option<ImportIo>,
-    /// How the io_uring backend writes group commits.
+    /// How group commits are written (buffered, direct, direct for replicated frames).
     pub append_io: Option<AppendIo>,
     /// A torn tail at open.
     pub recovery: Option<Recovery>,
@@ -145,7 +145,7 @@ pub struct Overrides {
     /// How a replica writes segments it receives whole [default: threads].
     #[arg(long, env = "SPOOL_IMPORT_IO", value_enum)]
     pub import_io: Option<ImportIo>,
-    /// How the io_uring backend writes group commits [default: buffered].
+    /// How group commits are written [default: replicated].
     #[arg(long, env = "SPOOL_APPEND_IO", value_enum)]
     pub append_io: Option<AppendIo>,
     /// Run as a replica of this upstream (a primary or another replica).
@@ -215,9 +215,6 @@ impl ServerConfig {
             storage.import_io = i.into();
         }
         if let Some(a) = o.append_io.or(s.append_io) {
-            if a == AppendIo::Direct && storage.backend == spool_storage::BackendChoice::Std {
-                bail!("append_io = \"direct\" needs io_backend = \"uring\" or \"auto\"");
-            }
             storage.append_io = a.into();
         }
         if let Some(r) = s.recovery {
@@ -510,9 +507,10 @@ mod tests {
         let o = flags(&["--io-backend", "uring", "--append-io", "direct"]).unwrap();
         let d = ServerConfig::build(FileConfig::default(), o).unwrap();
         assert_eq!(d.storage.append_io, spool_storage::AppendIo::Direct);
-        let o = flags(&["--append-io", "direct"]).unwrap();
-        let err = ServerConfig::build(FileConfig::default(), o).unwrap_err();
-        assert!(err.to_string().contains("needs io_backend"), "{err}");
+        let o = flags(&["--append-io", "replicated"]).unwrap();
+        let d = ServerConfig::build(FileConfig::default(), o).unwrap();
+        assert_eq!(d.storage.append_io, spool_storage::AppendIo::Replicated);
+        assert!(flags(&["--append-io", "sometimes"]).is_err());
         assert_eq!(f.storage.recovery, RecoveryMode::Strict);
         assert_eq!(f.storage.on_corruption, OnCorruption::Refuse);
         assert!(matches!(

@@ -234,6 +234,7 @@ impl CatchupPhase<'_> {
             self.primary.addr,
             "r1",
             false,
+            None,
         )?);
         let (d, full) = wait_caught_up(r, to.1, t0, self.timeout).await?;
         let bytes = to.0 - from.0;

@@ -137,7 +137,7 @@ impl From<DurabilityArg> for Durability {
 }
 
 /// A storage backend as the load generators name it: the server's `io_backend`, and
-/// `uring-direct` for io_uring with `append_io = "direct"`.
+/// `uring-direct` and `std-direct` for `append_io = "direct"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[value(rename_all = "kebab-case")]
 pub enum BenchBackend {
@@ -147,6 +147,7 @@ pub enum BenchBackend {
     UringDirect,
     #[value(alias = "pwrite")]
     Std,
+    StdDirect,
 }
 
 impl std::fmt::Display for BenchBackend {
@@ -231,6 +232,7 @@ fn storage_config(data_dir: &Path, backend: BenchBackend, common: &CommonArgs) -
         BenchBackend::Uring => (BackendChoice::Uring, AppendIo::Buffered),
         BenchBackend::UringDirect => (BackendChoice::Uring, AppendIo::Direct),
         BenchBackend::Std => (BackendChoice::Std, AppendIo::Buffered),
+        BenchBackend::StdDirect => (BackendChoice::Std, AppendIo::Direct),
     };
     config.default_log.segment_bytes = common.segment_bytes;
     config.default_log.initial_segment_bytes = common.initial_segment_bytes;

@@ -74,16 +74,18 @@ impl From<ImportIo> for spool_storage::ImportIo {
     }
 }
 
-/// `[storage] append_io`: how the io_uring backend writes group commits.
+/// `[storage] append_io`: how group commits are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 #[value(rename_all = "kebab-case")]
 pub enum AppendIo {
-    /// Through the page cache, each write linked to an fdatasync.
-    #[default]
+    /// Through the page cache, then fdatasync.
     Buffered,
-    /// Whole pages with O_DIRECT and RWF_DSYNC (io_uring backend only).
+    /// Whole pages with O_DIRECT and RWF_DSYNC.
     Direct,
+    /// Direct for frames received from an upstream, buffered for local appends.
+    #[default]
+    Replicated,
 }
 
 impl From<AppendIo> for spool_storage::AppendIo {
@@ -91,6 +93,7 @@ impl From<AppendIo> for spool_storage::AppendIo {
         match a {
             AppendIo::Buffered => spool_storage::AppendIo::Buffered,
             AppendIo::Direct => spool_storage::AppendIo::Direct,
+            AppendIo::Replicated => spool_storage::AppendIo::Replicated,
         }
     }
 }

@@ -30,7 +30,7 @@ impl GroupFill {
             .start(&segment[from..write_pos as usize], write_pos);
         let mut replies = Vec::with_capacity(frames.len());
         for (i, f) in frames.iter().enumerate() {
-            self.group.push(f);
+            self.group.push(f, true);
             let (reply, rx) = oneshot::channel();
             replies.push(rx);
             self.group.wait(Waiter::Local {

@@ -214,7 +214,7 @@ pub struct StorageConfig {
     pub backend: BackendChoice,
     /// How segments received whole are written.
     pub import_io: ImportIo,
-    /// How the io_uring backend writes group commits (the std backend always buffers).
+    /// Which group commits are written with O_DIRECT.
     pub append_io: AppendIo,
     pub recovery: RecoveryMode,
     pub on_corruption: OnCorruption,

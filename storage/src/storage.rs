@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{LogConfig, StorageConfig};
 use crate::crashsafe::sync_dir_with;
 use crate::error::{IoContext, Result, StorageError};
-use crate::io::std_backend::StdBackend;
+use crate::io::std_backend::{StdBackend, StdDirect};
 use crate::io::{AppendIo, BackendChoice, IoBackend, MetaIo};
 use crate::log::{Log, LogShared};
 use crate::meta;
@@ -250,15 +250,23 @@ impl Storage {
     /// Open (or create) the data directory, recover every log, start the storage thread.
     pub fn open(config: StorageConfig) -> Result<Storage> {
         match config.backend {
-            BackendChoice::Std => Self::open_with(config, StdBackend),
+            BackendChoice::Std => Self::open_std(config),
             #[cfg(target_os = "linux")]
             BackendChoice::Auto | BackendChoice::Uring => Self::open_uring(config),
             #[cfg(not(target_os = "linux"))]
-            BackendChoice::Auto => Self::open_with(config, StdBackend),
+            BackendChoice::Auto => Self::open_std(config),
             #[cfg(not(target_os = "linux"))]
             BackendChoice::Uring => Err(StorageError::InvalidInput(
                 "io_uring is only available on Linux".into(),
             )),
+        }
+    }
+
+    /// Open with the std backend, direct group writes as `append_io` says.
+    fn open_std(config: StorageConfig) -> Result<Storage> {
+        match config.append_io {
+            AppendIo::Buffered => Self::open_with(config, StdBackend),
+            a => Self::open_with(config, StdDirect(a)),
         }
     }
 
@@ -285,7 +293,8 @@ impl Storage {
     fn open_uring(config: StorageConfig) -> Result<Storage> {
         use crate::io::uring::{self, UringBackend};
         let forced = config.backend == BackendChoice::Uring;
-        let backend = UringBackend::direct_appends(config.append_io == AppendIo::Direct);
+        let append_io = config.append_io;
+        let backend = UringBackend::new(append_io);
         Self::start(
             config,
             Arc::new(backend),
@@ -301,9 +310,10 @@ impl Storage {
                         .enable_time()
                         .build()
                         .map_err(|e| StorageError::io("tokio runtime", e))?;
+                    let std = StdDirect(append_io);
                     Ok((
-                        "std",
-                        Box::new(move || rt.block_on(writer::run(StdBackend, rx, ctx, logs))),
+                        std.name(),
+                        Box::new(move || rt.block_on(writer::run(std, rx, ctx, logs))),
                     ))
                 }
             },

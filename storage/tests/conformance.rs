@@ -1,6 +1,6 @@
-//! One conformance suite, run against every IO backend: std (pwrite+fdatasync), io_uring
-//! (buffered, and with direct group commits), and the fault-injecting backend with no
-//! fault armed. Catch-up (imported segments,
+//! One conformance suite, run against every IO backend: std (pwrite+fdatasync) and
+//! io_uring, each buffered and with every group commit direct, and the fault-injecting
+//! backend with no fault armed. Catch-up (imported segments,
 //! allocated-only segments) has its own suite, in `catchup.rs`.
 
 mod common;
@@ -9,7 +9,8 @@ use std::collections::HashSet;
 
 use bytes::Bytes;
 use common::{
-    config, open_fault, open_std, open_uring, open_uring_direct, read_all, record, run, small_log,
+    config, open_fault, open_std, open_std_direct, open_uring, open_uring_direct, read_all, record,
+    run, small_log,
 };
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Compression, Durability, LogConfig, Storage, StorageConfig, StorageError};
@@ -559,5 +560,6 @@ suite!(
     std_backend => open_std,
     uring_backend => open_uring,
     uring_direct_backend => open_uring_direct,
+    std_direct_backend => open_std_direct,
     fault_backend => open_fault
 );

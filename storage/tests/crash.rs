@@ -1,8 +1,8 @@
 //! Crash test: a child process appends with many concurrent writers and reports every
 //! acknowledged (durable) offset on stdout; the parent SIGKILLs it at a random moment,
 //! reopens the log and checks that every reported record is there, intact, and that
-//! offsets continue densely. Rounds take the std backend, io_uring and io_uring with direct
-//! group commits in turn and keep appending to the same log, so every round also recovers the previous crash.
+//! offsets continue densely. Rounds take the std and io_uring backends, buffered and with
+//! direct group commits, in turn and keep appending to the same log, so every round also recovers the previous crash.
 
 mod common;
 
@@ -40,10 +40,11 @@ fn record_len(seq: u32) -> usize {
 fn crash_child() {
     let dir = std::env::var("SPOOL_CRASH_DIR").expect("run by crash_rounds");
     let round: u32 = std::env::var("SPOOL_CRASH_ROUND").unwrap().parse().unwrap();
-    let (backend, append_io) = match round % 3 {
+    let (backend, append_io) = match round % 4 {
         0 => (BackendChoice::Std, AppendIo::Buffered),
         1 => (BackendChoice::Uring, AppendIo::Buffered),
-        _ => (BackendChoice::Uring, AppendIo::Direct),
+        2 => (BackendChoice::Uring, AppendIo::Direct),
+        _ => (BackendChoice::Std, AppendIo::Direct),
     };
     run(3600, async move {
         let s = Storage::open(child_config(&dir, backend, append_io)).unwrap();

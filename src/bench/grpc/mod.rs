@@ -25,7 +25,7 @@ use clap::{Args, ValueEnum};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use spool::client::Client;
-use spool::config::IoBackend;
+use spool::config::{AppendIo, IoBackend};
 
 use super::{
     fresh_data_dir, human, round1, round3, runtime, rusage, write_json, LatencyUs, LOG_NAME,
@@ -146,6 +146,9 @@ pub struct GrpcArgs {
     /// Server IO backend.
     #[arg(long, value_enum, default_value_t = IoBackend::Auto)]
     pub io_backend: IoBackend,
+    /// `--append-io` of the replica children only (the primary takes SPOOL_APPEND_IO).
+    #[arg(long, value_enum)]
+    pub replica_append_io: Option<AppendIo>,
     /// Ack mode of every append: async, written, semi-sync:K or sync.
     #[arg(long, default_value = "async")]
     pub ack: AckArg,
@@ -424,6 +427,7 @@ async fn grpc_run(args: &GrpcArgs, mode: Mode) -> Result<GrpcRun> {
             server.addr,
             &id,
             sync,
+            args.replica_append_io,
         ) {
             Ok(r) => replicas.push(r),
             Err(e) => {

@@ -10,7 +10,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
-use spool::config::{FileConfig, IoBackend, Overrides, ServerConfig};
+use clap::ValueEnum;
+use spool::config::{AppendIo, FileConfig, IoBackend, Overrides, ServerConfig};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_TIMEOUT: Duration = Duration::from_secs(20);
@@ -56,6 +57,7 @@ impl BenchServer {
         upstream: SocketAddr,
         id: &str,
         sync: bool,
+        append_io: Option<AppendIo>,
     ) -> Result<BenchServer> {
         let mut extra = vec![
             "--replica-of".to_owned(),
@@ -65,6 +67,10 @@ impl BenchServer {
         ];
         if sync {
             extra.push("--sync-replica".to_owned());
+        }
+        if let Some(a) = append_io {
+            let name = a.to_possible_value().expect("no variant is skipped");
+            extra.extend(["--append-io".to_owned(), name.get_name().to_owned()]);
         }
         Self::start_process(data_dir, work_dir, io_backend, id, &extra)
     }

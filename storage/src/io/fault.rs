@@ -418,7 +418,14 @@ impl IoFile for FaultFile {
         self.inner.std_file()
     }
 
-    async fn write_at(&self, buf: Vec<u8>, skip: usize, pos: u64, sync: bool) -> BufResult<()> {
+    async fn write_at(
+        &self,
+        buf: Vec<u8>,
+        skip: usize,
+        pos: u64,
+        sync: bool,
+        _replicated: bool,
+    ) -> BufResult<()> {
         let bytes = &buf[skip..];
         let fault = self.injector.next(FaultOp::Write);
         let len = match fault {

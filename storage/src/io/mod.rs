@@ -26,13 +26,15 @@ pub type BufResult<T> = (io::Result<T>, Vec<u8>);
 pub trait IoFile: 'static {
     /// Write all of `buf[skip..]` at `pos`, then fdatasync when `sync`. Backends that can
     /// chain the two in one submission (io_uring linked SQEs, `RWF_DSYNC`) do. `skip` lets a
-    /// caller put the bytes on an O_DIRECT boundary of its own buffer.
+    /// caller put the bytes on an O_DIRECT boundary of its own buffer; `replicated`: the
+    /// bytes are frames received from an upstream (see [`AppendIo::Replicated`]).
     fn write_at(
         &self,
         buf: Vec<u8>,
         skip: usize,
         pos: u64,
         sync: bool,
+        replicated: bool,
     ) -> impl Future<Output = BufResult<()>>;
 
     /// fdatasync.
@@ -44,12 +46,12 @@ pub trait IoFile: 'static {
 
     /// Write all of `buf` at `pos`.
     fn write_all_at(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {
-        self.write_at(buf, 0, pos, false)
+        self.write_at(buf, 0, pos, false, false)
     }
 
     /// Write all of `buf` at `pos`, then fdatasync.
     fn write_all_at_sync(&self, buf: Vec<u8>, pos: u64) -> impl Future<Output = BufResult<()>> {
-        self.write_at(buf, 0, pos, true)
+        self.write_at(buf, 0, pos, true, false)
     }
 }
 
@@ -78,17 +80,31 @@ pub enum ImportIo {
     Threads,
 }
 
-/// How the io_uring backend writes a log's group commits.
-/// The default is the one that won the same-run A/B (benches/RESULTS.md, "Direct group
-/// commits").
+/// How a log's group commits are written. The default won the same-run A/B
+/// (benches/RESULTS.md, "Direct group commits"; docs/decisions/0018).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AppendIo {
-    /// Through the page cache, the write linked to an fdatasync.
-    #[default]
+    /// Through the page cache, then fdatasync.
     Buffered,
     /// Whole pages with O_DIRECT, synced by `RWF_DSYNC` on the write (pre-zeroed segments
     /// need no metadata at the sync); tail readers fault the written pages in from disk.
     Direct,
+    /// Direct for groups of frames received from an upstream (a replica's writes, read
+    /// by few), buffered for local appends (a primary's, read at once by its replicas and
+    /// subscribers).
+    #[default]
+    Replicated,
+}
+
+impl AppendIo {
+    /// Whether a group write goes direct; `replicated`: it holds only received frames.
+    pub fn direct_for(self, replicated: bool) -> bool {
+        match self {
+            AppendIo::Buffered => false,
+            AppendIo::Direct => true,
+            AppendIo::Replicated => replicated,
+        }
+    }
 }
 
 /// Which backend a node uses. `Auto` prefers io_uring and falls back to std with a log

@@ -16,35 +16,36 @@ use std::rc::Rc;
 use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::aligned::ALIGN;
+use super::aligned::{direct_aligned, open_direct};
+use super::AppendIo;
 use super::{BufResult, IoBackend, IoFile, MetaIo};
 
-/// `direct`: group writes go to the segment through a second descriptor opened with
-/// O_DIRECT, synced by `RWF_DSYNC` on the write itself (see [`UringFile`]).
+/// `append_io`: which group writes go to the segment through a second descriptor opened
+/// with O_DIRECT, synced by `RWF_DSYNC` on the write itself (see [`UringFile`]).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UringBackend {
-    direct: bool,
+    append_io: AppendIo,
 }
 
 impl UringBackend {
-    /// A backend whose whole-page writes bypass the page cache.
-    pub fn direct_appends(direct: bool) -> UringBackend {
-        UringBackend { direct }
+    pub fn new(append_io: AppendIo) -> UringBackend {
+        UringBackend { append_io }
     }
 }
 
 /// The std file is kept alive by every in-flight op (the `Rc` in its stable data), so its
 /// descriptor cannot be closed and reused while the kernel still refers to it.
 ///
-/// With `direct`, a write whose offset, length and memory are all [`ALIGN`]ed goes through
-/// the O_DIRECT descriptor; any other write (a mark, a zeroing, a group whose buffer moved)
-/// through the buffered one. The kernel keeps the two coherent: a direct write first writes
-/// back dirty cached pages of its range and drops them from the cache after, so mmap
-/// readers fault the new bytes in.
+/// With `direct`, a group write `append_io` sends direct whose offset, length and memory
+/// are all aligned goes through the O_DIRECT descriptor; any other write (a mark, a
+/// zeroing, a group whose buffer moved) through the buffered one. The kernel keeps the two
+/// coherent: a direct write first writes back dirty cached pages of its range and drops
+/// them from the cache after, so mmap readers fault the new bytes in.
 #[derive(Debug)]
 pub struct UringFile {
     file: Rc<std::fs::File>,
     direct: Option<Rc<std::fs::File>>,
+    append_io: AppendIo,
 }
 
 /// Metadata work is rare and blocking (renames, directory syncs): done as std does it, on
@@ -55,45 +56,24 @@ impl IoBackend for UringBackend {
     type File = UringFile;
 
     fn name(&self) -> &'static str {
-        if self.direct {
-            "uring-direct"
-        } else {
-            "uring"
+        match self.append_io {
+            AppendIo::Buffered => "uring",
+            AppendIo::Direct => "uring-direct",
+            AppendIo::Replicated => "uring-direct-replicated",
         }
     }
 
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<UringFile> {
-        let direct = match self.direct.then(|| open_direct(path)) {
-            Some(Ok(f)) => Some(Rc::new(f)),
-            // A file system without O_DIRECT: this file's writes stay buffered.
-            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
-                tracing::warn!(path = %path.display(), "O_DIRECT refused; appends stay buffered");
-                None
-            }
-            Some(Err(e)) => return Err(e),
-            None => None,
+        let direct = match self.append_io {
+            AppendIo::Buffered => None,
+            _ => open_direct(path)?.map(Rc::new),
         };
         Ok(UringFile {
             file: Rc::new(file),
             direct,
+            append_io: self.append_io,
         })
     }
-}
-
-fn open_direct(path: &Path) -> io::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-}
-
-/// Whether `bytes` at `pos` meet O_DIRECT's alignment of offset, length and memory.
-fn direct_aligned(bytes: &[u8], pos: u64) -> bool {
-    pos % ALIGN as u64 == 0
-        && bytes.len() % ALIGN == 0
-        && !bytes.is_empty()
-        && (bytes.as_ptr() as usize) % ALIGN == 0
 }
 
 /// Create the storage thread's ring, or say why not (the caller falls back to std).
@@ -233,16 +213,23 @@ impl IoFile for UringFile {
         &self.file
     }
 
-    async fn write_at(&self, buf: Vec<u8>, skip: usize, pos: u64, sync: bool) -> BufResult<()> {
-        if let Some(direct) = self
+    async fn write_at(
+        &self,
+        buf: Vec<u8>,
+        skip: usize,
+        pos: u64,
+        sync: bool,
+        replicated: bool,
+    ) -> BufResult<()> {
+        let direct = self
             .direct
             .as_ref()
-            .filter(|_| direct_aligned(&buf[skip..], pos))
-        {
+            .filter(|_| self.append_io.direct_for(replicated) && direct_aligned(&buf[skip..], pos));
+        if let Some(direct) = direct {
             let flags = if sync { libc::RWF_DSYNC } else { 0 };
             let (res, buf) = Self::write_through(direct, buf, skip, pos, flags).await;
             match res {
-                // A file system or device that wants more than ALIGN: the buffered path.
+                // A file system or device that wants more alignment: the buffered path.
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
                 res => return (res, buf),
             }

@@ -22,6 +22,7 @@ impl<F: IoFile> LogWriter<F> {
             return Ok(());
         }
         let pos = self.active.write_pos();
+        let replicated = self.group.replicated_only();
         let (mut buf, lead, head) = self.group.take();
         let at = pos - head as u64;
         if len > 0 {
@@ -37,7 +38,7 @@ impl<F: IoFile> LogWriter<F> {
         let (res, buf) = if len == 0 {
             (io.sync_data().await, buf)
         } else {
-            io.write_at(buf, lead, at, need_sync).await
+            io.write_at(buf, lead, at, need_sync, replicated).await
         };
         if need_sync {
             stats.record_sync(started.elapsed());

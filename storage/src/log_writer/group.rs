@@ -39,6 +39,8 @@ pub(crate) struct Group {
     buf: Vec<u8>,
     lead: usize,
     head: usize,
+    /// A local append is in the buffer (else only frames received from an upstream).
+    local: bool,
     waiters: Vec<Waiter>,
     /// Replicated frames written but not yet synced: their waiters hear at the next sync.
     unsynced_frames: Vec<(oneshot::Sender<Result<u64>>, u64)>,
@@ -81,7 +83,9 @@ impl Group {
         self.head = head.len();
     }
 
-    pub fn push(&mut self, frame: &[u8]) {
+    /// `local`: an append made here, not a frame received from an upstream.
+    pub fn push(&mut self, frame: &[u8], local: bool) {
+        self.local |= local;
         self.buf.extend_from_slice(frame);
     }
 
@@ -105,9 +109,15 @@ impl Group {
         self.frame_bytes() == 0 && !(sync && self.unsynced_bytes > 0)
     }
 
+    /// Whether the buffer holds only frames received from an upstream.
+    pub fn replicated_only(&self) -> bool {
+        !self.local
+    }
+
     /// The buffer, its unwritten lead and its carried head (the bytes to write are
     /// `buf[lead..]`, from the head's page start); the group starts afresh.
     pub fn take(&mut self) -> (Vec<u8>, usize, usize) {
+        self.local = false;
         let lead = std::mem::replace(&mut self.lead, 0);
         let head = std::mem::replace(&mut self.head, 0);
         (std::mem::take(&mut self.buf), lead, head)

@@ -156,11 +156,12 @@ impl<F: IoFile> LogWriter<F> {
     }
 
     /// Put `frame` in the group (after its record `offset`'s index entry is noted).
-    fn buffer(&mut self, frame: &[u8], offset: u64, next: u64) {
+    /// `local`: an append made here, not a frame received from an upstream.
+    fn buffer(&mut self, frame: &[u8], offset: u64, next: u64, local: bool) {
         self.group
             .start(self.active.page_head(), self.active.write_pos());
         self.index.note(self.buf_end(), offset);
-        self.group.push(frame);
+        self.group.push(frame, local);
         self.active.buffered(next);
     }
 
@@ -195,7 +196,7 @@ impl<F: IoFile> LogWriter<F> {
             let base = self.active.seg().base_offset;
             self.producers.record(&*self.io, p, batch, base);
         }
-        self.buffer(&frame, offset, offset + u64::from(count));
+        self.buffer(&frame, offset, offset + u64::from(count), true);
         self.last_ts_us = ts;
         if durability == Durability::Fsync {
             self.group.request_sync();
@@ -248,7 +249,7 @@ impl<F: IoFile> LogWriter<F> {
     pub fn push_replicated(&mut self, frame: &[u8], h: &BatchHeader, sync: bool) {
         assert_eq!(h.base_offset, self.active.buffered_next());
         assert_eq!(h.epoch, self.shared.epochs.read().current());
-        self.buffer(frame, h.base_offset, h.next_offset());
+        self.buffer(frame, h.base_offset, h.next_offset(), false);
         // A replica knows its primary's producers, to answer retries once promoted.
         let base = self.active.seg().base_offset;
         self.producers.observe(&*self.io, frame, h, base);

@@ -38,12 +38,22 @@ pub async fn read_all(s: &Storage, name: &str) -> Vec<spool_storage::Record> {
 /// Open storage with the io_uring backend, refusing a fallback.
 pub fn open_uring(mut c: StorageConfig) -> Storage {
     c.backend = BackendChoice::Uring;
+    c.append_io = spool_storage::AppendIo::Buffered;
     let s = Storage::open(c).unwrap();
     assert_eq!(s.backend_name(), "uring");
     s
 }
 
-/// Open storage with io_uring and direct group commits, refusing a fallback.
+/// Open storage with the std backend and every group commit direct.
+pub fn open_std_direct(mut c: StorageConfig) -> Storage {
+    c.backend = BackendChoice::Std;
+    c.append_io = spool_storage::AppendIo::Direct;
+    let s = Storage::open(c).unwrap();
+    assert_eq!(s.backend_name(), "std-direct");
+    s
+}
+
+/// Open storage with io_uring and every group commit direct, refusing a fallback.
 pub fn open_uring_direct(mut c: StorageConfig) -> Storage {
     c.backend = BackendChoice::Uring;
     c.append_io = spool_storage::AppendIo::Direct;
