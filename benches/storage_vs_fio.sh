@@ -155,9 +155,11 @@ BEGIN {
 }' "$ROWS"
 
 # Combined JSON next to the raw outputs.
-python3 - "$ROWS" "$RESULT_JSON" "$FIO_LAYOUT" "$SECONDS_PER_RUN" <<'EOF'
+COMMIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+python3 - "$ROWS" "$RESULT_JSON" "$FIO_LAYOUT" "$SECONDS_PER_RUN" "$COMMIT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" <<'EOF'
 import json, sys
 rows, out, layout, secs = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+commit, now = sys.argv[5], sys.argv[6]
 keys = ["backend", "record_bytes", "spool_bytes_per_sync", "fio_bs", "spool_payload_mb_per_s",
         "spool_disk_mb_per_s", "fio_mb_per_s", "fio_iops", "fio_sync_p50_us", "fio_sync_p99_us",
         "spool_records_per_s", "spool_p50_us", "spool_p99_us", "spool_p999_us",
@@ -173,6 +175,15 @@ for line in open(rows):
     d["fio_layout"] = layout
     d["seconds"] = secs
     res.append(d)
-json.dump(res, open(out, "w"), indent=2)
+# Each backend's disk MB/s; fio's at the first backend's flush size per record size.
+series = {}
+for d in res:
+    rb = int(d["record_bytes"])
+    series[f'{d["backend"]} {rb} B'] = d["spool_disk_mb_per_s"]
+    series.setdefault(f'fio {rb} B', d["fio_mb_per_s"])
+    series.setdefault(f'fio direct {rb} B', d["fio_direct_dsync_mb_per_s"])
+plot = {"title": "Group commit, 64 writers, beside fio at the same bytes per sync", "unit": "MB/s",
+        "series": series}
+json.dump({"commit": commit, "date": now, "runs": res, "plot": plot}, open(out, "w"), indent=2)
 EOF
 log "results: $SPOOL_JSON, $RESULT_JSON, $OUT_DIR/fio-*.json"
