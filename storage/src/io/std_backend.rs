@@ -7,7 +7,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use super::aligned::{direct_aligned, open_direct};
+use super::aligned::DirectFd;
 use super::{AppendIo, BufResult, IoBackend, IoFile, MetaIo};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -17,14 +17,13 @@ pub struct StdBackend;
 #[derive(Debug, Clone, Copy)]
 pub struct StdDirect(pub AppendIo);
 
-/// With `direct`, a group write `append_io` sends direct whose offset, length and memory
-/// are all aligned goes through the O_DIRECT descriptor, any other write through the
-/// buffered one (the kernel keeps the two coherent, see `uring::UringFile`).
+/// With `direct`, a group write that [`DirectFd::pick`] sends direct goes through the
+/// O_DIRECT descriptor, any other write through the buffered one (the kernel keeps the
+/// two coherent, see `uring::UringFile`).
 #[derive(Debug)]
 pub struct StdFile {
     file: std::fs::File,
-    direct: Option<std::fs::File>,
-    append_io: AppendIo,
+    direct: Option<DirectFd<std::fs::File>>,
 }
 
 /// Every metadata operation as std does it (the trait's defaults).
@@ -38,11 +37,7 @@ impl IoBackend for StdBackend {
     }
 
     fn wrap(&self, file: std::fs::File, _path: &Path) -> io::Result<StdFile> {
-        Ok(StdFile {
-            file,
-            direct: None,
-            append_io: AppendIo::Buffered,
-        })
+        Ok(StdFile { file, direct: None })
     }
 }
 
@@ -60,15 +55,8 @@ impl IoBackend for StdDirect {
     }
 
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<StdFile> {
-        let direct = match self.0 {
-            AppendIo::Buffered => None,
-            _ => open_direct(path)?,
-        };
-        Ok(StdFile {
-            file,
-            direct,
-            append_io: self.0,
-        })
+        let direct = DirectFd::open(path, self.0, |f| f)?;
+        Ok(StdFile { file, direct })
     }
 }
 
@@ -121,16 +109,13 @@ impl IoFile for StdFile {
         replicated: bool,
     ) -> BufResult<()> {
         let bytes = &buf[skip..];
-        if let Some(direct) = self
-            .direct
-            .as_ref()
-            .filter(|_| self.append_io.direct_for(replicated) && direct_aligned(bytes, pos))
-        {
-            let flags = if sync { libc::RWF_DSYNC } else { 0 };
-            match pwrite_all_flags(direct, bytes, pos, flags) {
-                // A file system or device that wants more alignment: the buffered path.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                res => return (res, buf),
+        if let Some(d) = &self.direct {
+            if let Some(fd) = d.pick(bytes, pos, replicated) {
+                let flags = if sync { libc::RWF_DSYNC } else { 0 };
+                let res = pwrite_all_flags(fd, bytes, pos, flags);
+                if !d.refused(&res) {
+                    return (res, buf);
+                }
             }
         }
         let mut res = self.file.write_all_at(bytes, pos);

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use io_uring::{cqueue, opcode, squeue, types};
 use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
-use super::aligned::{direct_aligned, open_direct};
+use super::aligned::DirectFd;
 use super::AppendIo;
 use super::{BufResult, IoBackend, IoFile, MetaIo};
 
@@ -36,16 +36,15 @@ impl UringBackend {
 /// The std file is kept alive by every in-flight op (the `Rc` in its stable data), so its
 /// descriptor cannot be closed and reused while the kernel still refers to it.
 ///
-/// With `direct`, a group write `append_io` sends direct whose offset, length and memory
-/// are all aligned goes through the O_DIRECT descriptor; any other write (a mark, a
-/// zeroing, a group whose buffer moved) through the buffered one. The kernel keeps the two
+/// With `direct`, a group write that [`DirectFd::pick`] sends direct goes through the
+/// O_DIRECT descriptor; any other write (a mark, a zeroing, a group whose buffer moved)
+/// through the buffered one. The kernel keeps the two
 /// coherent: a direct write first writes back dirty cached pages of its range and drops
 /// them from the cache after, so mmap readers fault the new bytes in.
 #[derive(Debug)]
 pub struct UringFile {
     file: Rc<std::fs::File>,
-    direct: Option<Rc<std::fs::File>>,
-    append_io: AppendIo,
+    direct: Option<DirectFd<Rc<std::fs::File>>>,
 }
 
 /// Metadata work is rare and blocking (renames, directory syncs): done as std does it, on
@@ -64,14 +63,9 @@ impl IoBackend for UringBackend {
     }
 
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<UringFile> {
-        let direct = match self.append_io {
-            AppendIo::Buffered => None,
-            _ => open_direct(path)?.map(Rc::new),
-        };
         Ok(UringFile {
             file: Rc::new(file),
-            direct,
-            append_io: self.append_io,
+            direct: DirectFd::open(path, self.append_io, Rc::new)?,
         })
     }
 }
@@ -221,19 +215,15 @@ impl IoFile for UringFile {
         sync: bool,
         replicated: bool,
     ) -> BufResult<()> {
-        let direct = self
-            .direct
-            .as_ref()
-            .filter(|_| self.append_io.direct_for(replicated) && direct_aligned(&buf[skip..], pos));
-        if let Some(direct) = direct {
-            let flags = if sync { libc::RWF_DSYNC } else { 0 };
-            let (res, buf) = Self::write_through(direct, buf, skip, pos, flags).await;
-            match res {
-                // A file system or device that wants more alignment: the buffered path.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
-                res => return (res, buf),
+        if let Some(d) = &self.direct {
+            if let Some(fd) = d.pick(&buf[skip..], pos, replicated) {
+                let flags = if sync { libc::RWF_DSYNC } else { 0 };
+                let (res, b) = Self::write_through(fd, buf, skip, pos, flags).await;
+                if !d.refused(&res) {
+                    return (res, b);
+                }
+                return self.write_buffered(b, skip, pos, sync).await;
             }
-            return self.write_buffered(buf, skip, pos, sync).await;
         }
         self.write_buffered(buf, skip, pos, sync).await
     }
