@@ -47,8 +47,8 @@ pub struct ConnectionConfig {
 }
 
 impl ConnectionConfig {
-    /// The defaults for a node keeping `open_logs_max` logs' files open (two descriptors
-    /// each) under the current open-files limit.
+    /// The defaults for a node keeping `open_logs_max` logs' files open (up to three
+    /// descriptors each) under the current open-files limit.
     pub fn defaults(open_logs_max: usize) -> ConnectionConfig {
         ConnectionConfig {
             max_connections: connections_default(open_files_soft_limit(), open_logs_max),
@@ -110,7 +110,8 @@ impl ConnectionConfig {
 /// Half of the descriptors the limit leaves after the reserve and the logs' files: the
 /// other half stays free for what comes and goes (segment fetches' files, spares, repair).
 fn connections_default(soft_limit: u64, open_logs_max: usize) -> usize {
-    let logs = 2 * open_logs_max as u64;
+    // Segment, index, and the segment's O_DIRECT descriptor of direct group commits.
+    let logs = 3 * open_logs_max as u64;
     let left = soft_limit.saturating_sub(FDS_RESERVED).saturating_sub(logs);
     ((left / 2) as usize).max(CONNECTIONS_MIN)
 }
@@ -135,11 +136,12 @@ mod tests {
 
     #[test]
     fn default_cap_follows_the_open_files_limit() {
-        // This machine: 20000 descriptors, storage's default of a quarter for logs.
+        // This machine: 20000 descriptors, storage's default of an eighth in logs (up to
+        // three descriptors each).
         let logs = ((20_000 - 256) / 8) as usize;
-        assert_eq!(connections_default(20_000, logs), 7404);
+        assert_eq!(connections_default(20_000, logs), (19_744 - 3 * 2468) / 2);
         // A systemd default of 1024 still takes a few hundred clients.
-        assert_eq!(connections_default(1024, (1024 - 256) / 8), 288);
+        assert_eq!(connections_default(1024, (1024 - 256) / 8), 240);
         // Logs configured to take everything: the floor.
         assert_eq!(connections_default(1024, 10_000), CONNECTIONS_MIN);
     }

@@ -191,8 +191,8 @@ impl LogConfig {
 /// Descriptors kept for other uses than logs' files (sockets, segment fetches, spares).
 const FDS_RESERVED: u64 = 256;
 
-/// A quarter of what the open-files limit leaves after [`FDS_RESERVED`], in logs (two
-/// descriptors each): room for connections and the other three quarters untouched.
+/// An eighth of what the open-files limit leaves after [`FDS_RESERVED`], in logs (two
+/// descriptors each, three with direct group commits): room for connections.
 pub fn open_logs_default() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -230,7 +230,7 @@ pub struct StorageConfig {
     pub retention_check_interval: Duration,
     /// Settings for logs created without explicit ones.
     pub default_log: LogConfig,
-    /// Logs whose files (two descriptors each) stay open at once; idle ones beyond it are
+    /// Logs whose files (two descriptors each, three with direct group commits) stay open at once; idle ones beyond it are
     /// closed, least recently used first, and opened again when written.
     pub open_logs_max: usize,
     /// Rate of background scrub passes over sealed segments (0: none).

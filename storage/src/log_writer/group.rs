@@ -19,9 +19,11 @@ use crate::log::AppendAck;
 /// Page size for whole-page group writes.
 pub(super) const PAGE: u64 = 4096;
 
-/// Room a group's buffer is given at its start, so that most groups never move it (a
-/// moved buffer loses its O_DIRECT alignment until the next group).
-const GROUP_RESERVE: usize = 256 << 10;
+/// Room a group's buffer is given at its start beyond the lead and head. A buffer that
+/// grows while a group fills moves and loses its O_DIRECT alignment for that group; it
+/// keeps its capacity, so the following groups of that size are aligned again. Small, as
+/// every log keeps its buffer.
+const GROUP_RESERVE: usize = 16 << 10;
 
 pub(crate) enum Waiter {
     Local {
