@@ -136,12 +136,12 @@ mod tests {
 
     #[test]
     fn default_cap_follows_the_open_files_limit() {
-        // This machine: 20000 descriptors, storage's default of an eighth in logs (up to
+        // This machine: 20000 descriptors, storage's default of a quarter for logs (up to
         // three descriptors each).
-        let logs = ((20_000 - 256) / 8) as usize;
-        assert_eq!(connections_default(20_000, logs), (19_744 - 3 * 2468) / 2);
+        let logs = ((20_000 - 256) / 12) as usize;
+        assert_eq!(connections_default(20_000, logs), 7404);
         // A systemd default of 1024 still takes a few hundred clients.
-        assert_eq!(connections_default(1024, (1024 - 256) / 8), 240);
+        assert_eq!(connections_default(1024, (1024 - 256) / 12), 288);
         // Logs configured to take everything: the floor.
         assert_eq!(connections_default(1024, 10_000), CONNECTIONS_MIN);
     }

@@ -191,8 +191,9 @@ impl LogConfig {
 /// Descriptors kept for other uses than logs' files (sockets, segment fetches, spares).
 const FDS_RESERVED: u64 = 256;
 
-/// An eighth of what the open-files limit leaves after [`FDS_RESERVED`], in logs (two
-/// descriptors each, three with direct group commits): room for connections.
+/// A quarter of what the open-files limit leaves after [`FDS_RESERVED`], in logs of up to
+/// three descriptors each (segment, index, and the segment opened with O_DIRECT for
+/// direct group commits): room for connections and the other three quarters untouched.
 pub fn open_logs_default() -> usize {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -204,7 +205,7 @@ pub fn open_logs_default() -> usize {
     } else {
         1024
     };
-    (soft.saturating_sub(FDS_RESERVED) / 8).clamp(16, 100_000) as usize
+    (soft.saturating_sub(FDS_RESERVED) / 12).clamp(16, 100_000) as usize
 }
 
 /// Node-wide storage settings.
