@@ -46,11 +46,18 @@ fn direct_aligned(bytes: &[u8], pos: u64) -> bool {
 /// A segment's second descriptor, opened with O_DIRECT, for the group writes `append_io`
 /// sends direct; given up for good at its first EINVAL (a file system or device that
 /// wants more alignment than [`ALIGN`]), after which every write is buffered.
+///
+/// It also knows whether the file holds writes no sync covered yet. `RWF_DSYNC` makes
+/// durable only the write it is on (a device with FUA writes that one through its cache,
+/// nothing else; `vfs_fsync_range` writes back only that range of the page cache), so a
+/// synced write uses it only when nothing unsynced came before, and otherwise is
+/// followed by a whole-file fdatasync, which flushes every earlier write.
 #[derive(Debug)]
 pub(crate) struct DirectFd<T> {
     fd: T,
     append_io: AppendIo,
     refused: Cell<bool>,
+    unsynced: Cell<bool>,
 }
 
 impl<T> DirectFd<T> {
@@ -73,6 +80,7 @@ impl<T> DirectFd<T> {
                 fd: wrap(f),
                 append_io,
                 refused: Cell::new(false),
+                unsynced: Cell::new(false),
             })),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %path.display(), "O_DIRECT refused; appends stay buffered");
@@ -88,6 +96,22 @@ impl<T> DirectFd<T> {
             && self.append_io.direct_for(replicated)
             && direct_aligned(bytes, pos);
         go.then_some(&self.fd)
+    }
+
+    /// The write flags of a direct write: `RWF_DSYNC` when it is synced and that alone
+    /// makes the file durable; else none, and a synced write needs an fdatasync after.
+    pub(crate) fn flags(&self, sync: bool) -> i32 {
+        if sync && !self.unsynced.get() {
+            libc::RWF_DSYNC
+        } else {
+            0
+        }
+    }
+
+    /// A write to the file (direct or buffered, by any path of the backend) ended:
+    /// `synced`: it and everything before it are durable.
+    pub(crate) fn wrote(&self, synced: bool) {
+        self.unsynced.set(!synced);
     }
 
     /// Whether `res` of a direct write means O_DIRECT is refused here: if so, it is given
@@ -134,5 +158,25 @@ mod tests {
         assert!(d.pick(bytes, 0, true).is_some(), "other errors keep it");
         assert!(d.refused::<()>(&Err(io::Error::from_raw_os_error(libc::EINVAL))));
         assert!(d.pick(bytes, 0, true).is_none(), "given up after EINVAL");
+    }
+
+    #[test]
+    fn dsync_alone_only_when_nothing_unsynced_came_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("seg");
+        std::fs::write(&path, vec![0u8; 8192]).unwrap();
+        let Some(d) = DirectFd::open(&path, AppendIo::Direct, |f| f).unwrap() else {
+            return;
+        };
+        assert_eq!(d.flags(true), libc::RWF_DSYNC);
+        assert_eq!(d.flags(false), 0);
+        d.wrote(false);
+        assert_eq!(
+            d.flags(true),
+            0,
+            "an unsynced write before: fdatasync after"
+        );
+        d.wrote(true);
+        assert_eq!(d.flags(true), libc::RWF_DSYNC, "all synced again");
     }
 }

@@ -66,6 +66,27 @@ impl StdFile {
     pub(crate) fn file(&self) -> &std::fs::File {
         &self.file
     }
+
+    /// `bytes` at `pos`, direct where [`DirectFd::pick`] says so, then synced if `sync`.
+    fn write_bytes(&self, bytes: &[u8], pos: u64, sync: bool, replicated: bool) -> io::Result<()> {
+        if let Some(d) = &self.direct {
+            if let Some(fd) = d.pick(bytes, pos, replicated) {
+                let flags = d.flags(sync);
+                let res = pwrite_all_flags(fd, bytes, pos, flags);
+                if !d.refused(&res) {
+                    return match res {
+                        Ok(()) if sync && flags == 0 => self.file.sync_data(),
+                        res => res,
+                    };
+                }
+            }
+        }
+        self.file.write_all_at(bytes, pos)?;
+        if sync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
 }
 
 /// `pwritev2` of all of `bytes` at `pos` with `flags`.
@@ -109,24 +130,19 @@ impl IoFile for StdFile {
         replicated: bool,
     ) -> BufResult<()> {
         let bytes = &buf[skip..];
+        let res = self.write_bytes(bytes, pos, sync, replicated);
         if let Some(d) = &self.direct {
-            if let Some(fd) = d.pick(bytes, pos, replicated) {
-                let flags = if sync { libc::RWF_DSYNC } else { 0 };
-                let res = pwrite_all_flags(fd, bytes, pos, flags);
-                if !d.refused(&res) {
-                    return (res, buf);
-                }
-            }
-        }
-        let mut res = self.file.write_all_at(bytes, pos);
-        if res.is_ok() && sync {
-            res = self.file.sync_data();
+            d.wrote(sync && res.is_ok());
         }
         (res, buf)
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
+        let res = self.file.sync_data();
+        if let (Some(d), Ok(())) = (&self.direct, &res) {
+            d.wrote(true);
+        }
+        res
     }
 
     fn std_file(&self) -> &std::fs::File {

@@ -38,9 +38,9 @@ impl UringBackend {
 ///
 /// With `direct`, a group write that [`DirectFd::pick`] sends direct goes through the
 /// O_DIRECT descriptor; any other write (a mark, a zeroing, a group whose buffer moved)
-/// through the buffered one. The kernel keeps the two
-/// coherent: a direct write first writes back dirty cached pages of its range and drops
-/// them from the cache after, so mmap readers fault the new bytes in.
+/// through the buffered one. The kernel keeps the two coherent: a direct write first
+/// writes back dirty cached pages of its range and drops them from the cache after, so
+/// mmap readers fault the new bytes in.
 #[derive(Debug)]
 pub struct UringFile {
     file: Rc<std::fs::File>,
@@ -112,10 +112,11 @@ fn cqe_result(cqe: &cqueue::Entry) -> io::Result<usize> {
 }
 
 impl UringFile {
-    fn write_sqe(fd: &std::fs::File, rest: &[u8], pos: u64) -> squeue::Entry {
+    fn write_sqe(fd: &std::fs::File, rest: &[u8], pos: u64, rw_flags: i32) -> squeue::Entry {
         let len = u32::try_from(rest.len()).unwrap_or(u32::MAX);
         opcode::Write::new(types::Fd(fd.as_raw_fd()), rest.as_ptr(), len)
             .offset(pos)
+            .rw_flags(rw_flags as _)
             .build()
     }
 
@@ -135,14 +136,7 @@ impl UringFile {
     ) -> BufResult<()> {
         while from < buf.len() {
             // The Vec's heap block does not move when the Vec itself is moved into the op.
-            let sqe = opcode::Write::new(
-                types::Fd(fd.as_raw_fd()),
-                buf[from..].as_ptr(),
-                u32::try_from(buf.len() - from).unwrap_or(u32::MAX),
-            )
-            .offset(pos)
-            .rw_flags(rw_flags as _)
-            .build();
+            let sqe = Self::write_sqe(fd, &buf[from..], pos, rw_flags);
             let data = WriteData {
                 buf,
                 _file: fd.clone(),
@@ -162,6 +156,42 @@ impl UringFile {
         (Ok(()), buf)
     }
 
+    /// `buf[skip..]` at `pos`, direct where [`DirectFd::pick`] says so, then synced if
+    /// `sync` (by `RWF_DSYNC` on the write where that suffices, see [`DirectFd`]).
+    async fn write_group(
+        &self,
+        buf: Vec<u8>,
+        skip: usize,
+        pos: u64,
+        sync: bool,
+        replicated: bool,
+    ) -> BufResult<()> {
+        let Some(d) = &self.direct else {
+            return self.write_buffered(buf, skip, pos, sync).await;
+        };
+        let Some(fd) = d.pick(&buf[skip..], pos, replicated) else {
+            return self.write_buffered(buf, skip, pos, sync).await;
+        };
+        let flags = d.flags(sync);
+        let (res, buf) = Self::write_through(fd, buf, skip, pos, flags).await;
+        if d.refused(&res) {
+            return self.write_buffered(buf, skip, pos, sync).await;
+        }
+        match res {
+            Ok(()) if sync && flags == 0 => (self.fsync_file().await, buf),
+            res => (res, buf),
+        }
+    }
+
+    /// fdatasync of the whole file.
+    async fn fsync_file(&self) -> io::Result<()> {
+        let sqe = self.sync_sqe();
+        UnsubmittedOneshot::new(self.file.clone(), SyncOut, sqe)
+            .submit()
+            .await
+            .map(|_| ())
+    }
+
     /// The buffered write, chained to its fdatasync when `sync`.
     async fn write_buffered(
         &self,
@@ -174,10 +204,10 @@ impl UringFile {
             return Self::write_through(&self.file, buf, skip, pos, 0).await;
         }
         if buf.len() == skip {
-            return (self.sync_data().await, buf);
+            return (self.fsync_file().await, buf);
         }
         let total = buf.len() - skip;
-        let write = Self::write_sqe(&self.file, &buf[skip..], pos).flags(squeue::Flags::IO_LINK);
+        let write = Self::write_sqe(&self.file, &buf[skip..], pos, 0).flags(squeue::Flags::IO_LINK);
         let data = WriteData {
             buf,
             _file: self.file.clone(),
@@ -195,7 +225,7 @@ impl UringFile {
                 if let Err(e) = res {
                     return (Err(e), buf);
                 }
-                (self.sync_data().await, buf)
+                (self.fsync_file().await, buf)
             }
             Ok(_) => (sres.map(|_| ()), buf),
         }
@@ -215,24 +245,18 @@ impl IoFile for UringFile {
         sync: bool,
         replicated: bool,
     ) -> BufResult<()> {
+        let (res, buf) = self.write_group(buf, skip, pos, sync, replicated).await;
         if let Some(d) = &self.direct {
-            if let Some(fd) = d.pick(&buf[skip..], pos, replicated) {
-                let flags = if sync { libc::RWF_DSYNC } else { 0 };
-                let (res, b) = Self::write_through(fd, buf, skip, pos, flags).await;
-                if !d.refused(&res) {
-                    return (res, b);
-                }
-                return self.write_buffered(b, skip, pos, sync).await;
-            }
+            d.wrote(sync && res.is_ok());
         }
-        self.write_buffered(buf, skip, pos, sync).await
+        (res, buf)
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        let sqe = self.sync_sqe();
-        UnsubmittedOneshot::new(self.file.clone(), SyncOut, sqe)
-            .submit()
-            .await
-            .map(|_| ())
+        let res = self.fsync_file().await;
+        if let (Some(d), Ok(())) = (&self.direct, &res) {
+            d.wrote(true);
+        }
+        res
     }
 }
