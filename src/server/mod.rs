@@ -219,6 +219,9 @@ pub async fn serve(
         // frame (idle streams too), closed if one is not answered in time.
         .http2_keepalive_interval(Some(conns.keepalive_interval))
         .http2_keepalive_timeout(Some(conns.keepalive_timeout))
+        // Clients may send DATA frames this large (a batch of appends in few pieces, each
+        // copied once into the decoder's buffer; HTTP/2's default is 16 KiB).
+        .max_frame_size(Some(1 << 20))
         // Outermost: every request counts against its connection's idle timeout.
         .layer(idle::CountStreamsLayer)
         .layer(rpc_metrics::RpcMetricsLayer)

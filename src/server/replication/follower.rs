@@ -20,6 +20,10 @@ use crate::server::node::Node;
 
 const STREAM_WINDOW_BYTES: u32 = 16 << 20;
 
+/// Largest HTTP/2 DATA frame the upstream may send: a frame message in few pieces, each
+/// copied once into the decoder's buffer (the protocol's default is 16 KiB).
+const FRAME_BYTES: u32 = 1 << 20;
+
 #[derive(Debug, Clone, Default)]
 pub struct LogFollow {
     pub upstream_end: u64,
@@ -227,6 +231,8 @@ async fn session(
         // Room for several frame messages in flight while a catch-up runs at disk speed.
         .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
         .initial_connection_window_size(Some(STREAM_WINDOW_BYTES))
+        // Frames of frame messages arrive in HTTP/2 DATA frames of up to this much.
+        .max_frame_size(Some(FRAME_BYTES))
         .connect()
         .await
         .with_context(|| format!("connecting to upstream {uri}"))?;
