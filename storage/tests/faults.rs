@@ -337,3 +337,130 @@ fn a_failed_idempotent_append_is_appended_on_retry() {
         verify_reopened(dir.path(), &[0, 1]).await;
     });
 }
+
+/// Wait (bounded by the test's timeout) until `cond` holds.
+async fn until(mut cond: impl FnMut() -> bool) {
+    while !cond() {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Start an fsync append of `record(9, seq, 700)`; its first sync is then held by `inj`.
+async fn held_append(
+    log: &Log,
+    inj: &FaultInjector,
+    seq: u32,
+) -> tokio::task::JoinHandle<Result<spool_storage::AppendAck, StorageError>> {
+    let l = log.clone();
+    let task =
+        tokio::spawn(async move { l.append(&[record(9, seq, 700)], Durability::Fsync).await });
+    until(|| inj.paused() == 1).await;
+    task
+}
+
+/// A group's sync runs in the background: the storage thread writes the next group
+/// meanwhile, and each append is acknowledged only once a sync that started after its
+/// write has ended. (Before background syncs the thread waited inside the sync.)
+#[test]
+fn the_next_group_is_written_while_a_sync_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let (s, inj) = open_faulty(dir.path());
+        let log = s.create_log("f").await.unwrap();
+        append_n(&log, 0, 3).await;
+        inj.pause(FaultOp::Sync, "");
+        let a = held_append(&log, &inj, 3).await;
+        let l = log.clone();
+        let b =
+            tokio::spawn(async move { l.append(&[record(9, 4, 700)], Durability::Fsync).await });
+        until(|| log.positions().written == 5).await;
+        assert_eq!(
+            log.positions().durable,
+            3,
+            "nothing published before its sync"
+        );
+        assert!(!a.is_finished() && !b.is_finished());
+        inj.resume();
+        let (a, b) = (a.await.unwrap().unwrap(), b.await.unwrap().unwrap());
+        assert_eq!((a.base_offset, b.base_offset), (3, 4));
+        assert_eq!(
+            (a.durability, b.durability),
+            (Durability::Fsync, Durability::Fsync)
+        );
+        assert_eq!(log.positions().durable, 5);
+        s.shutdown().await.unwrap();
+        verify_reopened(dir.path(), &(0..5).collect::<Vec<_>>()).await;
+    });
+}
+
+/// A background sync fails: its group and every group written while it ran fail, the
+/// log refuses writes, and none of them is published or found after a reopen (a later
+/// sync that succeeds must not vouch for bytes a failed one may have lost).
+#[test]
+fn a_failed_background_sync_fails_every_group_it_held() {
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let (s, inj) = open_faulty(dir.path());
+        let log = s.create_log("f").await.unwrap();
+        append_n(&log, 0, 3).await;
+        inj.pause(FaultOp::Sync, "");
+        let a = held_append(&log, &inj, 3).await;
+        let l = log.clone();
+        let b =
+            tokio::spawn(async move { l.append(&[record(9, 4, 700)], Durability::Fsync).await });
+        until(|| log.positions().written == 5).await;
+        inj.fail_nth(FaultOp::Sync, 1, FaultKind::Eio);
+        inj.resume();
+        assert!(matches!(a.await.unwrap(), Err(StorageError::Io { .. })));
+        assert!(b.await.unwrap().is_err());
+        assert!(matches!(
+            log.append(&[record(9, 5, 700)], Durability::Fsync).await,
+            Err(StorageError::Poisoned { .. })
+        ));
+        assert_eq!(log.positions().durable, 3);
+        assert_eq!(
+            log.positions().written,
+            3,
+            "the unsynced groups are dropped"
+        );
+        s.shutdown().await.unwrap();
+        verify_reopened(dir.path(), &(0..3).collect::<Vec<_>>()).await;
+    });
+}
+
+/// The retry of an idempotent append whose sync runs waits for that sync, and is then
+/// answered as the duplicate it is, fsynced.
+#[test]
+fn a_retry_during_its_originals_sync_waits_for_it() {
+    use spool_storage::ProducerSeq;
+    let dir = tempfile::tempdir().unwrap();
+    run(30, async {
+        let (s, inj) = open_faulty(dir.path());
+        let log = s.create_log("f").await.unwrap();
+        inj.pause(FaultOp::Sync, "");
+        let l = log.clone();
+        let p = ProducerSeq::new(7, 0);
+        let first = tokio::spawn(async move {
+            l.append_idempotent(&[record(9, 0, 700)], Durability::Fsync, p)
+                .await
+        });
+        until(|| inj.paused() == 1).await;
+        let l = log.clone();
+        let retry = tokio::spawn(async move {
+            l.append_idempotent(&[record(9, 0, 700)], Durability::Fsync, p)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            !retry.is_finished(),
+            "answered before its original is durable"
+        );
+        inj.resume();
+        let (first, retry) = (first.await.unwrap().unwrap(), retry.await.unwrap().unwrap());
+        assert!(retry.duplicate && !first.duplicate);
+        assert_eq!(retry.base_offset, first.base_offset);
+        assert_eq!(retry.durability, Durability::Fsync);
+        s.shutdown().await.unwrap();
+        verify_reopened(dir.path(), &[0]).await;
+    });
+}

@@ -57,7 +57,9 @@ pub(crate) struct DirectFd<T> {
     fd: T,
     append_io: AppendIo,
     refused: Cell<bool>,
-    unsynced: Cell<bool>,
+    /// Writes made, and how many of the first of them a sync covered.
+    writes: Cell<u64>,
+    synced: Cell<u64>,
 }
 
 impl<T> DirectFd<T> {
@@ -80,7 +82,8 @@ impl<T> DirectFd<T> {
                 fd: wrap(f),
                 append_io,
                 refused: Cell::new(false),
-                unsynced: Cell::new(false),
+                writes: Cell::new(0),
+                synced: Cell::new(0),
             })),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %path.display(), "O_DIRECT refused; appends stay buffered");
@@ -101,7 +104,7 @@ impl<T> DirectFd<T> {
     /// The write flags of a direct write: `RWF_DSYNC` when it is synced and that alone
     /// makes the file durable; else none, and a synced write needs an fdatasync after.
     pub(crate) fn flags(&self, sync: bool) -> i32 {
-        if sync && !self.unsynced.get() {
+        if sync && self.synced.get() == self.writes.get() {
             libc::RWF_DSYNC
         } else {
             0
@@ -111,7 +114,20 @@ impl<T> DirectFd<T> {
     /// A write to the file (direct or buffered, by any path of the backend) ended:
     /// `synced`: it and everything before it are durable.
     pub(crate) fn wrote(&self, synced: bool) {
-        self.unsynced.set(!synced);
+        self.writes.set(self.writes.get() + 1);
+        if synced {
+            self.synced.set(self.writes.get());
+        }
+    }
+
+    /// A sync of the whole file starts: the token [`DirectFd::synced_through`] takes.
+    pub(crate) fn sync_token(&self) -> u64 {
+        self.writes.get()
+    }
+
+    /// The sync that started at `token` succeeded: the writes before it are durable.
+    pub(crate) fn synced_through(&self, token: u64) {
+        self.synced.set(self.synced.get().max(token));
     }
 
     /// Whether `res` of a direct write means O_DIRECT is refused here: if so, it is given
@@ -178,5 +194,17 @@ mod tests {
         );
         d.wrote(true);
         assert_eq!(d.flags(true), libc::RWF_DSYNC, "all synced again");
+        d.wrote(false);
+        let token = d.sync_token();
+        d.wrote(false);
+        d.synced_through(token);
+        assert_eq!(
+            d.flags(true),
+            0,
+            "a write after the background sync started"
+        );
+        let token = d.sync_token();
+        d.synced_through(token);
+        assert_eq!(d.flags(true), libc::RWF_DSYNC, "covered by the second sync");
     }
 }
