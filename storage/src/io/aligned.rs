@@ -57,9 +57,7 @@ pub(crate) struct DirectFd<T> {
     fd: T,
     append_io: AppendIo,
     refused: Cell<bool>,
-    /// Writes made, and how many of the first of them a sync covered.
-    writes: Cell<u64>,
-    synced: Cell<u64>,
+    unsynced: Cell<bool>,
 }
 
 impl<T> DirectFd<T> {
@@ -82,8 +80,7 @@ impl<T> DirectFd<T> {
                 fd: wrap(f),
                 append_io,
                 refused: Cell::new(false),
-                writes: Cell::new(0),
-                synced: Cell::new(0),
+                unsynced: Cell::new(false),
             })),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 tracing::warn!(path = %path.display(), "O_DIRECT refused; appends stay buffered");
@@ -104,7 +101,7 @@ impl<T> DirectFd<T> {
     /// The write flags of a direct write: `RWF_DSYNC` when it is synced and that alone
     /// makes the file durable; else none, and a synced write needs an fdatasync after.
     pub(crate) fn flags(&self, sync: bool) -> i32 {
-        if sync && self.synced.get() == self.writes.get() {
+        if sync && !self.unsynced.get() {
             libc::RWF_DSYNC
         } else {
             0
@@ -114,20 +111,7 @@ impl<T> DirectFd<T> {
     /// A write to the file (direct or buffered, by any path of the backend) ended:
     /// `synced`: it and everything before it are durable.
     pub(crate) fn wrote(&self, synced: bool) {
-        self.writes.set(self.writes.get() + 1);
-        if synced {
-            self.synced.set(self.writes.get());
-        }
-    }
-
-    /// A sync of the whole file starts: the token [`DirectFd::synced_through`] takes.
-    pub(crate) fn sync_token(&self) -> u64 {
-        self.writes.get()
-    }
-
-    /// The sync that started at `token` succeeded: the writes before it are durable.
-    pub(crate) fn synced_through(&self, token: u64) {
-        self.synced.set(self.synced.get().max(token));
+        self.unsynced.set(!synced);
     }
 
     /// Whether `res` of a direct write means O_DIRECT is refused here: if so, it is given
@@ -194,17 +178,5 @@ mod tests {
         );
         d.wrote(true);
         assert_eq!(d.flags(true), libc::RWF_DSYNC, "all synced again");
-        d.wrote(false);
-        let token = d.sync_token();
-        d.wrote(false);
-        d.synced_through(token);
-        assert_eq!(
-            d.flags(true),
-            0,
-            "a write after the background sync started"
-        );
-        let token = d.sync_token();
-        d.synced_through(token);
-        assert_eq!(d.flags(true), libc::RWF_DSYNC, "covered by the second sync");
     }
 }

@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::std_backend::{StdBackend, StdFile};
-use super::{BufResult, IoBackend, IoFile, MetaIo, SyncDone};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 use power_loss::{FileId, Unsynced, Writeback};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -442,38 +442,12 @@ impl IoFile for FaultFile {
     }
 
     async fn sync_data(&self) -> io::Result<()> {
-        sync_by_rules(&self.injector, self.inner.file(), self.id, &self.path)
+        if let Some(kind) = self.injector.next(FaultOp::Sync) {
+            return Err(error(kind));
+        }
+        let upto = self.injector.last_write();
+        self.inner.sync_data().await?;
+        self.injector.synced(self.id, upto);
+        Ok(())
     }
-
-    fn syncs_in_background(&self) -> bool {
-        true
-    }
-
-    /// On the sync thread, by the same rules as [`IoFile::sync_data`] (so a pause holds it
-    /// there while the writer goes on).
-    fn start_sync(&self, done: SyncDone) -> u64 {
-        let (injector, file) = (self.injector.clone(), self.inner.shared_file());
-        let (id, path) = (self.id, self.path.clone());
-        let sync = move || sync_by_rules(&injector, &file, id, &path);
-        super::syncer::run_in_background(Box::new(sync), done);
-        0
-    }
-}
-
-/// fdatasync of `file` (`id`, opened as `path`): held while a pause says so, failed where
-/// a rule says so; the power-loss model learns what it covered.
-fn sync_by_rules(
-    injector: &FaultInjector,
-    file: &std::fs::File,
-    id: FileId,
-    path: &Path,
-) -> io::Result<()> {
-    injector.wait_if_paused(FaultOp::Sync, path);
-    if let Some(kind) = injector.next(FaultOp::Sync) {
-        return Err(error(kind));
-    }
-    let upto = injector.last_write();
-    file.sync_data()?;
-    injector.synced(id, upto);
-    Ok(())
 }

@@ -14,12 +14,10 @@ pub(crate) mod aligned;
 pub mod fault;
 pub mod meta;
 pub mod std_backend;
-mod syncer;
 #[cfg(target_os = "linux")]
 pub mod uring;
 
 pub use meta::MetaIo;
-pub use syncer::SyncDone;
 
 /// Result of an owned-buffer operation: the outcome and the buffer, handed back either way.
 pub type BufResult<T> = (io::Result<T>, Vec<u8>);
@@ -41,23 +39,6 @@ pub trait IoFile: 'static {
 
     /// fdatasync.
     fn sync_data(&self) -> impl Future<Output = io::Result<()>>;
-
-    /// Whether [`IoFile::start_sync`] runs the fdatasync while the storage thread goes on.
-    fn syncs_in_background(&self) -> bool {
-        false
-    }
-
-    /// Start an fdatasync of everything written so far that runs while the caller goes
-    /// on; `done` hears its result. Returns the token [`IoFile::synced_through`] takes
-    /// once it succeeded. Only where [`IoFile::syncs_in_background`].
-    fn start_sync(&self, done: SyncDone) -> u64 {
-        done.complete(Err(io::ErrorKind::Unsupported.into()));
-        0
-    }
-
-    /// The background sync given `token` succeeded: what was written before it started
-    /// is durable.
-    fn synced_through(&self, _token: u64) {}
 
     /// The file itself, for a plain write outside the backend's accounting (the durable
     /// mark's idle rewrite, see `LogWriter::refresh_mark`).

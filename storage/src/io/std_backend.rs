@@ -6,10 +6,9 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use super::aligned::DirectFd;
-use super::{AppendIo, BufResult, IoBackend, IoFile, MetaIo, SyncDone};
+use super::{AppendIo, BufResult, IoBackend, IoFile, MetaIo};
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdBackend;
@@ -23,8 +22,7 @@ pub struct StdDirect(pub AppendIo);
 /// two coherent, see `uring::UringFile`).
 #[derive(Debug)]
 pub struct StdFile {
-    /// Shared with the sync thread while a background sync runs.
-    file: Arc<std::fs::File>,
+    file: std::fs::File,
     direct: Option<DirectFd<std::fs::File>>,
 }
 
@@ -39,10 +37,7 @@ impl IoBackend for StdBackend {
     }
 
     fn wrap(&self, file: std::fs::File, _path: &Path) -> io::Result<StdFile> {
-        Ok(StdFile {
-            file: Arc::new(file),
-            direct: None,
-        })
+        Ok(StdFile { file, direct: None })
     }
 }
 
@@ -61,10 +56,7 @@ impl IoBackend for StdDirect {
 
     fn wrap(&self, file: std::fs::File, path: &Path) -> io::Result<StdFile> {
         let direct = DirectFd::open(path, self.0, |f| f)?;
-        Ok(StdFile {
-            file: Arc::new(file),
-            direct,
-        })
+        Ok(StdFile { file, direct })
     }
 }
 
@@ -73,11 +65,6 @@ impl StdFile {
     /// write overwrites).
     pub(crate) fn file(&self) -> &std::fs::File {
         &self.file
-    }
-
-    /// The file, to be synced on another thread.
-    pub(crate) fn shared_file(&self) -> Arc<std::fs::File> {
-        self.file.clone()
     }
 
     /// `bytes` at `pos`, direct where [`DirectFd::pick`] says so, then synced if `sync`.
@@ -160,21 +147,5 @@ impl IoFile for StdFile {
 
     fn std_file(&self) -> &std::fs::File {
         &self.file
-    }
-
-    fn syncs_in_background(&self) -> bool {
-        true
-    }
-
-    fn start_sync(&self, done: SyncDone) -> u64 {
-        let token = self.direct.as_ref().map_or(0, |d| d.sync_token());
-        super::syncer::sync_in_background(self.file.clone(), done);
-        token
-    }
-
-    fn synced_through(&self, token: u64) {
-        if let Some(d) = &self.direct {
-            d.synced_through(token);
-        }
     }
 }

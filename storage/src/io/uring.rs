@@ -18,7 +18,7 @@ use tokio_uring::{OneshotOutputTransform, UnsubmittedOneshot};
 
 use super::aligned::DirectFd;
 use super::AppendIo;
-use super::{BufResult, IoBackend, IoFile, MetaIo, SyncDone};
+use super::{BufResult, IoBackend, IoFile, MetaIo};
 
 /// `append_io`: which group writes go to the segment through a second descriptor opened
 /// with O_DIRECT, synced by `RWF_DSYNC` on the write itself (see [`UringFile`]).
@@ -258,24 +258,5 @@ impl IoFile for UringFile {
             d.wrote(true);
         }
         res
-    }
-
-    fn syncs_in_background(&self) -> bool {
-        true
-    }
-
-    /// The fdatasync goes on the ring as a task of the storage thread's runtime; the
-    /// thread goes on meanwhile.
-    fn start_sync(&self, done: SyncDone) -> u64 {
-        let token = self.direct.as_ref().map_or(0, |d| d.sync_token());
-        let op = UnsubmittedOneshot::new(self.file.clone(), SyncOut, self.sync_sqe()).submit();
-        tokio_uring::spawn(async move { done.complete(op.await.map(|_| ())) });
-        token
-    }
-
-    fn synced_through(&self, token: u64) {
-        if let Some(d) = &self.direct {
-            d.synced_through(token);
-        }
     }
 }

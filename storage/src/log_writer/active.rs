@@ -177,21 +177,8 @@ impl<F: IoFile> Active<F> {
     /// Everything written is durable: the view publishes it (index entries first, then
     /// the length readers trust).
     pub fn synced(&mut self, last_ts_us: u64, entries: &[crate::index::IndexEntry]) {
-        self.synced_to(self.write_pos, self.written_next, last_ts_us, entries);
-    }
-
-    /// What was written up to byte `pos`, record `next`, is durable (a background sync
-    /// that started there): the view publishes it as [`Active::synced`] does.
-    pub fn synced_to(
-        &mut self,
-        pos: u64,
-        next: u64,
-        last_ts_us: u64,
-        entries: &[crate::index::IndexEntry],
-    ) {
-        assert!(pos >= self.durable_pos && next >= self.durable_next);
-        self.durable_pos = pos;
-        self.durable_next = next;
+        self.durable_pos = self.write_pos;
+        self.durable_next = self.written_next;
         self.seg
             .publish(self.durable_pos, self.durable_next, last_ts_us, entries);
         self.check();

@@ -1,7 +1,6 @@
 //! A log's group commit: one write of the group (whole pages, the durable mark after the
-//! frames), fdatasync'd with it when anyone needs it (inline, or in the background: see
-//! `background`), then the durable end published and every waiter completed; or, when
-//! the write fails, every waiter failed.
+//! frames), fdatasync'd with it when anyone needs it, then the durable end published and
+//! every waiter completed; or, when the write fails, every waiter failed.
 
 use std::sync::atomic::Ordering;
 
@@ -17,21 +16,11 @@ impl<F: IoFile> LogWriter<F> {
     /// complete the waiters. On failure every waiter gets the error and the buffered frames
     /// are dropped; the error is returned too.
     pub async fn commit(&mut self, force_sync: bool, stats: &Stats) -> Result<()> {
-        if force_sync {
-            self.settle_sync(stats).await?;
-        }
         let len = self.group.frame_bytes();
         let need_sync = self.group.needs_sync(force_sync);
         if self.group.nothing_to_do(need_sync) {
-            if need_sync && self.in_flight.is_none() {
-                // Everything written is durable: who waits on a sync has it.
-                self.group.written_for_sync(0);
-                self.group.take_sync_batch().synced();
-            }
             return Ok(());
         }
-        let background = self.sync_in_background(need_sync, force_sync);
-        let sync_now = need_sync && !background;
         let pos = self.active.write_pos();
         let replicated = self.group.replicated_only();
         let (mut buf, lead, head) = self.group.take();
@@ -46,14 +35,12 @@ impl<F: IoFile> LogWriter<F> {
         }
         let started = std::time::Instant::now();
         let io = self.active.io();
-        let (res, buf) = if len == 0 && sync_now {
+        let (res, buf) = if len == 0 {
             (io.sync_data().await, buf)
-        } else if len == 0 {
-            (Ok(()), buf)
         } else {
-            io.write_at(buf, lead, at, sync_now, replicated).await
+            io.write_at(buf, lead, at, need_sync, replicated).await
         };
-        if sync_now {
+        if need_sync {
             stats.record_sync(started.elapsed());
         }
         if let Err(e) = res {
@@ -61,24 +48,16 @@ impl<F: IoFile> LogWriter<F> {
             return Err(self.fail_write(e, pos, len).await);
         }
         self.active.wrote(len, &buf[lead..], at);
-        self.written_ts_us = self.last_ts_us;
         self.group.give_back(buf);
         self.shared
             .written
             .store(self.active.written_next(), Ordering::Release);
-        stats.record_appended(len);
-        if sync_now {
+        if need_sync {
             self.mark_stale = true;
             self.publish_durable();
         }
-        if background && need_sync {
-            self.group.written_for_sync(len);
-            if self.in_flight.is_none() {
-                self.start_sync();
-            }
-        } else {
-            self.group.written(len, sync_now);
-        }
+        stats.record_appended(len);
+        self.group.written(len, need_sync);
         Ok(())
     }
 

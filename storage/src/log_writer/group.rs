@@ -46,9 +46,6 @@ pub(crate) struct Group {
     waiters: Vec<Waiter>,
     /// Replicated frames written but not yet synced: their waiters hear at the next sync.
     unsynced_frames: Vec<(oneshot::Sender<Result<u64>>, u64)>,
-    /// Waiters of groups written while a sync ran, each needing the next one (which
-    /// `sync_requested` then asks for).
-    awaiting_sync: Vec<Waiter>,
     sync_requested: bool,
     /// Bytes written since the last sync.
     unsynced_bytes: u64,
@@ -71,7 +68,6 @@ impl Group {
         self.buf.is_empty()
             && self.waiters.is_empty()
             && self.unsynced_frames.is_empty()
-            && self.awaiting_sync.is_empty()
             && self.unsynced_since.is_none()
     }
 
@@ -120,11 +116,6 @@ impl Group {
         !self.local
     }
 
-    /// Waiters of written groups wait for the next sync.
-    pub fn awaits_sync(&self) -> bool {
-        !self.awaiting_sync.is_empty()
-    }
-
     /// The buffer, its unwritten lead and its carried head (the bytes to write are
     /// `buf[lead..]`, from the head's page start); the group starts afresh.
     pub fn take(&mut self) -> (Vec<u8>, usize, usize) {
@@ -147,7 +138,12 @@ impl Group {
     /// Completes the waiters the write satisfied.
     pub fn written(&mut self, len: u64, synced: bool) {
         if synced {
-            self.take_sync_batch().synced();
+            self.sync_requested = false;
+            self.unsynced_bytes = 0;
+            self.unsynced_since = None;
+            for (reply, end) in self.unsynced_frames.drain(..) {
+                let _ = reply.send(Ok(end));
+            }
         } else {
             self.unsynced_bytes += len;
             self.unsynced_since.get_or_insert_with(Instant::now);
@@ -168,79 +164,23 @@ impl Group {
         }
     }
 
-    /// The group's `len` bytes were written, to be synced by the next sync: its waiters
-    /// wait for that one.
-    pub fn written_for_sync(&mut self, len: u64) {
-        self.unsynced_bytes += len;
-        self.unsynced_since.get_or_insert_with(Instant::now);
-        self.awaiting_sync.append(&mut self.waiters);
-        self.sync_requested = true;
-    }
-
-    /// A sync of everything written starts: who it completes, and the group starts
-    /// counting unsynced bytes afresh.
-    pub fn take_sync_batch(&mut self) -> SyncBatch {
-        self.sync_requested = false;
-        self.unsynced_bytes = 0;
-        self.unsynced_since = None;
-        let mut waiters = std::mem::take(&mut self.awaiting_sync);
-        let frames = self.unsynced_frames.drain(..);
-        waiters.extend(frames.map(|(reply, end)| Waiter::Frames { reply, end }));
-        SyncBatch { waiters }
-    }
-
     /// The group's write failed: every waiter, and every writer of unsynced frames, gets
-    /// `err`. Waiters of groups written whole before it still wait for the next sync.
+    /// `err`.
     pub fn failed(&mut self, err: &StorageError) {
         for (reply, _) in self.unsynced_frames.drain(..) {
             let _ = reply.send(Err(copy_err(err)));
         }
         for w in self.waiters.drain(..) {
-            w.fail(err);
-        }
-        self.sync_requested = !self.awaiting_sync.is_empty();
-    }
-}
-
-/// The waiters a sync started for completes (see `LogWriter::start_sync`).
-#[must_use]
-pub(crate) struct SyncBatch {
-    waiters: Vec<Waiter>,
-}
-
-impl SyncBatch {
-    /// Everything written before the sync started is durable.
-    pub fn synced(self) {
-        for w in self.waiters {
             match w {
-                Waiter::Local { reply, mut ack } => {
-                    ack.durability = Durability::Fsync;
-                    let _ = reply.send(Ok(ack));
+                Waiter::Local { reply, .. } => {
+                    let _ = reply.send(Err(copy_err(err)));
                 }
-                Waiter::Frames { reply, end } => {
-                    let _ = reply.send(Ok(end));
+                Waiter::Frames { reply, .. } => {
+                    let _ = reply.send(Err(copy_err(err)));
                 }
             }
         }
-    }
-
-    pub fn failed(self, err: &StorageError) {
-        for w in self.waiters {
-            w.fail(err);
-        }
-    }
-}
-
-impl Waiter {
-    fn fail(self, err: &StorageError) {
-        match self {
-            Waiter::Local { reply, .. } => {
-                let _ = reply.send(Err(copy_err(err)));
-            }
-            Waiter::Frames { reply, .. } => {
-                let _ = reply.send(Err(copy_err(err)));
-            }
-        }
+        self.sync_requested = false;
     }
 }
 

@@ -49,14 +49,7 @@ impl IndexWriter {
     /// The pending entries' frames are durable: they go to the view (returned) and then
     /// to the file.
     pub fn durable(&mut self) -> Vec<IndexEntry> {
-        self.durable_before(u64::MAX)
-    }
-
-    /// The pending entries of frames before byte `end` are durable (a sync that started
-    /// before the later frames were written): as [`IndexWriter::durable`].
-    pub fn durable_before(&mut self, end: u64) -> Vec<IndexEntry> {
-        let n = self.pending.partition_point(|e| u64::from(e.pos) < end);
-        let entries: Vec<IndexEntry> = self.pending.drain(..n).collect();
+        let entries = std::mem::take(&mut self.pending);
         self.unwritten.extend_from_slice(&entries);
         entries
     }

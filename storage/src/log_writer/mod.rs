@@ -11,7 +11,6 @@
 //! This file holds the writer and the entry points of an append.
 
 mod active;
-mod background;
 mod commit;
 pub(crate) mod group;
 mod health;
@@ -34,7 +33,7 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::Durability;
@@ -75,12 +74,6 @@ pub(crate) struct LogWriter<F: IoFile> {
     producers: Producers,
     /// The backend's metadata operations: every change to the log's directory.
     io: Arc<dyn MetaIo>,
-    /// The background sync running, if any (see `background`).
-    in_flight: Option<background::InFlight>,
-    /// Told the log's id when a background sync ends.
-    sync_wake: mpsc::UnboundedSender<u64>,
-    /// The newest written record's time (what a sync started now covers).
-    written_ts_us: u64,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -94,11 +87,7 @@ fn open_idx(path: &Path) -> Result<File> {
 }
 
 impl<F: IoFile> LogWriter<F> {
-    pub fn new(
-        r: RecoveredLog,
-        ctx: &WriterCtx,
-        sync_wake: mpsc::UnboundedSender<u64>,
-    ) -> Result<Self> {
+    pub fn new(r: RecoveredLog, ctx: &WriterCtx) -> Result<Self> {
         let seg = r
             .shared
             .segments
@@ -112,10 +101,9 @@ impl<F: IoFile> LogWriter<F> {
             .table
             .set_limits(limits, now_us().max(seg.last_ts_us()));
         let interval = r.shared.config.index_interval_bytes;
-        let last_ts_us = seg.last_ts_us();
         Ok(LogWriter {
             producers,
-            last_ts_us,
+            last_ts_us: seg.last_ts_us(),
             shared: r.shared,
             active: Active::recovered(seg, r.write_pos),
             group: Group::default(),
@@ -126,9 +114,6 @@ impl<F: IoFile> LogWriter<F> {
             mark_stale: true,
             damaged: r.damaged_tail,
             io: ctx.io.clone(),
-            in_flight: None,
-            sync_wake,
-            written_ts_us: last_ts_us,
         })
     }
 

@@ -165,11 +165,7 @@ impl<B: IoBackend> Writer<B> {
     pub(super) async fn job_done(&mut self, id: u64, done: Done) {
         let parked = self.parking.unpark(id);
         let finished = match self.logs.get_mut(&id) {
-            Some(lw) => {
-                // A failure reached the waiters and poisoned the log.
-                let _ = lw.settle_sync(&self.ctx.stats).await;
-                lw.finish(done, &self.backend, &self.ctx)
-            }
+            Some(lw) => lw.finish(done, &self.backend, &self.ctx),
             None => unreachable!("a log is removed only by its own job"),
         };
         self.mark_due(id);
@@ -216,8 +212,6 @@ impl<B: IoBackend> Writer<B> {
         let Some(lw) = self.logs.get_mut(&log.id) else {
             return cmd.fail(StorageError::LogNotFound(log.name.clone()));
         };
-        // Control commands see the log settled; a failed sync poisoned it, which they check.
-        let _ = lw.settle_sync(&self.ctx.stats).await;
         if let Some((cause, job)) = run_control(lw, cmd, &self.backend, &self.ctx).await {
             self.park(log.id, cause, job);
         }

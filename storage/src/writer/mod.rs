@@ -71,16 +71,12 @@ struct Writer<B: IoBackend> {
     done: mpsc::UnboundedReceiver<Completed>,
     /// Logs waiting on a job, and their held commands.
     parking: Parking,
-    /// Ids of logs whose background sync ended, and the sender each log is given.
-    synced: mpsc::UnboundedReceiver<u64>,
-    sync_wake: mpsc::UnboundedSender<u64>,
 }
 
 /// What woke the storage thread.
 enum Event {
     Cmd(Option<Cmd>),
     Done(Completed),
-    Synced(u64),
     Timer,
 }
 
@@ -91,10 +87,7 @@ pub(crate) async fn run<B: IoBackend>(
     initial: Vec<RecoveredLog>,
 ) {
     let (worker, done) = MetaWorker::start(ctx.io.clone());
-    let (sync_wake, synced) = mpsc::unbounded_channel();
     let mut w = Writer {
-        synced,
-        sync_wake,
         next_retention: Instant::now() + ctx.config.retention_check_interval,
         parking: Parking::new(ctx.config.queue_depth),
         backend,
@@ -121,7 +114,6 @@ pub(crate) async fn run<B: IoBackend>(
         let event = tokio::select! {
             biased;
             Some(done) = w.done.recv() => Event::Done(done),
-            Some(id) = w.synced.recv() => Event::Synced(id),
             cmd = rx.recv(), if room => Event::Cmd(cmd),
             () = tokio::time::sleep_until(deadline) => Event::Timer,
         };
@@ -131,7 +123,6 @@ pub(crate) async fn run<B: IoBackend>(
                 continue;
             }
             Event::Done((id, done)) => w.job_done(id, done).await,
-            Event::Synced(id) => w.synced(id).await,
             Event::Cmd(None) => break,
             Event::Cmd(Some(first)) => {
                 if let Some(reply) = w.group(first, &mut rx).await {
@@ -264,7 +255,7 @@ impl<B: IoBackend> Writer<B> {
 
     fn register(&mut self, log: RecoveredLog) -> Result<()> {
         let id = log.shared.id;
-        let lw = LogWriter::new(log, &self.ctx, self.sync_wake.clone())?;
+        let lw = LogWriter::new(log, &self.ctx)?;
         self.ctx.registry.insert(lw.shared.clone());
         self.logs.insert(id, lw);
         Ok(())
@@ -300,19 +291,6 @@ impl<B: IoBackend> Writer<B> {
         if now >= self.next_retention {
             self.start_retention();
             self.next_retention = now + self.ctx.config.retention_check_interval;
-        }
-    }
-
-    /// Log `id`'s background sync ended (unless settled already): it is finished, and
-    /// what was written meanwhile goes on to the next sync.
-    async fn synced(&mut self, id: u64) {
-        let Some(lw) = self.logs.get_mut(&id) else {
-            return;
-        };
-        if lw.poll_sync(&self.ctx.stats) {
-            // A failure reached the waiters and poisoned the log.
-            let _ = lw.commit(false, &self.ctx.stats).await;
-            self.mark_due(id);
         }
     }
 
