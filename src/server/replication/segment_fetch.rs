@@ -305,6 +305,9 @@ pub async fn fetch(
             )
         }
     };
+    // The fetch starts after the last whole frame: an earlier one cut (or dropped) midway
+    // may have left part of a frame.
+    imp.discard_unchecked();
     let req = pb::SegmentFetchRequest {
         log: imp.log_name().to_owned(),
         segment_base,
@@ -331,8 +334,71 @@ pub async fn fetch(
             req.from_offset
         );
     }
-    let mut buf = vec![0u8; RECEIVE_BUFFER_BYTES];
-    let (mut filled, mut left) = (0usize, reply.byte_len);
+    let segment = req.segment_base;
+    receive_into_blocks(&mut stream, imp, reply.byte_len, segment, &mut progress).await?;
+    if imp.next_offset() != segment_next {
+        bail!(
+            "fetched segment {} ends at {}, not {segment_next}",
+            req.segment_base,
+            imp.next_offset()
+        );
+    }
+    Ok(())
+}
+
+/// Receive `left` bytes of segment `segment` straight into `imp`'s O_DIRECT blocks (see
+/// `SegmentImport::receive_buffer`): no copy between the socket and the disk. A block is
+/// filled (or the rest taken), then its frames are checked and it goes to be written.
+/// Where there are no blocks (a buffered import) or a frame is larger than one, the rest
+/// goes through a buffer ([`receive_frames`]).
+async fn receive_into_blocks(
+    stream: &mut (impl AsyncRead + Unpin),
+    imp: &mut SegmentImport,
+    mut left: u64,
+    segment: u64,
+    progress: &mut impl FnMut(&SegmentImport, u64),
+) -> Result<()> {
+    while left > 0 {
+        let staged = imp.staged_bytes();
+        let Some(buf) = imp.receive_buffer() else {
+            let begun = imp.take_unchecked();
+            return receive_frames(stream, imp, left, segment, progress, begun).await;
+        };
+        let room = buf.len().min(left.try_into().unwrap_or(usize::MAX));
+        let mut got = 0;
+        while got < room {
+            let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[got..room]))
+                .await
+                .map_err(|_| anyhow!("upstream sent nothing for {DEAD_AFTER:?}"))??;
+            if n == 0 {
+                bail!(
+                    "upstream closed the fetch with {} bytes still to come",
+                    left - got as u64
+                );
+            }
+            got += n;
+        }
+        left -= got as u64;
+        // CRC checks of a block, and its write handed over (which may wait for a slot).
+        tokio::task::block_in_place(|| imp.received(got))?;
+        progress(imp, imp.staged_bytes() - staged);
+    }
+    Ok(())
+}
+
+/// Receive `left` bytes of segment `segment` into a buffer that begins with `begun` (the
+/// first bytes of a frame), and stage its whole frames.
+async fn receive_frames(
+    stream: &mut (impl AsyncRead + Unpin),
+    imp: &mut SegmentImport,
+    mut left: u64,
+    segment: u64,
+    progress: &mut impl FnMut(&SegmentImport, u64),
+    begun: Vec<u8>,
+) -> Result<()> {
+    let mut buf = begun;
+    let mut filled = buf.len();
+    buf.resize(RECEIVE_BUFFER_BYTES.max(filled + 1), 0);
     loop {
         // Fill the buffer (or take the rest), then stage the whole frames in it.
         while left > 0 && filled < buf.len() {
@@ -346,32 +412,24 @@ pub async fn fetch(
             (filled, left) = (filled + n, left - n as u64);
         }
         if filled == 0 {
-            break;
+            return Ok(());
         }
         let whole = format::whole_frames_len(&buf[..filled])
-            .map_err(|e| anyhow!("fetched bytes of segment {}: {e}", req.segment_base))?;
+            .map_err(|e| anyhow!("fetched bytes of segment {segment}: {e}"))?;
         if whole == 0 {
             if left == 0 {
-                bail!("fetch of segment {} ended inside a frame", req.segment_base);
+                bail!("fetch of segment {segment} ended inside a frame");
             }
             // One frame larger than the buffer: grow to hold it (frames are bounded).
             let len = format::peek_header(&buf[..filled])?.frame_len as usize;
             buf.resize(len.max(buf.len() + 1), 0);
             continue;
         }
-        // CRC checks and a copy of a few MiB into the import's buffers (it may wait for a
-        // write slot): brief enough for a worker.
+        // CRC checks and a write of a few MiB through the page cache: brief enough for a
+        // worker.
         tokio::task::block_in_place(|| imp.write(&buf[..whole]))?;
         progress(imp, whole as u64);
         buf.copy_within(whole..filled, 0);
         filled -= whole;
     }
-    if imp.next_offset() != segment_next {
-        bail!(
-            "fetched segment {} ends at {}, not {segment_next}",
-            req.segment_base,
-            imp.next_offset()
-        );
-    }
-    Ok(())
 }

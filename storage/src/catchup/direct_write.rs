@@ -64,10 +64,56 @@ impl DirectWriter {
         }
     }
 
-    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    /// Append `data` (written once a block is full, or by [`DirectWriter::finish`]). After
+    /// an error every later call fails: a block that was not written leaves a hole.
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        while !data.is_empty() {
+            let (block, filled) = self.block()?;
+            let full = block.len();
+            let n = data.len().min(full - filled);
+            block[filled..filled + n].copy_from_slice(&data[..n]);
+            self.advance(n)?;
+            if filled + n == full {
+                self.hand_over(full)?;
+            }
+            data = &data[n..];
+        }
+        Ok(())
+    }
+
+    /// The block being filled (all [`BLOCK_BYTES`] of it) and how many of its bytes are
+    /// filled: bytes may be put after them in place (a receive straight into the block),
+    /// then [`DirectWriter::advance`] takes them.
+    pub fn block(&mut self) -> io::Result<(&mut [u8], usize)> {
         match self {
-            DirectWriter::Uring(w) => w.write(data),
-            DirectWriter::Threads(w) => w.write(data),
+            DirectWriter::Uring(w) => w.block(),
+            DirectWriter::Threads(w) => w.block(),
+        }
+    }
+
+    /// `n` more bytes of the block are filled.
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        match self {
+            DirectWriter::Uring(w) => w.advance(n),
+            DirectWriter::Threads(w) => w.advance(n),
+        }
+    }
+
+    /// Hand the block's first `len` bytes (a multiple of [`ALIGN`], or the whole block)
+    /// to be written; the filled bytes after them begin the next block. After an error
+    /// every later call fails: a block that was not written leaves a hole.
+    pub fn hand_over(&mut self, len: usize) -> io::Result<()> {
+        match self {
+            DirectWriter::Uring(w) => w.hand_over(len),
+            DirectWriter::Threads(w) => w.hand_over(len),
+        }
+    }
+
+    /// Forget the filling block's bytes from `filled` on (they were never written).
+    pub fn rewind(&mut self, filled: usize) {
+        match self {
+            DirectWriter::Uring(w) => w.rewind(filled),
+            DirectWriter::Threads(w) => w.rewind(filled),
         }
     }
 
@@ -152,24 +198,33 @@ impl ThreadWriter {
             .ok_or_else(|| io::Error::other("direct writer already finished"))
     }
 
-    /// Append `data` (written once a buffer is full, or by [`ThreadWriter::finish`]). After
-    /// an error every later call fails: a block that was not written leaves a hole.
-    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    fn block(&mut self) -> io::Result<(&mut [u8], usize)> {
         let w = self.inner()?;
-        let mut r = Ok(());
-        while !data.is_empty() && r.is_ok() {
-            let n = data.len().min(BLOCK_BYTES - w.filled);
-            w.fill.bytes()[w.filled..w.filled + n].copy_from_slice(&data[..n]);
-            w.filled += n;
-            data = &data[n..];
-            if w.filled == BLOCK_BYTES {
-                r = w.send(BLOCK_BYTES);
-            }
-        }
+        Ok((w.fill.bytes(), w.filled))
+    }
+
+    fn advance(&mut self, n: usize) -> io::Result<()> {
+        let w = self.inner()?;
+        assert!(w.filled + n <= BLOCK_BYTES);
+        w.filled += n;
+        Ok(())
+    }
+
+    /// After an error every later call fails: a block that was not written leaves a hole.
+    fn hand_over(&mut self, len: usize) -> io::Result<()> {
+        let w = self.inner()?;
+        assert!(len <= w.filled && (len % ALIGN == 0 || len == BLOCK_BYTES));
+        let r = w.send(len);
         if r.is_err() {
             self.inner = None;
         }
         r
+    }
+
+    fn rewind(&mut self, filled: usize) {
+        if let Some(w) = &mut self.inner {
+            w.filled = w.filled.min(filled);
+        }
     }
 
     /// Write what is buffered, zero-padded to [`ALIGN`], and wait for every write. The
@@ -205,7 +260,8 @@ impl ThreadWriter {
 }
 
 impl Inner {
-    /// Hand `fill[..len]` to the writer thread and continue in another buffer.
+    /// Hand `fill[..len]` to the writer thread and continue in another buffer, which
+    /// begins with the filled bytes past `len`.
     fn send(&mut self, len: usize) -> io::Result<()> {
         // Buffers are made until IN_FLIGHT_MAX are out, then reused as writes complete.
         let next = match self.in_flight {
@@ -217,7 +273,10 @@ impl Inner {
                     .map_err(|_| io::Error::other("writer thread gone"))??
             }
         };
-        let buf = std::mem::replace(&mut self.fill, next);
+        let mut buf = std::mem::replace(&mut self.fill, next);
+        // Bytes past `len` (a block handed over short) begin the next block.
+        let rest = self.filled.saturating_sub(len);
+        self.fill.bytes()[..rest].copy_from_slice(&buf.bytes()[len..len + rest]);
         self.to_writer
             .send(Block {
                 buf,
@@ -227,7 +286,7 @@ impl Inner {
             .map_err(|_| io::Error::other("writer thread gone"))?;
         self.in_flight += 1;
         self.at += len as u64;
-        self.filled = 0;
+        self.filled = rest;
         Ok(())
     }
 }

@@ -44,18 +44,20 @@ pub(crate) struct StagedSegment {
 pub struct SegmentImport {
     log: Log,
     file: File,
-    staged: StagedSegment,
+    pub(super) staged: StagedSegment,
     /// The log's epoch when the import began: the first frame's, unless it begins one.
     first_epoch: u64,
     last_epoch: u64,
     last_index_pos: Option<u64>,
-    sink: Sink,
+    pub(super) sink: Sink,
+    /// Where the unchecked bytes begin in the block being filled (see `receive`).
+    pub(super) unchecked_from: usize,
     installed: bool,
 }
 
 /// How staged bytes reach the file.
 #[derive(Debug)]
-enum Sink {
+pub(super) enum Sink {
     /// O_DIRECT, past the page cache (see `direct_write`).
     Direct(DirectWriter),
     /// Through the page cache, where O_DIRECT is refused (tmpfs, some filesystems).
@@ -130,6 +132,7 @@ impl Log {
             },
             last_index_pos: None,
             sink,
+            unchecked_from: 0,
             installed: false,
         })
     }
@@ -174,7 +177,7 @@ impl SegmentImport {
         matches!(&self.sink, Sink::Direct(w) if w.is_closed())
     }
 
-    fn reject(&self, reason: String) -> StorageError {
+    pub(super) fn reject(&self, reason: String) -> StorageError {
         StorageError::FrameRejected {
             log: self.log.name().to_owned(),
             reason,
@@ -184,20 +187,48 @@ impl SegmentImport {
     /// Check whole frames that continue the segment and write them to the staging file
     /// (synced once, by [`SegmentImport::install`]). Blocking.
     pub fn write(&mut self, frames: &[u8]) -> Result<()> {
+        // Frames continue the checked ones: what a receive cut midway left goes.
+        self.discard_unchecked();
         if self.is_broken() {
             return Err(self.reject("an earlier write of this segment failed".into()));
         }
-        if self.staged.len + frames.len() as u64 > u64::from(u32::MAX) {
-            return Err(self.reject("imported segment larger than 4 GiB".into()));
-        }
+        self.check_size(frames.len())?;
         let checked = self.check(frames)?;
         let path = &self.staged.path;
         let written = match &mut self.sink {
-            Sink::Direct(w) => w.write(frames),
+            // Every byte in the blocks is checked: none is left unchecked.
+            Sink::Direct(w) => w
+                .write(frames)
+                .and_then(|()| w.block().map(|(_, filled)| self.unchecked_from = filled)),
             Sink::Buffered { .. } => self.file.write_all_at(frames, self.staged.len),
         };
         written.at(path)?;
-        self.staged.len += frames.len() as u64;
+        self.apply(checked, frames.len());
+        self.start_writeback();
+        Ok(())
+    }
+
+    /// Whether `more` bytes keep the segment within what a segment position can address.
+    pub(super) fn check_size(&self, more: usize) -> Result<()> {
+        if self.staged.len + more as u64 > u64::from(u32::MAX) {
+            return Err(self.reject("imported segment larger than 4 GiB".into()));
+        }
+        Ok(())
+    }
+
+    /// Check whole `frames` that are already in the staging file's blocks (see
+    /// `receive`) and count them staged.
+    pub(super) fn stage_checked(&mut self, frames: &[u8]) -> Result<()> {
+        if !frames.is_empty() {
+            let checked = self.check(frames)?;
+            self.apply(checked, frames.len());
+        }
+        Ok(())
+    }
+
+    /// `len` bytes of frames that `checked` describes are staged.
+    fn apply(&mut self, checked: Checked, len: usize) {
+        self.staged.len += len as u64;
         self.staged.next = checked.next;
         self.staged.last_ts_us = checked.last_ts_us;
         self.staged.entries.extend(checked.entries);
@@ -207,8 +238,6 @@ impl SegmentImport {
         }
         self.last_epoch = checked.last_epoch;
         self.last_index_pos = checked.last_index_pos;
-        self.start_writeback();
-        Ok(())
     }
 
     /// What whole frames that continue the segment add to it; an error if one does not
@@ -296,6 +325,9 @@ impl SegmentImport {
         }
         if self.is_broken() {
             return Err(self.reject("an earlier write of this segment failed".into()));
+        }
+        if self.has_unchecked() {
+            return Err(self.reject("the received segment ends inside a frame".into()));
         }
         let file = self.file.try_clone().at(&self.staged.path)?;
         let (path, len) = (self.staged.path.clone(), self.staged.len);

@@ -20,6 +20,7 @@ mod direct_write;
 mod extents;
 mod import;
 mod install;
+mod receive;
 mod uring_write;
 
 use std::fs::File;

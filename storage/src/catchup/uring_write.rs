@@ -88,22 +88,27 @@ impl UringWriter {
         self.failed
     }
 
-    /// Append `data` (written once a block is full, or by [`UringWriter::finish`]). After
-    /// an error every later call fails: a block that was not written leaves a hole.
-    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+    pub fn block(&mut self) -> io::Result<(&mut [u8], usize)> {
         self.usable()?;
-        while !data.is_empty() {
-            let n = data.len().min(BLOCK_BYTES - self.filled);
-            let filled = self.filled;
-            self.blocks[self.fill].bytes()[filled..filled + n].copy_from_slice(&data[..n]);
-            self.filled += n;
-            data = &data[n..];
-            if self.filled == BLOCK_BYTES {
-                self.queue_fill(BLOCK_BYTES)
-                    .inspect_err(|_| self.failed = true)?;
-            }
-        }
+        Ok((self.blocks[self.fill].bytes(), self.filled))
+    }
+
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
+        self.usable()?;
+        assert!(self.filled + n <= BLOCK_BYTES);
+        self.filled += n;
         Ok(())
+    }
+
+    /// After an error every later call fails: a block that was not written leaves a hole.
+    pub fn hand_over(&mut self, len: usize) -> io::Result<()> {
+        self.usable()?;
+        assert!(len <= self.filled && (len % ALIGN == 0 || len == BLOCK_BYTES));
+        self.queue_fill(len).inspect_err(|_| self.failed = true)
+    }
+
+    pub fn rewind(&mut self, filled: usize) {
+        self.filled = self.filled.min(filled);
     }
 
     /// Write what is buffered, zero-padded to [`ALIGN`], and wait for every write. The
@@ -132,7 +137,8 @@ impl UringWriter {
     }
 
     /// Queue the filling block's first `len` bytes and continue in a free block (waiting
-    /// for a write to complete when none is free).
+    /// for a write to complete when none is free), which begins with the filled bytes
+    /// past `len`.
     fn queue_fill(&mut self, len: usize) -> io::Result<()> {
         let i = self.fill;
         let ptr = self.blocks[i].bytes().as_ptr();
@@ -154,11 +160,18 @@ impl UringWriter {
         self.in_flight[i] = Some((self.at, len));
         self.queued += 1;
         self.at += len as u64;
-        self.filled = 0;
         if self.free.is_empty() {
             self.reap(1)?;
         }
         self.fill = self.free.pop().expect("a block was freed");
+        // Bytes past `len` (a block handed over short) begin the next block; the kernel
+        // only reads the block in flight, so it may be read here too.
+        let rest = self.filled.saturating_sub(len);
+        if rest > 0 {
+            let moved = self.blocks[i].bytes()[len..len + rest].to_vec();
+            self.blocks[self.fill].bytes()[..rest].copy_from_slice(&moved);
+        }
+        self.filled = rest;
         Ok(())
     }
 
@@ -244,9 +257,10 @@ mod tests {
             .custom_flags(libc::O_DIRECT)
             .open(&path)
             .unwrap();
-        let Ok(mut w) = UringWriter::new(file) else {
+        let Ok(w) = UringWriter::new(file) else {
             return;
         };
+        let mut w = super::super::direct_write::DirectWriter::Uring(Box::new(w));
         let block = vec![7u8; BLOCK_BYTES];
         let mut r = Ok(());
         for _ in 0..IN_FLIGHT_MAX + 2 {
