@@ -685,7 +685,8 @@ fn full_sync_resumes_with(
 ) {
     let d = tempfile::tempdir().unwrap();
     let config = common::fixed_segments(segment_bytes);
-    let p = Server::start_toml(&d.path().join("p"), &config, &[]);
+    // Its log tells when a fetch to the frozen replica gave up (see below).
+    let p = Server::start_configured(&d.path().join("p"), &config, None);
     let rcfg = common::write_config(
         &d.path().join("r"),
         &format!("[replication]\nsegment_fetch = {fetch}\n{replica_config}"),
@@ -693,6 +694,8 @@ fn full_sync_resumes_with(
     let paddr = p.addr.clone();
     let rdir = d.path().join("r");
     let plog = d.path().join("p/logs/s");
+    let p_log_path = d.path().join("p.log");
+    let p_log = move || std::fs::read_to_string(&p_log_path).unwrap_or_default();
     let r = run(240, async move {
         let c = Client::connect(&paddr).await.unwrap();
         c.create_log("s", None).await.unwrap();
@@ -727,6 +730,8 @@ fn full_sync_resumes_with(
                 r.stop();
                 continue;
             };
+            let gave_up = |log: String| log.matches("segment fetch failed").count();
+            let gave_up_before = gave_up(p_log());
             // The primary notices the silence and drops the session.
             let kept = "the primary never dropped the frozen replica";
             wait_until(kept, Duration::from_secs(30), || async {
@@ -734,6 +739,16 @@ fn full_sync_resumes_with(
                 (!s.replicas.iter().any(|x| x.connected)).then_some(())
             })
             .await;
+            if fetch {
+                // And gives the fetch up too, so that it is cut whatever the replica does
+                // first once it runs again (else a fast receive may finish the span
+                // before the replica notices the dropped session).
+                let sending = "the primary never gave up the fetch to the frozen replica";
+                wait_until(sending, Duration::from_secs(60), || async {
+                    (gave_up(p_log()) > gave_up_before).then_some(())
+                })
+                .await;
+            }
             if roll_while_frozen {
                 let before = c.describe_log("s").await.unwrap().segments;
                 end = load_records(&paddr, "s", 150..166, 64 << 10, "s").await;
@@ -824,6 +839,33 @@ fn a_replica_behind_inside_a_sealed_segment_fetches_the_rest() {
         .join(spool_storage::segment::segment_file_name(stopped_at));
     assert!(own.exists(), "no segment {} on the replica", own.display());
     assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
+}
+
+/// A full sync of a segment whose frames are larger than the import's 4 MiB blocks: the
+/// fetch takes them through its buffered path, and the replica ends identical.
+#[test]
+fn a_full_sync_fetches_frames_larger_than_a_block() {
+    let d = tempfile::tempdir().unwrap();
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(64 << 20), &[]);
+    let rdir = d.path().join("r");
+    let paddr = p.addr.clone();
+    let r = run(120, async move {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("big", None).await.unwrap();
+        // Frames of 16 records of 320 KiB (5 MiB): 64 MiB segments, two sealed.
+        let end = load_records(&paddr, "big", 0..30, 320 << 10, "b").await;
+        assert!(c.describe_log("big").await.unwrap().segments >= 3);
+        let r = Server::start(&rdir, &replica_of(&paddr, &[]));
+        wait_end(&r.addr, "big", end).await;
+        let rc = common::client(&r.addr).await;
+        let l = common::upstream_log(&rc, "big").await.unwrap();
+        assert!(
+            l.segments_received >= 2 && l.segment_bytes_fetched >= 64 << 20,
+            "the sealed segments were not fetched: {l:?}"
+        );
+        r
+    });
+    common::stop_identical(r, p);
 }
 
 /// A replica that stopped inside the primary's active segment, far enough behind (a
