@@ -38,8 +38,10 @@ use crate::tls::TlsOptions;
 pub const MAGIC: &[u8; 8] = b"SPOOLSF1";
 /// Bound on an encoded request or reply (they hold a log name and a few numbers).
 const MESSAGE_BYTES_MAX: u32 = 64 << 10;
-/// The replica receives into a buffer this large (grown to one frame if a frame is larger),
-/// then checks and stages the whole frames in it: big enough that staging is rare per byte.
+/// Where a fetch does not receive into the import's blocks (a buffered import, a frame
+/// larger than a block), it receives into a buffer this large (grown to one frame if a
+/// frame is larger), then checks and stages the whole frames in it: big enough that
+/// staging is rare per byte.
 const RECEIVE_BUFFER_BYTES: usize = 8 << 20;
 const _: () = assert!(RECEIVE_BUFFER_BYTES >= 2 * format::HEADER_BYTES);
 /// Over TLS the upstream reads the file in chunks this large (one read ahead of the one
