@@ -367,22 +367,10 @@ async fn receive_into_blocks(
             return receive_frames(stream, imp, left, segment, progress, begun).await;
         };
         let room = buf.len().min(left.try_into().unwrap_or(usize::MAX));
-        let mut got = 0;
-        while got < room {
-            let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[got..room]))
-                .await
-                .map_err(|_| anyhow!("upstream sent nothing for {DEAD_AFTER:?}"))??;
-            if n == 0 {
-                bail!(
-                    "upstream closed the fetch with {} bytes still to come",
-                    left - got as u64
-                );
-            }
-            got += n;
-        }
-        left -= got as u64;
+        read_full(stream, &mut buf[..room], left).await?;
+        left -= room as u64;
         // CRC checks of a block, and its write handed over (which may wait for a slot).
-        tokio::task::block_in_place(|| imp.received(got))?;
+        tokio::task::block_in_place(|| imp.received(room))?;
         progress(imp, imp.staged_bytes() - staged);
     }
     Ok(())
@@ -403,16 +391,9 @@ async fn receive_frames(
     buf.resize(RECEIVE_BUFFER_BYTES.max(filled + 1), 0);
     loop {
         // Fill the buffer (or take the rest), then stage the whole frames in it.
-        while left > 0 && filled < buf.len() {
-            let room = (buf.len() - filled).min(left.try_into().unwrap_or(usize::MAX));
-            let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[filled..filled + room]))
-                .await
-                .map_err(|_| anyhow!("upstream sent nothing for {DEAD_AFTER:?}"))??;
-            if n == 0 {
-                bail!("upstream closed the fetch with {left} bytes still to come");
-            }
-            (filled, left) = (filled + n, left - n as u64);
-        }
+        let room = (buf.len() - filled).min(left.try_into().unwrap_or(usize::MAX));
+        read_full(stream, &mut buf[filled..filled + room], left).await?;
+        (filled, left) = (filled + room, left - room as u64);
         if filled == 0 {
             return Ok(());
         }
@@ -434,4 +415,22 @@ async fn receive_frames(
         buf.copy_within(whole..filled, 0);
         filled -= whole;
     }
+}
+
+/// Fill `buf` from the upstream, which still had `left` bytes to send before it.
+async fn read_full(stream: &mut (impl AsyncRead + Unpin), buf: &mut [u8], left: u64) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        let n = tokio::time::timeout(DEAD_AFTER, stream.read(&mut buf[got..]))
+            .await
+            .map_err(|_| anyhow!("upstream sent nothing for {DEAD_AFTER:?}"))??;
+        if n == 0 {
+            bail!(
+                "upstream closed the fetch with {} bytes still to come",
+                left - got as u64
+            );
+        }
+        got += n;
+    }
+    Ok(())
 }
