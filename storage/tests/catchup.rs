@@ -157,6 +157,78 @@ fn import_segments(open: Open) {
     });
 }
 
+/// Stage `src`'s frames from `imp`'s next offset until `until` (whole frames).
+fn stage(src: &Log, imp: &mut spool_storage::SegmentImport, until: u64) {
+    while imp.next_offset() < until {
+        let c = src
+            .reader()
+            .read_frames_until(imp.next_offset(), 8 << 10, until)
+            .unwrap();
+        imp.write(&c.bytes).unwrap();
+    }
+}
+
+/// Sealed segments received back to back, each begun (`begin_next`) and staged while the
+/// one before it installs, as a replica overlaps the two: the copy reads the same and
+/// keeps its epochs; one whose predecessor never landed is refused, and leaves nothing.
+fn imports_overlap_the_install_before_them(open: Open) {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = open(config(dir.path()));
+        let src = s.create_log("src").await.unwrap();
+        let dst = s.create_log("dst").await.unwrap();
+        src.begin_epoch(2).await.unwrap();
+        for i in 0..400u32 {
+            if i == 150 {
+                src.begin_epoch(5).await.unwrap();
+            }
+            src.append(&[record(7, i, 600)], Durability::Fsync)
+                .await
+                .unwrap();
+        }
+        let r = src.reader();
+        let mut imp = dst.begin_import(0).unwrap();
+        let (mut from, mut imported, mut installing) = (0, 0, None);
+        while let Some((base, next)) = r.sealed_segment(from) {
+            stage(&src, &mut imp, next);
+            if let Some(before) = installing.take() {
+                let landed: tokio::task::JoinHandle<spool_storage::Result<u64>> = before;
+                assert_eq!(landed.await.unwrap().unwrap(), base);
+            }
+            let following = imp.begin_next().unwrap();
+            installing = Some(tokio::spawn(
+                std::mem::replace(&mut imp, following).install(),
+            ));
+            (from, imported) = (next, imported + 1);
+        }
+        assert!(imported >= 3, "only {imported} segments imported");
+        assert_eq!(installing.unwrap().await.unwrap().unwrap(), from);
+        drop(imp);
+        copy_frames(&src, &dst, from, src.positions().durable).await;
+        assert_eq!(dst.epochs().entries(), &[(2, 0), (5, 150)]);
+        assert_eq!(
+            offsets_and_values(read_all(&s, "dst").await),
+            offsets_and_values(read_all(&s, "src").await)
+        );
+
+        let other = s.create_log("other").await.unwrap();
+        let (_, first_next) = r.sealed_segment(0).unwrap();
+        let (_, second_next) = r.sealed_segment(first_next).unwrap();
+        let mut first = other.begin_import(0).unwrap();
+        stage(&src, &mut first, first_next);
+        let mut orphan = first.begin_next().unwrap();
+        drop(first);
+        stage(&src, &mut orphan, second_next);
+        assert!(matches!(
+            orphan.install().await,
+            Err(StorageError::InvalidInput(_))
+        ));
+        assert_eq!(other.positions().durable, 0);
+        assert_eq!(leftovers(dir.path()), Vec::<String>::new());
+        s.shutdown().await.unwrap();
+    });
+}
+
 /// Files in `dir` whose names start with `prefix`.
 fn files_named(dir: &std::path::Path, prefix: &str) -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(dir)
@@ -755,6 +827,7 @@ macro_rules! suite {
             #[test] fn an_allocated_segment_gives_way_after_a_restart() { super::an_allocated_segment_gives_way_after_a_restart(OPEN) }
             #[test] fn a_truncation_into_an_allocated_segment_gives_way_again() { super::a_truncation_into_an_allocated_segment_gives_way_again(OPEN) }
             #[test] fn import_a_span_of_the_active_segment() { super::import_a_span_of_the_active_segment(OPEN) }
+            #[test] fn imports_overlap_the_install_before_them() { super::imports_overlap_the_install_before_them(OPEN) }
         }
     )*};
 }

@@ -49,6 +49,24 @@ pub struct Session<'a> {
     beat: tokio::time::Interval,
     /// The upstream's epoch as it last said: a node behind ours is not followed.
     up_epoch: u64,
+    /// Logs with a segment install in `inflight`: nothing else reaches them before it lands.
+    installing: HashSet<String>,
+}
+
+/// A segment's install, spawned so that it goes on while the next segment is received;
+/// aborted if the session ends first, as an install awaited in place would be dropped.
+struct Installing(tokio::task::JoinHandle<spool_storage::Result<u64>>);
+
+impl Installing {
+    async fn landed(mut self) -> Result<u64> {
+        Ok((&mut self.0).await.context("install task")??)
+    }
+}
+
+impl Drop for Installing {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -92,6 +110,7 @@ impl<'a> Session<'a> {
             last_heard: tokio::time::Instant::now(),
             beat: tokio::time::interval(HEARTBEAT_EVERY),
             up_epoch,
+            installing: HashSet::new(),
         }
     }
 
@@ -159,9 +178,11 @@ impl<'a> Session<'a> {
     async fn on_durable(&mut self, done: Result<(String, u64)>) -> Result<()> {
         let mut acks = Acks::default();
         let (name, end) = done?;
+        self.installing.remove(&name);
         acks.add(&name, end);
         while let Some(Some(done)) = self.inflight.next().now_or_never() {
             let (name, end) = done?;
+            self.installing.remove(&name);
             acks.add(&name, end);
         }
         self.send_acks(acks.take()).await
@@ -189,6 +210,7 @@ impl<'a> Session<'a> {
         while let Some(r) = self.inflight.next().await {
             r?;
         }
+        self.installing.clear();
         Ok(())
     }
 
@@ -224,8 +246,11 @@ impl<'a> Session<'a> {
             }
         };
         // The upstream continues the log itself: an import cut before will not be
-        // resumed (its staging file goes now).
+        // resumed (its staging file goes now), a segment installing lands first.
         self.imports.remove(&f.log);
+        if self.installing.contains(&f.log) {
+            self.drain().await?;
+        }
         if f.sync {
             self.node.upstream_requested_sync();
         }
@@ -345,33 +370,45 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Say how far the segment is staged; once it is whole, put it in place and ack.
+    /// Say how far the segment is staged; once it is whole, begin the next one where it
+    /// ends (the upstream offers segments back to back) and put this one in place in the
+    /// background: receiving the next overlaps the install, acked once it lands.
     async fn segment_progress(&mut self, name: &str, segment_next: u64) -> Result<()> {
         let staged_to = self.imports.get(name).expect("begun above").next_offset();
         let done = staged_to >= segment_next;
-        {
+        let upstream_end = {
             let mut v = self.view.lock();
             let f = v.logs.entry(name.to_owned()).or_default();
             f.staged = (!done).then_some((staged_to, segment_next));
             f.segments_received += u64::from(done);
-        }
+            f.upstream_end
+        };
         if !done {
             return Ok(());
         }
+        // Installs land in order: the log must end where a segment begins.
+        if self.installing.contains(name) {
+            self.drain().await?;
+        }
         let imp = self.imports.remove(name).expect("present");
-        let (base, bytes) = (imp.base(), imp.staged_bytes());
-        let end = imp
-            .install()
-            .await
-            .with_context(|| format!("installing segment {base} of {name}"))?;
-        let upstream_end = self
-            .view
-            .lock()
-            .logs
-            .get(name)
-            .map_or(0, |f| f.upstream_end);
-        tracing::info!(log = %name, base, end, bytes, upstream_end, "received a sealed segment");
-        self.send_acks(vec![(name.to_owned(), end)]).await
+        match imp.begin_next() {
+            Ok(next) => drop(self.imports.insert(name.to_owned(), next)),
+            Err(e) => {
+                tracing::debug!(log = %name, error = %e, "the next segment begins when it comes")
+            }
+        }
+        let (name, base, bytes) = (name.to_owned(), imp.base(), imp.staged_bytes());
+        self.installing.insert(name.clone());
+        let install = Installing(tokio::spawn(imp.install()));
+        self.inflight.push_back(Box::pin(async move {
+            let end = install
+                .landed()
+                .await
+                .with_context(|| format!("installing segment {base} of {name}"))?;
+            tracing::info!(log = %name, base, end, bytes, upstream_end, "received a sealed segment");
+            Ok((name, end))
+        }));
+        Ok(())
     }
 
     async fn on_start(&mut self, s: pb::LogStart) -> Result<()> {

@@ -94,6 +94,12 @@ impl Log {
                 p.written
             )));
         }
+        self.open_import(base, self.current_epoch())
+    }
+
+    /// An import of the segment that begins at `base`, after a log (or staged segment)
+    /// whose last epoch is `epoch`.
+    fn open_import(&self, base: u64, epoch: u64) -> Result<SegmentImport> {
         let path = self.shared.dir.join(format!("import-{base:020}.tmp"));
         let open = |flags| {
             OpenOptions::new()
@@ -116,8 +122,8 @@ impl Log {
             Err(_) => (open(0).at(&path)?, Sink::Buffered { writeback_from: 0 }),
         };
         Ok(SegmentImport {
-            first_epoch: self.current_epoch(),
-            last_epoch: self.current_epoch(),
+            first_epoch: epoch,
+            last_epoch: epoch,
             log: self.clone(),
             file,
             staged: StagedSegment {
@@ -139,6 +145,13 @@ impl Log {
 }
 
 impl SegmentImport {
+    /// Begin receiving the segment that follows this one, before this one is installed,
+    /// so that receiving it overlaps this one's install. Its install is refused unless
+    /// this one's landed first: the log must end where a segment begins.
+    pub fn begin_next(&self) -> Result<SegmentImport> {
+        self.log.open_import(self.staged.next, self.last_epoch)
+    }
+
     pub fn base(&self) -> u64 {
         self.staged.base
     }
