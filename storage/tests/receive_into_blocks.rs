@@ -78,7 +78,8 @@ fn storage(dir: &std::path::Path, how: ImportIo) -> Storage {
 }
 
 /// Every frame arrives checked and in place, whatever the reads' sizes; frames up to
-/// 5 MiB cross 4 MiB blocks, one at least a whole block.
+/// 5 MiB cross 4 MiB blocks, one at least a whole block. A staging file allocated ahead
+/// (as a fetch does) ends as long as what it holds.
 fn receives_whole_segments(how: ImportIo) {
     let dir = tempfile::tempdir().unwrap();
     run(120, async {
@@ -98,12 +99,21 @@ fn receives_whole_segments(how: ImportIo) {
             let name = format!("dst{seed}");
             let dst = s.create_log(&name).await.unwrap();
             let mut imp = dst.begin_import(0).unwrap();
+            if seed == 4096 {
+                imp.reserve(bytes.len() as u64 + 12_345);
+            }
             if !receive(&mut imp, &bytes, seed) {
                 eprintln!("skipped: imports are buffered here (no O_DIRECT)");
                 return;
             }
             assert_eq!(imp.staged_bytes(), bytes.len() as u64);
             install_same(&s, imp, &name, &src).await;
+            let seg = dir
+                .path()
+                .join("logs")
+                .join(&name)
+                .join(format!("{:020}.seg", 0));
+            assert_eq!(std::fs::metadata(&seg).unwrap().len(), bytes.len() as u64);
         }
         s.shutdown().await.unwrap();
     });
@@ -130,6 +140,7 @@ fn a_cut_receive_resumes() {
         let (src, bytes) = source(&s, 40, 300 << 10).await;
         let dst = s.create_log("dst").await.unwrap();
         let mut imp = dst.begin_import(0).unwrap();
+        imp.reserve(bytes.len() as u64);
         // Cut 100 bytes into the second frame: inside the first block.
         let first = spool_storage::format::peek_header(&bytes)
             .unwrap()

@@ -337,6 +337,7 @@ pub async fn fetch(
         );
     }
     let segment = req.segment_base;
+    tokio::task::block_in_place(|| imp.reserve(reply.byte_len));
     receive_into_blocks(&mut stream, imp, reply.byte_len, segment, &mut progress).await?;
     if imp.next_offset() != segment_next {
         bail!(

@@ -19,6 +19,8 @@ use super::direct_write::DirectWriter;
 use crate::error::{IoContext, Result, StorageError};
 use crate::format;
 use crate::index::IndexEntry;
+use crate::io::aligned::ALIGN;
+use crate::io::meta::fallocate;
 use crate::log::Log;
 use crate::producers::{KeptBatch, ProducerLimits, ProducerTable};
 use crate::writer::Cmd;
@@ -219,6 +221,20 @@ impl SegmentImport {
         self.apply(checked, frames.len());
         self.start_writeback();
         Ok(())
+    }
+
+    /// Allocate the staging file up to `more` bytes past what is staged (a fetch says how
+    /// many come). Direct writes inside a file's size may run side by side; each one
+    /// that extends it takes the inode's lock alone. Best effort: without it, writes
+    /// extend the file. Blocking.
+    pub fn reserve(&self, more: u64) {
+        if !matches!(self.sink, Sink::Direct(_)) {
+            return;
+        }
+        let end = (self.staged.len + more).next_multiple_of(ALIGN as u64);
+        if let Err(e) = fallocate(&self.file, 0, 0, end) {
+            tracing::debug!(path = %self.staged.path.display(), error = %e, "staging file not allocated ahead");
+        }
     }
 
     /// Whether `more` bytes keep the segment within what a segment position can address.
