@@ -95,6 +95,15 @@ fn statm_rss_mib(proc_dir: &str) -> Option<f64> {
     Some((pages * page) as f64 / MIB)
 }
 
+/// Bytes another process has had written to storage so far (`write_bytes` of
+/// /proc/PID/io: direct writes and page-cache writeback it caused); None once it is gone.
+pub fn process_write_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// CPU seconds (user, system) another process has used so far, from /proc/PID/stat; None
 /// once it is gone.
 pub fn process_cpu_s(pid: u32) -> Option<(f64, f64)> {

@@ -8,6 +8,7 @@
 //! 3. Partial: the replica is stopped (SIGTERM), `--partial-fraction` more is appended on the
 //!    primary, the replica is restarted on the same data directory and timed again.
 //!
+//! Each phase starts once the primary has written nothing for a moment (see `disk_quiet`).
 //! The replica's end is polled every 10 ms on its own status/describe_log; the process
 //! start-up (~tens of ms) is inside the time, as a user would see it.
 
@@ -202,6 +203,26 @@ async fn wait_caught_up(
     }
 }
 
+/// Wait (at most [`QUIET_WAIT_MAX`]) until `s` has written nothing to storage for
+/// [`QUIET_FOR`]; how long that took. A primary goes on writing after a fill (the next
+/// segment's zero-fill): on one machine that would share the disk the replica's sync is
+/// timed on, where in a deployment each node has its own, and fio runs on a quiet one.
+async fn disk_quiet(s: &BenchServer) -> Duration {
+    let t0 = Instant::now();
+    let (mut last, mut since) = (s.write_bytes(), Instant::now());
+    while since.elapsed() < QUIET_FOR && t0.elapsed() < QUIET_WAIT_MAX {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = s.write_bytes();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+    }
+    t0.elapsed()
+}
+
+const QUIET_FOR: Duration = Duration::from_millis(300);
+const QUIET_WAIT_MAX: Duration = Duration::from_secs(20);
+
 fn cpu(s: &BenchServer) -> Option<f64> {
     s.cpu_s().map(|(u, s)| u + s)
 }
@@ -225,6 +246,11 @@ impl CatchupPhase<'_> {
         from: (u64, u64),
         to: (u64, u64),
     ) -> Result<Phase> {
+        let quiet = disk_quiet(self.primary).await;
+        eprintln!(
+            "{name}: the primary's disk writes stopped {:.2} s after the fill",
+            quiet.as_secs_f64()
+        );
         let p_cpu0 = cpu(self.primary);
         let t0 = Instant::now();
         let r = replica.insert(BenchServer::start_replica(

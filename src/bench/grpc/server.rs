@@ -82,7 +82,12 @@ impl BenchServer {
         name: &str,
         extra: &[String],
     ) -> Result<BenchServer> {
-        let exe = std::env::current_exe().context("locating the spool binary")?;
+        // SPOOL_BENCH_SERVER: another build to run as the servers, so that two builds'
+        // servers are compared under one bench.
+        let exe = match std::env::var_os("SPOOL_BENCH_SERVER") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => std::env::current_exe().context("locating the spool binary")?,
+        };
         let log_path = work_dir.join(format!("{name}.log"));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
@@ -195,6 +200,15 @@ impl BenchServer {
             return None;
         };
         spool::measure::process_cpu_s(child.id())
+    }
+
+    /// Bytes the server has had written to storage so far; None when it shares our
+    /// process.
+    pub fn write_bytes(&self) -> Option<u64> {
+        let Kind::Process { child, .. } = &self.kind else {
+            return None;
+        };
+        spool::measure::process_write_bytes(child.id())
     }
 
     /// Server resident set (MiB) now; None when it shares our process.
