@@ -38,7 +38,7 @@ mod writer;
 pub mod bench_support;
 pub mod check;
 
-pub use catchup::SegmentImport;
+pub use catchup::{FollowOn, SegmentImport};
 pub use config::{Compression, Durability, LogConfig, OnCorruption, RecoveryMode, StorageConfig};
 pub use error::{DataLoss, FormatError, Result, StorageError};
 pub use format::{ProducerSeq, Record};

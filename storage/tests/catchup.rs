@@ -168,7 +168,7 @@ fn stage(src: &Log, imp: &mut spool_storage::SegmentImport, until: u64) {
     }
 }
 
-/// Sealed segments received back to back, each begun (`begin_next`) and staged while the
+/// Sealed segments received back to back, each begun (`follow_on`) and staged while the
 /// one before it installs, as a replica overlaps the two: the copy reads the same and
 /// keeps its epochs; one whose predecessor never landed is refused, and leaves nothing.
 fn imports_overlap_the_install_before_them(open: Open) {
@@ -195,7 +195,7 @@ fn imports_overlap_the_install_before_them(open: Open) {
                 let landed: tokio::task::JoinHandle<spool_storage::Result<u64>> = before;
                 assert_eq!(landed.await.unwrap().unwrap(), base);
             }
-            let following = imp.begin_next().unwrap();
+            let following = imp.follow_on().begin().unwrap();
             installing = Some(tokio::spawn(
                 std::mem::replace(&mut imp, following).install(),
             ));
@@ -216,7 +216,7 @@ fn imports_overlap_the_install_before_them(open: Open) {
         let (_, second_next) = r.sealed_segment(first_next).unwrap();
         let mut first = other.begin_import(0).unwrap();
         stage(&src, &mut first, first_next);
-        let mut orphan = first.begin_next().unwrap();
+        let mut orphan = first.follow_on().begin().unwrap();
         drop(first);
         stage(&src, &mut orphan, second_next);
         assert!(matches!(

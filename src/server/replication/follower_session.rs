@@ -16,7 +16,7 @@ use spool_proto::v1 as pb;
 use spool_replication::follow::{
     self, AckGate, Acks, Chunk, ChunkPlan, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX,
 };
-use spool_storage::{Log, SegmentImport};
+use spool_storage::{FollowOn, Log, SegmentImport};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tonic::Streaming;
@@ -51,6 +51,9 @@ pub struct Session<'a> {
     up_epoch: u64,
     /// Logs with a segment install in `inflight`: nothing else reaches them before it lands.
     installing: HashSet<String>,
+    /// Where each log's next segment begins, after its last one received whole: that one
+    /// may be received while the last one installs.
+    follow_ons: HashMap<String, FollowOn>,
 }
 
 /// A segment's install, spawned so that it goes on while the next segment is received;
@@ -111,6 +114,7 @@ impl<'a> Session<'a> {
             beat: tokio::time::interval(HEARTBEAT_EVERY),
             up_epoch,
             installing: HashSet::new(),
+            follow_ons: HashMap::new(),
         }
     }
 
@@ -248,6 +252,7 @@ impl<'a> Session<'a> {
         // The upstream continues the log itself: an import cut before will not be
         // resumed (its staging file goes now), a segment installing lands first.
         self.imports.remove(&f.log);
+        self.follow_ons.remove(&f.log);
         if self.installing.contains(&f.log) {
             self.drain().await?;
         }
@@ -275,6 +280,13 @@ impl<'a> Session<'a> {
     /// stage (or fetch) the frames, and put the segment in place once it is whole.
     async fn on_segment(&mut self, c: pb::SegmentChunk) -> Result<()> {
         let log = self.node.storage().log(&c.log)?;
+        // The segment after one received whole: begun where that one ends, even while it
+        // still installs.
+        if let Some(next) = self.follow_ons.remove(&c.log) {
+            if !self.imports.contains_key(&c.log) && next.base() == c.first_offset {
+                self.imports.insert(c.log.clone(), next.begin()?);
+            }
+        }
         let chunk = Chunk {
             segment: (c.segment_base, c.segment_next),
             first: c.first_offset,
@@ -370,9 +382,9 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Say how far the segment is staged; once it is whole, begin the next one where it
-    /// ends (the upstream offers segments back to back) and put this one in place in the
-    /// background: receiving the next overlaps the install, acked once it lands.
+    /// Say how far the segment is staged; once it is whole, put it in place in the
+    /// background (acked once it lands) and note where the next one begins: the upstream
+    /// offers segments back to back, and receiving the next overlaps the install.
     async fn segment_progress(&mut self, name: &str, segment_next: u64) -> Result<()> {
         let staged_to = self.imports.get(name).expect("begun above").next_offset();
         let done = staged_to >= segment_next;
@@ -391,12 +403,7 @@ impl<'a> Session<'a> {
             self.drain().await?;
         }
         let imp = self.imports.remove(name).expect("present");
-        match imp.begin_next() {
-            Ok(next) => drop(self.imports.insert(name.to_owned(), next)),
-            Err(e) => {
-                tracing::debug!(log = %name, error = %e, "the next segment begins when it comes")
-            }
-        }
+        self.follow_ons.insert(name.to_owned(), imp.follow_on());
         let (name, base, bytes) = (name.to_owned(), imp.base(), imp.staged_bytes());
         self.installing.insert(name.clone());
         let install = Installing(tokio::spawn(imp.install()));
@@ -419,6 +426,7 @@ impl<'a> Session<'a> {
         // the import began (it then sends the segment from the hello's staged_end);
         // anything else reshapes the log first.
         let continue_at = (s.action == Action::Continue as i32).then_some(s.offset);
+        self.follow_ons.remove(&s.name);
         let import = self.imports.get(&s.name).map(import_of);
         if !follow::start_keeps_import(continue_at, import) {
             self.imports.remove(&s.name);
@@ -457,6 +465,7 @@ impl<'a> Session<'a> {
         self.gate.forget(&d.name);
         self.logs.remove(&d.name);
         self.imports.remove(&d.name);
+        self.follow_ons.remove(&d.name);
         let delay = self.node.active_delay();
         let delay_us = delay.map(|x| x.delay.as_micros() as u64);
         let now = super::upstream::now_us();

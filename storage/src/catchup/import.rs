@@ -57,6 +57,28 @@ pub struct SegmentImport {
     installed: bool,
 }
 
+/// The segment that follows a staged one, before that one is installed: receiving it may
+/// overlap the install. Its own install is refused unless the one before landed first
+/// (the log must end where a segment begins). Holds nothing open until begun.
+#[derive(Debug, Clone)]
+pub struct FollowOn {
+    log: Log,
+    base: u64,
+    epoch: u64,
+}
+
+impl FollowOn {
+    /// The offset the segment begins at.
+    pub fn base(&self) -> u64 {
+        self.base
+    }
+
+    /// Start receiving it: its frames continue the epoch the one before ended in.
+    pub fn begin(&self) -> Result<SegmentImport> {
+        self.log.open_import(self.base, self.epoch)
+    }
+}
+
 /// How staged bytes reach the file.
 #[derive(Debug)]
 pub(super) enum Sink {
@@ -147,11 +169,14 @@ impl Log {
 }
 
 impl SegmentImport {
-    /// Begin receiving the segment that follows this one, before this one is installed,
-    /// so that receiving it overlaps this one's install. Its install is refused unless
-    /// this one's landed first: the log must end where a segment begins.
-    pub fn begin_next(&self) -> Result<SegmentImport> {
-        self.log.open_import(self.staged.next, self.last_epoch)
+    /// Where the segment after this one begins, to be received while this one installs
+    /// (see [`FollowOn`]).
+    pub fn follow_on(&self) -> FollowOn {
+        FollowOn {
+            log: self.log.clone(),
+            base: self.staged.next,
+            epoch: self.last_epoch,
+        }
     }
 
     pub fn base(&self) -> u64 {

@@ -25,8 +25,8 @@ mod uring_write;
 
 use std::fs::File;
 
-pub use import::SegmentImport;
 pub(crate) use import::StagedSegment;
+pub use import::{FollowOn, SegmentImport};
 pub(crate) use install::{ActiveEnd, InstallDone, InstallJob, Installed};
 
 /// Whether the segment file `f` of `capacity` bytes was only allocated (its last block
