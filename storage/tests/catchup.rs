@@ -39,17 +39,8 @@ fn import_segments(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     run(60, async {
         let s = open(config(dir.path()));
-        let src = s.create_log("src").await.unwrap();
+        let src = two_epochs(&s, 400, 150).await;
         let dst = s.create_log("dst").await.unwrap();
-        src.begin_epoch(2).await.unwrap();
-        for i in 0..400u32 {
-            if i == 150 {
-                src.begin_epoch(5).await.unwrap();
-            }
-            src.append(&[record(7, i, 600)], Durability::Fsync)
-                .await
-                .unwrap();
-        }
         let r = src.reader();
         // The first segment as appended frames: the next import seals dst's active segment.
         let (base, first_next) = r.sealed_segment(0).unwrap();
@@ -175,17 +166,8 @@ fn imports_overlap_the_install_before_them(open: Open) {
     let dir = tempfile::tempdir().unwrap();
     run(60, async {
         let s = open(config(dir.path()));
-        let src = s.create_log("src").await.unwrap();
+        let src = two_epochs(&s, 400, 150).await;
         let dst = s.create_log("dst").await.unwrap();
-        src.begin_epoch(2).await.unwrap();
-        for i in 0..400u32 {
-            if i == 150 {
-                src.begin_epoch(5).await.unwrap();
-            }
-            src.append(&[record(7, i, 600)], Durability::Fsync)
-                .await
-                .unwrap();
-        }
         let r = src.reader();
         let mut imp = dst.begin_import(0).unwrap();
         let (mut from, mut imported, mut installing) = (0, 0, None);
@@ -648,19 +630,25 @@ fn import_a_span_of_the_active_segment(open: Open) {
     });
 }
 
-/// Log "src" in `s`: 120 records in epochs 2 then 5 (from offset 50), its first segment
-/// sealed; returns it and the end of that segment (past offset 50).
-async fn source(s: &Storage) -> (Log, u64) {
+/// Log "src" in `s`: `n` records of 600 bytes in epoch 2, then in epoch 5 from offset `at`.
+async fn two_epochs(s: &Storage, n: u32, at: u32) -> Log {
     let src = s.create_log("src").await.unwrap();
     src.begin_epoch(2).await.unwrap();
-    for i in 0..120u32 {
-        if i == 50 {
+    for i in 0..n {
+        if i == at {
             src.begin_epoch(5).await.unwrap();
         }
         src.append(&[record(7, i, 600)], Durability::Fsync)
             .await
             .unwrap();
     }
+    src
+}
+
+/// Log "src" in `s`: 120 records in epochs 2 then 5 (from offset 50), its first segment
+/// sealed; returns it and the end of that segment (past offset 50).
+async fn source(s: &Storage) -> (Log, u64) {
+    let src = two_epochs(s, 120, 50).await;
     let (_, first_next) = src.reader().sealed_segment(0).unwrap();
     assert!(first_next > 50, "the first segment holds both epochs");
     (src, first_next)
