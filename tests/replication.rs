@@ -1131,6 +1131,54 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
     assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
 }
 
+/// A replica whose disk fills in the middle of a full sync (a segment's install, or the
+/// next segment received meanwhile, fails) says so in its status, and once space is freed
+/// finishes without a restart and ends identical, with no staging file left.
+#[test]
+fn a_replica_whose_disk_fills_during_a_full_sync_ends_identical_once_freed() {
+    let d = tempfile::tempdir().unwrap();
+    let rdir = d.path().join("r");
+    std::fs::create_dir(&rdir).unwrap();
+    let Some(tmpfs) = common::Tmpfs::mount(&rdir, "12m") else {
+        return;
+    };
+    let p = Server::start_toml(&d.path().join("p"), &common::fixed_segments(2 << 20), &[]);
+    let paddr = p.addr.clone();
+    let data = rdir.join("data");
+    let r = run(240, async {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("k", None).await.unwrap();
+        // About 30 MiB: more than the replica's disk holds.
+        let end = load_records(&paddr, "k", 0..30, 64 << 10, "k").await;
+        let r = Server::start(&data, &replica_of(&paddr, &["--replica-id", "k"]));
+        let rc = Client::connect(&r.addr).await.unwrap();
+        let (limit, every) = (Duration::from_secs(60), Duration::from_millis(20));
+        common::wait_until_every(
+            "the replica never ran out of space",
+            limit,
+            every,
+            || async {
+                let up = rc.status().await.unwrap().upstream?;
+                up.last_error.contains("disk full").then_some(())
+            },
+        )
+        .await;
+        tmpfs.resize("256m");
+        wait_end(&r.addr, "k", end).await;
+        r
+    });
+    r.stop();
+    let leftovers: Vec<_> = std::fs::read_dir(data.join("logs").join("k"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".tmp") && n != "sealed-at-shutdown.tmp")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    p.stop();
+    assert_eq!(common::digests(&data), common::digests(&d.path().join("p")));
+}
+
 /// Idempotent appends across a failover: a retry is answered with the original offsets
 /// by the primary and, once promoted, by its replica (which learned the producers from
 /// the replicated frames), appending nothing either time. The client's producer retries

@@ -508,3 +508,43 @@ pub fn limit_open_files(cmd: &mut Command, nofile: u64) {
         });
     }
 }
+
+/// A tmpfs mounted on a test's directory, unmounted (lazily) when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    /// Mount a tmpfs of `size` (as mount's `size=`, e.g. "4m") on `dir`; None where that is
+    /// not allowed (not root), which CI (root) does not accept.
+    pub fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs as root and must be able to mount a tmpfs"
+            );
+            eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+            return None;
+        }
+        Some(Tmpfs(dir.to_owned()))
+    }
+
+    /// Grow (or shrink) it to `size`, keeping what it holds.
+    pub fn resize(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remounting {} with size {size}", self.0.display());
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
