@@ -1119,16 +1119,21 @@ fn replica_killed_during_a_segment_transfer_recovers_identical() {
     });
     r.stop();
     p.stop();
-    let leftovers: Vec<_> = std::fs::read_dir(rdir.join("logs").join("k"))
+    let leftovers = staging_leftovers(&rdir.join("logs").join("k"));
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+    assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
+}
+
+/// The staging files left in a stopped replica's log directory `dir`. The clean stop's
+/// record of sealed segments is named .tmp on purpose (see storage's sealed_record);
+/// anything else so named would be a staging leftover.
+fn staging_leftovers(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        // The clean stop's record of sealed segments is named .tmp on purpose (see
-        // storage's sealed_record); anything else would be a staging leftover.
         .filter(|n| n.ends_with(".tmp") && n != "sealed-at-shutdown.tmp")
-        .collect();
-    assert!(leftovers.is_empty(), "{leftovers:?}");
-    assert_eq!(common::digests(&rdir), common::digests(&d.path().join("p")));
+        .collect()
 }
 
 /// A replica whose disk fills in the middle of a full sync (a segment's install, or the
@@ -1168,12 +1173,7 @@ fn a_replica_whose_disk_fills_during_a_full_sync_ends_identical_once_freed() {
         r
     });
     r.stop();
-    let leftovers: Vec<_> = std::fs::read_dir(data.join("logs").join("k"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.ends_with(".tmp") && n != "sealed-at-shutdown.tmp")
-        .collect();
+    let leftovers = staging_leftovers(&data.join("logs").join("k"));
     assert!(leftovers.is_empty(), "{leftovers:?}");
     p.stop();
     assert_eq!(common::digests(&data), common::digests(&d.path().join("p")));
