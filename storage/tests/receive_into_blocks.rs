@@ -129,6 +129,33 @@ fn io_uring_receives_whole_segments() {
     receives_whole_segments(ImportIo::Uring);
 }
 
+/// A staging file is allocated ahead only to a size a segment can hold: an announced
+/// size past 4 GiB (or past u64) allocates nothing.
+#[test]
+fn a_size_past_a_segment_allocates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let s = storage(dir.path(), ImportIo::Threads);
+        let dst = s.create_log("dst").await.unwrap();
+        let mut imp = dst.begin_import(0).unwrap();
+        let staging = dir
+            .path()
+            .join("logs/dst")
+            .join(format!("import-{:020}.tmp", 0));
+        let len = || std::fs::metadata(&staging).unwrap().len();
+        imp.reserve((4 << 30) + (1 << 20));
+        imp.reserve(u64::MAX);
+        assert_eq!(len(), 0);
+        imp.reserve(1 << 20);
+        // Direct imports only (the test directory's filesystem may refuse O_DIRECT).
+        if imp.receive_buffer().is_some() {
+            assert_eq!(len(), 1 << 20);
+        }
+        drop(imp);
+        s.shutdown().await.unwrap();
+    });
+}
+
 /// A receive cut inside a frame resumes at the last whole frame: within the block being
 /// filled, inside a frame that crosses into the next block, or after a receive dropped
 /// without a word (whole frames written next continue the checked ones).

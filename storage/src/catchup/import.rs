@@ -251,12 +251,14 @@ impl SegmentImport {
     /// Allocate the staging file up to `more` bytes past what is staged (a fetch says how
     /// many come). Direct writes inside a file's size may run side by side; each one
     /// that extends it takes the inode's lock alone. Best effort: without it, writes
-    /// extend the file. Blocking.
+    /// extend the file. A size past what a segment can hold allocates nothing (receiving
+    /// it is refused). Blocking.
     pub fn reserve(&self, more: u64) {
-        if !matches!(self.sink, Sink::Direct(_)) {
+        let end = self.staged.len.saturating_add(more);
+        if !matches!(self.sink, Sink::Direct(_)) || end > u64::from(u32::MAX) {
             return;
         }
-        let end = (self.staged.len + more).next_multiple_of(ALIGN as u64);
+        let end = end.next_multiple_of(ALIGN as u64);
         if let Err(e) = fallocate(&self.file, 0, 0, end) {
             tracing::debug!(path = %self.staged.path.display(), error = %e, "staging file not allocated ahead");
         }
