@@ -23,6 +23,7 @@ mod tests;
 
 /// What the upstream tells a connecting replica to do for one log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[must_use = "the decision must be carried out"]
 pub enum Decision {
     /// The replica's log is a prefix of the upstream's: stream records from `from`, its end.
     Continue { from: u64 },

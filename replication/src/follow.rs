@@ -97,6 +97,7 @@ pub struct Chunk {
 
 /// What a chunk does to the import of its log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "the chunk must go where the plan says"]
 pub enum ChunkPlan {
     /// It continues the import in progress.
     Continue,
@@ -125,12 +126,14 @@ pub fn chunk_plan(import: Option<Import>, c: &Chunk, log_end: u64) -> Result<Chu
 
 /// Whether a log (re)started with `continue_at` (a CONTINUE from that offset; None for any
 /// other action) keeps its partly received segment: the upstream then resumes it.
+#[must_use]
 pub fn start_keeps_import(continue_at: Option<u64>, import: Option<Import>) -> bool {
     matches!((continue_at, import), (Some(at), Some(i)) if i.base == at)
 }
 
 /// When a log deleted upstream goes here: at once, or (a delayed replica, `delay_us`) at
 /// the upstream's deletion time plus the delay.
+#[must_use]
 pub fn delete_at(delay_us: Option<u64>, deleted_at_us: u64, now_us: u64) -> Option<u64> {
     let at = if deleted_at_us == 0 {
         now_us
@@ -201,6 +204,7 @@ impl AckGate {
 /// The wait before reconnecting after a session that lasted `lasted`, the last wait having
 /// been `last`: doubling up to [`BACKOFF_MAX`], back to [`BACKOFF_MIN`] after a long
 /// session. Returns (this wait, the next one's base).
+#[must_use]
 pub fn backoff(last: Duration, lasted: Duration) -> (Duration, Duration) {
     let wait = if lasted > BACKOFF_RESET_AFTER {
         BACKOFF_MIN

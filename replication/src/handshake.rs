@@ -61,6 +61,7 @@ impl UpstreamLog {
 
 /// The upstream's answer for one log.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use = "the plan must be carried out"]
 pub enum Plan {
     /// Continue, truncate, full sync or keep what is ahead, as the histories decide.
     Follow(Decision),
@@ -165,6 +166,7 @@ fn last_frame_differs(up: &UpstreamLog, r: &ReplicaLog, frame_at: FrameAt<'_>) -
 /// Where to send on from inside the segment the replica holds partly received, if the
 /// plan continues its log as it is and what it staged is the upstream's too (it may have
 /// cut its log there since, and written other frames in a later epoch).
+#[must_use]
 pub fn staged_to_resume(
     up: &UpstreamLog,
     plan: &Plan,

@@ -48,6 +48,7 @@ pub struct Fetch {
 
 /// The next thing to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "the step must be sent"]
 pub enum Step {
     /// Offer `[first, next)` of segment `base` for the replica to fetch; the stream goes
     /// on from `next`.

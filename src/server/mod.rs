@@ -114,9 +114,15 @@ pub async fn serve(
         },
         (None, None) => Role::Primary,
     };
-    let role = RoleState::open(&config.storage.data_dir, initial_role)?;
+    // Both may read and write (fsync) their state files: on a blocking thread.
+    let dir = config.storage.data_dir.clone();
+    let role = tokio::task::spawn_blocking(move || RoleState::open(&dir, initial_role)).await??;
     let delay = match repl.delay {
-        Some(d) => Some(replication::delay::Delay::open(storage.clone(), d)?),
+        Some(d) => {
+            let storage = storage.clone();
+            let open = move || replication::delay::Delay::open(storage, d);
+            Some(tokio::task::spawn_blocking(open).await??)
+        }
         None => None,
     };
     let node = Arc::new(Node::new(

@@ -467,28 +467,24 @@ impl Log {
     /// Cut the log so that it ends at `end` (records `>= end` are removed). For a divergent
     /// tail after failover; a batch straddling `end` is rewritten with its first records.
     pub async fn truncate_to(&self, end: u64) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
         self.storage
-            .send(Cmd::Truncate {
+            .call(|reply| Cmd::Truncate {
                 log: self.shared.clone(),
                 end,
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 
     /// Drop every record and continue empty from `start` (a replica's full sync).
     pub async fn reset_to(&self, start: u64) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
         self.storage
-            .send(Cmd::Reset {
+            .call(|reply| Cmd::Reset {
                 log: self.shared.clone(),
                 start,
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 
     /// Bytes of frames from the one holding `offset` to the durable end (replication lag
@@ -518,15 +514,13 @@ impl Log {
 
     /// Delete whole segments whose records all lie below `offset`. Returns the new start.
     pub async fn delete_before(&self, offset: u64) -> Result<u64> {
-        let (reply, rx) = oneshot::channel();
         self.storage
-            .send(Cmd::DeleteBefore {
+            .call(|reply| Cmd::DeleteBefore {
                 log: self.shared.clone(),
                 offset,
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 
     /// Put back the damaged records from `first_offset` on (a run [`Log::damage`] lists)
@@ -535,29 +529,25 @@ impl Log {
     /// frames follow it), written in place and synced. A damaged end takes as many frames
     /// as fit in its segment, and the log takes writes again after them.
     pub async fn repair(&self, first_offset: u64, frames: Bytes) -> Result<crate::Repaired> {
-        let (reply, rx) = oneshot::channel();
         self.storage
-            .send(Cmd::Repair {
+            .call(|reply| Cmd::Repair {
                 log: self.shared.clone(),
                 first_offset,
                 frames,
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 
     /// Start `epoch` at the current end; persisted before any frame of it is written.
     pub async fn begin_epoch(&self, epoch: u64) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
         self.storage
-            .send(Cmd::BeginEpoch {
+            .call(|reply| Cmd::BeginEpoch {
                 log: self.shared.clone(),
                 epoch,
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 }
 

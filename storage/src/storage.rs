@@ -156,6 +156,14 @@ impl StorageInner {
     pub async fn send(&self, cmd: Cmd) -> Result<()> {
         self.tx.send(cmd).await.map_err(|_| StorageError::Closed)
     }
+
+    /// Send the storage thread the command `cmd` builds around its reply channel, and wait
+    /// for the reply.
+    pub async fn call<T>(&self, cmd: impl FnOnce(oneshot::Sender<T>) -> Cmd) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.send(cmd(reply)).await?;
+        rx.await.map_err(|_| StorageError::Closed)
+    }
 }
 
 /// Handle to a node's storage. Cheap to clone; the storage thread stops after
@@ -513,27 +521,23 @@ impl Storage {
         })
         .await
         .map_err(|e| StorageError::InvalidInput(format!("create task failed: {e}")))??;
-        let (reply, rx) = oneshot::channel();
         self.inner
-            .send(Cmd::Register {
+            .call(|reply| Cmd::Register {
                 log: Box::new(recovered),
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)??;
+            .await??;
         self.log(name)
     }
 
     pub async fn delete_log(&self, name: &str) -> Result<()> {
         let log = self.log(name)?;
-        let (reply, rx) = oneshot::channel();
         self.inner
-            .send(Cmd::Delete {
+            .call(|reply| Cmd::Delete {
                 log: log.shared.clone(),
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 
     /// Scrub the sealed segments of `log` (every log if None) now, unthrottled, on the
@@ -562,9 +566,7 @@ impl Storage {
 
     /// Run retention on every log now (it also runs periodically).
     pub async fn run_retention(&self) -> Result<()> {
-        let (reply, rx) = oneshot::channel();
-        self.inner.send(Cmd::Retention { reply }).await?;
-        rx.await.map_err(|_| StorageError::Closed)
+        self.inner.call(|reply| Cmd::Retention { reply }).await
     }
 
     /// Finish pending writes, fsync, stop the storage thread.

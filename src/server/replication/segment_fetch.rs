@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use prost::Message;
 use spool_proto::v1 as pb;
-use spool_storage::{format, SegmentImport};
+use spool_storage::{format, SegmentImport, SegmentSpan};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -116,40 +116,11 @@ async fn serve_one(
             .map_err(|_| anyhow!("no whole request within the handshake timeout"))?
             .context("reading the request")?
     };
-    let span = node
-        .check_accepting()
-        .and_then(|()| node.check_replica(&req.token, &cert_names(&stream)))
-        .map_err(|s| anyhow!("{}", s.message()))
-        .and_then(|()| {
-            let log = node.storage().log(&req.log)?;
-            let visible = node.visible(&log);
-            let span = if req.to_offset == 0 {
-                visible.sealed_span(req.segment_base, req.from_offset)?
-            } else {
-                let span = visible.span(req.segment_base, req.from_offset, req.to_offset)?;
-                if span.next_offset != req.to_offset {
-                    bail!(
-                        "offset {} is not a durable, visible frame boundary of segment {} \
-                         (the span ends at {})",
-                        req.to_offset,
-                        req.segment_base,
-                        span.next_offset
-                    );
-                }
-                span
-            };
-            let file = File::open(&span.path).with_context(|| span.path.display().to_string())?;
-            Ok((span, file))
-        });
-    let (span, file) = match span {
+    let (span, file) = match open_span(node, &req, &cert_names(&stream)) {
         Ok(s) => s,
         Err(e) => {
             let error = format!("{e:#}");
-            let reply = pb::SegmentFetchReply {
-                error: error.clone(),
-                ..Default::default()
-            };
-            let _ = stream.write_all(&framed(&[], &reply)).await;
+            let _ = stream.write_all(&refusal(&error)).await;
             bail!(
                 "refused {} segment {} from {}: {error}",
                 req.log,
@@ -165,38 +136,65 @@ async fn serve_one(
         byte_len: span.end - span.start,
     };
     stream.write_all(&framed(&[], &reply)).await?;
-    let (start, end) = (span.start, span.end);
-    let stream = match stream {
-        ServerStream::Plain(tcp) => tcp,
-        ServerStream::Tls(mut tls) => {
-            send_chunks(&mut tls, file, start, end)
-                .await
-                .with_context(|| {
-                    format!(
-                        "sending {} bytes of {} over TLS",
-                        end - start,
-                        span.path.display()
-                    )
-                })?;
-            node.replicas()
-                .segment_sent(&req.replica_id, &req.log, None);
-            tracing::debug!(log = %req.log, base = req.segment_base, bytes = end - start, "segment fetched over TLS");
-            return Ok(());
-        }
-    };
-    // sendfile reads the file, which may wait for the disk: on a blocking thread, which
-    // owns the socket (if this task is dropped meanwhile, the descriptor stays the
-    // socket's until sendfile is done), made blocking with a send timeout standing for a
-    // replica that stopped reading.
-    let sock = stream.into_std()?;
-    tokio::task::spawn_blocking(move || send_file(sock, &file, start, end))
-        .await
-        .context("sendfile task")?
-        .with_context(|| format!("sending {} bytes of {}", end - start, span.path.display()))?;
+    let over_tls = matches!(stream, ServerStream::Tls(_));
+    send_span(stream, file, &span).await?;
     node.replicas()
         .segment_sent(&req.replica_id, &req.log, None);
-    tracing::debug!(log = %req.log, base = req.segment_base, bytes = end - start, "segment fetched");
+    tracing::debug!(log = %req.log, base = req.segment_base, bytes = span.end - span.start, over_tls, "segment fetched");
     Ok(())
+}
+
+/// The span a fetch asks for, once the caller is known to be a replica and the span is
+/// durable, visible here and ends on a frame boundary; with its file open.
+fn open_span(
+    node: &Node,
+    req: &pb::SegmentFetchRequest,
+    cert_names: &[String],
+) -> Result<(SegmentSpan, File)> {
+    node.check_accepting()
+        .and_then(|()| node.check_replica(&req.token, cert_names))
+        .map_err(|s| anyhow!("{}", s.message()))?;
+    let log = node.storage().log(&req.log)?;
+    let visible = node.visible(&log);
+    let span = if req.to_offset == 0 {
+        visible.sealed_span(req.segment_base, req.from_offset)?
+    } else {
+        let span = visible.span(req.segment_base, req.from_offset, req.to_offset)?;
+        if span.next_offset != req.to_offset {
+            bail!(
+                "offset {} is not a durable, visible frame boundary of segment {} \
+                 (the span ends at {})",
+                req.to_offset,
+                req.segment_base,
+                span.next_offset
+            );
+        }
+        span
+    };
+    let file = File::open(&span.path).with_context(|| span.path.display().to_string())?;
+    Ok((span, file))
+}
+
+/// Send the span's bytes: through TLS in chunks, or with sendfile on a plain socket.
+async fn send_span(stream: ServerStream, file: File, span: &SegmentSpan) -> Result<()> {
+    let (start, end) = (span.start, span.end);
+    let context = || format!("sending {} bytes of {}", end - start, span.path.display());
+    match stream {
+        ServerStream::Tls(mut tls) => send_chunks(&mut tls, file, start, end)
+            .await
+            .with_context(context),
+        // sendfile reads the file, which may wait for the disk: on a blocking thread, which
+        // owns the socket (if this task is dropped meanwhile, the descriptor stays the
+        // socket's until sendfile is done), made blocking with a send timeout standing for
+        // a replica that stopped reading.
+        ServerStream::Plain(tcp) => {
+            let sock = tcp.into_std()?;
+            tokio::task::spawn_blocking(move || send_file(sock, &file, start, end))
+                .await
+                .context("sendfile task")?
+                .with_context(context)
+        }
+    }
 }
 
 /// sendfile `[pos, end)` of `file` to the socket `sock`, which this owns (closed when done).
@@ -284,29 +282,7 @@ pub async fn fetch(
     imp: &mut SegmentImport,
     mut progress: impl FnMut(&SegmentImport, u64),
 ) -> Result<()> {
-    // The upstream may be given as a URI (`http://host:port`, as gRPC takes it).
-    let upstream = upstream
-        .split_once("://")
-        .map_or(upstream, |(_, rest)| rest);
-    let upstream = upstream.trim_end_matches('/');
-    let tcp = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
-        .await
-        .map_err(|_| anyhow!("connecting to {upstream}: timed out"))?
-        .with_context(|| format!("connecting to {upstream}"))?;
-    let mut stream: Box<dyn Io> = match tls {
-        None => Box::new(tcp),
-        Some(tls) => {
-            let _ = tcp.set_nodelay(true);
-            let name = crate::tls::server_name(upstream)?;
-            let handshake = tls.connector()?.connect(name, tcp);
-            Box::new(
-                tokio::time::timeout(DEAD_AFTER, handshake)
-                    .await
-                    .map_err(|_| anyhow!("TLS handshake with {upstream}: timed out"))?
-                    .with_context(|| format!("TLS handshake with {upstream}"))?,
-            )
-        }
-    };
+    let mut stream = connect(upstream, tls).await?;
     // The fetch starts after the last whole frame: an earlier one cut (or dropped) midway
     // may have left part of a frame.
     imp.discard_unchecked();
@@ -347,6 +323,34 @@ pub async fn fetch(
         );
     }
     Ok(())
+}
+
+/// A fetch connection to `upstream` (given as `host:port` or a URI), through TLS with the
+/// node's own certificate when `tls` is set.
+async fn connect(upstream: &str, tls: Option<&TlsOptions>) -> Result<Box<dyn Io>> {
+    // The upstream may be given as a URI (`http://host:port`, as gRPC takes it).
+    let upstream = upstream
+        .split_once("://")
+        .map_or(upstream, |(_, rest)| rest);
+    let upstream = upstream.trim_end_matches('/');
+    let tcp = tokio::time::timeout(DEAD_AFTER, TcpStream::connect(upstream))
+        .await
+        .map_err(|_| anyhow!("connecting to {upstream}: timed out"))?
+        .with_context(|| format!("connecting to {upstream}"))?;
+    Ok(match tls {
+        None => Box::new(tcp),
+        Some(tls) => {
+            let _ = tcp.set_nodelay(true);
+            let name = crate::tls::server_name(upstream)?;
+            let handshake = tls.connector()?.connect(name, tcp);
+            Box::new(
+                tokio::time::timeout(DEAD_AFTER, handshake)
+                    .await
+                    .map_err(|_| anyhow!("TLS handshake with {upstream}: timed out"))?
+                    .with_context(|| format!("TLS handshake with {upstream}"))?,
+            )
+        }
+    })
 }
 
 /// Receive `left` bytes of segment `segment` straight into `imp`'s O_DIRECT blocks (see

@@ -13,8 +13,6 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 
-use tokio::sync::oneshot;
-
 use super::direct_write::DirectWriter;
 use crate::error::{IoContext, Result, StorageError};
 use crate::format;
@@ -414,16 +412,14 @@ impl SegmentImport {
             },
         );
         self.installed = true;
-        let (reply, rx) = oneshot::channel();
         self.log
             .storage
-            .send(Cmd::InstallSegment {
+            .call(|reply| Cmd::InstallSegment {
                 log: self.log.shared.clone(),
                 segment: Box::new(staged),
                 reply,
             })
-            .await?;
-        rx.await.map_err(|_| StorageError::Closed)?
+            .await?
     }
 }
 
