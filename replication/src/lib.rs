@@ -15,10 +15,12 @@
 //!   with Kafka's leader epochs.
 //! - [`failover`]: on a coordinator, how long a primary may ack on its lease, who may and
 //!   who should become primary, and which tails it takes from peers first.
-//! - [`follow`]: the replica side of a session (whom to follow, segment imports, delayed
+//! - [`follow`]: the replica side's policies (whom to follow, where a chunk goes, delayed
 //!   deletions, gathered acks, liveness, reconnect backoff).
 //! - [`handshake`]: the upstream's plan for one log of a connecting replica (identity,
 //!   histories, its last frame) and what the replica holds after it.
+//! - [`session`]: the replica side of one session as a state machine: upstream messages
+//!   in, commands out (drain, append, import, install, start, delete, ack).
 //! - [`sender`]: what the upstream sends a replica next in one log (frames, a sealed
 //!   segment whole, a span of the active one to fetch).
 
@@ -29,3 +31,4 @@ pub mod failover;
 pub mod follow;
 pub mod handshake;
 pub mod sender;
+pub mod session;

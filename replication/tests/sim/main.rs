@@ -1,7 +1,7 @@
 //! A deterministic, seeded simulation of replication: one primary, two replicas, a delayed
 //! replica and a cascaded one (below a replica or the delayed one), with a fake clock and
 //! network, driven through spool-replication's own decisions (handshake plans, the
-//! per-log sender, the replica's chunk and start decisions, its ack gate, the primary's
+//! per-log sender, the replica side's `ReplicaSession` with its ack gate, the primary's
 //! ack tracker, the delayed replica's horizon). Connections break, messages are delayed,
 //! nodes crash losing what was not durable, retention removes what a lagging replica
 //! needs, failovers promote a replica (a delayed one maybe at a point, cutting its log),

@@ -4,9 +4,9 @@
 
 use std::collections::VecDeque;
 
-use spool_replication::follow::AckGate;
 use spool_replication::handshake::Plan;
 use spool_replication::sender::Sender;
+use spool_replication::session::ReplicaSession;
 
 use crate::model::Rec;
 
@@ -58,8 +58,8 @@ pub struct Session {
     pub cuts_seen: usize,
     /// The upstream's visible end when it planned: what it vouched for.
     pub vouched: u64,
-    /// The replica side: which logs it may ack.
-    pub gate: AckGate,
+    /// The replica side of the session (its ack gate among the rest).
+    pub replica: ReplicaSession,
     /// The highest ack the upstream took in this session.
     pub last_ack: u64,
 }

@@ -7,9 +7,10 @@ use std::time::Duration;
 use rand::Rng;
 use spool_replication::ack::{AckMode, Command};
 use spool_replication::divergence::Decision;
-use spool_replication::follow::{self, AckGate, Identities};
+use spool_replication::follow::{self, Identities};
 use spool_replication::handshake::{self, Plan};
 use spool_replication::sender::{Fetch, Sender, Step};
+use spool_replication::session::ReplicaSession;
 
 use crate::model::crc;
 use crate::net::{Down, Session, Stream, Up, QUEUE_MAX};
@@ -99,7 +100,7 @@ impl World {
             stream,
             cuts_seen: self.nodes[u].cuts.len(),
             vouched: visible,
-            gate: AckGate::default(),
+            replica: ReplicaSession::new(self.nodes[u].epoch),
             last_ack: 0,
         };
         s.send_down(at, Down::Start(plan.clone(), incarnation));

@@ -1,21 +1,21 @@
 //! Executes one replication stream on a replica: frames appended unchanged (their CRCs
 //! checked) with up to `INFLIGHT_MAX` messages in flight so they share group commits,
 //! sealed segments staged or fetched whole and put in place, log starts and deletions
-//! carried out, durable ends acknowledged, heartbeats both ways. Decisions come from
-//! `spool_replication::follow`.
+//! carried out, durable ends acknowledged, heartbeats both ways. What to do with each
+//! message comes from `spool_replication::session::ReplicaSession` as commands; this
+//! executes them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use futures::stream::FuturesOrdered;
 use futures::FutureExt;
 use parking_lot::Mutex;
 use spool_proto::v1 as pb;
-use spool_replication::follow::{
-    self, AckGate, Acks, Chunk, ChunkPlan, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX,
-};
+use spool_replication::follow::{Acks, Chunk, Import, DEAD_AFTER, HEARTBEAT_EVERY, INFLIGHT_MAX};
+use spool_replication::session::{Command, Here, ReplicaSession, Start};
 use spool_storage::{FollowOn, Log, SegmentImport};
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -39,20 +39,13 @@ pub struct Session<'a> {
     tx: mpsc::Sender<pb::ReplicaMessage>,
     inflight: FuturesOrdered<Pending>,
     logs: HashMap<String, Log>,
-    /// Delayed replica: logs recreated upstream while this node still keeps the old one
-    /// (its deletion is pending). Their frames are skipped; once the deletion is applied
-    /// the session reconnects and receives the new log from its start.
-    ignored: HashSet<String>,
-    /// The logs whose start this session carried out: only they are acked.
-    gate: AckGate,
+    /// What the session decides from (epochs, installs in flight, follow-ons, skipped
+    /// logs, the ack gate).
+    machine: ReplicaSession,
     last_heard: tokio::time::Instant,
     beat: tokio::time::Interval,
-    /// The upstream's epoch as it last said: a node behind ours is not followed.
-    up_epoch: u64,
-    /// Logs with a segment install in `inflight`: nothing else reaches them before it lands.
-    installing: HashSet<String>,
     /// Where each log's next segment begins, after its last one received whole: that one
-    /// may be received while the last one installs.
+    /// may be received while the last one installs (the machine says when).
     follow_ons: HashMap<String, FollowOn>,
 }
 
@@ -77,7 +70,7 @@ impl std::fmt::Debug for Session<'_> {
         f.debug_struct("Session")
             .field("upstream", &self.cfg.upstream)
             .field("inflight", &self.inflight.len())
-            .field("ignored", &self.ignored)
+            .field("machine", &self.machine)
             .finish_non_exhaustive()
     }
 }
@@ -108,12 +101,9 @@ impl<'a> Session<'a> {
             tx,
             inflight: FuturesOrdered::new(),
             logs: HashMap::new(),
-            ignored: HashSet::new(),
-            gate: AckGate::default(),
+            machine: ReplicaSession::new(up_epoch),
             last_heard: tokio::time::Instant::now(),
             beat: tokio::time::interval(HEARTBEAT_EVERY),
-            up_epoch,
-            installing: HashSet::new(),
             follow_ons: HashMap::new(),
         }
     }
@@ -130,9 +120,9 @@ impl<'a> Session<'a> {
                 // never starve behind a busy stream, silence is judged after pending messages.
                 biased;
                 Some(done) = self.inflight.next() => self.on_durable(done).await?,
-                _ = self.beat.tick() => self.send(acks(self.node, &self.gate)).await?,
+                _ = self.beat.tick() => self.send(acks(self.node, self.machine.gate())).await?,
                 // A replica below acked: pass it on (sync modes on the primary may count it).
-                _ = self.node.replicas().acked.notified() => self.send(acks(self.node, &self.gate)).await?,
+                _ = self.node.replicas().acked.notified() => self.send(acks(self.node, self.machine.gate())).await?,
                 m = inbound.next(), if self.inflight.len() < INFLIGHT_MAX => {
                     let m = match m {
                         None => return Ok(()),
@@ -149,7 +139,7 @@ impl<'a> Session<'a> {
                 _ = tokio::time::sleep_until(self.last_heard + DEAD_AFTER), if self.inflight.len() < INFLIGHT_MAX => {
                     bail!("upstream silent for {DEAD_AFTER:?}: connection presumed dead");
                 }
-                changed = applied.changed(), if !self.ignored.is_empty() => {
+                changed = applied.changed(), if self.machine.ignored().next().is_some() => {
                     if changed.is_ok() && self.ignored_deletion_applied() {
                         tracing::info!("a delayed deletion was applied: reconnecting to receive the recreated log");
                         return Ok(());
@@ -166,8 +156,8 @@ impl<'a> Session<'a> {
 
     fn ignored_deletion_applied(&self) -> bool {
         let delay = self.node.active_delay();
-        self.ignored
-            .iter()
+        self.machine
+            .ignored()
             .any(|n| delay.is_some_and(|d| d.pending_delete(n).is_none()))
     }
 
@@ -182,11 +172,11 @@ impl<'a> Session<'a> {
     async fn on_durable(&mut self, done: Result<(String, u64)>) -> Result<()> {
         let mut acks = Acks::default();
         let (name, end) = done?;
-        self.installing.remove(&name);
+        self.machine.landed(&name);
         acks.add(&name, end);
         while let Some(Some(done)) = self.inflight.next().now_or_never() {
             let (name, end) = done?;
-            self.installing.remove(&name);
+            self.machine.landed(&name);
             acks.add(&name, end);
         }
         self.send_acks(acks.take()).await
@@ -194,8 +184,8 @@ impl<'a> Session<'a> {
 
     async fn send_acks(&mut self, ends: Vec<(String, u64)>) -> Result<()> {
         let acks = self
-            .gate
-            .filter(ends)
+            .machine
+            .acks(ends)
             .into_iter()
             .map(|(log, durable_end)| pb::ReplicaAck { log, durable_end })
             .collect();
@@ -214,24 +204,45 @@ impl<'a> Session<'a> {
         while let Some(r) = self.inflight.next().await {
             r?;
         }
-        self.installing.clear();
         Ok(())
+    }
+
+    /// Carry out a command any message may give; hands back the ones that need the
+    /// message itself.
+    async fn common(&mut self, cmd: Command) -> Result<Option<Command>> {
+        match cmd {
+            Command::Drain => self.drain().await?,
+            Command::DropImport(log) => drop(self.imports.remove(&log)),
+            Command::DropFollowOn(log) => drop(self.follow_ons.remove(&log)),
+            Command::SendAcks => self.send(acks(self.node, self.machine.gate())).await?,
+            Command::BeginFollowOn(log) => {
+                let next = self.follow_ons.remove(&log).context("no follow-on kept")?;
+                self.imports.insert(log, next.begin()?);
+            }
+            Command::Install(log) => self.install(&log),
+            Command::ScheduleDelete { log, at_us } => {
+                if let Some(d) = self.node.active_delay() {
+                    d.schedule_delete(&log, at_us).await?;
+                }
+            }
+            Command::DeleteNow(log) => self.delete_now(&log).await?,
+            Command::Ignore(log) => {
+                tracing::warn!(log = %log, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
+            }
+            other => return Ok(Some(other)),
+        }
+        Ok(None)
     }
 
     /// Handle one message; false when the session should end to reconnect.
     async fn on_message(&mut self, m: pb::UpstreamMessage) -> Result<bool> {
         use pb::upstream_message::Msg;
-        let ours = self.node.role().epoch();
-        if ours > self.up_epoch {
-            bail!(
-                "the upstream is at epoch {}, this node at {ours}: a newer primary leads; \
-                 nothing more is taken from this one",
-                self.up_epoch
-            );
-        }
+        self.machine
+            .check_upstream(self.node.role().epoch())
+            .map_err(|e| anyhow!(e))?;
         match m.msg {
-            Some(Msg::Frames(f)) if !self.ignored.contains(&f.log) => self.on_frames(f).await?,
-            Some(Msg::Segment(c)) if !self.ignored.contains(&c.log) => self.on_segment(c).await?,
+            Some(Msg::Frames(f)) => self.on_frames(f).await?,
+            Some(Msg::Segment(c)) => self.on_segment(c).await?,
             Some(Msg::Start(s)) => self.on_start(s).await?,
             Some(Msg::Deleted(d)) => self.on_deleted(d).await?,
             Some(Msg::Heartbeat(h)) => self.on_heartbeat(h).await?,
@@ -241,6 +252,26 @@ impl<'a> Session<'a> {
     }
 
     async fn on_frames(&mut self, f: pb::LogFrames) -> Result<()> {
+        let mut frames = Some(f);
+        let name = frames.as_ref().expect("present").log.clone();
+        for cmd in self
+            .machine
+            .frames(&name, frames.as_ref().expect("present").sync)
+        {
+            match self.common(cmd).await? {
+                Some(Command::Append { .. }) => {
+                    self.append(frames.take().context("frames appended twice")?)
+                        .await?
+                }
+                Some(other) => bail!("unexpected command for frames: {other:?}"),
+                None => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Queue the frames for the log; their durable end is acked once they land.
+    async fn append(&mut self, f: pb::LogFrames) -> Result<()> {
         let log = match self.logs.get(&f.log) {
             Some(l) => l.clone(),
             None => {
@@ -249,13 +280,6 @@ impl<'a> Session<'a> {
                 l
             }
         };
-        // The upstream continues the log itself: an import cut before will not be
-        // resumed (its staging file goes now), a segment installing lands first.
-        self.imports.remove(&f.log);
-        self.follow_ons.remove(&f.log);
-        if self.installing.contains(&f.log) {
-            self.drain().await?;
-        }
         if f.sync {
             self.node.upstream_requested_sync();
         }
@@ -279,37 +303,31 @@ impl<'a> Session<'a> {
     /// A segment chunk: continue the import in progress or begin one where the log ends,
     /// stage (or fetch) the frames, and put the segment in place once it is whole.
     async fn on_segment(&mut self, c: pb::SegmentChunk) -> Result<()> {
-        let log = self.node.storage().log(&c.log)?;
-        // The segment after one received whole: begun where that one ends, even while it
-        // still installs.
-        if let Some(next) = self.follow_ons.remove(&c.log) {
-            if !self.imports.contains_key(&c.log) && next.base() == c.first_offset {
-                self.imports.insert(c.log.clone(), next.begin()?);
-            }
-        }
         let chunk = Chunk {
             segment: (c.segment_base, c.segment_next),
             first: c.first_offset,
             fetch: c.fetch,
         };
         let import = self.imports.get(&c.log).map(import_of);
-        if follow::chunk_plan(import, &chunk, u64::MAX) != Ok(ChunkPlan::Continue) {
-            self.imports.remove(&c.log);
-            // The segment follows the log's end: what is in flight lands first.
-            self.drain().await?;
-            self.send(acks(self.node, &self.gate)).await?;
-            let end = log.positions().durable;
-            let ChunkPlan::Begin { at } = follow::chunk_plan(None, &chunk, end)
-                .map_err(|e| anyhow::anyhow!("{e} (log {})", c.log))?
-            else {
-                unreachable!("no import to continue");
-            };
-            self.imports.insert(c.log.clone(), log.begin_import(at)?);
+        let cmds = self.machine.chunk(&c.log, &chunk, import);
+        if cmds.is_empty() {
+            return Ok(());
         }
-        if c.fetch {
-            self.fetch_segment(&c).await?;
-        } else {
-            self.stage(&c)?;
+        let log = self.node.storage().log(&c.log)?;
+        for cmd in cmds {
+            match self.common(cmd).await? {
+                Some(Command::BeginImport(_)) => {
+                    let at = self
+                        .machine
+                        .begin_at(&chunk, log.positions().durable)
+                        .map_err(|e| anyhow!("{e} (log {})", c.log))?;
+                    self.imports.insert(c.log.clone(), log.begin_import(at)?);
+                }
+                Some(Command::Receive { fetch: true, .. }) => self.fetch_segment(&c).await?,
+                Some(Command::Receive { fetch: false, .. }) => self.stage(&c)?,
+                Some(other) => bail!("unexpected command for a segment chunk: {other:?}"),
+                None => {}
+            }
         }
         self.segment_progress(&c.log, c.segment_next).await
     }
@@ -361,7 +379,7 @@ impl<'a> Session<'a> {
                 tokio::select! {
                     r = &mut fetching => break r,
                     _ = self.beat.tick() => {
-                        if self.tx.send(acks(self.node, &self.gate)).await.is_err() {
+                        if self.tx.send(acks(self.node, self.machine.gate())).await.is_err() {
                             bail!("upstream closed the stream");
                         }
                     }
@@ -382,124 +400,105 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Say how far the segment is staged; once it is whole, put it in place in the
-    /// background (acked once it lands) and note where the next one begins: the upstream
-    /// offers segments back to back, and receiving the next overlaps the install.
+    /// Say how far the segment is staged; once it is whole, the machine has it installed.
     async fn segment_progress(&mut self, name: &str, segment_next: u64) -> Result<()> {
         let staged_to = self.imports.get(name).expect("begun above").next_offset();
         let done = staged_to >= segment_next;
-        let upstream_end = {
+        {
             let mut v = self.view.lock();
             let f = v.logs.entry(name.to_owned()).or_default();
             f.staged = (!done).then_some((staged_to, segment_next));
             f.segments_received += u64::from(done);
-            f.upstream_end
-        };
-        if !done {
-            return Ok(());
         }
-        // Installs land in order: the log must end where a segment begins.
-        if self.installing.contains(name) {
-            self.drain().await?;
+        for cmd in self.machine.staged(name, staged_to, segment_next) {
+            if let Some(other) = self.common(cmd).await? {
+                bail!("unexpected command for a staged segment: {other:?}");
+            }
         }
-        let imp = self.imports.remove(name).expect("present");
+        Ok(())
+    }
+
+    /// Put the log's segment received whole in place in the background (acked once it
+    /// lands) and keep where the next one begins: the upstream offers segments back to
+    /// back, and receiving the next overlaps the install.
+    fn install(&mut self, name: &str) {
+        let imp = self.imports.remove(name).expect("staged whole");
         self.follow_ons.insert(name.to_owned(), imp.follow_on());
+        let upstream_end = self.view.lock().logs.get(name).map(|f| f.upstream_end);
         let (name, base, bytes) = (name.to_owned(), imp.base(), imp.staged_bytes());
-        self.installing.insert(name.clone());
         let install = Installing(tokio::spawn(imp.install()));
         self.inflight.push_back(Box::pin(async move {
             let end = install
                 .landed()
                 .await
                 .with_context(|| format!("installing segment {base} of {name}"))?;
-            tracing::info!(log = %name, base, end, bytes, upstream_end, "received a sealed segment");
+            tracing::info!(log = %name, base, end, bytes, ?upstream_end, "received a sealed segment");
             Ok((name, end))
         }));
-        Ok(())
     }
 
     async fn on_start(&mut self, s: pb::LogStart) -> Result<()> {
         use pb::log_start::Action;
-        self.drain().await?;
         self.logs.remove(&s.name);
-        // A segment cut by a disconnect resumes when the upstream continues the log where
-        // the import began (it then sends the segment from the hello's staged_end);
-        // anything else reshapes the log first.
-        let continue_at = (s.action == Action::Continue as i32).then_some(s.offset);
-        self.follow_ons.remove(&s.name);
-        let import = self.imports.get(&s.name).map(import_of);
-        if !follow::start_keeps_import(continue_at, import) {
-            self.imports.remove(&s.name);
-        }
-        if let (true, Some(d)) = (
-            s.action == Action::Recreate as i32,
-            self.node.active_delay(),
-        ) {
-            // Another incarnation upstream: this copy is deleted only after the delay, as
-            // any deletion from upstream.
-            if self.node.storage().log(&s.name).is_ok() && d.pending_delete(&s.name).is_none() {
-                d.schedule_delete(&s.name, super::upstream::now_us())
-                    .await?;
+        let start = Start {
+            continue_at: (s.action == Action::Continue as i32).then_some(s.offset),
+            recreate: s.action == Action::Recreate as i32,
+            diverged: s.action == Action::Diverged as i32,
+        };
+        let here = self.here(&s.name);
+        for cmd in self
+            .machine
+            .start(&s.name, start, here, super::upstream::now_us())
+        {
+            match self.common(cmd).await? {
+                Some(Command::ApplyStart(_)) => apply_start(self.node, &s, self.view).await?,
+                Some(other) => bail!("unexpected command for a log start: {other:?}"),
+                None => {}
             }
         }
-        let pending = self
-            .node
-            .active_delay()
-            .is_some_and(|d| d.pending_delete(&s.name).is_some());
-        if pending {
-            tracing::warn!(log = %s.name, "log recreated upstream while its delayed deletion is pending: it follows once the old one is deleted");
-            self.ignored.insert(s.name.clone());
-            self.gate.forget(&s.name);
-            return Ok(());
-        }
-        apply_start(self.node, &s, self.view).await?;
-        let diverged = s.action == pb::log_start::Action::Diverged as i32;
-        self.gate.started(&s.name, diverged);
         Ok(())
+    }
+
+    /// What the machine needs to know of a log here.
+    fn here(&self, name: &str) -> Here {
+        let delay = self.node.active_delay();
+        Here {
+            delayed: delay.is_some(),
+            exists: self.node.storage().log(name).is_ok(),
+            deletion_pending: delay.is_some_and(|d| d.pending_delete(name).is_some()),
+            import: self.imports.get(name).map(import_of),
+        }
     }
 
     /// A log deleted upstream: here at once, or, on a delayed replica, at the deletion's
     /// time plus the delay (kept readable up to its horizon meanwhile).
     async fn on_deleted(&mut self, d: pb::LogDeleted) -> Result<()> {
-        self.drain().await?;
-        self.gate.forget(&d.name);
         self.logs.remove(&d.name);
-        self.imports.remove(&d.name);
-        self.follow_ons.remove(&d.name);
-        let delay = self.node.active_delay();
-        let delay_us = delay.map(|x| x.delay.as_micros() as u64);
+        let here = self.here(&d.name);
         let now = super::upstream::now_us();
-        match (delay, follow::delete_at(delay_us, d.deleted_at_us, now)) {
-            (Some(delay), Some(_)) => {
-                self.ignored.remove(&d.name);
-                if self.node.storage().log(&d.name).is_ok() {
-                    let at = if d.deleted_at_us == 0 {
-                        now
-                    } else {
-                        d.deleted_at_us
-                    };
-                    delay.schedule_delete(&d.name, at).await?;
-                }
-            }
-            _ => {
-                self.view.lock().logs.remove(&d.name);
-                match self.node.storage().delete_log(&d.name).await {
-                    Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
-                    Err(e) => return Err(e.into()),
-                }
-                self.node.catalog_changed();
-                tracing::info!(log = %d.name, "log deleted upstream");
+        for cmd in self.machine.deleted(&d.name, d.deleted_at_us, here, now) {
+            if let Some(other) = self.common(cmd).await? {
+                bail!("unexpected command for a deletion: {other:?}");
             }
         }
         Ok(())
     }
 
+    async fn delete_now(&mut self, name: &str) -> Result<()> {
+        self.view.lock().logs.remove(name);
+        match self.node.storage().delete_log(name).await {
+            Ok(()) | Err(spool_storage::StorageError::LogNotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.node.catalog_changed();
+        tracing::info!(log = %name, "log deleted upstream");
+        Ok(())
+    }
+
     async fn on_heartbeat(&mut self, h: pb::Heartbeat) -> Result<()> {
         let node = self.node;
-        self.up_epoch = self.up_epoch.max(h.node_epoch);
-        node.role()
-            .set_epoch(h.node_epoch.max(node.role().epoch()))
-            .await?;
+        let epoch = self.machine.heartbeat(h.node_epoch, node.role().epoch());
+        node.role().set_epoch(epoch).await?;
         if !h.primary_addr.is_empty() {
             node.role().set_primary_addr(Some(h.primary_addr.clone()));
         }
