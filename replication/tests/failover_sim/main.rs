@@ -72,29 +72,13 @@ fn run(seed: u64) -> Result<world::Stats, (String, Vec<String>)> {
 }
 
 fn run_seeds(seeds: impl Iterator<Item = u64>) {
-    let mut total = world::Stats::default();
-    let mut n = 0;
-    for seed in seeds {
-        match run(seed) {
-            Ok(s) => total.add(&s),
-            Err((msg, trace)) => {
-                let tail = trace[trace.len().saturating_sub(40)..].join("\n");
-                panic!(
-                    "seed {seed} failed: {msg}\nlast events:\n{tail}\nreplay: \
-                     SPOOL_FAILOVER_SIM_SEED={seed} cargo test -p spool-replication \
-                     --release --test failover_sim replay -- --nocapture"
-                );
-            }
-        }
-        n += 1;
-    }
+    let (total, n) = outcome::run_seeds(seeds, run, world::Stats::add, REPLAY);
     eprintln!("{n} seeds: {total:?}");
     assert!(total.semi_acked > 0 && total.elections > n && total.tails + total.cuts > 0);
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+/// How a failing seed is replayed.
+const REPLAY: &str = "SPOOL_FAILOVER_SIM_SEED={seed} cargo test -p spool-replication --release --test failover_sim replay -- --nocapture";
 
 #[test]
 fn fixed_seeds() {
@@ -104,21 +88,12 @@ fn fixed_seeds() {
 #[test]
 #[ignore = "many seeds: run with --ignored"]
 fn many() {
-    let n = env_u64("SPOOL_FAILOVER_SIM_SEEDS").unwrap_or(2_000);
+    let n = outcome::env_u64("SPOOL_FAILOVER_SIM_SEEDS").unwrap_or(2_000);
     run_seeds(1_000_000..1_000_000 + n);
 }
 
 /// Replays `SPOOL_FAILOVER_SIM_SEED`, printing every event.
 #[test]
 fn replay() {
-    let Some(seed) = env_u64("SPOOL_FAILOVER_SIM_SEED") else {
-        return;
-    };
-    match run(seed) {
-        Ok(s) => eprintln!("seed {seed} passed: {s:?}"),
-        Err((msg, trace)) => {
-            eprintln!("{}", trace.join("\n"));
-            panic!("seed {seed} failed: {msg}");
-        }
-    }
+    outcome::replay("SPOOL_FAILOVER_SIM_SEED", run);
 }

@@ -70,53 +70,30 @@ fn run(seed: u64) -> Result<world::Stats, (String, Vec<String>)> {
 }
 
 fn run_seeds(seeds: impl Iterator<Item = u64>) {
-    let mut total = world::Stats::default();
-    let mut n = 0;
-    for seed in seeds {
-        match run(seed) {
-            Ok(s) => total.add(&s),
-            Err((msg, trace)) => {
-                let tail = trace[trace.len().saturating_sub(40)..].join("\n");
-                panic!(
-                    "seed {seed} failed: {msg}\nlast events:\n{tail}\n\
-                     replay: SPOOL_SIM_SEED={seed} cargo test -p spool-replication --test sim replay -- --nocapture"
-                );
-            }
-        }
-        n += 1;
-    }
+    let (total, n) = outcome::run_seeds(seeds, run, world::Stats::add, REPLAY);
     eprintln!("{n} seeds: {total:?}");
     assert!(total.acked > 0 && total.segments > 0 && total.full_syncs + total.cuts > 0);
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
+/// How a failing seed is replayed.
+const REPLAY: &str =
+    "SPOOL_SIM_SEED={seed} cargo test -p spool-replication --test sim replay -- --nocapture";
 
 #[test]
 fn fixed_seeds() {
-    let n = env_u64("SPOOL_SIM_SEEDS").unwrap_or(CI_SEEDS);
+    let n = outcome::env_u64("SPOOL_SIM_SEEDS").unwrap_or(CI_SEEDS);
     run_seeds((0..n).chain(REGRESSION_SEEDS));
 }
 
 #[test]
 #[ignore = "thousands of seeds: run with --ignored"]
 fn many_seeds() {
-    let n = env_u64("SPOOL_SIM_SEEDS").unwrap_or(10_000);
+    let n = outcome::env_u64("SPOOL_SIM_SEEDS").unwrap_or(10_000);
     run_seeds(1_000_000..1_000_000 + n);
 }
 
 /// Replays `SPOOL_SIM_SEED`, printing every event.
 #[test]
 fn replay() {
-    let Some(seed) = env_u64("SPOOL_SIM_SEED") else {
-        return;
-    };
-    match run(seed) {
-        Ok(s) => eprintln!("seed {seed} passed: {s:?}"),
-        Err((msg, trace)) => {
-            eprintln!("{}", trace.join("\n"));
-            panic!("seed {seed} failed: {msg}");
-        }
-    }
+    outcome::replay("SPOOL_SIM_SEED", run);
 }
