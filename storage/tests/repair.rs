@@ -12,6 +12,7 @@ use std::path::Path;
 
 use bytes::Bytes;
 use common::{active_segment, config, record, run};
+use spool_storage::io::fault::{FaultBackend, FaultKind, FaultOp};
 use spool_storage::io::std_backend::StdBackend;
 use spool_storage::{Durability, Log, Storage, StorageError};
 
@@ -128,6 +129,41 @@ fn a_damaged_sealed_segment_is_repaired_in_place() {
         b.shutdown().await.unwrap();
     });
     assert_eq!(digest(da.path()), digest(db.path()));
+}
+
+#[test]
+fn a_sealed_repair_that_cannot_be_synced_fails_and_keeps_the_damage() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b) = damaged_twins((da.path(), db.path()), |dir| {
+        flip(&dir.join("00000000000000000000.seg"), 9_000);
+    });
+    run(10, a.shutdown()).unwrap();
+    let backend = FaultBackend::default();
+    let inj = backend.injector.clone();
+    let a = Storage::open_with(config(da.path()), backend).unwrap();
+    let (la, lb) = (a.log("t").unwrap(), b.log("t").unwrap());
+    // Reading finds the damage (the open reads no sealed segment).
+    assert_eq!(read_all(&la).iter().filter(|r| r.is_err()).count(), 1);
+    let d = la.damage()[0].clone();
+    let to = d
+        .next_offset
+        .expect("a sealed run ends before the log does");
+    inj.fail_all(FaultOp::SyncFile, FaultKind::Eio);
+    let r = run(
+        10,
+        la.repair(d.first_offset, frames(&lb, d.first_offset, to)),
+    );
+    assert!(
+        r.is_err(),
+        "a repair whose sync failed is not reported done: {r:?}"
+    );
+    assert_eq!(la.damage().len(), 1, "the damage is still listed");
+    inj.clear();
+    repair_all(&a, &b);
+    run(10, async {
+        a.shutdown().await.unwrap();
+        b.shutdown().await.unwrap();
+    });
 }
 
 #[test]

@@ -154,7 +154,8 @@ impl<F: IoFile> LogWriter<F> {
     }
 
     /// Write and sync the repair: through the backend into the active segment, with a
-    /// plain pwrite + fdatasync into a sealed one.
+    /// plain pwrite synced through the metadata IO (which a fault backend can fail) into
+    /// a sealed one.
     async fn write_repair(
         &mut self,
         seg: &SegmentView,
@@ -168,7 +169,7 @@ impl<F: IoFile> LogWriter<F> {
         }
         let f = open_rw(&seg.path)?;
         f.write_all_at(&data, pos).at(&seg.path)?;
-        f.sync_data().at(&seg.path)
+        self.io.sync_file(&f).at(&seg.path)
     }
 
     /// Idempotent producers of frames put back at a damaged end: retries of them are
