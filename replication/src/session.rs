@@ -105,6 +105,20 @@ impl ReplicaSession {
         Ok(())
     }
 
+    /// Before each message: the epoch the upstream sent it in (0: not said, by a node
+    /// that predates it) against this node's. A message from an older epoch is refused:
+    /// its sender was deposed; a newer one is the upstream's epoch from then on.
+    pub fn message(&mut self, sent_in: u64, our_epoch: u64) -> Result<(), String> {
+        if sent_in != 0 && sent_in < our_epoch {
+            return Err(format!(
+                "a message of epoch {sent_in} from the upstream, this node is at {our_epoch}: \
+                 a newer primary leads; nothing more is taken from this one"
+            ));
+        }
+        self.up_epoch = self.up_epoch.max(sent_in);
+        self.check_upstream(our_epoch)
+    }
+
     /// The upstream's heartbeat says its epoch. Returns the epoch this node keeps.
     #[must_use]
     pub fn heartbeat(&mut self, up_epoch: u64, our_epoch: u64) -> u64 {

@@ -28,6 +28,20 @@ fn a_stale_upstream_is_left_and_heartbeats_raise_its_epoch() {
 }
 
 #[test]
+fn a_message_from_an_older_epoch_is_refused() {
+    let mut m = ReplicaSession::new(3);
+    assert!(m.message(3, 3).is_ok());
+    assert!(
+        m.message(0, 3).is_ok(),
+        "an upstream that predates the field"
+    );
+    assert!(m.message(2, 3).is_err(), "sent by a deposed node");
+    // The upstream moved on mid-stream (it follows a newer primary): followed on.
+    assert!(m.message(5, 4).is_ok());
+    assert!(m.check_upstream(5).is_ok());
+}
+
+#[test]
 fn frames_drop_an_import_and_wait_for_an_install() {
     let mut m = ReplicaSession::new(1);
     assert_eq!(

@@ -251,6 +251,7 @@ async fn session(
     let up = match first {
         Some(Ok(pb::UpstreamMessage {
             msg: Some(pb::upstream_message::Msg::Hello(h)),
+            ..
         })) => h,
         Some(Err(s)) => bail!("upstream refused: {}", s.message()),
         _ => bail!("upstream did not start with a hello"),

@@ -238,7 +238,7 @@ impl<'a> Session<'a> {
     async fn on_message(&mut self, m: pb::UpstreamMessage) -> Result<bool> {
         use pb::upstream_message::Msg;
         self.machine
-            .check_upstream(self.node.role().epoch())
+            .message(m.node_epoch, self.node.role().epoch())
             .map_err(|e| anyhow!(e))?;
         match m.msg {
             Some(Msg::Frames(f)) => self.on_frames(f).await?,

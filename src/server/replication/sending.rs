@@ -24,8 +24,13 @@ const FRAMES_PER_MESSAGE_BYTES: usize = 1 << 20;
 
 pub type Out = mpsc::Sender<Result<pb::UpstreamMessage, Status>>;
 
-pub fn msg(m: pb::upstream_message::Msg) -> Result<pb::UpstreamMessage, Status> {
-    Ok(pb::UpstreamMessage { msg: Some(m) })
+/// `m` as sent by a node at `node_epoch` (every message says its epoch: a replica fences
+/// a deposed sender by it).
+pub fn msg(node_epoch: u64, m: pb::upstream_message::Msg) -> Result<pb::UpstreamMessage, Status> {
+    Ok(pb::UpstreamMessage {
+        msg: Some(m),
+        node_epoch,
+    })
 }
 
 /// The log as the replica may see it: the sender's [`LogView`].
@@ -100,7 +105,12 @@ impl LogStream {
             };
             // Recorded before the replica can see it, so its ack never outruns it.
             self.record_sent(sender.sent_to());
-            if self.out.send(msg(m)).await.is_err() {
+            if self
+                .out
+                .send(msg(self.node.role().epoch(), m))
+                .await
+                .is_err()
+            {
                 return;
             }
         }

@@ -166,7 +166,8 @@ impl Session {
 
     /// Queue a message, giving up if the replica reads nothing for [`DEAD_AFTER`].
     async fn send(&self, m: pb::upstream_message::Msg) -> Result<(), Status> {
-        match tokio::time::timeout(DEAD_AFTER, self.out.send(msg(m))).await {
+        let m = msg(self.node.role().epoch(), m);
+        match tokio::time::timeout(DEAD_AFTER, self.out.send(m)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Status::cancelled("replica went away")),
             Err(_) => Err(Status::deadline_exceeded(
@@ -295,7 +296,7 @@ async fn run_session(
                     }
                     // Never wait on a full queue: the session must keep watching for silence.
                     if let Err(mpsc::error::TrySendError::Closed(_)) =
-                        session.out.try_send(msg(session.heartbeat()))
+                        session.out.try_send(msg(node.role().epoch(), session.heartbeat()))
                     {
                         return Err(Status::cancelled("replica went away"));
                     }
