@@ -301,11 +301,11 @@ impl Through {
         Through { stop, acked, task }
     }
 
-    /// Wait until this writer has an ack in an epoch `epoch_ok` accepts.
-    async fn wait_acked(&self, what: &str, epoch_ok: impl Fn(u64) -> bool) {
+    /// Wait until this writer has `n` acks in epochs `epoch_ok` accepts.
+    async fn wait_acked(&self, what: &str, n: usize, epoch_ok: impl Fn(u64) -> bool) {
         wait_until(what, ELECTION_MAX, || async {
             let acked = self.acked.lock().unwrap();
-            acked.iter().any(|a| epoch_ok(a.1)).then_some(())
+            (acked.iter().filter(|a| epoch_ok(a.1)).count() >= n).then_some(())
         })
         .await
     }
@@ -428,19 +428,23 @@ fn a_killed_primary_is_replaced_without_losing_a_semi_sync_ack() {
             Through::start(&nodes, "sync", pb::AckMode::Sync),
         ];
         for w in &writers {
-            w.wait_acked("a writer acks before the fault", |e| e == epoch)
+            w.wait_acked("a writer acks before the fault", 50, |e| e == epoch)
                 .await;
         }
         nodes.servers[p].take().unwrap().kill9();
         let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
         eprintln!("failover: node {p} killed, node {q} acked a write after {took:?}");
         for w in &writers {
-            w.wait_acked("a writer acks after the failover", |e| e > epoch)
+            w.wait_acked("a writer acks after the failover", 50, |e| e > epoch)
                 .await;
         }
         for w in writers {
             let acked = w.stop().await;
-            eprintln!("a writer through the fault: {} acks", acked.len());
+            let after = acked.iter().filter(|a| a.1 > epoch).count();
+            eprintln!(
+                "a writer through the fault: {} acks, {after} after it",
+                acked.len()
+            );
             acks.add(acked);
         }
         acks.write(&nodes, q, "after", 100, pb::AckMode::SemiSync)
