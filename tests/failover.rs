@@ -7,15 +7,21 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::etcd::{etcd_bin, url_of, Etcd};
 use common::proxy::Proxy;
 use common::{client, free_port, run, wait_until, write_config, Server};
+use futures::StreamExt;
+use spool::client::{Client, Position};
 use spool_proto::v1 as pb;
 
 const LOG: &str = "f";
 const ELECTION_MAX: Duration = Duration::from_secs(20);
+/// Every node a synchronous replica when it follows: sync writes wait for all of them.
+const SYNC_REPLICAS: &str = "[replication]\nsync_replica = true\n";
 
 /// Three nodes on fixed ports (a restarted node comes back at its address), each behind
 /// two proxies: to etcd, and from its peers.
@@ -25,6 +31,8 @@ struct Nodes {
     extra: String,
     dirs: Vec<PathBuf>,
     ports: Vec<u16>,
+    /// Each node's Prometheus endpoint.
+    metrics: Vec<u16>,
     to_etcd: Vec<Proxy>,
     from_peers: Vec<Proxy>,
     servers: Vec<Option<Server>>,
@@ -54,6 +62,7 @@ impl Nodes {
                 .map(|p| Proxy::start(&format!("127.0.0.1:{p}")))
                 .collect(),
             ports,
+            metrics: (0..n).map(|_| free_port()).collect(),
             servers: Vec::new(),
             _tmp: tmp,
         };
@@ -81,11 +90,10 @@ impl Nodes {
             .join(",");
         let listen = format!("127.0.0.1:{}", self.ports[i]);
         let cluster = format!("etcd://{url}");
-        Server::start_on(
-            &listen,
-            &self.dirs[i],
-            &["--config", &cfg, "--cluster", &cluster],
-        )
+        let metrics = format!("127.0.0.1:{}", self.metrics[i]);
+        let flags = ["--config", &cfg, "--cluster", &cluster];
+        let flags = [&flags[..], &["--metrics-listen", &metrics]].concat();
+        Server::start_on(&listen, &self.dirs[i], &flags)
     }
 
     fn addr(&self, i: usize) -> String {
@@ -229,6 +237,110 @@ impl Acks {
     }
 }
 
+impl Acks {
+    /// Add acks recorded elsewhere (node, epoch, offset, value).
+    fn add(&mut self, acked: Vec<Acked>) {
+        for (node, epoch, off, v) in acked {
+            self.0.entry((node, epoch)).or_default().insert(off, v);
+        }
+    }
+
+    /// No acked record is among those node `i` cut (kept in its quarantine).
+    async fn assert_none_quarantined(&self, nodes: &Nodes, i: usize) {
+        let cut = quarantined(nodes, i).await;
+        for (off, v) in self.0.values().flatten() {
+            assert!(
+                !cut.values().any(|q| q == v),
+                "acked {v} at {off} was cut by node {i}"
+            );
+        }
+    }
+}
+
+/// One ack: (the node that answered, epoch, offset, value).
+type Acked = (usize, u64, u64, String);
+
+fn index_of(ports: &[u16], addr: &str) -> usize {
+    let port = addr.trim_end_matches('/').rsplit(':').next().unwrap();
+    let port: u16 = port.parse().unwrap();
+    ports.iter().position(|&p| p == port).unwrap()
+}
+
+/// A writer running through a fault: one record per append with `ack`, on a client given
+/// every node's address (it follows the failover), until stopped; every ack recorded.
+struct Through {
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<Acked>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Through {
+    fn start(nodes: &Nodes, tag: &'static str, ack: pb::AckMode) -> Through {
+        let addrs: Vec<String> = (0..nodes.ports.len()).map(|i| nodes.addr(i)).collect();
+        let (addrs, ports) = (addrs.join(","), nodes.ports.clone());
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let (s, a) = (stop.clone(), acked.clone());
+        let task = tokio::spawn(async move {
+            let c = Client::connect(&addrs).await.unwrap();
+            for j in 0.. {
+                if s.load(Ordering::Acquire) {
+                    break;
+                }
+                let v = format!("{tag}-{j}");
+                match c.append_with(request(&v, ack)).await {
+                    Ok(r) => {
+                        let node = index_of(&ports, &c.addr());
+                        a.lock().unwrap().push((node, r.epoch, r.first_offset, v));
+                    }
+                    // Paced: some refusals come at once (no primary, too few replicas).
+                    Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                }
+            }
+        });
+        Through { stop, acked, task }
+    }
+
+    /// Wait until this writer has `n` acks in epochs `epoch_ok` accepts.
+    async fn wait_acked(&self, what: &str, n: usize, epoch_ok: impl Fn(u64) -> bool) {
+        wait_until(what, ELECTION_MAX, || async {
+            let acked = self.acked.lock().unwrap();
+            (acked.iter().filter(|a| epoch_ok(a.1)).count() >= n).then_some(())
+        })
+        .await
+    }
+
+    async fn stop(self) -> Vec<Acked> {
+        self.stop.store(true, Ordering::Release);
+        self.task.await.unwrap();
+        Arc::try_unwrap(self.acked).unwrap().into_inner().unwrap()
+    }
+}
+
+/// Every record node `i` holds in quarantine: offset -> value.
+async fn quarantined(nodes: &Nodes, i: usize) -> BTreeMap<u64, String> {
+    let c = client(&nodes.addr(i)).await;
+    let mut out = BTreeMap::new();
+    for tail in c.quarantine_list(LOG).await.unwrap() {
+        let mut from = tail.first_offset;
+        while from < tail.next_offset {
+            let req = pb::QuarantineReadRequest {
+                log: LOG.into(),
+                first_offset: tail.first_offset,
+                from_offset: from,
+                max_records: 0,
+            };
+            let r = c.quarantine_read(req).await.unwrap();
+            for rec in r.records {
+                out.insert(rec.offset, String::from_utf8_lossy(&rec.value).into_owned());
+            }
+            assert!(r.next_offset > from, "a quarantine read moves on");
+            from = r.next_offset;
+        }
+    }
+    out
+}
+
 fn request(value: &str, ack: pb::AckMode) -> pb::AppendRequest {
     pb::AppendRequest {
         log: LOG.into(),
@@ -262,16 +374,28 @@ async fn ready(nodes: &Nodes) -> usize {
     p
 }
 
-/// Node `old` rejoins (restarted or resumed) and catches up with the primary `new`.
+/// Node `old` rejoins (restarted or resumed) and catches up with the primary `new`: it
+/// is a replica, and its log ends where the primary's does, in the same epoch (an end
+/// reached by a tail it has yet to cut is not caught up).
 async fn rejoined(nodes: &Nodes, old: usize, new: usize) {
-    let end = common::describe(&nodes.addr(new), LOG).await.end_offset;
-    common::reach_end(&nodes.addr(old), LOG, end).await;
-    let what = format!("node {old} follows as a replica");
+    let what = format!("node {old} follows as a replica, caught up");
+    let (o, n) = (
+        client(&nodes.addr(old)).await,
+        client(&nodes.addr(new)).await,
+    );
     wait_until(&what, ELECTION_MAX, || async {
-        let s = client(&nodes.addr(old)).await.status().await.ok()?;
-        (s.role == "replica").then_some(())
+        let s = o.status().await.ok()?;
+        let ours = last_of(&o).await?;
+        (s.role == "replica" && ours == last_of(&n).await?).then_some(())
     })
     .await;
+}
+
+/// Where a node's log ends, and the epoch of its last record.
+async fn last_of(c: &Client) -> Option<(u64, u64)> {
+    let end = c.describe_log(LOG).await.ok()?.end_offset;
+    let r = c.read(LOG, end.checked_sub(1)?, 1).await.ok()?;
+    Some((end, r.last_epoch))
 }
 
 fn assert_identical(digests: &[Vec<(String, u64, u64, String)>]) {
@@ -281,35 +405,64 @@ fn assert_identical(digests: &[Vec<(String, u64, u64, String)>]) {
     );
 }
 
+/// Semi-sync and sync writers run through a kill -9 of the primary, on clients that
+/// follow the failover: every ack either gave is on the new primary.
 #[test]
 fn a_killed_primary_is_replaced_without_losing_a_semi_sync_ack() {
     let Some(bin) = etcd_bin("a_killed_primary_is_replaced") else {
         return;
     };
     let etcd = Etcd::start(&bin);
-    let mut nodes = Nodes::start(&etcd.url(), 3);
+    let mut nodes = Nodes::start_with(&etcd.url(), 3, SYNC_REPLICAS);
     let q = run(120, async {
         let p = ready(&nodes).await;
         let mut acks = Acks::default();
         acks.write(&nodes, p, "before", 200, pb::AckMode::SemiSync)
             .await;
-        assert_eq!(acks.count(), 200, "every write before the fault is acked");
+        acks.write(&nodes, p, "before-sync", 50, pb::AckMode::Sync)
+            .await;
+        assert_eq!(acks.count(), 250, "every write before the fault is acked");
+        let epoch = client(&nodes.addr(p)).await.status().await.unwrap().epoch;
+        let writers = [
+            Through::start(&nodes, "semi", pb::AckMode::SemiSync),
+            Through::start(&nodes, "sync", pb::AckMode::Sync),
+        ];
+        for w in &writers {
+            w.wait_acked("a writer acks before the fault", 50, |e| e == epoch)
+                .await;
+        }
         nodes.servers[p].take().unwrap().kill9();
         let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
         eprintln!("failover: node {p} killed, node {q} acked a write after {took:?}");
+        for w in &writers {
+            w.wait_acked("a writer acks after the failover", 50, |e| e > epoch)
+                .await;
+        }
+        for w in writers {
+            let acked = w.stop().await;
+            let after = acked.iter().filter(|a| a.1 > epoch).count();
+            eprintln!(
+                "a writer through the fault: {} acks, {after} after it",
+                acked.len()
+            );
+            acks.add(acked);
+        }
         acks.write(&nodes, q, "after", 100, pb::AckMode::SemiSync)
             .await;
         acks.assert_held_by(&nodes, q).await;
         acks.assert_one_writer_per_epoch();
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
+        acks.assert_none_quarantined(&nodes, p).await;
         q
     });
     assert_identical(&nodes.stop_all(q));
 }
 
 /// SIGSTOP past the lease, then SIGCONT: the old primary (a zombie) acknowledges nothing
-/// sent to it meanwhile, follows the new primary, and keeps what it cut in quarantine.
+/// sent to it meanwhile and follows the new primary. What it cuts on rejoining (records
+/// it wrote that no replica had: often none, as it stopped between writes) goes to its
+/// quarantine, and no acknowledged record is among them.
 #[test]
 fn a_paused_primary_acks_nothing_after_the_others_moved_on() {
     let Some(bin) = etcd_bin("a_paused_primary_acks_nothing") else {
@@ -350,6 +503,7 @@ fn a_paused_primary_acks_nothing_after_the_others_moved_on() {
         rejoined(&nodes, p, q).await;
         acks.assert_held_by(&nodes, q).await;
         acks.assert_one_writer_per_epoch();
+        acks.assert_none_quarantined(&nodes, p).await;
         q
     });
     assert_identical(&nodes.stop_all(q));
@@ -388,7 +542,10 @@ fn a_primary_cut_off_from_everyone_rejoins_as_a_replica() {
 }
 
 /// Cut the primary off from etcd (and from its peers if `peers_too`), write through the
-/// new primary, heal, check.
+/// new primary, heal, check. The old primary acks async writes alone until its lease
+/// lapses: each is then on the new primary or, cut, in the old one's quarantine and
+/// counted as an async ack lost. Cut off from everyone, it has some such, and a reader
+/// of its log that took them is told of the cut.
 fn cut_off_primary(test: &str, peers_too: bool) {
     let Some(bin) = etcd_bin(test) else {
         return;
@@ -400,25 +557,128 @@ fn cut_off_primary(test: &str, peers_too: bool) {
         let mut acks = Acks::default();
         acks.write(&nodes, p, "before", 50, pb::AckMode::SemiSync)
             .await;
+        // Reading the old primary from before the fault, on a connection of its own.
+        let reader = client(&nodes.addr(p)).await;
+        let mut sub = reader.subscribe_at(LOG, Position::at(0)).await.unwrap();
         nodes.to_etcd[p].cut();
         if peers_too {
             nodes.from_peers[p].cut();
         }
+        let alone = acked_alone(&nodes, p).await;
         let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
-        eprintln!("{test}: node {q} acked after {took:?}");
+        eprintln!(
+            "{test}: node {q} acked after {took:?}; {} async acks alone",
+            alone.len()
+        );
         // Meanwhile the old primary, still reachable by this test, acks nothing.
         acks.write(&nodes, p, "cut-off", 5, pb::AckMode::Async)
             .await;
+        assert_eq!(acks.count(), 50, "the cut-off primary acked nothing more");
         acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
             .await;
+        // Everything it wrote (the last write may not have been acked).
+        let read_to = common::describe(&nodes.addr(p), LOG).await.end_offset;
+        let seen = take_until(&mut sub, read_to).await;
         nodes.to_etcd[p].restore();
         nodes.from_peers[p].restore();
         rejoined(&nodes, p, q).await;
         acks.assert_held_by(&nodes, q).await;
         acks.assert_one_writer_per_epoch();
+        acks.assert_none_quarantined(&nodes, p).await;
+        let lost = async_acks_lost(&nodes, p, q, &alone).await;
+        if peers_too {
+            assert!(lost > 0, "acked alone, replicated nowhere: cut");
+            let cut = quarantined(&nodes, p).await.into_keys().next().unwrap();
+            reader_is_told_of_the_cut(&reader, sub, seen, cut).await;
+        }
         q
     });
     assert_identical(&nodes.stop_all(q));
+}
+
+/// Async appends to node `p` alone (a client of its own) until it refuses one: its lease
+/// lapsed. Every ack: (p, epoch, offset, value).
+async fn acked_alone(nodes: &Nodes, p: usize) -> Vec<Acked> {
+    let c = client(&nodes.addr(p)).await;
+    let mut acked = Vec::new();
+    let until = Instant::now() + ELECTION_MAX;
+    for j in 0.. {
+        assert!(Instant::now() < until, "node {p} still acks alone");
+        let v = format!("alone-{j}");
+        match c.append_with(request(&v, pb::AckMode::Async)).await {
+            Ok(r) => acked.push((p, r.epoch, r.first_offset, v)),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Each async ack `alone` of node `p` is on `q` at its offset, or was cut: in `p`'s
+/// quarantine, and counted in its metric of async acks lost. Returns how many were cut.
+async fn async_acks_lost(nodes: &Nodes, p: usize, q: usize, alone: &[Acked]) -> u64 {
+    let (c, cut) = (client(&nodes.addr(q)).await, quarantined(nodes, p).await);
+    let mut lost = 0;
+    for (_, _, off, v) in alone {
+        // Past the new primary's end (OUT_OF_RANGE), or another record there: cut.
+        let r = c.read(LOG, *off, 1).await.ok();
+        let held = r.and_then(|r| r.records.into_iter().next());
+        if held.is_some_and(|r| r.value == v.as_bytes()) {
+            continue;
+        }
+        assert_eq!(
+            cut.get(off),
+            Some(v),
+            "async ack {v} at {off}: not on {q}, nor cut"
+        );
+        lost += 1;
+    }
+    if lost > 0 {
+        let name = "spool_failover_cut_async_acked_records_total";
+        let body = common::wait_metrics(nodes.metrics[p], &[name]).await;
+        let line = body.lines().find(|l| l.starts_with(name)).unwrap();
+        assert_eq!(
+            line,
+            format!("{name} {lost}"),
+            "node {p} counts what it lost"
+        );
+    }
+    lost
+}
+
+/// Records from `sub` until one at `to - 1`; returns the position past it.
+async fn take_until(sub: &mut spool::client::Subscription, to: u64) -> Position {
+    let took = tokio::time::timeout(ELECTION_MAX, async {
+        while sub.position().is_none_or(|p| p.offset < to) {
+            sub.next().await.unwrap().unwrap();
+        }
+    });
+    took.await.expect("the reader takes every record acked");
+    sub.position().unwrap()
+}
+
+/// A subscription open on the node when it cut its log at `cut` (below what it had
+/// delivered, `seen`) ends with ABORTED; subscribing or reading on from `seen`, with the
+/// epoch it was in, is refused with FAILED_PRECONDITION; both name `cut` as the log's
+/// end to go on from.
+async fn reader_is_told_of_the_cut(
+    reader: &Client,
+    mut sub: spool::client::Subscription,
+    seen: Position,
+    cut: u64,
+) {
+    let ended = tokio::time::timeout(ELECTION_MAX, sub.next()).await;
+    let err = ended.expect("the stream ends").unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::Aborted), "{err}");
+    assert_eq!(err.log_end(), Some(cut), "{err}");
+    let err = reader.subscribe_at(LOG, seen).await.err().unwrap();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    assert_eq!(err.log_end(), Some(cut), "{err}");
+    let err = reader.read_at(LOG, seen, 10).await.unwrap_err();
+    assert_eq!(err.code(), Some(tonic::Code::FailedPrecondition), "{err}");
+    assert_eq!(err.log_end(), Some(cut), "{err}");
+    // From there on, the log is the new primary's.
+    let r = reader.read_at(LOG, Position::at(cut), 1).await.unwrap();
+    assert!(r.records.first().is_some_and(|r| r.offset == cut));
 }
 
 /// etcd restarts under a running cluster: the primary keeps (or regains) the lead, writes
@@ -574,8 +834,9 @@ fn with_failover_off_the_operator_names_the_next_primary() {
     assert_identical(&nodes.stop_all(q));
 }
 
-/// A replica dies while the primary's replacement is being elected: the survivor takes
-/// over with every record acked by both replicas (semi-sync k = 2).
+/// A replica dies while the primary's replacement is being elected (the dead primary's
+/// lease has expired, no leader yet): the survivor takes over with every record acked by
+/// both replicas (semi-sync k = 2).
 #[test]
 fn a_replica_killed_during_failover_loses_no_ack() {
     let Some(bin) = etcd_bin("a_replica_killed_during_failover") else {
@@ -590,7 +851,13 @@ fn a_replica_killed_during_failover_loses_no_ack() {
             .await;
         let r = nodes.others(p)[1];
         nodes.servers[p].take().unwrap().kill9();
-        std::thread::sleep(Duration::from_millis(1500));
+        // The election begins when the leader key's lease expires: r sees no leader.
+        let rc = client(&nodes.addr(r)).await;
+        wait_until("the leader key expires", ELECTION_MAX, || async {
+            let c = rc.status().await.ok()?.cluster?;
+            c.leader.is_empty().then_some(())
+        })
+        .await;
         nodes.servers[r].take().unwrap().kill9();
         let q = wait_primary(&nodes, &nodes.others(p)).await;
         eprintln!("primary {p} and replica {r} killed: node {q} leads");

@@ -374,6 +374,7 @@ fn divergent_tail_is_truncated_after_failover() {
             c.read_with(fresh).await.is_ok(),
             "an unchecked read goes on"
         );
+        subscriber_resumes_across_an_epoch_change(&c, 160).await;
     });
     // What was cut is kept, and readable.
     let list = common::stdout(&r.cli(&["admin", "quarantine", "list"]));
@@ -383,6 +384,86 @@ fn divergent_tail_is_truncated_after_failover() {
     assert_eq!(read.lines().count() as u64, rogue - 160, "{read}");
     assert!(read.lines().all(|l| l.contains("rogue-")), "{read}");
     common::stop_identical(r, p);
+}
+
+/// A subscriber that stops at `boundary` (where a new epoch begins) knows the epoch of
+/// the last record it took, though the node had more to send in the same reply: it
+/// resumes there, checked, without being refused.
+async fn subscriber_resumes_across_an_epoch_change(c: &Client, boundary: u64) {
+    use futures::StreamExt;
+    let mut sub = c.subscribe("d", Some(0)).await.unwrap();
+    while sub.position().is_none_or(|p| p.offset < boundary) {
+        sub.next().await.unwrap().unwrap();
+    }
+    let at = sub.position().unwrap();
+    let before = c.read("d", boundary - 1, 1).await.unwrap().last_epoch;
+    assert_eq!(
+        at,
+        spool::client::Position {
+            offset: boundary,
+            last_epoch: before
+        }
+    );
+    let mut on = c.subscribe_at("d", at).await.unwrap();
+    assert_eq!(on.next().await.unwrap().unwrap().offset, boundary);
+}
+
+/// A replica that took writes alone (its data dir run as a primary) comes back after the
+/// primary moved to a new epoch and retention removed the offsets where the two parted:
+/// it gets a full sync, and the records it held alone are kept in quarantine, as a
+/// truncated tail's are, not dropped with the rest of its log.
+#[test]
+fn a_full_sync_keeps_the_tail_the_replica_held_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let (pdir, rdir) = (d.path().join("p"), d.path().join("r"));
+    let retention = "[storage]\nretention_check_ms = 100\n[log_defaults]\nsegment_bytes = 262144\ninitial_segment_bytes = 262144\nretention_bytes = 524288\n";
+    let cfg = common::write_config(&pdir, retention);
+    let p = Server::start(&pdir, &["--config", &cfg]);
+    let r = Server::start(&rdir, &replica_of(&p.addr, &[]));
+    let paddr = p.addr.clone();
+    let common_end = run(60, async {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.create_log("d", None).await.unwrap();
+        let end = load(&paddr, "d", 10, "common").await;
+        wait_end(&r.addr, "d", end).await;
+        end
+    });
+    r.stop();
+    let alone = Server::start(&rdir, &[]);
+    let rogue = run(30, load(&alone.addr, "d", 3, "rogue"));
+    alone.stop();
+    // The primary moves to a new epoch (as in `into_next_epoch`, keeping its retention)
+    // and writes on until its log no longer starts below the rogue tail.
+    p.stop();
+    let nowhere = format!("127.0.0.1:{}", free_port());
+    let p = Server::start_on(&paddr, &pdir, &["--config", &cfg, "--replica-of", &nowhere]);
+    let end = run(90, async {
+        let c = Client::connect(&paddr).await.unwrap();
+        c.promote().await.unwrap();
+        // Four times what retention keeps.
+        let end = load(&paddr, "d", 400, "after").await;
+        wait_until(
+            "retention passes the rogue tail",
+            Duration::from_secs(30),
+            || async { (c.describe_log("d").await.unwrap().start_offset > rogue).then_some(()) },
+        )
+        .await;
+        end
+    });
+    let r = Server::start(&rdir, &replica_of(&paddr, &[]));
+    run(60, wait_end(&r.addr, "d", end));
+    let list = common::stdout(&r.cli(&["admin", "quarantine", "list"]));
+    let want = format!(
+        "records {common_end}..{rogue} ({} records",
+        rogue - common_end
+    );
+    assert!(list.contains(&want), "{list}");
+    let first = common_end.to_string();
+    let read = common::stdout(&r.cli(&["admin", "quarantine", "read", "d", &first]));
+    assert_eq!(read.lines().count() as u64, rogue - common_end, "{read}");
+    assert!(read.lines().all(|l| l.contains("rogue-")), "{read}");
+    r.stop();
+    p.stop();
 }
 
 /// A replica of a replica whose upstream then cuts its own divergent tail (it had run

@@ -393,6 +393,65 @@ fn python_grpc_client() {
     s.stop();
 }
 
+/// The README's Python retry through a failover runs as written: from a node that is
+/// down, to a replica, to the primary the replica names, where the append is acked.
+#[test]
+fn the_readmes_python_failover_retry_runs() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let python = root.join("target/pyvenv/bin/python");
+    if !python.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must create target/pyvenv with grpcio (see scripts/test.sh)"
+        );
+        eprintln!("SKIPPED: no target/pyvenv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let p = Server::start(&dir.path().join("p"), &[]);
+    let r = Server::start(&dir.path().join("r"), &common::replica_of(&p.addr, &[]));
+    run(30, async {
+        common::create_log(&p.addr, "orders").await;
+        common::wait_connected(&p.addr, 1).await;
+    });
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let start = readme
+        .find("# Retry through a failover")
+        .expect("the README's snippet");
+    let len = readme[start..].find("```").unwrap();
+    let gen = dir.path().join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    std::fs::write(gen.join("retry.py"), &readme[start..start + len]).unwrap();
+    let out = Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-Iproto/proto"])
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .arg("proto/proto/spool/v1/spool.proto")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let down = format!("127.0.0.1:{}", common::free_port());
+    let out = Command::new(&python)
+        .arg("retry.py")
+        .current_dir(&gen)
+        .env("SPOOL_ADDR", format!("{down},{}", r.addr))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("appended at 0 in epoch 1"),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.stop();
+    p.stop();
+}
+
 /// A SIGTERM sent the moment the address is printed (as a script that starts and stops a
 /// node does) is a clean stop: exit 0 and the shutdown record written. Before the signal
 /// handlers were installed ahead of the address, it killed the process outright.

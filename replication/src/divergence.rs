@@ -205,7 +205,7 @@ pub fn epoch_at(epochs: &[(u64, u64)], offset: u64) -> u64 {
 
 /// The first offset in `lower..limit` written in different epochs by the two histories, or
 /// `limit`. Epochs change only at history entries, so only those offsets need a look.
-fn first_difference(a: &[(u64, u64)], b: &[(u64, u64)], lower: u64, limit: u64) -> u64 {
+pub(crate) fn first_difference(a: &[(u64, u64)], b: &[(u64, u64)], lower: u64, limit: u64) -> u64 {
     let mut at: Vec<u64> = std::iter::once(lower)
         .chain(a.iter().chain(b).map(|&(_, s)| s))
         .filter(|&s| s >= lower && s < limit)
@@ -224,7 +224,7 @@ fn first_difference(a: &[(u64, u64)], b: &[(u64, u64)], lower: u64, limit: u64) 
 /// first entry starts: below it the upstream holds epoch-0 records only. An empty history
 /// means every upstream record is epoch 0 (and the replica's epoch is 0 too, or it would be
 /// ahead), so epoch 0 ends at the log's end; ending it at 0 would discard a matching log.
-fn end_of(epochs: &[(u64, u64)], epoch: u64, log_end: u64) -> u64 {
+pub(crate) fn end_of(epochs: &[(u64, u64)], epoch: u64, log_end: u64) -> u64 {
     let later = epochs.partition_point(|&(e, _)| e <= epoch);
     epochs
         .get(later)

@@ -111,6 +111,24 @@ impl Plan {
     }
 }
 
+/// Where the records a replica holds stop being the upstream's: the first offset it
+/// holds that the upstream did not write in the same epoch (past the upstream's end,
+/// every one), or None if every record it holds is the upstream's too. A full sync drops
+/// the replica's whole log; from here on what it drops is its own (written as a cut-off
+/// primary), which it keeps aside first, as a truncation does.
+pub fn own_records_from(up: &UpstreamLog, r: &ReplicaLog) -> Option<u64> {
+    let limit = r.end.min(up.end);
+    let same_until = if r.epochs.is_empty() {
+        // An older replica sends its last epoch only.
+        r.end
+            .min(divergence::end_of(&up.epochs, r.last_epoch, up.end))
+    } else {
+        divergence::first_difference(&up.epochs, &r.epochs, r.start, limit)
+    };
+    let from = same_until.max(r.start);
+    (from < r.end).then_some(from)
+}
+
 /// The frame the upstream holds that covers an offset: (its first offset, its CRC), if it
 /// can say (a damaged frame cannot be compared).
 pub type FrameAt<'a> = &'a dyn Fn(u64) -> Option<(u64, u32)>;
@@ -225,6 +243,43 @@ mod tests {
 
     fn no_frames(_: u64) -> Option<(u64, u32)> {
         None
+    }
+
+    /// A replica that wrote 160..200 alone in epoch 1 while the upstream went on in epoch
+    /// 2 from 160 and removed everything below 300: a full sync, dropping its own 160..200.
+    #[test]
+    fn a_full_sync_names_the_records_the_replica_holds_alone() {
+        let upstream = UpstreamLog {
+            epochs: vec![(1, 0), (2, 160)],
+            start: 300,
+            end: 500,
+            ..up(500)
+        };
+        let p = plan(&upstream, Some(&replica(200)), &no_frames).unwrap();
+        assert_eq!(p, Plan::Follow(Decision::FullSync { from: 300 }));
+        assert_eq!(own_records_from(&upstream, &replica(200)), Some(160));
+        // One that only lags (all of its records are the upstream's): none of its own.
+        assert_eq!(own_records_from(&upstream, &replica(150)), None);
+        // An older replica, its last epoch only, the same.
+        let old = ReplicaLog {
+            epochs: Vec::new(),
+            ..replica(200)
+        };
+        assert_eq!(own_records_from(&upstream, &old), Some(160));
+        // Past the upstream's end, nothing is the upstream's.
+        let short = UpstreamLog {
+            epochs: vec![(1, 0)],
+            start: 100,
+            end: 120,
+            ..up(120)
+        };
+        assert_eq!(own_records_from(&short, &replica(200)), Some(120));
+        // Held from 250 on, all in an epoch the upstream never had at those offsets.
+        let late = ReplicaLog {
+            start: 250,
+            ..replica(280)
+        };
+        assert_eq!(own_records_from(&upstream, &late), Some(250));
     }
 
     #[test]

@@ -505,6 +505,9 @@ pub async fn read(client: &Client, a: ReadArgs) -> Result<()> {
     };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut from = a.from;
+    // The epoch of the record before `from` as read: each page after the first checks that
+    // no failover cut the records printed already (the node refuses if it did).
+    let mut last_epoch = 0;
     // At least one read, so that an offset outside the log gets the server's OUT_OF_RANGE.
     let mut first = true;
     while from < end || first {
@@ -516,6 +519,7 @@ pub async fn read(client: &Client, a: ReadArgs) -> Result<()> {
                 from_offset: from,
                 max_records: want,
                 min_offset,
+                last_epoch,
                 ..Default::default()
             })
             .await?;
@@ -526,6 +530,7 @@ pub async fn read(client: &Client, a: ReadArgs) -> Result<()> {
             print_record(&mut out, a.format, rec)?;
         }
         from = r.next_offset;
+        last_epoch = r.last_epoch;
     }
     out.flush()?;
     Ok(())

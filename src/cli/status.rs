@@ -244,11 +244,7 @@ fn print_cluster(c: &pb::ClusterStatus) {
     } else {
         format!("{} at {}", c.leader, c.leader_addr)
     };
-    let lease = if c.lease_age_ms > 0 || c.leader == c.node {
-        format!(", lease renewed {} ms ago", c.lease_age_ms)
-    } else {
-        String::new()
-    };
+    let lease = lease_text(c);
     println!(
         "  coordinator: cluster {:?}, this node {:?}, leader {leader}, epoch {}{lease}",
         c.name, c.node, c.epoch
@@ -266,6 +262,21 @@ fn print_cluster(c: &pb::ClusterStatus) {
     }
     if !c.note.is_empty() {
         println!("    note: {}", c.note);
+    }
+}
+
+/// The leader key's lease as this node knows it: its age where this node holds it (the
+/// leader renews it; etcd tells no one else when), else where to look.
+fn lease_text(c: &pb::ClusterStatus) -> String {
+    if c.leader.is_empty() {
+        String::new()
+    } else if c.leader == c.node {
+        format!(", lease renewed {} ms ago", c.lease_age_ms)
+    } else {
+        format!(
+            ", lease held by {} (its age: `spool status` on the leader)",
+            c.leader
+        )
     }
 }
 
@@ -287,4 +298,30 @@ fn json_each<T>(items: &[T], f: impl Fn(&T) -> serde_json::Value) -> Vec<serde_j
 fn damaged_json(d: &pb::DamagedRange) -> serde_json::Value {
     serde_json::json!({"first_offset": d.first_offset, "next_offset": d.next_offset,
         "segment_base": d.segment_base, "reason": d.reason})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_age_is_shown_where_it_is_known_and_labelled_elsewhere() {
+        let on = |node: &str, leader: &str, age| pb::ClusterStatus {
+            node: node.into(),
+            leader: leader.into(),
+            lease_age_ms: age,
+            ..Default::default()
+        };
+        assert_eq!(lease_text(&on("n1", "n1", 0)), ", lease renewed 0 ms ago");
+        assert_eq!(
+            lease_text(&on("n1", "n1", 120)),
+            ", lease renewed 120 ms ago"
+        );
+        let other = lease_text(&on("n2", "n1", 0));
+        assert!(
+            other.contains("held by n1") && !other.contains("0 ms"),
+            "{other}"
+        );
+        assert_eq!(lease_text(&on("n2", "", 0)), "");
+    }
 }

@@ -10,12 +10,12 @@ mod appender;
 mod connect;
 mod producer;
 mod retry;
+mod subscription;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::stream::{Stream, StreamExt};
 use spool_proto::v1 as pb;
 use tonic::{Code, Status};
 
@@ -23,6 +23,7 @@ pub use appender::Appender;
 pub use connect::endpoint_uri;
 pub use pb::{AckMode, AppendResponse, LogInfo, Record, StatusResponse};
 pub use producer::IdempotentProducer;
+pub use subscription::{Position, Subscription, LOG_END_METADATA};
 
 use connect::{dial, Conn, DialOptions, Reasons, Want};
 use retry::{Next, Safety};
@@ -396,30 +397,54 @@ impl Client {
         .await
     }
 
-    /// Records from `from` (or from the end when `None`), then new ones as they arrive.
-    pub async fn subscribe(
+    /// Read on from `at` (a [`Position::after`] a previous read, or a subscription's
+    /// [`Subscription::position`]): if a failover cut the record before `at.offset` that
+    /// the reader saw, the node refuses with FAILED_PRECONDITION and
+    /// [`ClientError::log_end`] says where to read on from.
+    pub async fn read_at(
         &self,
         log: &str,
-        from: Option<u64>,
-    ) -> Result<impl Stream<Item = Result<Record>> + Send + 'static> {
-        let start = Some(match from {
-            Some(o) => pb::subscribe_request::Start::FromOffset(o),
-            None => pb::subscribe_request::Start::FromEnd(true),
-        });
+        at: Position,
+        max_records: u32,
+    ) -> Result<pb::ReadResponse> {
+        self.read_with(pb::ReadRequest {
+            log: log.to_owned(),
+            from_offset: at.offset,
+            max_records,
+            last_epoch: at.last_epoch,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Records from `from` (or from the end when `None`), then new ones as they arrive.
+    pub async fn subscribe(&self, log: &str, from: Option<u64>) -> Result<Subscription> {
+        match from {
+            Some(o) => self.subscribe_at(log, Position::at(o)).await,
+            None => self.subscribe_from(log, None).await,
+        }
+    }
+
+    /// Records from `at` on (a previous subscription's [`Subscription::position`]), checked
+    /// as [`Client::read_at`] checks: a subscriber that was given records a failover cut
+    /// since is refused (FAILED_PRECONDITION, [`ClientError::log_end`]), not silently sent
+    /// other records at the same offsets. A stream that is open when its node cuts the log
+    /// below what it delivered ends with ABORTED, and `log_end` says where the cut is.
+    pub async fn subscribe_at(&self, log: &str, at: Position) -> Result<Subscription> {
+        self.subscribe_from(log, Some(at)).await
+    }
+
+    /// Subscribe from `at` (None: from the node's end).
+    async fn subscribe_from(&self, log: &str, at: Option<Position>) -> Result<Subscription> {
+        use pb::subscribe_request::Start;
         let req = pb::SubscribeRequest {
             log: log.to_owned(),
-            start,
+            start: Some(at.map_or(Start::FromEnd(true), |p| Start::FromOffset(p.offset))),
             max_records_per_message: 0,
-            last_epoch: 0,
+            last_epoch: at.map_or(0, |p| p.last_epoch),
         };
         let stream = self.conn().log().subscribe(req).await?.into_inner();
-        Ok(stream.flat_map(|msg| {
-            let items: Vec<Result<Record>> = match msg {
-                Ok(m) => m.records.into_iter().map(Ok).collect(),
-                Err(s) => vec![Err(ClientError::Rpc(s))],
-            };
-            futures::stream::iter(items)
-        }))
+        Ok(Subscription::new(Box::pin(stream), at))
     }
 
     /// The status of the node this client talks to (another one after a failover).

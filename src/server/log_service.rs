@@ -186,28 +186,12 @@ async fn finish_append(
             }
         }
     }
-    let epoch_now = node.role().epoch();
-    if !ack.duplicate && epoch_now != ack.epoch {
-        // Written in an epoch this node left while the append waited (it stepped down,
-        // maybe led again since): its records may have been cut. Never acknowledge them.
-        return Err(Status::unavailable(format!(
-            "records {}..{} were written in epoch {}, but the primary changed while they \
-             waited (now epoch {epoch_now}): they may not be in the log; retry (an \
-             idempotent producer's retry is safe)",
-            ack.base_offset,
-            ack.next_offset(),
-            ack.epoch
-        )));
-    }
-    if node.role().check_lease().is_err() {
-        // Acknowledged past the lease, a write could be cut by a primary elected meanwhile.
-        return Err(Status::unavailable(format!(
-            "records {}..{} were written here, but this primary's coordinator lease lapsed \
-             before they were acknowledged: a new primary may not hold them; retry (an \
-             idempotent producer's retry is safe)",
-            ack.base_offset,
-            ack.next_offset()
-        )));
+    node.role()
+        .check_ack(ack.epoch, ack.duplicate)
+        .map_err(|why| why.status(ack.base_offset, ack.next_offset()))?;
+    if !ack.duplicate && (replicated.is_none() || out.degraded) {
+        let offsets = ack.base_offset..ack.next_offset();
+        node.weak_acks().note(log.name(), ack.epoch, offsets);
     }
     let m = append_metrics();
     m.seconds.record(started.elapsed().as_secs_f64());
@@ -447,7 +431,7 @@ impl pb::log_server::Log for LogService {
                     }
                     None => {}
                 }
-                match read {
+                match read.map(|r| within_one_epoch(&log, r)) {
                     Ok(records) if records.is_empty() => continue,
                     Ok(records) => {
                         next = records.last().map_or(next, |r| r.offset + 1);
@@ -471,6 +455,25 @@ impl pb::log_server::Log for LogService {
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
+}
+
+/// The records of `records` (read from one offset on) written in the epoch of the first:
+/// a subscribe reply names one epoch, that of every record in it, so a client that stops
+/// inside a reply still knows the epoch of the last record it took.
+fn within_one_epoch(log: &Log, mut records: Vec<Record>) -> Vec<Record> {
+    let Some(first) = records.first().map(|r| r.offset) else {
+        return records;
+    };
+    let history = log.epochs();
+    let next_epoch = history
+        .entries()
+        .iter()
+        .map(|&(_, s)| s)
+        .find(|&s| s > first);
+    if let Some(limit) = next_epoch {
+        records.retain(|r| r.offset < limit);
+    }
+    records
 }
 
 /// The epoch of the record at `next - 1` (0: none before `next`).
@@ -525,9 +528,13 @@ pub const LOG_END_METADATA: &str = "spool-log-end";
 /// divergent tail removed after a failover, or a promotion at a point): those offsets will
 /// hold other records.
 fn cut_status(log: &str, cut: u64) -> Status {
-    Status::aborted(format!(
+    let mut s = Status::aborted(format!(
         "log {log:?} was cut back to offset {cut} (records past a failover or promotion \
          point were removed); records at and after {cut} that this subscription delivered \
          may be replaced: subscribe again from {cut}"
-    ))
+    ));
+    if let Ok(v) = cut.to_string().parse() {
+        s.metadata_mut().insert(LOG_END_METADATA, v);
+    }
+    s
 }

@@ -298,6 +298,12 @@ pub const FAMILIES: &[(&str, Kind, Option<Unit>, &str)] = &[
         None,
         "Records cut from this node's logs when it followed a new primary (kept in quarantine).",
     ),
+    (
+        "spool_failover_cut_async_acked_records_total",
+        Kind::Counter,
+        None,
+        "Of the cut records, those this node had acknowledged as primary without replicas (async, written, degraded semi-sync), as far as it knows since it started.",
+    ),
 ];
 
 /// Describe every family (HELP and unit) and create the unlabelled ones at zero.

@@ -24,6 +24,7 @@ mod rpc_metrics;
 pub(crate) mod status_map;
 mod status_service;
 pub(crate) mod visible;
+pub(crate) mod weak_acks;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -20,6 +20,7 @@ use super::replication::follower::UpstreamView;
 use super::replication::progress::Replicas;
 use super::role::RoleState;
 use super::visible::{Visibility, Visible};
+use super::weak_acks::WeakAcks;
 use crate::config::{DefaultAck, ReplicationConfig};
 
 /// One node's shared state, reached through narrow handles: the catalog of logs, the role
@@ -56,6 +57,8 @@ pub struct Node {
     cluster_ops: std::sync::OnceLock<tokio::sync::mpsc::Sender<AdminOp>>,
     /// With `[tls]`: how this node dials its peers (upstream, segment fetch, repair).
     peer_tls: std::sync::OnceLock<crate::tls::TlsOptions>,
+    /// Records acknowledged here without replicas, counted if a failover cuts them.
+    weak_acks: WeakAcks,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -95,7 +98,13 @@ impl Node {
             cluster_ops: std::sync::OnceLock::new(),
             peer_tls: std::sync::OnceLock::new(),
             auth: std::sync::OnceLock::new(),
+            weak_acks: WeakAcks::default(),
         }
+    }
+
+    /// The records this node acknowledged as primary without replicas (async, written).
+    pub fn weak_acks(&self) -> &WeakAcks {
+        &self.weak_acks
     }
 
     pub fn catalog(&self) -> &Catalog {

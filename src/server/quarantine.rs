@@ -40,13 +40,32 @@ pub async fn keep(node: &Node, log: &Log, from: u64) -> Result<u64> {
     let first = first.unwrap_or(from);
     let summary = summarize(&bytes)?;
     let path = log_dir(&data_dir(node), log.name()).join(format!("{first:020}-{end:020}{SUFFIX}"));
-    tokio::task::spawn_blocking(move || write_synced(&path, &bytes))
+    let bytes = tokio::task::spawn_blocking(move || write_synced(&path, &bytes).map(|()| bytes))
         .await
         .context("writing a quarantine file")??;
     metrics::counter!("spool_failover_cut_records_total").increment(summary.records);
     tracing::warn!(log = %log.name(), from = first, to = end, records = summary.records, epochs = ?summary.epochs,
         "cutting a divergent tail (never acknowledged under sync or semi-sync; maybe under async): kept in quarantine");
+    count_weak_acks(node, log.name(), &bytes)?;
     Ok(summary.records)
+}
+
+/// Count and log the records among the cut `frames` that this node acknowledged as
+/// primary without replicas (async, written, degraded semi-sync): writes its clients
+/// were told were done, lost to the cluster (a copy stays in quarantine).
+fn count_weak_acks(node: &Node, log: &str, frames: &[u8]) -> Result<u64> {
+    let mut acked = 0;
+    for_each_frame(frames, |h, _| {
+        let offsets = h.base_offset..h.next_offset();
+        acked += node.weak_acks().take_cut(log, h.epoch, offsets);
+        Ok(())
+    })?;
+    if acked > 0 {
+        metrics::counter!("spool_failover_cut_async_acked_records_total").increment(acked);
+        tracing::error!(log = %log, records = acked,
+            "cut records this node had acknowledged as primary under async (or written): lost from the log (a copy is in quarantine)");
+    }
+    Ok(acked)
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {

@@ -117,6 +117,11 @@ pub async fn apply_start(
         Action::FullSync | Action::Recreate => {
             if action == Action::FullSync {
                 tracing::warn!(log = %s.name, start = s.offset, "offsets gone upstream: full sync");
+                if let Some(own) = s.own_records_from {
+                    // Records only this node held (it wrote them cut off): kept, not lost.
+                    let own = own.max(log.positions().start);
+                    crate::server::quarantine::keep(node, &log, own).await?;
+                }
             }
             if log.positions().durable != s.offset || log.positions().start != s.offset {
                 log.reset_to(s.offset).await?;

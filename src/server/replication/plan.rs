@@ -71,13 +71,22 @@ fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
     ))
 }
 
-/// Where the replica goes on in `log`, and where a segment it holds partly received
-/// resumes (if it does).
+/// A replica's plan for one log, as the upstream decided it.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: Plan,
+    /// Where a segment the replica holds partly received resumes (if it does).
+    pub resume: Option<u64>,
+    /// A full sync: where the records the replica drops stop being this node's too.
+    pub own_records_from: Option<u64>,
+}
+
+/// Where the replica goes on in `log`, from what it reported.
 pub fn plan_for(
     node: &Node,
     log: &Log,
     reported: Option<&pb::ReplicaLogState>,
-) -> Result<(Plan, Option<u64>), Status> {
+) -> Result<Planned, Status> {
     let visible = node.visible(log);
     let up = vouched(node, log, &visible);
     let replica = reported.map(replica_log);
@@ -94,11 +103,25 @@ pub fn plan_for(
     if resume.is_none() && replica.as_ref().is_some_and(|r| r.staged.is_some()) {
         tracing::warn!(log = %log.name(), "the replica's staged frames are not this log's (cut since?): sending them again");
     }
-    Ok((plan, resume))
+    let own_records_from = match (&plan, &replica) {
+        (Plan::Follow(Decision::FullSync { .. }), Some(r)) => handshake::own_records_from(&up, r),
+        _ => None,
+    };
+    Ok(Planned {
+        plan,
+        resume,
+        own_records_from,
+    })
 }
 
-/// The LogStart telling the replica its plan.
-pub fn start_message(visible: &Visible, log: &Log, plan: &Plan, fetch: Fetch) -> pb::LogStart {
+/// The LogStart telling the replica its plan (`own_records_from`: see [`Planned`]).
+pub fn start_message(
+    visible: &Visible,
+    log: &Log,
+    plan: &Plan,
+    own_records_from: Option<u64>,
+    fetch: Fetch,
+) -> pb::LogStart {
     use pb::log_start::Action;
     let (action, offset) = match plan {
         Plan::Follow(Decision::Continue { from }) => (Action::Continue, *from),
@@ -130,6 +153,7 @@ pub fn start_message(visible: &Visible, log: &Log, plan: &Plan, fetch: Fetch) ->
             && segments_follow(visible, log, offset, fetch),
         incarnation: log.incarnation(),
         reason,
+        own_records_from,
     }
 }
 

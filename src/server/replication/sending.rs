@@ -232,7 +232,7 @@ impl LogStream {
             .replicas()
             .full_sync_started(&self.replica, self.log.name(), visible.end());
         let plan = Plan::Follow(Decision::FullSync { from: start });
-        pb::upstream_message::Msg::Start(start_message(visible, &self.log, &plan, self.fetch))
+        pb::upstream_message::Msg::Start(start_message(visible, &self.log, &plan, None, self.fetch))
     }
 
     /// The sealed segment being sent whole to this replica: (sent up to, its end).

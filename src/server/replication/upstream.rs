@@ -108,10 +108,11 @@ impl Session {
         // Before deciding: a cut after this is one the decision may not have seen.
         let cuts = log.reader().cut_count();
         let reported = self.hello_logs.remove(&name);
-        let (plan, resume) = plan_for(&self.node, &log, reported.as_ref())?;
+        let planned = plan_for(&self.node, &log, reported.as_ref())?;
+        let (plan, resume) = (planned.plan, planned.resume);
         self.hold(&name, plan.held());
         let visible = self.node.visible(&log);
-        let start = start_message(&visible, &log, &plan, self.fetch);
+        let start = start_message(&visible, &log, &plan, planned.own_records_from, self.fetch);
         self.send(pb::upstream_message::Msg::Start(start)).await?;
         let replicas = &self.node.replicas();
         replicas.set_blocked(&self.id, &name, plan.blocked_reason());
