@@ -222,6 +222,13 @@ impl Acks {
         }
     }
 
+    /// After a failover to node `q`: every acked record is on it, and no two nodes acked
+    /// in one epoch.
+    async fn assert_kept_by(&self, nodes: &Nodes, q: usize) {
+        self.assert_held_by(nodes, q).await;
+        self.assert_one_writer_per_epoch();
+    }
+
     /// Every acked record is at its offset with its bytes on node `i`.
     async fn assert_held_by(&self, nodes: &Nodes, i: usize) {
         let c = client(&nodes.addr(i)).await;
@@ -449,8 +456,7 @@ fn a_killed_primary_is_replaced_without_losing_a_semi_sync_ack() {
         }
         acks.write(&nodes, q, "after", 100, pb::AckMode::SemiSync)
             .await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
         acks.assert_none_quarantined(&nodes, p).await;
@@ -501,8 +507,7 @@ fn a_paused_primary_acks_nothing_after_the_others_moved_on() {
             }
         }
         rejoined(&nodes, p, q).await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         acks.assert_none_quarantined(&nodes, p).await;
         q
     });
@@ -582,8 +587,7 @@ fn cut_off_primary(test: &str, peers_too: bool) {
         nodes.to_etcd[p].restore();
         nodes.from_peers[p].restore();
         rejoined(&nodes, p, q).await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         acks.assert_none_quarantined(&nodes, p).await;
         let lost = async_acks_lost(&nodes, p, q, &alone).await;
         if peers_too {
@@ -700,8 +704,7 @@ fn an_etcd_restart_loses_nothing() {
         eprintln!("etcd restarted: node {q} (was {p}) acked after {took:?}");
         acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
             .await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         q
     });
     assert_identical(&nodes.stop_all(q));
@@ -741,8 +744,7 @@ fn one_etcd_member_down_does_not_stop_failover() {
         nodes.servers[p].take().unwrap().kill9();
         let (q, took) = first_ack_elsewhere(&nodes, p, Instant::now()).await;
         eprintln!("etcd member down, primary killed: node {q} acked after {took:?}");
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         rejoined(&nodes, p, q).await;
         q
@@ -786,8 +788,7 @@ fn a_switchover_hands_over_without_losing_a_write() {
         acks.write(&nodes, q, "after", 50, pb::AckMode::SemiSync)
             .await;
         rejoined(&nodes, p, q).await;
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         q
     });
     assert_identical(&nodes.stop_all(q));
@@ -861,8 +862,7 @@ fn a_replica_killed_during_failover_loses_no_ack() {
         nodes.servers[r].take().unwrap().kill9();
         let q = wait_primary(&nodes, &nodes.others(p)).await;
         eprintln!("primary {p} and replica {r} killed: node {q} leads");
-        acks.assert_held_by(&nodes, q).await;
-        acks.assert_one_writer_per_epoch();
+        acks.assert_kept_by(&nodes, q).await;
         nodes.servers[p] = Some(nodes.spawn(p));
         nodes.servers[r] = Some(nodes.spawn(r));
         rejoined(&nodes, p, q).await;
