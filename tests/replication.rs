@@ -104,12 +104,15 @@ fn async_replica_and_cascade_end_identical() {
         for addr in [&r1.addr, &r2.addr] {
             wait_end(addr, "a", end_a).await;
         }
-        let s2 = common::status(&r2.addr).await;
+        // The primary's address travels down the tree (in hellos and heartbeats: r2 may
+        // have met r1 before r1 knew it).
+        let s2 = wait_until(
+            "r2 to learn the primary's address",
+            Duration::from_secs(30),
+            || async { Some(common::status(&r2.addr).await).filter(|s| s.primary_addr == p.addr) },
+        )
+        .await;
         assert_eq!(s2.role, "replica");
-        assert_eq!(
-            s2.primary_addr, p.addr,
-            "the primary's address travels down the tree"
-        );
         // Deleting a log replicates too.
         c.delete_log("z").await.unwrap();
         let r2c = Client::connect(&r2.addr).await.unwrap();

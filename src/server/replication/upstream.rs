@@ -211,7 +211,7 @@ pub fn now_us() -> u64 {
 async fn run_session(
     node: Arc<Node>,
     hello: pb::ReplicaHello,
-    mut inbound: Streaming<pb::ReplicaMessage>,
+    inbound: Streaming<pb::ReplicaMessage>,
     out: Out,
 ) -> Result<(), Status> {
     let counts = !hello.delayed || node.config().delayed_counts_for_acks;
@@ -225,46 +225,69 @@ async fn run_session(
         HashMap::new(),
     );
     tracing::info!(replica = %hello.replica_id, addr = %hello.listen_addr, sync = hello.sync, "replica attached");
-    let mut session = Session {
-        node: node.clone(),
-        id: hello.replica_id.clone(),
-        addr: hello.listen_addr.clone(),
-        held: Vec::new(),
-        tracked: false,
-        out: out.clone(),
-        tasks: HashMap::new(),
-        hello_logs: hello
-            .logs
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect(),
-        cascaded: HashSet::new(),
-        sent: SentTo::default(),
-        fetch: Fetch {
-            sealed: hello.segment_fetch,
-            active: hello.segment_fetch && hello.fetch_active_spans,
-        },
-    };
-    let result = async {
+    let sync = hello.sync;
+    let mut session = Session::new(node.clone(), hello, out);
+    let result = session.serve(sync, counts, inbound).await;
+    session.detach(generation);
+    result
+}
+
+impl Session {
+    fn new(node: Arc<Node>, hello: pb::ReplicaHello, out: Out) -> Session {
+        Session {
+            node,
+            id: hello.replica_id.clone(),
+            addr: hello.listen_addr.clone(),
+            held: Vec::new(),
+            tracked: false,
+            out,
+            tasks: HashMap::new(),
+            hello_logs: hello
+                .logs
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect(),
+            cascaded: HashSet::new(),
+            sent: SentTo::default(),
+            fetch: Fetch {
+                sealed: hello.segment_fetch,
+                active: hello.segment_fetch && hello.fetch_active_spans,
+            },
+        }
+    }
+
+    /// Answer the hello, plan every log, then serve the stream until it ends.
+    async fn serve(
+        &mut self,
+        sync: bool,
+        counts: bool,
+        inbound: Streaming<pb::ReplicaMessage>,
+    ) -> Result<(), Status> {
+        let node = self.node.clone();
         let upstream_id = node.role().listen_addr.read().clone();
-        session
-            .send(pb::upstream_message::Msg::Hello(pb::UpstreamHello {
-                node_epoch: node.role().epoch(),
-                primary_addr: node.role().primary_addr().unwrap_or_default(),
-                upstream_id,
-                cluster_id: node.role().cluster_id(),
-            }))
-            .await?;
-        session.sync_catalog().await?;
+        self.send(pb::upstream_message::Msg::Hello(pb::UpstreamHello {
+            node_epoch: node.role().epoch(),
+            primary_addr: node.role().primary_addr().unwrap_or_default(),
+            upstream_id,
+            cluster_id: node.role().cluster_id(),
+        }))
+        .await?;
+        self.sync_catalog().await?;
         if node.role().is_primary() {
             // Known to the tracker only now, with what its plans settled: a replica that
             // reconnects never counts for its acks of records it no longer holds.
-            node.acks().connected(&session.id, hello.sync, counts);
-            for (log, end) in std::mem::take(&mut session.held) {
-                node.acks().holds(&session.id, &log, end);
+            node.acks().connected(&self.id, sync, counts);
+            for (log, end) in std::mem::take(&mut self.held) {
+                node.acks().holds(&self.id, &log, end);
             }
         }
-        session.tracked = true;
+        self.tracked = true;
+        self.follow(inbound).await
+    }
+
+    /// Take the replica's messages, follow the catalog, heartbeat, and judge silence.
+    async fn follow(&mut self, mut inbound: Streaming<pb::ReplicaMessage>) -> Result<(), Status> {
+        let node = self.node.clone();
         let mut catalog = node.catalog().subscribe();
         let mut beat = tokio::time::interval(HEARTBEAT_EVERY);
         let mut last_heard = Instant::now();
@@ -277,7 +300,7 @@ async fn run_session(
                     match m {
                         None => return Ok(()),
                         Some(Err(s)) => return Err(s),
-                        Some(Ok(m)) => session.on_message(m)?,
+                        Some(Ok(m)) => self.on_message(m)?,
                     }
                 }
                 // The replica acks at least every heartbeat; silence means it is gone (or
@@ -287,7 +310,7 @@ async fn run_session(
                 }
                 changed = catalog.changed() => {
                     if changed.is_err() { return Ok(()) }
-                    session.sync_catalog().await?;
+                    self.sync_catalog().await?;
                 }
                 _ = beat.tick() => {
                     if node.role().is_primary() && node.role().epoch() != session_epoch {
@@ -297,7 +320,7 @@ async fn run_session(
                     }
                     // Never wait on a full queue: the session must keep watching for silence.
                     if let Err(mpsc::error::TrySendError::Closed(_)) =
-                        session.out.try_send(msg(node.role().epoch(), session.heartbeat()))
+                        self.out.try_send(msg(node.role().epoch(), self.heartbeat()))
                     {
                         return Err(Status::cancelled("replica went away"));
                     }
@@ -306,19 +329,22 @@ async fn run_session(
             }
         }
     }
-    .await;
-    for (_, t) in session.tasks.drain() {
-        t.abort();
-    }
-    node.replicas().disconnect(&session.id, generation);
-    if node.role().is_primary() {
-        node.acks().disconnected(&session.id);
-        for id in &session.cascaded {
-            node.acks().disconnected(id);
+
+    /// The stream ended: its senders stop, and the replica no longer counts for acks.
+    fn detach(&mut self, generation: u64) {
+        for (_, t) in self.tasks.drain() {
+            t.abort();
         }
+        let node = &self.node;
+        node.replicas().disconnect(&self.id, generation);
+        if node.role().is_primary() {
+            node.acks().disconnected(&self.id);
+            for id in &self.cascaded {
+                node.acks().disconnected(id);
+            }
+        }
+        tracing::info!(replica = %self.id, "replica detached");
     }
-    tracing::info!(replica = %session.id, "replica detached");
-    result
 }
 
 impl Session {
