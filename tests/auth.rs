@@ -564,3 +564,136 @@ fn the_cli_sends_its_token() {
         "{err}"
     );
 }
+
+/// A raw replication session as `principal` (its token `spool_<principal>`), with the
+/// first message `hello`: what the upstream sends on it, and where to send more.
+struct RawSession {
+    tx: tokio::sync::mpsc::Sender<pb::ReplicaMessage>,
+    inbound: tonic::Streaming<pb::UpstreamMessage>,
+}
+
+impl RawSession {
+    async fn open(ch: &Channel, principal: &str, hello: pb::ReplicaHello) -> RawSession {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let token = format!("spool_{principal}");
+        let inbound = rep
+            .replicate(with_token(stream, Some(&token)))
+            .await
+            .unwrap()
+            .into_inner();
+        RawSession { tx, inbound }
+    }
+
+    /// The next message matching `pick`, skipping others.
+    async fn until<T>(&mut self, pick: impl Fn(pb::upstream_message::Msg) -> Option<T>) -> T {
+        use tokio_stream::StreamExt;
+        while let Some(m) = self.inbound.next().await {
+            if let Some(t) = m.unwrap().msg.and_then(&pick) {
+                return t;
+            }
+        }
+        panic!("the upstream ended the stream");
+    }
+}
+
+/// A replica's claim at its hello that cannot be checked (records past the primary's end,
+/// or an end without its last frame) never acknowledges an append: a semi-sync append
+/// already durable on the primary and waiting for a replica times out instead of being
+/// reported replicated by a peer that was never sent it.
+#[test]
+fn an_unchecked_claim_at_hello_acknowledges_nothing() {
+    for (claim, want) in [(4u64, "the exact end"), (1 << 40, "ahead")] {
+        forged_hello_claim(claim, want);
+    }
+}
+
+fn forged_hello_claim(claim: u64, what: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let mut tokens: Vec<(&str, &str, &str)> = TOKENS[..3].to_vec();
+    tokens.extend([
+        ("ra", "spool_ra", "roles = [\"replica\"]"),
+        ("rb", "spool_rb", "roles = [\"replica\"]"),
+    ]);
+    let tokens = tokens_file(d.path(), &tokens);
+    let cfg = format!("[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 3000\n");
+    let p = Server::start_toml(&d.path().join("p"), &cfg, &[]);
+    run(60, async {
+        let ch = channel(&p.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        let c = pb::CreateLogRequest {
+            name: "l".into(),
+            ..Default::default()
+        };
+        logs.create(with_token(c, Some("spool_admin")))
+            .await
+            .unwrap();
+        let mut log = pb::log_client::LogClient::new(ch.clone());
+        let three = pb::AppendRequest {
+            log: "l".into(),
+            records: vec!["a".into(), "b".into(), "c".into()],
+            ..Default::default()
+        };
+        log.append(with_token(three, Some("spool_writer")))
+            .await
+            .unwrap();
+        // "ra" is attached and counts, but acks nothing: the append below waits for it.
+        let hello = |id: &str| pb::ReplicaHello {
+            replica_id: id.into(),
+            ..Default::default()
+        };
+        let mut a = RawSession::open(&ch, "ra", hello("ra")).await;
+        let epoch = a
+            .until(|m| match m {
+                pb::upstream_message::Msg::Hello(h) => Some(h.node_epoch),
+                _ => None,
+            })
+            .await;
+        let mut w = log.clone();
+        let append = tokio::spawn(async move {
+            let r = common::semi_sync("l", "needs a real replica", 1);
+            w.append(with_token(r, Some("spool_writer"))).await
+        });
+        a.until(|m| match m {
+            pb::upstream_message::Msg::Frames(f) if f.next_offset >= 4 => Some(()),
+            _ => None,
+        })
+        .await;
+        // Durable on the primary at 3, waiting: "rb" claims to hold it (and more).
+        let forged = pb::ReplicaLogState {
+            name: "l".into(),
+            last_epoch: epoch,
+            epochs: vec![pb::EpochStart {
+                epoch,
+                start_offset: 0,
+            }],
+            end_offset: claim,
+            ..Default::default()
+        };
+        let b_hello = pb::ReplicaHello {
+            logs: vec![forged],
+            node_epoch: epoch,
+            ..hello("rb")
+        };
+        let mut b = RawSession::open(&ch, "rb", b_hello).await;
+        let start = b
+            .until(|m| match m {
+                pb::upstream_message::Msg::Start(s) if s.name == "l" => Some(s),
+                _ => None,
+            })
+            .await;
+        let r = append.await.unwrap();
+        assert_eq!(
+            r.as_ref().err().map(|s| s.code()),
+            Some(Code::DeadlineExceeded),
+            "claiming {what} ({claim}) acknowledged the append: {r:?} (plan {start:?})"
+        );
+        drop((a.tx, b.tx));
+    });
+}

@@ -4,7 +4,7 @@
 
 use spool_proto::v1 as pb;
 use spool_replication::divergence::Decision;
-use spool_replication::handshake::{self, Plan, ReplicaLog, UpstreamLog};
+use spool_replication::handshake::{self, Credit, Plan, ReplicaLog, UpstreamLog};
 use spool_replication::sender::Fetch;
 use spool_storage::Log;
 use tonic::Status;
@@ -63,7 +63,7 @@ pub fn vouched(node: &Node, log: &Log, visible: &Visible) -> UpstreamLog {
 }
 
 /// The frame of `log` holding `offset`: (its first offset, its stored CRC).
-fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
+pub fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
     let chunk = log.reader().read_frames(offset, 1).ok()?;
     Some((
         chunk.first_offset,
@@ -71,13 +71,21 @@ fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
     ))
 }
 
-/// Where the replica goes on in `log`, and where a segment it holds partly received
-/// resumes (if it does).
+/// A replica's plan for one log: where it goes on, where a segment it holds partly
+/// received resumes (if it does), and what it is credited with for acks.
+#[derive(Debug)]
+pub struct Planned {
+    pub plan: Plan,
+    pub resume: Option<u64>,
+    pub credit: Credit,
+}
+
+/// Where the replica goes on in `log` (see [`Planned`]).
 pub fn plan_for(
     node: &Node,
     log: &Log,
     reported: Option<&pb::ReplicaLogState>,
-) -> Result<(Plan, Option<u64>), Status> {
+) -> Result<Planned, Status> {
     let visible = node.visible(log);
     let up = vouched(node, log, &visible);
     let replica = reported.map(replica_log);
@@ -94,7 +102,15 @@ pub fn plan_for(
     if resume.is_none() && replica.as_ref().is_some_and(|r| r.staged.is_some()) {
         tracing::warn!(log = %log.name(), "the replica's staged frames are not this log's (cut since?): sending them again");
     }
-    Ok((plan, resume))
+    let credit = plan.credit(&up, replica.as_ref(), &|o| frame_at(log, o));
+    if !credit.whole && !matches!(plan, Plan::Follow(Decision::Ahead { .. })) {
+        tracing::warn!(log = %log.name(), claimed = plan.held(), counted = credit.counted, "the replica's end could not be checked against this node's frames (no matching last frame): its acks count for nothing more in this log until it reconnects with one");
+    }
+    Ok(Planned {
+        plan,
+        resume,
+        credit,
+    })
 }
 
 /// The LogStart telling the replica its plan.

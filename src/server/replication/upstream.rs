@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use futures::Stream;
 use spool_proto::v1 as pb;
 use spool_replication::divergence::Decision;
-use spool_replication::handshake::Plan;
+use spool_replication::handshake::{Credit, Plan};
 use spool_replication::sender::Fetch;
 use spool_storage::Log;
 
-use super::plan::{plan_for, start_message};
+use super::plan::{plan_for, replica_log, start_message};
 use super::sending::{msg, LogStream, Out};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,14 +33,35 @@ pub struct ReplicationService {
     pub node: Arc<Node>,
 }
 
-/// How far each log was sent to one replica, shared by its senders and its session.
-pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, u64>>>;
+/// How far each log was sent to one replica, shared by its senders and its session: its
+/// acks count up to there, never beyond.
+pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, Sent>>>;
+
+/// How far one log was sent to a replica (or checked as held at its plan).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    pub to: u64,
+    /// Whether what it was sent continues what it was credited with: false while part of
+    /// what it claimed at hello below where sending starts is unchecked, and `to` stays.
+    pub credited: bool,
+}
+
+impl Sent {
+    /// Frames up to `to` were sent (or the replica was checked to hold them).
+    pub fn reached(&mut self, to: u64) {
+        if self.credited {
+            self.to = self.to.max(to);
+        }
+    }
+}
 
 struct Session {
     node: Arc<Node>,
     id: String,
     /// Where the replica serves (its hello's listen address).
     addr: String,
+    /// The address the stream came from (None: not known).
+    peer: Option<std::net::IpAddr>,
     /// What the replica holds of each log as its plans settled it, until the ack tracker
     /// knows the replica (see `run_session`; `tracked` once it does).
     held: Vec<(String, u64)>,
@@ -108,8 +129,9 @@ impl Session {
         // Before deciding: a cut after this is one the decision may not have seen.
         let cuts = log.reader().cut_count();
         let reported = self.hello_logs.remove(&name);
-        let (plan, resume) = plan_for(&self.node, &log, reported.as_ref())?;
-        self.hold(&name, plan.held());
+        let planned = plan_for(&self.node, &log, reported.as_ref())?;
+        let (plan, resume) = (planned.plan, planned.resume);
+        self.hold(&name, planned.credit);
         let visible = self.node.visible(&log);
         let start = start_message(&visible, &log, &plan, self.fetch);
         self.send(pb::upstream_message::Msg::Start(start)).await?;
@@ -139,28 +161,53 @@ impl Session {
                 _,
             ) => {
                 let behind = (*upstream_end, *replica_end);
+                let last = reported.as_ref().map(|r| replica_log(r).last_frame);
                 if self.node.role().is_primary() {
                     // This primary lost records the replica holds: it takes them back
                     // before it takes another write to the log.
-                    let addr = self.addr.clone();
-                    crate::server::repair::spawn_take_back(self.node.clone(), log, addr, behind);
+                    let from = self.take_back_from();
+                    crate::server::repair::spawn_take_back(self.node.clone(), log, from, behind);
                 }
-                tokio::spawn(stream.run_when_there(behind))
+                tokio::spawn(stream.run_when_there(behind, last.flatten()))
             }
             (_, Some(from)) => tokio::spawn(stream.run(from, resume)),
             (_, None) => tokio::spawn(async {}),
         })
     }
 
-    /// The replica holds `log` up to `end` once it applied its plan.
-    fn hold(&mut self, log: &str, end: u64) {
-        self.sent.lock().insert(log.to_owned(), end);
+    /// The replica holds `log` up to `credit.counted`, as far as its plan checked it.
+    fn hold(&mut self, log: &str, credit: Credit) {
+        let end = credit.counted;
+        let sent = Sent {
+            to: end,
+            credited: credit.whole,
+        };
+        self.sent.lock().insert(log.to_owned(), sent);
         self.node.replicas().set_acked(&self.id, log, end);
         if self.node.role().is_primary() {
             self.node.acks().holds(&self.id, log, end);
         }
         if !self.tracked {
             self.held.push((log.to_owned(), end));
+        }
+    }
+
+    /// Where records are taken back from this replica: with a coordinator, the address
+    /// its member record publishes; else the one its hello gives, which must be on the
+    /// host the stream came from. The peer picks neither where this node sends its
+    /// token nor whom it takes records from.
+    fn take_back_from(&self) -> crate::server::repair::PeerAddr {
+        let member = self.node.cluster_status().map(|s| {
+            let s = s.lock();
+            let m = s.members.iter().find(|m| m.node == self.id);
+            m.map(|m| m.addr.clone()).unwrap_or_default()
+        });
+        match member {
+            Some(addr) => crate::server::repair::PeerAddr { addr, host: None },
+            None => crate::server::repair::PeerAddr {
+                addr: self.addr.clone(),
+                host: self.peer,
+            },
         }
     }
 
@@ -208,7 +255,7 @@ pub fn now_us() -> u64 {
 
 async fn run_session(
     node: Arc<Node>,
-    hello: pb::ReplicaHello,
+    (hello, peer): (pb::ReplicaHello, Option<std::net::IpAddr>),
     mut inbound: Streaming<pb::ReplicaMessage>,
     out: Out,
 ) -> Result<(), Status> {
@@ -227,6 +274,7 @@ async fn run_session(
         node: node.clone(),
         id: hello.replica_id.clone(),
         addr: hello.listen_addr.clone(),
+        peer,
         held: Vec::new(),
         tracked: false,
         out: out.clone(),
@@ -337,7 +385,7 @@ impl Session {
                 }
                 self.node.replicas().heard(&self.id);
                 for mut a in acks.acks {
-                    let sent = self.sent.lock().get(&a.log).copied().unwrap_or(0);
+                    let sent = self.sent.lock().get(&a.log).map_or(0, |s| s.to);
                     if a.durable_end > sent {
                         tracing::warn!(replica = %self.id, log = %a.log, acked = a.durable_end, sent, "a replica acked past what it was sent: counted up to what was sent");
                         a.durable_end = sent;
@@ -432,6 +480,10 @@ impl pb::replication_server::Replication for ReplicationService {
         req: Request<Streaming<pb::ReplicaMessage>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         self.node.check_accepting()?;
+        let peer = req
+            .extensions()
+            .get::<crate::server::idle::ConnInfo>()
+            .map(|c| c.peer.ip().to_canonical());
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(DEAD_AFTER, inbound.next())
             .await
@@ -463,7 +515,7 @@ impl pb::replication_server::Replication for ReplicationService {
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let node = self.node.clone();
         tokio::spawn(async move {
-            if let Err(s) = run_session(node, hello, inbound, tx.clone()).await {
+            if let Err(s) = run_session(node, (hello, peer), inbound, tx.clone()).await {
                 tracing::warn!(status = %s, "replication session ended");
                 let _ = tx.send(Err(s)).await;
             }
