@@ -387,7 +387,11 @@ fn only_a_replica_with_the_replica_role_follows() {
     let p = Server::start_toml(&d.path().join("p"), &auth, &[]);
     let token_file = d.path().join("node-token");
     std::fs::write(&token_file, "spool_replica\n").unwrap();
-    let with = format!("[auth]\nnode_token_file = \"{}\"\n", token_file.display());
+    // Its replica id is its principal's name: the upstream takes no hello in another's.
+    let with = format!(
+        "[auth]\nnode_token_file = \"{}\"\n[replication]\nreplica_id = \"replica\"\n",
+        token_file.display()
+    );
     run(60, async {
         let ch = channel(&p.addr).await;
         let mut logs = pb::logs_client::LogsClient::new(ch.clone());
@@ -467,7 +471,7 @@ fn a_forged_ack_counts_only_up_to_what_was_sent() {
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = pb::ReplicaHello {
-            replica_id: "forger".into(),
+            replica_id: "replica".into(),
             ..Default::default()
         };
         tx.send(pb::ReplicaMessage {
@@ -695,5 +699,59 @@ fn forged_hello_claim(claim: u64, what: &str) {
             "claiming {what} ({claim}) acknowledged the append: {r:?} (plan {start:?})"
         );
         drop((a.tx, b.tx));
+    });
+}
+
+/// With auth on, a replica principal replicates only in its own name (or one its entry
+/// lists): it cannot attach as another replica and have its acks counted for it.
+#[test]
+fn a_replica_replicates_only_in_its_own_name() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(
+        d.path(),
+        &[
+            ("ra", "spool_ra", "roles = [\"replica\"]"),
+            (
+                "rb",
+                "spool_rb",
+                "roles = [\"replica\"]\nreplica_ids = [\"rb-old\"]",
+            ),
+        ],
+    );
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        let attach = |principal: &'static str, id: &'static str| {
+            let ch = ch.clone();
+            async move {
+                let hello = pb::ReplicaHello {
+                    replica_id: id.into(),
+                    ..Default::default()
+                };
+                let m = pb::ReplicaMessage {
+                    msg: Some(pb::replica_message::Msg::Hello(hello)),
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(m).await.unwrap();
+                let mut rep = pb::replication_client::ReplicationClient::new(ch);
+                let token = format!("spool_{principal}");
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let r = rep.replicate(with_token(stream, Some(&token))).await;
+                (r.map(|_| ()), tx)
+            }
+        };
+        for (principal, id) in [("ra", "ra"), ("rb", "rb"), ("rb", "rb-old")] {
+            let (r, _tx) = attach(principal, id).await;
+            assert!(r.is_ok(), "{principal} as {id}: {r:?}");
+        }
+        for (principal, id) in [("ra", "rb"), ("rb", "ra"), ("ra", "rb-old")] {
+            let (r, _tx) = attach(principal, id).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{principal} as {id}");
+            assert!(
+                e.message().contains(id) && !e.message().contains("spool_"),
+                "{e:?}"
+            );
+        }
     });
 }

@@ -246,7 +246,9 @@ fn replica_over_mutual_tls(cert_principals: bool) {
         end
     });
     let mut rflags = pki.serve_flags(&rcert, true);
+    // Named as its certificate is: with tokens on, the primary takes its hello only so.
     rflags.extend(["--replica-of".to_string(), p.addr.clone()]);
+    rflags.extend(["--replica-id".to_string(), "replica".into()]);
     let r = Server::start_toml(&d.path().join("r"), &config, &refs(&rflags));
     let raddr = r.addr.clone();
     run(60, async move {

@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::server::auth::{check_replica_id, Principal};
 use crate::server::node::Node;
 
 /// Messages buffered towards one replica: a slow replica holds its sender back.
@@ -484,6 +485,7 @@ impl pb::replication_server::Replication for ReplicationService {
             .extensions()
             .get::<crate::server::idle::ConnInfo>()
             .map(|c| c.peer.ip().to_canonical());
+        let principal = req.extensions().get::<Principal>().cloned();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(DEAD_AFTER, inbound.next())
             .await
@@ -500,6 +502,7 @@ impl pb::replication_server::Replication for ReplicationService {
             }
         };
         check_cluster(&self.node, &hello.cluster_id)?;
+        check_replica_id(principal.as_ref(), &hello.replica_id)?;
         check_member(&self.node, &hello.replica_id)?;
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
