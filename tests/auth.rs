@@ -755,3 +755,97 @@ fn a_replica_replicates_only_in_its_own_name() {
         }
     });
 }
+
+/// Without a coordinator, a replica principal's newer epoch fences the primary only when
+/// its hello's history began that epoch: a bare number, at hello or in acks, is refused
+/// and the primary goes on taking writes.
+#[test]
+fn a_bare_epoch_claim_fences_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        let orders = pb::CreateLogRequest {
+            name: "orders".into(),
+            ..Default::default()
+        };
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        logs.create(with_token(orders, Some("spool_admin")))
+            .await
+            .unwrap();
+        let writes = |ch: Channel| async move { call(&ch, "Append", Some("spool_writer")).await };
+        let fenced = |ch: Channel| async move {
+            let mut s = pb::status_client::StatusClient::new(ch);
+            let r = s.get(with_token(pb::StatusRequest {}, Some("spool_admin")));
+            r.await.unwrap().into_inner().fenced
+        };
+        let huge = 1u64 << 40;
+        let hello = |logs: Vec<pb::ReplicaLogState>| pb::ReplicaHello {
+            replica_id: "replica".into(),
+            node_epoch: huge,
+            logs,
+            ..Default::default()
+        };
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let first = |h| pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(h)),
+        };
+        let bare = futures::stream::iter([first(hello(vec![]))]);
+        let e = rep
+            .replicate(with_token(bare, Some("spool_replica")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!fenced(ch.clone()).await);
+        assert_eq!(writes(ch.clone()).await, Code::Ok);
+
+        // In acks, within a session begun at the node's own epoch.
+        let plain = pb::ReplicaHello {
+            node_epoch: 0,
+            ..hello(vec![])
+        };
+        let mut s = RawSession::open(&ch, "replica", plain).await;
+        s.until(|m| matches!(m, pb::upstream_message::Msg::Start(_)).then_some(()))
+            .await;
+        let acks = pb::ReplicaAcks {
+            node_epoch: huge,
+            ..Default::default()
+        };
+        s.tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Acks(acks)),
+        })
+        .await
+        .unwrap();
+        let ended = loop {
+            use tokio_stream::StreamExt;
+            match s.inbound.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        };
+        let e = ended.unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!fenced(ch.clone()).await);
+        assert_eq!(writes(ch.clone()).await, Code::Ok);
+
+        // A hello whose log began that epoch is a newer primary's word: this node stops.
+        let began = pb::ReplicaLogState {
+            name: "orders".into(),
+            last_epoch: huge,
+            epochs: vec![pb::EpochStart {
+                epoch: huge,
+                start_offset: 0,
+            }],
+            ..Default::default()
+        };
+        let backed = futures::stream::iter([first(hello(vec![began]))]);
+        let e = rep
+            .replicate(with_token(backed, Some("spool_replica")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(fenced(ch.clone()).await);
+        assert_ne!(writes(ch).await, Code::Ok);
+    });
+}

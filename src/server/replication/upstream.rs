@@ -63,6 +63,8 @@ struct Session {
     addr: String,
     /// The address the stream came from (None: not known).
     peer: Option<std::net::IpAddr>,
+    /// Whether the peer was authenticated (auth is on).
+    authenticated: bool,
     /// What the replica holds of each log as its plans settled it, until the ack tracker
     /// knows the replica (see `run_session`; `tracked` once it does).
     held: Vec<(String, u64)>,
@@ -256,7 +258,7 @@ pub fn now_us() -> u64 {
 
 async fn run_session(
     node: Arc<Node>,
-    (hello, peer): (pb::ReplicaHello, Option<std::net::IpAddr>),
+    (hello, peer, authenticated): (pb::ReplicaHello, Option<std::net::IpAddr>, bool),
     mut inbound: Streaming<pb::ReplicaMessage>,
     out: Out,
 ) -> Result<(), Status> {
@@ -276,6 +278,7 @@ async fn run_session(
         id: hello.replica_id.clone(),
         addr: hello.listen_addr.clone(),
         peer,
+        authenticated,
         held: Vec::new(),
         tracked: false,
         out: out.clone(),
@@ -375,6 +378,7 @@ impl Session {
                 let ours = self.node.role().epoch();
                 if acks.node_epoch > ours {
                     check_claimed_epoch(&self.node, acks.node_epoch)?;
+                    self.check_ack_epoch(acks.node_epoch)?;
                     // The replica follows a newer primary's epoch: its acks say nothing of
                     // this node's records, and this node no longer leads.
                     self.node.role().fence(acks.node_epoch);
@@ -410,6 +414,20 @@ impl Session {
 }
 
 impl Session {
+    /// Without a coordinator, a replica's epoch moves during a session only through this
+    /// node (it follows nothing else): with auth on, a newer epoch in its acks is refused
+    /// and ends the session rather than fencing this node.
+    fn check_ack_epoch(&self, claimed: u64) -> Result<(), Status> {
+        if self.node.cluster_status().is_some() || !self.authenticated {
+            return Ok(());
+        }
+        tracing::warn!(replica = %self.id, claimed, "a replica's acks claim a newer epoch than its session's: refused, not fenced");
+        Err(Status::permission_denied(format!(
+            "acks claim epoch {claimed}, which this session never gave: not believed without \
+             a coordinator"
+        )))
+    }
+
     /// The replicas below this one count for acks like direct ones (configured so):
     /// attached while it reports them, with the durable ends it forwards.
     fn count_cascaded(&mut self, downstream: &[pb::DownstreamReplica]) {
@@ -507,6 +525,7 @@ impl pb::replication_server::Replication for ReplicationService {
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
             check_claimed_epoch(&self.node, hello.node_epoch)?;
+            check_hello_backs_epoch(principal.is_some(), &hello)?;
             // Someone was promoted past us: we must not lead anyone, nor take writes.
             self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
@@ -517,8 +536,9 @@ impl pb::replication_server::Replication for ReplicationService {
         }
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let node = self.node.clone();
+        let from = (hello, peer, principal.is_some());
         tokio::spawn(async move {
-            if let Err(s) = run_session(node, (hello, peer), inbound, tx.clone()).await {
+            if let Err(s) = run_session(node, from, inbound, tx.clone()).await {
                 tracing::warn!(status = %s, "replication session ended");
                 let _ = tx.send(Err(s)).await;
             }
@@ -545,6 +565,31 @@ fn check_claimed_epoch(node: &Node, claimed: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Without a coordinator and with auth on, a hello's newer epoch fences this node only if
+/// its history backs it: one of its logs has that epoch begun (the promoted node's logs
+/// do, as do its replicas' once it wrote). The peer is an authenticated replica principal
+/// replicating in its own name; a bare number from it fences nothing. Without auth every
+/// peer is trusted alike (the node takes admin calls from anyone too).
+fn check_hello_backs_epoch(authenticated: bool, hello: &pb::ReplicaHello) -> Result<(), Status> {
+    let claimed = hello.node_epoch;
+    let backed = hello
+        .logs
+        .iter()
+        .any(|l| l.last_epoch == claimed || l.epochs.iter().any(|e| e.epoch == claimed));
+    if !authenticated || backed {
+        return Ok(());
+    }
+    tracing::warn!(
+        replica = %hello.replica_id,
+        claimed,
+        "a peer claims a newer epoch no log of its hello began: refused, not fenced"
+    );
+    Err(Status::permission_denied(format!(
+        "epoch {claimed} is claimed without a log that began it: this node is not fenced by \
+         a number alone (an operator fences it by stopping it, or a coordinator's epoch)"
+    )))
 }
 
 /// With a coordinator, only the cluster's members replicate: a peer whose name is not
