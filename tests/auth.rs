@@ -193,8 +193,54 @@ async fn call(ch: &Channel, rpc: &str, token: Option<&str>) -> Code {
             };
             rep.fetch_frames(with_token(r, token)).await.map(|_| ())
         }
+        "Promote" => {
+            let r = pb::PromoteRequest::default();
+            admin.promote(with_token(r, token)).await.map(|_| ())
+        }
+        "Health" => {
+            use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+            let r = HealthCheckRequest::default();
+            let mut h = HealthClient::new(ch.clone());
+            h.check(with_token(r, token)).await.map(|_| ())
+        }
+        "Reflection" => {
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            let mut c = ServerReflectionClient::new(ch.clone());
+            let reqs = futures::stream::iter(Vec::new());
+            let r = c.server_reflection_info(with_token(reqs, token)).await;
+            r.map(|_| ())
+        }
         other => panic!("no rpc {other}"),
     })
+}
+
+/// The code a segment fetch (`SPOOLSF1`, beside gRPC on the same port) gets with `token`:
+/// its refusal's words for the two auth failures, Ok for anything past them.
+async fn segment_fetch(addr: &str, token: Option<&str>) -> Code {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = pb::SegmentFetchRequest {
+        log: "orders".into(),
+        token: token.unwrap_or_default().into(),
+        ..Default::default()
+    };
+    let body = req.encode_to_vec();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"SPOOLSF1".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    tcp.write_all(&out).await.unwrap();
+    let len = tcp.read_u32_le().await.unwrap();
+    let mut reply = vec![0u8; len as usize];
+    tcp.read_exact(&mut reply).await.unwrap();
+    let error = pb::SegmentFetchReply::decode(&reply[..]).unwrap().error;
+    if error.contains("lacks the replica role") {
+        Code::PermissionDenied
+    } else if error.contains("token") {
+        Code::Unauthenticated
+    } else {
+        Code::Ok
+    }
 }
 
 /// Whether a call with this role reaches its handler (any code but the two auth ones).
@@ -212,6 +258,7 @@ fn every_rpc_needs_its_role() {
         // (rpc, roles that reach it)
         let readers: &[&str] = &["reader", "writer", "admin", "orders"];
         let admins: &[&str] = &["admin"];
+        let everyone: &[&str] = &["reader", "writer", "admin", "replica", "orders"];
         let matrix: Vec<(&str, &[&str])> = vec![
             ("Append", &["writer", "admin", "orders"]),
             ("AppendStream", &["writer", "admin", "orders"]),
@@ -232,7 +279,22 @@ fn every_rpc_needs_its_role() {
             ("Status", &["reader", "writer", "admin", "orders"]),
             ("Scrub", &["admin"]),
             ("FetchFrames", &["replica"]),
+            ("Promote", admins),
+            ("Reflection", readers),
+            ("Health", everyone),
+            ("SegmentFetch", &["replica"]),
         ];
+        let addr = node.addr.clone();
+        let call = |ch: &Channel, rpc: &str, token: Option<&str>| {
+            let (ch, rpc, token) = (ch.clone(), rpc.to_owned(), token.map(str::to_owned));
+            let addr = addr.clone();
+            async move {
+                match rpc.as_str() {
+                    "SegmentFetch" => segment_fetch(&addr, token.as_deref()).await,
+                    rpc => call(&ch, rpc, token.as_deref()).await,
+                }
+            }
+        };
         assert_eq!(call(&ch, "Create", Some("spool_admin")).await, Code::Ok);
         for (rpc, allowed) in matrix {
             for (principal, token, _) in &TOKENS[..5] {
@@ -242,6 +304,15 @@ fn every_rpc_needs_its_role() {
                 if !want {
                     assert_eq!(got, Code::PermissionDenied, "{rpc} as {principal}");
                 }
+            }
+            if rpc == "Health" {
+                // Open to anyone, for load balancers and orchestrators.
+                assert_eq!(
+                    call(&ch, rpc, None).await,
+                    Code::Ok,
+                    "{rpc} without a token"
+                );
+                continue;
             }
             assert_eq!(
                 call(&ch, rpc, None).await,
