@@ -257,7 +257,7 @@ impl PeerAddr {
     /// came from (loopback for loopback).
     async fn checked(&self) -> Result<&str> {
         if self.addr.is_empty() {
-            bail!("the replica gave no address");
+            bail!("no address is known for the replica (not a member, or none in its hello)");
         }
         let Some(host) = self.host else {
             return Ok(&self.addr);

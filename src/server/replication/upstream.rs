@@ -525,7 +525,9 @@ impl pb::replication_server::Replication for ReplicationService {
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
             check_claimed_epoch(&self.node, hello.node_epoch)?;
-            check_hello_backs_epoch(principal.is_some(), &hello)?;
+            if self.node.cluster_status().is_none() {
+                check_hello_backs_epoch(principal.is_some(), &hello)?;
+            }
             // Someone was promoted past us: we must not lead anyone, nor take writes.
             self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
