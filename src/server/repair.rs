@@ -345,3 +345,37 @@ pub async fn append_from_peer(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PeerAddr;
+
+    fn peer(addr: &str, host: Option<&str>) -> PeerAddr {
+        PeerAddr {
+            addr: addr.into(),
+            host: host.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    /// Records are taken back only from the host the replica's stream came from (or the
+    /// address the coordinator publishes for it).
+    #[tokio::test]
+    async fn records_are_taken_back_only_from_the_replicas_own_host() {
+        let from = Some("10.0.0.7");
+        assert!(peer("10.0.0.7:7070", from).checked().await.is_ok());
+        let elsewhere = peer("10.0.0.8:7070", from).checked().await.unwrap_err();
+        assert!(
+            elsewhere.to_string().contains("not the host"),
+            "{elsewhere}"
+        );
+        assert!(peer("127.0.0.1:7071", Some("127.0.0.2"))
+            .checked()
+            .await
+            .is_ok());
+        assert!(peer("", from).checked().await.is_err());
+        assert!(
+            peer("10.0.0.9:7070", None).checked().await.is_ok(),
+            "a member's"
+        );
+    }
+}
