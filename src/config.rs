@@ -154,7 +154,9 @@ pub struct Overrides {
     /// This replica counts as synchronous for `sync` acks.
     #[arg(long)]
     pub sync_replica: bool,
-    /// Name shown in the upstream's status [default: the listen address].
+    /// Name shown in the upstream's status [default: the listen address]. With auth on
+    /// the upstream, the principal of the node's token or certificate (or one of the
+    /// `replica_ids` its tokens file entry lists).
     #[arg(long, env = "SPOOL_REPLICA_ID")]
     pub replica_id: Option<String>,
     /// Delayed replica: expose only what the primary wrote at least this long ago

@@ -193,8 +193,54 @@ async fn call(ch: &Channel, rpc: &str, token: Option<&str>) -> Code {
             };
             rep.fetch_frames(with_token(r, token)).await.map(|_| ())
         }
+        "Promote" => {
+            let r = pb::PromoteRequest::default();
+            admin.promote(with_token(r, token)).await.map(|_| ())
+        }
+        "Health" => {
+            use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+            let r = HealthCheckRequest::default();
+            let mut h = HealthClient::new(ch.clone());
+            h.check(with_token(r, token)).await.map(|_| ())
+        }
+        "Reflection" => {
+            use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+            let mut c = ServerReflectionClient::new(ch.clone());
+            let reqs = futures::stream::iter(Vec::new());
+            let r = c.server_reflection_info(with_token(reqs, token)).await;
+            r.map(|_| ())
+        }
         other => panic!("no rpc {other}"),
     })
+}
+
+/// The code a segment fetch (`SPOOLSF1`, beside gRPC on the same port) gets with `token`:
+/// its refusal's words for the two auth failures, Ok for anything past them.
+async fn segment_fetch(addr: &str, token: Option<&str>) -> Code {
+    use prost::Message;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = pb::SegmentFetchRequest {
+        log: "orders".into(),
+        token: token.unwrap_or_default().into(),
+        ..Default::default()
+    };
+    let body = req.encode_to_vec();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut out = b"SPOOLSF1".to_vec();
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    tcp.write_all(&out).await.unwrap();
+    let len = tcp.read_u32_le().await.unwrap();
+    let mut reply = vec![0u8; len as usize];
+    tcp.read_exact(&mut reply).await.unwrap();
+    let error = pb::SegmentFetchReply::decode(&reply[..]).unwrap().error;
+    if error.contains("lacks the replica role") {
+        Code::PermissionDenied
+    } else if error.contains("token") {
+        Code::Unauthenticated
+    } else {
+        Code::Ok
+    }
 }
 
 /// Whether a call with this role reaches its handler (any code but the two auth ones).
@@ -212,6 +258,7 @@ fn every_rpc_needs_its_role() {
         // (rpc, roles that reach it)
         let readers: &[&str] = &["reader", "writer", "admin", "orders"];
         let admins: &[&str] = &["admin"];
+        let everyone: &[&str] = &["reader", "writer", "admin", "replica", "orders"];
         let matrix: Vec<(&str, &[&str])> = vec![
             ("Append", &["writer", "admin", "orders"]),
             ("AppendStream", &["writer", "admin", "orders"]),
@@ -232,7 +279,22 @@ fn every_rpc_needs_its_role() {
             ("Status", &["reader", "writer", "admin", "orders"]),
             ("Scrub", &["admin"]),
             ("FetchFrames", &["replica"]),
+            ("Promote", admins),
+            ("Reflection", readers),
+            ("Health", everyone),
+            ("SegmentFetch", &["replica"]),
         ];
+        let addr = node.addr.clone();
+        let call = |ch: &Channel, rpc: &str, token: Option<&str>| {
+            let (ch, rpc, token) = (ch.clone(), rpc.to_owned(), token.map(str::to_owned));
+            let addr = addr.clone();
+            async move {
+                match rpc.as_str() {
+                    "SegmentFetch" => segment_fetch(&addr, token.as_deref()).await,
+                    rpc => call(&ch, rpc, token.as_deref()).await,
+                }
+            }
+        };
         assert_eq!(call(&ch, "Create", Some("spool_admin")).await, Code::Ok);
         for (rpc, allowed) in matrix {
             for (principal, token, _) in &TOKENS[..5] {
@@ -242,6 +304,15 @@ fn every_rpc_needs_its_role() {
                 if !want {
                     assert_eq!(got, Code::PermissionDenied, "{rpc} as {principal}");
                 }
+            }
+            if rpc == "Health" {
+                // Open to anyone, for load balancers and orchestrators.
+                assert_eq!(
+                    call(&ch, rpc, None).await,
+                    Code::Ok,
+                    "{rpc} without a token"
+                );
+                continue;
             }
             assert_eq!(
                 call(&ch, rpc, None).await,
@@ -387,7 +458,11 @@ fn only_a_replica_with_the_replica_role_follows() {
     let p = Server::start_toml(&d.path().join("p"), &auth, &[]);
     let token_file = d.path().join("node-token");
     std::fs::write(&token_file, "spool_replica\n").unwrap();
-    let with = format!("[auth]\nnode_token_file = \"{}\"\n", token_file.display());
+    // Its replica id is its principal's name: the upstream takes no hello in another's.
+    let with = format!(
+        "[auth]\nnode_token_file = \"{}\"\n[replication]\nreplica_id = \"replica\"\n",
+        token_file.display()
+    );
     run(60, async {
         let ch = channel(&p.addr).await;
         let mut logs = pb::logs_client::LogsClient::new(ch.clone());
@@ -467,7 +542,7 @@ fn a_forged_ack_counts_only_up_to_what_was_sent() {
             .unwrap();
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let hello = pb::ReplicaHello {
-            replica_id: "forger".into(),
+            replica_id: "replica".into(),
             ..Default::default()
         };
         tx.send(pb::ReplicaMessage {
@@ -563,4 +638,285 @@ fn the_cli_sends_its_token() {
         err.contains("PermissionDenied") && err.contains("write"),
         "{err}"
     );
+}
+
+/// A raw replication session as `principal` (its token `spool_<principal>`), with the
+/// first message `hello`: what the upstream sends on it, and where to send more.
+struct RawSession {
+    tx: tokio::sync::mpsc::Sender<pb::ReplicaMessage>,
+    inbound: tonic::Streaming<pb::UpstreamMessage>,
+}
+
+impl RawSession {
+    async fn open(ch: &Channel, principal: &str, hello: pb::ReplicaHello) -> RawSession {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let token = format!("spool_{principal}");
+        let inbound = rep
+            .replicate(with_token(stream, Some(&token)))
+            .await
+            .unwrap()
+            .into_inner();
+        RawSession { tx, inbound }
+    }
+
+    /// The next message matching `pick`, skipping others.
+    async fn until<T>(&mut self, pick: impl Fn(pb::upstream_message::Msg) -> Option<T>) -> T {
+        use tokio_stream::StreamExt;
+        while let Some(m) = self.inbound.next().await {
+            if let Some(t) = m.unwrap().msg.and_then(&pick) {
+                return t;
+            }
+        }
+        panic!("the upstream ended the stream");
+    }
+}
+
+/// A replica's claim at its hello that cannot be checked (records past the primary's end,
+/// or an end without its last frame) never acknowledges an append: a semi-sync append
+/// already durable on the primary and waiting for a replica times out instead of being
+/// reported replicated by a peer that was never sent it.
+#[test]
+fn an_unchecked_claim_at_hello_acknowledges_nothing() {
+    for (claim, want) in [(4u64, "the exact end"), (1 << 40, "ahead")] {
+        forged_hello_claim(claim, want);
+    }
+}
+
+fn forged_hello_claim(claim: u64, what: &str) {
+    let d = tempfile::tempdir().unwrap();
+    let mut tokens: Vec<(&str, &str, &str)> = TOKENS[..3].to_vec();
+    tokens.extend([
+        ("ra", "spool_ra", "roles = [\"replica\"]"),
+        ("rb", "spool_rb", "roles = [\"replica\"]"),
+    ]);
+    let tokens = tokens_file(d.path(), &tokens);
+    let cfg = format!("[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 3000\n");
+    let p = Server::start_toml(&d.path().join("p"), &cfg, &[]);
+    run(60, async {
+        let ch = channel(&p.addr).await;
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        let c = pb::CreateLogRequest {
+            name: "l".into(),
+            ..Default::default()
+        };
+        logs.create(with_token(c, Some("spool_admin")))
+            .await
+            .unwrap();
+        let mut log = pb::log_client::LogClient::new(ch.clone());
+        let three = pb::AppendRequest {
+            log: "l".into(),
+            records: vec!["a".into(), "b".into(), "c".into()],
+            ..Default::default()
+        };
+        log.append(with_token(three, Some("spool_writer")))
+            .await
+            .unwrap();
+        // "ra" is attached and counts, but acks nothing: the append below waits for it.
+        let hello = |id: &str| pb::ReplicaHello {
+            replica_id: id.into(),
+            ..Default::default()
+        };
+        let mut a = RawSession::open(&ch, "ra", hello("ra")).await;
+        let epoch = a
+            .until(|m| match m {
+                pb::upstream_message::Msg::Hello(h) => Some(h.node_epoch),
+                _ => None,
+            })
+            .await;
+        let mut w = log.clone();
+        let append = tokio::spawn(async move {
+            let r = common::semi_sync("l", "needs a real replica", 1);
+            w.append(with_token(r, Some("spool_writer"))).await
+        });
+        a.until(|m| match m {
+            pb::upstream_message::Msg::Frames(f) if f.next_offset >= 4 => Some(()),
+            _ => None,
+        })
+        .await;
+        // Durable on the primary at 3, waiting: "rb" claims to hold it (and more).
+        let forged = pb::ReplicaLogState {
+            name: "l".into(),
+            last_epoch: epoch,
+            epochs: vec![pb::EpochStart {
+                epoch,
+                start_offset: 0,
+            }],
+            end_offset: claim,
+            ..Default::default()
+        };
+        let b_hello = pb::ReplicaHello {
+            logs: vec![forged],
+            node_epoch: epoch,
+            ..hello("rb")
+        };
+        let mut b = RawSession::open(&ch, "rb", b_hello).await;
+        let start = b
+            .until(|m| match m {
+                pb::upstream_message::Msg::Start(s) if s.name == "l" => Some(s),
+                _ => None,
+            })
+            .await;
+        let r = append.await.unwrap();
+        assert_eq!(
+            r.as_ref().err().map(|s| s.code()),
+            Some(Code::DeadlineExceeded),
+            "claiming {what} ({claim}) acknowledged the append: {r:?} (plan {start:?})"
+        );
+        drop((a.tx, b.tx));
+    });
+}
+
+/// With auth on, a replica principal replicates only in its own name (or one its entry
+/// lists): it cannot attach as another replica and have its acks counted for it.
+#[test]
+fn a_replica_replicates_only_in_its_own_name() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(
+        d.path(),
+        &[
+            ("ra", "spool_ra", "roles = [\"replica\"]"),
+            (
+                "rb",
+                "spool_rb",
+                "roles = [\"replica\"]\nreplica_ids = [\"rb-old\"]",
+            ),
+        ],
+    );
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        let attach = |principal: &'static str, id: &'static str| {
+            let ch = ch.clone();
+            async move {
+                let hello = pb::ReplicaHello {
+                    replica_id: id.into(),
+                    ..Default::default()
+                };
+                let m = pb::ReplicaMessage {
+                    msg: Some(pb::replica_message::Msg::Hello(hello)),
+                };
+                let (tx, rx) = tokio::sync::mpsc::channel(1);
+                tx.send(m).await.unwrap();
+                let mut rep = pb::replication_client::ReplicationClient::new(ch);
+                let token = format!("spool_{principal}");
+                let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+                let r = rep.replicate(with_token(stream, Some(&token))).await;
+                (r.map(|_| ()), tx)
+            }
+        };
+        for (principal, id) in [("ra", "ra"), ("rb", "rb"), ("rb", "rb-old")] {
+            let (r, _tx) = attach(principal, id).await;
+            assert!(r.is_ok(), "{principal} as {id}: {r:?}");
+        }
+        for (principal, id) in [("ra", "rb"), ("rb", "ra"), ("ra", "rb-old")] {
+            let (r, _tx) = attach(principal, id).await;
+            let e = r.unwrap_err();
+            assert_eq!(e.code(), Code::PermissionDenied, "{principal} as {id}");
+            assert!(
+                e.message().contains(id) && !e.message().contains("spool_"),
+                "{e:?}"
+            );
+        }
+    });
+}
+
+/// Without a coordinator, a replica principal's newer epoch fences the primary only when
+/// its hello's history began that epoch: a bare number, at hello or in acks, is refused
+/// and the primary goes on taking writes.
+#[test]
+fn a_bare_epoch_claim_fences_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let tokens = tokens_file(d.path(), &TOKENS);
+    let node = Server::start(&d.path().join("n"), &["--tokens-file", &tokens]);
+    run(60, async {
+        let ch = channel(&node.addr).await;
+        let orders = pb::CreateLogRequest {
+            name: "orders".into(),
+            ..Default::default()
+        };
+        let mut logs = pb::logs_client::LogsClient::new(ch.clone());
+        logs.create(with_token(orders, Some("spool_admin")))
+            .await
+            .unwrap();
+        let writes = |ch: Channel| async move { call(&ch, "Append", Some("spool_writer")).await };
+        let fenced = |ch: Channel| async move {
+            let mut s = pb::status_client::StatusClient::new(ch);
+            let r = s.get(with_token(pb::StatusRequest {}, Some("spool_admin")));
+            r.await.unwrap().into_inner().fenced
+        };
+        let huge = 1u64 << 40;
+        let hello = |logs: Vec<pb::ReplicaLogState>| pb::ReplicaHello {
+            replica_id: "replica".into(),
+            node_epoch: huge,
+            logs,
+            ..Default::default()
+        };
+        let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+        let first = |h| pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Hello(h)),
+        };
+        let bare = futures::stream::iter([first(hello(vec![]))]);
+        let e = rep
+            .replicate(with_token(bare, Some("spool_replica")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!fenced(ch.clone()).await);
+        assert_eq!(writes(ch.clone()).await, Code::Ok);
+
+        // In acks, within a session begun at the node's own epoch.
+        let plain = pb::ReplicaHello {
+            node_epoch: 0,
+            ..hello(vec![])
+        };
+        let mut s = RawSession::open(&ch, "replica", plain).await;
+        s.until(|m| matches!(m, pb::upstream_message::Msg::Start(_)).then_some(()))
+            .await;
+        let acks = pb::ReplicaAcks {
+            node_epoch: huge,
+            ..Default::default()
+        };
+        s.tx.send(pb::ReplicaMessage {
+            msg: Some(pb::replica_message::Msg::Acks(acks)),
+        })
+        .await
+        .unwrap();
+        let ended = loop {
+            use tokio_stream::StreamExt;
+            match s.inbound.next().await {
+                Some(Ok(_)) => continue,
+                other => break other,
+            }
+        };
+        let e = ended.unwrap().unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+        assert!(!fenced(ch.clone()).await);
+        assert_eq!(writes(ch.clone()).await, Code::Ok);
+
+        // A hello whose log began that epoch is a newer primary's word: this node stops.
+        let began = pb::ReplicaLogState {
+            name: "orders".into(),
+            last_epoch: huge,
+            epochs: vec![pb::EpochStart {
+                epoch: huge,
+                start_offset: 0,
+            }],
+            ..Default::default()
+        };
+        let backed = futures::stream::iter([first(hello(vec![began]))]);
+        let e = rep
+            .replicate(with_token(backed, Some("spool_replica")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::FailedPrecondition, "{e:?}");
+        assert!(fenced(ch.clone()).await);
+        assert_ne!(writes(ch).await, Code::Ok);
+    });
 }

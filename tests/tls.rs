@@ -246,7 +246,9 @@ fn replica_over_mutual_tls(cert_principals: bool) {
         end
     });
     let mut rflags = pki.serve_flags(&rcert, true);
+    // Named as its certificate is: with tokens on, the primary takes its hello only so.
     rflags.extend(["--replica-of".to_string(), p.addr.clone()]);
+    rflags.extend(["--replica-id".to_string(), "replica".into()]);
     let r = Server::start_toml(&d.path().join("r"), &config, &refs(&rflags));
     let raddr = r.addr.clone();
     run(60, async move {
@@ -283,6 +285,45 @@ fn replace(from: &Path, to: &Path) {
     let tmp = to.with_extension("new");
     std::fs::copy(from, &tmp).unwrap();
     std::fs::rename(&tmp, to).unwrap();
+}
+
+/// Replacing the files is enough: no SIGHUP, new connections see the new certificate and
+/// a client connected before goes on.
+#[test]
+fn a_certificate_reloads_when_its_files_change() {
+    let d = tempfile::tempdir().unwrap();
+    let pki = Pki::new(&d.path().join("pki"), "test CA");
+    let (old, new) = (pki.issue("node-old"), pki.issue("node-new"));
+    let live = IssuedFiles {
+        cert: d.path().join("live.pem"),
+        key: d.path().join("live.key"),
+    };
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let s = Server::start(&d.path().join("n"), &refs(&pki.serve_flags(&live, false)));
+    let tls = pki.client(None);
+    let (addr, new_der) = (s.addr.clone(), pem_der(&new.cert));
+    run(60, async move {
+        let c = tls_client(&addr, &tls).await.unwrap();
+        c.create_log("r", None).await.unwrap();
+        assert_eq!(served_cert(&addr, &tls).await, pem_der(&old.cert));
+        replace(&new.key, &live.key);
+        replace(&new.cert, &live.cert);
+        wait_until(
+            "new connections see the new certificate",
+            Duration::from_secs(15),
+            || {
+                let (addr, tls, new_der) = (addr.clone(), tls.clone(), new_der.clone());
+                async move { (served_cert(&addr, &tls).await == new_der).then_some(()) }
+            },
+        )
+        .await;
+        let r = c
+            .append("r", vec![Bytes::from("after")], AckMode::Async)
+            .await;
+        assert!(r.is_ok(), "the client connected before: {r:?}");
+    });
+    s.stop();
 }
 
 #[test]

@@ -129,6 +129,70 @@ pub fn own_records_from(up: &UpstreamLog, r: &ReplicaLog) -> Option<u64> {
     (from < r.end).then_some(from)
 }
 
+/// What a replica is credited with in one log for acks once it carried out its plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Credit {
+    /// It counts as holding the log up to here at once.
+    pub counted: u64,
+    /// Whether that covers everything below where frames for it start: if not, what it
+    /// claims there was never checked, and an ack past it would vouch for records it was
+    /// never sent, so its acks count for no more than `counted` until it is checked.
+    pub whole: bool,
+}
+
+impl Plan {
+    /// What the replica is credited with at once (see [`Credit`]): what it holds after the
+    /// plan, where this upstream checked it. A claim is checked where it covers no record
+    /// of the upstream's current epoch (older epochs' records wait for no ack; the
+    /// histories say they are the same), or where the replica's last frame is this node's
+    /// frame just below the claimed end (it proves it holds those bytes). Records past this
+    /// node's end (`Ahead`) cannot be checked until this node holds them: a peer's word
+    /// alone never acknowledges a write.
+    pub fn credit(
+        &self,
+        up: &UpstreamLog,
+        replica: Option<&ReplicaLog>,
+        frame_at: FrameAt<'_>,
+    ) -> Credit {
+        let current = up.epochs.last().map_or(0, |&(_, s)| s).max(up.start);
+        let checked = |end: u64| end <= current || proves(replica, end, frame_at);
+        match *self {
+            Plan::Follow(Decision::Continue { from: end })
+            | Plan::Follow(Decision::TruncateThenContinue { to: end })
+                if checked(end) =>
+            {
+                Credit::whole(end)
+            }
+            // It holds nothing: nothing of the log below `from` waits on it.
+            Plan::Follow(Decision::FullSync { from }) | Plan::Recreate { from } => {
+                Credit::whole(from)
+            }
+            Plan::Diverged { .. } => Credit::whole(0),
+            _ => Credit {
+                counted: up.start.min(self.held()),
+                whole: false,
+            },
+        }
+    }
+}
+
+impl Credit {
+    fn whole(counted: u64) -> Credit {
+        Credit {
+            counted,
+            whole: true,
+        }
+    }
+}
+
+/// Whether the replica's last frame is the frame this upstream holds just below `end`.
+pub fn proves(replica: Option<&ReplicaLog>, end: u64, frame_at: FrameAt<'_>) -> bool {
+    let Some(last) = replica.and_then(|r| r.last_frame) else {
+        return false;
+    };
+    end > 0 && frame_at(end - 1) == Some(last)
+}
+
 /// The frame the upstream holds that covers an offset: (its first offset, its CRC), if it
 /// can say (a damaged frame cannot be compared).
 pub type FrameAt<'a> = &'a dyn Fn(u64) -> Option<(u64, u32)>;
@@ -316,6 +380,40 @@ mod tests {
         assert_eq!(p.held(), 10);
         assert_eq!(p.continue_from(), Some(10));
         assert!(p.blocked_reason().starts_with("ahead"));
+    }
+
+    #[test]
+    fn only_a_checked_claim_is_credited() {
+        let same = |at: u64| Some((at, 0xabcd));
+        let r = replica(10);
+        let p = plan(&up(20), Some(&r), &same).unwrap();
+        let whole = Credit {
+            counted: 10,
+            whole: true,
+        };
+        assert_eq!(p.credit(&up(20), Some(&r), &same), whole);
+        // The same end without its last frame, or a last frame that is not this node's
+        // frame just below the end: nothing of the current epoch is credited.
+        let unchecked = Credit {
+            counted: 0,
+            whole: false,
+        };
+        let mut bare = replica(10);
+        bare.last_frame = None;
+        let p = plan(&up(20), Some(&bare), &same).unwrap();
+        assert_eq!(p, Plan::Follow(Decision::Continue { from: 10 }));
+        assert_eq!(p.credit(&up(20), Some(&bare), &same), unchecked);
+        let mut early = replica(10);
+        early.last_frame = Some((3, 0xabcd));
+        assert_eq!(p.credit(&up(20), Some(&early), &same), unchecked);
+        // Past this node's end nothing can be checked yet.
+        let ahead = plan(&up(5), Some(&r), &no_frames).unwrap();
+        assert_eq!(ahead.credit(&up(5), Some(&r), &no_frames), unchecked);
+        // Records of an older epoch than the upstream's current one need no proof.
+        let mut newer = up(20);
+        newer.epochs.push((2, 12));
+        let p = plan(&newer, Some(&bare), &same).unwrap();
+        assert_eq!(p.credit(&newer, Some(&bare), &same), whole);
     }
 
     /// Found by the simulation (seed 8): a promoted node that lost the unsynced tail where

@@ -95,6 +95,13 @@ pub fn token(cmd: TokenCommand) -> Result<()> {
     let token = tokens::new_token();
     let roles: Vec<&str> = role.iter().map(|r| r.name()).collect();
     println!("token (give it to {principal}; it is not stored anywhere): {token}");
+    if role.contains(&spool::server::auth::Role::Replica) {
+        // With auth on, an upstream takes a hello only in the principal's name.
+        println!(
+            "the node holding it replicates as replica_id {principal:?} (its node_name with \
+             --cluster; other ids go under replica_ids in the entry)"
+        );
+    }
     println!("\n# add to the tokens file:\n[[token]]");
     println!("principal = {principal:?}");
     println!("sha256 = {:?}", tokens::hex(&tokens::hash(&token)));

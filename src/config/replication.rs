@@ -18,7 +18,8 @@ pub struct ReplicationConfig {
     pub replica_of: Option<String>,
     /// This replica counts as synchronous for `sync` acks.
     pub sync_replica: bool,
-    /// Name in the upstream's status [default: this node's listen address].
+    /// Name in the upstream's status [default: this node's listen address]; with auth on
+    /// the upstream, its principal (or one of its entry's `replica_ids`).
     pub replica_id: Option<String>,
     /// How long semi-sync/sync appends wait for replicas (`ack_timeout_ms`).
     #[serde(rename = "ack_timeout_ms", deserialize_with = "millis")]

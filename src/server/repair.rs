@@ -243,16 +243,55 @@ pub fn spawn_auto_repair(node: Arc<Node>) {
     });
 }
 
-/// This primary's log ends at `from` but the replica at `addr` holds it up to `to` in the
+/// Where a replica is reached to take records back from it.
+#[derive(Debug, Clone)]
+pub struct PeerAddr {
+    pub addr: String,
+    /// The host its replication stream came from, which `addr` must name (None: `addr`
+    /// is known otherwise, from the coordinator).
+    pub host: Option<std::net::IpAddr>,
+}
+
+impl PeerAddr {
+    /// `addr`, once it is known to be the replica's own: it names the host the stream
+    /// came from (loopback for loopback).
+    async fn checked(&self) -> Result<&str> {
+        if self.addr.is_empty() {
+            bail!("no address is known for the replica (not a member, or none in its hello)");
+        }
+        let Some(host) = self.host else {
+            return Ok(&self.addr);
+        };
+        let same = |ip: std::net::IpAddr| {
+            let ip = ip.to_canonical();
+            ip == host || (ip.is_loopback() && host.is_loopback())
+        };
+        let found = tokio::net::lookup_host(self.addr.as_str()).await;
+        if !found.is_ok_and(|mut ips| ips.any(|a| same(a.ip()))) {
+            bail!(
+                "the replica's address {} is not the host its stream came from ({host}): not \
+                 taken back from there",
+                self.addr
+            );
+        }
+        Ok(&self.addr)
+    }
+}
+
+/// This primary's log ends at `from` but the replica at `peer` holds it up to `to` in the
 /// log's current epoch: take those records back (as frames from the replica, checked and
 /// appended unchanged, or put back over a damaged end) before the log takes another write.
-pub fn spawn_take_back(node: Arc<Node>, log: Log, addr: String, (from, to): (u64, u64)) {
+pub fn spawn_take_back(node: Arc<Node>, log: Log, peer: PeerAddr, (from, to): (u64, u64)) {
     if !node.begin_take_back(log.name()) {
         return;
     }
     tokio::spawn(async move {
+        let addr = peer.addr.clone();
         tracing::warn!(log = %log.name(), from, to, replica = %addr, "this primary lost records a replica holds: taking them back before the next write");
-        let result = take_back(&node, &log, &addr, from, to).await;
+        let result = match peer.checked().await {
+            Ok(addr) => take_back(&node, &log, addr, from, to).await,
+            Err(e) => Err(e),
+        };
         match &result {
             Ok(()) => {
                 tracing::warn!(log = %log.name(), from, to, replica = %addr, "records taken back from the replica")
@@ -305,4 +344,38 @@ pub async fn append_from_peer(
         at = log.append_frames(r.frames).await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PeerAddr;
+
+    fn peer(addr: &str, host: Option<&str>) -> PeerAddr {
+        PeerAddr {
+            addr: addr.into(),
+            host: host.map(|h| h.parse().unwrap()),
+        }
+    }
+
+    /// Records are taken back only from the host the replica's stream came from (or the
+    /// address the coordinator publishes for it).
+    #[tokio::test]
+    async fn records_are_taken_back_only_from_the_replicas_own_host() {
+        let from = Some("10.0.0.7");
+        assert!(peer("10.0.0.7:7070", from).checked().await.is_ok());
+        let elsewhere = peer("10.0.0.8:7070", from).checked().await.unwrap_err();
+        assert!(
+            elsewhere.to_string().contains("not the host"),
+            "{elsewhere}"
+        );
+        assert!(peer("127.0.0.1:7071", Some("127.0.0.2"))
+            .checked()
+            .await
+            .is_ok());
+        assert!(peer("", from).checked().await.is_err());
+        assert!(
+            peer("10.0.0.9:7070", None).checked().await.is_ok(),
+            "a member's"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 
-use spool_replication::handshake::Plan;
+use spool_replication::handshake::{Credit, Plan};
 use spool_replication::sender::Sender;
 use spool_replication::session::ReplicaSession;
 
@@ -62,6 +62,11 @@ pub struct Session {
     pub replica: ReplicaSession,
     /// The highest ack the upstream took in this session.
     pub last_ack: u64,
+    /// What the replica's plan credited it with (`Plan::credit`): while not whole, its
+    /// acks count for no more than that, as on the server.
+    pub credit: Credit,
+    /// The replica's last frame at hello, checked when an `Ahead` wait ends.
+    pub last_frame: Option<(u64, u32)>,
 }
 
 /// Messages a session buffers towards a replica: a slow one holds its sender back.

@@ -79,7 +79,8 @@ impl World {
         };
         let counts = self.nodes[u].is_primary() && n.delay.is_none();
         let (name, incarnation) = (n.name, ulog.incarnation);
-        let held = plan.held();
+        let credit = plan.credit(&up, Some(&hello), &frame_at);
+        let held = credit.counted;
         let un = self.nodes[u].name;
         self.note(format!(
             "{name} follows {un}: {plan:?} (hello {hello:?}, upstream {up:?})"
@@ -102,6 +103,8 @@ impl World {
             vouched: visible,
             replica: ReplicaSession::new(self.nodes[u].epoch),
             last_ack: 0,
+            credit,
+            last_frame: hello.last_frame,
         };
         s.send_down(at, Down::Start(plan.clone(), incarnation));
         self.sessions.push(s);
@@ -179,7 +182,12 @@ impl World {
             sealed: f,
             active: f,
         };
-        self.sessions[sid].stream = Stream::Sending(Sender::new(re, None, fetch));
+        // Credited once its last frame is this node's at its end (`check_ahead`).
+        let ulog = &self.nodes[s.up].log;
+        let ours = ulog.get(re - 1).map(|r| (re - 1, crc(r)));
+        let s = &mut self.sessions[sid];
+        s.credit.whole |= s.last_frame.is_some() && ours == s.last_frame;
+        s.stream = Stream::Sending(Sender::new(re, None, fetch));
     }
 
     fn send_step(&mut self, sid: usize, held_back: bool) {
@@ -249,6 +257,11 @@ impl World {
             s.last_ack
         );
         s.last_ack = end;
+        let end = if s.credit.whole {
+            end
+        } else {
+            end.min(s.credit.counted)
+        };
         let name = self.nodes[x].name;
         self.note(format!("{name} acks {end}"));
         if let Some(t) = self.nodes[u].tracker.as_mut() {

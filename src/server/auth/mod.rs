@@ -61,11 +61,19 @@ pub struct Principal {
     pub roles: Vec<Role>,
     /// Read and write only logs starting with one of these (empty: every log).
     pub logs: Vec<String>,
+    /// Replica ids it may replicate as besides its own name (a tokens file's
+    /// `replica_ids`).
+    pub replica_ids: Vec<String>,
 }
 
 impl Principal {
     pub fn has(&self, needed: Role) -> bool {
         self.roles.iter().any(|r| r.grants(needed))
+    }
+
+    /// Whether it may replicate as `replica_id`: its own name or one listed for it.
+    pub fn may_replicate_as(&self, replica_id: &str) -> bool {
+        self.name == replica_id || self.replica_ids.iter().any(|r| r == replica_id)
     }
 
     fn may_touch(&self, log: &str) -> bool {
@@ -209,6 +217,25 @@ pub fn check_log<T>(req: &tonic::Request<T>, log: &str) -> Result<(), Status> {
     check_log_of(req.extensions().get::<Principal>(), log)
 }
 
+/// With auth on, a Replicate hello names the principal itself (or a replica id its tokens
+/// file entry lists): its acks count for that replica, so no peer acks in another's name.
+pub fn check_replica_id(principal: Option<&Principal>, replica_id: &str) -> Result<(), Status> {
+    match principal {
+        Some(p) if !p.may_replicate_as(replica_id) => Err(Status::permission_denied(format!(
+            "{} may replicate only as {:?}{}, not as replica {replica_id:?} (set the \
+             replica's replica_id, or list it under replica_ids in the tokens file)",
+            p.name,
+            p.name,
+            if p.replica_ids.is_empty() {
+                String::new()
+            } else {
+                format!(" or {:?}", p.replica_ids)
+            }
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// As [`check_log`], for the principal of a stream's call.
 pub fn check_log_of(principal: Option<&Principal>, log: &str) -> Result<(), Status> {
     match principal {
@@ -230,6 +257,7 @@ mod tests {
             name: "p".into(),
             roles: vec![r],
             logs: vec![],
+            replica_ids: vec![],
         };
         assert!(p(Role::Admin).has(Role::Read) && p(Role::Admin).has(Role::Write));
         assert!(p(Role::Write).has(Role::Read) && !p(Role::Write).has(Role::Admin));
@@ -243,7 +271,24 @@ mod tests {
             name: "p".into(),
             roles: vec![Role::Write],
             logs: vec!["orders".into()],
+            replica_ids: vec![],
         };
         assert!(p.may_touch("orders-eu") && !p.may_touch("payments"));
+    }
+
+    #[test]
+    fn a_replica_principal_replicates_only_as_itself_or_its_listed_ids() {
+        let p = Principal {
+            name: "host1".into(),
+            roles: vec![Role::Replica],
+            logs: vec![],
+            replica_ids: vec!["10.0.0.1:7070".into()],
+        };
+        assert!(check_replica_id(Some(&p), "host1").is_ok());
+        assert!(check_replica_id(Some(&p), "10.0.0.1:7070").is_ok());
+        let e = check_replica_id(Some(&p), "host2").unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied);
+        assert!(e.message().contains("host2"), "{e:?}");
+        assert!(check_replica_id(None, "anyone").is_ok(), "auth off");
     }
 }

@@ -8,6 +8,8 @@
 //! roles = ["write"]             # read, write, admin, replica
 //! logs = ["orders"]             # optional: read/write only logs starting with these
 //! expires_unix_s = 1830297600   # optional
+//! replica_ids = ["10.0.0.1:7070"] # optional, role replica: ids it may replicate as
+//!                               # besides its principal
 //!
 //! [[cert]]                      # a client certificate (mutual TLS) instead of a token
 //! name = "orders-service"       # its subject CN, or a DNS/URI subject alternative name
@@ -43,6 +45,8 @@ struct CertEntry {
     roles: Vec<Role>,
     #[serde(default)]
     logs: Vec<String>,
+    #[serde(default)]
+    replica_ids: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +58,8 @@ struct Entry {
     #[serde(default)]
     logs: Vec<String>,
     expires_unix_s: Option<u64>,
+    #[serde(default)]
+    replica_ids: Vec<String>,
 }
 
 /// The loaded tokens.
@@ -110,6 +116,7 @@ impl Tokens {
                 name: e.principal,
                 roles: e.roles,
                 logs: e.logs,
+                replica_ids: e.replica_ids,
             };
             entries.push((h, p, e.expires_unix_s));
         }
@@ -121,6 +128,7 @@ impl Tokens {
                     name: c.name.clone(),
                     roles: c.roles,
                     logs: c.logs,
+                    replica_ids: c.replica_ids,
                 };
                 (c.name, p)
             })

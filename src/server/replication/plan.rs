@@ -4,7 +4,7 @@
 
 use spool_proto::v1 as pb;
 use spool_replication::divergence::Decision;
-use spool_replication::handshake::{self, Plan, ReplicaLog, UpstreamLog};
+use spool_replication::handshake::{self, Credit, Plan, ReplicaLog, UpstreamLog};
 use spool_replication::sender::Fetch;
 use spool_storage::Log;
 use tonic::Status;
@@ -63,7 +63,7 @@ pub fn vouched(node: &Node, log: &Log, visible: &Visible) -> UpstreamLog {
 }
 
 /// The frame of `log` holding `offset`: (its first offset, its stored CRC).
-fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
+pub fn frame_at(log: &Log, offset: u64) -> Option<(u64, u32)> {
     let chunk = log.reader().read_frames(offset, 1).ok()?;
     Some((
         chunk.first_offset,
@@ -77,11 +77,13 @@ pub struct Planned {
     pub plan: Plan,
     /// Where a segment the replica holds partly received resumes (if it does).
     pub resume: Option<u64>,
+    /// What it is credited with for acks.
+    pub credit: Credit,
     /// A full sync: where the records the replica drops stop being this node's too.
     pub own_records_from: Option<u64>,
 }
 
-/// Where the replica goes on in `log`, from what it reported.
+/// Where the replica goes on in `log` (see [`Planned`]).
 pub fn plan_for(
     node: &Node,
     log: &Log,
@@ -103,6 +105,10 @@ pub fn plan_for(
     if resume.is_none() && replica.as_ref().is_some_and(|r| r.staged.is_some()) {
         tracing::warn!(log = %log.name(), "the replica's staged frames are not this log's (cut since?): sending them again");
     }
+    let credit = plan.credit(&up, replica.as_ref(), &|o| frame_at(log, o));
+    if !credit.whole && !matches!(plan, Plan::Follow(Decision::Ahead { .. })) {
+        tracing::warn!(log = %log.name(), claimed = plan.held(), counted = credit.counted, "the replica's end could not be checked against this node's frames (no matching last frame): its acks count for nothing more in this log until it reconnects with one");
+    }
     let own_records_from = match (&plan, &replica) {
         (Plan::Follow(Decision::FullSync { .. }), Some(r)) => handshake::own_records_from(&up, r),
         _ => None,
@@ -110,6 +116,7 @@ pub fn plan_for(
     Ok(Planned {
         plan,
         resume,
+        credit,
         own_records_from,
     })
 }

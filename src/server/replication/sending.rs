@@ -118,8 +118,9 @@ impl LogStream {
 
     fn record_sent(&self, to: u64) {
         let mut sent = self.sent.lock();
-        let at = sent.entry(self.log.name().to_owned()).or_insert(0);
-        *at = (*at).max(to);
+        sent.entry(self.log.name().to_owned())
+            .or_default()
+            .reached(to);
     }
 
     /// Wait until the log holds `from`. False when the stream must end: the log was cut
@@ -246,7 +247,11 @@ impl LogStream {
     /// epoch this node was in): wait until this node holds them too, then stream from the
     /// replica's end, if they are still of that epoch here; if this node's history changed
     /// under them meanwhile, end the stream so the replica's tail is decided again.
-    pub async fn run_when_there(self, (upstream_end, replica_end): (u64, u64)) {
+    pub async fn run_when_there(
+        self,
+        (upstream_end, replica_end): (u64, u64),
+        last_frame: Option<(u64, u32)>,
+    ) {
         let epoch = self.log.epochs().epoch_at(upstream_end).unwrap_or(0);
         let visible = self.node.visible(&self.log);
         let same = || {
@@ -286,7 +291,22 @@ impl LogStream {
         self.node
             .replicas()
             .set_blocked(&self.replica, self.log.name(), String::new());
+        self.check_ahead(replica_end, last_frame);
         self.run(replica_end, None).await;
+    }
+
+    /// This node holds what the replica said it was ahead with: it is credited with it if
+    /// its last frame is this node's frame there (the same bytes), else with nothing more.
+    fn check_ahead(&self, replica_end: u64, last_frame: Option<(u64, u32)>) {
+        let ours = super::plan::frame_at(&self.log, replica_end - 1);
+        if last_frame.is_none() || ours != last_frame {
+            tracing::warn!(log = %self.log.name(), replica = %self.replica, replica_end, "the replica's last frame is not this node's at its end: its acks count for nothing more in this log until it reconnects");
+            return;
+        }
+        let mut sent = self.sent.lock();
+        let s = sent.entry(self.log.name().to_owned()).or_default();
+        s.credited = true;
+        s.reached(replica_end);
     }
 }
 

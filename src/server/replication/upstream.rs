@@ -10,11 +10,11 @@ use tokio::time::Instant;
 use futures::Stream;
 use spool_proto::v1 as pb;
 use spool_replication::divergence::Decision;
-use spool_replication::handshake::Plan;
+use spool_replication::handshake::{Credit, Plan};
 use spool_replication::sender::Fetch;
 use spool_storage::Log;
 
-use super::plan::{plan_for, start_message};
+use super::plan::{plan_for, replica_log, start_message};
 use super::sending::{msg, LogStream, Out};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -22,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::server::auth::{check_replica_id, Principal};
 use crate::server::node::Node;
 
 /// Messages buffered towards one replica: a slow replica holds its sender back.
@@ -33,14 +34,37 @@ pub struct ReplicationService {
     pub node: Arc<Node>,
 }
 
-/// How far each log was sent to one replica, shared by its senders and its session.
-pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, u64>>>;
+/// How far each log was sent to one replica, shared by its senders and its session: its
+/// acks count up to there, never beyond.
+pub type SentTo = Arc<parking_lot::Mutex<HashMap<String, Sent>>>;
+
+/// How far one log was sent to a replica (or checked as held at its plan).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sent {
+    pub to: u64,
+    /// Whether what it was sent continues what it was credited with: false while part of
+    /// what it claimed at hello below where sending starts is unchecked, and `to` stays.
+    pub credited: bool,
+}
+
+impl Sent {
+    /// Frames up to `to` were sent (or the replica was checked to hold them).
+    pub fn reached(&mut self, to: u64) {
+        if self.credited {
+            self.to = self.to.max(to);
+        }
+    }
+}
 
 struct Session {
     node: Arc<Node>,
     id: String,
     /// Where the replica serves (its hello's listen address).
     addr: String,
+    /// The address the stream came from (None: not known).
+    peer: Option<std::net::IpAddr>,
+    /// Whether the peer was authenticated (auth is on).
+    authenticated: bool,
     /// What the replica holds of each log as its plans settled it, until the ack tracker
     /// knows the replica (see `run_session`; `tracked` once it does).
     held: Vec<(String, u64)>,
@@ -110,7 +134,7 @@ impl Session {
         let reported = self.hello_logs.remove(&name);
         let planned = plan_for(&self.node, &log, reported.as_ref())?;
         let (plan, resume) = (planned.plan, planned.resume);
-        self.hold(&name, plan.held());
+        self.hold(&name, planned.credit);
         let visible = self.node.visible(&log);
         let start = start_message(&visible, &log, &plan, planned.own_records_from, self.fetch);
         self.send(pb::upstream_message::Msg::Start(start)).await?;
@@ -140,28 +164,53 @@ impl Session {
                 _,
             ) => {
                 let behind = (*upstream_end, *replica_end);
+                let last = reported.as_ref().map(|r| replica_log(r).last_frame);
                 if self.node.role().is_primary() {
                     // This primary lost records the replica holds: it takes them back
                     // before it takes another write to the log.
-                    let addr = self.addr.clone();
-                    crate::server::repair::spawn_take_back(self.node.clone(), log, addr, behind);
+                    let from = self.take_back_from();
+                    crate::server::repair::spawn_take_back(self.node.clone(), log, from, behind);
                 }
-                tokio::spawn(stream.run_when_there(behind))
+                tokio::spawn(stream.run_when_there(behind, last.flatten()))
             }
             (_, Some(from)) => tokio::spawn(stream.run(from, resume)),
             (_, None) => tokio::spawn(async {}),
         })
     }
 
-    /// The replica holds `log` up to `end` once it applied its plan.
-    fn hold(&mut self, log: &str, end: u64) {
-        self.sent.lock().insert(log.to_owned(), end);
+    /// The replica holds `log` up to `credit.counted`, as far as its plan checked it.
+    fn hold(&mut self, log: &str, credit: Credit) {
+        let end = credit.counted;
+        let sent = Sent {
+            to: end,
+            credited: credit.whole,
+        };
+        self.sent.lock().insert(log.to_owned(), sent);
         self.node.replicas().set_acked(&self.id, log, end);
         if self.node.role().is_primary() {
             self.node.acks().holds(&self.id, log, end);
         }
         if !self.tracked {
             self.held.push((log.to_owned(), end));
+        }
+    }
+
+    /// Where records are taken back from this replica: with a coordinator, the address
+    /// its member record publishes; else the one its hello gives, which must be on the
+    /// host the stream came from. The peer picks neither where this node sends its
+    /// token nor whom it takes records from.
+    fn take_back_from(&self) -> crate::server::repair::PeerAddr {
+        let member = self.node.cluster_status().map(|s| {
+            let s = s.lock();
+            let m = s.members.iter().find(|m| m.node == self.id);
+            m.map(|m| m.addr.clone()).unwrap_or_default()
+        });
+        match member {
+            Some(addr) => crate::server::repair::PeerAddr { addr, host: None },
+            None => crate::server::repair::PeerAddr {
+                addr: self.addr.clone(),
+                host: self.peer,
+            },
         }
     }
 
@@ -210,7 +259,7 @@ pub fn now_us() -> u64 {
 
 async fn run_session(
     node: Arc<Node>,
-    hello: pb::ReplicaHello,
+    (hello, peer, authenticated): (pb::ReplicaHello, Option<std::net::IpAddr>, bool),
     inbound: Streaming<pb::ReplicaMessage>,
     out: Out,
 ) -> Result<(), Status> {
@@ -226,18 +275,25 @@ async fn run_session(
     );
     tracing::info!(replica = %hello.replica_id, addr = %hello.listen_addr, sync = hello.sync, "replica attached");
     let sync = hello.sync;
-    let mut session = Session::new(node.clone(), hello, out);
+    let mut session = Session::new(node.clone(), hello, (peer, authenticated), out);
     let result = session.serve(sync, counts, inbound).await;
     session.detach(generation);
     result
 }
 
 impl Session {
-    fn new(node: Arc<Node>, hello: pb::ReplicaHello, out: Out) -> Session {
+    fn new(
+        node: Arc<Node>,
+        hello: pb::ReplicaHello,
+        (peer, authenticated): (Option<std::net::IpAddr>, bool),
+        out: Out,
+    ) -> Session {
         Session {
             node,
             id: hello.replica_id.clone(),
             addr: hello.listen_addr.clone(),
+            peer,
+            authenticated,
             held: Vec::new(),
             tracked: false,
             out,
@@ -354,6 +410,7 @@ impl Session {
                 let ours = self.node.role().epoch();
                 if acks.node_epoch > ours {
                     check_claimed_epoch(&self.node, acks.node_epoch)?;
+                    self.check_ack_epoch(acks.node_epoch)?;
                     // The replica follows a newer primary's epoch: its acks say nothing of
                     // this node's records, and this node no longer leads.
                     self.node.role().fence(acks.node_epoch);
@@ -365,7 +422,7 @@ impl Session {
                 }
                 self.node.replicas().heard(&self.id);
                 for mut a in acks.acks {
-                    let sent = self.sent.lock().get(&a.log).copied().unwrap_or(0);
+                    let sent = self.sent.lock().get(&a.log).map_or(0, |s| s.to);
                     if a.durable_end > sent {
                         tracing::warn!(replica = %self.id, log = %a.log, acked = a.durable_end, sent, "a replica acked past what it was sent: counted up to what was sent");
                         a.durable_end = sent;
@@ -389,6 +446,20 @@ impl Session {
 }
 
 impl Session {
+    /// Without a coordinator, a replica's epoch moves during a session only through this
+    /// node (it follows nothing else): with auth on, a newer epoch in its acks is refused
+    /// and ends the session rather than fencing this node.
+    fn check_ack_epoch(&self, claimed: u64) -> Result<(), Status> {
+        if self.node.cluster_status().is_some() || !self.authenticated {
+            return Ok(());
+        }
+        tracing::warn!(replica = %self.id, claimed, "a replica's acks claim a newer epoch than its session's: refused, not fenced");
+        Err(Status::permission_denied(format!(
+            "acks claim epoch {claimed}, which this session never gave: not believed without \
+             a coordinator"
+        )))
+    }
+
     /// The replicas below this one count for acks like direct ones (configured so):
     /// attached while it reports them, with the durable ends it forwards.
     fn count_cascaded(&mut self, downstream: &[pb::DownstreamReplica]) {
@@ -460,6 +531,11 @@ impl pb::replication_server::Replication for ReplicationService {
         req: Request<Streaming<pb::ReplicaMessage>>,
     ) -> Result<Response<Self::ReplicateStream>, Status> {
         self.node.check_accepting()?;
+        let peer = req
+            .extensions()
+            .get::<crate::server::idle::ConnInfo>()
+            .map(|c| c.peer.ip().to_canonical());
+        let principal = req.extensions().get::<Principal>().cloned();
         let mut inbound = req.into_inner();
         let first = tokio::time::timeout(DEAD_AFTER, inbound.next())
             .await
@@ -476,10 +552,14 @@ impl pb::replication_server::Replication for ReplicationService {
             }
         };
         check_cluster(&self.node, &hello.cluster_id)?;
+        check_replica_id(principal.as_ref(), &hello.replica_id)?;
         check_member(&self.node, &hello.replica_id)?;
         let ours = self.node.role().epoch();
         if hello.node_epoch > ours {
             check_claimed_epoch(&self.node, hello.node_epoch)?;
+            if self.node.cluster_status().is_none() {
+                check_hello_backs_epoch(principal.is_some(), &hello)?;
+            }
             // Someone was promoted past us: we must not lead anyone, nor take writes.
             self.node.role().fence(hello.node_epoch);
             return Err(Status::failed_precondition(format!(
@@ -490,8 +570,9 @@ impl pb::replication_server::Replication for ReplicationService {
         }
         let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
         let node = self.node.clone();
+        let from = (hello, peer, principal.is_some());
         tokio::spawn(async move {
-            if let Err(s) = run_session(node, hello, inbound, tx.clone()).await {
+            if let Err(s) = run_session(node, from, inbound, tx.clone()).await {
                 tracing::warn!(status = %s, "replication session ended");
                 let _ = tx.send(Err(s)).await;
             }
@@ -518,6 +599,31 @@ fn check_claimed_epoch(node: &Node, claimed: u64) -> Result<(), Status> {
         )));
     }
     Ok(())
+}
+
+/// Without a coordinator and with auth on, a hello's newer epoch fences this node only if
+/// its history backs it: one of its logs has that epoch begun (the promoted node's logs
+/// do, as do its replicas' once it wrote). The peer is an authenticated replica principal
+/// replicating in its own name; a bare number from it fences nothing. Without auth every
+/// peer is trusted alike (the node takes admin calls from anyone too).
+fn check_hello_backs_epoch(authenticated: bool, hello: &pb::ReplicaHello) -> Result<(), Status> {
+    let claimed = hello.node_epoch;
+    let backed = hello
+        .logs
+        .iter()
+        .any(|l| l.last_epoch == claimed || l.epochs.iter().any(|e| e.epoch == claimed));
+    if !authenticated || backed {
+        return Ok(());
+    }
+    tracing::warn!(
+        replica = %hello.replica_id,
+        claimed,
+        "a peer claims a newer epoch no log of its hello began: refused, not fenced"
+    );
+    Err(Status::permission_denied(format!(
+        "epoch {claimed} is claimed without a log that began it: this node is not fenced by \
+         a number alone (an operator fences it by stopping it, or a coordinator's epoch)"
+    )))
 }
 
 /// With a coordinator, only the cluster's members replicate: a peer whose name is not
