@@ -297,7 +297,9 @@ log "cluster up: node $(primary) leads"
 
 # --- the writer -------------------------------------------------------------------------------
 ACKS="$BENCH_DIR/acks.jsonl"
-"$LOADGEN" failover-writer --nodes "$NODES" --out "$ACKS" 2>"$BENCH_DIR/writer.log" &
+ADVERTISED="127.0.0.1:$(peer_port 0),127.0.0.1:$(peer_port 1),127.0.0.1:$(peer_port 2)"
+"$LOADGEN" failover-writer --nodes "$NODES" --advertised "$ADVERTISED" --out "$ACKS" \
+    2>"$BENCH_DIR/writer.log" &
 WRITER=$!
 PIDS+=($WRITER)
 wait_for 30 "first acks" test -s "$ACKS"

@@ -51,6 +51,10 @@ pub struct WriterArgs {
     /// The nodes, HOST:PORT each, in the order the script numbers them.
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
+    /// The addresses the nodes advertise, in the same order, where they differ: a refusal
+    /// names the primary by it and the client follows, so an ack may come from there.
+    #[arg(long, value_delimiter = ',')]
+    pub advertised: Vec<String>,
     #[arg(long, default_value = "f")]
     pub log: String,
     /// Where each ack goes, one JSON line each.
@@ -153,12 +157,19 @@ async fn find_primary(nodes: &[String]) -> Option<(usize, Client)> {
     None
 }
 
-fn node_of(nodes: &[String], uri: &str) -> Option<usize> {
-    nodes.iter().position(|n| endpoint_uri(n) == uri)
+/// The index of the node at `uri`, by the addresses given or the advertised ones.
+fn node_of(nodes: &Nodes, uri: &str) -> Option<usize> {
+    let at = |list: &[String]| list.iter().position(|n| endpoint_uri(n) == uri);
+    at(&nodes.given).or_else(|| at(&nodes.advertised))
+}
+
+struct Nodes {
+    given: Vec<String>,
+    advertised: Vec<String>,
 }
 
 struct Task {
-    nodes: Arc<Vec<String>>,
+    nodes: Arc<Nodes>,
     log: String,
     mode: pb::AckMode,
     tag: String,
@@ -176,7 +187,7 @@ impl Task {
         while !self.stop.load(Ordering::Relaxed) {
             let c = match &conn {
                 Some(c) => c.clone(),
-                None => match find_primary(&self.nodes).await {
+                None => match find_primary(&self.nodes.given).await {
                     Some((_, c)) => conn.insert(c).clone(),
                     None => {
                         tokio::time::sleep(RETRY_PAUSE).await;
@@ -237,6 +248,9 @@ pub fn run_writer(args: &WriterArgs) -> Result<()> {
     if args.writers == 0 {
         bail!("--writers must be positive");
     }
+    if !args.advertised.is_empty() && args.advertised.len() != args.nodes.len() {
+        bail!("--advertised needs one address per node");
+    }
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let rt = runtime(None)?;
@@ -244,8 +258,11 @@ pub fn run_writer(args: &WriterArgs) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let nodes = Arc::new(args.nodes.clone());
-        create_log(&nodes, &args.log).await;
+        let nodes = Arc::new(Nodes {
+            given: args.nodes.clone(),
+            advertised: args.advertised.clone(),
+        });
+        create_log(&nodes.given, &args.log).await;
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicU64::new(0));
         let (tx, mut rx) = mpsc::unbounded_channel();
