@@ -41,12 +41,20 @@ const LATE_ACK_MAX: Duration = Duration::from_secs(10);
 /// Records per read when the check walks the primary's log.
 const READ_BATCH: u32 = 1000;
 const LOST_EXAMPLES_MAX: usize = 10;
+/// The ack gaps around a fault are looked for from this long before it...
+const GAP_BEFORE: u64 = 1000;
+/// ...to this long after the first ack elsewhere.
+const GAP_AFTER: u64 = 1000;
 
 #[derive(Debug, Clone, Args)]
 pub struct WriterArgs {
     /// The nodes, HOST:PORT each, in the order the script numbers them.
     #[arg(long, value_delimiter = ',', required = true)]
     pub nodes: Vec<String>,
+    /// The addresses the nodes advertise, in the same order, where they differ: a refusal
+    /// names the primary by it and the client follows, so an ack may come from there.
+    #[arg(long, value_delimiter = ',')]
+    pub advertised: Vec<String>,
     #[arg(long, default_value = "f")]
     pub log: String,
     /// Where each ack goes, one JSON line each.
@@ -149,12 +157,19 @@ async fn find_primary(nodes: &[String]) -> Option<(usize, Client)> {
     None
 }
 
-fn node_of(nodes: &[String], uri: &str) -> Option<usize> {
-    nodes.iter().position(|n| endpoint_uri(n) == uri)
+/// The index of the node at `uri`, by the addresses given or the advertised ones.
+fn node_of(nodes: &Nodes, uri: &str) -> Option<usize> {
+    let at = |list: &[String]| list.iter().position(|n| endpoint_uri(n) == uri);
+    at(&nodes.given).or_else(|| at(&nodes.advertised))
+}
+
+struct Nodes {
+    given: Vec<String>,
+    advertised: Vec<String>,
 }
 
 struct Task {
-    nodes: Arc<Vec<String>>,
+    nodes: Arc<Nodes>,
     log: String,
     mode: pb::AckMode,
     tag: String,
@@ -172,7 +187,7 @@ impl Task {
         while !self.stop.load(Ordering::Relaxed) {
             let c = match &conn {
                 Some(c) => c.clone(),
-                None => match find_primary(&self.nodes).await {
+                None => match find_primary(&self.nodes.given).await {
                     Some((_, c)) => conn.insert(c).clone(),
                     None => {
                         tokio::time::sleep(RETRY_PAUSE).await;
@@ -233,6 +248,9 @@ pub fn run_writer(args: &WriterArgs) -> Result<()> {
     if args.writers == 0 {
         bail!("--writers must be positive");
     }
+    if !args.advertised.is_empty() && args.advertised.len() != args.nodes.len() {
+        bail!("--advertised needs one address per node");
+    }
     let file = std::fs::File::create(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
     let rt = runtime(None)?;
@@ -240,8 +258,11 @@ pub fn run_writer(args: &WriterArgs) -> Result<()> {
         use tokio::signal::unix::{signal, SignalKind};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        let nodes = Arc::new(args.nodes.clone());
-        create_log(&nodes, &args.log).await;
+        let nodes = Arc::new(Nodes {
+            given: args.nodes.clone(),
+            advertised: args.advertised.clone(),
+        });
+        create_log(&nodes.given, &args.log).await;
         let stop = Arc::new(AtomicBool::new(false));
         let failed = Arc::new(AtomicU64::new(0));
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -330,6 +351,17 @@ pub struct CheckReport {
     /// The node that acked first after the fault, and in which epoch.
     new_node: Option<usize>,
     new_epoch: Option<u64>,
+    /// From the old primary's last ack in its epoch to that first ack elsewhere: the pause
+    /// a writer saw across the handover (a switchover's, from the client's side).
+    handover_ms: Option<u64>,
+    /// From the fault to the first such ack per ack mode (semi-sync:1, sync).
+    first_semi_ms: Option<u64>,
+    first_sync_ms: Option<u64>,
+    /// The longest gap between consecutive acks (any mode) from [`GAP_BEFORE`] before the
+    /// fault to [`GAP_AFTER`] after the first ack elsewhere (no failover: to the last ack),
+    /// and where it began relative to the fault (negative: before it).
+    max_gap_ms: Option<u64>,
+    max_gap_at_ms: Option<i64>,
 }
 
 pub fn read_acks(path: &PathBuf) -> Result<Vec<Ack>> {
@@ -388,19 +420,8 @@ async fn check(args: &CheckArgs, acks: &[Ack]) -> Result<CheckReport> {
         .filter(|(_, n)| n.len() > 1)
         .map(|(e, n)| (e, n.into_iter().collect()))
         .collect();
-    let first_after = args.fault_ms.and_then(|t| {
-        let old = args.old_node;
-        let old_epoch = acks
-            .iter()
-            .filter(|a| a.t_ms < t && old.is_some() && a.node == old)
-            .map(|a| a.epoch)
-            .max()
-            .unwrap_or(0);
-        acks.iter()
-            .filter(|a| a.t_ms >= t && (a.node != old || a.epoch > old_epoch))
-            .min_by_key(|a| a.t_ms)
-            .map(|a| (a.t_ms - t, a.node, a.epoch))
-    });
+    let fo = args.fault_ms.map(|t| Failover::of(acks, t, args.old_node));
+    let fo = fo.unwrap_or_default();
     let mut by_time: Vec<&Ack> = acks.iter().collect();
     by_time.sort_by_key(|a| a.t_ms);
     let mut epoch_max = 0;
@@ -420,10 +441,80 @@ async fn check(args: &CheckArgs, acks: &[Ack]) -> Result<CheckReport> {
         lost_examples,
         split_brain,
         stale_epoch_acks,
-        failover_ms: first_after.map(|f| f.0),
-        new_node: first_after.and_then(|f| f.1),
-        new_epoch: first_after.map(|f| f.2),
+        failover_ms: fo.first.map(|f| f.0),
+        new_node: fo.first.and_then(|f| f.1),
+        new_epoch: fo.first.map(|f| f.2),
+        handover_ms: fo.handover_ms,
+        first_semi_ms: fo.first_semi_ms,
+        first_sync_ms: fo.first_sync_ms,
+        max_gap_ms: fo.max_gap.map(|g| g.0),
+        max_gap_at_ms: fo.max_gap.map(|g| g.1),
     })
+}
+
+/// What the acks show of one fault.
+#[derive(Debug, Default)]
+struct Failover {
+    /// The first ack after the fault from another node than the old primary, or from it in
+    /// a later epoch: (ms after the fault, node, epoch).
+    first: Option<(u64, Option<usize>, u64)>,
+    handover_ms: Option<u64>,
+    first_semi_ms: Option<u64>,
+    first_sync_ms: Option<u64>,
+    /// (gap ms, its start relative to the fault).
+    max_gap: Option<(u64, i64)>,
+}
+
+impl Failover {
+    fn of(acks: &[Ack], t: u64, old: Option<usize>) -> Failover {
+        let old_epoch = acks
+            .iter()
+            .filter(|a| a.t_ms < t && old.is_some() && a.node == old)
+            .map(|a| a.epoch)
+            .max()
+            .unwrap_or(0);
+        // Ours: the old primary's acks in its epoch are not.
+        let new = |a: &&Ack| a.t_ms >= t && (a.node != old || a.epoch > old_epoch);
+        let first_of = |mode: Option<&str>| {
+            acks.iter()
+                .filter(new)
+                .filter(|a| mode.is_none_or(|m| a.mode == m))
+                .min_by_key(|a| a.t_ms)
+        };
+        let first = first_of(None);
+        let handover_ms = first.and_then(|f| {
+            let last_old = acks
+                .iter()
+                .filter(|a| a.node == old && a.epoch <= old_epoch && a.t_ms <= f.t_ms)
+                .map(|a| a.t_ms)
+                .max()?;
+            Some(f.t_ms - last_old)
+        });
+        let since = |a: Option<&Ack>| a.map(|a| a.t_ms - t);
+        let end = first.map_or(u64::MAX, |f| f.t_ms + GAP_AFTER);
+        Failover {
+            first: first.map(|a| (a.t_ms - t, a.node, a.epoch)),
+            handover_ms,
+            first_semi_ms: since(first_of(Some(pb::AckMode::SemiSync.as_str_name()))),
+            first_sync_ms: since(first_of(Some(pb::AckMode::Sync.as_str_name()))),
+            max_gap: max_gap(acks, t.saturating_sub(GAP_BEFORE), end)
+                .map(|(g, from)| (g, from as i64 - t as i64)),
+        }
+    }
+}
+
+/// The longest gap between consecutive ack times within [from, to]: (gap, its start).
+fn max_gap(acks: &[Ack], from: u64, to: u64) -> Option<(u64, u64)> {
+    let mut times: Vec<u64> = acks
+        .iter()
+        .map(|a| a.t_ms)
+        .filter(|&t| t >= from && t <= to)
+        .collect();
+    times.sort_unstable();
+    times
+        .windows(2)
+        .map(|w| (w[1] - w[0], w[0]))
+        .max_by_key(|g| g.0)
 }
 
 /// The primary's records from the lowest acked offset to the highest.

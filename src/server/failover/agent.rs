@@ -271,10 +271,20 @@ impl<C: Coordinator> Agent<C> {
     }
 
     async fn look(&self) -> anyhow::Result<Look> {
-        let leader = self.coord.get(&self.keys.leader(DEFAULT_GROUP)).await?;
-        let epoch = self.coord.get(&self.keys.epoch(DEFAULT_GROUP)).await?;
-        let designated = self.coord.get(&self.keys.designated(DEFAULT_GROUP)).await?;
-        let members = self.coord.get_prefix(&self.keys.members()).await?;
+        // The reads are independent (sequential ones were no snapshot either): sent at
+        // once, a look costs one round trip to etcd, not four.
+        let (leader_key, epoch_key, designated_key, members_key) = (
+            self.keys.leader(DEFAULT_GROUP),
+            self.keys.epoch(DEFAULT_GROUP),
+            self.keys.designated(DEFAULT_GROUP),
+            self.keys.members(),
+        );
+        let (leader, epoch, designated, members) = tokio::try_join!(
+            self.coord.get(&leader_key),
+            self.coord.get(&epoch_key),
+            self.coord.get(&designated_key),
+            self.coord.get_prefix(&members_key),
+        )?;
         Ok(Look {
             leader_lease: leader.as_ref().map_or(0, |e| e.lease),
             leader: leader.and_then(|e| keys::decode(&e.value)),
@@ -509,6 +519,9 @@ impl<C: Coordinator> Agent<C> {
             return Err(Status::aborted("the leader key is no longer this node's"));
         }
         self.lose_leadership("switched over");
+        // The key is gone: status must not name this node the leader (clients would come
+        // back to it), and the agent looks at the vacant tick until the target leads.
+        self.status.lock().leader = None;
         tracing::warn!(to, "switchover: leadership handed over");
         Ok(())
     }
