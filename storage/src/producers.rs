@@ -420,6 +420,21 @@ impl Producers {
         })
     }
 
+    /// The snapshot's file.
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE)
+    }
+
+    /// The snapshot was removed (by a cut's job): as [`Producers::unsave`] leaves it.
+    pub fn unsaved(&mut self) {
+        self.tracked = false;
+    }
+
+    /// The log was cut to end at `end`: forget the batches cut.
+    pub fn forget_from(&mut self, end: u64) {
+        self.table.forget_from(end);
+    }
+
     /// Remove the snapshot before the log is cut: it may cover offsets that will hold
     /// other records. Saved again after the cut, or marked again by the next producer.
     pub fn unsave(&mut self, io: &dyn MetaIo) -> Result<()> {
@@ -431,12 +446,6 @@ impl Producers {
         }
         self.tracked = false;
         Ok(())
-    }
-
-    /// The log was cut to end at `end`: forget the batches cut, record the rest.
-    pub fn cut_at(&mut self, io: &dyn MetaIo, end: u64) {
-        self.table.forget_from(end);
-        self.save(io, end);
     }
 }
 

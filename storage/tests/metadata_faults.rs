@@ -422,6 +422,63 @@ fn a_roll_waiting_on_the_disk_holds_only_its_own_log() {
     });
 }
 
+/// A truncation whose file steps wait on the disk (a segment past the cut being removed;
+/// the cut epoch history being saved) holds only its own log: another log's appends are
+/// acked meanwhile, and the cut log ends where it was cut, on disk too.
+#[test]
+fn a_truncate_waiting_on_the_disk_holds_only_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let (s, inj, slow, fast) = slow_and_fast(dir.path()).await;
+        let mut n = 0;
+        while slow.segment_count() < 3 {
+            append(&slow, n).await.unwrap();
+            n += 1;
+        }
+        // Segments past the cut go first; then (cut again) an epoch begun past the cut.
+        truncate_held(&inj, &slow, &fast, (FaultOp::Remove, "/logs/slow/000"), 5).await;
+        assert_eq!(slow.segment_count(), 1);
+        slow.begin_epoch(4).await.unwrap();
+        for i in 5..9 {
+            append(&slow, i).await.unwrap();
+        }
+        truncate_held(
+            &inj,
+            &slow,
+            &fast,
+            (FaultOp::Rename, "/logs/slow/epochs"),
+            5,
+        )
+        .await;
+        assert_eq!(slow.current_epoch(), 0, "epoch 4 began past the cut");
+        assert_eq!(fast.positions().durable, 20);
+        s.shutdown().await.unwrap();
+        drop(s);
+        reopened_holds(dir.path(), &[("slow", 5)]).await;
+    });
+}
+
+/// Truncate `slow` to `cut` with `pause` held: `fast` goes on meanwhile.
+async fn truncate_held(
+    inj: &FaultInjector,
+    slow: &Log,
+    fast: &Log,
+    pause: (FaultOp, &str),
+    cut: u64,
+) {
+    inj.pause(pause.0, pause.1);
+    let truncate = {
+        let slow = slow.clone();
+        tokio::spawn(async move { slow.truncate_to(cut).await })
+    };
+    until_paused(inj).await;
+    fast_goes_on(slow, fast, 10).await;
+    assert!(!truncate.is_finished(), "{pause:?}");
+    inj.resume();
+    truncate.await.unwrap().unwrap();
+    assert_eq!(slow.positions().durable, cut);
+}
+
 /// A new epoch whose history waits on the disk: other logs go on; the log's appends after
 /// it wait, and are written in the new epoch.
 #[test]

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use super::removal::{DeleteJob, RemoveJob};
 use super::roll::{PlaceDone, PlaceJob};
+use super::truncate::{CutFiles, CutFilesDone, CutMeta, CutMetaDone};
 use super::LogWriter;
 use crate::catchup::{InstallDone, InstallJob};
 use crate::crashsafe::ReplaceFailed;
@@ -25,7 +26,10 @@ pub(crate) enum Job {
     /// A new segment (a roll, an early seal, a replacement).
     Place(PlaceJob),
     /// The log's epoch history, with new epochs, saved before memory says so.
-    Epochs { next: EpochHistory, dir: PathBuf },
+    Epochs {
+        next: EpochHistory,
+        dir: PathBuf,
+    },
     /// The first producers snapshot of a log (see `producers`).
     Snapshot(Snapshot),
     /// Segments retention or `delete_before` took out of the log.
@@ -34,6 +38,9 @@ pub(crate) enum Job {
     Delete(DeleteJob),
     /// An imported segment, put in place after the log's end (see `catchup`).
     Install(Box<InstallJob>),
+    /// A cut's file steps before its data changes, and its metadata after (`truncate`).
+    CutFiles(CutFiles),
+    CutMeta(CutMeta),
 }
 
 #[derive(Debug)]
@@ -50,6 +57,8 @@ pub(crate) enum Done {
         result: Result<()>,
     },
     Install(Box<InstallDone>),
+    CutFiles(CutFilesDone),
+    CutMeta(CutMetaDone),
 }
 
 /// What finishing a job means for the command that waited on it.
@@ -82,6 +91,8 @@ impl Job {
                 Done::Delete { moved, result }
             }
             Job::Install(job) => Done::Install(Box::new(job.run(io))),
+            Job::CutFiles(job) => Done::CutFiles(job.run(io)),
+            Job::CutMeta(job) => Done::CutMeta(job.run(io)),
         }
     }
 }
@@ -118,6 +129,8 @@ impl<F: IoFile> LogWriter<F> {
                 self.finish_install(*done, backend, ctx);
                 Finished::Answered
             }
+            Done::CutFiles(done) => Finished::Log(self.cut_files_done(done)),
+            Done::CutMeta(done) => Finished::Log(self.cut_meta_done(done)),
         }
     }
 

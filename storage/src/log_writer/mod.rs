@@ -74,6 +74,8 @@ pub(crate) struct LogWriter<F: IoFile> {
     producers: Producers,
     /// The backend's metadata operations: every change to the log's directory.
     io: Arc<dyn MetaIo>,
+    /// A cut to this end has its file steps done (see `truncate`): its data cut is next.
+    cut_ready: Option<u64>,
 }
 
 fn open_idx(path: &Path) -> Result<File> {
@@ -114,6 +116,7 @@ impl<F: IoFile> LogWriter<F> {
             mark_stale: true,
             damaged: r.damaged_tail,
             io: ctx.io.clone(),
+            cut_ready: None,
         })
     }
 

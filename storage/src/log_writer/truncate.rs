@@ -2,11 +2,12 @@
 //! (a replica's full sync).
 
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::active::ActiveFiles;
+use super::job::Job;
 use super::placement::Fill;
 use super::roll::fill_of;
 use super::{open_idx, LogWriter};
@@ -15,7 +16,9 @@ use crate::error::{IoContext, Result, StorageError};
 use crate::format::{self, BatchHeader, FrameBuilder};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile, MetaIo};
+use crate::meta::EpochHistory;
 use crate::new_segment;
+use crate::producers::Snapshot;
 use crate::segment::{open_rw, SegmentView};
 use crate::writer::WriterCtx;
 
@@ -34,30 +37,99 @@ struct Cut {
 }
 
 impl<F: IoFile> LogWriter<F> {
-    /// Cut the log to end at `end`. See [`crate::Log::truncate_to`].
+    /// Cut the log to end at `end`. See [`crate::Log::truncate_to`]. In three passes, the
+    /// file steps off the storage thread as jobs (other logs commit meanwhile): the
+    /// producers snapshot and the segments past the cut removed (`CutFiles`), then the data
+    /// cut here, then the epoch history and producers snapshot saved (`CutMeta`). `Some`:
+    /// run the job, then call again.
     pub async fn truncate_to<B: IoBackend<File = F>>(
         &mut self,
         end: u64,
         backend: &B,
         ctx: &WriterCtx,
-    ) -> Result<()> {
+    ) -> Result<Option<Job>> {
         self.check_poison()?;
         self.commit(true, &ctx.stats).await?;
         let Some(cut) = self.plan_cut(end)? else {
-            return Ok(());
+            self.cut_ready = None;
+            return Ok(None);
         };
-        // Nothing is cut yet: a failure here leaves the log as it was.
-        self.producers.unsave(&*self.io)?;
+        if self.cut_ready != Some(end) {
+            // Nothing is cut yet.
+            return Ok(Some(Job::CutFiles(self.cut_files(&cut))));
+        }
+        self.cut_ready = None;
         // From the first file removed on, disk and memory may disagree after an error:
         // the log then refuses writes until a restart recovers it from the disk.
-        let applied = self.apply_cut(cut, backend).await;
-        if let Err(e) = &applied {
-            self.poison(e);
-        }
-        applied?;
-        self.producers.cut_at(&*self.io, end);
+        let epochs = match self.apply_cut(cut, backend).await {
+            Ok(epochs) => epochs,
+            Err(e) => {
+                self.poison(&e);
+                return Err(e);
+            }
+        };
+        self.producers.forget_from(end);
+        let snapshot = self.producers.snapshot(end);
         tracing::info!(log = %self.shared.name, end, "log truncated");
-        Ok(())
+        Ok(Some(Job::CutMeta(CutMeta {
+            epochs,
+            dir: self.shared.dir.clone(),
+            snapshot,
+        })))
+    }
+
+    /// The file steps before a cut: the producers snapshot (it may cover offsets that will
+    /// hold other records) and the segments past the cut's last one.
+    fn cut_files(&self, cut: &Cut) -> CutFiles {
+        let segs = self.shared.segments.read().clone();
+        let segments = segs[cut.i + 1..]
+            .iter()
+            .rev()
+            .map(|s| {
+                s.drop_deferred_index();
+                (s.path.clone(), self.idx_path(s.base_offset))
+            })
+            .collect();
+        CutFiles {
+            end: cut.end,
+            dir: self.shared.dir.clone(),
+            producers: self.producers.path(),
+            segments,
+        }
+    }
+
+    /// A cut's file steps are done (`Ok`) or failed: after a segment was removed, disk and
+    /// memory disagree and the log refuses writes until a restart.
+    pub(super) fn cut_files_done(&mut self, done: CutFilesDone) -> Result<()> {
+        match done.result {
+            Ok(()) => {
+                self.producers.unsaved();
+                self.cut_ready = Some(done.end);
+                Ok(())
+            }
+            Err(e) => {
+                if done.removed_any {
+                    self.poison(&e);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A cut's metadata is saved, or the log (already cut in memory) is poisoned.
+    pub(super) fn cut_meta_done(&mut self, done: CutMetaDone) -> Result<()> {
+        match done.result {
+            Ok(()) => {
+                if let Some(next) = done.epochs {
+                    *self.shared.epochs.write() = next;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.poison(&e);
+                Err(e)
+            }
+        }
     }
 
     /// What cutting to `end` takes; `None`: nothing (the log ends there).
@@ -109,14 +181,15 @@ impl<F: IoFile> LogWriter<F> {
         }))
     }
 
-    async fn apply_cut<B: IoBackend<File = F>>(&mut self, cut: Cut, backend: &B) -> Result<()> {
+    /// The data cut (the files past it are gone: `CutFiles`). Returns the epoch history to
+    /// save if the cut changed it.
+    async fn apply_cut<B: IoBackend<File = F>>(
+        &mut self,
+        cut: Cut,
+        backend: &B,
+    ) -> Result<Option<EpochHistory>> {
         let Cut { end, target, i, .. } = cut;
         let segs = self.shared.segments.read().clone();
-        for s in segs[i + 1..].iter().rev() {
-            s.drop_deferred_index();
-            self.io.remove_file(&s.path).at(&s.path)?;
-            let _ = self.io.remove_file(&self.idx_path(s.base_offset));
-        }
         // A sealed segment becomes the active one again. As in recovery: one sealed early
         // to give way to a spare is only allocated past its end, and gives way again.
         let reopened = match i + 1 < segs.len() {
@@ -140,10 +213,7 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.segments.write().truncate(i + 1);
         let mut epochs = self.shared.epochs.read().clone();
         epochs.truncate(end);
-        if epochs != *self.shared.epochs.read() {
-            epochs.save(&*self.io, &self.shared.dir)?;
-            *self.shared.epochs.write() = epochs;
-        }
+        let epochs = (epochs != *self.shared.epochs.read()).then_some(epochs);
         // `last_ts_us` is not rewound, on purpose: timestamps stay non-decreasing
         // through the log across a cut, and a segment's last time only errs late,
         // which keeps it from time-based retention longer, never shorter.
@@ -160,7 +230,7 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.written.store(end, Ordering::Release);
         self.shared.cuts.lock().record(end);
         self.shared.durable.send_replace(end);
-        sync_dir_with(&*self.io, &self.shared.dir)
+        Ok(epochs)
     }
 
     /// Open the sealed segment `target` for writing, and how its file was made.
@@ -238,6 +308,84 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.cuts.lock().record(old_start.min(start));
         self.shared.durable.send_replace(start);
         Ok(())
+    }
+}
+
+/// A cut's file steps before its data changes (see [`LogWriter::truncate_to`]).
+#[derive(Debug)]
+pub(crate) struct CutFiles {
+    end: u64,
+    dir: PathBuf,
+    producers: PathBuf,
+    /// Each segment past the cut, last first: its file and its index.
+    segments: Vec<(PathBuf, PathBuf)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CutFilesDone {
+    end: u64,
+    /// A segment was removed: a failure leaves disk and memory apart.
+    removed_any: bool,
+    result: Result<()>,
+}
+
+impl CutFiles {
+    pub fn run(self, io: &dyn MetaIo) -> CutFilesDone {
+        let mut removed_any = false;
+        let result = self.remove(io, &mut removed_any);
+        CutFilesDone {
+            end: self.end,
+            removed_any,
+            result,
+        }
+    }
+
+    fn remove(&self, io: &dyn MetaIo, removed_any: &mut bool) -> Result<()> {
+        match io.remove_file(&self.producers) {
+            Ok(()) => sync_dir_with(io, &self.dir)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(StorageError::io(self.producers.clone(), e)),
+        }
+        for (seg, idx) in &self.segments {
+            io.remove_file(seg).at(seg)?;
+            *removed_any = true;
+            let _ = io.remove_file(idx);
+        }
+        if *removed_any {
+            sync_dir_with(io, &self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+/// A cut's metadata after its data changed: the epoch history (if the cut changed it) and
+/// the producers snapshot.
+#[derive(Debug)]
+pub(crate) struct CutMeta {
+    epochs: Option<EpochHistory>,
+    dir: PathBuf,
+    snapshot: Option<Snapshot>,
+}
+
+#[derive(Debug)]
+pub(crate) struct CutMetaDone {
+    epochs: Option<EpochHistory>,
+    result: Result<()>,
+}
+
+impl CutMeta {
+    pub fn run(self, io: &dyn MetaIo) -> CutMetaDone {
+        let result = match &self.epochs {
+            Some(e) => e.save(io, &self.dir),
+            None => Ok(()),
+        };
+        if let (Ok(()), Some(s)) = (&result, &self.snapshot) {
+            s.write(io);
+        }
+        CutMetaDone {
+            epochs: self.epochs,
+            result,
+        }
     }
 }
 

@@ -233,10 +233,13 @@ async fn run_control<B: IoBackend>(
             let job = Job::Delete(lw.delete_job());
             Some((Some(Cmd::Delete { log, reply }), job))
         }
-        Cmd::Truncate { end, reply, .. } => {
-            let _ = reply.send(lw.truncate_to(end, backend, ctx).await);
-            None
-        }
+        Cmd::Truncate { log, end, reply } => match lw.truncate_to(end, backend, ctx).await {
+            Ok(Some(job)) => Some((Some(Cmd::Truncate { log, end, reply }), job)),
+            r => {
+                let _ = reply.send(r.map(|_| ()));
+                None
+            }
+        },
         Cmd::Reset { start, reply, .. } => {
             let _ = reply.send(lw.reset_to(start, backend, ctx).await);
             None
