@@ -526,9 +526,49 @@ fn only_a_replica_with_the_replica_role_follows() {
 /// was sent: a forged ack (durable_end 2^40) does not acknowledge a later semi-sync append.
 #[test]
 fn a_forged_ack_counts_only_up_to_what_was_sent() {
+    let forged = pb::ReplicaAck {
+        log: "l".into(),
+        durable_end: 1 << 40,
+    };
+    forged_acks_ack_nothing(
+        "",
+        pb::ReplicaAcks {
+            acks: vec![forged],
+            ..Default::default()
+        },
+    );
+}
+
+/// A replica's report of replicas below it (counted with cascaded_counts_for_acks) is
+/// capped too: below it, no replica holds more than this node sent it.
+#[test]
+fn a_forged_cascaded_ack_counts_only_up_to_what_was_sent() {
+    let ghost = pb::DownstreamReplica {
+        replica_id: "ghost".into(),
+        sync: true,
+        acks: vec![pb::ReplicaAck {
+            log: "l".into(),
+            durable_end: 1 << 40,
+        }],
+        ..Default::default()
+    };
+    forged_acks_ack_nothing(
+        "cascaded_counts_for_acks = true\n",
+        pb::ReplicaAcks {
+            downstream: vec![ghost],
+            ..Default::default()
+        },
+    );
+}
+
+/// A replica session that sends `acks` once its plan for log "l" is made: a semi-sync
+/// append to "l" then waits for a real replica (and times out).
+fn forged_acks_ack_nothing(replication_cfg: &str, acks: pb::ReplicaAcks) {
     let d = tempfile::tempdir().unwrap();
     let tokens = tokens_file(d.path(), &TOKENS);
-    let cfg = format!("[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 1000\n");
+    let cfg = format!(
+        "[auth]\ntokens_file = \"{tokens}\"\n[replication]\nack_timeout_ms = 1000\n{replication_cfg}"
+    );
     let p = Server::start_toml(&d.path().join("p"), &cfg, &[]);
     run(60, async {
         let ch = channel(&p.addr).await;
@@ -566,14 +606,6 @@ fn a_forged_ack_counts_only_up_to_what_was_sent() {
                 }
             }
         }
-        let forged = pb::ReplicaAck {
-            log: "l".into(),
-            durable_end: 1 << 40,
-        };
-        let acks = pb::ReplicaAcks {
-            acks: vec![forged],
-            ..Default::default()
-        };
         tx.send(pb::ReplicaMessage {
             msg: Some(pb::replica_message::Msg::Acks(acks)),
         })

@@ -228,6 +228,16 @@ impl LogStream {
             "replica fell behind retention: full sync"
         );
         sender.fell_behind(start);
+        // It holds nothing below `start` once it carried the full sync out: what it is
+        // sent from there is checked as for a new log (a claim it could not prove at its
+        // hello no longer matters).
+        self.sent.lock().insert(
+            self.log.name().to_owned(),
+            super::upstream::Sent {
+                to: start,
+                credited: true,
+            },
+        );
         self.progress(None);
         self.node
             .replicas()

@@ -481,7 +481,10 @@ impl Session {
                 node.acks().connected(&d.replica_id, d.sync, true);
             }
             for a in &d.acks {
-                node.acks().acked(&d.replica_id, &a.log, a.durable_end);
+                // Below this replica, a replica holds at most what this node sent it.
+                let sent = self.sent.lock().get(&a.log).map_or(0, |s| s.to);
+                node.acks()
+                    .acked(&d.replica_id, &a.log, a.durable_end.min(sent));
             }
         }
         self.cascaded = reported;
