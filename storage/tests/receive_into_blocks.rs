@@ -19,7 +19,16 @@ async fn source(s: &Storage, n: u32, max: usize) -> (Log, Vec<u8>) {
             .await
             .unwrap();
     }
+    // Reads stop at the durable end: wait (bounded) for the unsynced appends to get there.
     let end = src.positions().written;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while src.positions().durable < end {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "appends never became durable"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
     let mut bytes = Vec::new();
     let mut from = 0;
     while from < end {
