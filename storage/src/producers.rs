@@ -37,7 +37,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use crate::config::{StorageConfig, PRODUCERS_MAX_DEFAULT, PRODUCER_EXPIRY_MS_DEFAULT};
-use crate::crashsafe::{replace_file_with, sync_dir_with};
+use crate::crashsafe::replace_file_with;
 use crate::error::{Result, StorageError};
 use crate::format::{self, BatchHeader, ProducerSeq, RECORDS_PER_BATCH_MAX};
 use crate::io::MetaIo;
@@ -425,7 +425,8 @@ impl Producers {
         self.dir.join(FILE)
     }
 
-    /// The snapshot was removed (by a cut's job): as [`Producers::unsave`] leaves it.
+    /// The snapshot was removed before a cut (by its job: it may cover offsets that will
+    /// hold other records); saved again after it, or marked again by the next producer.
     pub fn unsaved(&mut self) {
         self.tracked = false;
     }
@@ -435,17 +436,9 @@ impl Producers {
         self.table.forget_from(end);
     }
 
-    /// Remove the snapshot before the log is cut: it may cover offsets that will hold
-    /// other records. Saved again after the cut, or marked again by the next producer.
-    pub fn unsave(&mut self, io: &dyn MetaIo) -> Result<()> {
-        let path = self.dir.join(FILE);
-        match io.remove_file(&path) {
-            Ok(()) => sync_dir_with(io, &self.dir)?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(StorageError::io(path, e)),
-        }
-        self.tracked = false;
-        Ok(())
+    /// Every record went (a reset): forget every batch.
+    pub fn clear(&mut self) {
+        self.table.clear();
     }
 }
 

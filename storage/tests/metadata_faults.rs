@@ -458,6 +458,41 @@ fn a_truncate_waiting_on_the_disk_holds_only_its_own_log() {
     });
 }
 
+/// A reset (a replica's full sync) whose file steps wait on the disk holds only its own
+/// log; the log then continues empty from the new start, on disk too.
+#[test]
+fn a_reset_waiting_on_the_disk_holds_only_its_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    run(60, async {
+        let (s, inj, slow, fast) = slow_and_fast(dir.path()).await;
+        for i in 0..10 {
+            append(&slow, i).await.unwrap();
+        }
+        inj.pause(FaultOp::Remove, "/logs/slow/000");
+        let reset = {
+            let slow = slow.clone();
+            tokio::spawn(async move { slow.reset_to(1000).await })
+        };
+        until_paused(&inj).await;
+        fast_goes_on(&slow, &fast, 10).await;
+        assert!(!reset.is_finished());
+        inj.resume();
+        reset.await.unwrap().unwrap();
+        let p = slow.positions();
+        assert_eq!((p.start, p.durable), (1000, 1000));
+        assert_eq!(append(&slow, 10).await.unwrap(), 1000);
+        s.shutdown().await.unwrap();
+        drop(s);
+        let s = Storage::open_with(config(dir.path()), StdBackend).unwrap();
+        let slow = s.log("slow").unwrap();
+        let p = slow.positions();
+        assert_eq!((p.start, p.durable), (1000, 1001));
+        let got = slow.reader().read(1000, 1, usize::MAX).unwrap();
+        assert_eq!(got[0].value, value(10));
+        s.shutdown().await.unwrap();
+    });
+}
+
 /// Truncate `slow` to `cut` with `pause` held: `fast` goes on meanwhile.
 async fn truncate_held(
     inj: &FaultInjector,

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 
 use super::removal::{DeleteJob, RemoveJob};
 use super::roll::{PlaceDone, PlaceJob};
-use super::truncate::{CutFiles, CutFilesDone, CutMeta, CutMetaDone};
+use super::truncate::{CutFiles, CutFilesDone, CutMeta, CutMetaDone, ResetDone, ResetJob};
 use super::LogWriter;
 use crate::catchup::{InstallDone, InstallJob};
 use crate::crashsafe::ReplaceFailed;
@@ -41,6 +41,8 @@ pub(crate) enum Job {
     /// A cut's file steps before its data changes, and its metadata after (`truncate`).
     CutFiles(CutFiles),
     CutMeta(CutMeta),
+    /// Every segment replaced by an empty one at a new start (`truncate`).
+    Reset(Box<ResetJob>),
 }
 
 #[derive(Debug)]
@@ -59,6 +61,7 @@ pub(crate) enum Done {
     Install(Box<InstallDone>),
     CutFiles(CutFilesDone),
     CutMeta(CutMetaDone),
+    Reset(Box<ResetDone>),
 }
 
 /// What finishing a job means for the command that waited on it.
@@ -93,6 +96,7 @@ impl Job {
             Job::Install(job) => Done::Install(Box::new(job.run(io))),
             Job::CutFiles(job) => Done::CutFiles(job.run(io)),
             Job::CutMeta(job) => Done::CutMeta(job.run(io)),
+            Job::Reset(job) => Done::Reset(Box::new(job.run(io))),
         }
     }
 }
@@ -131,6 +135,10 @@ impl<F: IoFile> LogWriter<F> {
             }
             Done::CutFiles(done) => Finished::Log(self.cut_files_done(done)),
             Done::CutMeta(done) => Finished::Log(self.cut_meta_done(done)),
+            Done::Reset(done) => {
+                self.reset_done(*done, backend, ctx);
+                Finished::Answered
+            }
         }
     }
 

@@ -17,10 +17,12 @@ use crate::format::{self, BatchHeader, FrameBuilder};
 use crate::index::{self, IndexEntry};
 use crate::io::{IoBackend, IoFile, MetaIo};
 use crate::meta::EpochHistory;
-use crate::new_segment;
+use crate::new_segment::{self, Placed};
 use crate::producers::Snapshot;
 use crate::segment::{open_rw, SegmentView};
+use crate::spare::SpareSlot;
 use crate::writer::WriterCtx;
+use tokio::sync::oneshot;
 
 /// What a cut removes and rewrites, decided before anything changes.
 struct Cut {
@@ -247,44 +249,77 @@ impl<F: IoFile> LogWriter<F> {
     }
 
     /// Drop every record and continue empty from `start` (a replica's full sync: the
-    /// offsets it lacks are gone upstream). Old segments are deleted before the new one
-    /// appears, so a crash in between leaves an empty log, which a replica syncs again.
-    pub async fn reset_to<B: IoBackend<File = F>>(
+    /// offsets it lacks are gone upstream). The file steps run as a job off the storage
+    /// thread ([`ResetJob`]), which answers `reply` once the writer took its new segment.
+    /// Old segments are deleted before the new one appears, so a crash in between leaves
+    /// an empty log, which a replica syncs again.
+    pub async fn reset_job(
         &mut self,
         start: u64,
-        backend: &B,
+        reply: oneshot::Sender<Result<()>>,
         ctx: &WriterCtx,
-    ) -> Result<()> {
-        self.check_poison()?;
-        self.commit(true, &ctx.stats).await?;
-        self.producers.unsave(&*self.io)?;
-        self.producers.table.clear();
-        let applied = self.apply_reset(start, backend);
-        if let Err(e) = &applied {
-            self.poison(e);
+    ) -> Option<Job> {
+        let ready = match self.check_poison() {
+            Ok(()) => self.commit(true, &ctx.stats).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ready {
+            let _ = reply.send(Err(e));
+            return None;
         }
-        applied?;
-        self.request_spare(ctx);
-        tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
-        Ok(())
+        let segments = self.shared.segments.read().clone();
+        let segments = segments
+            .iter()
+            .map(|s| {
+                s.drop_deferred_index();
+                (s.path.clone(), self.idx_path(s.base_offset))
+            })
+            .collect();
+        Some(Job::Reset(Box::new(ResetJob {
+            files: CutFiles {
+                end: start,
+                dir: self.shared.dir.clone(),
+                producers: self.producers.path(),
+                segments,
+            },
+            spare: self.spare.clone(),
+            size: self.next_segment_bytes(0),
+            reply,
+        })))
     }
 
-    fn apply_reset<B: IoBackend<File = F>>(&mut self, start: u64, backend: &B) -> Result<()> {
-        let dir = self.shared.dir.clone();
-        let old: Vec<Arc<SegmentView>> = self.shared.segments.read().clone();
-        for s in &old {
-            s.drop_deferred_index();
-            self.io.remove_file(&s.path).at(&s.path)?;
-            let _ = self.io.remove_file(&self.idx_path(s.base_offset));
+    /// Take the new segment a [`ResetJob`] placed, and answer it.
+    pub(super) fn reset_done<B: IoBackend<File = F>>(
+        &mut self,
+        done: ResetDone,
+        backend: &B,
+        ctx: &WriterCtx,
+    ) {
+        let start = done.start;
+        let applied = done
+            .result
+            .and_then(|(placed, zeroed)| self.apply_reset(start, placed, zeroed, backend));
+        if let Err(e) = &applied {
+            if done.removed_any {
+                self.poison(e);
+            }
+        } else {
+            self.request_spare(ctx);
+            tracing::info!(log = %self.shared.name, start, "log reset for a full sync");
         }
-        sync_dir_with(&*self.io, &dir)?;
-        let epochs = crate::meta::EpochHistory::default();
-        epochs.save(&*self.io, &dir)?;
-        *self.shared.epochs.write() = epochs;
-        let size = self.next_segment_bytes(0);
-        let source = new_segment::Source::WaitForSpare;
-        let (file, zeroed) = new_segment::file_for(&*self.io, &dir, &self.spare, source, 0, size)?;
-        let placed = new_segment::place(&*self.io, &dir, &file, start)?;
+        let _ = done.reply.send(applied);
+    }
+
+    fn apply_reset<B: IoBackend<File = F>>(
+        &mut self,
+        start: u64,
+        placed: Placed,
+        zeroed: bool,
+        backend: &B,
+    ) -> Result<()> {
+        self.producers.unsaved();
+        self.producers.clear();
+        *self.shared.epochs.write() = EpochHistory::default();
         let path = placed.view.path.clone();
         let io = backend.wrap(placed.file, &path).at(&path)?;
         let view = Arc::new(placed.view);
@@ -308,6 +343,46 @@ impl<F: IoFile> LogWriter<F> {
         self.shared.cuts.lock().record(old_start.min(start));
         self.shared.durable.send_replace(start);
         Ok(())
+    }
+}
+
+/// A reset's file steps (see [`LogWriter::reset_job`]): the producers snapshot and every
+/// segment removed, the directory synced, an empty epoch history saved, then the new
+/// segment's file taken (a spare, waited for) and placed at the new start.
+#[derive(Debug)]
+pub(crate) struct ResetJob {
+    files: CutFiles,
+    spare: Arc<SpareSlot>,
+    size: u64,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct ResetDone {
+    start: u64,
+    removed_any: bool,
+    result: Result<(Placed, bool)>,
+    reply: oneshot::Sender<Result<()>>,
+}
+
+impl ResetJob {
+    pub fn run(self, io: &dyn MetaIo) -> ResetDone {
+        let dir = self.files.dir.clone();
+        let start = self.files.end;
+        let removed = self.files.run(io);
+        let result = removed.result.and_then(|()| {
+            EpochHistory::default().save(io, &dir)?;
+            let source = new_segment::Source::WaitForSpare;
+            let (file, zeroed) =
+                new_segment::file_for(io, &dir, &self.spare, source, 0, self.size)?;
+            Ok((new_segment::place(io, &dir, &file, start)?, zeroed))
+        });
+        ResetDone {
+            start,
+            removed_any: removed.removed_any,
+            result,
+            reply: self.reply,
+        }
     }
 }
 

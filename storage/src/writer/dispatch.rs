@@ -241,8 +241,8 @@ async fn run_control<B: IoBackend>(
             }
         },
         Cmd::Reset { start, reply, .. } => {
-            let _ = reply.send(lw.reset_to(start, backend, ctx).await);
-            None
+            let job = lw.reset_job(start, reply, ctx).await?;
+            Some((None, job))
         }
         Cmd::DeleteBefore { log, offset, reply } => {
             let n = retention::segments_below(&lw.shared, offset);
