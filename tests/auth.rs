@@ -193,6 +193,11 @@ async fn call(ch: &Channel, rpc: &str, token: Option<&str>) -> Code {
             };
             rep.fetch_frames(with_token(r, token)).await.map(|_| ())
         }
+        "LookNow" => {
+            let mut rep = pb::replication_client::ReplicationClient::new(ch.clone());
+            let r = pb::LookNowRequest::default();
+            rep.look_now(with_token(r, token)).await.map(|_| ())
+        }
         "Promote" => {
             let r = pb::PromoteRequest::default();
             admin.promote(with_token(r, token)).await.map(|_| ())
@@ -279,6 +284,7 @@ fn every_rpc_needs_its_role() {
             ("Status", &["reader", "writer", "admin", "orders"]),
             ("Scrub", &["admin"]),
             ("FetchFrames", &["replica"]),
+            ("LookNow", &["replica"]),
             ("Promote", admins),
             ("Reflection", readers),
             ("Health", everyone),

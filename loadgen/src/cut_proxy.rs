@@ -51,6 +51,11 @@ pub fn run_proxy(args: &ProxyArgs) -> Result<()> {
                 let Ok(mut up) = TcpStream::connect(&target).await else {
                     return;
                 };
+                // As the endpoints' own sockets: without it a small write waits for the
+                // peer's delayed ACK (tens of ms per gRPC call) and the proxy, not the
+                // system measured, sets the latency.
+                let _ = conn.set_nodelay(true);
+                let _ = up.set_nodelay(true);
                 // Either side closing, or a cut, drops (closes) both.
                 tokio::select! {
                     _ = tokio::io::copy_bidirectional(&mut conn, &mut up) => {}

@@ -55,6 +55,8 @@ pub struct Node {
     auth: std::sync::OnceLock<Arc<Auth>>,
     /// Requests for the cluster agent (switchover, failover).
     cluster_ops: std::sync::OnceLock<tokio::sync::mpsc::Sender<AdminOp>>,
+    /// A peer's hint that the leader key changed: the cluster agent's next round runs now.
+    cluster_wake: tokio::sync::Notify,
     /// With `[tls]`: how this node dials its peers (upstream, segment fetch, repair).
     peer_tls: std::sync::OnceLock<crate::tls::TlsOptions>,
     /// Records acknowledged here without replicas, counted if a failover cuts them.
@@ -96,6 +98,7 @@ impl Node {
             taking_back: Mutex::new(HashMap::new()),
             cluster: std::sync::OnceLock::new(),
             cluster_ops: std::sync::OnceLock::new(),
+            cluster_wake: tokio::sync::Notify::new(),
             peer_tls: std::sync::OnceLock::new(),
             auth: std::sync::OnceLock::new(),
             weak_acks: WeakAcks::default(),
@@ -236,6 +239,17 @@ impl Node {
         tx.send(op)
             .await
             .map_err(|_| Status::unavailable("the cluster agent stopped"))
+    }
+
+    /// Run the cluster agent's next round now. Hints while a round runs collapse into
+    /// one: a round reads the coordinator afresh, so one more is all any hint needs.
+    pub fn wake_cluster_agent(&self) {
+        self.cluster_wake.notify_one();
+    }
+
+    /// Resolves when [`Node::wake_cluster_agent`] was called (or had been, unconsumed).
+    pub async fn cluster_woken(&self) {
+        self.cluster_wake.notified().await;
     }
 
     /// A primary stepped down to follow another: a follower may run again.

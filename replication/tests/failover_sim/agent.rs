@@ -101,7 +101,22 @@ impl World {
         let local = self.nodes[x].local(self.now);
         let a = &mut self.nodes[x].agent;
         a.round = None;
-        a.next_round = local + tick;
+        a.next_round = if std::mem::take(&mut a.woken) {
+            local
+        } else {
+            local + tick
+        };
+    }
+
+    /// A peer's hint, as the server's agent `Notify`: the next round runs now, or right
+    /// after the one in flight (hints during a round collapse into one).
+    pub fn on_look_now(&mut self, x: usize) {
+        let local = self.nodes[x].local(self.now);
+        let a = &mut self.nodes[x].agent;
+        match a.round {
+            None => a.next_round = a.next_round.min(local),
+            Some(_) => a.woken = true,
+        }
     }
 
     /// An answer from the coordinator.

@@ -88,6 +88,7 @@ impl World {
                 from: f,
                 recs,
             } => self.on_tail(x, id, &history, f, &recs),
+            Body::LookNow => self.on_look_now(x),
             Body::ToCoord(..) | Body::FromCoord(..) => {}
         }
     }

@@ -31,6 +31,8 @@ pub enum Body {
         from: u64,
         recs: Vec<Rec>,
     },
+    /// A node that began its epoch tells the others to look at the coordinator now.
+    LookNow,
 }
 
 #[derive(Debug, Clone)]

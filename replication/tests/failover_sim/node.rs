@@ -33,6 +33,8 @@ pub struct Agent {
     pub saw_leader: bool,
     /// Local time the next round starts.
     pub next_round: u64,
+    /// A peer's look-now hint came during a round: the next one starts at once.
+    pub woken: bool,
     pub round: Option<Round>,
 }
 

@@ -183,7 +183,20 @@ impl World {
         self.note(format!("{} leads epoch {epoch}", self.nodes[x].id));
         self.stats.elections += 1;
         self.check_begin(x);
+        self.hint_members(x);
         self.end_round(x, "");
+    }
+
+    /// As the server's `finish_takeover`: the round's other members are told to look now.
+    fn hint_members(&mut self, x: usize) {
+        let r = self.nodes[x].agent.round.as_ref().expect("round");
+        let ids: Vec<String> = r.members.iter().map(|m| m.id.clone()).collect();
+        for id in ids {
+            match self.nodes.iter().position(|n| n.id == id) {
+                Some(y) if y != x => self.send(Addr::Node(x), Addr::Node(y), Body::LookNow),
+                _ => {}
+            }
+        }
     }
 
     /// Follow the leader `addr` in `epoch`, stepping down first if this node is primary.

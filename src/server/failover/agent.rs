@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use super::admin::{self, AdminOp};
 
 use super::follower_ctl::FollowerCtl;
+use super::hint;
 use super::member::{self, Identity};
 use super::takeover;
 use crate::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op};
@@ -166,6 +167,8 @@ impl<C: Coordinator> Agent<C> {
             };
             tokio::select! {
                 _ = tokio::time::sleep(tick) => {}
+                // A peer's hint: the leader key changed (a handover, a new leader).
+                _ = self.node.cluster_woken() => {}
                 Some(op) = ops.recv() => {
                     self.admin(op).await;
                     continue;
@@ -416,6 +419,13 @@ impl<C: Coordinator> Agent<C> {
         takeover::begin(&self.node, epoch).await?;
         self.leading = Some((epoch, true));
         tracing::warn!(epoch, "leading the cluster");
+        // The others follow at once rather than at their next tick.
+        let others = members
+            .iter()
+            .filter(|m| m.id != self.id.node)
+            .map(|m| m.addr.clone())
+            .collect();
+        hint::look_now(&self.node, &self.id.node, others);
         Ok(())
     }
 
@@ -487,6 +497,10 @@ impl<C: Coordinator> Agent<C> {
         self.node.role().set_handing_over(true);
         let handed = self.hand_over(to).await;
         self.node.role().set_handing_over(false);
+        if handed.is_ok() {
+            // The target campaigns at once rather than at its next tick.
+            hint::look_now(&self.node, &self.id.node, vec![target.addr]);
+        }
         handed.map(|()| paused.elapsed())
     }
 

@@ -7,6 +7,7 @@
 mod admin;
 mod agent;
 mod follower_ctl;
+mod hint;
 mod member;
 mod start;
 mod takeover;

@@ -529,6 +529,23 @@ impl pb::replication_server::Replication for ReplicationService {
         Ok(Response::new(r))
     }
 
+    async fn look_now(
+        &self,
+        req: Request<pb::LookNowRequest>,
+    ) -> Result<Response<pb::LookNowResponse>, Status> {
+        self.node.check_accepting()?;
+        let req = req.into_inner();
+        check_cluster(&self.node, &req.cluster_id)?;
+        if self.node.cluster_status().is_none() {
+            return Err(Status::failed_precondition(
+                "this node runs without a coordinator (--cluster)",
+            ));
+        }
+        tracing::debug!(from = %req.from_node, "a peer says the leader key changed: looking now");
+        self.node.wake_cluster_agent();
+        Ok(Response::new(pb::LookNowResponse {}))
+    }
+
     async fn replicate(
         &self,
         req: Request<Streaming<pb::ReplicaMessage>>,
