@@ -170,7 +170,8 @@ impl ConnCaps {
         }
         if c.against_cap() >= self.max_total {
             let Some((_, oldest)) = c.handshaking.pop_first() else {
-                let open = c.total;
+                // Counted as the cap counts: an evicted connection still closing is not.
+                let open = c.against_cap();
                 self.log(&mut c, Event::Refused(Cap::Total), peer, open);
                 return Err(Cap::Total);
             };
@@ -178,7 +179,7 @@ impl ConnCaps {
             // Stored if its task is not waiting yet: it sees it at its next wait.
             oldest.notify.notify_one();
             c.evicting += 1;
-            let open = c.total;
+            let open = c.against_cap();
             self.log(&mut c, Event::Evicted, peer, open);
         }
         c.total += 1;
