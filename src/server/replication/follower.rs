@@ -78,10 +78,15 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
         let started = Instant::now();
         let mut fetch = cfg.segment_fetch && !fetch_failed;
         let result = tokio::select! {
-            r = session(&node, &cfg, &view, &mut imports, &mut fetch) => r,
+            biased;
             _ = node.shutdown_started() => return,
             _ = node.promoted() => return,
+            r = session(&node, &cfg, &view, &mut imports, &mut fetch) => r,
         };
+        if node.is_shutting_down() {
+            // A session that ended as the node stops (its stream torn down) is no failure.
+            return;
+        }
         if leads_upstream(&node, &cfg, &result) {
             return;
         }

@@ -355,7 +355,12 @@ impl Session {
                     last_heard = Instant::now();
                     match m {
                         None => return Ok(()),
-                        Some(Err(s)) => return Err(s),
+                        // Its connection broke (the replica stopped or crashed): a
+                        // replica going away, said where it detaches, not an error here.
+                        Some(Err(s)) => {
+                            tracing::info!(replica = %self.id, status = %s, "replica's stream broke");
+                            return Ok(());
+                        }
                         Some(Ok(m)) => self.on_message(m)?,
                     }
                 }
