@@ -287,20 +287,27 @@ fn replace(from: &Path, to: &Path) {
     std::fs::rename(&tmp, to).unwrap();
 }
 
+/// A node serving from certificate files of its own ("live", a copy of "old"), to be
+/// replaced under it (by "new"): the CA, the node, and the old, new and live files.
+fn serving_live_files(dir: &std::path::Path) -> (Pki, Server, [IssuedFiles; 3]) {
+    let pki = Pki::new(&dir.join("pki"), "test CA");
+    let (old, new) = (pki.issue("node-old"), pki.issue("node-new"));
+    let live = IssuedFiles {
+        cert: dir.join("live.pem"),
+        key: dir.join("live.key"),
+    };
+    std::fs::copy(&old.cert, &live.cert).unwrap();
+    std::fs::copy(&old.key, &live.key).unwrap();
+    let s = Server::start(&dir.join("n"), &refs(&pki.serve_flags(&live, false)));
+    (pki, s, [old, new, live])
+}
+
 /// Replacing the files is enough: no SIGHUP, new connections see the new certificate and
 /// a client connected before goes on.
 #[test]
 fn a_certificate_reloads_when_its_files_change() {
     let d = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&d.path().join("pki"), "test CA");
-    let (old, new) = (pki.issue("node-old"), pki.issue("node-new"));
-    let live = IssuedFiles {
-        cert: d.path().join("live.pem"),
-        key: d.path().join("live.key"),
-    };
-    std::fs::copy(&old.cert, &live.cert).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
-    let s = Server::start(&d.path().join("n"), &refs(&pki.serve_flags(&live, false)));
+    let (pki, s, [old, new, live]) = serving_live_files(d.path());
     let tls = pki.client(None);
     let (addr, new_der) = (s.addr.clone(), pem_der(&new.cert));
     run(60, async move {
@@ -329,16 +336,7 @@ fn a_certificate_reloads_when_its_files_change() {
 #[test]
 fn certificate_reload_under_load_loses_no_append() {
     let d = tempfile::tempdir().unwrap();
-    let pki = Pki::new(&d.path().join("pki"), "test CA");
-    let (old, new) = (pki.issue("node-old"), pki.issue("node-new"));
-    // The node serves from files of its own, replaced under it.
-    let live = IssuedFiles {
-        cert: d.path().join("live.pem"),
-        key: d.path().join("live.key"),
-    };
-    std::fs::copy(&old.cert, &live.cert).unwrap();
-    std::fs::copy(&old.key, &live.key).unwrap();
-    let s = Server::start(&d.path().join("n"), &refs(&pki.serve_flags(&live, false)));
+    let (pki, s, [old, new, live]) = serving_live_files(d.path());
     let tls = pki.client(None);
     let addr = s.addr.clone();
     let acked: Arc<Mutex<Vec<(u64, String)>>> = Arc::default();
