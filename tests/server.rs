@@ -422,18 +422,13 @@ fn the_readmes_python_failover_retry_runs() {
     let gen = dir.path().join("gen");
     std::fs::create_dir_all(&gen).unwrap();
     std::fs::write(gen.join("retry.py"), &readme[start..start + len]).unwrap();
-    let out = Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-Iproto/proto"])
-        .arg(format!("--python_out={}", gen.display()))
-        .arg(format!("--grpc_python_out={}", gen.display()))
-        .arg("proto/proto/spool/v1/spool.proto")
-        .current_dir(root)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    common::package::run_ok(
+        Command::new(&python)
+            .args(["-m", "grpc_tools.protoc", "-Iproto/proto"])
+            .arg(format!("--python_out={}", gen.display()))
+            .arg(format!("--grpc_python_out={}", gen.display()))
+            .arg("proto/proto/spool/v1/spool.proto")
+            .current_dir(root),
     );
     let down = format!("127.0.0.1:{}", common::free_port());
     let out = Command::new(&python)
