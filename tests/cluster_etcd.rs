@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use spool::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op};
+use spool::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op, Read};
 use spool::cluster::etcd::{ConnectError, EtcdConfig, EtcdCoordinator};
 use spool::cluster::memory::MemoryCoordinator;
 use spool_proto::etcd::etcdserverpb as pb;
@@ -239,6 +239,31 @@ async fn prefixes<C: Coordinator>(c: &C, p: &str) {
     assert_eq!(got[2].value, b"pre/c/d");
     assert_eq!(c.get_prefix(&format!("{p}pre")).await.unwrap().len(), 5);
     assert!(c.get_prefix(&format!("{p}none/")).await.unwrap().is_empty());
+
+    // Several reads in one request answer as the single reads do, in the order asked.
+    let reads = vec![
+        Read::Prefix(format!("{p}pre/")),
+        Read::Key(format!("{p}pre0")),
+        Read::Key(format!("{p}absent")),
+        Read::Prefix(format!("{p}none/")),
+    ];
+    let got = c.read(reads).await.unwrap();
+    let keys: Vec<Vec<&str>> = got
+        .iter()
+        .map(|es| es.iter().map(|e| e.key.as_str()).collect())
+        .collect();
+    let pre0 = format!("{p}pre0");
+    assert_eq!(
+        keys,
+        vec![
+            want.iter().map(String::as_str).collect(),
+            vec![pre0.as_str()],
+            vec![],
+            vec![]
+        ]
+    );
+    assert_eq!(got[1][0], c.get(&pre0).await.unwrap().unwrap());
+    assert!(c.read(Vec::new()).await.unwrap().is_empty());
 }
 
 async fn transactions<C: Coordinator>(c: &C, p: &str) {

@@ -46,6 +46,15 @@ pub enum Compare {
     LeaseIs(String, LeaseId),
 }
 
+/// One read of [`Coordinator::read`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Read {
+    /// The key, if present: no entry or one.
+    Key(String),
+    /// Every key starting with this prefix, in key order.
+    Prefix(String),
+}
+
 /// One write of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
@@ -91,6 +100,11 @@ pub trait Coordinator: Send + Sync + 'static {
         &self,
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<Entry>, CoordError>> + Send;
+    /// Several reads as one request, all at one revision: the entries of each, in order.
+    fn read(
+        &self,
+        reads: Vec<Read>,
+    ) -> impl Future<Output = Result<Vec<Vec<Entry>>, CoordError>> + Send;
     /// Set the key, on `lease` or on none; LeaseExpired if the lease is gone.
     fn put(
         &self,

@@ -27,7 +27,7 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Response, Status};
 
-use super::coordinator::{ttl_seconds, Compare, CoordError, Coordinator, Entry, LeaseId, Op};
+use super::coordinator::{ttl_seconds, Compare, CoordError, Coordinator, Entry, LeaseId, Op, Read};
 
 mod config;
 pub use config::{
@@ -371,6 +371,26 @@ fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+fn range_request(read: &Read) -> pb::RangeRequest {
+    match read {
+        Read::Key(key) => pb::RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        },
+        // etcd has no empty key: the whole keyspace is ["\0", "\0" as no end).
+        Read::Prefix(prefix) if prefix.is_empty() => pb::RangeRequest {
+            key: vec![0],
+            range_end: vec![0],
+            ..Default::default()
+        },
+        Read::Prefix(prefix) => pb::RangeRequest {
+            key: prefix.as_bytes().to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            ..Default::default()
+        },
+    }
+}
+
 fn entry(kv: mvccpb::KeyValue) -> Result<Entry, CoordError> {
     let key = String::from_utf8(kv.key)
         .map_err(|e| CoordError::Refused(format!("etcd returned a key that is not UTF-8: {e}")))?;
@@ -493,17 +513,7 @@ impl Coordinator for EtcdCoordinator {
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<Entry>, CoordError> {
-        // etcd has no empty key: the whole keyspace is ["\0", "\0" as no end).
-        let key = if prefix.is_empty() {
-            vec![0]
-        } else {
-            prefix.as_bytes().to_vec()
-        };
-        let request = pb::RangeRequest {
-            key,
-            range_end: prefix_end(prefix.as_bytes()),
-            ..Default::default()
-        };
+        let request = range_request(&Read::Prefix(prefix.to_owned()));
         let response = self
             .call(Retry::Always, None, |s| {
                 let request = s.request(request.clone());
@@ -511,6 +521,46 @@ impl Coordinator for EtcdCoordinator {
             })
             .await?;
         response.kvs.into_iter().map(entry).collect()
+    }
+
+    async fn read(&self, reads: Vec<Read>) -> Result<Vec<Vec<Entry>>, CoordError> {
+        use pb::request_op::Request as R;
+        use pb::response_op::Response as Got;
+        // A transaction without compares: its ranges are read at one revision, in one
+        // request (etcd serves each request a linearizable read of its own).
+        let request = pb::TxnRequest {
+            compare: Vec::new(),
+            success: reads
+                .iter()
+                .map(|r| pb::RequestOp {
+                    request: Some(R::RequestRange(range_request(r))),
+                })
+                .collect(),
+            failure: Vec::new(),
+        };
+        let response = self
+            .call(Retry::Always, None, |s| {
+                let request = s.request(request.clone());
+                async move { s.kv().txn(request).await.map(Response::into_inner) }
+            })
+            .await?;
+        if response.responses.len() != reads.len() {
+            return Err(CoordError::Refused(format!(
+                "etcd answered {} reads of {}",
+                response.responses.len(),
+                reads.len()
+            )));
+        }
+        response
+            .responses
+            .into_iter()
+            .map(|r| match r.response {
+                Some(Got::ResponseRange(range)) => range.kvs.into_iter().map(entry).collect(),
+                _ => Err(CoordError::Refused(
+                    "etcd answered a read with no range".into(),
+                )),
+            })
+            .collect()
     }
 
     async fn put(

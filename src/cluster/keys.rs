@@ -90,6 +90,21 @@ pub struct MemberRecord {
 }
 
 impl MemberRecord {
+    /// Whether `other` says more than this record: anything but its sequence number and its
+    /// logs' durable ends (a log's epoch, a log added or gone, role, epoch and flags count).
+    pub fn differs_beyond_progress(&self, other: &MemberRecord) -> bool {
+        let strip = |r: &MemberRecord| MemberRecord {
+            seq: 0,
+            logs: r
+                .logs
+                .iter()
+                .map(|(k, [_, e])| (k.clone(), [0, *e]))
+                .collect(),
+            ..r.clone()
+        };
+        strip(self) != strip(other)
+    }
+
     pub fn to_member(&self) -> Member {
         Member {
             id: self.node.clone(),
@@ -155,5 +170,39 @@ mod tests {
         );
         assert_eq!((m.epoch, m.seq), (4, 9));
         assert_eq!(decode::<MemberRecord>(b"{not json"), None);
+    }
+
+    #[test]
+    fn only_durable_ends_and_seq_are_progress() {
+        let mut r = MemberRecord {
+            node: "n".into(),
+            role: "replica".into(),
+            epoch: 4,
+            seq: 9,
+            ..MemberRecord::default()
+        };
+        r.logs.insert("a".into(), [10, 3]);
+        let moved = |f: &dyn Fn(&mut MemberRecord)| {
+            let mut o = r.clone();
+            f(&mut o);
+            r.differs_beyond_progress(&o)
+        };
+        assert!(!moved(&|o| {
+            o.seq = 10;
+            o.logs.insert("a".into(), [99, 3]);
+        }));
+        assert!(moved(&|o| {
+            o.logs.insert("a".into(), [10, 4]);
+        }));
+        assert!(moved(&|o| {
+            o.logs.insert("b".into(), [0, 0]);
+        }));
+        assert!(moved(&|o| {
+            o.logs.clear();
+        }));
+        assert!(moved(&|o| o.role = "primary".into()));
+        assert!(moved(&|o| o.epoch = 5));
+        assert!(moved(&|o| o.never_promote = true));
+        assert!(moved(&|o| o.priority = 1));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use super::coordinator::{ttl_seconds, Compare, CoordError, Coordinator, Entry, LeaseId, Op};
+use super::coordinator::{ttl_seconds, Compare, CoordError, Coordinator, Entry, LeaseId, Op, Read};
 
 /// The first lease id handed out: far from small revisions, so a test that mixes the two
 /// up fails.
@@ -260,6 +260,26 @@ impl Coordinator for MemoryCoordinator {
                 .take_while(|(k, _)| k.starts_with(prefix))
                 .filter_map(|(k, _)| store.entry(k))
                 .collect())
+        })
+    }
+
+    async fn read(&self, reads: Vec<Read>) -> Result<Vec<Vec<Entry>>, CoordError> {
+        self.with(|store| {
+            reads
+                .iter()
+                .map(|r| match r {
+                    Read::Key(key) => {
+                        check_key(key)?;
+                        Ok(store.entry(key).into_iter().collect())
+                    }
+                    Read::Prefix(prefix) => Ok(store
+                        .keys
+                        .range(prefix.clone()..)
+                        .take_while(|(k, _)| k.starts_with(prefix.as_str()))
+                        .filter_map(|(k, _)| store.entry(k))
+                        .collect()),
+                })
+                .collect()
         })
     }
 

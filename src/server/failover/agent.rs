@@ -15,7 +15,7 @@ use super::follower_ctl::FollowerCtl;
 use super::hint;
 use super::member::{self, Identity};
 use super::takeover;
-use crate::cluster::coordinator::{Compare, CoordError, Coordinator, LeaseId, Op};
+use crate::cluster::coordinator::{Compare, CoordError, Coordinator, Entry, LeaseId, Op, Read};
 use crate::cluster::keys::{
     self, DesignatedRecord, Keys, LeaderRecord, MemberRecord, DEFAULT_GROUP,
 };
@@ -25,6 +25,11 @@ use crate::server::Node;
 
 /// How often the agent looks while no node holds the leader key.
 const VACANT_TICK: Duration = Duration::from_millis(25);
+
+/// With a leader in place, a member record that only moved its durable ends is put again
+/// at most this often: elections read only records put since the vacancy began
+/// ([`Vacancy`]), and every put costs the coordinator a write to its log.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the agent last saw, for status.
 #[derive(Debug, Clone, Default)]
@@ -64,6 +69,10 @@ struct Agent<C> {
     leading: Option<(u64, bool)>,
     vacancy: Vacancy,
     seq: u64,
+    /// The record put last, and when.
+    published: Option<(Instant, MemberRecord)>,
+    /// When the lease's last renewal (or grant) was sent.
+    renewal_sent: Option<Instant>,
     status: Arc<Mutex<ClusterStatus>>,
 }
 
@@ -150,6 +159,8 @@ pub fn spawn<C: Coordinator>(
         seq: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
+        published: None,
+        renewal_sent: None,
         status: status.clone(),
     };
     tokio::spawn(agent.run(ops));
@@ -188,14 +199,13 @@ impl<C: Coordinator> Agent<C> {
 
     /// One round: lease, publication, leadership, look, decision.
     async fn round(&mut self) -> anyhow::Result<()> {
-        let sent = Instant::now();
-        self.renew_lease().await?;
+        let sent = self.renew_lease().await?;
         // What this node decides with is what it just told the others.
         let me = self.publish().await?.to_member();
-        if self.leading.is_some() {
-            self.renew_leadership(sent).await?;
-        }
         let look = self.look().await?;
+        if self.leading.is_some() {
+            self.renew_leadership(&look, sent);
+        }
         self.adopt_own_key(&look);
         let members: Vec<Member> = look.members.iter().map(MemberRecord::to_member).collect();
         let fresh = self.vacancy.fresh(look.leader.is_some(), &members);
@@ -220,10 +230,21 @@ impl<C: Coordinator> Agent<C> {
         self.execute(step, &me, &members, look.epoch.1, sent).await
     }
 
-    async fn renew_lease(&mut self) -> anyhow::Result<()> {
-        if let Some(lease) = self.lease {
+    /// Renew (or take) this node's lease; returns when the renewal in force was sent. A
+    /// follower seeing a leader renews only every quarter TTL: it acknowledges nothing on
+    /// its lease, which only keeps its member key.
+    async fn renew_lease(&mut self) -> anyhow::Result<Instant> {
+        let now = Instant::now();
+        if let (Some(lease), Some(last)) = (self.lease, self.renewal_sent) {
+            let follower = self.leading.is_none() && self.status.lock().leader.is_some();
+            if follower && now.duration_since(last) < self.cfg.policy.ttl / 4 {
+                return Ok(last);
+            }
             match self.coord.keep_alive(lease).await {
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.renewal_sent = Some(now);
+                    return Ok(now);
+                }
                 Err(CoordError::LeaseExpired(_)) => {
                     tracing::warn!("this node's coordinator lease expired");
                     self.lease = None;
@@ -233,35 +254,43 @@ impl<C: Coordinator> Agent<C> {
             }
         }
         self.lease = Some(self.coord.grant(self.cfg.policy.ttl).await?);
-        Ok(())
+        self.renewal_sent = Some(now);
+        // The member key went with the old lease: put it on the new one now.
+        self.published = None;
+        Ok(now)
     }
 
-    /// Put this node's member record on its lease; returns the record.
+    /// Put this node's member record on its lease (unless only its ends moved, a leader is
+    /// in place and the last put is recent); returns the record as it is now.
     async fn publish(&mut self) -> anyhow::Result<MemberRecord> {
+        let rec = member::record(&self.node, &self.id, &self.cfg, self.seq + 1);
+        let leader_seen = self.status.lock().leader.is_some();
+        if let Some((at, last)) = &self.published {
+            if leader_seen && at.elapsed() < PROGRESS_EVERY && !last.differs_beyond_progress(&rec) {
+                return Ok(MemberRecord {
+                    seq: self.seq,
+                    ..rec
+                });
+            }
+        }
         self.seq += 1;
-        let rec = member::record(&self.node, &self.id, &self.cfg, self.seq);
         let key = self.keys.member(&self.id.node);
         self.coord.put(&key, keys::encode(&rec), self.lease).await?;
+        self.published = Some((Instant::now(), rec.clone()));
         Ok(rec)
     }
 
-    /// The leader key is still ours (on our lease): acks may go on until TTL minus margin
-    /// from `sent`, when the lease's renewal was sent.
-    async fn renew_leadership(&mut self, sent: Instant) -> anyhow::Result<()> {
-        let lease = self.lease.expect("renewed first");
-        let leader = self.keys.leader(DEFAULT_GROUP);
-        if self
-            .coord
-            .txn(vec![Compare::LeaseIs(leader, lease)], vec![])
-            .await?
-        {
+    /// The leader key is still ours (on our lease, as read after the renewal was sent):
+    /// acks may go on until TTL minus margin from `sent`, when that renewal was sent.
+    fn renew_leadership(&mut self, look: &Look, sent: Instant) {
+        let ours = look.leader.as_ref().is_some_and(|l| l.node == self.id.node);
+        if ours && Some(look.leader_lease) == self.lease {
             self.clock.renewed(&self.cfg.policy, sent);
             self.node.role().set_lease_until(self.clock.valid_until());
             self.status.lock().lease_renewed = Some(sent);
         } else {
             self.lose_leadership("the leader key is no longer this node's");
         }
-        Ok(())
     }
 
     fn lose_leadership(&mut self, why: &str) {
@@ -273,21 +302,25 @@ impl<C: Coordinator> Agent<C> {
         self.node.role().set_lease_until(None);
     }
 
+    /// Every key a round decides with, read at one revision in one request.
     async fn look(&self) -> anyhow::Result<Look> {
-        // The reads are independent (sequential ones were no snapshot either): sent at
-        // once, a look costs one round trip to etcd, not four.
-        let (leader_key, epoch_key, designated_key, members_key) = (
-            self.keys.leader(DEFAULT_GROUP),
-            self.keys.epoch(DEFAULT_GROUP),
-            self.keys.designated(DEFAULT_GROUP),
-            self.keys.members(),
+        let reads = vec![
+            Read::Key(self.keys.leader(DEFAULT_GROUP)),
+            Read::Key(self.keys.epoch(DEFAULT_GROUP)),
+            Read::Key(self.keys.designated(DEFAULT_GROUP)),
+            Read::Prefix(self.keys.members()),
+        ];
+        let [leader, epoch, designated, members]: [Vec<Entry>; 4] = self
+            .coord
+            .read(reads)
+            .await?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("the coordinator answered a look with other reads"))?;
+        let (leader, epoch, designated) = (
+            leader.into_iter().next(),
+            epoch.into_iter().next(),
+            designated.into_iter().next(),
         );
-        let (leader, epoch, designated, members) = tokio::try_join!(
-            self.coord.get(&leader_key),
-            self.coord.get(&epoch_key),
-            self.coord.get(&designated_key),
-            self.coord.get_prefix(&members_key),
-        )?;
         Ok(Look {
             leader_lease: leader.as_ref().map_or(0, |e| e.lease),
             leader: leader.and_then(|e| keys::decode(&e.value)),
