@@ -17,6 +17,7 @@
 # Usage: bash benches/cluster_overhead.sh
 # Environment (defaults in brackets):
 #   SECONDS_PER_RUN [10]  WARMUP [2]  REPEATS [3]  CLIENTS [64]  RECORD_BYTES [1024]
+#   SHAPES [single semisync]
 #   BUILD [1]  BIN_DIR [${CARGO_TARGET_DIR:-target}/release]  ETCD [etcd]
 #   BASE_PORT [7800] (etcd +0/+1, nodes +10, +11)  BENCH_DIR [target/cluster-overhead]
 #   OUT_DIR [target/bench]
@@ -30,6 +31,7 @@ WARMUP="${WARMUP:-2}"
 REPEATS="${REPEATS:-3}"
 CLIENTS="${CLIENTS:-64}"
 RECORD_BYTES="${RECORD_BYTES:-1024}"
+SHAPES="${SHAPES:-single semisync}"
 BUILD="${BUILD:-1}"
 BIN_DIR="${BIN_DIR:-${CARGO_TARGET_DIR:-$ROOT/target}/release}"
 ETCD="${ETCD:-etcd}"
@@ -164,7 +166,7 @@ run() {
     rm -rf "$d"
 }
 
-for shape in single semisync; do
+for shape in $SHAPES; do
     for rep in $(seq 1 "$REPEATS"); do
         # Alternate which goes first, so neither always runs on a warmer machine.
         if [ $((rep % 2)) = 1 ]; then order="plain cluster"; else order="cluster plain"; fi
@@ -173,14 +175,15 @@ for shape in single semisync; do
 done
 log "load at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 
-python3 - "$P" "$RESULT_JSON" "$COMMIT" "$REPEATS" <<'EOF'
+python3 - "$P" "$RESULT_JSON" "$COMMIT" "$REPEATS" "$SHAPES" <<'EOF'
 import json, statistics, sys
 p, out, commit, reps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+shapes = sys.argv[5].split()
 res = {"commit": commit, "shapes": {}}
 print()
 print(f"{'shape':<9} {'variant':<8} {'rep':>3} {'rec/s':>9} {'p50_us':>8} {'p99_us':>8} "
       f"{'srv_cpu_s/Mr':>12}")
-for shape in ("single", "semisync"):
+for shape in shapes:
     runs = {v: [json.load(open(f"{p}-{shape}-{v}-{r}.json"))[0] for r in range(1, reps + 1)]
             for v in ("plain", "cluster")}
     for v, rs in runs.items():
