@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use spool_replication::ack::{AckConfig, AckMode, AckTracker, Command, RequestId};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
+
+/// How often the ticker looks for timed-out waits while some are pending.
+const TICK: Duration = Duration::from_millis(5);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -36,6 +39,10 @@ pub struct AckRuntime {
     /// Appends in flight that will wait for replicas (semi-sync/sync). Counted from before
     /// their records exist, so frames carrying them are always sent asking for a sync.
     replica_waits: AtomicU64,
+    /// Woken when a wait begins while none was pending: the ticker sleeps meanwhile.
+    pending: Notify,
+    /// Ticks run, for tests.
+    ticks: AtomicU64,
 }
 
 /// Held by an append that will wait for replicas, from submit to ack.
@@ -74,6 +81,8 @@ impl AckRuntime {
             }),
             replica_waits: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            pending: Notify::new(),
+            ticks: AtomicU64::new(0),
         })
     }
 
@@ -122,11 +131,16 @@ impl AckRuntime {
     pub async fn wait(&self, log: &str, end: u64, mode: AckMode) -> Outcome {
         let req = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
+        let first = {
             let mut i = self.inner.lock();
+            let idle = i.tracker.pending_len() == 0;
             i.waiters.insert(req, tx);
             let cmds = i.tracker.append(Instant::now(), req, log, end, mode);
             Self::execute(&mut i, cmds);
+            idle && i.tracker.pending_len() > 0
+        };
+        if first {
+            self.pending.notify_one();
         }
         let mut guard = CancelGuard {
             rt: self,
@@ -199,21 +213,65 @@ impl AckRuntime {
         self.inner.lock().tracker.is_degraded()
     }
 
-    /// Drive timeouts.
+    /// Drive timeouts: a tick every [`TICK`] while waits are pending, none otherwise.
     pub fn spawn_ticker(self: &Arc<Self>) {
         let rt = self.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
-                tick.tick().await;
-                let mut i = rt.inner.lock();
-                if i.tracker.pending_len() == 0 {
+                if rt.inner.lock().tracker.pending_len() == 0 {
+                    // A wait that begins after this look stores a permit: none is missed.
+                    rt.pending.notified().await;
+                    tick.reset();
                     continue;
                 }
+                tick.tick().await;
+                rt.ticks.fetch_add(1, Ordering::Relaxed);
+                let mut i = rt.inner.lock();
                 let cmds = i.tracker.tick(Instant::now());
                 Self::execute(&mut i, cmds);
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use spool_replication::ack::TimeoutPolicy;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_ticker_sleeps_until_a_wait_begins_and_still_times_it_out() {
+        let rt = AckRuntime::new(AckConfig {
+            timeout: Duration::from_millis(50),
+            policy: TimeoutPolicy::Fail,
+        });
+        rt.spawn_ticker();
+        rt.connected("r1", true, true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            rt.ticks.load(Ordering::Relaxed),
+            0,
+            "ticked with nothing waiting"
+        );
+        let waited = tokio::time::timeout(
+            Duration::from_secs(10),
+            rt.wait("a", 1, AckMode::SemiSync(1)),
+        )
+        .await
+        .expect("the wait never timed out: the ticker slept through it");
+        assert!(
+            matches!(waited, Outcome::Failed { confirmed: 0, .. }),
+            "{waited:?}"
+        );
+        let ticked = rt.ticks.load(Ordering::Relaxed);
+        assert!(ticked > 0);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(
+            rt.ticks.load(Ordering::Relaxed) <= ticked + 1,
+            "kept ticking after the last wait ended"
+        );
     }
 }
