@@ -718,8 +718,6 @@ fn full_sync_fetches_segments_and_resumes_mid_segment() {
 
 /// The same with `segment_fetch = false`: the segments come inside the gRPC stream.
 #[test]
-#[ignore = "known bug: on a slower VM (2026-12-07) the resumed in-stream segment was \
-            re-sent in part (3-8 MB more received than sealed) in most runs; nothing lost"]
 fn full_sync_streams_segments_and_resumes_mid_segment() {
     full_sync_resumes_mid_segment(false);
 }

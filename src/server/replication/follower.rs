@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
-use super::follower_session::Session;
+use super::follower_session::{Landing, Session};
 use crate::server::node::Node;
 
 const STREAM_WINDOW_BYTES: u32 = 16 << 20;
@@ -67,6 +67,7 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
     let mut backoff = BACKOFF_MIN;
     // Segments partly received survive a reconnect: the upstream resumes where they stop.
     let mut imports: Imports = HashMap::new();
+    let landing = Landing::default();
     // After a failed segment fetch, one session takes segments inside the stream instead
     // (a fetch that cannot work, e.g. through a proxy that speaks only HTTP/2, then costs
     // one reconnect, not the replication).
@@ -81,7 +82,7 @@ pub async fn follow(node: Arc<Node>, cfg: FollowerConfig, view: Arc<Mutex<Upstre
             biased;
             _ = node.shutdown_started() => return,
             _ = node.promoted() => return,
-            r = session(&node, &cfg, &view, &mut imports, &mut fetch) => r,
+            r = session(&node, &cfg, &view, &mut imports, &mut fetch, &landing) => r,
         };
         if node.is_shutting_down() {
             // A session that ended as the node stops (its stream torn down) is no failure.
@@ -130,6 +131,9 @@ fn leads_upstream(node: &Node, cfg: &FollowerConfig, result: &Result<()>) -> boo
     node.mark_promoted();
     true
 }
+
+/// How long a new session waits for the last one's segment installs before its hello.
+const INSTALLS_SETTLE: Duration = Duration::from_secs(10);
 
 pub type Imports = HashMap<String, SegmentImport>;
 
@@ -227,7 +231,11 @@ async fn session(
     view: &Mutex<UpstreamView>,
     imports: &mut Imports,
     fetch: &mut bool,
+    landing: &Landing,
 ) -> Result<()> {
+    if !landing.settled(INSTALLS_SETTLE).await {
+        tracing::warn!("segment installs of the last session still running: resuming without them");
+    }
     let tls = node.peer_tls();
     let uri = crate::tls::uri(&cfg.upstream, tls.is_some());
     let channel = crate::tls::endpoint(&cfg.upstream, tls)?
@@ -269,6 +277,7 @@ async fn session(
     }
     tracing::info!(upstream = %cfg.upstream, epoch = up.node_epoch, "following upstream");
     Session::new(node, cfg, view, imports, fetch, tx, up.node_epoch)
+        .landing(landing)
         .run(inbound)
         .await
 }

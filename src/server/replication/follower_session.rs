@@ -47,10 +47,11 @@ pub struct Session<'a> {
     /// Where each log's next segment begins, after its last one received whole: that one
     /// may be received while the last one installs (the machine says when).
     follow_ons: HashMap<String, FollowOn>,
+    landing: Landing,
 }
 
-/// A segment's install, spawned so that it goes on while the next segment is received;
-/// aborted if the session ends first, as an install awaited in place would be dropped.
+/// A segment's install, spawned so that it goes on while the next segment is received.
+/// It goes on if the session ends first: the next hello waits for it ([`Landing`]).
 struct Installing(tokio::task::JoinHandle<spool_storage::Result<u64>>);
 
 impl Installing {
@@ -59,9 +60,22 @@ impl Installing {
     }
 }
 
-impl Drop for Installing {
-    fn drop(&mut self) {
-        self.0.abort();
+/// The installs sessions spawned, across sessions. A hello waits until they landed: the
+/// import a session began where a segment ends (a follow-on) is resumable only once that
+/// segment is in place, and the hello drops imports that do not begin at their log's end.
+#[derive(Debug, Default, Clone)]
+pub struct Landing(Arc<tokio::sync::RwLock<()>>);
+
+impl Landing {
+    /// Whether every install spawned so far finished (landed or failed) within `within`.
+    pub async fn settled(&self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, self.0.write()).await.is_ok()
+    }
+
+    /// Held by an install until it finishes. None only while a hello is being built,
+    /// which no session overlaps.
+    fn hold(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        self.0.clone().try_read_owned().ok()
     }
 }
 
@@ -105,7 +119,14 @@ impl<'a> Session<'a> {
             last_heard: tokio::time::Instant::now(),
             beat: tokio::time::interval(HEARTBEAT_EVERY),
             follow_ons: HashMap::new(),
+            landing: Landing::default(),
         }
+    }
+
+    /// Register the installs this session spawns with the follower's `landing`.
+    pub fn landing(mut self, landing: &Landing) -> Self {
+        self.landing = landing.clone();
+        self
     }
 
     /// Follow until the upstream closes the stream (Ok) or something fails.
@@ -426,7 +447,12 @@ impl<'a> Session<'a> {
         self.follow_ons.insert(name.to_owned(), imp.follow_on());
         let upstream_end = self.view.lock().logs.get(name).map(|f| f.upstream_end);
         let (name, base, bytes) = (name.to_owned(), imp.base(), imp.staged_bytes());
-        let install = Installing(tokio::spawn(imp.install()));
+        let held = self.landing.hold();
+        let install = Installing(tokio::spawn(async move {
+            let landed = imp.install().await;
+            drop(held);
+            landed
+        }));
         self.inflight.push_back(Box::pin(async move {
             let end = install
                 .landed()
