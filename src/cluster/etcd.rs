@@ -123,6 +123,18 @@ enum Failure {
 }
 
 impl EtcdCoordinator {
+    /// One read in a request of its own.
+    async fn range(&self, read: Read) -> Result<Vec<Entry>, CoordError> {
+        let request = range_request(&read);
+        let response = self
+            .call(Retry::Always, None, |s| {
+                let request = s.request(request.clone());
+                async move { s.kv().range(request).await.map(Response::into_inner) }
+            })
+            .await?;
+        response.kvs.into_iter().map(entry).collect()
+    }
+
     /// Check the configuration; nothing is dialled until the first call.
     pub fn new(cfg: &EtcdConfig) -> Result<Self, EtcdConfigError> {
         if cfg.endpoints.is_empty() {
@@ -499,28 +511,15 @@ impl Coordinator for EtcdCoordinator {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Entry>, CoordError> {
-        let request = pb::RangeRequest {
-            key: key.as_bytes().to_vec(),
-            ..Default::default()
-        };
-        let response = self
-            .call(Retry::Always, None, |s| {
-                let request = s.request(request.clone());
-                async move { s.kv().range(request).await.map(Response::into_inner) }
-            })
-            .await?;
-        response.kvs.into_iter().next().map(entry).transpose()
+        Ok(self
+            .range(Read::Key(key.to_owned()))
+            .await?
+            .into_iter()
+            .next())
     }
 
     async fn get_prefix(&self, prefix: &str) -> Result<Vec<Entry>, CoordError> {
-        let request = range_request(&Read::Prefix(prefix.to_owned()));
-        let response = self
-            .call(Retry::Always, None, |s| {
-                let request = s.request(request.clone());
-                async move { s.kv().range(request).await.map(Response::into_inner) }
-            })
-            .await?;
-        response.kvs.into_iter().map(entry).collect()
+        self.range(Read::Prefix(prefix.to_owned())).await
     }
 
     async fn read(&self, reads: Vec<Read>) -> Result<Vec<Vec<Entry>>, CoordError> {
